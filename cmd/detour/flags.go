@@ -1,0 +1,202 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/intercept"
+)
+
+// listFlag collects a repeatable, comma-separated flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// configFlags are the flags shared by run and rules; each overrides the
+// matching key of the -c file only when given.
+type configFlags struct {
+	fs                                   *flag.FlagSet
+	file, mode                           string
+	listen, ports, dsts, ifaces, uids    listFlag
+	tproxyMark, upstreamMark, routeTable string
+	spoof                                bool
+	protocol, admin, logLevel            string
+	connectTimeout, idleTimeout, drain   time.Duration
+	cleanupInterval, routeTimeout        time.Duration
+	useOrigDstHeader                     bool
+}
+
+func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
+	f := &configFlags{fs: flag.NewFlagSet(name, flag.ContinueOnError)}
+	fs := f.fs
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.file, "c", "", "YAML config file (flags override its keys)")
+	fs.StringVar(&f.mode, "mode", "", "interception mode: tproxy (router/gateway) or redirect (same host) (default tproxy)")
+	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999)")
+	fs.Var(&f.ports, "intercept-port", "destination TCP ports to intercept, comma-separated (no ports: no rules)")
+	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
+	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces (redirect: adds a prerouting redirect for a NAT gateway)")
+	fs.Var(&f.uids, "exclude-uid", "redirect mode: never intercept sockets of these uids (the tutorial's owner match)")
+	fs.StringVar(&f.tproxyMark, "tproxy-mark", "", "fwmark the tproxy rules set and policy routing matches (default 0x1)")
+	fs.StringVar(&f.routeTable, "route-table", "", "policy routing table for the tproxy local route (default 100)")
+	fs.StringVar(&f.upstreamMark, "upstream-mark", "", "SO_MARK on detour's upstream sockets, exempted from interception (default 0x2)")
+	if withRun {
+		fs.BoolVar(&f.spoof, "spoof-source", false, "tproxy: connect upstream from the client's IP, so servers see the real client")
+		fs.StringVar(&f.protocol, "protocol", "", "auto (sniff), http or tcp (default auto)")
+		fs.StringVar(&f.admin, "admin", "", "admin endpoint ip:port or off (default 127.0.0.1:9901)")
+		fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
+		fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "upstream connect timeout (default 5s)")
+		fs.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close L4 connections idle this long (default 1h)")
+		fs.DurationVar(&f.drain, "drain-timeout", 0, "on SIGTERM, let connections finish this long (default 15s)")
+		fs.DurationVar(&f.cleanupInterval, "cleanup-interval", 0, "remove original-destination hosts unused this long (default 5s)")
+		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
+		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
+	}
+	return f
+}
+
+// load builds the config: file first, then the flags that were set.
+func (f *configFlags) load() (*config.Config, error) {
+	cfg := &config.Config{}
+	if f.file != "" {
+		c, err := config.Load(f.file)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	var err error
+	f.fs.Visit(func(fl *flag.Flag) {
+		if err != nil {
+			return
+		}
+		err = f.apply(cfg, fl.Name)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (f *configFlags) apply(cfg *config.Config, name string) error {
+	switch name {
+	case "mode":
+		cfg.Mode = f.mode
+	case "listen":
+		cfg.Listen = f.listen
+	case "intercept-port":
+		cfg.Intercept.Ports = nil
+		for _, p := range f.ports {
+			n, err := strconv.ParseUint(p, 10, 16)
+			if err != nil || n == 0 {
+				return fmt.Errorf("--intercept-port: %q is not a port (1-65535)", p)
+			}
+			cfg.Intercept.Ports = append(cfg.Intercept.Ports, uint16(n))
+		}
+	case "intercept-dst":
+		cfg.Intercept.Destinations = f.dsts
+	case "intercept-iface":
+		cfg.Intercept.Interfaces = f.ifaces
+	case "exclude-uid":
+		cfg.Intercept.ExcludeUIDs = nil
+		for _, u := range f.uids {
+			n, err := strconv.ParseUint(u, 10, 32)
+			if err != nil {
+				return fmt.Errorf("--exclude-uid: %q is not a uid", u)
+			}
+			cfg.Intercept.ExcludeUIDs = append(cfg.Intercept.ExcludeUIDs, uint32(n))
+		}
+	case "tproxy-mark", "upstream-mark":
+		v := f.tproxyMark
+		if name == "upstream-mark" {
+			v = f.upstreamMark
+		}
+		n, err := strconv.ParseUint(v, 0, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("--%s: %q is not a mark (a non-zero number like 0x1)", name, v)
+		}
+		if name == "tproxy-mark" {
+			cfg.Intercept.TProxyMark = uint32(n)
+		} else {
+			cfg.Upstream.Mark = uint32(n)
+		}
+	case "route-table":
+		n, err := strconv.Atoi(f.routeTable)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("--route-table: %q is not a table number", f.routeTable)
+		}
+		cfg.Intercept.RouteTable = n
+	case "spoof-source":
+		cfg.Upstream.SpoofSource = f.spoof
+	case "protocol":
+		cfg.Protocol = f.protocol
+	case "admin":
+		cfg.Admin = f.admin
+	case "log-level":
+		cfg.LogLevel = f.logLevel
+	case "connect-timeout":
+		cfg.Upstream.ConnectTimeout = config.Duration(f.connectTimeout)
+	case "idle-timeout":
+		cfg.TCP.IdleTimeout = config.Duration(f.idleTimeout)
+	case "drain-timeout":
+		cfg.Drain = config.Duration(f.drain)
+	case "cleanup-interval":
+		cfg.HTTP.CleanupInterval = config.Duration(f.cleanupInterval)
+	case "route-timeout":
+		cfg.HTTP.RouteTimeout = config.Duration(f.routeTimeout)
+	case "use-original-dst-header":
+		cfg.HTTP.UseOriginalDstHeader = f.useOrigDstHeader
+	}
+	return nil
+}
+
+// interceptOptions maps the config onto the rules package's options.
+func interceptOptions(cfg *config.Config) intercept.Options {
+	o := intercept.Options{
+		Mode:         intercept.Mode(cfg.Mode),
+		Ports:        cfg.Intercept.Ports,
+		Destinations: cfg.Intercept.DestinationPrefixes,
+		Interfaces:   cfg.Intercept.Interfaces,
+		TProxyMark:   cfg.Intercept.TProxyMark,
+		RouteTable:   cfg.Intercept.RouteTable,
+		UpstreamMark: cfg.Upstream.Mark,
+		ExcludeUIDs:  cfg.Intercept.ExcludeUIDs,
+		TableName:    cfg.Intercept.TableName,
+	}
+	for _, a := range cfg.ListenAddrs {
+		if a.Addr().Is4() && !o.ListenV4.IsValid() {
+			o.ListenV4 = a
+		}
+		if a.Addr().Is6() && !o.ListenV6.IsValid() {
+			o.ListenV6 = a
+		}
+	}
+	return o
+}
+
+// parse runs the flag set; help is exit 0, a bad flag exit 2.
+func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	return 0, true
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/detour-proxy/detour/internal/intercept"
+)
+
+const rulesHelp = `Usage: detour rules apply|clean|show [-c detour.yaml] [flags]
+
+  apply   install the interception rules (atomically; replaces a previous set)
+          --dry-run prints them instead
+  clean   remove exactly what detour installed; succeeds when nothing is there
+  show    print what is installed, in nft syntax, with the policy routes
+
+Example:
+  detour rules apply --mode tproxy --intercept-port 80,443 --intercept-iface eth1
+  detour rules show
+  detour rules clean
+
+Flags:
+`
+
+func cmdRules(args []string, stdout, stderr io.Writer) int {
+	f := newConfigFlags("rules", stderr, false)
+	dry := f.fs.Bool("dry-run", false, "apply: print the rules instead of installing them")
+	f.fs.Usage = func() { fmt.Fprint(stderr, rulesHelp); f.fs.PrintDefaults() }
+	if len(args) == 0 || (args[0] != "apply" && args[0] != "clean" && args[0] != "show") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			f.fs.Usage()
+			return exitOK
+		}
+		f.fs.Usage()
+		return exitUsage
+	}
+	verb := args[0]
+	if code, ok := parse(f.fs, args[1:]); !ok {
+		return code
+	}
+	cfg, err := f.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "detour rules: %v\n", err)
+		return exitUsage
+	}
+	o := interceptOptions(cfg)
+	switch verb {
+	case "apply":
+		if len(o.Ports) == 0 {
+			fmt.Fprintln(stderr, "detour rules apply: no --intercept-port given; nothing to intercept")
+			return exitUsage
+		}
+		if *dry {
+			text, err := intercept.Render(o)
+			if err != nil {
+				fmt.Fprintf(stderr, "detour rules apply: %v\n", err)
+				return exitUsage
+			}
+			fmt.Fprint(stdout, text)
+			return exitOK
+		}
+		if err := intercept.Apply(o); err != nil {
+			fmt.Fprintf(stderr, "detour rules apply: %v\n", err)
+			return exitFailure
+		}
+		fmt.Fprintf(stdout, "installed %s rules (table inet %s); remove them with `detour rules clean`\n", o.Mode, o.TableName)
+	case "clean":
+		if err := intercept.Clean(o); err != nil {
+			fmt.Fprintf(stderr, "detour rules clean: %v\n", err)
+			return exitFailure
+		}
+		fmt.Fprintln(stdout, "removed detour's rules (if any)")
+	case "show":
+		text, err := intercept.Show(o)
+		if err != nil {
+			fmt.Fprintf(stderr, "detour rules show: %v\n", err)
+			return exitFailure
+		}
+		fmt.Fprint(stdout, text)
+	}
+	return exitOK
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/intercept"
+	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/proxy"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+const runHelp = `Usage: detour run [-c detour.yaml] [flags]
+
+Opens the listeners, installs the interception rules (when ports are given),
+forwards every intercepted connection to its original destination, and on
+SIGINT/SIGTERM drains connections and removes the rules. Rules left by a
+run that was killed are removed at the next start.
+
+Examples:
+  # router: TPROXY port 80 of forwarded traffic to detour (tutorial 1)
+  detour run --mode tproxy --intercept-port 80
+  # same host: REDIRECT local applications' port 80 (tutorial 2)
+  detour run --mode redirect --intercept-port 80 --listen 127.0.0.1:4999
+
+Flags:
+`
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	f := newConfigFlags("run", stderr, true)
+	f.fs.Usage = func() { fmt.Fprint(stderr, runHelp); f.fs.PrintDefaults() }
+	if code, ok := parse(f.fs, args); !ok {
+		return code
+	}
+	if f.fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "detour run: unexpected argument %q\n", f.fs.Arg(0))
+		return exitUsage
+	}
+	cfg, err := f.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "detour run: %v\n", err)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, stderr); err != nil {
+		fmt.Fprintf(stderr, "detour run: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// run is the daemon's whole life: listeners, rules, serve, drain, clean.
+func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
+	level := new(slog.LevelVar)
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+
+	var lns []*listen.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for _, a := range cfg.ListenAddrs {
+		l, err := listen.Listen(listen.Options{Mode: listen.Mode(cfg.Mode), Addr: a})
+		if err != nil {
+			return err
+		}
+		lns = append(lns, l)
+		log.Info("listening", "addr", l.Addr(), "mode", cfg.Mode)
+	}
+
+	if len(cfg.Intercept.Ports) > 0 {
+		io := interceptOptions(cfg)
+		if err := intercept.Apply(io); err != nil {
+			return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
+		}
+		log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+io.TableName)
+		defer func() {
+			if cerr := intercept.Clean(io); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove rules: %w", cerr))
+				return
+			}
+			log.Info("rules removed")
+		}()
+	}
+
+	dialer := upstream.New(upstream.Options{
+		ConnectTimeout: time.Duration(cfg.Upstream.ConnectTimeout),
+		Mark:           cfg.Upstream.Mark,
+		SpoofSource:    cfg.Upstream.SpoofSource,
+	})
+	l7, err := newL7(cfg, dialer, log)
+	if err != nil {
+		return err
+	}
+	srv := proxy.New(proxy.Options{
+		Listeners: lns,
+		Dialer:    dialer,
+		Protocol:  proxy.Protocol(cfg.Protocol),
+		TCP:       tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
+		HTTP:      l7,
+		Logger:    log,
+	})
+	served := make(chan struct{})
+	go func() { srv.Serve(); close(served) }()
+	log.Info("ready", "listeners", len(lns), "protocol", cfg.Protocol)
+
+	<-ctx.Done()
+	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(cfg.Drain))
+	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Drain))
+	defer cancel()
+	if derr := srv.Shutdown(drainCtx); derr != nil {
+		log.Warn(derr.Error())
+	}
+	<-served
+	lns = nil // closed by Shutdown
+	if c, ok := l7.(interface{ Close() error }); ok {
+		c.Close()
+	}
+	return nil
+}

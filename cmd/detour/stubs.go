@@ -1,0 +1,6 @@
+package main
+
+import "io"
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int { return exitFailure }
+func cmdLab(args []string, stdout, stderr io.Writer) int   { return exitFailure }

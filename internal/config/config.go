@@ -1,0 +1,295 @@
+// Package config holds detour's typed configuration: the YAML schema, its
+// defaults and its validation. Flags and the file map onto the same Config;
+// each package below takes its own Options struct, built here, so only
+// cmd/detour knows about YAML.
+//
+//	cfg, err := config.Load("detour.yaml") // strict: unknown keys are errors
+//	cfg.Mode = "redirect"                   // a flag overrides the file
+//	err = cfg.Finish()                      // defaults, then validation
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults, documented in the README.
+const (
+	DefaultTProxyPort     = 15001
+	DefaultRedirectPort   = 4999
+	DefaultTProxyMark     = 0x1
+	DefaultRouteTable     = 100
+	DefaultUpstreamMark   = 0x2
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultIdleTimeout    = time.Hour
+	DefaultAdmin          = "127.0.0.1:9901"
+	DefaultDrainTimeout   = 15 * time.Second
+)
+
+// Config is everything `detour run` and `detour rules` act on.
+type Config struct {
+	Mode      string    `yaml:"mode"`   // tproxy | redirect
+	Listen    []string  `yaml:"listen"` // ip:port, one per family
+	Protocol  string    `yaml:"protocol"`
+	Intercept Intercept `yaml:"intercept"`
+	Upstream  Upstream  `yaml:"upstream"`
+	TCP       TCP       `yaml:"tcp"`
+	HTTP      HTTP      `yaml:"http"`
+	Admin     string    `yaml:"admin"`
+	LogLevel  string    `yaml:"log_level"`
+	Drain     Duration  `yaml:"drain_timeout"`
+
+	// Parsed forms, filled by Finish.
+	ListenAddrs []netip.AddrPort `yaml:"-"`
+}
+
+// Intercept selects the traffic the kernel diverts to detour. With no ports
+// detour installs no rules and only serves what reaches its listeners.
+type Intercept struct {
+	Ports        []uint16 `yaml:"ports"`
+	Destinations []string `yaml:"destinations"` // CIDRs
+	Interfaces   []string `yaml:"interfaces"`
+	ExcludeUIDs  []uint32 `yaml:"exclude_uids"`
+	TProxyMark   uint32   `yaml:"tproxy_mark"`
+	RouteTable   int      `yaml:"route_table"`
+	TableName    string   `yaml:"table_name"`
+
+	DestinationPrefixes []netip.Prefix `yaml:"-"`
+}
+
+// Upstream configures detour's connections to original destinations.
+type Upstream struct {
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	Mark           uint32   `yaml:"mark"`
+	SpoofSource    bool     `yaml:"spoof_source"`
+}
+
+// TCP configures L4 forwarding.
+type TCP struct {
+	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
+// HTTP configures L7 forwarding; see internal/httpproxy.
+type HTTP struct {
+	CleanupInterval      Duration `yaml:"cleanup_interval"`
+	RouteTimeout         Duration `yaml:"route_timeout"`
+	UseOriginalDstHeader bool     `yaml:"use_original_dst_header"`
+	OriginalDstHeader    string   `yaml:"original_dst_header"`
+	XForwardedFor        string   `yaml:"x_forwarded_for"`
+	ServerHeader         string   `yaml:"server_header"`
+	ServerHeaderMode     string   `yaml:"server_header_mode"`
+	MaxRequestHeaderKiB  int      `yaml:"max_request_header_kib"`
+}
+
+// Duration is a time.Duration written as "5s", "1h30m" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (like 5s, 1m30s)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes Go duration syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Load reads a YAML file strictly: unknown keys are errors naming the key.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse decodes YAML strictly.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: empty config
+		return nil, fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return &c, nil
+}
+
+// Marshal renders the effective configuration, for the admin endpoint.
+func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
+
+// Finish fills defaults and validates. Errors name the key and the fix.
+func (c *Config) Finish() error {
+	if c.Mode == "" {
+		c.Mode = "tproxy"
+	}
+	if c.Mode != "tproxy" && c.Mode != "redirect" {
+		return fmt.Errorf("mode: %q is not a mode (use tproxy or redirect)", c.Mode)
+	}
+	if c.Protocol == "" {
+		c.Protocol = "auto"
+	}
+	switch c.Protocol {
+	case "auto", "http", "tcp":
+	default:
+		return fmt.Errorf("protocol: %q is not a protocol (use auto, http or tcp)", c.Protocol)
+	}
+	if len(c.Listen) == 0 {
+		c.Listen = c.defaultListen()
+	}
+	c.ListenAddrs = nil
+	for _, l := range c.Listen {
+		ap, err := netip.ParseAddrPort(l)
+		if err != nil {
+			return fmt.Errorf("listen: %q is not ip:port (like 0.0.0.0:%d or [::]:%d)", l, DefaultTProxyPort, DefaultTProxyPort)
+		}
+		if ap.Port() == 0 && len(c.Intercept.Ports) > 0 {
+			return fmt.Errorf("listen: %q needs a fixed port, the interception rules point at it", l)
+		}
+		c.ListenAddrs = append(c.ListenAddrs, ap)
+	}
+	if err := c.Intercept.finish(c.Mode); err != nil {
+		return err
+	}
+	if c.Upstream.ConnectTimeout == 0 {
+		c.Upstream.ConnectTimeout = Duration(DefaultConnectTimeout)
+	}
+	if c.Upstream.ConnectTimeout < 0 {
+		return fmt.Errorf("upstream.connect_timeout: must be positive")
+	}
+	if c.Upstream.Mark == 0 {
+		c.Upstream.Mark = DefaultUpstreamMark
+	}
+	if c.Upstream.Mark == c.Intercept.TProxyMark {
+		return fmt.Errorf("upstream.mark: 0x%x equals intercept.tproxy_mark; detour's own upstream packets would be routed to lo — pick different marks", c.Upstream.Mark)
+	}
+	if c.Upstream.SpoofSource && c.Mode != "tproxy" {
+		return fmt.Errorf("upstream.spoof_source: only works in tproxy mode (the replies must come back through detour's rules)")
+	}
+	if c.TCP.IdleTimeout == 0 {
+		c.TCP.IdleTimeout = Duration(DefaultIdleTimeout)
+	}
+	if c.Admin == "" {
+		c.Admin = DefaultAdmin
+	}
+	if c.Admin != "off" {
+		if _, err := netip.ParseAddrPort(c.Admin); err != nil {
+			return fmt.Errorf("admin: %q is not ip:port or off", c.Admin)
+		}
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q is not a level (use debug, info, warn or error)", c.LogLevel)
+	}
+	if c.Drain == 0 {
+		c.Drain = Duration(DefaultDrainTimeout)
+	}
+	return c.HTTP.finish()
+}
+
+func (c *Config) defaultListen() []string {
+	if c.Mode == "redirect" {
+		if len(c.Intercept.Interfaces) > 0 { // NAT gateway: redirect targets the interface's address
+			return []string{fmt.Sprintf("0.0.0.0:%d", DefaultRedirectPort), fmt.Sprintf("[::]:%d", DefaultRedirectPort)}
+		}
+		return []string{fmt.Sprintf("127.0.0.1:%d", DefaultRedirectPort), fmt.Sprintf("[::1]:%d", DefaultRedirectPort)}
+	}
+	return []string{fmt.Sprintf("0.0.0.0:%d", DefaultTProxyPort), fmt.Sprintf("[::]:%d", DefaultTProxyPort)}
+}
+
+func (i *Intercept) finish(mode string) error {
+	i.DestinationPrefixes = nil
+	for _, d := range i.Destinations {
+		p, err := netip.ParsePrefix(d)
+		if err != nil {
+			a, aerr := netip.ParseAddr(d)
+			if aerr != nil {
+				return fmt.Errorf("intercept.destinations: %q is not a CIDR (like 198.18.2.0/24 or 2001:db8::/32)", d)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Masked() != p {
+			return fmt.Errorf("intercept.destinations: %q has host bits set; did you mean %s?", d, p.Masked())
+		}
+		i.DestinationPrefixes = append(i.DestinationPrefixes, p)
+	}
+	for _, p := range i.Ports {
+		if p == 0 {
+			return fmt.Errorf("intercept.ports: 0 is not a port")
+		}
+	}
+	for _, f := range i.Interfaces {
+		if f == "" || len(f) > 15 || strings.ContainsAny(f, " /") {
+			return fmt.Errorf("intercept.interfaces: %q is not an interface name", f)
+		}
+	}
+	if len(i.ExcludeUIDs) > 0 && mode != "redirect" {
+		return fmt.Errorf("intercept.exclude_uids: only applies in redirect mode (tproxy sees forwarded packets, which have no local owner)")
+	}
+	if i.TProxyMark == 0 {
+		i.TProxyMark = DefaultTProxyMark
+	}
+	if i.RouteTable == 0 {
+		i.RouteTable = DefaultRouteTable
+	}
+	if i.RouteTable < 0 || i.RouteTable == 253 || i.RouteTable == 254 || i.RouteTable == 255 {
+		return fmt.Errorf("intercept.route_table: %d is reserved (main/default/local); pick another, like %d", i.RouteTable, DefaultRouteTable)
+	}
+	if i.TableName == "" {
+		i.TableName = "detour"
+	}
+	return nil
+}
+
+func (h *HTTP) finish() error {
+	if h.CleanupInterval == 0 {
+		h.CleanupInterval = Duration(5 * time.Second)
+	}
+	if h.RouteTimeout == 0 {
+		h.RouteTimeout = Duration(15 * time.Second)
+	}
+	if h.OriginalDstHeader == "" {
+		h.OriginalDstHeader = "x-detour-original-dst-host"
+	}
+	if h.XForwardedFor == "" {
+		h.XForwardedFor = "append"
+	}
+	if h.XForwardedFor != "append" && h.XForwardedFor != "leave" {
+		return fmt.Errorf("http.x_forwarded_for: %q (use append or leave)", h.XForwardedFor)
+	}
+	if h.ServerHeader == "" {
+		h.ServerHeader = "detour"
+	}
+	if h.ServerHeaderMode == "" {
+		h.ServerHeaderMode = "overwrite"
+	}
+	switch h.ServerHeaderMode {
+	case "overwrite", "append_if_absent", "pass_through":
+	default:
+		return fmt.Errorf("http.server_header_mode: %q (use overwrite, append_if_absent or pass_through)", h.ServerHeaderMode)
+	}
+	if h.MaxRequestHeaderKiB == 0 {
+		h.MaxRequestHeaderKiB = 60
+	}
+	if h.MaxRequestHeaderKiB < 0 {
+		return fmt.Errorf("http.max_request_header_kib: must be positive")
+	}
+	return nil
+}
+
+// String prints Go duration syntax.
+func (d Duration) String() string { return time.Duration(d).String() }

@@ -1,0 +1,123 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseAndFinish(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string // substring; "" means valid
+		check   func(t *testing.T, c *Config)
+	}{
+		{name: "empty file gets tproxy defaults", yaml: "", check: func(t *testing.T, c *Config) {
+			if c.Mode != "tproxy" || len(c.ListenAddrs) != 2 || c.ListenAddrs[0].Port() != DefaultTProxyPort {
+				t.Fatalf("defaults: %+v", c)
+			}
+			if c.Intercept.TProxyMark != DefaultTProxyMark || c.Upstream.Mark != DefaultUpstreamMark || c.Intercept.RouteTable != 100 {
+				t.Fatalf("marks: %+v %+v", c.Intercept, c.Upstream)
+			}
+		}},
+		{name: "redirect listens on loopback", yaml: "mode: redirect", check: func(t *testing.T, c *Config) {
+			if c.Listen[0] != "127.0.0.1:4999" || c.Listen[1] != "[::1]:4999" {
+				t.Fatalf("listen = %v", c.Listen)
+			}
+		}},
+		{name: "redirect gateway listens on all", yaml: "mode: redirect\nintercept: {interfaces: [eth1]}", check: func(t *testing.T, c *Config) {
+			if c.Listen[0] != "0.0.0.0:4999" {
+				t.Fatalf("listen = %v", c.Listen)
+			}
+		}},
+		{name: "full file", yaml: `
+mode: tproxy
+listen: ["0.0.0.0:15001"]
+protocol: tcp
+intercept:
+  ports: [80, 8080]
+  destinations: [198.18.2.0/24, "2001:db8::1"]
+  interfaces: [veth0]
+upstream: {connect_timeout: 2s, spoof_source: true}
+tcp: {idle_timeout: 10m}
+http: {cleanup_interval: 1s, server_header_mode: pass_through}
+`, check: func(t *testing.T, c *Config) {
+			if len(c.Intercept.DestinationPrefixes) != 2 || c.Intercept.DestinationPrefixes[1].Bits() != 128 {
+				t.Fatalf("prefixes = %v", c.Intercept.DestinationPrefixes)
+			}
+			if c.Upstream.ConnectTimeout.String() != "2s" || c.TCP.IdleTimeout.String() != "10m0s" {
+				t.Fatalf("durations %v %v", c.Upstream.ConnectTimeout, c.TCP.IdleTimeout)
+			}
+		}},
+		{name: "unknown key names it", yaml: "intercept:\n  portz: [80]", wantErr: "portz"},
+		{name: "bad mode", yaml: "mode: nat", wantErr: "mode:"},
+		{name: "bad listen", yaml: "listen: [localhost]", wantErr: "listen:"},
+		{name: "port zero with rules", yaml: "listen: ['0.0.0.0:0']\nintercept: {ports: [80]}", wantErr: "fixed port"},
+		{name: "port out of range", yaml: "intercept: {ports: [70000]}", wantErr: "70000"},
+		{name: "bad cidr", yaml: "intercept: {destinations: [10.0.0.0/33]}", wantErr: "intercept.destinations"},
+		{name: "host bits", yaml: "intercept: {destinations: [198.18.2.1/24]}", wantErr: "198.18.2.0/24"},
+		{name: "marks collide", yaml: "upstream: {mark: 1}", wantErr: "upstream.mark"},
+		{name: "spoof needs tproxy", yaml: "mode: redirect\nupstream: {spoof_source: true}", wantErr: "spoof_source"},
+		{name: "uid needs redirect", yaml: "intercept: {exclude_uids: [0]}", wantErr: "exclude_uids"},
+		{name: "bad duration", yaml: "tcp: {idle_timeout: forever}", wantErr: "not a duration"},
+		{name: "reserved table", yaml: "intercept: {route_table: 254}", wantErr: "route_table"},
+		{name: "bad admin", yaml: "admin: everywhere", wantErr: "admin:"},
+		{name: "admin off", yaml: "admin: off"},
+		{name: "bad protocol", yaml: "protocol: udp", wantErr: "protocol:"},
+		{name: "bad log level", yaml: "log_level: loud", wantErr: "log_level"},
+		{name: "bad interface", yaml: "intercept: {interfaces: [a-very-long-interface-name]}", wantErr: "interfaces"},
+		{name: "bad server header mode", yaml: "http: {server_header_mode: replace}", wantErr: "server_header_mode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml))
+			if err == nil {
+				err = c.Finish()
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+}
+
+func TestMarshalRoundTrip(t *testing.T) {
+	c, _ := Parse([]byte("mode: redirect\nintercept: {ports: [80]}\ntcp: {idle_timeout: 90s}"))
+	if err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Parse(b)
+	if err != nil {
+		t.Fatalf("re-parse of marshalled config: %v\n%s", err, b)
+	}
+	if err := c2.Finish(); err != nil || c2.TCP.IdleTimeout != c.TCP.IdleTimeout || c2.Mode != "redirect" {
+		t.Fatalf("round trip: %v %+v", err, c2)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("mode: tproxy\nintercept: {ports: [80]}"))
+	f.Add([]byte("listen: ['[::]:1']\nupstream: {mark: 3}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		if c.Finish() == nil && len(c.ListenAddrs) == 0 {
+			t.Fatalf("valid config without listeners: %q", b)
+		}
+	})
+}

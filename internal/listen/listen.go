@@ -1,0 +1,118 @@
+// Package listen accepts intercepted TCP connections and learns where each
+// one was going.
+//
+// In tproxy mode the listening socket is transparent (IP_TRANSPARENT), the
+// kernel hands it connections addressed to anyone, and an accepted socket's
+// local address is the original destination. In redirect mode NAT rewrote
+// the destination to the listener, and the original one is read back from
+// conntrack with SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6).
+//
+//	ln, err := listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("0.0.0.0:15001")})
+//	for {
+//		c, err := ln.Accept()
+//		if errors.Is(err, listen.ErrNotIntercepted) { continue } // c was closed already
+//		go handle(c.TCPConn, c.Client, c.OrigDst)
+//	}
+package listen
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Mode is how connections reach the listener.
+type Mode string
+
+const (
+	ModeTProxy   Mode = "tproxy"
+	ModeRedirect Mode = "redirect"
+)
+
+// How the original destination was learned, for logs and `detour origdst`.
+const (
+	HowLocalAddr      = "tproxy: accepted socket's local address"
+	HowOriginalDst    = "SO_ORIGINAL_DST"
+	HowOriginalDst6   = "IP6T_SO_ORIGINAL_DST"
+	HowNotIntercepted = "none"
+)
+
+// ErrNotIntercepted means an accepted connection reached the listener
+// without going through an interception rule, so it has no original
+// destination to forward to.
+var ErrNotIntercepted = errors.New("connection was not redirected: no original destination")
+
+// Options configures a Listener.
+type Options struct {
+	Mode Mode
+	Addr netip.AddrPort
+	// Backlog is the accept queue length; zero uses the kernel's somaxconn.
+	Backlog int
+}
+
+// Conn is an accepted connection with its original destination.
+type Conn struct {
+	*net.TCPConn
+	Client  netip.AddrPort
+	OrigDst netip.AddrPort
+	How     string
+}
+
+// Listener accepts intercepted connections.
+type Listener struct {
+	ln   *net.TCPListener
+	mode Mode
+	addr netip.AddrPort
+}
+
+// Addr is the listener's bound address (with the real port if 0 was asked).
+func (l *Listener) Addr() netip.AddrPort { return l.addr }
+
+// Mode is the listener's interception mode.
+func (l *Listener) Mode() Mode { return l.mode }
+
+// TCPListener exposes the socket, for deadlines and fd counting.
+func (l *Listener) TCPListener() *net.TCPListener { return l.ln }
+
+// Close stops accepting.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+// Accept waits for the next connection. When the connection has no original
+// destination, it is closed and returned together with ErrNotIntercepted so
+// the caller can log its peer; any other error comes from accept itself.
+func (l *Listener) Accept() (*Conn, error) {
+	c, err := l.ln.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	conn := &Conn{TCPConn: c, Client: addrPort(c.RemoteAddr())}
+	switch l.mode {
+	case ModeTProxy:
+		conn.OrigDst, conn.How = addrPort(c.LocalAddr()), HowLocalAddr
+	case ModeRedirect:
+		dst, how, err := OriginalDst(c)
+		if err != nil || dst == addrPort(c.LocalAddr()) {
+			// No NAT entry, or conntrack saw no rewrite: the client dialed
+			// the listener itself.
+			conn.How = HowNotIntercepted
+			c.Close()
+			if err == nil {
+				err = ErrNotIntercepted
+			} else {
+				err = fmt.Errorf("%w (%v)", ErrNotIntercepted, err)
+			}
+			return conn, err
+		}
+		conn.OrigDst, conn.How = dst, how
+	}
+	return conn, nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

@@ -1,0 +1,113 @@
+package listen
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listen opens a listener for o. IPv6 listeners are IPv6-only, so
+// 0.0.0.0:P and [::]:P can be opened side by side.
+func Listen(o Options) (*Listener, error) {
+	if o.Mode != ModeTProxy && o.Mode != ModeRedirect {
+		return nil, fmt.Errorf("listen: unknown mode %q (want tproxy or redirect)", o.Mode)
+	}
+	if !o.Addr.IsValid() {
+		return nil, fmt.Errorf("listen: no address")
+	}
+	addr := netip.AddrPortFrom(o.Addr.Addr().Unmap(), o.Addr.Port())
+	network := "tcp4"
+	if addr.Addr().Is6() {
+		network = "tcp6" // Go sets IPV6_V6ONLY for tcp6 wildcard listeners
+	}
+	lc := net.ListenConfig{Control: func(network, _ string, rc syscall.RawConn) error {
+		if o.Mode != ModeTProxy {
+			return nil
+		}
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			level, opt, name := unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
+			if network == "tcp6" {
+				level, opt, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
+			}
+			if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
+				serr = fmt.Errorf("set %s: %w (tproxy mode needs root or CAP_NET_ADMIN)", name, err)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	tl := ln.(*net.TCPListener)
+	return &Listener{ln: tl, mode: o.Mode, addr: addrPort(tl.Addr())}, nil
+}
+
+// OriginalDst reads a redirected connection's destination from conntrack.
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, "", err
+	}
+	is6 := addrPort(c.LocalAddr()).Addr().Is6()
+	var (
+		buf  [unix.SizeofSockaddrInet6]byte
+		size = uint32(len(buf))
+		serr error
+	)
+	level, how := unix.SOL_IP, HowOriginalDst
+	if is6 {
+		level, how = unix.SOL_IPV6, HowOriginalDst6
+	}
+	// SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share the number 80.
+	err = rc.Control(func(fd uintptr) {
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), unix.SO_ORIGINAL_DST,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		if e != 0 {
+			serr = fmt.Errorf("getsockopt %s: %w", how, e)
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return netip.AddrPort{}, how, err
+	}
+	dst, err := DecodeSockaddr(buf[:size])
+	return dst, how, err
+}
+
+// DecodeSockaddr decodes the sockaddr_in or sockaddr_in6 that
+// SO_ORIGINAL_DST returns: the family is in host byte order, the port in
+// network byte order.
+func DecodeSockaddr(b []byte) (netip.AddrPort, error) {
+	if len(b) < 2 {
+		return netip.AddrPort{}, fmt.Errorf("sockaddr too short: %d bytes", len(b))
+	}
+	family := binary.NativeEndian.Uint16(b[0:2])
+	switch family {
+	case unix.AF_INET:
+		if len(b) < 8 {
+			return netip.AddrPort{}, fmt.Errorf("sockaddr_in too short: %d bytes", len(b))
+		}
+		ip := netip.AddrFrom4([4]byte(b[4:8]))
+		return netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b[2:4])), nil
+	case unix.AF_INET6:
+		if len(b) < 24 {
+			return netip.AddrPort{}, fmt.Errorf("sockaddr_in6 too short: %d bytes", len(b))
+		}
+		ip := netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		return netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b[2:4])), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("sockaddr: unknown address family %d", family)
+}

@@ -1,0 +1,255 @@
+// Package proxy is detour's connection path: it accepts intercepted
+// connections from the listeners, refuses ones that would loop back into
+// detour, decides between L4 and L7, and forwards each to its original
+// destination.
+//
+//	srv := proxy.New(proxy.Options{Listeners: lns, Dialer: d, Protocol: proxy.ProtocolTCP, Logger: log})
+//	go srv.Serve()
+//	...
+//	srv.Shutdown(drainCtx) // stop accepting, let connections finish, then cut them
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+// Protocol selects how intercepted connections are forwarded.
+type Protocol string
+
+const (
+	ProtocolAuto Protocol = "auto" // sniff: HTTP/1.x and h2c go to L7, the rest to L4
+	ProtocolHTTP Protocol = "http" // everything to L7
+	ProtocolTCP  Protocol = "tcp"  // everything to L4
+)
+
+// L7 serves connections that carry HTTP. preDialed, when not nil, is an
+// upstream connection to origDst already open, to be used first.
+type L7 interface {
+	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn)
+}
+
+// Options configures a Server.
+type Options struct {
+	Listeners []*listen.Listener
+	Dialer    *upstream.Dialer
+	Protocol  Protocol
+	TCP       tcpproxy.Options
+	HTTP      L7 // required unless Protocol is tcp
+	// SniffTimeout bounds the wait for a silent client's first bytes in
+	// auto mode before the connection is treated as L4; default 1s.
+	SniffTimeout time.Duration
+	// Observer receives connection events for metrics and access logs.
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// Observer is told about each connection; implementations must be fast and
+// safe for concurrent use.
+type Observer interface {
+	// Accepted is called for every accepted connection.
+	Accepted(mode listen.Mode)
+	// Refused is called when a connection is closed before forwarding:
+	// reason is "loop" or "not intercepted".
+	Refused(reason string)
+	// L4Done is called when an L4 connection ends.
+	L4Done(rec L4Record)
+}
+
+// L4Record describes one finished L4 connection.
+type L4Record struct {
+	ID              string
+	Start           time.Time
+	Client, OrigDst netip.AddrPort
+	Protocol        string // detected: tcp, tls, ...
+	SNI             string
+	Sent, Received  int64
+	Duration        time.Duration
+	ConnectDuration time.Duration
+	End             string // tcpproxy.End or upstream failure reason
+	Flags           string // Envoy-style response flags: UF, UC, DC, ...
+}
+
+// Server runs the accept loops and the per-connection path.
+type Server struct {
+	opts  Options
+	log   *slog.Logger
+	self  *selfAddrs
+	ids   atomic.Uint64
+	conns sync.WaitGroup
+
+	// connCtx is canceled when the drain period ends, cutting what is left.
+	connCtx    context.Context
+	cutConns   context.CancelFunc
+	acceptDone sync.WaitGroup
+	closing    atomic.Bool
+}
+
+// New prepares a Server; Serve starts it.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Protocol == "" {
+		o.Protocol = ProtocolAuto
+	}
+	if o.SniffTimeout <= 0 {
+		o.SniffTimeout = time.Second
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{opts: o, log: o.Logger, connCtx: ctx, cutConns: cancel}
+	var ports []uint16
+	var addrs []netip.Addr
+	for _, l := range o.Listeners {
+		ports = append(ports, l.Addr().Port())
+		addrs = append(addrs, l.Addr().Addr())
+	}
+	s.self = newSelfAddrs(ports, addrs)
+	return s
+}
+
+// Serve accepts on every listener until Shutdown; it returns when all
+// accept loops have stopped.
+func (s *Server) Serve() {
+	for _, l := range s.opts.Listeners {
+		s.acceptDone.Add(1)
+		go s.acceptLoop(l)
+	}
+	s.acceptDone.Wait()
+}
+
+// Shutdown stops accepting, waits for open connections until ctx ends, then
+// cuts the rest. It returns the number of connections that had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	for _, l := range s.opts.Listeners {
+		l.Close()
+	}
+	s.acceptDone.Wait()
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cutConns()
+		return nil
+	case <-ctx.Done():
+		s.cutConns()
+		<-done
+		return fmt.Errorf("drain period ended with connections open; they were closed")
+	}
+}
+
+// acceptLoop accepts until the listener closes. Errors such as running out
+// of file descriptors back off instead of spinning.
+func (s *Server) acceptLoop(l *listen.Listener) {
+	defer s.acceptDone.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if errors.Is(err, listen.ErrNotIntercepted) {
+			s.opts.Observer.Accepted(l.Mode())
+			s.opts.Observer.Refused("not intercepted")
+			s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?", "client", c.Client, "listener", l.Addr())
+			continue
+		}
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed; backing off", "listener", l.Addr(), "err", err, "backoff", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.opts.Observer.Accepted(l.Mode())
+		s.conns.Add(1)
+		go s.handle(c)
+	}
+}
+
+// handle runs one connection's whole path.
+func (s *Server) handle(c *listen.Conn) {
+	defer s.conns.Done()
+	id := fmt.Sprintf("C%d", s.ids.Add(1))
+	log := s.log.With("conn", id)
+	log.Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
+
+	if s.self.contains(c.OrigDst) {
+		log.Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
+			"client", c.Client, "original_dst", c.OrigDst)
+		s.opts.Observer.Refused("loop")
+		c.SetLinger(0)
+		c.Close()
+		return
+	}
+	s.forward(id, log, c)
+}
+
+// forwardL4 dials the destination (unless up is already open) and copies.
+func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.TCPConn, rec L4Record) {
+	if up == nil {
+		var err error
+		up, err = s.dial(log, c, &rec)
+		if err != nil {
+			s.opts.Observer.L4Done(rec)
+			return
+		}
+	}
+	o := s.opts.TCP
+	o.Logger = log
+	res := tcpproxy.Proxy(s.connCtx, c.TCPConn, up, o)
+	rec.Sent, rec.Received, rec.End = res.Sent, res.Received, string(res.End)
+	rec.Duration = time.Since(rec.Start)
+	switch res.End {
+	case tcpproxy.EndUpstreamErr:
+		rec.Flags = "UC"
+	case tcpproxy.EndDownstreamErr:
+		rec.Flags = "DC"
+	case tcpproxy.EndIdle:
+		rec.Flags = "SI" // stream idle timeout, as Envoy names it
+	case tcpproxy.EndCanceled:
+		rec.Flags = "DT" // drain time ran out
+	}
+	log.Debug("closed", "sent", res.Sent, "received", res.Received, "end", res.End, "duration", rec.Duration)
+	s.opts.Observer.L4Done(rec)
+}
+
+// dial opens the upstream connection, logging as Envoy's debug log does.
+// On failure the client is reset, as a refused direct connect would be.
+func (s *Server) dial(log *slog.Logger, c *listen.Conn, rec *L4Record) (*net.TCPConn, error) {
+	log.Debug("upstream connecting", "dst", c.OrigDst)
+	start := time.Now()
+	up, err := s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+	rec.ConnectDuration = time.Since(start)
+	if err != nil {
+		reason := upstream.Classify(err)
+		log.Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
+		rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
+		c.SetLinger(0)
+		c.Close()
+		return nil, err
+	}
+	log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
+	return up, nil
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Accepted(listen.Mode) {}
+func (nopObserver) Refused(string)       {}
+func (nopObserver) L4Done(L4Record)      {}

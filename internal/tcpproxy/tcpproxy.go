@@ -1,0 +1,173 @@
+// Package tcpproxy copies an intercepted TCP connection to its upstream and
+// back.
+//
+// Both sides must be *net.TCPConn so that the standard library moves the
+// bytes with splice(2), kernel to kernel, without copying them through user
+// space. A FIN in one direction is passed on with CloseWrite, so a client
+// that shuts down its sending side still receives the whole reply. A reset
+// on one side resets the other. The idle timeout watches the kernel's own
+// byte counters (TCP_INFO) instead of read deadlines, which would cut a
+// splice in the middle of a transfer.
+//
+//	res := tcpproxy.Proxy(ctx, client, upstreamConn, tcpproxy.Options{IdleTimeout: time.Hour})
+//	log.Info("closed", "sent", res.Sent, "received", res.Received, "end", res.End)
+package tcpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// DefaultIdleTimeout closes connections that moved no byte for this long.
+const DefaultIdleTimeout = time.Hour
+
+// End says why a proxied connection ended.
+type End string
+
+const (
+	EndClosed        End = "closed"           // both sides finished with FIN
+	EndIdle          End = "idle timeout"     // no byte moved for IdleTimeout
+	EndDownstreamErr End = "downstream reset" // the client reset or failed
+	EndUpstreamErr   End = "upstream reset"   // the server reset or failed
+	EndCanceled      End = "canceled"         // ctx ended: shutdown or drain expired
+	EndBrokenUnknown End = "connection error" // an error the kernel no longer attributes
+)
+
+// Options configures Proxy.
+type Options struct {
+	// IdleTimeout closes the pair after this long with no byte received or
+	// acknowledged on either socket; zero means DefaultIdleTimeout, negative
+	// disables it.
+	IdleTimeout time.Duration
+	// Logger receives debug events (half-closes); nil discards them.
+	Logger *slog.Logger
+}
+
+// Result reports what a proxied connection did.
+type Result struct {
+	Sent     int64 // client to upstream
+	Received int64 // upstream to client
+	End      End
+	Err      error // the first non-EOF error, if any
+}
+
+// Proxy copies between client and upstream until both directions finish,
+// one side fails, the idle timeout passes or ctx ends. It closes both.
+func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result {
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &pair{client: client, upstream: upstream, log: log}
+
+	stopCtx := context.AfterFunc(ctx, func() { p.abort(EndCanceled) })
+	defer stopCtx()
+	if o.IdleTimeout > 0 {
+		w := newIdleWatch(p, o.IdleTimeout)
+		defer w.stop()
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go p.copyUpstreamToClient(&wg)
+	p.sent, p.sentErr = copyHalf(upstream, client)
+	p.finishHalf(upstream, "client", p.sentErr)
+	wg.Wait()
+
+	p.client.Close()
+	p.upstream.Close()
+	return p.result()
+}
+
+// pair is one proxied connection's shared state.
+type pair struct {
+	client, upstream *net.TCPConn
+	log              *slog.Logger
+
+	sent, received       int64
+	sentErr, receivedErr error
+
+	mu     sync.Mutex
+	ended  End // set once by the first terminal event
+	failed bool
+}
+
+func (p *pair) copyUpstreamToClient(wg *sync.WaitGroup) {
+	defer wg.Done()
+	p.received, p.receivedErr = copyHalf(p.client, p.upstream)
+	p.finishHalf(p.client, "upstream", p.receivedErr)
+}
+
+// copyHalf moves src to dst; TCPConn.ReadFrom splices when src is a TCPConn.
+func copyHalf(dst, src *net.TCPConn) (int64, error) {
+	n, err := dst.ReadFrom(src)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// finishHalf passes a clean EOF on as a half-close, and turns an error into
+// an abort of the whole pair.
+func (p *pair) finishHalf(dst *net.TCPConn, from string, err error) {
+	if err == nil {
+		p.log.Debug("half-close", "from", from)
+		dst.CloseWrite()
+		return
+	}
+	if p.aborted() {
+		return
+	}
+	end := EndBrokenUnknown
+	switch {
+	case isReset(p.client):
+		end = EndDownstreamErr
+	case isReset(p.upstream):
+		end = EndUpstreamErr
+	}
+	p.abort(end)
+}
+
+// abort ends the pair at once; the peer of a failed side sees a reset, as
+// it would without a proxy in between.
+func (p *pair) abort(end End) {
+	p.mu.Lock()
+	if p.ended != "" {
+		p.mu.Unlock()
+		return
+	}
+	p.ended, p.failed = end, true
+	p.mu.Unlock()
+	p.client.SetLinger(0)
+	p.upstream.SetLinger(0)
+	p.client.Close()
+	p.upstream.Close()
+}
+
+func (p *pair) aborted() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed
+}
+
+func (p *pair) result() Result {
+	r := Result{Sent: p.sent, Received: p.received, End: EndClosed}
+	p.mu.Lock()
+	if p.ended != "" {
+		r.End = p.ended
+	}
+	p.mu.Unlock()
+	r.Err = p.sentErr
+	if r.Err == nil {
+		r.Err = p.receivedErr
+	}
+	return r
+}

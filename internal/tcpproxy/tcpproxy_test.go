@@ -1,0 +1,245 @@
+package tcpproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// harness runs a server on loopback and a proxy in front of it, and returns
+// the client side of the proxied connection plus the server side.
+func harness(t *testing.T, o Options) (client, server *net.TCPConn, done <-chan Result) {
+	t.Helper()
+	upLn, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upLn.Close()
+	prLn, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prLn.Close()
+
+	res := make(chan Result, 1)
+	go func() {
+		down, err := prLn.AcceptTCP()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTCP("tcp4", nil, upLn.Addr().(*net.TCPAddr))
+		if err != nil {
+			down.Close()
+			return
+		}
+		res <- Proxy(context.Background(), down, up, o)
+	}()
+	client, err = net.DialTCP("tcp4", nil, prLn.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = upLn.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server, res
+}
+
+func waitResult(t *testing.T, done <-chan Result) Result {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxy did not finish")
+	}
+	return Result{}
+}
+
+func TestLargeTransferBothWaysKeepsChecksum(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	const size = 64 << 20
+	payload := func(seed uint64) io.Reader {
+		return io.LimitReader(rand.NewChaCha8([32]byte{byte(seed)}), size)
+	}
+	sum := func(r io.Reader) [32]byte {
+		h := sha256.New()
+		io.Copy(h, r)
+		return [32]byte(h.Sum(nil))
+	}
+	wantUp, wantDown := sum(payload(1)), sum(payload(2))
+
+	gotUp := make(chan [32]byte)
+	go func() { gotUp <- sum(server) }()
+	go func() { io.Copy(server, payload(2)); server.CloseWrite() }()
+	go func() { io.Copy(client, payload(1)); client.CloseWrite() }()
+	if got := sum(client); got != wantDown {
+		t.Fatalf("download sha256 mismatch")
+	}
+	if got := <-gotUp; got != wantUp {
+		t.Fatalf("upload sha256 mismatch")
+	}
+	r := waitResult(t, done)
+	if r.Sent != size || r.Received != size || r.End != EndClosed {
+		t.Fatalf("result = %+v, want %d bytes each way, closed", r, size)
+	}
+}
+
+func TestClientHalfCloseStillGetsReply(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	client.Write([]byte("request"))
+	client.CloseWrite()
+	got, err := io.ReadAll(server) // ends only if the FIN was passed on
+	if err != nil || string(got) != "request" {
+		t.Fatalf("server read %q, %v", got, err)
+	}
+	reply := bytes.Repeat([]byte("r"), 1<<20)
+	server.Write(reply)
+	server.CloseWrite()
+	back, err := io.ReadAll(client)
+	if err != nil || !bytes.Equal(back, reply) {
+		t.Fatalf("client got %d bytes, %v; want %d", len(back), err, len(reply))
+	}
+	if r := waitResult(t, done); r.End != EndClosed {
+		t.Fatalf("end = %s", r.End)
+	}
+}
+
+func TestServerHalfCloseClientKeepsSending(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	server.Write([]byte("banner"))
+	server.CloseWrite()
+	got, err := io.ReadAll(client)
+	if err != nil || string(got) != "banner" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	client.Write([]byte("still talking"))
+	client.CloseWrite()
+	up, _ := io.ReadAll(server)
+	if string(up) != "still talking" {
+		t.Fatalf("server read %q after its own half-close", up)
+	}
+	waitResult(t, done)
+}
+
+func TestUpstreamResetResetsClient(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	client.Write([]byte("x"))
+	io.ReadFull(server, make([]byte, 1))
+	server.SetLinger(0)
+	server.Close() // RST
+	r := waitResult(t, done)
+	if r.End != EndUpstreamErr {
+		t.Fatalf("end = %s, want %s", r.End, EndUpstreamErr)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := client.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read err = %v, want connection reset", err)
+	}
+}
+
+func TestIdleTimeoutClosesQuietPair(t *testing.T) {
+	client, _, done := harness(t, Options{IdleTimeout: 200 * time.Millisecond})
+	r := waitResult(t, done)
+	if r.End != EndIdle {
+		t.Fatalf("end = %s, want idle timeout", r.End)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("client still open after idle timeout")
+	}
+}
+
+func TestIdleTimeoutSparesSlowButActiveTransfer(t *testing.T) {
+	client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
+	// One byte every 100ms for a full second: never idle for 300ms.
+	for i := 0; i < 10; i++ {
+		server.Write([]byte{'a'})
+		time.Sleep(100 * time.Millisecond)
+	}
+	server.CloseWrite()
+	got, _ := io.ReadAll(client)
+	if len(got) != 10 {
+		t.Fatalf("client got %d bytes, want 10 (cut by idle timeout?)", len(got))
+	}
+	client.CloseWrite()
+	if r := waitResult(t, done); r.End != EndClosed {
+		t.Fatalf("end = %s, want closed", r.End)
+	}
+}
+
+func TestCancelAbortsBothSides(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	upLn, _ := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer upLn.Close()
+	a, b := tcpPair(t)
+	up, err := net.DialTCP("tcp4", nil, upLn.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan Result, 1)
+	go func() { res <- Proxy(ctx, b, up, Options{}) }()
+	cancel()
+	if r := waitResult(t, res); r.End != EndCanceled {
+		t.Fatalf("end = %s", r.End)
+	}
+	a.Close()
+}
+
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// BenchmarkSplice measures L4 copy throughput; allocations per op must stay
+// constant whatever the size, i.e. zero per byte.
+func BenchmarkSplice(b *testing.B) {
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)) * 16)
+	b.ReportAllocs()
+	for b.Loop() {
+		func() {
+			upLn, _ := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			prLn, _ := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			defer upLn.Close()
+			defer prLn.Close()
+			go func() {
+				down, _ := prLn.AcceptTCP()
+				up, _ := net.DialTCP("tcp4", nil, upLn.Addr().(*net.TCPAddr))
+				Proxy(context.Background(), down, up, Options{})
+			}()
+			c, _ := net.DialTCP("tcp4", nil, prLn.Addr().(*net.TCPAddr))
+			s, _ := upLn.AcceptTCP()
+			go func() {
+				for i := 0; i < 16; i++ {
+					c.Write(buf)
+				}
+				c.CloseWrite()
+			}()
+			io.Copy(io.Discard, s)
+			s.Close()
+			c.Close()
+		}()
+	}
+}

@@ -1,0 +1,119 @@
+// Package upstream dials original destinations for detour.
+//
+// Every upstream socket carries a socket mark (SO_MARK) so that detour's
+// interception rules can tell its own traffic from the traffic they divert:
+// without it, a REDIRECT rule in nat OUTPUT would send detour's upstream
+// connection straight back to detour. With SpoofSource the socket is made
+// transparent and bound to the client's address, so the server sees the real
+// client (Envoy's original_src, HAProxy's "usesrc clientip").
+//
+//	d := upstream.New(upstream.Options{ConnectTimeout: 5 * time.Second, Mark: 0x2})
+//	c, err := d.Dial(ctx, client, origDst)
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+)
+
+// DefaultConnectTimeout bounds a connect when Options leaves it zero.
+const DefaultConnectTimeout = 5 * time.Second
+
+// Options configures a Dialer.
+type Options struct {
+	// ConnectTimeout bounds each connect; zero means DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Mark is set with SO_MARK on every upstream socket; zero sets none.
+	Mark uint32
+	// SpoofSource binds upstream sockets to the client's IP address.
+	SpoofSource bool
+}
+
+// Dialer opens upstream TCP connections. It is safe for concurrent use.
+type Dialer struct {
+	opts Options
+}
+
+// New returns a Dialer for o.
+func New(o Options) *Dialer {
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	return &Dialer{opts: o}
+}
+
+// Options returns the dialer's effective options.
+func (d *Dialer) Options() Options { return d.opts }
+
+// Dial connects to dst. client is the downstream peer; it is used only when
+// SpoofSource is set.
+func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
+	nd := net.Dialer{
+		Timeout: d.opts.ConnectTimeout,
+		Control: d.control,
+		// Keep-alive probes find dead peers of long idle L4 connections.
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4},
+	}
+	if d.opts.SpoofSource && client.IsValid() {
+		nd.LocalAddr = &net.TCPAddr{IP: client.Addr().Unmap().AsSlice()}
+	}
+	network := "tcp4"
+	if dst.Addr().Unmap().Is6() {
+		network = "tcp6"
+	}
+	c, err := nd.DialContext(ctx, network, netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()).String())
+	if err != nil {
+		return nil, &DialError{Dst: dst, Reason: Classify(err), Err: err}
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// DialError is a failed upstream connect with its reason.
+type DialError struct {
+	Dst    netip.AddrPort
+	Reason Reason
+	Err    error
+}
+
+func (e *DialError) Error() string {
+	return "connect " + e.Dst.String() + ": " + string(e.Reason) + ": " + e.Err.Error()
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Reason names why an upstream connection failed, in words an operator
+// (and an HTTP error body) can use.
+type Reason string
+
+const (
+	ReasonRefused     Reason = "connection refused"
+	ReasonTimeout     Reason = "connect timeout"
+	ReasonReset       Reason = "connection reset"
+	ReasonUnreachable Reason = "destination unreachable"
+	ReasonCanceled    Reason = "canceled"
+	ReasonOther       Reason = "connect error"
+)
+
+// Classify maps a dial or I/O error onto a Reason.
+func Classify(err error) Reason {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ReasonRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ReasonReset
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return ReasonUnreachable
+	case errors.Is(err, context.Canceled):
+		return ReasonCanceled
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return ReasonTimeout
+	}
+	return ReasonOther
+}
