@@ -3,4 +3,3 @@ package main
 import "io"
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int { return exitFailure }
-func cmdLab(args []string, stdout, stderr io.Writer) int   { return exitFailure }

@@ -143,7 +143,9 @@ func (d *Detour) exitErr() error {
 	d.mu.Lock()
 	killed := d.killed
 	d.mu.Unlock()
-	if d.waitErr == nil || killed {
+	// After ctx is done, Wait reports ctx's error even when detour
+	// exited cleanly on the SIGTERM that cancellation sent.
+	if d.waitErr == nil || killed || d.cmd.ProcessState.Success() {
 		return nil
 	}
 	return fmt.Errorf("detour (pid %d) exited: %w; its output:\n%s", d.Pid(), d.waitErr, indent(d.Output(), "  "))

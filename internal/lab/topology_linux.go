@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"text/tabwriter"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -356,24 +357,30 @@ func (t topology) ends() []endSpec {
 	return ends
 }
 
-// describe writes the network in plain words, one line per interface.
-func (t topology) describe(id string) []string {
-	var lines []string
+// describe writes the network in plain words, one line per interface and
+// one per namespace with sysctls, in aligned columns.
+func (t topology) describe(id string) string {
+	var cols strings.Builder
+	tw := tabwriter.NewWriter(&cols, 0, 0, 2, ' ', 0)
 	for _, e := range t.ends() {
 		h := t.hosts[e.host]
-		var as []string
+		var as, gs []string
 		for _, p := range e.addrs {
 			as = append(as, p.String())
 		}
-		line := fmt.Sprintf("%-7s %-13s %-8s %s", h.role, nsName(id, h.suffix), e.iface, strings.Join(as, "  "))
-		if len(e.gateways) > 0 {
-			var gs []string
-			for _, g := range e.gateways {
-				gs = append(gs, g.String())
-			}
-			line += "   default via " + strings.Join(gs, ", ")
+		for _, g := range e.gateways {
+			gs = append(gs, g.String())
 		}
-		lines = append(lines, line)
+		route := ""
+		if len(gs) > 0 {
+			route = "default via " + strings.Join(gs, ", ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", h.role, nsName(id, h.suffix), e.iface, strings.Join(as, "  "), route)
+	}
+	tw.Flush()
+	var b strings.Builder
+	for _, line := range strings.Split(strings.TrimRight(cols.String(), "\n"), "\n") {
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
 	}
 	for _, h := range t.hosts {
 		if len(h.sysctls) == 0 {
@@ -383,9 +390,9 @@ func (t topology) describe(id string) []string {
 		for _, kv := range h.sysctls {
 			kvs = append(kvs, kv[0]+"="+kv[1])
 		}
-		lines = append(lines, fmt.Sprintf("%-7s %s", h.role, strings.Join(kvs, " ")))
+		fmt.Fprintf(&b, "%s sysctls: %s\n", h.role, strings.Join(kvs, " "))
 	}
-	return lines
+	return b.String()
 }
 
 func withHandle(n *ns.NS, fn func(h *netlink.Handle) error) error {

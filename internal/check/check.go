@@ -1,0 +1,69 @@
+// Package check finds out what this kernel and these privileges allow
+// detour to do ("detour check"), and says how to fix what is missing.
+//
+//	rs := check.Run(ctx, check.Options{Mode: intercept.ModeTProxy, Router: true})
+//	if !check.Print(os.Stdout, rs) {
+//		os.Exit(1)
+//	}
+//
+// Every probe that needs the kernel to accept something (nftables rules,
+// policy routes, a real REDIRECT with SO_ORIGINAL_DST) runs in a throwaway
+// network namespace that lives only as long as the probe: the host's own
+// rules, routes and sysctls are read at most, never changed.
+package check
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/detour-proxy/detour/internal/intercept"
+)
+
+// Result is the outcome of one check. Fix says what to do when OK is false.
+type Result struct {
+	Name   string
+	OK     bool
+	Detail string
+	Fix    string
+}
+
+// Options selects the checks. An empty Mode checks what both modes need.
+type Options struct {
+	Mode   intercept.Mode
+	Router bool // tproxy on a router: also check the host forwards packets
+}
+
+// Print writes one aligned line per result, with the fix under each
+// failure, and reports whether all passed:
+//
+//	ok    nftables tproxy expression
+//	FAIL  nftables socket expression: no such file or directory
+//	      fix: modprobe nft_socket
+func Print(w io.Writer, rs []Result) (allOK bool) {
+	allOK = true
+	for _, r := range rs {
+		status := "ok"
+		if !r.OK {
+			status, allOK = "FAIL", false
+		}
+		line := fmt.Sprintf("%-6s%s", status, r.Name)
+		if r.Detail != "" {
+			line += ": " + r.Detail
+		}
+		fmt.Fprintln(w, line)
+		if !r.OK && r.Fix != "" {
+			fmt.Fprintf(w, "%-6sfix: %s\n", "", r.Fix)
+		}
+	}
+	return allOK
+}
+
+// wants reports whether a check for mode m runs under o.
+func (o Options) wants(m intercept.Mode) bool { return o.Mode == "" || o.Mode == m }
+
+func result(name string, err error, fix string) Result {
+	if err != nil {
+		return Result{Name: name, Detail: err.Error(), Fix: fix}
+	}
+	return Result{Name: name, OK: true}
+}

@@ -1,0 +1,140 @@
+package check
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/intercept"
+)
+
+func TestRunAsRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
+	}
+	hostRules := hostState(t)
+	for _, mode := range []intercept.Mode{"", intercept.ModeTProxy, intercept.ModeRedirect} {
+		t.Run("mode="+string(mode), func(t *testing.T) {
+			rs := Run(t.Context(), Options{Mode: mode})
+			var b bytes.Buffer
+			if !Print(&b, rs) {
+				t.Errorf("checks failed on a kernel that supports them all:\n%s", b.String())
+			}
+			t.Logf("\n%s", b.String())
+			names := map[string]bool{}
+			for _, r := range rs {
+				names[r.Name] = true
+			}
+			want := map[intercept.Mode][]string{
+				intercept.ModeTProxy:   {"nftables tproxy expression", "nftables socket expression", "IP_TRANSPARENT socket option", "policy routing IPv4 (ip rule fwmark, local route)", "detour tproxy rules install and remove"},
+				intercept.ModeRedirect: {"nftables nat redirect", "nftables meta skuid", "SO_ORIGINAL_DST (IPv4, real redirect)", "IP6T_SO_ORIGINAL_DST (IPv6, real redirect)", "detour redirect rules install and remove"},
+			}
+			for m, ns := range want {
+				for _, n := range ns {
+					if (mode == "" || mode == m) != names[n] {
+						t.Errorf("mode %q: check %q present = %v", mode, n, names[n])
+					}
+				}
+			}
+			for _, n := range []string{"privileges (root or CAP_NET_ADMIN)", "nftables", "nftables meta mark", "nftables interval sets", "SO_MARK socket option"} {
+				if !names[n] {
+					t.Errorf("mode %q: check %q missing", mode, n)
+				}
+			}
+		})
+	}
+	if after := hostState(t); after != hostRules {
+		t.Errorf("Run changed the host's rules or routes\n--- before\n%s--- after\n%s", hostRules, after)
+	}
+}
+
+func TestRunRouter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
+	}
+	rs := Run(t.Context(), Options{Mode: intercept.ModeTProxy, Router: true})
+	// The host's forwarding settings are whatever they are; the checks
+	// must be there, read-only, with a fix when they fail.
+	found := 0
+	for _, r := range rs {
+		if strings.HasPrefix(r.Name, "net.ipv4.ip_forward") || strings.HasPrefix(r.Name, "net.ipv6.conf.all.forwarding") {
+			found++
+			if !r.OK && !strings.Contains(r.Fix, "sysctl -w "+r.Name+"=1") {
+				t.Errorf("%s fails without a sysctl fix: %+v", r.Name, r)
+			}
+		}
+	}
+	if found != 2 {
+		t.Errorf("found %d forwarding checks, want 2", found)
+	}
+	if rs := Run(t.Context(), Options{Mode: intercept.ModeRedirect, Router: true}); len(rs) > 0 {
+		for _, r := range rs {
+			if strings.Contains(r.Name, "forward") {
+				t.Errorf("redirect mode checked %s", r.Name)
+			}
+		}
+	}
+}
+
+func TestRunCancelled(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for _, r := range Run(ctx, Options{Mode: intercept.ModeRedirect}) {
+		if strings.HasPrefix(r.Name, "nftables") && (r.OK || !strings.Contains(r.Detail, "not probed")) {
+			t.Errorf("%s ran after cancellation: %+v", r.Name, r)
+		}
+	}
+}
+
+// hostState is the host's nftables ruleset, ip rules and routes (read
+// only), to prove Run leaves them alone.
+func hostState(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, cmd := range [][]string{
+		{"nft", "list", "ruleset"}, {"ip", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+	} {
+		out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+		if err != nil {
+			t.Skipf("skipping: %s: %v", strings.Join(cmd, " "), err)
+		}
+		b.Write(out)
+	}
+	return b.String()
+}
+
+func TestProbeFailureIsReported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
+	}
+	fd, err := newProbeNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	// REDIRECT is refused in a filter chain: the kernel's "no" must come
+	// back as a failed result with its fix.
+	bad := probe{name: "bad", fix: "do something", run: func(_ context.Context, fd int) error {
+		out := chainSpec{nftables.ChainTypeFilter, nftables.ChainHookOutput, *nftables.ChainPriorityFilter}
+		return nftProbe(fd, "probe_bad", &out, tcp(port(1), &expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1}))
+	}}
+	r := result(bad.name, bad.run(t.Context(), fd), bad.fix)
+	if r.OK || r.Detail == "" || r.Fix != "do something" {
+		t.Errorf("result = %+v, want a failure with detail and fix", r)
+	}
+	// A sysctl that does not have the wanted value fails with a sysctl fix.
+	if r := sysctlIs("net.ipv4.ip_forward", "7", "why"); r.OK || r.Fix != "sysctl -w net.ipv4.ip_forward=7 (and persist it in /etc/sysctl.d/)" {
+		t.Errorf("sysctlIs = %+v", r)
+	}
+}

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/detour-proxy/detour/internal/lab"
+	"github.com/detour-proxy/detour/internal/ns"
+)
+
+// detourBin is the binary under test, built by TestMain.
+var detourBin string
+
+// ids makes namespace names unique across this package's parallel tests;
+// the pid keeps them unique across packages and runs.
+var ids atomic.Int64
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipping all tests: they create network namespaces and need root (CI runs as root)")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "detour-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	detourBin = filepath.Join(dir, "detour")
+	out, err := exec.Command("go", "build", "-o", detourBin, "github.com/detour-proxy/detour/cmd/detour").CombinedOutput()
+	if err != nil {
+		fmt.Printf("e2e: building detour failed: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to create network namespaces (CI runs as root)")
+	}
+}
+
+// newID returns a short id for namespace names: "e<pid%1000><n>".
+func newID(tag string) string {
+	return fmt.Sprintf("%s%d%d", tag, os.Getpid()%1000, ids.Add(1))
+}
+
+func tproxyNet(t *testing.T, tag string) *lab.TProxyNet {
+	t.Helper()
+	n, err := lab.NewTProxyNet(newID(tag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+func redirectNet(t *testing.T, tag string) *lab.RedirectNet {
+	t.Helper()
+	n, err := lab.NewRedirectNet(newID(tag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// startDetour runs `detour run ARGS` in n until the test ends.
+func startDetour(t *testing.T, n *ns.NS, args ...string) *lab.Detour {
+	t.Helper()
+	var logs bytes.Buffer
+	d, err := lab.StartDetour(context.Background(), n, detourBin, args, &syncWriter{w: &logs})
+	if err != nil {
+		t.Fatalf("start detour %v: %v\n%s", args, err, logs.String())
+	}
+	t.Cleanup(func() {
+		d.Stop()
+		if t.Failed() {
+			t.Logf("detour log:\n%s", logs.String())
+		}
+	})
+	return d
+}
+
+// detourCmd runs the detour binary in n and returns its combined output.
+func detourCmd(t *testing.T, n *ns.NS, args ...string) (string, error) {
+	t.Helper()
+	out, err := n.Command(context.Background(), detourBin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// snapshot captures the namespace's netfilter and routing state.
+func snapshot(t *testing.T, n *ns.NS) string {
+	t.Helper()
+	var b strings.Builder
+	for _, c := range [][]string{
+		{"nft", "list", "ruleset"},
+		{"ip", "rule"}, {"ip", "-6", "rule"},
+		{"ip", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+	} {
+		out, err := n.Command(context.Background(), c[0], c[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+		fmt.Fprintf(&b, "## %s\n%s", strings.Join(c, " "), out)
+	}
+	return b.String()
+}

@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/lab"
+)
+
+// TestRulesApplyCleanRestoresState: `rules clean` leaves the ruleset, the
+// policy rules and every routing table exactly as they were.
+func TestRulesApplyCleanRestoresState(t *testing.T) {
+	needRoot(t)
+	for _, mode := range []string{"tproxy", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			n := tproxyNet(t, "rc")
+			before := snapshot(t, n.Router)
+			args := []string{"--mode", mode, "--intercept-port", "80,443"}
+			if mode == "redirect" {
+				args = append(args, "--intercept-iface", "veth0", "--exclude-uid", "1000")
+			}
+			for i := 0; i < 2; i++ { // apply is idempotent
+				if out, err := detourCmd(t, n.Router, append([]string{"rules", "apply"}, args...)...); err != nil {
+					t.Fatalf("rules apply: %v\n%s", err, out)
+				}
+			}
+			during := snapshot(t, n.Router)
+			if during == before || !strings.Contains(during, "table inet detour") {
+				t.Fatalf("apply changed nothing visible:\n%s", during)
+			}
+			show, err := detourCmd(t, n.Router, append([]string{"rules", "show"}, args...)...)
+			if err != nil || !strings.Contains(show, "dport") {
+				t.Fatalf("rules show: %v\n%s", err, show)
+			}
+			for i := 0; i < 2; i++ { // clean succeeds when nothing is left
+				if out, err := detourCmd(t, n.Router, append([]string{"rules", "clean"}, args...)...); err != nil {
+					t.Fatalf("rules clean: %v\n%s", err, out)
+				}
+			}
+			if after := snapshot(t, n.Router); after != before {
+				t.Fatalf("state after clean differs from before apply:\n--- before\n%s\n--- after\n%s", before, after)
+			}
+		})
+	}
+}
+
+// TestKilledRunLeftoversRemovedByNextRun: SIGKILL leaves the rules; the
+// next run replaces them and removes them on a clean exit.
+func TestKilledRunLeftoversRemovedByNextRun(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "kill")
+	before := snapshot(t, n.Router)
+	args := []string{"--mode", "tproxy", "--intercept-port", "80", "--admin", "off"}
+	d, err := lab.StartDetour(context.Background(), n.Router, detourBin, args, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Kill()
+	if s := snapshot(t, n.Router); !strings.Contains(s, "table inet detour") {
+		t.Fatal("expected leftovers after SIGKILL")
+	}
+	d2, err := lab.StartDetour(context.Background(), n.Router, detourBin, args, nil)
+	if err != nil {
+		t.Fatalf("second run did not start over the leftovers: %v", err)
+	}
+	if s := snapshot(t, n.Router); strings.Count(s, "table inet detour") != 1 || strings.Count(s, "lookup 100") != 2 {
+		t.Fatalf("second run should hold exactly one copy of the rules:\n%s", s)
+	}
+	if err := d2.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for snapshot(t, n.Router) != before && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("rules left after a clean exit:\n%s", after)
+	}
+}
+
+// TestConfigErrorsExit2BeforeInstalling: bad input names the key, exits 2,
+// and installs nothing.
+func TestConfigErrorsExit2BeforeInstalling(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "cfg")
+	before := snapshot(t, n.Router)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--intercept-port", "80", "--intercept-dst", "198.18.0.0/33"}, "intercept.destinations"},
+		{[]string{"run", "--intercept-port", "99999"}, "--intercept-port"},
+		{[]string{"run", "--mode", "redirect", "--spoof-source", "--intercept-port", "80"}, "spoof_source"},
+		{[]string{"run", "--intercept-port", "80", "--upstream-mark", "0x1"}, "upstream.mark"},
+		{[]string{"run", "--listen", "nowhere", "--intercept-port", "80"}, "listen"},
+		{[]string{"run", "--bogus"}, "bogus"},
+	} {
+		out, err := detourCmd(t, n.Router, tc.args...)
+		code := -1
+		if ee, ok := err.(interface{ ExitCode() int }); ok {
+			code = ee.ExitCode()
+		}
+		if code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v: exit %d, output %q; want exit 2 mentioning %q", tc.args, code, out, tc.want)
+		}
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("a rejected config changed the namespace:\n%s", after)
+	}
+}

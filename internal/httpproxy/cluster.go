@@ -1,0 +1,269 @@
+package httpproxy
+
+import (
+	"cmp"
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// upstreamIdleTimeout closes pooled upstream connections unused this long,
+// even on a host kept alive by other traffic.
+const upstreamIdleTimeout = 60 * time.Second
+
+type hostKey struct {
+	dst    netip.AddrPort
+	client netip.Addr // set only when upstream connections spoof the client
+}
+
+func (k hostKey) String() string {
+	if k.client.IsValid() {
+		return k.dst.String() + "/" + k.client.String()
+	}
+	return k.dst.String()
+}
+
+// HostInfo describes one live host of the original-destination cluster.
+type HostInfo struct {
+	Dst             netip.AddrPort
+	Client          netip.Addr // the spoofed source; zero unless spoofing
+	Created         time.Time
+	LastUsed        time.Time
+	Requests        uint64 // requests routed to the host
+	Active          int    // requests in flight
+	Open            int    // upstream connections open
+	Idle            int    // open connections not carrying a request
+	Connects        uint64 // upstream connections opened (pre-dialed included)
+	Reuses          uint64 // requests served on a pooled connection
+	ConnectFailures uint64
+}
+
+// Key is the host's name in logs and the admin endpoint: "ip:port", or
+// "ip:port/client-ip" when spoofing.
+func (h HostInfo) Key() string { return hostKey{h.Dst, h.Client}.String() }
+
+// host is one destination with its own pool: an http.Transport whose
+// dialer always connects to the host's address.
+type host struct {
+	key     hostKey
+	created time.Time
+	tr      *http.Transport
+	c       *cluster
+
+	// Guarded by cluster.mu.
+	lastUsed  time.Time
+	active    int
+	requests  uint64
+	preDialed []*net.TCPConn
+
+	open, inUse                atomic.Int64
+	connects, reuses, failures atomic.Uint64
+}
+
+// cluster is the set of hosts, created on first use and removed by the
+// janitor once unused for CleanupInterval.
+type cluster struct {
+	p     *Proxy
+	mu    sync.Mutex
+	hosts map[hostKey]*host
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newCluster(p *Proxy) *cluster {
+	c := &cluster{p: p, hosts: make(map[hostKey]*host), stop: make(chan struct{}), done: make(chan struct{})}
+	go c.janitor()
+	return c
+}
+
+// getLocked returns the host for k, creating it. c.mu must be held.
+func (c *cluster) getLocked(k hostKey) *host {
+	if h := c.hosts[k]; h != nil {
+		return h
+	}
+	now := time.Now()
+	h := &host{key: k, created: now, lastUsed: now, c: c}
+	var protos http.Protocols
+	protos.SetHTTP1(true) // h2c clients are forwarded as HTTP/1.1
+	rt := c.p.o.RouteTimeout
+	if rt < 0 {
+		rt = 0
+	}
+	h.tr = &http.Transport{
+		Proxy:                 nil, // never an environment proxy
+		DialContext:           h.dial,
+		MaxIdleConnsPerHost:   c.p.o.MaxIdleConnsPerHost,
+		IdleConnTimeout:       upstreamIdleTimeout,
+		ResponseHeaderTimeout: rt,
+		ExpectContinueTimeout: time.Second,
+		// Pass Accept-Encoding and bodies through untouched.
+		DisableCompression: true,
+		Protocols:          &protos,
+	}
+	c.hosts[k] = h
+	c.p.log.Debug("created host", "host", k)
+	return h
+}
+
+// acquire returns the host for k with one more request in flight, so the
+// janitor leaves it alone until release.
+func (c *cluster) acquire(k hostKey) *host {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.getLocked(k)
+	h.active++
+	h.requests++
+	h.lastUsed = time.Now()
+	return h
+}
+
+func (c *cluster) release(h *host) {
+	c.mu.Lock()
+	h.active--
+	h.lastUsed = time.Now()
+	c.mu.Unlock()
+}
+
+func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.getLocked(k)
+	h.preDialed = append(h.preDialed, conn)
+	h.lastUsed = time.Now()
+}
+
+// dropPreDialed closes conn if no request took it.
+func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
+	c.mu.Lock()
+	h := c.hosts[k]
+	found := false
+	if h != nil {
+		if i := slices.Index(h.preDialed, conn); i >= 0 {
+			h.preDialed = slices.Delete(h.preDialed, i, i+1)
+			found = true
+		}
+	}
+	c.mu.Unlock()
+	if found {
+		conn.Close()
+	}
+}
+
+// dial is the host's Transport.DialContext: a pre-dialed connection if one
+// is waiting, else a new one to the host's address, whatever address the
+// Transport asks for.
+func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	log := h.c.p.log
+	h.c.mu.Lock()
+	var conn *net.TCPConn
+	if n := len(h.preDialed); n > 0 {
+		conn, h.preDialed = h.preDialed[n-1], h.preDialed[:n-1]
+	}
+	h.c.mu.Unlock()
+	preDialed := conn != nil
+	if conn == nil {
+		var err error
+		conn, err = h.c.p.o.Dialer.Dial(ctx, netip.AddrPortFrom(h.key.client, 0), h.key.dst)
+		if err != nil {
+			if ctx.Err() == nil { // not a client that gave up
+				h.failures.Add(1)
+			}
+			return nil, err
+		}
+	}
+	h.connects.Add(1)
+	h.open.Add(1)
+	log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", preDialed)
+	return &upConn{TCPConn: conn, h: h}, nil
+}
+
+// upConn counts open upstream connections. Embedding *net.TCPConn keeps
+// ReadFrom/WriteTo, so copies to and from it can still splice.
+type upConn struct {
+	*net.TCPConn
+	h    *host
+	once sync.Once
+}
+
+func (c *upConn) Close() error {
+	c.once.Do(func() { c.h.open.Add(-1) })
+	return c.TCPConn.Close()
+}
+
+// closeIdle drops the host's idle and pre-dialed connections.
+func (h *host) closeIdle(preDialed []*net.TCPConn) {
+	h.tr.CloseIdleConnections()
+	for _, c := range preDialed {
+		c.Close()
+	}
+}
+
+func (c *cluster) janitor() {
+	defer close(c.done)
+	interval := c.p.o.CleanupInterval
+	t := time.NewTicker(max(interval/2, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			c.sweep(now.Add(-interval))
+		}
+	}
+}
+
+// sweep removes hosts with nothing in flight and unused since cutoff.
+func (c *cluster) sweep(cutoff time.Time) {
+	c.mu.Lock()
+	var stale []*host
+	var conns [][]*net.TCPConn
+	for k, h := range c.hosts {
+		if h.active == 0 && !h.lastUsed.After(cutoff) {
+			delete(c.hosts, k)
+			stale = append(stale, h)
+			conns = append(conns, h.preDialed)
+			h.preDialed = nil
+		}
+	}
+	c.mu.Unlock()
+	for i, h := range stale {
+		c.p.log.Debug("removing stale host", "host", h.key, "idle_conns", max(h.open.Load()-h.inUse.Load(), 0))
+		h.closeIdle(conns[i])
+	}
+}
+
+// close stops the janitor and drops every host's idle connections.
+func (c *cluster) close() {
+	c.once.Do(func() { close(c.stop) })
+	<-c.done
+	c.sweep(time.Now().Add(time.Hour))
+	// Hosts still busy (hijacked tunnels end on their own) keep their
+	// connections until those finish.
+}
+
+// Hosts lists the cluster's live hosts, ordered by key.
+func (p *Proxy) Hosts() []HostInfo {
+	c := p.hosts
+	c.mu.Lock()
+	out := make([]HostInfo, 0, len(c.hosts))
+	for _, h := range c.hosts {
+		open, inUse := h.open.Load(), h.inUse.Load()
+		out = append(out, HostInfo{
+			Dst: h.key.dst, Client: h.key.client,
+			Created: h.created, LastUsed: h.lastUsed,
+			Requests: h.requests, Active: h.active,
+			Open: int(open), Idle: int(max(open-inUse, 0)),
+			Connects: h.connects.Load(), Reuses: h.reuses.Load(), ConnectFailures: h.failures.Load(),
+		})
+	}
+	c.mu.Unlock()
+	slices.SortFunc(out, func(a, b HostInfo) int { return cmp.Compare(a.Key(), b.Key()) })
+	return out
+}

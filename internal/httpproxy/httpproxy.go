@@ -1,0 +1,337 @@
+// Package httpproxy forwards intercepted HTTP connections at L7 to their
+// original destinations.
+//
+// Each connection handed to ServeConn is served by one internal http.Server
+// (HTTP/1.x and prior-knowledge h2c) fed from an in-memory listener. Every
+// request goes, through httputil.ReverseProxy, to the connection's original
+// destination IP and port — never to a DNS lookup of the Host header, which
+// passes through unchanged. Upstream connections come from an
+// original-destination cluster, after Envoy's ORIGINAL_DST cluster: one host
+// per destination ip:port (and per client IP when the dialer spoofs the
+// source, since such a connection can't serve another client), each with its
+// own pool of keep-alive connections; hosts unused for CleanupInterval are
+// removed with their idle connections.
+//
+//	p, err := httpproxy.New(httpproxy.Options{Dialer: upstream.New(upstream.Options{Mark: 0x2})})
+//	...
+//	go p.ServeConn(conn, client, origDst, nil) // returns when the connection is done
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultCleanupInterval       = 5 * time.Second
+	DefaultRouteTimeout          = 15 * time.Second
+	DefaultOriginalDstHeader     = "x-detour-original-dst-host"
+	DefaultServerHeader          = "detour"
+	DefaultMaxRequestHeaderBytes = 60 << 10
+	DefaultIdleTimeout           = 5 * time.Minute
+	DefaultHeaderTimeout         = 10 * time.Second
+	DefaultMaxIdleConnsPerHost   = 32
+)
+
+// XForwardedFor values.
+const (
+	XFFAppend = "append" // append the client IP to the client's X-Forwarded-For
+	XFFLeave  = "leave"  // pass the client's X-Forwarded-For (if any) unchanged
+)
+
+// ServerHeaderMode values, as Envoy's server_header_transformation.
+const (
+	ServerOverwrite      = "overwrite"        // always Server: ServerHeader
+	ServerAppendIfAbsent = "append_if_absent" // ServerHeader only if upstream sent none
+	ServerPassThrough    = "pass_through"     // upstream's Server header, or none
+)
+
+// Options configures a Proxy. Zero values mean the defaults above.
+type Options struct {
+	// Dialer opens upstream connections; required.
+	Dialer *upstream.Dialer
+	// CleanupInterval: hosts unused this long are removed with their idle
+	// connections.
+	CleanupInterval time.Duration
+	// RouteTimeout bounds the wait for upstream response headers once the
+	// request has been sent; expiry answers 504 "upstream request timeout".
+	// It does not cut response bodies (streams, downloads). Negative
+	// disables it.
+	RouteTimeout time.Duration
+	// UseOriginalDstHeader steers a request to the ip:port in
+	// OriginalDstHeader instead of the connection's original destination
+	// (Envoy's use_http_header). The header is always removed before the
+	// request goes upstream.
+	UseOriginalDstHeader bool
+	OriginalDstHeader    string
+	// XForwardedFor is XFFAppend (default) or XFFLeave.
+	XForwardedFor string
+	// ServerHeader is the Server value detour sets; ServerHeaderMode says
+	// when (default ServerOverwrite).
+	ServerHeader     string
+	ServerHeaderMode string
+	// MaxRequestHeaderBytes bounds the request line plus headers; larger
+	// requests get 431 and the connection is closed.
+	MaxRequestHeaderBytes int
+	// IdleTimeout closes downstream keep-alive connections idle this long.
+	IdleTimeout time.Duration
+	// HeaderTimeout bounds reading a request's headers (slowloris).
+	HeaderTimeout time.Duration
+	// MaxIdleConnsPerHost bounds each host's pool of idle upstream
+	// connections.
+	MaxIdleConnsPerHost int
+	// IsSelf reports whether a destination is one of detour's own
+	// listeners; such requests are refused with 508 (flag LR) instead of
+	// looping. Nil means nothing is refused.
+	IsSelf func(netip.AddrPort) bool
+	// Logger receives debug events and upstream errors; nil discards.
+	Logger *slog.Logger
+	// OnRequest, if set, is called once per request when it is done, on
+	// the request's goroutine: keep it quick (metrics, access logs).
+	OnRequest func(RequestInfo)
+}
+
+// Proxy is an L7 forwarder. It is safe for concurrent use.
+type Proxy struct {
+	o      Options
+	log    *slog.Logger
+	hdr    string // canonical OriginalDstHeader
+	srv    *http.Server
+	ln     *chanListener
+	rp     *httputil.ReverseProxy
+	hosts  *cluster
+	served chan struct{} // closed when srv.Serve returns
+
+	mu     sync.Mutex
+	closed bool
+	live   map[*downConn]struct{}
+	wg     sync.WaitGroup // ServeConn calls in progress
+}
+
+// New validates o, fills in defaults and starts the internal server.
+func New(o Options) (*Proxy, error) {
+	if o.Dialer == nil {
+		return nil, errors.New("httpproxy: Options.Dialer is required")
+	}
+	o.CleanupInterval = orDefault(o.CleanupInterval, DefaultCleanupInterval)
+	o.RouteTimeout = orDefault(o.RouteTimeout, DefaultRouteTimeout)
+	o.OriginalDstHeader = orDefault(o.OriginalDstHeader, DefaultOriginalDstHeader)
+	o.XForwardedFor = orDefault(o.XForwardedFor, XFFAppend)
+	o.ServerHeader = orDefault(o.ServerHeader, DefaultServerHeader)
+	o.ServerHeaderMode = orDefault(o.ServerHeaderMode, ServerOverwrite)
+	o.MaxRequestHeaderBytes = orDefault(o.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
+	o.IdleTimeout = orDefault(o.IdleTimeout, DefaultIdleTimeout)
+	o.HeaderTimeout = orDefault(o.HeaderTimeout, DefaultHeaderTimeout)
+	o.MaxIdleConnsPerHost = orDefault(o.MaxIdleConnsPerHost, DefaultMaxIdleConnsPerHost)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.XForwardedFor != XFFAppend && o.XForwardedFor != XFFLeave:
+		return nil, fmt.Errorf("httpproxy: XForwardedFor %q: want %q or %q", o.XForwardedFor, XFFAppend, XFFLeave)
+	case o.ServerHeaderMode != ServerOverwrite && o.ServerHeaderMode != ServerAppendIfAbsent && o.ServerHeaderMode != ServerPassThrough:
+		return nil, fmt.Errorf("httpproxy: ServerHeaderMode %q: want %q, %q or %q", o.ServerHeaderMode, ServerOverwrite, ServerAppendIfAbsent, ServerPassThrough)
+	case !validToken(o.OriginalDstHeader):
+		return nil, fmt.Errorf("httpproxy: OriginalDstHeader %q is not a valid header name", o.OriginalDstHeader)
+	case o.CleanupInterval < 0 || o.MaxRequestHeaderBytes < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 || o.MaxIdleConnsPerHost < 0:
+		return nil, errors.New("httpproxy: negative CleanupInterval, MaxRequestHeaderBytes, IdleTimeout, HeaderTimeout or MaxIdleConnsPerHost")
+	}
+
+	p := &Proxy{
+		o:      o,
+		log:    o.Logger,
+		hdr:    http.CanonicalHeaderKey(o.OriginalDstHeader),
+		ln:     newChanListener(),
+		served: make(chan struct{}),
+		live:   make(map[*downConn]struct{}),
+	}
+	p.hosts = newCluster(p)
+	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      roundTripper(p.roundTrip),
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.proxyError,
+		ErrorLog:       errLog,
+		BufferPool:     &bufferPool{},
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge; no Upgrade: h2c
+	p.srv = &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: o.HeaderTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		// net/http allows 4 KiB of slack above this before its own 431;
+		// ServeHTTP enforces the exact limit.
+		MaxHeaderBytes: o.MaxRequestHeaderBytes,
+		Protocols:      &protos,
+		ErrorLog:       errLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*downConn))
+		},
+	}
+	go func() {
+		defer close(p.served)
+		p.srv.Serve(p.ln)
+	}()
+	return p, nil
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// ServeConn serves HTTP on c, an intercepted client connection from client
+// to origDst, and returns when the connection is finished (closed by either
+// side, idle, or the proxy shut down). The first bytes may still be queued
+// in the socket (sniffed with MSG_PEEK). preDialed, if not nil, is a fresh
+// connection to origDst that the destination's host uses as its first
+// upstream connection instead of dialing; it is closed if still unused when
+// c is done.
+func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn) {
+	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{})}
+	if !p.track(dc) {
+		c.Close()
+		if preDialed != nil {
+			preDialed.Close()
+		}
+		return
+	}
+	defer p.untrack(dc)
+	if preDialed != nil {
+		key := p.hostKey(dc.client, dc.origDst)
+		p.hosts.addPreDialed(key, preDialed)
+		defer p.hosts.dropPreDialed(key, preDialed)
+	}
+	if !p.ln.hand(dc) {
+		dc.Close()
+		return
+	}
+	<-dc.done
+}
+
+func (p *Proxy) track(dc *downConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.live[dc] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(dc *downConn) {
+	p.mu.Lock()
+	delete(p.live, dc)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// closeLive closes every downstream connection, hijacked tunnels included.
+func (p *Proxy) closeLive() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for dc := range p.live {
+		dc.Close()
+	}
+}
+
+// Shutdown stops accepting connections, closes idle keep-alive ones, and
+// waits for requests in flight and upgraded tunnels to finish or ctx to
+// end; whatever is left then is closed. Idle upstream connections are
+// closed and the janitor stops.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	err := p.srv.Shutdown(ctx)
+	<-p.served
+	// Shutdown does not wait for hijacked (upgraded) connections.
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		p.closeLive()
+		<-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	p.hosts.close()
+	return err
+}
+
+// Close closes every connection at once, downstream and upstream.
+func (p *Proxy) Close() error {
+	p.closeLive()
+	err := p.srv.Close()
+	<-p.served
+	p.closeLive()
+	p.wg.Wait()
+	p.hosts.close()
+	return err
+}
+
+// hostKey names the cluster host for a destination. Spoofed upstream
+// connections carry the client's address, so they are pooled per client.
+func (p *Proxy) hostKey(client, dst netip.AddrPort) hostKey {
+	k := hostKey{dst: dst}
+	if p.o.Dialer.Options().SpoofSource {
+		k.client = client.Addr()
+	}
+	return k
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// validToken reports whether s is an RFC 9110 token (a header name).
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }

@@ -1,0 +1,159 @@
+package intercept
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// policy manages the policy routing detour owns: `ip rule fwmark M lookup T`
+// and `local 0.0.0.0/0 dev lo table T` (and the IPv6 twins). It recognises
+// them by exact shape and never touches other rules or routes, even in
+// table T.
+type policy struct {
+	h     *netlink.Handle
+	mark  uint32
+	table int
+	lo    int // ifindex of lo
+}
+
+func openPolicy(o Options) (*policy, error) {
+	var h *netlink.Handle
+	var err error
+	if o.NetNSFd != 0 {
+		h, err = netlink.NewHandleAt(netns.NsHandle(o.NetNSFd))
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, err
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	return &policy{h: h, mark: o.TProxyMark, table: o.RouteTable, lo: lo.Attrs().Index}, nil
+}
+
+func (p *policy) close() { p.h.Close() }
+
+func afamily(v6 bool) int {
+	if v6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// list returns detour's rules and routes of one family.
+func (p *policy) list(v6 bool) ([]netlink.Rule, []netlink.Route, error) {
+	all, err := p.h.RuleList(afamily(v6))
+	if v6 && errors.Is(err, unix.EAFNOSUPPORT) {
+		return nil, nil, nil // IPv6 disabled: nothing can be installed
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list rules: %w", err)
+	}
+	var rules []netlink.Rule
+	for _, r := range all {
+		if r.Mark == p.mark && r.Table == p.table && (r.Mask == nil || *r.Mask == 0xffffffff) &&
+			r.Src == nil && r.Dst == nil && r.IifName == "" && r.OifName == "" && !r.Invert {
+			rules = append(rules, r)
+		}
+	}
+	rts, err := p.h.RouteListFiltered(afamily(v6), &netlink.Route{Table: p.table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list routes of table %d: %w", p.table, err)
+	}
+	var routes []netlink.Route
+	for _, r := range rts {
+		if r.Type == unix.RTN_LOCAL && r.LinkIndex == p.lo && isDefault(r.Dst) {
+			routes = append(routes, r)
+		}
+	}
+	return rules, routes, nil
+}
+
+func isDefault(n *net.IPNet) bool {
+	if n == nil {
+		return true
+	}
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
+// ensure installs the family's rule and route unless they are there.
+func (p *policy) ensure(v6 bool) error {
+	rules, routes, err := p.list(v6)
+	if err != nil {
+		return err
+	}
+	if len(rules) == 0 {
+		r := netlink.NewRule()
+		r.Family, r.Mark, r.Table = afamily(v6), p.mark, p.table
+		if err := p.h.RuleAdd(r); err != nil {
+			return fmt.Errorf("ip rule add fwmark %#x lookup %d: %w", p.mark, p.table, err)
+		}
+	}
+	if len(routes) == 0 {
+		dst := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+		if v6 {
+			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		// RouteAdd, not RouteReplace: a default route the user keeps in
+		// this table must make Apply fail, not vanish.
+		err := p.h.RouteAdd(&netlink.Route{
+			Family: afamily(v6), Table: p.table, Type: unix.RTN_LOCAL, Scope: unix.RT_SCOPE_HOST,
+			Protocol: unix.RTPROT_BOOT, LinkIndex: p.lo, Dst: dst,
+		})
+		if err != nil {
+			return fmt.Errorf("ip route add local %s dev lo table %d: %w", dst, p.table, err)
+		}
+	}
+	return nil
+}
+
+// remove deletes the family's rules and routes; nothing there is fine.
+func (p *policy) remove(v6 bool) error {
+	rules, routes, err := p.list(v6)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rules {
+		if err := p.h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("ip rule del fwmark %#x lookup %d: %w", p.mark, p.table, err))
+		}
+	}
+	for _, r := range routes {
+		if err := p.h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("ip route del %s table %d: %w", r.Dst, p.table, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// read adds the installed rules and routes to rs.
+func (p *policy) read(rs *ruleset) error {
+	for _, v6 := range []bool{false, true} {
+		rules, routes, err := p.list(v6)
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			mask := uint32(0xffffffff)
+			if r.Mask != nil {
+				mask = *r.Mask
+			}
+			rs.rules = append(rs.rules, ipRule{v6: v6, mark: r.Mark, mask: mask, table: r.Table})
+		}
+		for range routes {
+			rs.routes = append(rs.routes, localRoute{v6: v6, table: p.table})
+		}
+	}
+	return nil
+}

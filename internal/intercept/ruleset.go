@@ -1,0 +1,277 @@
+package intercept
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// ruleset is the portable description of everything detour installs. Build
+// makes one from Options; on Linux the same shape is encoded into netlink
+// messages and decoded back from the kernel, so Render and Show share one
+// printer.
+type ruleset struct {
+	table  string // in family inet
+	chains []chain
+	rules  []ipRule     // policy routing rules
+	routes []localRoute // routes in the policy table
+}
+
+type chain struct {
+	name     string
+	kind     string // "filter" or "nat"
+	hook     string // "prerouting" or "output"
+	priority int32
+	policy   string // "accept" or "drop"
+	rules    [][]stmt
+}
+
+// ipRule is `ip rule add fwmark mark lookup table`.
+type ipRule struct {
+	v6    bool
+	mark  uint32
+	mask  uint32
+	table int
+}
+
+// localRoute is `ip route add local 0.0.0.0/0 dev lo table table`.
+type localRoute struct {
+	v6    bool
+	table int
+}
+
+// stmt is one nft statement of a rule, in the order the kernel runs them.
+type stmt interface{ isStmt() }
+
+type (
+	matchIIFName    struct{ names []string }
+	matchL4ProtoTCP struct{}
+	matchNFProto    struct{ v6 bool }
+	// matchDaddr is always backed by an anonymous interval set.
+	matchDaddr struct {
+		v6     bool
+		ranges []addrRange
+	}
+	matchDport             struct{ ports []uint16 }
+	matchMark              struct{ mark uint32 }
+	matchSkuid             struct{ uids []uint32 }
+	matchSocketTransparent struct{}
+	matchFibDaddrLocal     struct{}
+	setMark                struct{ mark uint32 }
+	tproxyTo               struct {
+		v6   bool
+		addr netip.Addr // invalid: the incoming interface's address
+		port uint16
+	}
+	redirectTo struct{ port uint16 }
+	verdict    string // "accept", "return", "drop", ...
+	// unknown is something Show found that detour never installs.
+	unknown string
+)
+
+func (matchIIFName) isStmt()           {}
+func (matchL4ProtoTCP) isStmt()        {}
+func (matchNFProto) isStmt()           {}
+func (matchDaddr) isStmt()             {}
+func (matchDport) isStmt()             {}
+func (matchMark) isStmt()              {}
+func (matchSkuid) isStmt()             {}
+func (matchSocketTransparent) isStmt() {}
+func (matchFibDaddrLocal) isStmt()     {}
+func (setMark) isStmt()                {}
+func (tproxyTo) isStmt()               {}
+func (redirectTo) isStmt()             {}
+func (verdict) isStmt()                {}
+func (unknown) isStmt()                {}
+
+// addrRange is an inclusive range of addresses of one family.
+type addrRange struct{ first, last netip.Addr }
+
+// Chain priorities, as nft names them.
+const (
+	prioMangle int32 = -150
+	prioDstNAT int32 = -100
+)
+
+// build turns validated options (with defaults applied) into the ruleset.
+func build(o Options) ruleset {
+	rs := ruleset{table: o.TableName}
+	ports := sortedUnique(o.Ports)
+	ifaces := sortedUnique(o.Interfaces)
+	fams := families(o)
+
+	switch o.Mode {
+	case ModeTProxy:
+		pre := chain{name: "prerouting", kind: "filter", hook: "prerouting", priority: prioMangle, policy: "accept"}
+		// Packets of sockets that are already transparent (accepted
+		// connections, and replies to upstream sockets that spoof the
+		// client's address) only need the mark that routes them locally.
+		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchSocketTransparent{}, setMark{o.TProxyMark}, verdict("accept")})
+		// Connections to the router's own addresses are its own business:
+		// diverting them would only add a hop (and loop if detour listens
+		// on an intercepted port).
+		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchFibDaddrLocal{}, verdict("return")})
+		for _, f := range fams {
+			addr := f.listen.Addr()
+			if addr.IsUnspecified() {
+				addr = netip.Addr{}
+			}
+			for _, r := range matchPrefix(ifaces, f, false) {
+				pre.rules = append(pre.rules, append(r, matchDport{ports}, tproxyTo{v6: f.v6, addr: addr, port: f.listen.Port()}, setMark{o.TProxyMark}, verdict("accept")))
+			}
+		}
+		rs.chains = append(rs.chains, pre)
+		for _, f := range fams {
+			rs.rules = append(rs.rules, ipRule{v6: f.v6, mark: o.TProxyMark, mask: 0xffffffff, table: o.RouteTable})
+			rs.routes = append(rs.routes, localRoute{v6: f.v6, table: o.RouteTable})
+		}
+
+	case ModeRedirect:
+		out := chain{name: "output", kind: "nat", hook: "output", priority: prioDstNAT, policy: "accept"}
+		// detour's own upstream connections must reach the real server.
+		out.rules = append(out.rules, []stmt{matchMark{o.UpstreamMark}, verdict("return")})
+		for _, uid := range sortedUnique(o.ExcludeUIDs) {
+			out.rules = append(out.rules, []stmt{matchSkuid{[]uint32{uid}}, verdict("return")})
+		}
+		for _, f := range fams {
+			for _, r := range matchPrefix(nil, f, true) {
+				out.rules = append(out.rules, append(r, matchDport{ports}, redirectTo{f.listen.Port()}))
+			}
+		}
+		rs.chains = append(rs.chains, out)
+		if len(ifaces) > 0 {
+			pre := chain{name: "prerouting", kind: "nat", hook: "prerouting", priority: prioDstNAT, policy: "accept"}
+			for _, f := range fams {
+				for _, r := range matchPrefix(ifaces, f, true) {
+					pre.rules = append(pre.rules, append(r, matchDport{ports}, redirectTo{f.listen.Port()}))
+				}
+			}
+			rs.chains = append(rs.chains, pre)
+		}
+	}
+	return rs
+}
+
+// family is one address family detour intercepts.
+type family struct {
+	v6     bool
+	listen netip.AddrPort
+	ranges []addrRange // nil = any destination
+}
+
+// families lists the enabled families with their destination ranges. A
+// family with a listener but none of the given Destinations is left alone.
+func families(o Options) []family {
+	var fams []family
+	for _, f := range []family{{v6: false, listen: o.ListenV4}, {v6: true, listen: o.ListenV6}} {
+		if !f.listen.IsValid() {
+			continue
+		}
+		var prefixes []netip.Prefix
+		for _, p := range o.Destinations {
+			if p.Addr().Is6() == f.v6 {
+				prefixes = append(prefixes, p.Masked())
+			}
+		}
+		if len(o.Destinations) > 0 && len(prefixes) == 0 {
+			continue
+		}
+		f.ranges = mergeRanges(prefixes)
+		if len(f.ranges) == 1 && f.ranges[0] == fullRange(f.v6) {
+			f.ranges = nil // 0.0.0.0/0 is "any"
+		}
+		fams = append(fams, f)
+	}
+	return fams
+}
+
+// matchPrefix returns the starts of a family's interception rules, one per
+// incoming interface (or one for any): interface, TCP, family, destinations.
+// In the inet table an address match needs the nfproto match first (nft
+// hides it again when printing), and redirect needs it to keep a family's
+// rule from taking the other family's packets; tproxy does not, as
+// `tproxy ip` ignores IPv6 packets.
+//
+// Interfaces (like uids) get a rule each rather than an anonymous set:
+// google/nftables v0.3.0 marks every anonymous set's key as big-endian in
+// the metadata nft prints from, so a set of names or uids, which the kernel
+// keeps in host order, would list garbled (`iifname { "", "" }`).
+func matchPrefix(ifaces []string, f family, needFamily bool) [][]stmt {
+	var tail []stmt
+	tail = append(tail, matchL4ProtoTCP{})
+	if needFamily || f.ranges != nil {
+		tail = append(tail, matchNFProto{f.v6})
+	}
+	if f.ranges != nil {
+		tail = append(tail, matchDaddr{v6: f.v6, ranges: f.ranges})
+	}
+	if len(ifaces) == 0 {
+		return [][]stmt{tail}
+	}
+	var rules [][]stmt
+	for _, name := range ifaces {
+		rules = append(rules, append([]stmt{matchIIFName{[]string{name}}}, tail...))
+	}
+	return rules
+}
+
+// mergeRanges turns prefixes into sorted, disjoint, non-adjacent ranges, the
+// form the kernel's interval sets require (and nft's auto-merge produces).
+func mergeRanges(prefixes []netip.Prefix) []addrRange {
+	var rs []addrRange
+	for _, p := range prefixes {
+		rs = append(rs, prefixRange(p))
+	}
+	slices.SortFunc(rs, func(a, b addrRange) int { return a.first.Compare(b.first) })
+	var out []addrRange
+	for _, r := range rs {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if next := last.last.Next(); !next.IsValid() || r.first.Compare(next) <= 0 {
+				if r.last.Compare(last.last) > 0 {
+					last.last = r.last
+				}
+				continue
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func prefixRange(p netip.Prefix) addrRange {
+	p = p.Masked()
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ := netip.AddrFromSlice(b)
+	return addrRange{p.Addr(), last}
+}
+
+func fullRange(v6 bool) addrRange {
+	if v6 {
+		return prefixRange(netip.MustParsePrefix("::/0"))
+	}
+	return prefixRange(netip.MustParsePrefix("0.0.0.0/0"))
+}
+
+// prefix reports whether r is exactly one CIDR, and which.
+func (r addrRange) prefix() (netip.Prefix, bool) {
+	for bits := 0; bits <= r.first.BitLen(); bits++ {
+		p := netip.PrefixFrom(r.first, bits)
+		if p.Masked() == p && prefixRange(p) == r {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+func sortedUnique[T interface{ ~string | ~uint16 | ~uint32 }](xs []T) []T {
+	out := slices.Clone(xs)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (rs ruleset) empty() bool {
+	return rs.table == "" && len(rs.rules) == 0 && len(rs.routes) == 0
+}

@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/ns"
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+// countingObserver records refusals.
+type countingObserver struct {
+	nopObserver
+	loops atomic.Int64
+}
+
+func (o *countingObserver) Refused(reason string) {
+	if reason == "loop" {
+		o.loops.Add(1)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestLoopGuardLeaksNothing: a thousand connections whose destination is
+// the proxy itself are refused without dialing, and leave no goroutine or
+// descriptor behind.
+func TestLoopGuardLeaksNothing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root for a network namespace and IP_TRANSPARENT (CI runs as root)")
+	}
+	n, err := ns.New(fmt.Sprintf("dt-loop-%d", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+
+	var ln *listen.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	obs := &countingObserver{}
+	// A dialer that fails the test if the guard lets anything through.
+	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}), Protocol: ProtocolTCP, Observer: obs})
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+
+	dialer := n.Dialer(nil)
+	try := func() {
+		c, err := dialer(context.Background(), "tcp", ln.Addr().String())
+		if err != nil {
+			return // reset before connect returned: closed, as it should be
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(c)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("looping connection not closed within 5s")
+		}
+		c.Close()
+	}
+	for range 20 {
+		try()
+	}
+	waitFor := func(cond func() bool) bool {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if cond() {
+				return true
+			}
+		}
+		return cond()
+	}
+	waitFor(func() bool { return obs.loops.Load() == 20 })
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	for range 1000 {
+		try()
+	}
+	if !waitFor(func() bool { return obs.loops.Load() == 1020 }) {
+		t.Fatalf("loop refusals = %d, want 1020", obs.loops.Load())
+	}
+	if !waitFor(func() bool { return runtime.NumGoroutine() <= goroutines+2 && openFDs(t) <= fds+2 }) {
+		t.Fatalf("after 1000 looping connections: goroutines %d -> %d, fds %d -> %d",
+			goroutines, runtime.NumGoroutine(), fds, openFDs(t))
+	}
+}
+
+func TestSelfAddrs(t *testing.T) {
+	s := newSelfAddrs([]uint16{15001}, []netip.Addr{netip.MustParseAddr("198.18.1.1"), netip.IPv6Unspecified()})
+	tests := []struct {
+		dst  string
+		want bool
+	}{
+		{"198.18.1.1:15001", true},
+		{"127.0.0.1:15001", true},
+		{"[::1]:15001", true},
+		{"0.0.0.0:15001", true},
+		{"198.18.2.2:15001", false}, // another host on the proxy's port number: forward it
+		{"198.18.1.1:80", false},
+		{"127.0.0.1:80", false},
+	}
+	for _, tt := range tests {
+		if got := s.contains(netip.MustParseAddrPort(tt.dst)); got != tt.want {
+			t.Errorf("contains(%s) = %v, want %v", tt.dst, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package sniff
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"testing"
+	"time"
+)
+
+// pair returns a connected loopback pair: the accepted side (what detour
+// holds) and the dialing side (the client).
+func pair(t *testing.T) (accepted, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted, err = ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close(); client.Close() })
+	return accepted, client
+}
+
+func TestPeekLeavesBytesInSocket(t *testing.T) {
+	a, c := pair(t)
+	const msg = "hello, world"
+	c.Write([]byte(msg))
+	buf := make([]byte, 64)
+	n, err := Peek(context.Background(), a, buf)
+	if err != nil || string(buf[:n]) != msg {
+		t.Fatalf("Peek = %q, %v", buf[:n], err)
+	}
+	got := make([]byte, len(msg))
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(a, got); err != nil || string(got) != msg {
+		t.Fatalf("read after peek = %q, %v", got, err)
+	}
+}
+
+func TestPeekCancelClearsDeadline(t *testing.T) {
+	a, c := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := Peek(ctx, a, make([]byte, 8)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+	// The conn must be usable afterwards: no deadline left behind.
+	c.Write([]byte("x"))
+	b := make([]byte, 1)
+	if _, err := a.Read(b); err != nil || b[0] != 'x' {
+		t.Fatalf("read after canceled peek: %q %v", b, err)
+	}
+}
+
+func TestSniffSplitRequestBecomesHTTP1(t *testing.T) {
+	a, c := pair(t)
+	const req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	c.Write([]byte(req[:2]))
+	time.AfterFunc(60*time.Millisecond, func() { c.Write([]byte(req[2:])) })
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != HTTP1 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+	got := make([]byte, len(req))
+	a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(a, got); err != nil || string(got) != req {
+		t.Fatalf("read after sniff = %q, %v", got, err)
+	}
+}
+
+func TestSniffSilentClientReturnsAtMaxWait(t *testing.T) {
+	a, _ := pair(t)
+	start := time.Now()
+	r, err := Sniff(context.Background(), a, 100*time.Millisecond)
+	if err != nil || r.Protocol != Unknown || r.N != 0 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Fatalf("returned after %v, before maxWait", d)
+	}
+}
+
+func TestSniffPartialPrefixReturnsGuessAtMaxWait(t *testing.T) {
+	a, c := pair(t)
+	c.Write([]byte("GET /long/path"))
+	r, err := Sniff(context.Background(), a, 80*time.Millisecond)
+	if err != nil || r.Protocol != HTTP1 || r.N != 14 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+}
+
+func TestSniffCallerCancel(t *testing.T) {
+	a, _ := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(30*time.Millisecond, cancel)
+	if _, err := Sniff(ctx, a, 10*time.Second); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want context.Canceled", err)
+	}
+}
+
+func TestSniffEOF(t *testing.T) {
+	a, c := pair(t)
+	c.Close()
+	if _, err := Sniff(context.Background(), a, 5*time.Second); err != io.EOF {
+		t.Fatalf("err %v, want io.EOF", err)
+	}
+}
+
+func TestSniffPartialThenHalfClose(t *testing.T) {
+	a, c := pair(t)
+	c.Write([]byte("GE"))
+	c.CloseWrite()
+	start := time.Now()
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != Unknown || r.N != 2 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("waited %v although the client had closed", d)
+	}
+}
+
+func TestSniffTLS(t *testing.T) {
+	a, c := pair(t)
+	go tls.Client(c, &tls.Config{ServerName: "tls.example", NextProtos: []string{"h2"}, InsecureSkipVerify: true}).Handshake()
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != TLS || r.SNI != "tls.example" || !slices.Equal(r.ALPN, []string{"h2"}) {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+}
+
+func TestSniffH2CPreface(t *testing.T) {
+	a, c := pair(t)
+	c.Write([]byte(H2Preface))
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != HTTP2 || r.N != len(H2Preface) {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+}
+
+func TestSniffLongRequestLineGrowsBuffer(t *testing.T) {
+	a, c := pair(t)
+	line := "GET /" + string(slices.Repeat([]byte("a"), 10000)) + " HTTP/1.1\r\n"
+	go c.Write([]byte(line))
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != HTTP1 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+}
+
+func TestWaitReadable(t *testing.T) {
+	a, c := pair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := WaitReadable(ctx, c); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent server: err %v, want deadline exceeded", err)
+	}
+	a.Write([]byte("220 banner\r\n"))
+	if err := WaitReadable(context.Background(), c); err != nil {
+		t.Fatalf("banner: %v", err)
+	}
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "220" {
+		t.Fatalf("banner consumed: %q %v", b, err)
+	}
+}
