@@ -215,3 +215,5 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func newFrontDialer() *upstream.Dialer { return upstream.New(upstream.Options{}) }
