@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -99,11 +100,13 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 		Mark:           cfg.Upstream.Mark,
 		SpoofSource:    cfg.Upstream.SpoofSource,
 	})
-	l7, err := newL7(cfg, dialer, log)
+	var srv *proxy.Server
+	l7, err := newL7(cfg, dialer, log, func(dst netip.AddrPort) bool { return srv.IsSelf(dst) })
 	if err != nil {
 		return err
 	}
-	srv := proxy.New(proxy.Options{
+	defer l7.Close()
+	srv = proxy.New(proxy.Options{
 		Listeners: lns,
 		Dialer:    dialer,
 		Protocol:  proxy.Protocol(cfg.Protocol),
@@ -119,13 +122,17 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(cfg.Drain))
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Drain))
 	defer cancel()
+	// The HTTP side closes idle keep-alive connections and waits for
+	// requests in flight while the accept loops stop and L4 streams finish.
+	httpDrained := make(chan error, 1)
+	go func() { httpDrained <- l7.Shutdown(drainCtx) }()
 	if derr := srv.Shutdown(drainCtx); derr != nil {
 		log.Warn(derr.Error())
 	}
+	if herr := <-httpDrained; herr != nil {
+		log.Warn("HTTP drain ended with requests in flight", "err", herr)
+	}
 	<-served
 	lns = nil // closed by Shutdown
-	if c, ok := l7.(interface{ Close() error }); ok {
-		c.Close()
-	}
 	return nil
 }

@@ -181,6 +181,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	out.Set("X-Forwarded-Proto", "http")
+	// Request trailers arrive after the body: share the map net/http fills
+	// (ReverseProxy's clone would forward empty values).
+	pr.Out.Trailer = pr.In.Trailer
 	out.Set(hdrRequestID, x.info.RequestID)
 	out.Del(p.hdr)
 }

@@ -251,7 +251,7 @@ func (p *Proxy) closeLive() {
 	defer p.mu.Unlock()
 	p.closed = true
 	for dc := range p.live {
-		dc.Close()
+		dc.abort()
 	}
 }
 

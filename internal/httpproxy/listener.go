@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 )
 
 // downConn is a client connection with the addresses the interception
@@ -18,10 +19,42 @@ type downConn struct {
 
 // Close closes the connection and releases ServeConn. net/http closes it
 // when it is done, and so does ReverseProxy after a hijacked upgrade.
+//
+// If the client's bytes are still unread (a refused request it is still
+// sending), a plain close would answer them with a reset that can destroy
+// our final response in the client's receive queue before it is read.
+// Close then lingers instead (RFC 9112 9.6): FIN, drain the input for a
+// while, and close in the background.
 func (c *downConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
+	var err error
+	c.once.Do(func() {
+		if sc, ok := c.Conn.(syscall.Conn); ok && unreadInput(sc) {
+			c.CloseWrite()
+			go func() {
+				drain(c.Conn)
+				c.Conn.Close()
+				close(c.done)
+			}()
+			return
+		}
+		err = c.Conn.Close()
+		close(c.done)
+	})
 	return err
+}
+
+// abort closes at once, cutting a lingering close short.
+func (c *downConn) abort() {
+	c.Conn.Close()
+	c.Close()
+}
+
+// CloseWrite lets net/http send its FIN before hanging up after an error.
+func (c *downConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // chanListener is the net.Listener the internal http.Server accepts from:

@@ -1,10 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/sniff"
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // forward picks L4 or L7 for a connection that passed the loop guard.
@@ -13,7 +17,120 @@ func (s *Server) forward(id string, log *slog.Logger, c *listen.Conn) {
 	switch s.opts.Protocol {
 	case ProtocolHTTP:
 		s.opts.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil)
+	case ProtocolAuto:
+		s.forwardAuto(id, log, c, rec)
 	default:
 		s.forwardL4(id, log, c, nil, rec)
 	}
+}
+
+type dialed struct {
+	up  *net.TCPConn
+	err error
+	dur time.Duration
+}
+
+type sniffed struct {
+	res sniff.Result
+	err error
+}
+
+// forwardAuto dials the destination at once while it peeks at the client's
+// first bytes, so a server that speaks first (SMTP, SSH, MySQL banners) is
+// noticed the moment its banner arrives instead of after a sniffing
+// timeout. HTTP goes to L7, taking the connection already dialed as its
+// first pooled one; everything else is spliced at L4.
+func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4Record) {
+	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
+	defer stopSniff()
+
+	dialc := make(chan dialed, 1)
+	go func() {
+		start := time.Now()
+		up, err := s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		dialc <- dialed{up, err, time.Since(start)}
+	}()
+	sniffc := make(chan sniffed, 1)
+	go func() {
+		r, err := sniff.Sniff(sniffCtx, c.TCPConn, s.opts.SniffTimeout)
+		sniffc <- sniffed{r, err}
+	}()
+
+	var (
+		d      dialed
+		haveD  bool
+		spoke  chan error
+		result sniffed
+	)
+	for decided := false; !decided; {
+		select {
+		case d = <-dialc:
+			haveD = true
+			if d.err != nil {
+				stopSniff() // decide now from what the client sent so far
+				continue
+			}
+			spoke = make(chan error, 1)
+			go func() { spoke <- sniff.WaitReadable(sniffCtx, d.up) }()
+		case result = <-sniffc:
+			decided = true
+		case err := <-spoke:
+			spoke = nil
+			if err == nil { // the server spoke first: a banner protocol
+				log.Debug("upstream spoke first; forwarding at L4")
+				stopSniff()
+				result = <-sniffc
+				result.res = sniff.Result{Protocol: sniff.Unknown}
+				result.err = nil
+				decided = true
+			}
+		}
+	}
+	stopSniff()
+	if spoke != nil {
+		<-spoke // its deadline on the upstream conn must be cleared before use
+	}
+	if !haveD {
+		d = <-dialc
+	}
+	if d.err == nil {
+		rec.ConnectDuration = d.dur
+	}
+
+	switch result.res.Protocol {
+	case sniff.HTTP1, sniff.HTTP2:
+		log.Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
+		s.opts.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up) // answers 503 itself when d failed
+		return
+	}
+	if result.err != nil && d.err == nil && result.res.N == 0 {
+		// The client closed (or failed) before sending anything: nothing to forward.
+		log.Debug("client closed before sending", "err", result.err)
+	}
+	rec.Protocol, rec.SNI = l4ProtocolName(result.res.Protocol), result.res.SNI
+	log.Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
+	if d.err != nil {
+		s.failDial(log, c, &rec, d.err)
+		return
+	}
+	log.Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
+	s.forwardL4(id, log, c, d.up, rec)
+}
+
+func l4ProtocolName(p sniff.Protocol) string {
+	if p == sniff.TLS {
+		return "tls"
+	}
+	return "tcp"
+}
+
+// failDial logs a failed upstream connect and resets the client, as a
+// refused direct connect would have.
+func (s *Server) failDial(log *slog.Logger, c *listen.Conn, rec *L4Record, err error) {
+	reason := upstream.Classify(err)
+	log.Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
+	rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
+	c.SetLinger(0)
+	c.Close()
+	s.opts.Observer.L4Done(*rec)
 }

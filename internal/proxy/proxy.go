@@ -122,6 +122,10 @@ func New(o Options) *Server {
 	return s
 }
 
+// IsSelf reports whether dst is one of the server's own listening
+// addresses: forwarding there would loop.
+func (s *Server) IsSelf(dst netip.AddrPort) bool { return s.self.contains(dst) }
+
 // Serve accepts on every listener until Shutdown; it returns when all
 // accept loops have stopped.
 func (s *Server) Serve() {
@@ -203,12 +207,16 @@ func (s *Server) handle(c *listen.Conn) {
 // forwardL4 dials the destination (unless up is already open) and copies.
 func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.TCPConn, rec L4Record) {
 	if up == nil {
+		log.Debug("upstream connecting", "dst", c.OrigDst)
+		start := time.Now()
 		var err error
-		up, err = s.dial(log, c, &rec)
+		up, err = s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		rec.ConnectDuration = time.Since(start)
 		if err != nil {
-			s.opts.Observer.L4Done(rec)
+			s.failDial(log, c, &rec, err)
 			return
 		}
+		log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
 	}
 	o := s.opts.TCP
 	o.Logger = log
@@ -227,25 +235,6 @@ func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.
 	}
 	log.Debug("closed", "sent", res.Sent, "received", res.Received, "end", res.End, "duration", rec.Duration)
 	s.opts.Observer.L4Done(rec)
-}
-
-// dial opens the upstream connection, logging as Envoy's debug log does.
-// On failure the client is reset, as a refused direct connect would be.
-func (s *Server) dial(log *slog.Logger, c *listen.Conn, rec *L4Record) (*net.TCPConn, error) {
-	log.Debug("upstream connecting", "dst", c.OrigDst)
-	start := time.Now()
-	up, err := s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
-	rec.ConnectDuration = time.Since(start)
-	if err != nil {
-		reason := upstream.Classify(err)
-		log.Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
-		rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
-		c.SetLinger(0)
-		c.Close()
-		return nil, err
-	}
-	log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
-	return up, nil
 }
 
 type nopObserver struct{}

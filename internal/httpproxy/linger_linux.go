@@ -1,0 +1,36 @@
+package httpproxy
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bounds of a lingering close.
+const (
+	lingerTimeout = 2 * time.Second
+	lingerBytes   = 1 << 20
+)
+
+// unreadInput reports whether bytes from the peer wait in c's receive queue.
+func unreadInput(c syscall.Conn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
+}
+
+// drain discards c's input until the peer closes, lingerBytes were read or
+// lingerTimeout passed.
+func drain(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(c, lingerBytes))
+}
