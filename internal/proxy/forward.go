@@ -24,6 +24,10 @@ func (s *Server) forward(id string, log *slog.Logger, c *listen.Conn) {
 	}
 }
 
+// dialFailGrace is how long auto mode still waits for a client's first
+// bytes after the upstream connect failed.
+const dialFailGrace = 200 * time.Millisecond
+
 type dialed struct {
 	up  *net.TCPConn
 	err error
@@ -67,7 +71,11 @@ func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4
 		case d = <-dialc:
 			haveD = true
 			if d.err != nil {
-				stopSniff() // decide now from what the client sent so far
+				// An HTTP client gets a 503 only if its request is seen, and it
+				// sends it right after connecting: wait a moment for it, not
+				// the whole sniffing timeout.
+				t := time.AfterFunc(min(dialFailGrace, s.opts.SniffTimeout), stopSniff)
+				defer t.Stop()
 				continue
 			}
 			spoke = make(chan error, 1)
