@@ -37,6 +37,7 @@ type configFlags struct {
 	connectTimeout, idleTimeout, drain   time.Duration
 	cleanupInterval, routeTimeout        time.Duration
 	useOrigDstHeader                     bool
+	maxConns                             int
 }
 
 func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
@@ -63,6 +64,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.drain, "drain-timeout", 0, "on SIGTERM, let connections finish this long (default 15s)")
 		fs.DurationVar(&f.cleanupInterval, "cleanup-interval", 0, "remove original-destination hosts unused this long (default 5s)")
 		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
+		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
 	}
 	return f
@@ -160,6 +162,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.HTTP.CleanupInterval = config.Duration(f.cleanupInterval)
 	case "route-timeout":
 		cfg.HTTP.RouteTimeout = config.Duration(f.routeTimeout)
+	case "max-connections":
+		cfg.MaxConnections = f.maxConns
 	case "use-original-dst-header":
 		cfg.HTTP.UseOriginalDstHeader = f.useOrigDstHeader
 	}

@@ -110,6 +110,7 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 		Listeners: lns,
 		Dialer:    dialer,
 		Protocol:  proxy.Protocol(cfg.Protocol),
+		MaxConns:  cfg.MaxConnections,
 		TCP:       tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
 		HTTP:      l7,
 		Logger:    log,

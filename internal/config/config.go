@@ -46,6 +46,8 @@ type Config struct {
 	Admin     string    `yaml:"admin"`
 	LogLevel  string    `yaml:"log_level"`
 	Drain     Duration  `yaml:"drain_timeout"`
+	// MaxConnections bounds concurrent intercepted connections; 0 = none.
+	MaxConnections int `yaml:"max_connections"`
 
 	// Parsed forms, filled by Finish.
 	ListenAddrs []netip.AddrPort `yaml:"-"`
@@ -194,6 +196,9 @@ func (c *Config) Finish() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level: %q is not a level (use debug, info, warn or error)", c.LogLevel)
+	}
+	if c.MaxConnections < 0 {
+		return fmt.Errorf("max_connections: must be 0 (no limit) or positive")
 	}
 	if c.Drain == 0 {
 		c.Drain = Duration(DefaultDrainTimeout)

@@ -50,6 +50,9 @@ type Options struct {
 	// SniffTimeout bounds the wait for a silent client's first bytes in
 	// auto mode before the connection is treated as L4; default 1s.
 	SniffTimeout time.Duration
+	// MaxConns bounds concurrent connections; past it new ones are closed
+	// at once (Refused "limit"). Zero means no limit.
+	MaxConns int
 	// Observer receives connection events for metrics and access logs.
 	Observer Observer
 	Logger   *slog.Logger
@@ -61,7 +64,7 @@ type Observer interface {
 	// Accepted is called for every accepted connection.
 	Accepted(mode listen.Mode)
 	// Refused is called when a connection is closed before forwarding:
-	// reason is "loop" or "not intercepted".
+	// reason is "loop", "not intercepted" or "limit".
 	Refused(reason string)
 	// L4Done is called when an L4 connection ends.
 	L4Done(rec L4Record)
@@ -87,6 +90,7 @@ type Server struct {
 	log   *slog.Logger
 	self  *selfAddrs
 	ids   atomic.Uint64
+	open  atomic.Int64 // connections being handled
 	conns sync.WaitGroup
 
 	// connCtx is canceled when the drain period ends, cutting what is left.
@@ -125,6 +129,9 @@ func New(o Options) *Server {
 // IsSelf reports whether dst is one of the server's own listening
 // addresses: forwarding there would loop.
 func (s *Server) IsSelf(dst netip.AddrPort) bool { return s.self.contains(dst) }
+
+// Open is the number of connections being handled now.
+func (s *Server) Open() int64 { return s.open.Load() }
 
 // Serve accepts on every listener until Shutdown; it returns when all
 // accept loops have stopped.
@@ -181,6 +188,13 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		}
 		backoff = 0
 		s.opts.Observer.Accepted(l.Mode())
+		if s.opts.MaxConns > 0 && s.open.Load() >= int64(s.opts.MaxConns) {
+			s.opts.Observer.Refused("limit")
+			s.log.Warn("connection limit reached; closing new connection", "limit", s.opts.MaxConns, "client", c.Client, "original_dst", c.OrigDst)
+			c.Close()
+			continue
+		}
+		s.open.Add(1)
 		s.conns.Add(1)
 		go s.handle(c)
 	}
@@ -189,6 +203,7 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 // handle runs one connection's whole path.
 func (s *Server) handle(c *listen.Conn) {
 	defer s.conns.Done()
+	defer s.open.Add(-1)
 	id := fmt.Sprintf("C%d", s.ids.Add(1))
 	log := s.log.With("conn", id)
 	log.Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)

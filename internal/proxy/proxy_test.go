@@ -121,3 +121,67 @@ func TestSelfAddrs(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxConnsClosesNewConnections: past the limit a new connection is
+// closed at once and counted.
+func TestMaxConnsClosesNewConnections(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root for a network namespace and IP_TRANSPARENT (CI runs as root)")
+	}
+	n, err := ns.New(fmt.Sprintf("dt-limit-%d", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	var ln *listen.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	obs := &limitObserver{}
+	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}),
+		Protocol: ProtocolTCP, Observer: obs, MaxConns: 2})
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+
+	srv.open.Add(2) // both slots taken, as by two long-lived connections
+	c, err := n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
+	if err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("connection past the limit was not closed")
+		}
+		c.Close()
+	}
+	if obs.limited.Load() != 1 || obs.loops.Load() != 0 {
+		t.Fatalf("limit refusals = %d, loop refusals = %d; want 1 and 0 (the limit acts before the loop guard)",
+			obs.limited.Load(), obs.loops.Load())
+	}
+	srv.open.Add(-2)
+	c, err = n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
+	if err == nil {
+		io.ReadAll(c)
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for obs.loops.Load() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if obs.loops.Load() != 1 || obs.limited.Load() != 1 {
+		t.Fatalf("below the limit the connection must reach the loop guard: loops %d, limited %d", obs.loops.Load(), obs.limited.Load())
+	}
+}
+
+type limitObserver struct {
+	countingObserver
+	limited atomic.Int64
+}
+
+func (o *limitObserver) Refused(reason string) {
+	if reason == "limit" {
+		o.limited.Add(1)
+	}
+	o.countingObserver.Refused(reason)
+}

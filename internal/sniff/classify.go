@@ -22,8 +22,8 @@ type Protocol string
 
 const (
 	HTTP1   Protocol = "http/1"
-	HTTP2   Protocol = "h2c"    // prior-knowledge HTTP/2 over cleartext
-	TLS     Protocol = "tls"    // a TLS ClientHello
+	HTTP2   Protocol = "h2c"     // prior-knowledge HTTP/2 over cleartext
+	TLS     Protocol = "tls"     // a TLS ClientHello
 	Unknown Protocol = "unknown" // anything else, or too few bytes to tell
 )
 
