@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -31,10 +29,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	detourBin = filepath.Join(dir, "detour")
-	out, err := exec.Command("go", "build", "-o", detourBin, "github.com/detour-proxy/detour/cmd/detour").CombinedOutput()
+	detourBin, err = lab.BuildDetour(dir)
 	if err != nil {
-		fmt.Printf("e2e: building detour failed: %v\n%s", err, out)
+		fmt.Printf("e2e: %v\n", err)
 		os.Exit(1)
 	}
 	code := m.Run()
