@@ -29,6 +29,29 @@ func (o *countingObserver) Refused(reason string) {
 	}
 }
 
+// nsTProxyListener makes a namespace (removed when the test ends) with a
+// transparent listener on its loopback: dialing that listener directly is
+// a connection whose original destination is the proxy itself.
+func nsTProxyListener(t *testing.T, tag string) (*ns.NS, *listen.Listener) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root for a network namespace and IP_TRANSPARENT (CI runs as root)")
+	}
+	n, err := ns.New(fmt.Sprintf("dt-%s-%d", tag, os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	var ln *listen.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n, ln
+}
+
 func openFDs(t *testing.T) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -41,22 +64,7 @@ func openFDs(t *testing.T) int {
 // the proxy itself are refused without dialing, and leave no goroutine or
 // descriptor behind.
 func TestLoopGuardLeaksNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root for a network namespace and IP_TRANSPARENT (CI runs as root)")
-	}
-	n, err := ns.New(fmt.Sprintf("dt-loop-%d", os.Getpid()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-
-	var ln *listen.Listener
-	if err := n.Do(func() (err error) {
-		ln, err = listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	n, ln := nsTProxyListener(t, "loop")
 	obs := &countingObserver{}
 	// A dialer that fails the test if the guard lets anything through.
 	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}), Protocol: ProtocolTCP, Observer: obs})
@@ -125,21 +133,7 @@ func TestSelfAddrs(t *testing.T) {
 // TestMaxConnsClosesNewConnections: past the limit a new connection is
 // closed at once and counted.
 func TestMaxConnsClosesNewConnections(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root for a network namespace and IP_TRANSPARENT (CI runs as root)")
-	}
-	n, err := ns.New(fmt.Sprintf("dt-limit-%d", os.Getpid()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	var ln *listen.Listener
-	if err := n.Do(func() (err error) {
-		ln, err = listen.Listen(listen.Options{Mode: listen.ModeTProxy, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	n, ln := nsTProxyListener(t, "limit")
 	obs := &limitObserver{}
 	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}),
 		Protocol: ProtocolTCP, Observer: obs, MaxConns: 2})
