@@ -34,10 +34,13 @@ type configFlags struct {
 	tproxyMark, upstreamMark, routeTable string
 	spoof                                bool
 	protocol, admin, logLevel            string
+	adminRemote                          bool
+	accessLog, accessLogFormat           string
 	connectTimeout, idleTimeout, drain   time.Duration
 	cleanupInterval, routeTimeout        time.Duration
 	useOrigDstHeader                     bool
 	maxConns                             int
+	sniffTimeout                         time.Duration
 }
 
 func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
@@ -57,13 +60,17 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	if withRun {
 		fs.BoolVar(&f.spoof, "spoof-source", false, "tproxy: connect upstream from the client's IP, so servers see the real client")
 		fs.StringVar(&f.protocol, "protocol", "", "auto (sniff), http or tcp (default auto)")
-		fs.StringVar(&f.admin, "admin", "", "admin endpoint ip:port or off (default 127.0.0.1:9901)")
+		fs.StringVar(&f.admin, "admin", "", "admin endpoint ip:port or off (default 127.0.0.1:9901); read it with detour status")
+		fs.BoolVar(&f.adminRemote, "admin-allow-remote", false, "let --admin listen on a non-loopback address (it reveals traffic)")
+		fs.StringVar(&f.accessLog, "access-log", "", "access log: off, stdout or a file path, reopened on SIGUSR1 (default off)")
+		fs.StringVar(&f.accessLogFormat, "access-log-format", "", "access log format: text (logfmt) or json (default text)")
 		fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
 		fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "upstream connect timeout (default 5s)")
 		fs.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close L4 connections idle this long (default 1h)")
 		fs.DurationVar(&f.drain, "drain-timeout", 0, "on SIGTERM, let connections finish this long (default 15s)")
 		fs.DurationVar(&f.cleanupInterval, "cleanup-interval", 0, "remove original-destination hosts unused this long (default 5s)")
 		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
+		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
 	}
@@ -150,6 +157,12 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.Protocol = f.protocol
 	case "admin":
 		cfg.Admin = f.admin
+	case "admin-allow-remote":
+		cfg.AdminAllowRemote = f.adminRemote
+	case "access-log":
+		cfg.AccessLog = f.accessLog
+	case "access-log-format":
+		cfg.AccessLogFormat = f.accessLogFormat
 	case "log-level":
 		cfg.LogLevel = f.logLevel
 	case "connect-timeout":
@@ -162,6 +175,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.HTTP.CleanupInterval = config.Duration(f.cleanupInterval)
 	case "route-timeout":
 		cfg.HTTP.RouteTimeout = config.Duration(f.routeTimeout)
+	case "sniff-timeout":
+		cfg.SniffTimeout = config.Duration(f.sniffTimeout)
 	case "max-connections":
 		cfg.MaxConnections = f.maxConns
 	case "use-original-dst-header":

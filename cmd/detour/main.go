@@ -30,6 +30,7 @@ func commands() []command {
 		{"check", "report what this kernel and these privileges allow, with fixes", cmdCheck},
 		{"lab", "rebuild the tutorials' networks in namespaces and show detour at work", cmdLab},
 		{"origdst", "print each redirected connection's original destination", cmdOrigDst},
+		{"status", "show a running detour's listeners, rules and live hosts (from its admin endpoint)", cmdStatus},
 		{"version", "print the version", cmdVersion},
 	}
 }

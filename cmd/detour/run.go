@@ -65,6 +65,13 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 	level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
 
+	// Metrics, access log and the admin endpoint (503 on /ready until ready).
+	obs, err := startObservability(cfg, level, log)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
+
 	var lns []*listen.Listener
 	defer func() {
 		for _, l := range lns {
@@ -79,6 +86,7 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 		lns = append(lns, l)
 		log.Info("listening", "addr", l.Addr(), "mode", cfg.Mode)
 	}
+	obs.listening(lns)
 
 	if len(cfg.Intercept.Ports) > 0 {
 		io := interceptOptions(cfg)
@@ -86,11 +94,13 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 			return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
 		}
 		log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+io.TableName)
+		obs.rules(cfg, true)
 		defer func() {
 			if cerr := intercept.Clean(io); cerr != nil {
 				err = errors.Join(err, fmt.Errorf("remove rules: %w", cerr))
 				return
 			}
+			obs.rules(cfg, false)
 			log.Info("rules removed")
 		}()
 	}
@@ -101,25 +111,30 @@ func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
 		SpoofSource:    cfg.Upstream.SpoofSource,
 	})
 	var srv *proxy.Server
-	l7, err := newL7(cfg, dialer, log, func(dst netip.AddrPort) bool { return srv.IsSelf(dst) })
+	l7, err := newL7(cfg, dialer, log, func(dst netip.AddrPort) bool { return srv.IsSelf(dst) }, obs.onRequest)
 	if err != nil {
 		return err
 	}
 	defer l7.Close()
 	srv = proxy.New(proxy.Options{
-		Listeners: lns,
-		Dialer:    dialer,
-		Protocol:  proxy.Protocol(cfg.Protocol),
-		MaxConns:  cfg.MaxConnections,
-		TCP:       tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
-		HTTP:      l7,
-		Logger:    log,
+		Listeners:    lns,
+		Dialer:       dialer,
+		Protocol:     proxy.Protocol(cfg.Protocol),
+		MaxConns:     cfg.MaxConnections,
+		SniffTimeout: time.Duration(cfg.SniffTimeout),
+		TCP:          tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
+		HTTP:         obs.metrics.L7(l7),
+		Observer:     observer{obs},
+		Logger:       log,
 	})
+	obs.serving(srv, l7)
 	served := make(chan struct{})
 	go func() { srv.Serve(); close(served) }()
+	obs.ready()
 	log.Info("ready", "listeners", len(lns), "protocol", cfg.Protocol)
 
 	<-ctx.Done()
+	obs.draining()
 	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(cfg.Drain))
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Drain))
 	defer cancel()

@@ -31,7 +31,9 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultIdleTimeout    = time.Hour
 	DefaultAdmin          = "127.0.0.1:9901"
+	DefaultAccessLog      = "off" // or stdout, or a file path
 	DefaultDrainTimeout   = 15 * time.Second
+	DefaultSniffTimeout   = 15 * time.Second
 )
 
 // Config is everything `detour run` and `detour rules` act on.
@@ -44,13 +46,23 @@ type Config struct {
 	TCP       TCP       `yaml:"tcp"`
 	HTTP      HTTP      `yaml:"http"`
 	Admin     string    `yaml:"admin"`
-	LogLevel  string    `yaml:"log_level"`
-	Drain     Duration  `yaml:"drain_timeout"`
+	// AdminAllowRemote lets the admin endpoint listen on a non-loopback
+	// address; it reveals traffic and changes the log level.
+	AdminAllowRemote bool `yaml:"admin_allow_remote"`
+	// AccessLog is off, stdout, or a file path (reopened on SIGUSR1).
+	AccessLog       string   `yaml:"access_log"`
+	AccessLogFormat string   `yaml:"access_log_format"` // text | json
+	LogLevel        string   `yaml:"log_level"`
+	Drain           Duration `yaml:"drain_timeout"`
 	// MaxConnections bounds concurrent intercepted connections; 0 = none.
 	MaxConnections int `yaml:"max_connections"`
+	// SniffTimeout: in auto mode, how long a silent client may take to send
+	// its first bytes before the connection is forwarded at L4.
+	SniffTimeout Duration `yaml:"sniff_timeout"`
 
 	// Parsed forms, filled by Finish.
 	ListenAddrs []netip.AddrPort `yaml:"-"`
+	AdminAddr   netip.AddrPort   `yaml:"-"` // invalid when admin is off
 }
 
 // Intercept selects the traffic the kernel diverts to detour. With no ports
@@ -184,10 +196,8 @@ func (c *Config) Finish() error {
 	if c.Admin == "" {
 		c.Admin = DefaultAdmin
 	}
-	if c.Admin != "off" {
-		if _, err := netip.ParseAddrPort(c.Admin); err != nil {
-			return fmt.Errorf("admin: %q is not ip:port or off", c.Admin)
-		}
+	if err := c.finishObservability(); err != nil {
+		return err
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -200,10 +210,42 @@ func (c *Config) Finish() error {
 	if c.MaxConnections < 0 {
 		return fmt.Errorf("max_connections: must be 0 (no limit) or positive")
 	}
+	if c.SniffTimeout == 0 {
+		c.SniffTimeout = Duration(DefaultSniffTimeout)
+	}
+	if c.SniffTimeout < 0 {
+		return fmt.Errorf("sniff_timeout: must be positive")
+	}
 	if c.Drain == 0 {
 		c.Drain = Duration(DefaultDrainTimeout)
 	}
 	return c.HTTP.finish()
+}
+
+// finishObservability checks the admin endpoint and access log keys.
+func (c *Config) finishObservability() error {
+	c.AdminAddr = netip.AddrPort{}
+	if c.Admin != "off" {
+		ap, err := netip.ParseAddrPort(c.Admin)
+		if err != nil {
+			return fmt.Errorf("admin: %q is not ip:port or off", c.Admin)
+		}
+		if !ap.Addr().IsLoopback() && !c.AdminAllowRemote {
+			return fmt.Errorf("admin: %s is not a loopback address, and the admin endpoint reveals traffic and changes the log level; "+
+				"use 127.0.0.1:PORT or [::1]:PORT, or allow it explicitly with --admin-allow-remote (admin_allow_remote: true)", c.Admin)
+		}
+		c.AdminAddr = ap
+	}
+	if c.AccessLog == "" {
+		c.AccessLog = DefaultAccessLog
+	}
+	if c.AccessLogFormat == "" {
+		c.AccessLogFormat = "text"
+	}
+	if c.AccessLogFormat != "text" && c.AccessLogFormat != "json" {
+		return fmt.Errorf("access_log_format: %q is not a format (use text or json)", c.AccessLogFormat)
+	}
+	return nil
 }
 
 func (c *Config) defaultListen() []string {

@@ -145,6 +145,8 @@ type walk struct {
 	mode     string
 	names    []string // namespaces, for the explore hints
 	detour   *Detour
+	detourNS *ns.NS   // where detour runs, for its admin endpoint
+	adminTip []string // admin commands to suggest with Keep
 	explorer []string // commands to suggest with Keep
 }
 
@@ -314,7 +316,7 @@ func (w *walk) startDetour(ctx context.Context, n *ns.NS, args []string) error {
 	if err != nil {
 		return err
 	}
-	w.detour = d
+	w.detour, w.detourNS = d, n
 	w.sayf("detour (pid %d) is ready", d.Pid())
 	w.onCleanup(func() {
 		w.sayf("stopping detour (SIGTERM): it removes its rules on the way out")
@@ -402,6 +404,7 @@ func (w *walk) requests(ctx context.Context, client *ns.NS, who string, web *HTT
 	} else {
 		w.sayf("a new server connection (#%d; request 1 came on #%d): no upstream connection was reused.", again.Conn, first.Conn)
 	}
+	w.showAdmin(ctx)
 	return nil
 }
 
@@ -481,7 +484,7 @@ func (w *walk) cleanup() {
 // explore tells how to look around a lab kept up with Options.Keep.
 func (w *walk) explore() {
 	fmt.Fprintf(w.w, "\nThe %s lab stays up. From another terminal, as root:\n", w.mode)
-	for _, c := range w.explorer {
+	for _, c := range append(w.explorer, w.adminTip...) {
 		fmt.Fprintf(w.w, "  %s\n", c)
 	}
 	fmt.Fprintf(w.w, "If this command is killed before it cleans up, remove everything with:\n  ")

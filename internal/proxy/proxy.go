@@ -48,7 +48,10 @@ type Options struct {
 	TCP       tcpproxy.Options
 	HTTP      L7 // required unless Protocol is tcp
 	// SniffTimeout bounds the wait for a silent client's first bytes in
-	// auto mode before the connection is treated as L4; default 1s.
+	// auto mode before the connection is treated as L4; default
+	// DefaultSniffTimeout. A server that speaks first never waits for it,
+	// so it can be long: it only decides for clients that are slow to
+	// send their first bytes, as Envoy's listener filter timeout does.
 	SniffTimeout time.Duration
 	// MaxConns bounds concurrent connections; past it new ones are closed
 	// at once (Refused "limit"). Zero means no limit.
@@ -58,15 +61,24 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
+// DefaultSniffTimeout is Envoy's default listener filter timeout.
+const DefaultSniffTimeout = 15 * time.Second
+
 // Observer is told about each connection; implementations must be fast and
 // safe for concurrent use.
 type Observer interface {
 	// Accepted is called for every accepted connection.
 	Accepted(mode listen.Mode)
 	// Refused is called when a connection is closed before forwarding:
-	// reason is "loop", "not intercepted" or "limit".
+	// reason is "loop", "not intercepted" or "limit". A loop refusal is
+	// followed by L4Done with Flags "LR", so access logs can name it.
 	Refused(reason string)
-	// L4Done is called when an L4 connection ends.
+	// L4Started is called when an L4 connection's upstream is connected
+	// and copying begins; rec has no byte counts or end yet. Every
+	// L4Started is followed by one L4Done for the same rec.ID.
+	L4Started(rec L4Record)
+	// L4Done is called when an L4 connection ends (also after a failed
+	// upstream connect, Flags "UF", and a loop refusal, Flags "LR").
 	L4Done(rec L4Record)
 }
 
@@ -109,7 +121,7 @@ func New(o Options) *Server {
 		o.Protocol = ProtocolAuto
 	}
 	if o.SniffTimeout <= 0 {
-		o.SniffTimeout = time.Second
+		o.SniffTimeout = DefaultSniffTimeout
 	}
 	if o.Observer == nil {
 		o.Observer = nopObserver{}
@@ -214,6 +226,8 @@ func (s *Server) handle(c *listen.Conn) {
 		s.opts.Observer.Refused("loop")
 		c.SetLinger(0)
 		c.Close()
+		s.opts.Observer.L4Done(L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
+			End: "loop refused", Flags: "LR"})
 		return
 	}
 	s.forward(id, log, c)
@@ -233,6 +247,7 @@ func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.
 		}
 		log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
 	}
+	s.opts.Observer.L4Started(rec)
 	o := s.opts.TCP
 	o.Logger = log
 	res := tcpproxy.Proxy(s.connCtx, c.TCPConn, up, o)
@@ -256,4 +271,5 @@ type nopObserver struct{}
 
 func (nopObserver) Accepted(listen.Mode) {}
 func (nopObserver) Refused(string)       {}
+func (nopObserver) L4Started(L4Record)   {}
 func (nopObserver) L4Done(L4Record)      {}

@@ -1,0 +1,441 @@
+// Package admin serves detour's admin endpoint: readiness, Prometheus
+// metrics, the live hosts of the original-destination cluster, the
+// effective configuration, pprof, and the log level at run time.
+//
+//	st := admin.NewState()
+//	srv, err := admin.New(admin.Options{Addr: addr, State: st, Gatherer: reg, Metrics: m, Hosts: l7.Hosts, ...})
+//	err = srv.Start()             // listens, serves in the background
+//	st.SetPhase(admin.Ready)      // GET /ready answers 200 from now on
+//	defer srv.Close()
+//
+// Endpoints:
+//
+//	GET  /                 HTML index: the endpoints and the current hosts
+//	GET  /ready            200 "ready", or 503 "starting" / "draining"
+//	GET  /metrics          Prometheus text format
+//	GET  /clusters         hosts and L4 destinations as a text table; ?format=json
+//	GET  /status           JSON for `detour status`: phase, listeners, rules, totals, hosts
+//	GET  /config           the effective configuration (YAML)
+//	GET  /logging          the log level; POST /logging?level=debug changes it
+//	GET  /debug/pprof/     Go profiles
+//
+// The endpoint reveals traffic and changes the log level, so it listens on
+// loopback unless Options.AllowRemote says otherwise.
+package admin
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/metrics"
+)
+
+// Info names the running detour.
+type Info struct {
+	Version  string
+	Mode     string // tproxy | redirect
+	Protocol string // auto | http | tcp
+}
+
+// Options configures New.
+type Options struct {
+	// Addr is where to listen; a non-loopback address needs AllowRemote.
+	Addr        netip.AddrPort
+	AllowRemote bool
+	// State is the daemon's phase, listeners and rules; required.
+	State *State
+	// Gatherer is served on /metrics; nil serves nothing there.
+	Gatherer prometheus.Gatherer
+	// Metrics gives the totals and L4 destinations; nil leaves them out.
+	Metrics *metrics.Metrics
+	// Hosts lists the cluster's live hosts; nil means none.
+	Hosts func() []httpproxy.HostInfo
+	// Config is the effective configuration, served on /config.
+	Config []byte
+	// Level is the logger's level, changed by POST /logging; nil makes
+	// /logging answer 404.
+	Level *slog.LevelVar
+	Info  Info
+	// Logger receives the admin server's own events; nil discards.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is the admin HTTP endpoint; it is an http.Handler.
+type Server struct {
+	o   Options
+	mux *http.ServeMux
+	srv *http.Server
+	ln  net.Listener
+}
+
+// CheckAddr refuses a non-loopback address unless allowRemote.
+func CheckAddr(addr netip.AddrPort, allowRemote bool) error {
+	if !addr.IsValid() {
+		return errors.New("admin: no address")
+	}
+	if !addr.Addr().IsLoopback() && !allowRemote {
+		return fmt.Errorf("admin: %s is not a loopback address, and the admin endpoint reveals traffic and changes the log level: "+
+			"listen on 127.0.0.1 or [::1] (reach it with ssh -L or `ip netns exec`), or allow it explicitly with --admin-allow-remote (admin_allow_remote: true)", addr)
+	}
+	return nil
+}
+
+// New checks o and builds the handler; Start listens.
+func New(o Options) (*Server, error) {
+	if o.State == nil {
+		return nil, errors.New("admin: Options.State is required")
+	}
+	if err := CheckAddr(o.Addr, o.AllowRemote); err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{o: o, mux: http.NewServeMux()}
+	m := s.mux
+	m.HandleFunc("GET /{$}", s.index)
+	m.HandleFunc("GET /ready", s.ready)
+	if o.Gatherer != nil {
+		m.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
+			ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+		}))
+	}
+	m.HandleFunc("GET /clusters", s.clusters)
+	m.HandleFunc("GET /status", s.status)
+	m.HandleFunc("GET /config", s.config)
+	if o.Level != nil {
+		m.HandleFunc("GET /logging", s.getLogging)
+		m.HandleFunc("POST /logging", s.setLogging)
+	}
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return s, nil
+}
+
+// ServeHTTP serves the admin endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Start listens on Options.Addr and serves in the background.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.o.Addr.String())
+	if err != nil {
+		return fmt.Errorf("admin endpoint: %w (pick another --admin address, or --admin off)", err)
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelDebug),
+	}
+	go s.srv.Serve(ln)
+	return nil
+}
+
+// Addr is the address Start listens on.
+func (s *Server) Addr() netip.AddrPort {
+	if s.ln == nil {
+		return s.o.Addr
+	}
+	return s.ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Close stops serving at once.
+func (s *Server) Close() error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Close()
+}
+
+// Shutdown stops serving after the requests in flight.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Shutdown(ctx)
+}
+
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	phase := s.o.State.Phase()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if phase != Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	io.WriteString(w, string(phase)+"\n")
+}
+
+// Host is one live host of the original-destination cluster.
+type Host struct {
+	Host            string    `json:"host"` // dst, or dst/client when spoofing
+	Dst             string    `json:"dst"`
+	Client          string    `json:"client,omitempty"`
+	Requests        uint64    `json:"requests"`
+	Active          int       `json:"active"` // requests in flight
+	Open            int       `json:"open"`   // upstream connections
+	Idle            int       `json:"idle"`   // of which idle in the pool
+	Connects        uint64    `json:"connects"`
+	Reuses          uint64    `json:"reuses"`
+	ConnectFailures uint64    `json:"connect_failures"`
+	Created         time.Time `json:"created"`
+	LastUsed        time.Time `json:"last_used"`
+}
+
+// TCPDestination is one recent L4 destination.
+type TCPDestination struct {
+	Dst             string    `json:"dst"`
+	Connections     uint64    `json:"connections"`
+	Active          int64     `json:"active"`
+	ConnectFailures uint64    `json:"connect_failures"`
+	Timeouts        uint64    `json:"timeouts"`
+	LastUsed        time.Time `json:"last_used"`
+}
+
+// Clusters is /clusters?format=json.
+type Clusters struct {
+	Hosts           []Host           `json:"hosts"`
+	TCPDestinations []TCPDestination `json:"tcp_destinations"`
+}
+
+// Status is /status: everything `detour status` shows.
+type Status struct {
+	Version     string          `json:"version"`
+	Phase       Phase           `json:"phase"`
+	Mode        string          `json:"mode"`
+	Protocol    string          `json:"protocol"`
+	Started     time.Time       `json:"started"`
+	Now         time.Time       `json:"now"`
+	Listeners   []string        `json:"listeners"`
+	Rules       Rules           `json:"rules"`
+	Connections metrics.Summary `json:"connections"`
+	Clusters
+}
+
+func (s *Server) clusterData() Clusters {
+	c := Clusters{Hosts: []Host{}, TCPDestinations: []TCPDestination{}}
+	if s.o.Hosts != nil {
+		for _, h := range s.o.Hosts() {
+			hh := Host{Host: h.Key(), Dst: h.Dst.String(), Requests: h.Requests, Active: h.Active, Open: h.Open,
+				Idle: h.Idle, Connects: h.Connects, Reuses: h.Reuses, ConnectFailures: h.ConnectFailures,
+				Created: h.Created, LastUsed: h.LastUsed}
+			if h.Client.IsValid() {
+				hh.Client = h.Client.String()
+			}
+			c.Hosts = append(c.Hosts, hh)
+		}
+	}
+	if s.o.Metrics != nil {
+		for _, d := range s.o.Metrics.Destinations() {
+			c.TCPDestinations = append(c.TCPDestinations, TCPDestination{Dst: d.Dst.String(), Connections: d.Connections,
+				Active: d.Active, ConnectFailures: d.Failures, Timeouts: d.Timeouts, LastUsed: d.LastUsed})
+		}
+	}
+	return c
+}
+
+func (s *Server) statusData() Status {
+	phase, since, lns, rules := s.o.State.snapshot()
+	if lns == nil {
+		lns = []string{}
+	}
+	st := Status{Version: s.o.Info.Version, Phase: phase, Mode: s.o.Info.Mode, Protocol: s.o.Info.Protocol,
+		Started: since, Now: s.o.Now(), Listeners: lns, Rules: rules, Clusters: s.clusterData()}
+	if s.o.Metrics != nil {
+		st.Connections = s.o.Metrics.Summary()
+	}
+	return st
+}
+
+func (s *Server) clusters(w http.ResponseWriter, r *http.Request) {
+	c := s.clusterData()
+	switch r.URL.Query().Get("format") {
+	case "json":
+		writeJSON(w, c)
+	case "", "text":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		WriteClusters(w, c, s.o.Now())
+	default:
+		http.Error(w, "format: use text or json", http.StatusBadRequest)
+	}
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.statusData()) }
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(s.o.Config)
+}
+
+func (s *Server) getLogging(w http.ResponseWriter, _ *http.Request) {
+	fmt.Fprintf(w, "log level: %s\n", strings.ToLower(s.o.Level.Level().String()))
+}
+
+func (s *Server) setLogging(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query().Get("level")
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(v)); err != nil || v == "" {
+		http.Error(w, fmt.Sprintf("level %q: use debug, info, warn or error, as in POST /logging?level=debug", v), http.StatusBadRequest)
+		return
+	}
+	old := s.o.Level.Level()
+	s.o.Level.Set(l)
+	s.o.Logger.Info("log level changed through the admin endpoint", "from", old, "to", l, "remote", r.RemoteAddr)
+	fmt.Fprintf(w, "log level: %s\n", strings.ToLower(l.String()))
+}
+
+// WriteClusters prints the hosts and L4 destinations as aligned tables.
+func WriteClusters(w io.Writer, c Clusters, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "original-destination cluster: %d %s\n", len(c.Hosts), plural(len(c.Hosts), "host", "hosts"))
+	if len(c.Hosts) > 0 {
+		fmt.Fprintln(tw, "HOST\tREQUESTS\tACTIVE\tOPEN\tIDLE\tCONNECTS\tREUSES\tCONNECT_FAILURES\tAGE\tLAST_USED")
+		for _, h := range c.Hosts {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Host, h.Requests, h.Active, h.Open, h.Idle,
+				h.Connects, h.Reuses, h.ConnectFailures, Age(now, h.Created), Age(now, h.LastUsed)+" ago")
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(tw, "\nL4 destinations: %d\n", len(c.TCPDestinations))
+	if len(c.TCPDestinations) > 0 {
+		fmt.Fprintln(tw, "DST\tCONNECTIONS\tACTIVE\tCONNECT_FAILURES\tTIMEOUTS\tLAST_USED")
+		for _, d := range c.TCPDestinations {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", d.Dst, d.Connections, d.Active, d.ConnectFailures, d.Timeouts,
+				Age(now, d.LastUsed)+" ago")
+		}
+	}
+	tw.Flush()
+}
+
+// WriteStatus prints st compactly for a terminal: `detour status`.
+func WriteStatus(w io.Writer, st Status) {
+	fmt.Fprintf(w, "detour %s: %s, mode %s, protocol %s, up %s\n", st.Version, st.Phase, st.Mode, st.Protocol, Age(st.Now, st.Started))
+	fmt.Fprintf(w, "listeners:   %s\n", cmp.Or(strings.Join(st.Listeners, ", "), "none"))
+	switch r := st.Rules; {
+	case !r.Managed:
+		fmt.Fprintf(w, "rules:       none configured (no intercept ports)\n")
+	case r.Installed:
+		fmt.Fprintf(w, "rules:       installed, table %s, ports %s\n", r.Table, ports(r.Ports))
+	default:
+		fmt.Fprintf(w, "rules:       not installed (ports %s)\n", ports(r.Ports))
+	}
+	c := st.Connections
+	fmt.Fprintf(w, "connections: %d active, %d accepted, %d refused (%d loops); %d HTTP requests\n\n",
+		c.Active, c.Accepted, c.Refused, c.LoopRefused, c.Requests)
+	WriteClusters(w, st.Clusters, st.Now)
+}
+
+func ports(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ",")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// Age is how long ago t was, rounded for people: 850ms, 12s, 3m4s, 2h5m.
+func Age(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := max(now.Sub(t), 0)
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		s := d.Round(time.Second).String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		return s
+	default:
+		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s") // always ends in m0s
+	}
+}
+
+var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>detour admin</title>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:right;border-bottom:1px solid #ddd}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4}</style>
+</head><body>
+<h1>detour {{.Version}}</h1>
+<p>{{.Phase}} · mode {{.Mode}} · protocol {{.Protocol}} · listeners {{range $i, $l := .Listeners}}{{if $i}}, {{end}}<code>{{$l}}</code>{{end}}</p>
+<h2>Endpoints</h2>
+<ul>
+<li><a href="ready">/ready</a>: 200 when serving with the rules installed, 503 while starting or draining</li>
+<li><a href="metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="clusters">/clusters</a> (<a href="clusters?format=json">JSON</a>): the original-destination cluster's live hosts and the L4 destinations</li>
+<li><a href="status">/status</a>: the summary <code>detour status</code> shows, as JSON</li>
+<li><a href="config">/config</a>: the effective configuration (YAML)</li>
+<li><a href="logging">/logging</a>: the log level; <code>curl -X POST '{{.Base}}/logging?level=debug'</code> changes it</li>
+<li><a href="debug/pprof/">/debug/pprof/</a>: Go profiles</li>
+</ul>
+<h2>Original-destination cluster: {{len .Hosts}} hosts</h2>
+{{if .Hosts}}<table><tr><th>host</th><th>requests</th><th>active</th><th>open</th><th>idle</th><th>connects</th><th>reuses</th><th>connect failures</th><th>last used</th></tr>
+{{range .Hosts}}<tr><td>{{.Name}}</td><td>{{.Requests}}</td><td>{{.Active}}</td><td>{{.Open}}</td><td>{{.Idle}}</td><td>{{.Connects}}</td><td>{{.Reuses}}</td><td>{{.ConnectFailures}}</td><td>{{.LastUsedAgo}}</td></tr>
+{{end}}</table>{{end}}
+<h2>L4 destinations: {{len .TCPDestinations}}</h2>
+{{if .TCPDestinations}}<table><tr><th>destination</th><th>connections</th><th>active</th><th>connect failures</th><th>timeouts</th></tr>
+{{range .TCPDestinations}}<tr><td>{{.Dst}}</td><td>{{.Connections}}</td><td>{{.Active}}</td><td>{{.ConnectFailures}}</td><td>{{.Timeouts}}</td></tr>
+{{end}}</table>{{end}}
+</body></html>
+`))
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request) {
+	st := s.statusData()
+	type hostRow struct {
+		Host
+		Name, LastUsedAgo string
+	}
+	data := struct {
+		Status
+		Base  string
+		Hosts []hostRow
+	}{Status: st, Base: "http://" + r.Host}
+	for _, h := range st.Hosts {
+		data.Hosts = append(data.Hosts, hostRow{h, h.Host, Age(st.Now, h.LastUsed) + " ago"})
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := indexTmpl.Execute(w, data); err != nil {
+		s.o.Logger.Warn("admin index", "err", err)
+	}
+}

@@ -1,0 +1,306 @@
+package admin
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/metrics"
+	"github.com/detour-proxy/detour/internal/proxy"
+)
+
+var now = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	srv   *Server
+	state *State
+	level *slog.LevelVar
+	m     *metrics.Metrics
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	hosts := []httpproxy.HostInfo{{
+		Dst: netip.MustParseAddrPort("198.18.2.2:80"), Created: now.Add(-90 * time.Second), LastUsed: now.Add(-2 * time.Second),
+		Requests: 5, Active: 1, Open: 2, Idle: 1, Connects: 2, Reuses: 3,
+	}, {
+		Dst: netip.MustParseAddrPort("198.18.2.2:81"), Client: netip.MustParseAddr("198.18.1.2"),
+		Created: now.Add(-time.Second), LastUsed: now.Add(-time.Second), Requests: 1, ConnectFailures: 1,
+	}}
+	hostsFn := func() []httpproxy.HostInfo { return hosts }
+	m, err := metrics.New(metrics.Options{Registry: reg, Hosts: hostsFn, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Accepted(listen.ModeTProxy)
+	m.Accepted(listen.ModeTProxy)
+	m.Refused("loop")
+	m.L4Done(proxy.L4Record{OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"), Protocol: "tcp", Flags: "LR"})
+	rec := proxy.L4Record{OrigDst: netip.MustParseAddrPort("198.18.2.2:7002"), Protocol: "tcp"}
+	m.L4Started(rec)
+	st := NewState()
+	st.since = now.Add(-time.Hour - 5*time.Minute)
+	reg.MustRegister(st)
+	level := new(slog.LevelVar)
+	srv, err := New(Options{
+		Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: st, Gatherer: reg, Metrics: m, Hosts: hostsFn,
+		Config: []byte("mode: tproxy\n"), Level: level, Info: Info{Version: "v1.2.3", Mode: "tproxy", Protocol: "auto"},
+		Now: func() time.Time { return now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{srv: srv, state: st, level: level, m: m}
+}
+
+func (f *fixture) do(t *testing.T, method, target string) (int, string, http.Header) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	f.srv.ServeHTTP(w, httptest.NewRequest(method, target, nil))
+	return w.Code, w.Body.String(), w.Header()
+}
+
+func TestCheckAddr(t *testing.T) {
+	for _, c := range []struct {
+		addr  string
+		allow bool
+		ok    bool
+	}{
+		{"127.0.0.1:9901", false, true},
+		{"[::1]:9901", false, true},
+		{"127.0.0.2:9901", false, true},
+		{"0.0.0.0:9901", false, false},
+		{"[::]:9901", false, false},
+		{"198.18.1.1:9901", false, false},
+		{"198.18.1.1:9901", true, true},
+		{"0.0.0.0:9901", true, true},
+	} {
+		err := CheckAddr(netip.MustParseAddrPort(c.addr), c.allow)
+		if (err == nil) != c.ok {
+			t.Errorf("CheckAddr(%s, %v) = %v", c.addr, c.allow, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--admin-allow-remote") {
+			t.Errorf("error does not say how to allow it: %v", err)
+		}
+	}
+	if _, err := New(Options{Addr: netip.MustParseAddrPort("0.0.0.0:9901"), State: NewState()}); err == nil {
+		t.Error("New accepted a remote address without AllowRemote")
+	}
+	if _, err := New(Options{Addr: netip.MustParseAddrPort("127.0.0.1:9901")}); err == nil {
+		t.Error("New accepted no State")
+	}
+}
+
+func TestReady(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		phase Phase
+		code  int
+	}{{Starting, 503}, {Ready, 200}, {Draining, 503}} {
+		f.state.SetPhase(c.phase)
+		code, body, _ := f.do(t, "GET", "/ready")
+		if code != c.code || body != string(c.phase)+"\n" {
+			t.Errorf("%s: /ready = %d %q, want %d", c.phase, code, body, c.code)
+		}
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetPhase(Ready)
+	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []uint16{80}})
+	f.state.SetListeners([]string{"0.0.0.0:15001", "[::]:15001"})
+	code, body, h := f.do(t, "GET", "/metrics")
+	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/plain") {
+		t.Fatalf("/metrics: %d %s", code, h.Get("Content-Type"))
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v\n%s", err, body)
+	}
+	for name, want := range map[string]float64{
+		"detour_ready": 1, "detour_rules_installed": 1, "detour_listeners": 2, "detour_cluster_hosts": 2,
+	} {
+		fam := fams[name]
+		if fam == nil || len(fam.Metric) != 1 || fam.Metric[0].GetGauge().GetValue() != want {
+			t.Errorf("%s: %v, want %v", name, fam, want)
+		}
+	}
+	if fam := fams["detour_downstream_refused_total"]; fam == nil {
+		t.Error("detour_downstream_refused_total missing")
+	}
+}
+
+func TestClusters(t *testing.T) {
+	f := newFixture(t)
+	code, body, _ := f.do(t, "GET", "/clusters")
+	if code != 200 {
+		t.Fatalf("/clusters: %d", code)
+	}
+	for _, want := range []string{
+		"original-destination cluster: 2 hosts",
+		"HOST           REQUESTS  ACTIVE  OPEN  IDLE  CONNECTS  REUSES  CONNECT_FAILURES  AGE   LAST_USED",
+		"198.18.2.2:80  5         1       2     1     2         3       0                 1m30s  2s ago",
+		"198.18.2.2:81/198.18.1.2",
+		"L4 destinations: 1",
+		"198.18.2.2:7002  1            1       0                 0         0s ago",
+	} {
+		// tabwriter pads each column to its widest cell: compare without runs of spaces.
+		if !strings.Contains(squash(body), squash(want)) {
+			t.Errorf("/clusters lacks %q:\n%s", want, body)
+		}
+	}
+	code, body, h := f.do(t, "GET", "/clusters?format=json")
+	if code != 200 || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("/clusters?format=json: %d %s", code, h.Get("Content-Type"))
+	}
+	var c Clusters
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Hosts) != 2 || c.Hosts[0].Host != "198.18.2.2:80" || c.Hosts[0].Requests != 5 || c.Hosts[0].Idle != 1 ||
+		c.Hosts[1].Client != "198.18.1.2" || c.Hosts[1].ConnectFailures != 1 ||
+		len(c.TCPDestinations) != 1 || c.TCPDestinations[0].Active != 1 {
+		t.Errorf("clusters JSON: %s", body)
+	}
+	if code, _, _ := f.do(t, "GET", "/clusters?format=xml"); code != 400 {
+		t.Errorf("format=xml: %d, want 400", code)
+	}
+}
+
+func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func TestStatusAndWriteStatus(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetPhase(Ready)
+	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []uint16{80, 443}})
+	f.state.SetListeners([]string{"0.0.0.0:15001"})
+	_, body, _ := f.do(t, "GET", "/status")
+	var st Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != Ready || st.Version != "v1.2.3" || len(st.Hosts) != 2 || st.Connections.Accepted != 2 ||
+		st.Connections.LoopRefused != 1 || !st.Rules.Installed {
+		t.Fatalf("status: %s", body)
+	}
+	var out strings.Builder
+	WriteStatus(&out, st)
+	for _, want := range []string{
+		"detour v1.2.3: ready, mode tproxy, protocol auto, up 1h5m",
+		"listeners:   0.0.0.0:15001",
+		"rules:       installed, table inet detour, ports 80,443",
+		"connections: 1 active, 2 accepted, 1 refused (1 loops); 0 HTTP requests",
+		"198.18.2.2:80",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	st.Rules = Rules{}
+	WriteStatus(&out, st)
+	if !strings.Contains(out.String(), "rules:       none configured") {
+		t.Errorf("unmanaged rules:\n%s", out.String())
+	}
+}
+
+func TestConfigLoggingIndexPprof(t *testing.T) {
+	f := newFixture(t)
+	if code, body, _ := f.do(t, "GET", "/config"); code != 200 || body != "mode: tproxy\n" {
+		t.Errorf("/config: %d %q", code, body)
+	}
+	if _, body, _ := f.do(t, "GET", "/logging"); body != "log level: info\n" {
+		t.Errorf("GET /logging: %q", body)
+	}
+	if code, body, _ := f.do(t, "POST", "/logging?level=debug"); code != 200 || body != "log level: debug\n" || f.level.Level() != slog.LevelDebug {
+		t.Errorf("POST /logging?level=debug: %d %q, level %v", code, body, f.level.Level())
+	}
+	if code, _, _ := f.do(t, "POST", "/logging?level=loud"); code != 400 || f.level.Level() != slog.LevelDebug {
+		t.Errorf("POST /logging?level=loud: %d, level %v", code, f.level.Level())
+	}
+	if code, _, _ := f.do(t, "POST", "/logging"); code != 400 {
+		t.Errorf("POST /logging without level: %d", code)
+	}
+	if code, _, _ := f.do(t, "PUT", "/logging?level=warn"); code != 405 {
+		t.Errorf("PUT /logging: %d, want 405", code)
+	}
+	if code, _, _ := f.do(t, "POST", "/ready"); code != 405 {
+		t.Errorf("POST /ready: %d, want 405", code)
+	}
+	code, body, h := f.do(t, "GET", "/")
+	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") {
+		t.Fatalf("/: %d %s", code, h.Get("Content-Type"))
+	}
+	for _, want := range []string{`href="metrics"`, `href="clusters?format=json"`, `href="debug/pprof/"`, "<td>198.18.2.2:80</td><td>5</td>", "2s ago", "198.18.2.2:7002"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("index lacks %q", want)
+		}
+	}
+	if code, _, _ := f.do(t, "GET", "/nope"); code != 404 {
+		t.Errorf("/nope: %d", code)
+	}
+	if code, body, _ := f.do(t, "GET", "/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d", code)
+	}
+}
+
+func TestStartServesOnLoopback(t *testing.T) {
+	f := newFixture(t)
+	if err := f.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer f.srv.Close()
+	f.state.SetPhase(Ready)
+	resp, err := http.Get("http://" + f.srv.Addr().String() + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ready\n" {
+		t.Fatalf("/ready over TCP: %d %q", resp.StatusCode, b)
+	}
+	// A second server on the same port fails with a hint.
+	g, err := New(Options{Addr: f.srv.Addr(), State: NewState()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err == nil || !strings.Contains(err.Error(), "--admin") {
+		g.Close()
+		t.Fatalf("second Start on a busy port: %v", err)
+	}
+}
+
+func TestAge(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		850 * time.Millisecond:                    "850ms",
+		12*time.Second + 300*time.Millisecond:     "12s",
+		3*time.Minute + 4*time.Second:             "3m4s",
+		3*time.Minute + 10*time.Second:            "3m10s",
+		3 * time.Minute:                           "3m",
+		2*time.Hour + 5*time.Minute + time.Second: "2h5m",
+		-time.Second:                              "0s",
+	} {
+		if got := Age(now, now.Add(-d)); got != want {
+			t.Errorf("Age(%v) = %q, want %q", d, got, want)
+		}
+	}
+	if Age(now, time.Time{}) != "-" {
+		t.Error("Age of the zero time")
+	}
+}

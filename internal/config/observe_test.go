@@ -1,0 +1,43 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestAdminAndAccessLogKeys: the admin endpoint stays on loopback unless
+// allowed, and the access log keys have their defaults and checks.
+func TestAdminAndAccessLogKeys(t *testing.T) {
+	for _, c := range []struct {
+		yaml, wantErr, wantAdmin, wantLog, wantFormat string
+	}{
+		{yaml: "", wantAdmin: "127.0.0.1:9901", wantLog: "off", wantFormat: "text"},
+		{yaml: "admin: '[::1]:9000'", wantAdmin: "[::1]:9000", wantLog: "off", wantFormat: "text"},
+		{yaml: "admin: off", wantAdmin: "invalid AddrPort", wantLog: "off", wantFormat: "text"},
+		{yaml: "admin: 0.0.0.0:9901", wantErr: "--admin-allow-remote"},
+		{yaml: "admin: 198.18.1.1:9901", wantErr: "not a loopback address"},
+		{yaml: "admin: 198.18.1.1:9901\nadmin_allow_remote: true", wantAdmin: "198.18.1.1:9901", wantLog: "off", wantFormat: "text"},
+		{yaml: "access_log: stdout\naccess_log_format: json", wantAdmin: "127.0.0.1:9901", wantLog: "stdout", wantFormat: "json"},
+		{yaml: "access_log: /var/log/detour/access.log", wantAdmin: "127.0.0.1:9901", wantLog: "/var/log/detour/access.log", wantFormat: "text"},
+		{yaml: "access_log_format: xml", wantErr: "access_log_format"},
+	} {
+		cfg, err := Parse([]byte(c.yaml))
+		if err == nil {
+			err = cfg.Finish()
+		}
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%q: err = %v, want one containing %q", c.yaml, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", c.yaml, err)
+			continue
+		}
+		if cfg.AdminAddr.String() != c.wantAdmin || cfg.AccessLog != c.wantLog || cfg.AccessLogFormat != c.wantFormat {
+			t.Errorf("%q: admin %s, access log %q %q; want %s %q %q", c.yaml, cfg.AdminAddr, cfg.AccessLog, cfg.AccessLogFormat,
+				c.wantAdmin, c.wantLog, c.wantFormat)
+		}
+	}
+}
