@@ -28,6 +28,9 @@ type observability struct {
 	admin   *admin.Server // nil when admin is off
 	usr1    chan os.Signal
 
+	// The effective configuration as YAML, replaced on reload.
+	configYAML atomic.Pointer[[]byte]
+
 	// Set once the proxy exists; read at scrape time.
 	l7  atomic.Pointer[httpproxy.Proxy]
 	srv atomic.Pointer[proxy.Server]
@@ -63,13 +66,10 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 	go o.reopenOnSignal()
 
 	if cfg.AdminAddr.IsValid() {
-		yml, merr := cfg.Marshal()
-		if merr != nil {
-			yml = []byte("# " + merr.Error() + "\n")
-		}
+		o.setConfig(cfg)
 		o.admin, err = admin.New(admin.Options{
 			Addr: cfg.AdminAddr, AllowRemote: cfg.AdminAllowRemote, State: o.state, Gatherer: reg,
-			Metrics: o.metrics, Hosts: o.hosts, Config: yml, Level: level, Logger: log,
+			Metrics: o.metrics, Hosts: o.hosts, Config: o.config, Level: level, Logger: log,
 			Info: admin.Info{Version: buildVersion(), Mode: cfg.Mode, Protocol: cfg.Protocol},
 		})
 		if err == nil {
@@ -82,6 +82,22 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		log.Info("admin endpoint", "addr", o.admin.Addr(), "try", fmt.Sprintf("detour status --admin %s", o.admin.Addr()))
 	}
 	return o, nil
+}
+
+// setConfig records cfg for /config.
+func (o *observability) setConfig(cfg *config.Config) {
+	yml, err := cfg.Marshal()
+	if err != nil {
+		yml = []byte("# " + err.Error() + "\n")
+	}
+	o.configYAML.Store(&yml)
+}
+
+func (o *observability) config() []byte {
+	if p := o.configYAML.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (o *observability) reopenOnSignal() {

@@ -7,11 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/proxy"
@@ -24,7 +27,9 @@ const runHelp = `Usage: detour run [-c detour.yaml] [flags]
 Opens the listeners, installs the interception rules (when ports are given),
 forwards every intercepted connection to its original destination, and on
 SIGINT/SIGTERM drains connections and removes the rules. Rules left by a
-run that was killed are removed at the next start.
+run that was killed are removed at the next start. SIGHUP re-reads the
+config file (flags still override it) and applies it without dropping
+connections; SIGUSR1 reopens the access log.
 
 Examples:
   # router: TPROXY port 80 of forwarded traffic to detour (tutorial 1)
@@ -52,103 +57,183 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, stderr); err != nil {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := run(ctx, cfg, f.load, hup, stderr); err != nil {
 		fmt.Fprintf(stderr, "detour run: %v\n", err)
 		return exitFailure
 	}
 	return exitOK
 }
 
-// run is the daemon's whole life: listeners, rules, serve, drain, clean.
-func run(ctx context.Context, cfg *config.Config, logw io.Writer) (err error) {
-	level := new(slog.LevelVar)
-	level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
+// daemon is one run's moving parts; reload swaps some of them.
+type daemon struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	level  *slog.LevelVar
+	obs    *observability
+	srv    *proxy.Server
+	l7     *httpproxy.Proxy
+	rules  *intercept.Options // installed rules, nil when none
+	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
+}
+
+// run is the daemon's whole life: listeners, rules, serve, reload on
+// SIGHUP, drain, clean.
+func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
+	d := &daemon{cfg: cfg, level: new(slog.LevelVar)}
+	d.level.UnmarshalText([]byte(cfg.LogLevel))
+	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
+	log := d.log
 
 	// Metrics, access log and the admin endpoint (503 on /ready until ready).
-	obs, err := startObservability(cfg, level, log)
+	d.obs, err = startObservability(cfg, d.level, log)
 	if err != nil {
 		return err
 	}
-	defer obs.close()
+	defer d.obs.close()
 
-	var lns []*listen.Listener
+	lns, err := openListeners(cfg, nil, log)
+	if err != nil {
+		return err
+	}
+	d.obs.listening(lns)
 	defer func() {
-		for _, l := range lns {
-			l.Close()
+		if d.srv == nil { // never served: Shutdown did not close them
+			for _, l := range lns {
+				l.Close()
+			}
 		}
 	}()
-	for _, a := range cfg.ListenAddrs {
-		l, err := listen.Listen(listen.Options{Mode: listen.Mode(cfg.Mode), Addr: a})
-		if err != nil {
-			return err
-		}
-		lns = append(lns, l)
-		log.Info("listening", "addr", l.Addr(), "mode", cfg.Mode)
-	}
-	obs.listening(lns)
 
-	if len(cfg.Intercept.Ports) > 0 {
-		io := interceptOptions(cfg)
-		if err := intercept.Apply(io); err != nil {
-			return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
-		}
-		log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+io.TableName)
-		obs.rules(cfg, true)
-		defer func() {
-			if cerr := intercept.Clean(io); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("remove rules: %w", cerr))
-				return
-			}
-			obs.rules(cfg, false)
-			log.Info("rules removed")
-		}()
-	}
-
-	dialer := upstream.New(upstream.Options{
-		ConnectTimeout: time.Duration(cfg.Upstream.ConnectTimeout),
-		Mark:           cfg.Upstream.Mark,
-		SpoofSource:    cfg.Upstream.SpoofSource,
-	})
-	var srv *proxy.Server
-	l7, err := newL7(cfg, dialer, log, func(dst netip.AddrPort) bool { return srv.IsSelf(dst) }, obs.onRequest)
-	if err != nil {
+	if err := d.applyRules(cfg); err != nil {
 		return err
 	}
-	defer l7.Close()
-	srv = proxy.New(proxy.Options{
-		Listeners:    lns,
-		Dialer:       dialer,
-		Protocol:     proxy.Protocol(cfg.Protocol),
-		MaxConns:     cfg.MaxConnections,
-		SniffTimeout: time.Duration(cfg.SniffTimeout),
-		TCP:          tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
-		HTTP:         obs.metrics.L7(l7),
-		Observer:     observer{obs},
-		Logger:       log,
-	})
-	obs.serving(srv, l7)
+	defer func() {
+		if cerr := d.cleanRules(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+
+	dialer := newDialer(cfg)
+	if d.l7, err = newL7(cfg, dialer, log, d.isSelf, d.obs.onRequest); err != nil {
+		return err
+	}
+	d.srv = proxy.New(proxy.Options{Listeners: lns, Observer: observer{d.obs}, Logger: log})
+	d.srv.Update(d.proxyOptions(cfg, dialer))
+	d.obs.serving(d.srv, d.l7)
 	served := make(chan struct{})
-	go func() { srv.Serve(); close(served) }()
-	obs.ready()
+	go func() { d.srv.Serve(); close(served) }()
+	d.obs.ready()
 	log.Info("ready", "listeners", len(lns), "protocol", cfg.Protocol)
 
-	<-ctx.Done()
-	obs.draining()
-	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(cfg.Drain))
-	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Drain))
+	for {
+		select {
+		case <-hup:
+			if err := d.reload(reread); err != nil {
+				log.Error("SIGHUP: reload rejected; still running the previous configuration", "err", err)
+			}
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+
+	d.obs.draining()
+	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(d.cfg.Drain))
+	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.Drain))
 	defer cancel()
 	// The HTTP side closes idle keep-alive connections and waits for
 	// requests in flight while the accept loops stop and L4 streams finish.
 	httpDrained := make(chan error, 1)
-	go func() { httpDrained <- l7.Shutdown(drainCtx) }()
-	if derr := srv.Shutdown(drainCtx); derr != nil {
+	go func() { httpDrained <- d.l7.Shutdown(drainCtx) }()
+	if derr := d.srv.Shutdown(drainCtx); derr != nil {
 		log.Warn(derr.Error())
 	}
 	if herr := <-httpDrained; herr != nil {
 		log.Warn("HTTP drain ended with requests in flight", "err", herr)
 	}
+	d.l7.Close()
+	d.drains.Wait()
 	<-served
-	lns = nil // closed by Shutdown
 	return nil
+}
+
+func (d *daemon) isSelf(dst netip.AddrPort) bool { return d.srv != nil && d.srv.IsSelf(dst) }
+
+// openListeners opens cfg's listeners, reusing those in have with the same
+// address; on error it closes only what it opened.
+func openListeners(cfg *config.Config, have []*listen.Listener, log *slog.Logger) ([]*listen.Listener, error) {
+	byAddr := map[netip.AddrPort]*listen.Listener{}
+	for _, l := range have {
+		byAddr[l.Addr()] = l
+	}
+	var out, opened []*listen.Listener
+	for _, a := range cfg.ListenAddrs {
+		if l, ok := byAddr[a]; ok {
+			out = append(out, l)
+			continue
+		}
+		l, err := listen.Listen(listen.Options{Mode: listen.Mode(cfg.Mode), Addr: a})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return nil, err
+		}
+		opened = append(opened, l)
+		out = append(out, l)
+		log.Info("listening", "addr", l.Addr(), "mode", cfg.Mode)
+	}
+	return out, nil
+}
+
+// applyRules installs (or atomically replaces) the interception rules cfg
+// asks for, and removes them when it asks for none.
+func (d *daemon) applyRules(cfg *config.Config) error {
+	if len(cfg.Intercept.Ports) == 0 {
+		return d.cleanRules()
+	}
+	o := interceptOptions(cfg)
+	if err := intercept.Apply(o); err != nil {
+		return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
+	}
+	d.rules = &o
+	d.log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+o.TableName)
+	d.obs.rules(cfg, true)
+	return nil
+}
+
+func (d *daemon) cleanRules() error {
+	if d.rules == nil {
+		return nil
+	}
+	if err := intercept.Clean(*d.rules); err != nil {
+		return fmt.Errorf("remove rules: %w", err)
+	}
+	d.rules = nil
+	d.obs.rules(d.cfg, false)
+	d.log.Info("rules removed")
+	return nil
+}
+
+func newDialer(cfg *config.Config) *upstream.Dialer {
+	return upstream.New(upstream.Options{
+		ConnectTimeout: time.Duration(cfg.Upstream.ConnectTimeout),
+		Mark:           cfg.Upstream.Mark,
+		SpoofSource:    cfg.Upstream.SpoofSource,
+	})
+}
+
+// proxyOptions are the settings a reload may change for new connections.
+func (d *daemon) proxyOptions(cfg *config.Config, dialer *upstream.Dialer) proxy.Options {
+	return proxy.Options{
+		Dialer:       dialer,
+		Protocol:     proxy.Protocol(cfg.Protocol),
+		MaxConns:     cfg.MaxConnections,
+		SniffTimeout: time.Duration(cfg.SniffTimeout),
+		TCP:          tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
+		HTTP:         d.obs.metrics.L7(d.l7),
+	}
 }

@@ -67,8 +67,9 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Hosts lists the cluster's live hosts; nil means none.
 	Hosts func() []httpproxy.HostInfo
-	// Config is the effective configuration, served on /config.
-	Config []byte
+	// Config returns the effective configuration, served on /config; a
+	// function, since SIGHUP may replace it.
+	Config func() []byte
 	// Level is the logger's level, changed by POST /logging; nil makes
 	// /logging answer 404.
 	Level *slog.LevelVar
@@ -295,7 +296,9 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write(s.o.Config)
+	if s.o.Config != nil {
+		w.Write(s.o.Config())
+	}
 }
 
 func (s *Server) getLogging(w http.ResponseWriter, _ *http.Request) {

@@ -57,7 +57,7 @@ func newFixture(t *testing.T) *fixture {
 	level := new(slog.LevelVar)
 	srv, err := New(Options{
 		Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: st, Gatherer: reg, Metrics: m, Hosts: hostsFn,
-		Config: []byte("mode: tproxy\n"), Level: level, Info: Info{Version: "v1.2.3", Mode: "tproxy", Protocol: "auto"},
+		Config: func() []byte { return []byte("mode: tproxy\n") }, Level: level, Info: Info{Version: "v1.2.3", Mode: "tproxy", Protocol: "auto"},
 		Now: func() time.Time { return now },
 	})
 	if err != nil {

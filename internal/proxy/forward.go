@@ -12,15 +12,15 @@ import (
 )
 
 // forward picks L4 or L7 for a connection that passed the loop guard.
-func (s *Server) forward(id string, log *slog.Logger, c *listen.Conn) {
+func (s *Server) forward(o *Options, id string, log *slog.Logger, c *listen.Conn) {
 	rec := L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
-	switch s.opts.Protocol {
+	switch o.Protocol {
 	case ProtocolHTTP:
-		s.opts.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil)
+		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil)
 	case ProtocolAuto:
-		s.forwardAuto(id, log, c, rec)
+		s.forwardAuto(o, log, c, rec)
 	default:
-		s.forwardL4(id, log, c, nil, rec)
+		s.forwardL4(o, log, c, nil, rec)
 	}
 }
 
@@ -44,19 +44,19 @@ type sniffed struct {
 // noticed the moment its banner arrives instead of after a sniffing
 // timeout. HTTP goes to L7, taking the connection already dialed as its
 // first pooled one; everything else is spliced at L4.
-func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4Record) {
+func (s *Server) forwardAuto(o *Options, log *slog.Logger, c *listen.Conn, rec L4Record) {
 	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
 	defer stopSniff()
 
 	dialc := make(chan dialed, 1)
 	go func() {
 		start := time.Now()
-		up, err := s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		up, err := o.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
 		dialc <- dialed{up, err, time.Since(start)}
 	}()
 	sniffc := make(chan sniffed, 1)
 	go func() {
-		r, err := sniff.Sniff(sniffCtx, c.TCPConn, s.opts.SniffTimeout)
+		r, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
 		sniffc <- sniffed{r, err}
 	}()
 
@@ -74,7 +74,7 @@ func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4
 				// An HTTP client gets a 503 only if its request is seen, and it
 				// sends it right after connecting: wait a moment for it, not
 				// the whole sniffing timeout.
-				t := time.AfterFunc(min(dialFailGrace, s.opts.SniffTimeout), stopSniff)
+				t := time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
 				defer t.Stop()
 				continue
 			}
@@ -108,7 +108,7 @@ func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4
 	switch result.res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
 		log.Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
-		s.opts.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up) // answers 503 itself when d failed
+		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up) // answers 503 itself when d failed
 		return
 	}
 	if result.err != nil && d.err == nil && result.res.N == 0 {
@@ -122,7 +122,7 @@ func (s *Server) forwardAuto(id string, log *slog.Logger, c *listen.Conn, rec L4
 		return
 	}
 	log.Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
-	s.forwardL4(id, log, c, d.up, rec)
+	s.forwardL4(o, log, c, d.up, rec)
 }
 
 func l4ProtocolName(p sniff.Protocol) string {
@@ -140,5 +140,5 @@ func (s *Server) failDial(log *slog.Logger, c *listen.Conn, rec *L4Record, err e
 	rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
 	c.SetLinger(0)
 	c.Close()
-	s.opts.Observer.L4Done(*rec)
+	s.obs.L4Done(*rec)
 }

@@ -98,9 +98,16 @@ type L4Record struct {
 
 // Server runs the accept loops and the per-connection path.
 type Server struct {
-	opts  Options
-	log   *slog.Logger
-	self  *selfAddrs
+	cur  atomic.Pointer[Options] // settings for new connections (Update swaps them)
+	obs  Observer
+	log  *slog.Logger
+	self atomic.Pointer[selfAddrs]
+
+	mu      sync.Mutex
+	lns     map[netip.AddrPort]*listen.Listener
+	serving bool
+	stopped chan struct{} // closed by Shutdown once no accept loop runs
+
 	ids   atomic.Uint64
 	open  atomic.Int64 // connections being handled
 	conns sync.WaitGroup
@@ -117,30 +124,92 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cutConns: cancel,
+		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{})}
+	s.Update(o)
+	for _, l := range o.Listeners {
+		s.lns[l.Addr()] = l
+	}
+	s.updateSelf()
+	return s
+}
+
+// Update replaces the forwarding settings (Dialer, Protocol, TCP, HTTP,
+// SniffTimeout, MaxConns) for connections accepted from now on; open
+// connections keep the settings they started with. Listeners, Observer
+// and Logger are not changed here (see SetListeners).
+func (s *Server) Update(o Options) {
 	if o.Protocol == "" {
 		o.Protocol = ProtocolAuto
 	}
 	if o.SniffTimeout <= 0 {
 		o.SniffTimeout = DefaultSniffTimeout
 	}
-	if o.Observer == nil {
-		o.Observer = nopObserver{}
+	o.Listeners, o.Observer, o.Logger = nil, s.obs, s.log
+	s.cur.Store(&o)
+}
+
+// SetListeners makes lns the set of listeners: new ones start accepting,
+// ones no longer present are closed; listeners present in both keep
+// accepting without a gap.
+func (s *Server) SetListeners(lns []*listen.Listener) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := map[netip.AddrPort]bool{}
+	for _, l := range lns {
+		keep[l.Addr()] = true
+		if _, ok := s.lns[l.Addr()]; ok {
+			continue
+		}
+		s.lns[l.Addr()] = l
+		if s.serving {
+			s.acceptDone.Add(1)
+			go s.acceptLoop(l)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{opts: o, log: o.Logger, connCtx: ctx, cutConns: cancel}
+	for addr, l := range s.lns {
+		if !keep[addr] {
+			l.Close()
+			delete(s.lns, addr)
+		}
+	}
+	s.updateSelfLocked()
+}
+
+// Listeners returns the current listeners.
+func (s *Server) Listeners() []*listen.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*listen.Listener, 0, len(s.lns))
+	for _, l := range s.lns {
+		out = append(out, l)
+	}
+	return out
+}
+
+func (s *Server) updateSelf() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.updateSelfLocked()
+}
+
+func (s *Server) updateSelfLocked() {
 	var ports []uint16
 	var addrs []netip.Addr
-	for _, l := range o.Listeners {
+	for _, l := range s.lns {
 		ports = append(ports, l.Addr().Port())
 		addrs = append(addrs, l.Addr().Addr())
 	}
-	s.self = newSelfAddrs(ports, addrs)
-	return s
+	s.self.Store(newSelfAddrs(ports, addrs))
 }
 
 // IsSelf reports whether dst is one of the server's own listening
 // addresses: forwarding there would loop.
-func (s *Server) IsSelf(dst netip.AddrPort) bool { return s.self.contains(dst) }
+func (s *Server) IsSelf(dst netip.AddrPort) bool { return s.self.Load().contains(dst) }
 
 // Open is the number of connections being handled now.
 func (s *Server) Open() int64 { return s.open.Load() }
@@ -148,21 +217,30 @@ func (s *Server) Open() int64 { return s.open.Load() }
 // Serve accepts on every listener until Shutdown; it returns when all
 // accept loops have stopped.
 func (s *Server) Serve() {
-	for _, l := range s.opts.Listeners {
+	s.mu.Lock()
+	s.serving = true
+	for _, l := range s.lns {
 		s.acceptDone.Add(1)
 		go s.acceptLoop(l)
 	}
-	s.acceptDone.Wait()
+	s.mu.Unlock()
+	<-s.stopped
 }
 
 // Shutdown stops accepting, waits for open connections until ctx ends, then
 // cuts the rest. It returns the number of connections that had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closing.Store(true)
-	for _, l := range s.opts.Listeners {
+	s.mu.Lock()
+	if s.closing.Swap(true) {
+		s.mu.Unlock()
+		return errors.New("proxy: Shutdown called twice")
+	}
+	for _, l := range s.lns {
 		l.Close()
 	}
+	s.mu.Unlock()
 	s.acceptDone.Wait()
+	close(s.stopped)
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
 	select {
@@ -184,8 +262,8 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 	for {
 		c, err := l.Accept()
 		if errors.Is(err, listen.ErrNotIntercepted) {
-			s.opts.Observer.Accepted(l.Mode())
-			s.opts.Observer.Refused("not intercepted")
+			s.obs.Accepted(l.Mode())
+			s.obs.Refused("not intercepted")
 			s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?", "client", c.Client, "listener", l.Addr())
 			continue
 		}
@@ -199,10 +277,10 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 			continue
 		}
 		backoff = 0
-		s.opts.Observer.Accepted(l.Mode())
-		if s.opts.MaxConns > 0 && s.open.Load() >= int64(s.opts.MaxConns) {
-			s.opts.Observer.Refused("limit")
-			s.log.Warn("connection limit reached; closing new connection", "limit", s.opts.MaxConns, "client", c.Client, "original_dst", c.OrigDst)
+		s.obs.Accepted(l.Mode())
+		if limit := s.cur.Load().MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
+			s.obs.Refused("limit")
+			s.log.Warn("connection limit reached; closing new connection", "limit", limit, "client", c.Client, "original_dst", c.OrigDst)
 			c.Close()
 			continue
 		}
@@ -220,26 +298,26 @@ func (s *Server) handle(c *listen.Conn) {
 	log := s.log.With("conn", id)
 	log.Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
 
-	if s.self.contains(c.OrigDst) {
+	if s.IsSelf(c.OrigDst) {
 		log.Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
 			"client", c.Client, "original_dst", c.OrigDst)
-		s.opts.Observer.Refused("loop")
+		s.obs.Refused("loop")
 		c.SetLinger(0)
 		c.Close()
-		s.opts.Observer.L4Done(L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
+		s.obs.L4Done(L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
 			End: "loop refused", Flags: "LR"})
 		return
 	}
-	s.forward(id, log, c)
+	s.forward(s.cur.Load(), id, log, c)
 }
 
 // forwardL4 dials the destination (unless up is already open) and copies.
-func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.TCPConn, rec L4Record) {
+func (s *Server) forwardL4(o *Options, log *slog.Logger, c *listen.Conn, up *net.TCPConn, rec L4Record) {
 	if up == nil {
 		log.Debug("upstream connecting", "dst", c.OrigDst)
 		start := time.Now()
 		var err error
-		up, err = s.opts.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		up, err = o.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
 		rec.ConnectDuration = time.Since(start)
 		if err != nil {
 			s.failDial(log, c, &rec, err)
@@ -247,10 +325,10 @@ func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.
 		}
 		log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
 	}
-	s.opts.Observer.L4Started(rec)
-	o := s.opts.TCP
-	o.Logger = log
-	res := tcpproxy.Proxy(s.connCtx, c.TCPConn, up, o)
+	s.obs.L4Started(rec)
+	to := o.TCP
+	to.Logger = log
+	res := tcpproxy.Proxy(s.connCtx, c.TCPConn, up, to)
 	rec.Sent, rec.Received, rec.End = res.Sent, res.Received, string(res.End)
 	rec.Duration = time.Since(rec.Start)
 	switch res.End {
@@ -264,7 +342,7 @@ func (s *Server) forwardL4(id string, log *slog.Logger, c *listen.Conn, up *net.
 		rec.Flags = "DT" // drain time ran out
 	}
 	log.Debug("closed", "sent", res.Sent, "received", res.Received, "end", res.End, "duration", rec.Duration)
-	s.opts.Observer.L4Done(rec)
+	s.obs.L4Done(rec)
 }
 
 type nopObserver struct{}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"context"
+
+	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/listen"
+)
+
+// restartOnly are the settings a reload cannot change: they shape the
+// rules' marks and routes, the upstream sockets' identity, or the admin
+// and access-log plumbing. A reload that changes one is rejected whole.
+func restartOnly(cur, next *config.Config) []string {
+	var changed []string
+	check := func(name string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			changed = append(changed, name)
+		}
+	}
+	check("mode", cur.Mode, next.Mode)
+	check("admin", cur.Admin, next.Admin)
+	check("admin_allow_remote", cur.AdminAllowRemote, next.AdminAllowRemote)
+	check("access_log", cur.AccessLog, next.AccessLog)
+	check("access_log_format", cur.AccessLogFormat, next.AccessLogFormat)
+	check("upstream.mark", cur.Upstream.Mark, next.Upstream.Mark)
+	check("upstream.spoof_source", cur.Upstream.SpoofSource, next.Upstream.SpoofSource)
+	check("intercept.tproxy_mark", cur.Intercept.TProxyMark, next.Intercept.TProxyMark)
+	check("intercept.route_table", cur.Intercept.RouteTable, next.Intercept.RouteTable)
+	check("intercept.table_name", cur.Intercept.TableName, next.Intercept.TableName)
+	return changed
+}
+
+// reload re-reads the configuration and applies it: new listeners open
+// before the rules change and old ones close after, so diverted traffic
+// always has a socket; the rules are replaced in one atomic batch; new
+// connections get the new settings while open ones continue untouched. On
+// any error nothing changes.
+func (d *daemon) reload(reread func() (*config.Config, error)) error {
+	next, err := reread()
+	if err != nil {
+		return err
+	}
+	if keys := restartOnly(d.cfg, next); len(keys) > 0 {
+		return fmt.Errorf("%s cannot change without a restart", strings.Join(keys, ", "))
+	}
+	cur := d.srv.Listeners()
+	lns, err := openListeners(next, cur, d.log)
+	if err != nil {
+		return err
+	}
+	rulesChanged := !reflect.DeepEqual(interceptOptions(d.cfg), interceptOptions(next))
+	if rulesChanged {
+		if err := d.applyRules(next); err != nil {
+			closeNew(lns, cur)
+			return err
+		}
+	}
+	dialer := newDialer(next)
+	if !reflect.DeepEqual(d.cfg.HTTP, next.HTTP) || d.cfg.Upstream != next.Upstream {
+		l7, err := newL7(next, dialer, d.log, d.isSelf, d.obs.onRequest)
+		if err != nil {
+			closeNew(lns, cur)
+			return err
+		}
+		old, drain := d.l7, time.Duration(d.cfg.Drain)
+		d.l7 = l7
+		d.drains.Add(1)
+		go func() { // its connections finish on the old settings
+			defer d.drains.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			old.Shutdown(ctx)
+			old.Close()
+		}()
+	}
+	d.srv.Update(d.proxyOptions(next, dialer))
+	d.srv.SetListeners(lns)
+	d.obs.serving(d.srv, d.l7)
+	d.obs.listening(lns)
+	d.obs.setConfig(next)
+	d.level.UnmarshalText([]byte(next.LogLevel))
+	d.cfg = next
+	d.log.Info("SIGHUP: configuration reloaded", "listeners", len(lns), "rules_changed", rulesChanged,
+		"ports", next.Intercept.Ports, "protocol", next.Protocol)
+	return nil
+}
+
+// closeNew closes the listeners in lns that were not already open.
+func closeNew(lns, had []*listen.Listener) {
+	for _, l := range lns {
+		if !slices.Contains(had, l) {
+			l.Close()
+		}
+	}
+}

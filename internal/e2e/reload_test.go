@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSIGHUPReload: a reload adds an intercepted port and changes a
+// setting while a connection stays open; a broken file is rejected and the
+// running configuration stays.
+func TestSIGHUPReload(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "hup")
+	startServers(t, n.Server)
+	file := filepath.Join(t.TempDir(), "detour.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("mode: tproxy\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002]}\n")
+	d := startDetour(t, n.Router, "-c", file)
+
+	conn := dial(t, n.Client, n.ServerIP4, portBanner)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n")))
+	whoami := func() string {
+		c := dial(t, n.Client, n.ServerIP4, portWhoAmI)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		return string(b)
+	}
+	if got := whoami(); got != n.ClientIP4.String() {
+		t.Fatalf("port %d before reload: server saw %q, want the client (not intercepted yet)", portWhoAmI, got)
+	}
+
+	reloads := strings.Count(d.Output(), "configuration reloaded")
+	write("mode: tproxy\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002, 7004]}\ntcp: {idle_timeout: 30m}\nlisten: ['0.0.0.0:15001', '[::]:15001']\n")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "configuration reloaded", reloads+1)
+
+	if got := whoami(); got != netip.MustParseAddr("198.18.2.1").String() {
+		t.Fatalf("port %d after reload: server saw %q, want the router (intercepted)", portWhoAmI, got)
+	}
+	conn.Write([]byte("across the reload\r\n"))
+	echo := make([]byte, len("across the reload\r\n"))
+	if _, err := io.ReadFull(conn, echo); err != nil {
+		t.Fatalf("connection opened before the reload broke: %v", err)
+	}
+
+	// A broken file and a restart-only change are rejected; nothing changes.
+	rejects := strings.Count(d.Output(), "reload rejected")
+	write("mode: tproxy\nintercept: {ports: [7002], bogus: 1}\n")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "reload rejected", rejects+1)
+	write("mode: redirect\nintercept: {ports: [7002]}\nadmin: off\n")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "cannot change without a restart", 1)
+	if got := whoami(); got != "198.18.2.1" {
+		t.Fatalf("after rejected reloads: server saw %q, want the router", got)
+	}
+	conn.Write([]byte("still\r\n"))
+	if _, err := io.ReadFull(conn, make([]byte, 7)); err != nil {
+		t.Fatalf("connection broke after a rejected reload: %v", err)
+	}
+}
+
+// waitLog waits until the log holds want at least n times.
+func waitLog(t *testing.T, output func() string, want string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(output(), want) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("log has %q %d times, want %d:\n%s", want, strings.Count(output(), want), n, output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
