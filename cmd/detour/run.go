@@ -126,7 +126,10 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	served := make(chan struct{})
 	go func() { d.srv.Serve(); close(served) }()
 	d.obs.ready()
-	log.Info("ready", "listeners", len(lns), "protocol", cfg.Protocol)
+	// Logged whatever the level: scripts and the lab wait for this line.
+	ready := slog.NewRecord(time.Now(), slog.LevelInfo, "ready", 0)
+	ready.AddAttrs(slog.Int("listeners", len(lns)), slog.String("protocol", cfg.Protocol))
+	log.Handler().Handle(context.Background(), ready)
 
 	for {
 		select {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -71,18 +70,18 @@ func redirectNet(t *testing.T, tag string) *lab.RedirectNet {
 	return n
 }
 
-// startDetour runs `detour run ARGS` in n until the test ends.
+// startDetour runs `detour run ARGS` in n until the test ends; its output
+// is logged when the test fails.
 func startDetour(t *testing.T, n *ns.NS, args ...string) *lab.Detour {
 	t.Helper()
-	var logs bytes.Buffer
-	d, err := lab.StartDetour(context.Background(), n, detourBin, args, &syncWriter{w: &logs})
+	d, err := lab.StartDetour(context.Background(), n, detourBin, args, nil)
 	if err != nil {
-		t.Fatalf("start detour %v: %v\n%s", args, err, logs.String())
+		t.Fatalf("start detour %v: %v", args, err)
 	}
 	t.Cleanup(func() {
 		d.Stop()
 		if t.Failed() {
-			t.Logf("detour log:\n%s", logs.String())
+			t.Logf("detour output:\n%s", d.Output())
 		}
 	})
 	return d
