@@ -137,6 +137,12 @@ func (e *encoder) stmt(s stmt) ([]expr.Any, error) {
 			&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
 		}, nil
+	case matchNotSYN:
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagsFSRA}, Xor: []byte{0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpFlagSYN}},
+		}, nil
 	case matchFibDaddrLocal:
 		return []expr.Any{
 			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
@@ -219,6 +225,12 @@ func (e *encoder) lookup(load expr.Any, set *nftables.Set, elems []nftables.SetE
 }
 
 func meta(k expr.MetaKey) *expr.Meta { return &expr.Meta{Key: k, Register: 1} }
+
+// TCP flag bits: a first SYN has SYN set and FIN, RST and ACK clear.
+const (
+	tcpFlagSYN   = 0x02
+	tcpFlagsFSRA = 0x01 | 0x02 | 0x04 | 0x10
+)
 
 func payloadDport() *expr.Payload {
 	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
@@ -397,6 +409,8 @@ func decodeExpr(ad *netlink.AttributeDecoder) expr.Any {
 		e = &expr.Meta{}
 	case "cmp":
 		e = &expr.Cmp{}
+	case "bitwise":
+		e = &expr.Bitwise{}
 	case "payload":
 		e = &expr.Payload{}
 	case "lookup":
@@ -464,6 +478,8 @@ func decodeRule(exprs []expr.Any, elems func(set string) ([]nftables.SetElement,
 			}
 		case *expr.Payload:
 			regs[e.DestRegister] = payloadName(e)
+		case *expr.Bitwise:
+			regs[e.DestRegister] = fmt.Sprintf("%s & 0x%x ^ 0x%x", regs[e.SourceRegister], e.Mask, e.Xor)
 		case *expr.Socket:
 			regs[e.Register] = fmt.Sprintf("socket key%d", e.Key)
 			if e.Key == expr.SocketKeyTransparent {
@@ -510,6 +526,9 @@ func decodeRule(exprs []expr.Any, elems func(set string) ([]nftables.SetElement,
 
 func decodeCmp(src string, e *expr.Cmp) stmt {
 	d := e.Data
+	if e.Op == expr.CmpOpNeq && src == "tcp flags & 0x17 ^ 0x00" && len(d) == 1 && d[0] == tcpFlagSYN {
+		return matchNotSYN{}
+	}
 	if e.Op != expr.CmpOpEq {
 		return unknown(fmt.Sprintf("%s <op %d> 0x%x", src, e.Op, d))
 	}
@@ -629,6 +648,8 @@ func payloadName(p *expr.Payload) string {
 	switch {
 	case p.Base == expr.PayloadBaseTransportHeader && p.Offset == 2 && p.Len == 2:
 		return "tcp dport"
+	case p.Base == expr.PayloadBaseTransportHeader && p.Offset == 13 && p.Len == 1:
+		return "tcp flags"
 	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 16 && p.Len == 4:
 		return "ip daddr"
 	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 24 && p.Len == 16:

@@ -103,7 +103,13 @@ func ruleString(r []stmt) string {
 	for i, s := range r {
 		switch s := s.(type) {
 		case matchL4ProtoTCP:
-			if implied(i, func(t stmt) bool { _, ok := t.(matchDport); return ok }) {
+			if implied(i, func(t stmt) bool {
+				switch t.(type) {
+				case matchDport, matchNotSYN:
+					return true
+				}
+				return false
+			}) {
 				continue
 			}
 		case matchNFProto:
@@ -144,6 +150,8 @@ func stmtString(s stmt) string {
 		return "meta skuid " + list(numbers(s.uids), len(s.uids) > 1)
 	case matchSocketTransparent:
 		return "socket transparent 1"
+	case matchNotSYN:
+		return "tcp flags != syn / fin,syn,rst,ack"
 	case matchFibDaddrLocal:
 		return "fib daddr type local"
 	case setMark:

@@ -55,9 +55,11 @@ type (
 	matchMark              struct{ mark uint32 }
 	matchSkuid             struct{ uids []uint32 }
 	matchSocketTransparent struct{}
-	matchFibDaddrLocal     struct{}
-	setMark                struct{ mark uint32 }
-	tproxyTo               struct {
+	// matchNotSYN: any TCP packet but a connection's first SYN.
+	matchNotSYN        struct{}
+	matchFibDaddrLocal struct{}
+	setMark            struct{ mark uint32 }
+	tproxyTo           struct {
 		v6   bool
 		addr netip.Addr // invalid: the incoming interface's address
 		port uint16
@@ -76,6 +78,7 @@ func (matchDport) isStmt()             {}
 func (matchMark) isStmt()              {}
 func (matchSkuid) isStmt()             {}
 func (matchSocketTransparent) isStmt() {}
+func (matchNotSYN) isStmt()            {}
 func (matchFibDaddrLocal) isStmt()     {}
 func (setMark) isStmt()                {}
 func (tproxyTo) isStmt()               {}
@@ -105,7 +108,12 @@ func build(o Options) ruleset {
 		// Packets of sockets that are already transparent (accepted
 		// connections, and replies to upstream sockets that spoof the
 		// client's address) only need the mark that routes them locally.
-		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchSocketTransparent{}, setMark{o.TProxyMark}, verdict("accept")})
+		// A new SYN is left to the tproxy rule even when it matches: the
+		// socket found may be an accepted connection's TIME_WAIT (the
+		// client reused its port at once), which is no home for a new
+		// connection; tproxy's own lookup retires such a TIME_WAIT and
+		// picks the listener.
+		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchSocketTransparent{}, matchNotSYN{}, setMark{o.TProxyMark}, verdict("accept")})
 		// Connections to the router's own addresses are its own business:
 		// diverting them would only add a hop (and loop if detour listens
 		// on an intercepted port).
