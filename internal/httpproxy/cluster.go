@@ -51,6 +51,7 @@ func (h HostInfo) Key() string { return hostKey{h.Dst, h.Client}.String() }
 // dialer always connects to the host's address.
 type host struct {
 	key     hostKey
+	addr    string // key.dst as text
 	created time.Time
 	tr      *http.Transport
 	c       *cluster
@@ -88,7 +89,7 @@ func (c *cluster) getLocked(k hostKey) *host {
 		return h
 	}
 	now := time.Now()
-	h := &host{key: k, created: now, lastUsed: now, c: c}
+	h := &host{key: k, addr: k.dst.String(), created: now, lastUsed: now, c: c}
 	var protos http.Protocols
 	protos.SetHTTP1(true) // h2c clients are forwarded as HTTP/1.1
 	rt := c.p.o.RouteTimeout

@@ -2,6 +2,8 @@ package httpproxy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
@@ -13,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -22,14 +22,15 @@ import (
 type Flags uint8
 
 const (
-	UpstreamConnectFailure Flags = 1 << iota // UF: connect refused, timed out, unreachable
-	UpstreamTimeout                          // UT: no response headers within RouteTimeout
-	UpstreamClosed                           // UC: upstream reset or closed before or during the response
-	DownstreamClosed                         // DC: the client went away first
-	LoopRefused                              // LR: the destination is detour itself
+	UpstreamConnectFailure  Flags = 1 << iota // UF: connect refused, timed out, unreachable
+	UpstreamTimeout                           // UT: no response headers within RouteTimeout
+	UpstreamClosed                            // UC: upstream reset or closed before or during the response
+	DownstreamClosed                          // DC: the client went away first
+	LoopRefused                               // LR: the destination is detour itself, or a refused loopback address
+	DownstreamProtocolError                   // DPE: the request was malformed or ambiguous and refused (400, 431, 505)
 )
 
-var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR"}
+var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE"}
 
 // String is "-" without flags, else the codes joined by commas ("UF,DC").
 func (f Flags) String() string {
@@ -82,30 +83,58 @@ type connKey struct{}
 type exchangeKey struct{}
 
 // exchange is one request's state, shared by the ReverseProxy hooks
-// through the request context.
+// through the request context. It is one allocation: the response
+// recorder and the client trace live inside it.
 type exchange struct {
-	info    RequestInfo
-	host    *host
-	rw      *recorder
+	info  RequestInfo
+	dc    *downConn
+	host  *host
+	rw    *recorder // &rec
+	rec   recorder
+	trace httptrace.ClientTrace
+	// vals backs the one-value header slices the proxy sets (three on the
+	// request, two on the response), so setting them allocates nothing.
+	vals    [5]string
 	sent    time.Time // upstream connection obtained: the request goes out
 	gotConn bool
 	status  int // upstream's status, for upgrades that bypass WriteHeader
+	p       *Proxy
+}
+
+// gotConnection is the client trace's GotConn: the request has an upstream
+// connection and goes out now. The Transport calls it again when it retries
+// on another connection; the request still holds one.
+func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
+	if !x.gotConn {
+		x.host.inUse.Add(1)
+	}
+	x.sent, x.gotConn, x.info.Reused = time.Now(), true, ci.Reused
+	if ci.Reused {
+		x.host.reuses.Add(1)
+		if x.p.debug() {
+			x.p.log.Debug("reusing connection", "host", x.host.key, "local", ci.Conn.LocalAddr())
+		}
+	}
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dc := r.Context().Value(connKey{}).(*downConn)
-	x := &exchange{rw: &recorder{ResponseWriter: w}}
+	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w}}
+	x.rw = &x.rec
 	x.info = RequestInfo{
 		Start: time.Now(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
 		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		RequestID: requestID(r.Header.Get(hdrRequestID)),
+		RequestID: requestID(r.Header[hdrRequestID]),
 	}
 	defer func() {
 		v := recover()
-		if v == http.ErrAbortHandler { // ReverseProxy: body copy failed mid-response
-			if x.rw.writeErr != nil {
+		if v == http.ErrAbortHandler && x.info.Flags == 0 { // ReverseProxy: body copy failed mid-response
+			switch {
+			case x.rw.writeErr != nil:
 				x.info.Flags |= DownstreamClosed
-			} else {
+			case dc.g.bodyFailure() != "":
+				x.info.Flags |= DownstreamProtocolError
+			default:
 				x.info.Flags |= UpstreamClosed
 			}
 		}
@@ -115,21 +144,47 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	if n := headerBytes(r); n > p.o.MaxRequestHeaderBytes {
-		p.localReply(x, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large", true)
-		return
+	if r.ProtoMajor == 2 && dc.g.h2() {
+		// HTTP/2 framing is the HTTP/2 server's; the guard only sees
+		// HTTP/1. Apply the head limits here.
+		if n, fields := headerSize(r); n > p.o.MaxRequestHeaderBytes || fields > p.o.MaxRequestHeaders {
+			x.info.Flags |= DownstreamProtocolError
+			p.localReply(x, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large", true)
+			return
+		}
+	} else {
+		defer dc.g.answered()
+		if v := dc.g.next(fingerprint(r.Method, r.RequestURI, r.Proto)); v.status != 0 {
+			// Refused by the guard: r is its placeholder, not the client's request.
+			x.info.Proto, x.info.Method, x.info.Host, x.info.Path = v.proto, v.method, "", v.target
+			x.info.Flags |= DownstreamProtocolError
+			p.log.Info("refused request", "client", dc.client, "dst", dc.origDst, "status", v.status, "reason", v.msg)
+			p.localReply(x, v.status, "invalid request: "+v.msg, true)
+			return
+		}
 	}
+	steered := false
 	if v := r.Header.Values(p.hdr); len(v) > 0 && p.o.UseOriginalDstHeader {
 		dst, err := netip.ParseAddrPort(strings.TrimSpace(v[0]))
 		if err != nil || len(v) > 1 || dst.Port() == 0 {
 			p.localReply(x, http.StatusBadRequest, "invalid "+strings.ToLower(p.hdr)+" header", false)
 			return
 		}
-		x.info.Dst = unmap(dst)
+		x.info.Dst, steered = unmap(dst), true
 	}
 	if p.o.IsSelf != nil && p.o.IsSelf(x.info.Dst) {
 		x.info.Flags |= LoopRefused
 		p.localReply(x, http.StatusLoopDetected, "loop detected: "+x.info.Dst.String()+" is this proxy", false)
+		return
+	}
+	// Steering to the router's own loopback (or to 0.0.0.0 / ::, which
+	// reach it too) would open its local services, the admin endpoint
+	// first, to every client. Intercepted destinations are not checked: in
+	// redirect mode a local application's connection to 127.0.0.1:80 is
+	// intercepted only if the user chose to intercept it.
+	if a := x.info.Dst.Addr(); steered && !p.o.AllowLoopback && (a.IsLoopback() || a.IsUnspecified()) {
+		x.info.Flags |= LoopRefused
+		p.localReply(x, http.StatusForbidden, "destination not allowed: "+x.info.Dst.String()+" is a loopback address", false)
 		return
 	}
 
@@ -140,17 +195,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		p.hosts.release(x.host)
 	}()
-	ctx := context.WithValue(r.Context(), exchangeKey{}, x)
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(ci httptrace.GotConnInfo) {
-			x.sent, x.gotConn, x.info.Reused = time.Now(), true, ci.Reused
-			x.host.inUse.Add(1)
-			if ci.Reused {
-				x.host.reuses.Add(1)
-				p.log.Debug("reusing connection", "host", x.host.key, "local", ci.Conn.LocalAddr())
-			}
-		},
-	})
+	x.trace.GotConn = x.gotConnection
+	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), exchangeKey{}, x), &x.trace)
 	p.rp.ServeHTTP(x.rw, r.WithContext(ctx))
 }
 
@@ -159,8 +205,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = x.info.Dst.String() // only names the pool: host.dial ignores it
+	pr.Out.URL.Host = x.host.addr // only names the pool: host.dial ignores it
 	in, out := pr.In.Header, pr.Out.Header
+	set := func(k string, i int, v string) {
+		x.vals[i] = v
+		out[k] = x.vals[i : i+1 : i+1]
+	}
 	// ReverseProxy removed these from out; a transparent proxy keeps the
 	// client's values.
 	for _, k := range []string{"Forwarded", "X-Forwarded-Host"} {
@@ -170,22 +220,22 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	}
 	switch prior := in["X-Forwarded-For"]; p.o.XForwardedFor {
 	case XFFAppend:
-		xff := x.info.Client.Addr().String()
+		xff := x.dc.clientIP
 		if len(prior) > 0 {
 			xff = strings.Join(prior, ", ") + ", " + xff
 		}
-		out.Set("X-Forwarded-For", xff)
+		set("X-Forwarded-For", 0, xff)
 	case XFFLeave:
 		if prior != nil {
 			out["X-Forwarded-For"] = prior
 		}
 	}
-	out.Set("X-Forwarded-Proto", "http")
+	set("X-Forwarded-Proto", 1, "http")
 	// Request trailers arrive after the body: share the map net/http fills
 	// (ReverseProxy's clone would forward empty values).
 	pr.Out.Trailer = pr.In.Trailer
-	out.Set(hdrRequestID, x.info.RequestID)
-	out.Del(p.hdr)
+	set(hdrRequestID, 2, x.info.RequestID)
+	delete(out, p.hdr)
 }
 
 func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
@@ -196,23 +246,43 @@ func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
 func (p *Proxy) modifyResponse(res *http.Response) error {
 	x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 	x.status = res.StatusCode
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		x.dc.g.passthrough() // the connection becomes a tunnel
+	}
 	if !x.sent.IsZero() {
 		x.info.UpstreamTime = time.Since(x.sent)
 	}
-	p.setServer(res.Header)
-	res.Header.Set(hdrServiceTime, strconv.FormatInt(x.info.UpstreamTime.Milliseconds(), 10))
+	x.vals[3] = strconv.FormatInt(x.info.UpstreamTime.Milliseconds(), 10)
+	res.Header[hdrServiceTime] = x.vals[3:4:4]
+	p.setServer(res.Header, x.vals[4:5:5])
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		// ReverseProxy next copies res.Header into the client's response
+		// value by value, an allocation per field. Hand the (already
+		// hop-by-hop-cleaned) slices over instead. Content-Type stays for
+		// ReverseProxy to copy: it looks there for server-sent events,
+		// which it flushes at once. (The 101 path writes res.Header itself.)
+		h := x.rw.Header()
+		for k, vv := range res.Header {
+			if k != "Content-Type" {
+				h[k] = vv
+				delete(res.Header, k)
+			}
+		}
+	}
 	return nil
 }
 
-func (p *Proxy) setServer(h http.Header) {
-	switch p.o.ServerHeaderMode {
-	case ServerOverwrite:
-		h.Set("Server", p.o.ServerHeader)
-	case ServerAppendIfAbsent:
-		if len(h.Values("Server")) == 0 {
-			h.Set("Server", p.o.ServerHeader)
-		}
+// setServer sets the Server header as ServerHeaderMode says, in val (a
+// one-element slice) if given.
+func (p *Proxy) setServer(h http.Header, val []string) {
+	if p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(h["Server"]) > 0 {
+		return
 	}
+	if val == nil {
+		val = make([]string, 1)
+	}
+	val[0] = p.o.ServerHeader
+	h["Server"] = val
 }
 
 // proxyError answers a request that got no upstream response.
@@ -220,11 +290,21 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
 	var de *upstream.DialError
 	var ne net.Error
-	switch {
+	switch msg := x.dc.g.bodyFailure(); {
+	case msg != "":
+		// The client's body framing broke (the read error also canceled
+		// the request): the upstream request was aborted before a
+		// complete body went out.
+		x.info.Flags |= DownstreamProtocolError
+		p.localReply(x, http.StatusBadRequest, "invalid request: "+msg, true)
+		p.log.Info("refused request body", "client", x.info.Client, "dst", x.info.Dst, "reason", msg)
+		return
 	case r.Context().Err() != nil:
 		x.info.Flags |= DownstreamClosed
 		p.log.Debug("client went away", "dst", x.info.Dst, "err", err)
-		return // nobody to answer
+		// Nobody to answer; and a client that only half-closed must not
+		// read the empty 200 net/http would send for a silent handler.
+		panic(http.ErrAbortHandler)
 	case errors.As(err, &de):
 		x.info.Flags |= UpstreamConnectFailure
 		p.localReply(x, http.StatusServiceUnavailable, msgReset+string(de.Reason), false)
@@ -254,7 +334,7 @@ func resetReason(err error) string {
 func (p *Proxy) localReply(x *exchange, code int, msg string, closeConn bool) {
 	h := x.rw.Header()
 	clear(h)
-	p.setServer(h)
+	p.setServer(h, nil)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(msg)))
 	if closeConn {
@@ -271,16 +351,23 @@ func (p *Proxy) finish(x *exchange) {
 	if i.Status == 0 && x.status == http.StatusSwitchingProtocols {
 		i.Status = x.status // written to the hijacked conn, not through WriteHeader
 	}
-	p.log.Debug("request", "client", i.Client, "dst", i.Dst, "method", i.Method, "host", i.Host,
-		"path", i.Path, "status", i.Status, "flags", i.Flags, "duration", i.Duration, "request_id", i.RequestID)
+	if p.debug() {
+		p.log.Debug("request", "client", i.Client, "dst", i.Dst, "method", i.Method, "host", i.Host,
+			"path", i.Path, "status", i.Status, "flags", i.Flags, "duration", i.Duration, "request_id", i.RequestID)
+	}
 	if p.o.OnRequest != nil {
 		p.o.OnRequest(*i)
 	}
 }
 
 // requestID keeps a client's x-request-id when it is a sane token (a UUID,
-// a hex or base64 id) and makes a UUID v4 otherwise.
-func requestID(v string) string {
+// a hex or base64 id) and makes a UUID v4 otherwise. vs are the header's
+// values; only the first counts.
+func requestID(vs []string) string {
+	var v string
+	if len(vs) > 0 {
+		v = vs[0]
+	}
 	ok := len(v) > 0 && len(v) <= 128
 	for i := 0; ok && i < len(v); i++ {
 		c := v[i]
@@ -289,22 +376,44 @@ func requestID(v string) string {
 	if ok {
 		return v
 	}
-	return uuid.NewString()
+	return newUUID()
 }
 
-// headerBytes is the size of the request line and header section as the
-// client sent them (HTTP/1.x wire format, also applied to HTTP/2).
-func headerBytes(r *http.Request) int {
-	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len(r.Proto) + 2 + 2
+// newUUID returns a random (version 4) UUID in its text form, with one
+// allocation (the string); crypto/rand keeps the array on the stack.
+func newUUID() string {
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 9562 variant
+	var s [36]byte
+	hex.Encode(s[0:8], u[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], u[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], u[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], u[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], u[10:])
+	return string(s[:])
+}
+
+// headerSize is the size of an HTTP/2 request's head in HTTP/1.1 wire
+// format (request line and field lines), and its number of fields.
+func headerSize(r *http.Request) (n, fields int) {
+	n = len(r.Method) + 1 + len(r.RequestURI) + 1 + len("HTTP/1.1") + 2 + 2
 	if r.Host != "" {
 		n += len("Host: \r\n") + len(r.Host)
+		fields++
 	}
 	for k, vs := range r.Header {
 		for _, v := range vs {
 			n += len(k) + 2 + len(v) + 2
 		}
+		fields += len(vs)
 	}
-	return n
+	return n, fields
 }
 
 // recorder notes the status and body size written to the client. Unwrap

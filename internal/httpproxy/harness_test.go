@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -30,6 +31,9 @@ func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 	f := &front{infos: make(chan RequestInfo, 1024)}
 	if o.Dialer == nil {
 		o.Dialer = upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second})
+	}
+	if o.Logger == nil {
+		o.Logger = panicCatcher(t)
 	}
 	o.OnRequest = func(i RequestInfo) {
 		select {
@@ -217,3 +221,29 @@ func eventually(t testing.TB, what string, cond func() bool) {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func newFrontDialer() *upstream.Dialer { return upstream.New(upstream.Options{}) }
+
+// panicCatcher is a logger that fails the test if net/http logged a
+// recovered panic ("http: panic serving ...") of a handler or a read.
+func panicCatcher(t testing.TB) *slog.Logger {
+	h := &panicHandler{}
+	t.Cleanup(func() {
+		if msg := h.msg.Load(); msg != nil {
+			t.Errorf("logged: %s", *msg)
+		}
+	})
+	return slog.New(h)
+}
+
+type panicHandler struct{ msg atomic.Pointer[string] }
+
+func (h *panicHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *panicHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *panicHandler) WithGroup(string) slog.Handler            { return h }
+
+func (h *panicHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "panic") {
+		m := r.Message
+		h.msg.CompareAndSwap(nil, &m)
+	}
+	return nil
+}

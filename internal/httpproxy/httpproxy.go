@@ -40,6 +40,7 @@ const (
 	DefaultOriginalDstHeader     = "x-detour-original-dst-host"
 	DefaultServerHeader          = "detour"
 	DefaultMaxRequestHeaderBytes = 60 << 10
+	DefaultMaxRequestHeaders     = 100
 	DefaultIdleTimeout           = 5 * time.Minute
 	DefaultHeaderTimeout         = 10 * time.Second
 	DefaultMaxIdleConnsPerHost   = 32
@@ -85,6 +86,15 @@ type Options struct {
 	// MaxRequestHeaderBytes bounds the request line plus headers; larger
 	// requests get 431 and the connection is closed.
 	MaxRequestHeaderBytes int
+	// MaxRequestHeaders bounds the number of header field lines (and of
+	// trailer fields); more get 431 and the connection is closed.
+	MaxRequestHeaders int
+	// AllowLoopback lets the steering header (UseOriginalDstHeader) name a
+	// loopback address (127.0.0.0/8, ::1) or 0.0.0.0 / ::. By default such
+	// requests are refused with 403 (flag LR): they would reach the
+	// router's own local services. Intercepted destinations are never
+	// refused for being loopback.
+	AllowLoopback bool
 	// IdleTimeout closes downstream keep-alive connections idle this long.
 	IdleTimeout time.Duration
 	// HeaderTimeout bounds reading a request's headers (slowloris).
@@ -114,6 +124,8 @@ type Proxy struct {
 	hosts  *cluster
 	served chan struct{} // closed when srv.Serve returns
 
+	guardBufs sync.Pool // *[guardReadSize]byte: guards' buffers for heads split across reads
+
 	mu     sync.Mutex
 	closed bool
 	live   map[*downConn]struct{}
@@ -132,6 +144,7 @@ func New(o Options) (*Proxy, error) {
 	o.ServerHeader = orDefault(o.ServerHeader, DefaultServerHeader)
 	o.ServerHeaderMode = orDefault(o.ServerHeaderMode, ServerOverwrite)
 	o.MaxRequestHeaderBytes = orDefault(o.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
+	o.MaxRequestHeaders = orDefault(o.MaxRequestHeaders, DefaultMaxRequestHeaders)
 	o.IdleTimeout = orDefault(o.IdleTimeout, DefaultIdleTimeout)
 	o.HeaderTimeout = orDefault(o.HeaderTimeout, DefaultHeaderTimeout)
 	o.MaxIdleConnsPerHost = orDefault(o.MaxIdleConnsPerHost, DefaultMaxIdleConnsPerHost)
@@ -145,8 +158,8 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("httpproxy: ServerHeaderMode %q: want %q, %q or %q", o.ServerHeaderMode, ServerOverwrite, ServerAppendIfAbsent, ServerPassThrough)
 	case !validToken(o.OriginalDstHeader):
 		return nil, fmt.Errorf("httpproxy: OriginalDstHeader %q is not a valid header name", o.OriginalDstHeader)
-	case o.CleanupInterval < 0 || o.MaxRequestHeaderBytes < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 || o.MaxIdleConnsPerHost < 0:
-		return nil, errors.New("httpproxy: negative CleanupInterval, MaxRequestHeaderBytes, IdleTimeout, HeaderTimeout or MaxIdleConnsPerHost")
+	case o.CleanupInterval < 0 || o.MaxRequestHeaderBytes < 0 || o.MaxRequestHeaders < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 || o.MaxIdleConnsPerHost < 0:
+		return nil, errors.New("httpproxy: negative CleanupInterval, MaxRequestHeaderBytes, MaxRequestHeaders, IdleTimeout, HeaderTimeout or MaxIdleConnsPerHost")
 	}
 
 	p := &Proxy{
@@ -175,7 +188,7 @@ func New(o Options) (*Proxy, error) {
 		ReadHeaderTimeout: o.HeaderTimeout,
 		IdleTimeout:       o.IdleTimeout,
 		// net/http allows 4 KiB of slack above this before its own 431;
-		// ServeHTTP enforces the exact limit.
+		// the guard (HTTP/1) and ServeHTTP (HTTP/2) enforce the exact limit.
 		MaxHeaderBytes: o.MaxRequestHeaderBytes,
 		Protocols:      &protos,
 		ErrorLog:       errLog,
@@ -206,7 +219,10 @@ func orDefault[T comparable](v, def T) T {
 // upstream connection instead of dialing; it is closed if still unused when
 // c is done.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn) {
-	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{})}
+	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
+		clientIP: unmap(client).Addr().String(),
+		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr)}
+	dc.g.holdEOF = true
 	if !p.track(dc) {
 		c.Close()
 		if preDialed != nil {
@@ -306,6 +322,10 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// debug reports whether debug events are logged, so that hot paths build
+// their attributes only then.
+func (p *Proxy) debug() bool { return p.log.Enabled(context.Background(), slog.LevelDebug) }
+
 // validToken reports whether s is an RFC 9110 token (a header name).
 func validToken(s string) bool {
 	if s == "" {
@@ -324,14 +344,22 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+// bufferPool lends ReverseProxy its 32 KiB copy buffers. It pools array
+// pointers, which convert to and from the slices without allocating (a
+// pool of *[]byte would allocate the slice header on every Put).
 type bufferPool struct{ p sync.Pool }
 
+const copyBufferSize = 32 << 10
+
 func (b *bufferPool) Get() []byte {
-	if v, ok := b.p.Get().(*[]byte); ok {
-		return *v
+	if a, ok := b.p.Get().(*[copyBufferSize]byte); ok {
+		return a[:]
 	}
-	return make([]byte, 32<<10)
+	return make([]byte, copyBufferSize)
 }
 
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+func (b *bufferPool) Put(buf []byte) {
+	if len(buf) == copyBufferSize {
+		b.p.Put((*[copyBufferSize]byte)(buf))
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +74,28 @@ func TestForwardedHeaders(t *testing.T) {
 	i := f.info(t)
 	if i.Status != 200 || i.Flags != 0 || i.Flags.String() != "-" || i.Host != "example.test" || i.Dst != up.addrPort() {
 		t.Errorf("info %+v", i)
+	}
+}
+
+// TestResponseHeadersPassThrough: multi-valued fields arrive whole and in
+// order, hop-by-hop fields (and those named in Connection) are removed.
+func TestResponseHeadersPassThrough(t *testing.T) {
+	dst := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nContent-Type: text/x-test\r\nSet-Cookie: b=2\r\n"+
+			"Cache-Control: no-store\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok")
+	})
+	f := newFront(t, Options{}, dst)
+	res, body := get(t, f.client(), "http://a/")
+	if body != "ok" || strings.Join(res.Header.Values("Set-Cookie"), "|") != "a=1|b=2" ||
+		res.Header.Get("Content-Type") != "text/x-test" || res.Header.Get("Cache-Control") != "no-store" ||
+		res.Header.Get("Server") != "detour" || res.Header.Get("X-Detour-Upstream-Service-Time") == "" {
+		t.Errorf("%q %v", body, res.Header)
+	}
+	for _, k := range []string{"X-Hop", "Keep-Alive"} {
+		if v := res.Header.Values(k); v != nil {
+			t.Errorf("hop-by-hop %s: %q reached the client", k, v)
+		}
 	}
 }
 
@@ -194,7 +218,7 @@ func TestHeaderTooLarge(t *testing.T) {
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	f := newFront(t, Options{}, up.addrPort())
 	// 62 KiB is above the 60 KiB limit but inside net/http's 4 KiB slack,
-	// so ServeHTTP answers; 200 KiB is refused by net/http itself.
+	// 200 KiB far above: the guard refuses both at the exact limit.
 	for _, size := range []int{62 << 10, 200 << 10} {
 		c, br := f.raw(t)
 		go fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", strings.Repeat("b", size))
@@ -370,7 +394,8 @@ func TestOriginalDstHeader(t *testing.T) {
 		t.Errorf("option off: %q", body)
 	}
 
-	on := newFront(t, Options{UseOriginalDstHeader: true, IsSelf: func(ap netip.AddrPort) bool { return ap == self }}, orig.addrPort())
+	// The test's upstreams are on loopback: allow steering there.
+	on := newFront(t, Options{UseOriginalDstHeader: true, AllowLoopback: true, IsSelf: func(ap netip.AddrPort) bool { return ap == self }}, orig.addrPort())
 	c := on.client()
 	if _, body := get(t, c, "http://a/", "X-Detour-Original-Dst-Host", steer); body != "other " {
 		t.Errorf("option on: %q", body)
@@ -392,6 +417,48 @@ func TestOriginalDstHeader(t *testing.T) {
 	}
 	if i := on.info(t); i.Flags != LoopRefused || i.Flags.String() != "LR" {
 		t.Errorf("loop flags %v", i.Flags)
+	}
+}
+
+// TestSteeringToLoopbackRefused: without AllowLoopback the steering header
+// can't reach the router's own loopback services; an intercepted loopback
+// destination (redirect mode) is still served.
+func TestSteeringToLoopbackRefused(t *testing.T) {
+	var hits atomic.Int32
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, "ok")
+	}))
+	port := up.addrPort().Port()
+	f := newFront(t, Options{UseOriginalDstHeader: true}, up.addrPort())
+	c := f.client()
+	for _, dst := range []string{
+		up.addrPort().String(),
+		fmt.Sprintf("127.9.8.7:%d", port),
+		fmt.Sprintf("[::1]:%d", port),
+		fmt.Sprintf("[::ffff:127.0.0.1]:%d", port),
+		fmt.Sprintf("0.0.0.0:%d", port),
+		fmt.Sprintf("[::]:%d", port),
+	} {
+		res, body := get(t, c, "http://a/", "X-Detour-Original-Dst-Host", dst)
+		if res.StatusCode != 403 || !strings.Contains(body, "is a loopback address") {
+			t.Errorf("steer to %s: %d %q", dst, res.StatusCode, body)
+		}
+		if i := f.info(t); i.Flags != LoopRefused || i.Status != 403 {
+			t.Errorf("steer to %s: info %+v", dst, i)
+		}
+	}
+	if n := hits.Load(); n != 0 || up.accepted.Load() != 0 {
+		t.Errorf("upstream reached %d times", n)
+	}
+	// No header: the intercepted (loopback) destination is served.
+	if res, body := get(t, c, "http://a/"); res.StatusCode != 200 || body != "ok" {
+		t.Errorf("intercepted loopback destination: %d %q", res.StatusCode, body)
+	}
+	// Option off: the header is ignored (and stripped), whatever it names.
+	off := newFront(t, Options{}, up.addrPort())
+	if res, body := get(t, off.client(), "http://a/", "X-Detour-Original-Dst-Host", "127.0.0.1:1"); res.StatusCode != 200 || body != "ok" {
+		t.Errorf("option off: %d %q", res.StatusCode, body)
 	}
 }
 
@@ -662,7 +729,8 @@ func TestFlagsString(t *testing.T) {
 // loopback; "direct" is the same request without the proxy, for scale.
 func BenchmarkProxyRequest(b *testing.B) {
 	up := newUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	f := newFront(b, Options{}, up.addrPort())
+	// Info-level logging, as in production: debug events are discarded.
+	f := newFront(b, Options{Logger: slog.New(slog.DiscardHandler)}, up.addrPort())
 	run := func(b *testing.B, c *http.Client, url string) {
 		b.ReportAllocs()
 		for b.Loop() {

@@ -5,16 +5,36 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // downConn is a client connection with the addresses the interception
 // learned; ServeHTTP finds it through the request context (ConnContext).
+// Reads go through the framing guard (guard.go).
 type downConn struct {
 	net.Conn
 	client, origDst netip.AddrPort
+	clientIP        string // client.Addr() as text, for X-Forwarded-For
+	g               *guard
 
 	once sync.Once
 	done chan struct{} // closed on the first Close
+}
+
+func (c *downConn) Read(p []byte) (int, error) { return c.g.read(c.Conn, p) }
+
+// SetReadDeadline and SetDeadline also tell the guard, which may be holding
+// a client's FIN back (guard.waitEOF).
+func (c *downConn) SetReadDeadline(t time.Time) error {
+	err := c.Conn.SetReadDeadline(t)
+	c.g.setDeadline(t)
+	return err
+}
+
+func (c *downConn) SetDeadline(t time.Time) error {
+	err := c.Conn.SetDeadline(t)
+	c.g.setDeadline(t)
+	return err
 }
 
 // Close closes the connection and releases ServeConn. net/http closes it
@@ -27,6 +47,7 @@ type downConn struct {
 // while, and close in the background.
 func (c *downConn) Close() error {
 	var err error
+	c.g.close()
 	c.once.Do(func() {
 		if sc, ok := c.Conn.(syscall.Conn); ok && unreadInput(sc) {
 			c.CloseWrite()

@@ -1,0 +1,178 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Seeds for both targets are in testdata/fuzz/<target>/: the requests of
+// the hostile-input tables and some well-formed pipelines. Run a target
+// with, for example:
+//
+//	go test -run '^$' -fuzz '^FuzzServeConn$' -fuzztime 3m -fuzzminimizetime 1x ./internal/httpproxy/
+
+// FuzzServeConn sends arbitrary bytes as a client's byte stream through the
+// proxy to a loopback upstream, then half-closes. The proxy must not panic
+// and must answer with zero or more well-formed, complete HTTP/1.1
+// responses and close the connection.
+func FuzzServeConn(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	up := newUpstream(f, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.Method == "HEAD" {
+			// A bodiless answer the reader below needs no method to parse.
+			w.Header().Set("Content-Length", "0")
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	panics := &panicHandler{}
+	fr := newFront(f, Options{
+		Logger:        slog.New(panics),
+		HeaderTimeout: 2 * time.Second,
+		RouteTimeout:  2 * time.Second,
+	}, up.addrPort())
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := net.Dial("tcp", fr.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			c.Write(data)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		out, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("not closed within 10s: %v; got %q", err, out)
+		}
+		if msg := panics.msg.Load(); msg != nil {
+			t.Fatalf("logged: %s", *msg)
+		}
+		if bytes.HasPrefix(data, []byte(h2Preface)) {
+			return // HTTP/2 frames, not HTTP/1 responses
+		}
+		br := bufio.NewReader(bytes.NewReader(out))
+		for n := 0; ; n++ {
+			if _, err := br.Peek(1); err == io.EOF {
+				return
+			}
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("response %d: %v; got %q", n, err, out)
+			}
+			if _, err := io.Copy(io.Discard, res.Body); err != nil {
+				t.Fatalf("response %d body: %v; got %q", n, err, out)
+			}
+		}
+	})
+}
+
+// FuzzGuard checks the guard against net/http's own request parser: for
+// any input, cut into reads of any size, the guard hands on the client's
+// bytes unchanged (or a prefix of them and the placeholder), and net/http,
+// parsing what was handed on, finds exactly the requests the guard
+// accepted, at the offsets where the guard saw them, and nothing else.
+// Small limits exercise the 431 paths.
+func FuzzGuard(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), uint8(0))
+	pool := &sync.Pool{} // shared: buffers come back dirty
+	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
+		g := newGuard(pool, 1024, 16, "X-Detour-Original-Dst-Host")
+		src := &trickle{data: data, step: int(split&0x3f) + 1}
+		p := make([]byte, [...]int{1, 7, 512, 4096}[split>>6])
+		var out bytes.Buffer
+		for range 1 << 20 {
+			n, err := g.read(src, p)
+			out.Write(p[:n])
+			if err != nil {
+				break
+			}
+		}
+		handed := out.Bytes()
+		switch g.st {
+		case gDone:
+			k := len(handed) - len(placeholder)
+			if k < 0 || string(handed[k:]) != placeholder || !bytes.Equal(handed[:k], data[:k]) {
+				t.Fatalf("refused: handed on %q", handed)
+			}
+		default:
+			if !bytes.Equal(handed, data[:min(len(handed), len(data))]) || len(handed) > len(data) {
+				t.Fatalf("handed on %q, not a prefix of the input", handed)
+			}
+		}
+		if g.st == gPass {
+			return // h2c preface: the HTTP/2 server's business
+		}
+
+		cr := &countingReader{r: bytes.NewReader(handed)}
+		br := bufio.NewReader(cr)
+		offset := func() int64 { return cr.n - int64(br.Buffered()) }
+		verdicts := append([]verdict(nil), g.verdicts...)
+		for i, v := range verdicts {
+			if v.status == 0 && offset() != v.at {
+				t.Fatalf("request %d: net/http is at offset %d, the guard's head is at %d; input %q", i, offset(), v.at, data)
+			}
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				if v.status == 0 && err != io.EOF && err != io.ErrUnexpectedEOF {
+					return // net/http is stricter here; the server answers 400 and closes
+				}
+				t.Fatalf("request %d: net/http: %v; guard verdict %+v; input %q", i, err, v, data)
+			}
+			if fp := fingerprint(req.Method, req.RequestURI, req.Proto); fp != v.line {
+				t.Fatalf("request %d: net/http parsed %q %q %q, not the guard's; input %q", i, req.Method, req.RequestURI, req.Proto, data)
+			}
+			if v.status != 0 {
+				if i != len(verdicts)-1 {
+					t.Fatalf("verdicts after a refusal: %+v", verdicts)
+				}
+				return
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return // the input (or the guard, at a bad chunk) ended the body
+			}
+		}
+		// Every accepted request was read whole: nothing may follow. (An
+		// incomplete head is held back; a request net/http could parse
+		// here would be one the guard never checked.)
+		if rest, _ := io.ReadAll(br); len(rest) > 0 {
+			t.Fatalf("bytes handed on after the last checked request: %q; state %d; input %q", rest, g.st, data)
+		}
+	})
+}
+
+// trickle returns at most step bytes per Read.
+type trickle struct {
+	data []byte
+	step int
+}
+
+func (r *trickle) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.step)], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

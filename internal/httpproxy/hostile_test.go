@@ -1,0 +1,509 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// recordingUpstream is an HTTP upstream that reads each request body whole
+// and counts accepted connections, requests, and bodies that did not arrive
+// complete.
+type recordingUpstream struct {
+	*upstreamServer
+	requests, badBodies atomic.Int32
+	paths               chan string
+}
+
+func newRecordingUpstream(t testing.TB) *recordingUpstream {
+	u := &recordingUpstream{paths: make(chan string, 100)}
+	u.upstreamServer = newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.requests.Add(1)
+		if _, err := io.ReadAll(r.Body); err != nil {
+			u.badBodies.Add(1)
+			return
+		}
+		select {
+		case u.paths <- r.URL.Path:
+		default:
+		}
+		io.WriteString(w, "ok")
+	}))
+	return u
+}
+
+// exchangeRaw writes req on a new connection to f and returns everything
+// read until the proxy closes it; closed is false if it stayed open.
+func exchangeRaw(t *testing.T, f *front, req string) (got string, closed bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go c.Write([]byte(req)) // may block while the proxy is not reading
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err == nil
+}
+
+// oneResponse parses got as exactly one complete response and returns its
+// status line.
+func oneResponse(t *testing.T, got string) string {
+	t.Helper()
+	line, _, _ := strings.Cut(got, "\r\n")
+	br := bufio.NewReader(strings.NewReader(got))
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("not a response: %v: %q", err, got)
+	}
+	if _, err := io.ReadAll(res.Body); err != nil {
+		t.Fatalf("response body: %v: %q", err, got)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) > 0 {
+		t.Errorf("bytes after the response: %q", rest)
+	}
+	return line
+}
+
+const (
+	s400 = "HTTP/1.1 400 Bad Request"
+	s431 = "HTTP/1.1 431 Request Header Fields Too Large"
+	s505 = "HTTP/1.1 505 HTTP Version Not Supported"
+)
+
+type hostileCase struct{ name, req, status string }
+
+// hostileCases are malformed or ambiguous requests and the status each must
+// get. They are seeds of the fuzz targets too.
+func hostileCases() []hostileCase {
+	const h = "Host: a\r\n"
+	many := func(n int) string { return strings.Repeat("X-A: b\r\n", n) }
+	return []hostileCase{
+		// Request lines.
+		{"no version", "GET /\r\n" + h + "\r\n", s400},
+		{"two spaces", "GET  / HTTP/1.1\r\n" + h + "\r\n", s400},
+		{"trailing space", "GET / HTTP/1.1 \r\n" + h + "\r\n", s400},
+		{"bad method byte", "G@T / HTTP/1.1\r\n" + h + "\r\n", s400},
+		{"lowercase version", "GET / http/1.1\r\n" + h + "\r\n", s400},
+		{"long version", "GET / HTTP/1.10\r\n" + h + "\r\n", s400},
+		{"HTTP/2.0 line", "GET / HTTP/2.0\r\n" + h + "\r\n", s505},
+		{"HTTP/3.0 line", "GET / HTTP/3.0\r\n" + h + "\r\n", s505},
+		{"HTTP/0.9 version", "GET / HTTP/0.9\r\n" + h + "\r\n", s505},
+		{"leading empty line", "\r\nGET / HTTP/1.1\r\n" + h + "\r\n", s400},
+		{"NUL in target", "GET /a\x00b HTTP/1.1\r\n" + h + "\r\n", s400},
+		{"tab in target", "GET /a\tb HTTP/1.1\r\n" + h + "\r\n", s400},
+		{"binary, no line end", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", s400},
+		{"bare LF request line", "GET / HTTP/1.1\n" + h + "\r\n", s400},
+		{"request line too long", "GET /" + strings.Repeat("a", 70<<10) + " HTTP/1.1\r\n" + h + "\r\n", s431},
+
+		// Field lines.
+		{"no colon", "GET / HTTP/1.1\r\n" + h + "X-A b\r\n\r\n", s400},
+		{"space in name", "GET / HTTP/1.1\r\n" + h + "X A: b\r\n\r\n", s400},
+		{"space before colon", "GET / HTTP/1.1\r\n" + h + "X-A : b\r\n\r\n", s400},
+		{"empty name", "GET / HTTP/1.1\r\n" + h + ": b\r\n\r\n", s400},
+		{"non-token name", "GET / HTTP/1.1\r\n" + h + "X(A): b\r\n\r\n", s400},
+		{"CTL in value", "GET / HTTP/1.1\r\n" + h + "X-A: a\x01b\r\n\r\n", s400},
+		{"NUL in value", "GET / HTTP/1.1\r\n" + h + "X-A: a\x00b\r\n\r\n", s400},
+		{"DEL in value", "GET / HTTP/1.1\r\n" + h + "X-A: a\x7fb\r\n\r\n", s400},
+		{"bare CR in value", "GET / HTTP/1.1\r\n" + h + "X-A: a\rb\r\n\r\n", s400},
+		{"obs-fold", "GET / HTTP/1.1\r\n" + h + "X-A: a\r\n b\r\n\r\n", s400},
+		{"obs-fold tab", "GET / HTTP/1.1\r\n" + h + "X-A: a\r\n\tb\r\n\r\n", s400},
+		{"space before first field", "GET / HTTP/1.1\r\n " + h + "\r\n", s400},
+		{"bare LF field", "GET / HTTP/1.1\r\n" + "Host: a\n\r\n", s400},
+		{"bare LF head end", "GET / HTTP/1.1\r\n" + h + "\n", s400},
+		{"two Host fields", "GET / HTTP/1.1\r\n" + h + "Host: b\r\n\r\n", s400},
+		{"no Host in 1.1", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n", s400},
+
+		// Body framing: request smuggling vectors.
+		{"CL and TE", "POST / HTTP/1.1\r\n" + h + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE and CL", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", s400},
+		{"CL.TE smuggle", "POST / HTTP/1.1\r\n" + h + "Content-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nSMUGGLED", s400},
+		{"CL and TE zero", "POST / HTTP/1.1\r\n" + h + "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE gzip", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: gzip\r\n\r\n", s400},
+		{"TE identity", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: identity\r\n\r\n", s400},
+		{"TE chunked, identity", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", s400},
+		{"TE gzip, chunked", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE twice", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE xchunked", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE space before colon", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE vertical tab", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE empty", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding:\r\n\r\n", s400},
+		{"TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s400},
+		{"TE in HTTP/1.0 keep-alive", "POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\n", s400},
+		{"CL twice same", "POST / HTTP/1.1\r\n" + h + "Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", s400},
+		{"CL twice differing", "POST / HTTP/1.1\r\n" + h + "Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", s400},
+		{"CL list", "POST / HTTP/1.1\r\n" + h + "Content-Length: 3, 3\r\n\r\nabc", s400},
+		{"CL plus sign", "POST / HTTP/1.1\r\n" + h + "Content-Length: +3\r\n\r\nabc", s400},
+		{"CL negative", "POST / HTTP/1.1\r\n" + h + "Content-Length: -1\r\n\r\n", s400},
+		{"CL hex", "POST / HTTP/1.1\r\n" + h + "Content-Length: 0x3\r\n\r\nabc", s400},
+		{"CL empty", "POST / HTTP/1.1\r\n" + h + "Content-Length:\r\n\r\n", s400},
+		{"CL inner space", "POST / HTTP/1.1\r\n" + h + "Content-Length: 1 2\r\n\r\n", s400},
+		{"CL huge", "POST / HTTP/1.1\r\n" + h + "Content-Length: 99999999999999999999\r\n\r\n", s400},
+
+		// Invalid chunks, sent with their head: refused whole.
+		{"chunk size not hex", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\nzz\r\n", s400},
+		{"chunk size negative", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n-1\r\n", s400},
+		{"chunk size 0x", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk size overflow", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk size empty", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk size space", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk size bare LF", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", s400},
+		{"chunk ext bare LF", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk ext CTL", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5;a\x01\r\nhello\r\n0\r\n\r\n", s400},
+		{"chunk data too long", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n", s400},
+		{"chunk data LF only", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n", s400},
+		{"chunk line too long", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n5;" + strings.Repeat("x", 5000) + "\r\nhello\r\n0\r\n\r\n", s400},
+
+		{"trailer content-length", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 5\r\n\r\n", s400},
+		{"trailer transfer-encoding", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n", s400},
+		{"trailer steering header", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\nX-Detour-Original-Dst-Host: 127.0.0.1:1\r\n\r\n", s400},
+		{"trailer obs-fold", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: a\r\n b\r\n\r\n", s400},
+		{"trailer bare LF", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: a\n\r\n", s400},
+
+		// Sizes and counts.
+		{"header too large", "GET / HTTP/1.1\r\n" + h + "X-Big: " + strings.Repeat("b", 61<<10) + "\r\n\r\n", s431},
+		{"header far too large", "GET / HTTP/1.1\r\n" + h + "X-Big: " + strings.Repeat("b", 300<<10) + "\r\n\r\n", s431},
+		{"101 fields", "GET / HTTP/1.1\r\n" + h + many(100) + "\r\n", s431},
+		{"10000 tiny fields", "GET / HTTP/1.1\r\n" + h + strings.Repeat("a:b\r\n", 10000) + "\r\n", s431},
+		{"trailer count bomb", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0\r\n" + strings.Repeat("a:b\r\n", 10000) + "\r\n", s400},
+	}
+}
+
+// TestHostileRequestsRefused sends malformed and ambiguous requests as exact
+// bytes: each gets one response with the exact status line, the connection
+// is closed, and nothing reaches the upstream listener.
+func TestHostileRequestsRefused(t *testing.T) {
+	// The head of these went upstream before the bad body bytes were read
+	// (they did not arrive in the guard's first read): the upstream may be
+	// reached but must never get a complete body.
+	bodyCut := map[string]bool{"chunk line too long": true}
+	for _, tt := range hostileCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newRecordingUpstream(t)
+			f := newFront(t, Options{}, up.addrPort())
+			got, closed := exchangeRaw(t, f, tt.req)
+			if !closed {
+				t.Errorf("connection not closed after %q", got)
+			}
+			if line := oneResponse(t, got); line != tt.status {
+				t.Errorf("status line %q, want %q", line, tt.status)
+			}
+			i := f.info(t)
+			if i.Flags != DownstreamProtocolError || fmt.Sprint(i.Status) != tt.status[9:12] {
+				t.Errorf("info %+v", i)
+			}
+			if strings.HasPrefix(tt.name, "chunk") && !bodyCut[tt.name] && (i.Method != "POST" || i.Path != "/" || i.Proto != "HTTP/1.1") {
+				t.Errorf("refused body: info %+v", i)
+			}
+			switch {
+			case bodyCut[tt.name]:
+				if up.requests.Load() != 0 {
+					eventually(t, "upstream body failure", func() bool { return up.badBodies.Load() == up.requests.Load() })
+				}
+			case up.accepted.Load() != 0:
+				t.Errorf("upstream accepted %d connections", up.accepted.Load())
+			}
+		})
+	}
+}
+
+// wellFormedCases are unusual but valid requests, forwarded as sent.
+func wellFormedCases() []struct{ name, req string } {
+	const h = "Host: a\r\n"
+	return []struct{ name, req string }{
+		{"plain", "GET / HTTP/1.1\r\n" + h + "\r\n"},
+		{"HTTP/1.0 no host", "GET / HTTP/1.0\r\n\r\n"},
+		{"obs-text value", "GET / HTTP/1.1\r\n" + h + "X-A: caf\xc3\xa9\r\n\r\n"},
+		{"OWS around value", "GET / HTTP/1.1\r\n" + h + "X-A: \t b \t\r\n\r\n"},
+		{"empty value", "GET / HTTP/1.1\r\n" + h + "X-A:\r\n\r\n"},
+		{"100 fields", "GET / HTTP/1.1\r\n" + strings.Repeat("X-A: b\r\n", 99) + h + "\r\n"},
+		{"content-length OWS", "POST / HTTP/1.1\r\n" + h + "Content-Length:  3 \r\n\r\nabc"},
+		{"content-length zero", "POST / HTTP/1.1\r\n" + h + "Content-Length: 0\r\n\r\n"},
+		{"TE case and tab", "POST / HTTP/1.1\r\n" + h + "transfer-encoding:\tChunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"},
+		{"chunk extension", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n3;name=\"v a\"\r\nabc\r\n0;x\r\n\r\n"},
+		{"chunk size leading zeros", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\n0003\r\nabc\r\n000\r\n\r\n"},
+		{"trailers", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"},
+		{"absolute form", "GET http://a/x HTTP/1.1\r\n" + h + "\r\n"},
+		{"webdav method", "PROPFIND /d HTTP/1.1\r\n" + h + "Content-Length: 0\r\n\r\n"},
+	}
+}
+
+// TestWellFormedEdgeRequestsForwarded: the guard's strictness stops at the
+// RFC: these unusual but valid requests go through.
+func TestWellFormedEdgeRequestsForwarded(t *testing.T) {
+	for _, tt := range wellFormedCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newRecordingUpstream(t)
+			f := newFront(t, Options{}, up.addrPort())
+			c, br := f.raw(t)
+			go c.Write([]byte(tt.req))
+			res, body := readResponse(t, br, "GET")
+			if res.StatusCode != 200 || body != "ok" {
+				t.Errorf("%d %q", res.StatusCode, body)
+			}
+			if i := f.info(t); i.Flags != 0 {
+				t.Errorf("flags %v", i.Flags)
+			}
+			if up.requests.Load() != 1 || up.badBodies.Load() != 0 {
+				t.Errorf("upstream requests %d, bad bodies %d", up.requests.Load(), up.badBodies.Load())
+			}
+		})
+	}
+}
+
+// TestPipelinedSmuggleAfterGoodRequest: the good request is answered, the
+// smuggled one after it refused, and only the good one reaches upstream.
+func TestPipelinedSmuggleAfterGoodRequest(t *testing.T) {
+	up := newRecordingUpstream(t)
+	f := newFront(t, Options{}, up.addrPort())
+	got, closed := exchangeRaw(t, f, "GET /good HTTP/1.1\r\nHost: a\r\n\r\n"+
+		"POST /evil HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+	if !closed {
+		t.Error("connection not closed")
+	}
+	br := bufio.NewReader(strings.NewReader(got))
+	res, body := readResponse(t, br, "GET")
+	if res.StatusCode != 200 || body != "ok" {
+		t.Errorf("first: %d %q", res.StatusCode, body)
+	}
+	res, body = readResponse(t, br, "POST")
+	if res.StatusCode != 400 || !res.Close || !strings.Contains(body, "both content-length and transfer-encoding") {
+		t.Errorf("second: %d close=%v %q", res.StatusCode, res.Close, body)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) != 0 {
+		t.Errorf("more responses: %q", rest)
+	}
+	if p := <-up.paths; p != "/good" || up.requests.Load() != 1 {
+		t.Errorf("upstream saw %q and %d requests", p, up.requests.Load())
+	}
+	f.info(t)
+	if i := f.info(t); i.Proto != "HTTP/1.1" || i.Method != "POST" || i.Path != "/evil" || i.Status != 400 || i.Flags != DownstreamProtocolError {
+		t.Errorf("refused request info %+v", i)
+	}
+}
+
+// TestInvalidChunkAfterHeadForwarded: when the bad chunk arrives after the
+// head was forwarded, the upstream request is aborted before a complete
+// body went out and the client gets 400 and a closed connection.
+func TestInvalidChunkAfterHeadForwarded(t *testing.T) {
+	for _, bad := range []string{"zz\r\n", "5\r\nhelloXX", "5\nhello", "0\r\nContent-Length: 1\r\n\r\n"} {
+		t.Run(fmt.Sprintf("%q", bad), func(t *testing.T) {
+			up := newRecordingUpstream(t)
+			f := newFront(t, Options{}, up.addrPort())
+			c, err := net.Dial("tcp", f.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+			eventually(t, "upstream request", func() bool { return up.requests.Load() == 1 })
+			io.WriteString(c, bad)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("connection not closed: %v", err)
+			}
+			if line := oneResponse(t, string(got)); line != s400 {
+				t.Errorf("status line %q", line)
+			}
+			eventually(t, "upstream body failure", func() bool { return up.badBodies.Load() == 1 })
+			if i := f.info(t); i.Flags != DownstreamProtocolError {
+				t.Errorf("info %+v", i)
+			}
+		})
+	}
+}
+
+// TestGuardSplitAnywhere feeds valid pipelined requests to the guard split
+// at every byte: what it hands on is exactly what it got, in any split, and
+// once everything is handed on it holds no buffer.
+func TestGuardSplitAnywhere(t *testing.T) {
+	in := "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nX-T: 1\r\n\r\n" +
+		"PUT /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello" +
+		"GET /c HTTP/1.0\r\n\r\n"
+	pool := &sync.Pool{}
+	for i := 1; i < len(in); i++ {
+		g := newGuard(pool, DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, "X-Detour-Original-Dst-Host")
+		src := &splitReader{parts: []string{in[:i], in[i:]}}
+		var out bytes.Buffer
+		buf := make([]byte, 7)
+		for {
+			n, err := g.read(src, buf)
+			out.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		if out.String() != in {
+			t.Fatalf("split at %d: handed on %q", i, out.String())
+		}
+		if g.buf != nil {
+			t.Fatalf("split at %d: the guard keeps a buffer with nothing in it", i)
+		}
+		if len(g.verdicts) != 3 {
+			t.Fatalf("split at %d: %d verdicts", i, len(g.verdicts))
+		}
+		for j, want := range []uint64{fingerprint("POST", "/a", "HTTP/1.1"), fingerprint("PUT", "/b", "HTTP/1.1"), fingerprint("GET", "/c", "HTTP/1.0")} {
+			if v := g.next(want); v.status != 0 {
+				t.Fatalf("split at %d: verdict %d: %+v", i, j, v)
+			}
+		}
+	}
+}
+
+type splitReader struct{ parts []string }
+
+func (r *splitReader) Read(p []byte) (int, error) {
+	if len(r.parts) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.parts[0])
+	if r.parts[0] = r.parts[0][n:]; r.parts[0] == "" {
+		r.parts = r.parts[1:]
+	}
+	return n, nil
+}
+
+// TestClientHalfCloseMidBody: a client that stops sending in the middle of
+// its body and half-closes gets no response at all (never an empty 200),
+// and the upstream never gets a complete body.
+func TestClientHalfCloseMidBody(t *testing.T) {
+	for _, req := range []string{
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+	} {
+		up := newRecordingUpstream(t)
+		f := newFront(t, Options{}, up.addrPort())
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, req)
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || len(got) != 0 {
+			t.Errorf("%q: got %q, %v; want a close and nothing else", req, got, err)
+		}
+		if i := f.info(t); i.Flags != DownstreamClosed || i.Status != 0 {
+			t.Errorf("%q: info %+v", req, i)
+		}
+		eventually(t, "upstream body failure (if reached at all)", func() bool { return up.requests.Load() == up.badBodies.Load() })
+	}
+}
+
+// TestSlowlorisHeadClosed: a client trickling its head (held by the guard
+// until complete) is cut off after HeaderTimeout, and nothing reaches the
+// upstream.
+func TestSlowlorisHeadClosed(t *testing.T) {
+	up := newRecordingUpstream(t)
+	f := newFront(t, Options{HeaderTimeout: 300 * time.Millisecond}, up.addrPort())
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.ReadAll(c)
+	}()
+	head := "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + strings.Repeat("x", 100)
+	for i := 0; i < len(head); i++ {
+		if _, err := c.Write([]byte{head[i]}); err != nil {
+			break
+		}
+		select {
+		case <-closed:
+			i = len(head)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	<-closed
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("closed after %v", d)
+	}
+	if up.accepted.Load() != 0 {
+		t.Error("upstream reached")
+	}
+}
+
+// TestClientHalfCloseAfterRequest: a client that sends whole requests and
+// then half-closes (shuts down its sending side) gets every answer, then
+// the close; its FIN does not cancel the request in flight.
+func TestClientHalfCloseAfterRequest(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(50 * time.Millisecond) // the FIN arrives while the request is upstream
+		io.WriteString(w, "ok "+r.URL.Path)
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	for _, req := range []string{
+		"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a HTTP/1.0\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+		"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, req)
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil {
+			t.Errorf("%q: not closed: %v", req, err)
+		}
+		br := bufio.NewReader(strings.NewReader(string(got)))
+		for _, want := range []string{"ok /a", "ok /b"}[:strings.Count(req, " /")] {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%q: %v in %q", req, err, got)
+			}
+			b, _ := io.ReadAll(res.Body)
+			if res.StatusCode != 200 || string(b) != want {
+				t.Errorf("%q: %d %q", req, res.StatusCode, b)
+			}
+			if i := f.info(t); i.Flags != 0 {
+				t.Errorf("%q: flags %v", req, i.Flags)
+			}
+		}
+	}
+}
+
+// BenchmarkGuard is the guard's cost per request: a browser-sized GET head
+// read through it in one piece, as net/http reads it.
+func BenchmarkGuard(b *testing.B) {
+	head := "GET /index.html?q=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n" +
+		"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n" +
+		"Connection: keep-alive\r\nCookie: session=0123456789abcdef0123456789abcdef\r\nUpgrade-Insecure-Requests: 1\r\n\r\n"
+	g := newGuard(&sync.Pool{}, DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, "X-Detour-Original-Dst-Host")
+	src := strings.NewReader("")
+	p := make([]byte, 4096)
+	line := fingerprint("GET", "/index.html?q=1", "HTTP/1.1")
+	b.SetBytes(int64(len(head)))
+	b.ReportAllocs()
+	for b.Loop() {
+		src.Reset(head)
+		if n, err := g.read(src, p); err != nil || n != len(head) {
+			b.Fatal(n, err)
+		}
+		if v := g.next(line); v.status != 0 {
+			b.Fatal(v)
+		}
+	}
+}
