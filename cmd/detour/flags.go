@@ -38,6 +38,7 @@ type configFlags struct {
 	accessLog, accessLogFormat           string
 	connectTimeout, idleTimeout, drain   time.Duration
 	cleanupInterval, routeTimeout        time.Duration
+	headerTimeout, streamIdleTimeout     time.Duration
 	useOrigDstHeader                     bool
 	maxConns                             int
 	sniffTimeout                         time.Duration
@@ -70,6 +71,8 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.drain, "drain-timeout", 0, "on SIGTERM, let connections finish this long (default 15s)")
 		fs.DurationVar(&f.cleanupInterval, "cleanup-interval", 0, "remove original-destination hosts unused this long (default 5s)")
 		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
+		fs.DurationVar(&f.headerTimeout, "header-timeout", 0, "HTTP: close a client whose request headers take longer than this (slowloris; flag HT) (default 10s)")
+		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a client whose response write stays blocked this long: it stopped reading (flag SI) (default 5m)")
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
@@ -175,6 +178,10 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.HTTP.CleanupInterval = config.Duration(f.cleanupInterval)
 	case "route-timeout":
 		cfg.HTTP.RouteTimeout = config.Duration(f.routeTimeout)
+	case "header-timeout":
+		cfg.HTTP.HeaderTimeout = config.Duration(f.headerTimeout)
+	case "stream-idle-timeout":
+		cfg.HTTP.StreamIdleTimeout = config.Duration(f.streamIdleTimeout)
 	case "sniff-timeout":
 		cfg.SniffTimeout = config.Duration(f.sniffTimeout)
 	case "max-connections":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
@@ -25,8 +26,45 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		ServerHeader:          h.ServerHeader,
 		ServerHeaderMode:      h.ServerHeaderMode,
 		MaxRequestHeaderBytes: h.MaxRequestHeaderKiB << 10,
+		MaxRequestHeaders:     h.MaxRequestHeaders,
+		AllowLoopback:         h.AllowLoopback,
+		HeaderTimeout:         time.Duration(h.HeaderTimeout),
+		StreamIdleTimeout:     time.Duration(h.StreamIdleTimeout),
 		IsSelf:                isSelf,
 		Logger:                log,
 		OnRequest:             onRequest,
 	})
+}
+
+// reachesAdmin reports whether a request to dst would reach the admin
+// endpoint listening on admin (invalid when off), so that the steering
+// header cannot aim a request at it (with http.allow_loopback, or when it
+// listens on a non-loopback address).
+func reachesAdmin(admin, dst netip.AddrPort) bool {
+	if !admin.IsValid() || dst.Port() != admin.Port() {
+		return false
+	}
+	a, d := admin.Addr().Unmap(), dst.Addr().Unmap()
+	switch {
+	case d == a, d.IsUnspecified(): // 0.0.0.0 and :: reach this host
+		return true
+	case a.IsUnspecified(): // a wildcard admin listens on every local address
+		return d.IsLoopback() || isLocalAddr(d)
+	}
+	return false
+}
+
+// isLocalAddr reports whether a is one of the host's addresses. It is
+// asked only for a destination on the admin port.
+func isLocalAddr(a netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil && p.Addr().Unmap() == a {
+			return true
+		}
+	}
+	return false
 }

@@ -76,13 +76,14 @@ type daemon struct {
 	srv    *proxy.Server
 	l7     *httpproxy.Proxy
 	rules  *intercept.Options // installed rules, nil when none
+	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
 }
 
 // run is the daemon's whole life: listeners, rules, serve, reload on
 // SIGHUP, drain, clean.
 func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
-	d := &daemon{cfg: cfg, level: new(slog.LevelVar)}
+	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar)}
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
@@ -163,7 +164,10 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	return nil
 }
 
-func (d *daemon) isSelf(dst netip.AddrPort) bool { return d.srv != nil && d.srv.IsSelf(dst) }
+// isSelf is the L7 loop guard: detour's listeners and its admin endpoint.
+func (d *daemon) isSelf(dst netip.AddrPort) bool {
+	return d.srv != nil && d.srv.IsSelf(dst) || reachesAdmin(d.admin, dst)
+}
 
 // openListeners opens cfg's listeners, reusing those in have with the same
 // address; on error it closes only what it opened.

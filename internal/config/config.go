@@ -101,7 +101,23 @@ type HTTP struct {
 	ServerHeader         string   `yaml:"server_header"`
 	ServerHeaderMode     string   `yaml:"server_header_mode"`
 	MaxRequestHeaderKiB  int      `yaml:"max_request_header_kib"`
+	// MaxRequestHeaders bounds a request's header field lines (431).
+	MaxRequestHeaders int `yaml:"max_request_headers"`
+	// AllowLoopback lets the steering header name a loopback address.
+	AllowLoopback bool `yaml:"allow_loopback"`
+	// HeaderTimeout bounds reading a request's head (slowloris).
+	HeaderTimeout Duration `yaml:"header_timeout"`
+	// StreamIdleTimeout: a client whose response write stays blocked this
+	// long (it stopped reading) is closed.
+	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
 }
+
+// HTTP defaults.
+const (
+	DefaultHTTPMaxRequestHeaders = 100
+	DefaultHTTPHeaderTimeout     = 10 * time.Second
+	DefaultHTTPStreamIdleTimeout = 5 * time.Minute
+)
 
 // Duration is a time.Duration written as "5s", "1h30m" in YAML.
 type Duration time.Duration
@@ -334,6 +350,24 @@ func (h *HTTP) finish() error {
 	}
 	if h.MaxRequestHeaderKiB < 0 {
 		return fmt.Errorf("http.max_request_header_kib: must be positive")
+	}
+	if h.MaxRequestHeaders == 0 {
+		h.MaxRequestHeaders = DefaultHTTPMaxRequestHeaders
+	}
+	if h.MaxRequestHeaders < 0 {
+		return fmt.Errorf("http.max_request_headers: must be positive (default %d)", DefaultHTTPMaxRequestHeaders)
+	}
+	if h.HeaderTimeout == 0 {
+		h.HeaderTimeout = Duration(DefaultHTTPHeaderTimeout)
+	}
+	if h.HeaderTimeout < 0 {
+		return fmt.Errorf("http.header_timeout: must be positive (default %v)", DefaultHTTPHeaderTimeout)
+	}
+	if h.StreamIdleTimeout == 0 {
+		h.StreamIdleTimeout = Duration(DefaultHTTPStreamIdleTimeout)
+	}
+	if h.StreamIdleTimeout < 0 {
+		return fmt.Errorf("http.stream_idle_timeout: must be positive (default %v)", DefaultHTTPStreamIdleTimeout)
 	}
 	return nil
 }

@@ -67,6 +67,24 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "bad log level", yaml: "log_level: loud", wantErr: "log_level"},
 		{name: "bad interface", yaml: "intercept: {interfaces: [a-very-long-interface-name]}", wantErr: "interfaces"},
 		{name: "bad server header mode", yaml: "http: {server_header_mode: replace}", wantErr: "server_header_mode"},
+		{name: "http defaults", yaml: "", check: func(t *testing.T, c *Config) {
+			h := c.HTTP
+			if h.MaxRequestHeaders != 100 || h.AllowLoopback || h.HeaderTimeout.String() != "10s" || h.StreamIdleTimeout.String() != "5m0s" {
+				t.Fatalf("http defaults: %+v", h)
+			}
+		}},
+		{name: "http limits and timeouts", yaml: "http: {max_request_headers: 200, allow_loopback: true, header_timeout: 3s, stream_idle_timeout: 30s}",
+			check: func(t *testing.T, c *Config) {
+				h := c.HTTP
+				if h.MaxRequestHeaders != 200 || !h.AllowLoopback || h.HeaderTimeout.String() != "3s" || h.StreamIdleTimeout.String() != "30s" {
+					t.Fatalf("http: %+v", h)
+				}
+			}},
+		{name: "negative max request headers", yaml: "http: {max_request_headers: -1}", wantErr: "http.max_request_headers"},
+		{name: "negative header timeout", yaml: "http: {header_timeout: -1s}", wantErr: "http.header_timeout"},
+		{name: "negative stream idle timeout", yaml: "http: {stream_idle_timeout: -5m}", wantErr: "http.stream_idle_timeout"},
+		{name: "bad header timeout", yaml: "http: {header_timeout: soon}", wantErr: "not a duration"},
+		{name: "bad allow loopback", yaml: "http: {allow_loopback: maybe}", wantErr: "into bool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

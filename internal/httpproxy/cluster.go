@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,22 @@ import (
 // upstreamIdleTimeout closes pooled upstream connections unused this long,
 // even on a host kept alive by other traffic.
 const upstreamIdleTimeout = 60 * time.Second
+
+// After the janitor removed many hosts (each with a Transport, its pool
+// and buffers), the Go runtime would keep the freed memory for a long
+// time: an idle proxy allocates too little to trigger a collection. Once
+// freeMemoryHosts hosts were removed, the janitor returns the memory to
+// the OS (debug.FreeOSMemory: a collection plus a scavenge, a few ms) at
+// its next sweep if the cluster is empty by then, else at most once per
+// freeMemoryEvery; and never twice within freeMemoryMinGap.
+const (
+	freeMemoryHosts  = 256
+	freeMemoryMinGap = 5 * time.Second
+	freeMemoryEvery  = time.Minute
+)
+
+// freeOSMemory is debug.FreeOSMemory; tests count the calls.
+var freeOSMemory = debug.FreeOSMemory
 
 type hostKey struct {
 	dst    netip.AddrPort
@@ -75,6 +92,10 @@ type cluster struct {
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
+
+	// Used by sweep only (the janitor, then close).
+	removed  int // hosts removed since the memory was last returned
+	lastFree time.Time
 }
 
 func newCluster(p *Proxy) *cluster {
@@ -223,6 +244,13 @@ func (c *cluster) janitor() {
 // sweep removes hosts with nothing in flight and unused since cutoff.
 func (c *cluster) sweep(cutoff time.Time) {
 	c.mu.Lock()
+	left := len(c.hosts)
+	c.mu.Unlock()
+	// The hosts removed by earlier sweeps are gone by now (their
+	// connections closed, their goroutines ended): their memory can go.
+	c.releaseMemory(time.Now(), left)
+
+	c.mu.Lock()
 	var stale []*host
 	var conns [][]*net.TCPConn
 	for k, h := range c.hosts {
@@ -238,6 +266,22 @@ func (c *cluster) sweep(cutoff time.Time) {
 		c.p.log.Debug("removing stale host", "host", h.key, "idle_conns", max(h.open.Load()-h.inUse.Load(), 0))
 		h.closeIdle(conns[i])
 	}
+	c.removed += len(stale)
+}
+
+// releaseMemory returns freed memory to the OS after many hosts were
+// removed; hosts is the cluster's size now.
+func (c *cluster) releaseMemory(now time.Time, hosts int) {
+	if c.removed < freeMemoryHosts {
+		return
+	}
+	since := now.Sub(c.lastFree)
+	if since < freeMemoryMinGap || hosts > 0 && since < freeMemoryEvery {
+		return
+	}
+	c.p.log.Debug("returning memory to the OS", "hosts_removed", c.removed, "hosts", hosts)
+	c.removed, c.lastFree = 0, now
+	freeOSMemory()
 }
 
 // close stops the janitor and drops every host's idle connections.

@@ -215,6 +215,23 @@ func (g *guard) waitEOF() error {
 	}
 }
 
+// headTimeout reports whether err, a read error, is the connection's read
+// deadline expiring while a request head is awaited — with part of it held,
+// or before the connection's first head — rather than a keep-alive
+// connection idle between requests or net/http aborting its background
+// read (a deadline in the past). held is the head bytes received. Called
+// by the reading goroutine.
+func (g *guard) headTimeout(err error) (held int, ok bool) {
+	if g.st != gHead || g.pass.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, false
+	}
+	if d := g.deadline.Load(); d == 0 || d < time.Now().Add(-time.Hour).UnixNano() {
+		return 0, false
+	}
+	held = g.w - g.r
+	return held, held > 0 || g.heads == 0
+}
+
 // passthrough makes the guard step aside: the connection is a tunnel now.
 func (g *guard) passthrough() { g.pass.Store(true) }
 

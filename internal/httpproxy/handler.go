@@ -28,9 +28,11 @@ const (
 	DownstreamClosed                          // DC: the client went away first
 	LoopRefused                               // LR: the destination is detour itself, or a refused loopback address
 	DownstreamProtocolError                   // DPE: the request was malformed or ambiguous and refused (400, 431, 505)
+	StreamIdleTimeout                         // SI: a write to the client made no progress for StreamIdleTimeout
+	RequestHeaderTimeout                      // HT: the client's request head did not arrive within HeaderTimeout
 )
 
-var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE"}
+var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE", "SI", "HT"}
 
 // String is "-" without flags, else the codes joined by commas ("UF,DC").
 func (f Flags) String() string {
@@ -130,10 +132,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v := recover()
 		if v == http.ErrAbortHandler && x.info.Flags == 0 { // ReverseProxy: body copy failed mid-response
 			switch {
+			case dc.writeTimedOut.Load():
+				x.info.Flags |= StreamIdleTimeout
+				p.log.Info("stream idle timeout: the client stopped reading; closing", "client", dc.client, "dst", x.info.Dst,
+					"timeout", p.o.StreamIdleTimeout, "sent", x.rw.bytes)
 			case x.rw.writeErr != nil:
 				x.info.Flags |= DownstreamClosed
 			case dc.g.bodyFailure() != "":
 				x.info.Flags |= DownstreamProtocolError
+			case r.Context().Err() != nil:
+				// The client reset or closed: net/http noticed it first and
+				// canceled the request, so the upstream read failed before
+				// any write to the client did.
+				x.info.Flags |= DownstreamClosed
 			default:
 				x.info.Flags |= UpstreamClosed
 			}
@@ -185,6 +196,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a := x.info.Dst.Addr(); steered && !p.o.AllowLoopback && (a.IsLoopback() || a.IsUnspecified()) {
 		x.info.Flags |= LoopRefused
 		p.localReply(x, http.StatusForbidden, "destination not allowed: "+x.info.Dst.String()+" is a loopback address", false)
+		return
+	}
+
+	if dc.dialErr != nil && dc.dialErrUsed.CompareAndSwap(false, true) && x.info.Dst == dc.origDst {
+		p.preDialFailed(x)
 		return
 	}
 
@@ -317,6 +333,50 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	p.log.Info("upstream error", "client", x.info.Client, "dst", x.info.Dst, "host", x.info.Host,
 		"flags", x.info.Flags, "err", err)
+}
+
+// preDialFailed answers the connection's first request when the connect to
+// its original destination, made while the connection was sniffed, failed:
+// 503 with the connect error's reason, without a second connect timeout.
+func (p *Proxy) preDialFailed(x *exchange) {
+	err := x.dc.dialErr
+	h := p.hosts.acquire(p.hostKey(x.dc.client, x.info.Dst))
+	h.failures.Add(1)
+	p.hosts.release(h)
+	reason := upstream.Classify(err)
+	var de *upstream.DialError
+	if errors.As(err, &de) {
+		reason = de.Reason
+	}
+	x.info.Flags |= UpstreamConnectFailure
+	p.localReply(x, http.StatusServiceUnavailable, msgReset+string(reason), false)
+	p.log.Info("upstream error", "client", x.info.Client, "dst", x.info.Dst, "host", x.info.Host,
+		"flags", x.info.Flags, "err", err, "pre_dialed", true)
+}
+
+// headerTimeout reports a connection closed because a request head did
+// not arrive within HeaderTimeout (net/http closes it without a response).
+func (p *Proxy) headerTimeout(dc *downConn, held int) {
+	now := time.Now()
+	// The deadline that expired: HeaderTimeout from the start of the
+	// connection's first head; on a keep-alive connection, net/http's
+	// IdleTimeout (it sees nothing of a head until the guard hands it on).
+	timeout := p.o.HeaderTimeout
+	if dc.g.heads > 0 {
+		timeout = p.o.IdleTimeout
+	}
+	start := dc.start
+	if d := dc.g.deadline.Load(); d != 0 {
+		if s := time.Unix(0, d).Add(-timeout); s.After(start) {
+			start = s
+		}
+	}
+	p.log.Info("request header timeout; closing the client connection", "client", dc.client, "dst", dc.origDst,
+		"timeout", timeout, "head_bytes", held, "flags", RequestHeaderTimeout)
+	if p.o.OnRequest != nil {
+		p.o.OnRequest(RequestInfo{Start: start, Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
+			Flags: RequestHeaderTimeout, Duration: now.Sub(start)})
+	}
 }
 
 // resetReason names a failure after the connection was made.

@@ -14,7 +14,7 @@
 //
 //	p, err := httpproxy.New(httpproxy.Options{Dialer: upstream.New(upstream.Options{Mark: 0x2})})
 //	...
-//	go p.ServeConn(conn, client, origDst, nil) // returns when the connection is done
+//	go p.ServeConn(conn, client, origDst, nil, nil) // returns when the connection is done
 package httpproxy
 
 import (
@@ -43,6 +43,7 @@ const (
 	DefaultMaxRequestHeaders     = 100
 	DefaultIdleTimeout           = 5 * time.Minute
 	DefaultHeaderTimeout         = 10 * time.Second
+	DefaultStreamIdleTimeout     = 5 * time.Minute
 	DefaultMaxIdleConnsPerHost   = 32
 )
 
@@ -97,8 +98,15 @@ type Options struct {
 	AllowLoopback bool
 	// IdleTimeout closes downstream keep-alive connections idle this long.
 	IdleTimeout time.Duration
-	// HeaderTimeout bounds reading a request's headers (slowloris).
+	// HeaderTimeout bounds reading a request's headers (slowloris). A
+	// connection it closes is logged and reported to OnRequest with flag
+	// HT (status 0: nothing is sent).
 	HeaderTimeout time.Duration
+	// StreamIdleTimeout bounds how long a write to the client may block (a
+	// client that stopped reading): the connection is closed, the
+	// upstream connection released, and the request flagged SI.
+	// Negative disables it.
+	StreamIdleTimeout time.Duration
 	// MaxIdleConnsPerHost bounds each host's pool of idle upstream
 	// connections.
 	MaxIdleConnsPerHost int
@@ -147,6 +155,10 @@ func New(o Options) (*Proxy, error) {
 	o.MaxRequestHeaders = orDefault(o.MaxRequestHeaders, DefaultMaxRequestHeaders)
 	o.IdleTimeout = orDefault(o.IdleTimeout, DefaultIdleTimeout)
 	o.HeaderTimeout = orDefault(o.HeaderTimeout, DefaultHeaderTimeout)
+	o.StreamIdleTimeout = orDefault(o.StreamIdleTimeout, DefaultStreamIdleTimeout)
+	if o.StreamIdleTimeout < 0 {
+		o.StreamIdleTimeout = 0 // disabled
+	}
 	o.MaxIdleConnsPerHost = orDefault(o.MaxIdleConnsPerHost, DefaultMaxIdleConnsPerHost)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -217,11 +229,18 @@ func orDefault[T comparable](v, def T) T {
 // in the socket (sniffed with MSG_PEEK). preDialed, if not nil, is a fresh
 // connection to origDst that the destination's host uses as its first
 // upstream connection instead of dialing; it is closed if still unused when
-// c is done.
-func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn) {
+// c is done. dialErr, if not nil, is why a connection to origDst that the
+// caller dialed already (while sniffing) failed: the connection's first
+// request, if it goes to origDst, is answered 503 with that reason (flag
+// UF) without dialing again; later requests dial as usual.
+func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
-		clientIP: unmap(client).Addr().String(),
-		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr)}
+		clientIP:     unmap(client).Addr().String(),
+		g:            newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
+		p:            p,
+		start:        time.Now(),
+		writeTimeout: p.o.StreamIdleTimeout,
+		dialErr:      dialErr}
 	dc.g.holdEOF = true
 	if !p.track(dc) {
 		c.Close()

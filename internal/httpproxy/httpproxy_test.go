@@ -637,7 +637,7 @@ func TestPreDialedConnectionIsUsedFirst(t *testing.T) {
 		done = make(chan struct{})
 		go func() {
 			defer close(done)
-			f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre)
+			f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre, nil)
 		}()
 		t.Cleanup(func() { b.Close() })
 		return b, done

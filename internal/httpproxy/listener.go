@@ -1,9 +1,12 @@
 package httpproxy
 
 import (
+	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -16,15 +19,66 @@ type downConn struct {
 	client, origDst netip.AddrPort
 	clientIP        string // client.Addr() as text, for X-Forwarded-For
 	g               *guard
+	p               *Proxy
+	start           time.Time
+
+	// dialErr is the failed pre-dial to origDst (ServeConn); the first
+	// request takes it (dialErrUsed).
+	dialErr     error
+	dialErrUsed atomic.Bool
+
+	// Stream idle timeout: every Write runs under a write deadline about
+	// writeTimeout ahead (0: none). wdl is the deadline set, Unix ns (0:
+	// none known), so that most writes need not set it again.
+	writeTimeout  time.Duration
+	wdl           atomic.Int64
+	writeTimedOut atomic.Bool
+
+	headTimedOut bool // a header timeout was reported (read goroutine only)
 
 	once sync.Once
 	done chan struct{} // closed on the first Close
 }
 
-func (c *downConn) Read(p []byte) (int, error) { return c.g.read(c.Conn, p) }
+func (c *downConn) Read(p []byte) (int, error) {
+	n, err := c.g.read(c.Conn, p)
+	if err != nil && !c.headTimedOut && c.p != nil {
+		if held, ok := c.g.headTimeout(err); ok {
+			c.headTimedOut = true
+			c.p.headerTimeout(c, held)
+		}
+	}
+	return n, err
+}
+
+// Write fails when one write to the client takes longer than writeTimeout
+// (the client stopped reading): such a client must not hold its response,
+// and the upstream connection behind it, forever. A timed-out write is not
+// retried even if it wrote some bytes: those went out at its start, into
+// the socket buffer, before it blocked. The deadline is renewed when less
+// than 7/8 of it is left, not on every write, so a write may fail after
+// 7/8 of writeTimeout.
+func (c *downConn) Write(b []byte) (int, error) {
+	d := c.writeTimeout
+	if d <= 0 {
+		return c.Conn.Write(b)
+	}
+	now := time.Now()
+	if dl := c.wdl.Load(); dl == 0 || dl-now.UnixNano() < int64(d-d/8) {
+		dl = now.Add(d).UnixNano()
+		c.wdl.Store(dl)
+		c.Conn.SetWriteDeadline(time.Unix(0, dl))
+	}
+	n, err := c.Conn.Write(b)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.writeTimedOut.Store(true)
+	}
+	return n, err
+}
 
 // SetReadDeadline and SetDeadline also tell the guard, which may be holding
-// a client's FIN back (guard.waitEOF).
+// a client's FIN back (guard.waitEOF). SetDeadline and SetWriteDeadline
+// replace the stream idle deadline until the next Write.
 func (c *downConn) SetReadDeadline(t time.Time) error {
 	err := c.Conn.SetReadDeadline(t)
 	c.g.setDeadline(t)
@@ -32,9 +86,15 @@ func (c *downConn) SetReadDeadline(t time.Time) error {
 }
 
 func (c *downConn) SetDeadline(t time.Time) error {
+	c.wdl.Store(0)
 	err := c.Conn.SetDeadline(t)
 	c.g.setDeadline(t)
 	return err
+}
+
+func (c *downConn) SetWriteDeadline(t time.Time) error {
+	c.wdl.Store(0)
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // Close closes the connection and releases ServeConn. net/http closes it

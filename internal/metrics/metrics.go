@@ -402,7 +402,7 @@ type l7 struct {
 	m    *Metrics
 }
 
-func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn) {
+func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	w.m.detectedC["http"].Inc()
 	w.m.httpConns.Inc()
 	defer func() {
@@ -411,7 +411,7 @@ func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net
 			w.m.active.Dec()
 		}
 	}()
-	w.next.ServeConn(c, client, origDst, preDialed)
+	w.next.ServeConn(c, client, origDst, preDialed, dialErr)
 }
 
 // destLocked returns the entry for k, creating it; m.mu must be held. It

@@ -212,7 +212,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		m.Request(i)
 	}
 	var inner fakeL7
-	m.L7(&inner).ServeConn(nil, client, dst80, nil)
+	m.L7(&inner).ServeConn(nil, client, dst80, nil, nil)
 	if inner.n != 1 {
 		t.Fatal("L7 wrapper did not call through")
 	}
@@ -259,7 +259,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 
 type fakeL7 struct{ n int }
 
-func (f *fakeL7) ServeConn(net.Conn, netip.AddrPort, netip.AddrPort, *net.TCPConn) { f.n++ }
+func (f *fakeL7) ServeConn(net.Conn, netip.AddrPort, netip.AddrPort, *net.TCPConn, error) { f.n++ }
 
 // TestOpenFunc: with Options.Open the active gauge is read from the server.
 func TestOpenFunc(t *testing.T) {

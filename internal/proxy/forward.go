@@ -16,7 +16,7 @@ func (s *Server) forward(o *Options, id string, log *slog.Logger, c *listen.Conn
 	rec := L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
-		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil)
+		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
 	case ProtocolAuto:
 		s.forwardAuto(o, log, c, rec)
 	default:
@@ -108,7 +108,9 @@ func (s *Server) forwardAuto(o *Options, log *slog.Logger, c *listen.Conn, rec L
 	switch result.res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
 		log.Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
-		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up) // answers 503 itself when d failed
+		// When the connect failed, L7 answers the first request 503 with
+		// d.err's reason instead of waiting for a second connect.
+		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
 		return
 	}
 	if result.err != nil && d.err == nil && result.res.N == 0 {

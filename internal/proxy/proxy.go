@@ -35,9 +35,11 @@ const (
 )
 
 // L7 serves connections that carry HTTP. preDialed, when not nil, is an
-// upstream connection to origDst already open, to be used first.
+// upstream connection to origDst already open, to be used first; dialErr,
+// when not nil, is why the connect to origDst made while sniffing failed,
+// for the first request's answer (instead of a second connect attempt).
 type L7 interface {
-	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn)
+	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error)
 }
 
 // Options configures a Server.

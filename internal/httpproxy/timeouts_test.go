@@ -1,0 +1,288 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+// TestStreamIdleTimeoutClosesStalledClient: a client that stops reading
+// its response is closed after StreamIdleTimeout, the upstream connection
+// behind it is released, and the request is flagged SI.
+func TestStreamIdleTimeoutClosesStalledClient(t *testing.T) {
+	upGone := make(chan error, 1)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 32<<10)
+		for { // an endless body
+			if _, err := w.Write(buf); err != nil {
+				upGone <- err
+				return
+			}
+		}
+	}))
+	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up.addrPort())
+	c, _ := f.raw(t)
+	fmt.Fprint(c, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+	start := time.Now()
+	// The client reads nothing.
+	select {
+	case err := <-upGone:
+		t.Logf("upstream write failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream still writing 10s after the client stopped reading")
+	}
+	i := f.info(t)
+	if i.Flags != StreamIdleTimeout || i.Status != http.StatusOK || i.Flags.String() != "SI" {
+		t.Errorf("info: flags %v status %d", i.Flags, i.Status)
+	}
+	eventually(t, "upstream connection closed", func() bool { return up.closed.Load() == 1 })
+}
+
+// TestStreamIdleTimeoutSparesSlowReader: a client reading slowly but
+// steadily, for much longer than the timeout in all, is not cut: the
+// proxy's writes block, but none for the whole timeout, and the deadline
+// is renewed.
+func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
+	const size = 32 << 20 // more than the socket buffers hold: the proxy's writes block
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		io.Copy(w, io.LimitReader(zeros{}, size))
+	}))
+	f := newFront(t, Options{StreamIdleTimeout: 200 * time.Millisecond}, up.addrPort())
+	c, br := f.raw(t)
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for n < size {
+		k, err := io.ReadFull(res.Body, buf)
+		n += int64(k)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", n, err)
+		}
+		time.Sleep(10 * time.Millisecond) // the proxy's writes block meanwhile
+	}
+	t.Logf("read %d bytes in %v", n, time.Since(start).Round(time.Millisecond))
+	if n != size {
+		t.Fatalf("read %d bytes", n)
+	}
+	if i := f.info(t); i.Flags != 0 {
+		t.Errorf("flags %v", i.Flags)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestRequestHeaderTimeoutReported: a head cut by HeaderTimeout is logged
+// and reported with flag HT; a keep-alive connection closed while idle
+// between requests is not.
+func TestRequestHeaderTimeoutReported(t *testing.T) {
+	up := newRecordingUpstream(t)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f := newFront(t, Options{HeaderTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond, Logger: log}, up.addrPort())
+
+	// Idle keep-alive connection: one request, then nothing.
+	k, kbr := f.raw(t)
+	fmt.Fprint(k, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, _ := readResponse(t, kbr, "GET"); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	if i := f.info(t); i.Flags != 0 {
+		t.Fatalf("flags %v", i.Flags)
+	}
+	expectEOF(t, kbr) // closed by the idle timeout
+
+	// A head that never completes.
+	c, br := f.raw(t)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: xx")
+	start := time.Now()
+	expectEOF(t, br)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("closed after %v", d)
+	}
+	i := f.info(t)
+	if i.Flags != RequestHeaderTimeout || i.Flags.String() != "HT" || i.Status != 0 || i.Client != c.LocalAddr().(*net.TCPAddr).AddrPort() {
+		t.Errorf("info %+v", i)
+	}
+	if i.Duration < 200*time.Millisecond || i.Duration > 3*time.Second {
+		t.Errorf("duration %v", i.Duration)
+	}
+	if !strings.Contains(logs.String(), `msg="request header timeout`) || !strings.Contains(logs.String(), "client="+c.LocalAddr().String()) {
+		t.Errorf("log:\n%s", logs.String())
+	}
+	select {
+	case i := <-f.infos:
+		t.Errorf("another RequestInfo: %+v", i)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if up.accepted.Load() != 1 {
+		t.Errorf("upstream accepted %d connections", up.accepted.Load())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestPreDialErrorAnswersFirstRequest: a connect that failed while the
+// connection was sniffed answers its first request 503 UF at once, without
+// dialing again; the next request on the connection dials.
+func TestPreDialErrorAnswersFirstRequest(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	f := newFront(t, Options{}, up.addrPort())
+	a, b := net.Pipe()
+	defer b.Close()
+	dialErr := &upstream.DialError{Dst: up.addrPort(), Reason: upstream.ReasonTimeout, Err: os.ErrDeadlineExceeded}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), nil, dialErr)
+	}()
+	br := bufio.NewReader(b)
+	fmt.Fprint(b, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+	res, body := readResponse(t, br, "GET")
+	if res.StatusCode != 503 || body != msgReset+"connect timeout" {
+		t.Errorf("first request: %d %q", res.StatusCode, body)
+	}
+	if i := f.info(t); i.Flags != UpstreamConnectFailure || i.Status != 503 {
+		t.Errorf("info %+v", i)
+	}
+	if n := up.accepted.Load(); n != 0 {
+		t.Errorf("upstream accepted %d connections: dialed again", n)
+	}
+	if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 {
+		t.Errorf("hosts %+v", h)
+	}
+	fmt.Fprint(b, "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+		t.Errorf("second request: %d %q", res.StatusCode, body)
+	}
+	if i := f.info(t); i.Flags != 0 {
+		t.Errorf("second request flags %v", i.Flags)
+	}
+	b.Close()
+	<-done
+}
+
+// TestClientResetMidResponseIsDC: a client that resets while the upstream
+// is between two writes (net/http notices the reset and cancels the
+// request, so the upstream read fails first) is flagged DC, not UC.
+func TestClientResetMidResponseIsDC(t *testing.T) {
+	upDone := make(chan struct{})
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(upDone)
+		io.WriteString(w, "first")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done(): // the proxy closed the upstream connection
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	c, br := f.raw(t)
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := make([]byte, 5); func() error { _, err := io.ReadFull(res.Body, b); return err }() != nil || string(b) != "first" {
+		t.Fatalf("first chunk %q", b)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // RST
+	i := f.info(t)
+	if i.Flags != DownstreamClosed || i.Status != 200 {
+		t.Errorf("flags %v status %d", i.Flags, i.Status)
+	}
+	select {
+	case <-upDone:
+	case <-time.After(5 * time.Second):
+		t.Error("upstream request not canceled")
+	}
+}
+
+// TestFreeOSMemoryAfterManyHostsRemoved: memory goes back to the OS once
+// many hosts were removed, at the next sweep, and not again without more.
+func TestFreeOSMemoryAfterManyHostsRemoved(t *testing.T) {
+	var calls atomic.Int32
+	old := freeOSMemory
+	freeOSMemory = func() { calls.Add(1) }
+	t.Cleanup(func() { freeOSMemory = old })
+	p, err := New(Options{Dialer: newFrontDialer(), CleanupInterval: time.Hour}) // the janitor stays out of the way
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	addHosts := func(n int) {
+		for i := range n {
+			h := p.hosts.acquire(hostKey{dst: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 80)})
+			p.hosts.release(h)
+		}
+	}
+	future := func() time.Time { return time.Now().Add(time.Hour) }
+
+	addHosts(100)
+	p.hosts.sweep(future())
+	p.hosts.sweep(future())
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("%d calls after 100 hosts removed", n)
+	}
+	addHosts(300)
+	p.hosts.sweep(future()) // removes them
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("%d calls in the sweep that removed the hosts", n)
+	}
+	p.hosts.sweep(future()) // the cluster is empty: free now
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d calls after 400 hosts removed, want 1", n)
+	}
+	p.hosts.sweep(future())
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d calls, want still 1", n)
+	}
+	// More removals within freeMemoryMinGap wait for it.
+	addHosts(300)
+	p.hosts.sweep(future())
+	p.hosts.sweep(future())
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d calls within the minimum gap, want 1", n)
+	}
+	p.hosts.lastFree = p.hosts.lastFree.Add(-freeMemoryMinGap)
+	p.hosts.sweep(future())
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d calls after the gap, want 2", n)
+	}
+}
