@@ -309,7 +309,14 @@ func holdConns(cli *ns.NS, dst netip.Addr, port, n, workers int) ([]net.Conn, []
 		errs  []error
 		next  atomic.Int64
 		wg    sync.WaitGroup
+
+		retried atomic.Int64
 	)
+	defer func() {
+		if r := retried.Load(); r > 0 {
+			fmt.Printf("holdConns: %d of %d connects were retried once\n", r, n)
+		}
+	}()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -318,6 +325,14 @@ func holdConns(cli *ns.NS, dst netip.Addr, port, n, workers int) ([]net.Conn, []
 				d := net.Dialer{Timeout: 10 * time.Second}
 				for next.Add(1) <= int64(n) {
 					c, err := d.DialContext(context.Background(), "tcp", hostPort(dst, port))
+					if err != nil {
+						// With thousands of handshakes in flight on two
+						// cores a connect is occasionally refused; a real
+						// client retries once, and so does this one.
+						retried.Add(1)
+						time.Sleep(50 * time.Millisecond)
+						c, err = d.DialContext(context.Background(), "tcp", hostPort(dst, port))
+					}
 					if err == nil {
 						c.SetDeadline(time.Now().Add(30 * time.Second))
 						b := []byte{'x'}
