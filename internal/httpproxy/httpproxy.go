@@ -44,7 +44,11 @@ const (
 	DefaultIdleTimeout           = 5 * time.Minute
 	DefaultHeaderTimeout         = 10 * time.Second
 	DefaultStreamIdleTimeout     = 5 * time.Minute
-	DefaultMaxIdleConnsPerHost   = 32
+	// DefaultMaxIdleConnsPerHost keeps an idle upstream connection for
+	// every concurrent client of a busy destination: a smaller pool makes
+	// each burst close and reopen connections (50 keep-alive clients on a
+	// pool of 32 cost the upstream thousands of connections a second).
+	DefaultMaxIdleConnsPerHost = 1024
 )
 
 // XForwardedFor values.
