@@ -1,0 +1,12 @@
+# bench: the benchmark harness (bench/README.md); needs root.
+#   make bench                                  3 rounds x 10 s, every config and workload
+#   make bench BENCHFLAGS=-quick                smoke run
+#   make bench BENCHFLAGS="-json out.json -markdown out.md"
+# lab: the narrated walkthrough of both deployments (internal/lab); needs root.
+.PHONY: bench lab
+
+bench:
+	go run ./bench $(BENCHFLAGS)
+
+lab:
+	go run ./cmd/detour lab $(LABFLAGS)

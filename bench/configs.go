@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/lab"
+)
+
+// configSpec is one way of carrying the client's traffic to the server.
+type configSpec struct {
+	Name  string // flag and JSON name
+	Label string // table column
+	Proxy bool   // a process on the router carries the traffic
+	L7    bool   // compared with HAProxy http rather than HAProxy tcp
+}
+
+var configSpecs = []configSpec{
+	{Name: "direct", Label: "direct"},
+	{Name: "detour-l4", Label: "detour L4", Proxy: true},
+	{Name: "detour-l7", Label: "detour L7", Proxy: true, L7: true},
+	{Name: "haproxy-tcp", Label: "HAProxy tcp", Proxy: true},
+	{Name: "haproxy-http", Label: "HAProxy http", Proxy: true, L7: true},
+	{Name: "splice", Label: "Go splice", Proxy: true},
+}
+
+func configNames() []string {
+	var n []string
+	for _, c := range configSpecs {
+		n = append(n, c.Name)
+	}
+	return n
+}
+
+func specOf(name string) configSpec {
+	for _, c := range configSpecs {
+		if c.Name == name {
+			return c
+		}
+	}
+	panic("unknown config " + name)
+}
+
+// Ports the proxies listen on in the router namespace.
+const (
+	detourPort  = 15001
+	haproxyPort = 15002
+	splicePort  = 15003
+)
+
+// interceptedPorts are the destination ports the rules divert: nginx and iperf3.
+const interceptedPorts = "80,5201"
+
+// proxyProc is a running proxy.
+type proxyProc interface {
+	Pid() int
+	Stop() error
+}
+
+// detourExtraArgs are detour run's flags besides the interception ones.
+// Info: lab.StartDetour waits for msg=ready, which builds before 1d876a6
+// log only at info; detour logs nothing per connection at info.
+func detourExtraArgs(proto string) []string {
+	return []string{"--protocol", proto, "--admin", "off", "--log-level", "info"}
+}
+
+// ruleArgs are the interception flags shared by detour run and detour rules.
+func ruleArgs(port int, router string) []string {
+	return []string{
+		"--mode", "tproxy",
+		"--listen", "0.0.0.0:" + strconv.Itoa(port),
+		"--listen", "[::]:" + strconv.Itoa(port),
+		"--intercept-port", interceptedPorts,
+		"--intercept-iface", router,
+	}
+}
+
+// startConfig starts the config's proxy (nil for direct) with its rules.
+func (b *bench) startConfig(ctx context.Context, name string, round int) (proxyProc, error) {
+	switch name {
+	case "direct":
+		return nil, nil
+	case "detour-l4", "detour-l7":
+		proto := "tcp"
+		if name == "detour-l7" {
+			proto = "http"
+		}
+		args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(proto)...)
+		if b.profiling(name) {
+			args = append(args, "--admin", adminAddr) // the last --admin wins
+		}
+		logPath := filepath.Join(b.tmp, fmt.Sprintf("%s-round%d.log", name, round))
+		logw, err := os.Create(logPath)
+		if err != nil {
+			return nil, err
+		}
+		vlogf("[%s] detour run %s", b.tn.Router.Name, strings.Join(args, " "))
+		d, err := lab.StartDetour(ctx, b.tn.Router, b.detourBin, args, logw)
+		if err != nil {
+			logw.Close()
+			return nil, err
+		}
+		return &detourProc{d: d, log: logw}, nil
+	case "haproxy-tcp", "haproxy-http":
+		mode := strings.TrimPrefix(name, "haproxy-")
+		cfg := haproxyConfig(mode, haproxyPort, b.o.haproxySplic, b.nofile)
+		path := filepath.Join(b.tmp, name+".cfg")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return nil, err
+		}
+		if _, err := runIn(ctx, b.tn.Router, 10*time.Second, "haproxy", "-c", "-q", "-f", path); err != nil {
+			return nil, fmt.Errorf("haproxy config check: %w", err)
+		}
+		return b.startWithRules(ctx, haproxyPort, "haproxy", "-f", path, "-db")
+	case "splice":
+		return b.startWithRules(ctx, splicePort, b.selfBin, spliceProxyCmd,
+			"-listen", "0.0.0.0:"+strconv.Itoa(splicePort), "-listen", "[::]:"+strconv.Itoa(splicePort))
+	}
+	return nil, fmt.Errorf("unknown config %q", name)
+}
+
+// startWithRules installs detour's TPROXY rules for port (`detour rules
+// apply` in the router namespace), then starts the program; Stop stops it
+// and removes the rules.
+func (b *bench) startWithRules(ctx context.Context, port int, name string, args ...string) (proxyProc, error) {
+	rargs := append([]string{"rules", "apply"}, ruleArgs(port, b.tn.RouterIfaceIn)...)
+	if _, err := runIn(ctx, b.tn.Router, 15*time.Second, b.detourBin, rargs...); err != nil {
+		return nil, err
+	}
+	clean := func() error {
+		cargs := append([]string{"rules", "clean"}, ruleArgs(port, b.tn.RouterIfaceIn)...)
+		_, err := runIn(context.Background(), b.tn.Router, 15*time.Second, b.detourBin, cargs...)
+		return err
+	}
+	d, err := startDaemon(b.tn.Router, name, args...)
+	if err != nil {
+		clean()
+		return nil, err
+	}
+	if err := waitListening(ctx, b.tn.Router, port, d, 15*time.Second); err != nil {
+		d.Stop()
+		clean()
+		return nil, err
+	}
+	return &ruledProc{daemon: d, clean: clean}, nil
+}
+
+type ruledProc struct {
+	*daemon
+	clean func() error
+}
+
+func (p *ruledProc) Stop() error {
+	err := p.daemon.Stop()
+	if cerr := p.clean(); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+type detourProc struct {
+	d   *lab.Detour
+	log *os.File
+}
+
+func (p *detourProc) Pid() int { return p.d.Pid() }
+
+func (p *detourProc) Stop() error {
+	err := p.d.Stop()
+	p.log.Close()
+	return err
+}
+
+// haproxyConfig is HAProxy in transparent mode: the frontend binds with
+// "transparent" (IP_TRANSPARENT, so TPROXY'd connections are accepted),
+// and the server address 0.0.0.0 without a port means "the destination
+// address and port the client connected to" — the original destination.
+// HAProxy connects from the router's own address (no usesrc), like detour
+// without --spoof-source. Threads default to one per CPU, as detour's
+// GOMAXPROCS does. http mode keeps client and server connections alive
+// (HAProxy's defaults: http-keep-alive, http-reuse safe) and adds
+// X-Forwarded-For, as detour's L7 does.
+func haproxyConfig(mode string, port int, splice bool, nofile int) string {
+	maxconn := min(100000, (nofile-100)/2) // two descriptors per connection
+	var b strings.Builder
+	fmt.Fprintf(&b, `# generated by detour's bench harness
+global
+    maxconn %d
+    nbthread %d
+
+defaults
+    mode %s
+    maxconn %d
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+`, maxconn, runtime.NumCPU(), mode, maxconn)
+	if mode == "http" {
+		b.WriteString("    timeout http-request 300s\n    timeout http-keep-alive 300s\n    option forwardfor\n")
+	}
+	if splice {
+		b.WriteString("    option splice-auto\n")
+	}
+	fmt.Fprintf(&b, `
+frontend fe
+    bind 0.0.0.0:%d transparent
+    bind :::%d v6only transparent
+    default_backend be
+
+backend be
+    server orig 0.0.0.0
+`, port, port)
+	return b.String()
+}
+
+// checkNoRules fails when the router has nftables tables or fwmark policy
+// rules, so that "direct" really is the plain routed path.
+func (b *bench) checkNoRules(ctx context.Context) error {
+	out, err := runIn(ctx, b.tn.Router, 10*time.Second, "nft", "list", "ruleset")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(out, "table") {
+		return fmt.Errorf("the router still has nftables rules:\n%s", indent(out))
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		out, err := runIn(ctx, b.tn.Router, 10*time.Second, "ip", fam, "rule", "show")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(out, "fwmark") {
+			return fmt.Errorf("the router still has policy rules:\n%s", indent(out))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const wrkOut = `Running 10s test @ http://198.18.2.2/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   612.73us  200.10us   5.00ms   80.00%
+    Req/Sec    80.12k     3.21k   85.00k    70.00%
+  Latency Distribution
+     50%  590.00us
+     75%  700.00us
+     90%  800.00us
+     99%    1.20ms
+  800000 requests in 10.00s, 900.00MB read
+  Socket errors: connect 0, read 3, write 0, timeout 1
+  Non-2xx or 3xx responses: 5
+Requests/sec:  80000.50
+Transfer/sec:     90.00MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ReqPerSec != 80000.5 || r.Requests != 800000 || r.Non2xx != 5 {
+		t.Errorf("got %+v", r)
+	}
+	if r.Pct["50"] != 0.59 || r.Pct["99"] != 1.2 {
+		t.Errorf("percentiles %v, want 50%%=0.59 ms, 99%%=1.2 ms", r.Pct)
+	}
+	if r.SocketErrs["read"] != 3 || r.SocketErrs["timeout"] != 1 {
+		t.Errorf("socket errors %v", r.SocketErrs)
+	}
+	if _, err := parseWrk("unable to connect to 198.18.2.2:80 Connection refused"); err == nil {
+		t.Error("no error for output without results")
+	}
+}
+
+func TestParseProbeLine(t *testing.T) {
+	p, err := parseProbeLine(`198.18.2.1 /probe/x-1 xff="198.18.1.2" via="-"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Peer.String() != "198.18.2.1" || p.XFF != "198.18.1.2" || p.Via != "" {
+		t.Errorf("got %+v", p)
+	}
+	if _, err := parseProbeLine("garbage"); err == nil {
+		t.Error("no error for a bad line")
+	}
+}
+
+func TestParseVmRSS(t *testing.T) {
+	if got := parseVmRSS(strings.NewReader("Name:\tdetour\nVmRSS:\t   2048 kB\n")); got != 2<<20 {
+		t.Errorf("got %d, want %d", got, 2<<20)
+	}
+}
+
+func TestMedianAndFormat(t *testing.T) {
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median = %v", m)
+	}
+	if m := median([]float64{4, 1, 2, 3}); m != 2.5 {
+		t.Errorf("median = %v", m)
+	}
+	for v, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 47123.6: "47,124", -1234567: "-1,234,567"} {
+		if got := thousands(v); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", v, got, want)
+		}
+	}
+	if got := rotate([]string{"a", "b", "c"}, 4); strings.Join(got, "") != "bca" {
+		t.Errorf("rotate = %v", got)
+	}
+}
+
+func TestHAProxyConfigForwardsToOriginalDestination(t *testing.T) {
+	for _, mode := range []string{"tcp", "http"} {
+		c := haproxyConfig(mode, 15002, false, 20000)
+		for _, want := range []string{"mode " + mode, "bind 0.0.0.0:15002 transparent", "bind :::15002 v6only transparent", "server orig 0.0.0.0\n", "maxconn 9950"} {
+			if !strings.Contains(c, want) {
+				t.Errorf("%s config lacks %q:\n%s", mode, want, c)
+			}
+		}
+		if (mode == "http") != strings.Contains(c, "option forwardfor") {
+			t.Errorf("%s config: option forwardfor only in http mode:\n%s", mode, c)
+		}
+	}
+}
+
+func TestSummarizeRatiosAndTargets(t *testing.T) {
+	r := &Results{Configs: []string{"direct", "detour-l4", "haproxy-tcp"}, IdleConns: 10000, DurationSec: 10}
+	add := func(c, w string, m map[string]float64) {
+		r.Samples = append(r.Samples, Sample{Config: c, Workload: w, Metrics: m})
+	}
+	add("direct", "iperf1", map[string]float64{mGbps: 10})
+	add("detour-l4", "iperf1", map[string]float64{mGbps: 9.5, mRSSGrowth: 0.5})
+	add("detour-l4", "iperf1", map[string]float64{mGbps: 8.5, mRSSGrowth: 0.5})
+	add("detour-l4", "iperf1", map[string]float64{mGbps: 1}) // failed: not counted
+	r.Samples[len(r.Samples)-1].Error = "boom"
+	add("haproxy-tcp", "keepalive", map[string]float64{mReqPerSec: 100})
+	add("detour-l4", "keepalive", map[string]float64{mReqPerSec: 120})
+	r.summarize()
+	if v, _ := r.get("detour-l4", "iperf1", mGbps); v != 9 {
+		t.Errorf("median iperf1 = %v, want 9", v)
+	}
+	status := map[string]string{}
+	for _, tg := range r.Targets {
+		status[tg.Name] = tg.Status
+	}
+	if s := status["L4: iperf3 1 stream ≥ 0.90 × direct"]; s != "met" {
+		t.Errorf("iperf1 target %q, want met (0.90)", s)
+	}
+	if s := status["L4: keep-alive req/s ≥ 1.0 × HAProxy tcp"]; s != "met" {
+		t.Errorf("keep-alive target %q, want met", s)
+	}
+	if s := status["L4: new connections/s ≥ 1.0 × HAProxy tcp"]; s != "n/a" {
+		t.Errorf("conn/s target %q, want n/a", s)
+	}
+}
