@@ -109,13 +109,22 @@ func (p *pair) copyUpstreamToClient(wg *sync.WaitGroup) {
 	p.finishHalf(p.client, "upstream", p.receivedErr)
 }
 
-// copyHalf moves src to dst until src's EOF; TCPConn.ReadFrom splices when
-// src is a TCPConn. Each splice is bounded by the bytes already queued on
-// src, so none waits for data: Go's splice holds a pipe (two descriptors)
-// while it waits, and an idle connection would otherwise keep two pipes for
-// its whole life — 6 descriptors per connection instead of 2, and a pool
-// of pipes as large as the peak number of connections afterwards. Between
-// bursts the pipe goes back to the runtime's pool for other transfers.
+// copyBufSize is the largest burst copied through a buffer; a burst that
+// fills it continues by splice.
+const copyBufSize = 16 << 10
+
+// copyBuffers is a cache of copy buffers shared by all connections: a
+// buffer is held only between a read and its write, never while waiting.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// copyHalf moves src to dst until src's EOF. Nothing is held while it
+// waits for data: Go's splice keeps a pipe (two descriptors) for as long
+// as it waits, which would cost an idle connection 6 descriptors instead
+// of 2. A small burst — the common request/response shape — is copied with
+// one read into a pooled buffer and one write (two system calls, like
+// HAProxy); a burst that fills the buffer is bulk, and what is queued
+// after it is spliced kernel to kernel (SIOCINQ bounds each splice so it
+// never waits either).
 func copyHalf(dst, src *net.TCPConn) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -123,55 +132,70 @@ func copyHalf(dst, src *net.TCPConn) (int64, error) {
 	}
 	var (
 		total int64
+		n     int
 		rerr  error
+		bp    *[]byte
 		lr    = &io.LimitedReader{R: src}
 	)
-	// waitQueued is called by rc.Read, and again each time src becomes
-	// readable until it returns true; it sets lr.N to the bytes queued (0
-	// at EOF) or rerr.
-	waitQueued := func(fd uintptr) bool {
-		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if err != nil {
-			rerr = os.NewSyscallError("ioctl SIOCINQ", err)
-			return true
-		}
-		if n > 0 {
-			lr.N = int64(n)
-			return true
-		}
-		// Nothing queued: the peer's FIN, an error, or not yet.
-		var b [1]byte
+	// readBurst is called by rc.Read, and again each time src becomes
+	// readable until it returns true; it reads into a pooled buffer
+	// (n == 0 at EOF) or sets rerr.
+	readBurst := func(fd uintptr) bool {
+		bp = copyBuffers.Get().(*[]byte)
 		for {
-			m, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			m, err := unix.Read(int(fd), *bp)
 			switch {
 			case err == unix.EINTR:
 				continue
 			case err == unix.EAGAIN:
+				copyBuffers.Put(bp)
 				return false // wait until readable
 			case err != nil:
-				rerr = os.NewSyscallError("recvfrom", err)
-			case m > 0:
-				lr.N = int64(m) // arrived meanwhile
+				rerr = os.NewSyscallError("read", err)
+			default:
+				n = m
 			}
-			return true // m == 0 without error: EOF
+			return true
 		}
 	}
+	queued := func(fd uintptr) bool {
+		q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			rerr = os.NewSyscallError("ioctl SIOCINQ", err)
+		}
+		lr.N = int64(q)
+		return true
+	}
 	for {
-		lr.N, rerr = 0, nil
-		err := rc.Read(waitQueued)
+		n, rerr = 0, nil
+		err := rc.Read(readBurst)
 		if err == nil {
 			err = rerr
 		}
-		if err != nil || lr.N == 0 {
+		if err != nil {
+			copyBuffers.Put(bp)
 			return total, err
 		}
-		n, err := dst.ReadFrom(lr)
-		total += n
-		if errors.Is(err, io.EOF) {
-			err = nil
+		if n == 0 {
+			copyBuffers.Put(bp)
+			return total, nil // EOF
 		}
+		w, err := dst.Write((*bp)[:n])
+		total += int64(w)
+		copyBuffers.Put(bp)
 		if err != nil {
 			return total, err
+		}
+		if n < copyBufSize {
+			continue
+		}
+		// Bulk: splice whatever is queued behind the full buffer.
+		if err := rc.Control(func(fd uintptr) { queued(fd) }); err == nil && rerr == nil && lr.N > 0 {
+			m, err := dst.ReadFrom(lr)
+			total += m
+			if err != nil && !errors.Is(err, io.EOF) {
+				return total, err
+			}
 		}
 	}
 }

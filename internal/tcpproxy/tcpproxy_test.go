@@ -243,3 +243,38 @@ func BenchmarkSplice(b *testing.B) {
 		}()
 	}
 }
+
+// BenchmarkPingPong is the keep-alive shape: 1 KiB request, 1 KiB reply,
+// one round trip per op through the proxy on loopback.
+func BenchmarkPingPong(b *testing.B) {
+	upLn, _ := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	prLn, _ := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer upLn.Close()
+	defer prLn.Close()
+	go func() {
+		down, _ := prLn.AcceptTCP()
+		up, _ := net.DialTCP("tcp4", nil, upLn.Addr().(*net.TCPAddr))
+		Proxy(context.Background(), down, up, Options{})
+	}()
+	c, _ := net.DialTCP("tcp4", nil, prLn.Addr().(*net.TCPAddr))
+	s, _ := upLn.AcceptTCP()
+	defer c.Close()
+	defer s.Close()
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			if _, err := io.ReadFull(s, buf); err != nil {
+				return
+			}
+			s.Write(buf)
+		}
+	}()
+	msg, reply := make([]byte, 1024), make([]byte, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Write(msg)
+		if _, err := io.ReadFull(c, reply); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
