@@ -594,7 +594,10 @@ func (g *guard) requestLine(line []byte) bool {
 	}
 	g.targetLen = sp2
 	for _, c := range rest[:sp2] {
-		if c <= ' ' || c == 0x7f { // visible ASCII, and obs-text some clients send
+		// Visible ASCII only (RFC 9112 and RFC 3986: other octets are
+		// percent-encoded): an upstream may parse raw 8-bit bytes
+		// differently, or refuse them after the request was forwarded.
+		if c <= ' ' || c >= 0x7f {
 			g.refuse(http.StatusBadRequest, "invalid request target")
 			return false
 		}
