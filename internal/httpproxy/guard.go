@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -613,8 +614,30 @@ func (g *guard) requestLine(line []byte) bool {
 	}
 	g.http10 = v[7] == '0'
 	g.connect = string(line[:sp1]) == "CONNECT"
+	if !g.connect && !validTargetForm(rest[:sp2]) {
+		g.refuse(http.StatusBadRequest, "invalid request target")
+		return false
+	}
 	g.reqLine = fingerprintBytes(line)
 	return true
+}
+
+// validTargetForm accepts RFC 9112's origin-form ("/path"), absolute-form
+// with an http or https scheme, and asterisk-form; CONNECT's
+// authority-form is checked by the caller. Anything else (say "a:b") has
+// no path an upstream could be sent, and FuzzServeConn showed such a
+// request forwarded as a target the upstream refuses.
+func validTargetForm(t []byte) bool {
+	switch {
+	case t[0] == '/', len(t) == 1 && t[0] == '*':
+		return true
+	}
+	for _, scheme := range [...]string{"http://", "https://"} {
+		if len(t) > len(scheme) && strings.EqualFold(string(t[:len(scheme)]), scheme) {
+			return true
+		}
+	}
+	return false
 }
 
 // field checks one field line of a head (or, if trailer, of a trailer
