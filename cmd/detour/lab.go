@@ -58,6 +58,9 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "detour lab: %v\n", err)
 		return exitFailure
 	}
+	// A closed output pipe (`detour lab | head`) must not kill the lab
+	// before it removes what it made: writes then fail, cleanup goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = lab.Run(ctx, lab.Options{Mode: mode, Binary: bin, Out: stdout, ID: *id, Keep: *keep,
