@@ -36,20 +36,11 @@ func startHTTPLab(t *testing.T, extra ...string) *httpLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bin.Close() })
-	silent, err := n.Server.Listen("tcp4", "0.0.0.0:"+strconv.Itoa(portSilent))
+	stop, err := lab.ServeTCP(n.Server, portSilent, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { silent.Close() })
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
+	t.Cleanup(stop)
 	args := append([]string{"--mode", "tproxy", "--listen", "0.0.0.0:15001", "--listen", "[::]:15001",
 		"--intercept-port", "80,7003,7006", "--admin", "off", "--log-level", "debug",
 		"--cleanup-interval", "1s", "--route-timeout", "2s"}, extra...)

@@ -5,9 +5,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"testing"
 
+	"github.com/detour-proxy/detour/internal/lab"
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
@@ -44,38 +44,17 @@ type testServers struct {
 func startServers(t *testing.T, n *ns.NS) *testServers {
 	t.Helper()
 	s := &testServers{byeGot: make(chan string, 16)}
-	for _, addr := range []string{"0.0.0.0", "[::]"} {
-		for port, serve := range map[int]func(*net.TCPConn){
-			portHash: serveHash, portBanner: serveBanner, portWhoAmI: serveWhoAmI, portByeLate: s.serveByeLate,
-		} {
-			network := "tcp4"
-			if addr == "[::]" {
-				network = "tcp6"
-			}
-			ln, err := n.Listen(network, netip.MustParseAddrPort(fmtHostPort(addr, port)).String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() { defer c.Close(); serve(c.(*net.TCPConn)) }()
-				}
-			}()
+	for port, serve := range map[int]func(*net.TCPConn){
+		portHash: serveHash, portBanner: serveBanner, portWhoAmI: serveWhoAmI, portByeLate: s.serveByeLate,
+	} {
+		stop, err := lab.ServeTCP(n, port, serve)
+		if err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(stop)
 	}
 	return s
 }
-
-func fmtHostPort(host string, port int) string {
-	return host + ":" + itoa(port)
-}
-
-func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[8:] }
 
 func serveHash(c *net.TCPConn) {
 	sum, _ := sha(c)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/lab"
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
@@ -103,26 +104,14 @@ func (s *faultServers) track(h func(*net.TCPConn)) func(*net.TCPConn) {
 	}
 }
 
-// serveTCP listens on port of both families in n and runs h for each
-// connection, closing it afterwards.
+// serveTCP runs h for each connection to port in n until the test ends.
 func serveTCP(t *testing.T, n *ns.NS, port int, h func(*net.TCPConn)) {
 	t.Helper()
-	for _, a := range []struct{ network, addr string }{{"tcp4", "0.0.0.0"}, {"tcp6", "::"}} {
-		ln, err := n.Listen(a.network, net.JoinHostPort(a.addr, strconv.Itoa(port)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); h(c.(*net.TCPConn)) }()
-			}
-		}()
+	stop, err := lab.ServeTCP(n, port, h)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(stop)
 }
 
 func serveEcho(c *net.TCPConn) {
