@@ -260,7 +260,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // of file descriptors back off instead of spinning.
 func (s *Server) acceptLoop(l *listen.Listener) {
 	defer s.acceptDone.Done()
-	var backoff time.Duration
+	var backoff acceptBackoff
 	for {
 		c, err := l.Accept()
 		if errors.Is(err, listen.ErrNotIntercepted) {
@@ -273,12 +273,11 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Error("accept failed; backing off", "listener", l.Addr(), "err", err, "backoff", backoff)
-			time.Sleep(backoff)
+			wait := backoff.fail(time.Now())
+			s.log.Error("accept failed; backing off", "listener", l.Addr(), "err", err, "backoff", wait)
+			time.Sleep(wait)
 			continue
 		}
-		backoff = 0
 		s.obs.Accepted(l.Mode())
 		if limit := s.cur.Load().MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
 			s.obs.Refused("limit")
@@ -290,6 +289,31 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		s.conns.Add(1)
 		go s.handle(c)
 	}
+}
+
+// acceptBackoff spaces out accepts after errors. It is not reset by a
+// successful accept: with descriptors exhausted, every failure is followed
+// by one accept that takes the descriptor the last refused connection freed,
+// so only a quiet period (longer than the longest wait) starts it over.
+type acceptBackoff struct {
+	wait    time.Duration
+	lastErr time.Time
+}
+
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// fail records an accept error at now and returns how long to wait.
+func (b *acceptBackoff) fail(now time.Time) time.Duration {
+	if b.lastErr.IsZero() || now.Sub(b.lastErr) > b.wait+acceptBackoffMax {
+		b.wait = acceptBackoffMin
+	} else {
+		b.wait = min(2*b.wait, acceptBackoffMax)
+	}
+	b.lastErr = now
+	return b.wait
 }
 
 // handle runs one connection's whole path.

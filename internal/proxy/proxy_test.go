@@ -179,3 +179,31 @@ func (o *limitObserver) Refused(reason string) {
 	}
 	o.countingObserver.Refused(reason)
 }
+
+func TestAcceptBackoff(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		name string
+		gaps []time.Duration // time since the previous error, per error
+		want []time.Duration
+	}{
+		{"first error waits the minimum", []time.Duration{0}, []time.Duration{5 * ms}},
+		{"errors right after the wait double it", []time.Duration{0, 5 * ms, 10 * ms, 20 * ms}, []time.Duration{5 * ms, 10 * ms, 20 * ms, 40 * ms}},
+		{"capped at one second", []time.Duration{0, 5 * ms, 10 * ms, 20 * ms, 40 * ms, 80 * ms, 160 * ms, 320 * ms, 640 * ms, time.Second, time.Second},
+			[]time.Duration{5 * ms, 10 * ms, 20 * ms, 40 * ms, 80 * ms, 160 * ms, 320 * ms, 640 * ms, time.Second, time.Second, time.Second}},
+		{"a quiet period starts over", []time.Duration{0, 5 * ms, 3 * time.Second}, []time.Duration{5 * ms, 10 * ms, 5 * ms}},
+		{"a success between errors does not", []time.Duration{0, 6 * ms, 12 * ms, 25 * ms}, []time.Duration{5 * ms, 10 * ms, 20 * ms, 40 * ms}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b acceptBackoff
+			now := time.Unix(1000, 0)
+			for i, gap := range tt.gaps {
+				now = now.Add(gap)
+				if got := b.fail(now); got != tt.want[i] {
+					t.Fatalf("error %d: wait %v, want %v", i, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
