@@ -78,6 +78,7 @@ type host struct {
 	active    int
 	requests  uint64
 	preDialed []*net.TCPConn
+	links     []*upLink // the fast path's idle connections, oldest first
 
 	open, inUse                atomic.Int64
 	connects, reuses, failures atomic.Uint64
@@ -181,6 +182,16 @@ func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 // is waiting, else a new one to the host's address, whatever address the
 // Transport asks for.
 func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	conn, err := h.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &upConn{TCPConn: conn, h: h}, nil
+}
+
+// connect returns a pre-dialed connection if one is waiting, else a new
+// one to the host's address; it counts the connection open.
+func (h *host) connect(ctx context.Context) (*net.TCPConn, error) {
 	log := h.c.p.log
 	h.c.mu.Lock()
 	var conn *net.TCPConn
@@ -201,8 +212,77 @@ func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	}
 	h.connects.Add(1)
 	h.open.Add(1)
-	log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", preDialed)
-	return &upConn{TCPConn: conn, h: h}, nil
+	if h.c.p.debug() {
+		log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", preDialed)
+	}
+	return conn, nil
+}
+
+// takeLink returns the host's most recently pooled fast-path connection
+// that the upstream has not closed, if any.
+func (c *cluster) takeLink(h *host) *upLink {
+	for {
+		c.mu.Lock()
+		n := len(h.links)
+		if n == 0 {
+			c.mu.Unlock()
+			return nil
+		}
+		l := h.links[n-1]
+		h.links[n-1] = nil
+		h.links = h.links[:n-1]
+		c.mu.Unlock()
+		if l.alive() {
+			return l
+		}
+		l.close()
+	}
+}
+
+// pruneLinksLocked removes the pooled fast-path connections the upstream
+// closed (or sent unexpected bytes on) and returns them to be closed.
+// c.mu must be held.
+func (h *host) pruneLinksLocked() []*upLink {
+	var dead []*upLink
+	h.links = slices.DeleteFunc(h.links, func(l *upLink) bool {
+		if l.alive() {
+			return false
+		}
+		dead = append(dead, l)
+		return true
+	})
+	return dead
+}
+
+// putLink pools a fast-path connection after a response, or closes it
+// when the pool is full or the host was removed.
+func (c *cluster) putLink(l *upLink) {
+	h := l.h
+	l.since = time.Now()
+	c.mu.Lock()
+	if c.hosts[h.key] == h && len(h.links) < c.p.o.MaxIdleConnsPerHost {
+		h.links = append(h.links, l)
+		l = nil
+	}
+	c.mu.Unlock()
+	if l != nil {
+		l.close()
+	}
+}
+
+// expireLinks closes fast-path connections idle since before cutoff.
+// c.mu must be held; the connections are returned to be closed outside.
+func (h *host) expireLinksLocked(cutoff time.Time) []*upLink {
+	n := 0
+	for n < len(h.links) && h.links[n].since.Before(cutoff) {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	old := slices.Clone(h.links[:n])
+	h.links = slices.Delete(h.links, 0, n)
+	return old
 }
 
 // upConn counts open upstream connections. Embedding *net.TCPConn keeps
@@ -219,10 +299,13 @@ func (c *upConn) Close() error {
 }
 
 // closeIdle drops the host's idle and pre-dialed connections.
-func (h *host) closeIdle(preDialed []*net.TCPConn) {
+func (h *host) closeIdle(preDialed []*net.TCPConn, links []*upLink) {
 	h.tr.CloseIdleConnections()
 	for _, c := range preDialed {
 		c.Close()
+	}
+	for _, l := range links {
+		l.close()
 	}
 }
 
@@ -253,18 +336,28 @@ func (c *cluster) sweep(cutoff time.Time) {
 	c.mu.Lock()
 	var stale []*host
 	var conns [][]*net.TCPConn
+	var links [][]*upLink
+	var expired []*upLink
+	linkCutoff := time.Now().Add(-upstreamIdleTimeout)
 	for k, h := range c.hosts {
 		if h.active == 0 && !h.lastUsed.After(cutoff) {
 			delete(c.hosts, k)
 			stale = append(stale, h)
 			conns = append(conns, h.preDialed)
-			h.preDialed = nil
+			links = append(links, h.links)
+			h.preDialed, h.links = nil, nil
+			continue
 		}
+		expired = append(expired, h.expireLinksLocked(linkCutoff)...)
+		expired = append(expired, h.pruneLinksLocked()...)
 	}
 	c.mu.Unlock()
+	for _, l := range expired {
+		l.close()
+	}
 	for i, h := range stale {
 		c.p.log.Debug("removing stale host", "host", h.key, "idle_conns", max(h.open.Load()-h.inUse.Load(), 0))
-		h.closeIdle(conns[i])
+		h.closeIdle(conns[i], links[i])
 	}
 	c.removed += len(stale)
 }
@@ -298,7 +391,14 @@ func (p *Proxy) Hosts() []HostInfo {
 	c := p.hosts
 	c.mu.Lock()
 	out := make([]HostInfo, 0, len(c.hosts))
+	var dead []*upLink
+	defer func() {
+		for _, l := range dead {
+			l.close()
+		}
+	}()
 	for _, h := range c.hosts {
+		dead = append(dead, h.pruneLinksLocked()...)
 		open, inUse := h.open.Load(), h.inUse.Load()
 		out = append(out, HostInfo{
 			Dst: h.key.dst, Client: h.key.client,

@@ -132,7 +132,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		v := recover()
 		if v == http.ErrAbortHandler && x.info.Flags == 0 { // ReverseProxy: body copy failed mid-response
 			switch {
-			case dc.writeTimedOut.Load():
+			case dc.sw.timedOut.Load():
 				x.info.Flags |= StreamIdleTimeout
 				p.log.Info("stream idle timeout: the client stopped reading; closing", "client", dc.client, "dst", x.info.Dst,
 					"timeout", p.o.StreamIdleTimeout, "sent", x.rw.bytes)
@@ -357,7 +357,6 @@ func (p *Proxy) preDialFailed(x *exchange) {
 // headerTimeout reports a connection closed because a request head did
 // not arrive within HeaderTimeout (net/http closes it without a response).
 func (p *Proxy) headerTimeout(dc *downConn, held int) {
-	now := time.Now()
 	// The deadline that expired: HeaderTimeout from the start of the
 	// connection's first head; on a keep-alive connection, net/http's
 	// IdleTimeout (it sees nothing of a head until the guard hands it on).
@@ -371,11 +370,17 @@ func (p *Proxy) headerTimeout(dc *downConn, held int) {
 			start = s
 		}
 	}
-	p.log.Info("request header timeout; closing the client connection", "client", dc.client, "dst", dc.origDst,
+	p.reportHeaderTimeout(dc.client, dc.origDst, start, timeout, held)
+}
+
+// reportHeaderTimeout logs and reports (flag HT, status 0) a connection
+// closed because a head begun at start did not arrive within timeout.
+func (p *Proxy) reportHeaderTimeout(client, origDst netip.AddrPort, start time.Time, timeout time.Duration, held int) {
+	p.log.Info("request header timeout; closing the client connection", "client", client, "dst", origDst,
 		"timeout", timeout, "head_bytes", held, "flags", RequestHeaderTimeout)
 	if p.o.OnRequest != nil {
-		p.o.OnRequest(RequestInfo{Start: start, Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
-			Flags: RequestHeaderTimeout, Duration: now.Sub(start)})
+		p.o.OnRequest(RequestInfo{Start: start, Client: client, OrigDst: origDst, Dst: origDst,
+			Flags: RequestHeaderTimeout, Duration: time.Since(start)})
 	}
 }
 
@@ -411,13 +416,7 @@ func (p *Proxy) finish(x *exchange) {
 	if i.Status == 0 && x.status == http.StatusSwitchingProtocols {
 		i.Status = x.status // written to the hijacked conn, not through WriteHeader
 	}
-	if p.debug() {
-		p.log.Debug("request", "client", i.Client, "dst", i.Dst, "method", i.Method, "host", i.Host,
-			"path", i.Path, "status", i.Status, "flags", i.Flags, "duration", i.Duration, "request_id", i.RequestID)
-	}
-	if p.o.OnRequest != nil {
-		p.o.OnRequest(*i)
-	}
+	p.report(i)
 }
 
 // requestID keeps a client's x-request-id when it is a sane token (a UUID,

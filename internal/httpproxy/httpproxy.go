@@ -123,6 +123,10 @@ type Options struct {
 	// OnRequest, if set, is called once per request when it is done, on
 	// the request's goroutine: keep it quick (metrics, access logs).
 	OnRequest func(RequestInfo)
+	// DisableFastPath serves every request through net/http and
+	// ReverseProxy instead of taking the common HTTP/1.1 requests on the
+	// fast path (fastpath.go). For comparison and as an escape hatch.
+	DisableFastPath bool
 }
 
 // Proxy is an L7 forwarder. It is safe for concurrent use.
@@ -141,6 +145,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	closed bool
 	live   map[*downConn]struct{}
+	fast   map[*fastConn]struct{}
 	wg     sync.WaitGroup // ServeConn calls in progress
 }
 
@@ -185,6 +190,7 @@ func New(o Options) (*Proxy, error) {
 		ln:     newChanListener(),
 		served: make(chan struct{}),
 		live:   make(map[*downConn]struct{}),
+		fast:   make(map[*fastConn]struct{}),
 	}
 	p.hosts = newCluster(p)
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
@@ -238,32 +244,108 @@ func orDefault[T comparable](v, def T) T {
 // request, if it goes to origDst, is answered 503 with that reason (flag
 // UF) without dialing again; later requests dial as usual.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
-	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
-		clientIP:     unmap(client).Addr().String(),
-		g:            newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
-		p:            p,
-		start:        time.Now(),
-		writeTimeout: p.o.StreamIdleTimeout,
-		dialErr:      dialErr}
-	dc.g.holdEOF = true
-	if !p.track(dc) {
-		c.Close()
-		if preDialed != nil {
-			preDialed.Close()
-		}
-		return
-	}
-	defer p.untrack(dc)
 	if preDialed != nil {
-		key := p.hostKey(dc.client, dc.origDst)
+		key := p.hostKey(unmap(client), unmap(origDst))
 		p.hosts.addPreDialed(key, preDialed)
 		defer p.hosts.dropPreDialed(key, preDialed)
 	}
+	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
+		rest, handOver := p.serveConnFast(tc, unmap(client), unmap(origDst))
+		if !handOver {
+			return
+		}
+		if len(rest) > 0 {
+			c = &replayConn{TCPConn: tc, pending: rest}
+		}
+	}
+	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
+		clientIP: unmap(client).Addr().String(),
+		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
+		p:        p,
+		start:    time.Now(),
+		dialErr:  dialErr}
+	dc.g.holdEOF = true
+	dc.sw.conn, dc.sw.timeout = c, p.o.StreamIdleTimeout
+	if !p.track(dc) {
+		c.Close()
+		return
+	}
+	defer p.untrack(dc)
 	if !p.ln.hand(dc) {
 		dc.Close()
 		return
 	}
 	<-dc.done
+}
+
+// serveConnFast serves c on the fast path until it closes (then it closes
+// c) or hands it over to net/http with the bytes it read of the next
+// request.
+func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (rest []byte, handOver bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, true
+	}
+	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
+		key: p.hostKey(client, origDst), start: time.Now()}
+	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
+	if !p.trackFast(fc) {
+		c.Close()
+		return nil, false
+	}
+	defer p.untrackFast(fc)
+	rest, handOver = p.serveFast(fc)
+	if !handOver {
+		c.Close()
+	}
+	return rest, handOver
+}
+
+// replayConn reads pending before the connection: the bytes of a request
+// the fast path read and handed over.
+type replayConn struct {
+	*net.TCPConn
+	pending []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(b)
+}
+
+func (p *Proxy) trackFast(fc *fastConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.fast[fc] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Proxy) untrackFast(fc *fastConn) {
+	p.mu.Lock()
+	delete(p.fast, fc)
+	p.mu.Unlock()
+	p.wg.Done()
+}
+
+// closeIdleFast asks every fast-path connection to end after its current
+// response, and ends those waiting for a request now.
+func (p *Proxy) closeIdleFast() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fc := range p.fast {
+		fc.closing.Store(true)
+		if fc.idle.Load() {
+			fc.c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
 }
 
 func (p *Proxy) track(dc *downConn) bool {
@@ -292,6 +374,9 @@ func (p *Proxy) closeLive() {
 	for dc := range p.live {
 		dc.abort()
 	}
+	for fc := range p.fast {
+		fc.abort()
+	}
 }
 
 // Shutdown stops accepting connections, closes idle keep-alive ones, and
@@ -302,6 +387,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	p.closeIdleFast()
 	err := p.srv.Shutdown(ctx)
 	<-p.served
 	// Shutdown does not wait for hijacked (upgraded) connections.

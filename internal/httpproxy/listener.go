@@ -27,12 +27,7 @@ type downConn struct {
 	dialErr     error
 	dialErrUsed atomic.Bool
 
-	// Stream idle timeout: every Write runs under a write deadline about
-	// writeTimeout ahead (0: none). wdl is the deadline set, Unix ns (0:
-	// none known), so that most writes need not set it again.
-	writeTimeout  time.Duration
-	wdl           atomic.Int64
-	writeTimedOut atomic.Bool
+	sw streamWriter // writes to the client, under the stream idle timeout
 
 	headTimedOut bool // a header timeout was reported (read goroutine only)
 
@@ -51,30 +46,7 @@ func (c *downConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write fails when one write to the client takes longer than writeTimeout
-// (the client stopped reading): such a client must not hold its response,
-// and the upstream connection behind it, forever. A timed-out write is not
-// retried even if it wrote some bytes: those went out at its start, into
-// the socket buffer, before it blocked. The deadline is renewed when less
-// than 7/8 of it is left, not on every write, so a write may fail after
-// 7/8 of writeTimeout.
-func (c *downConn) Write(b []byte) (int, error) {
-	d := c.writeTimeout
-	if d <= 0 {
-		return c.Conn.Write(b)
-	}
-	now := time.Now()
-	if dl := c.wdl.Load(); dl == 0 || dl-now.UnixNano() < int64(d-d/8) {
-		dl = now.Add(d).UnixNano()
-		c.wdl.Store(dl)
-		c.Conn.SetWriteDeadline(time.Unix(0, dl))
-	}
-	n, err := c.Conn.Write(b)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		c.writeTimedOut.Store(true)
-	}
-	return n, err
-}
+func (c *downConn) Write(b []byte) (int, error) { return c.sw.Write(b) }
 
 // SetReadDeadline and SetDeadline also tell the guard, which may be holding
 // a client's FIN back (guard.waitEOF). SetDeadline and SetWriteDeadline
@@ -86,14 +58,14 @@ func (c *downConn) SetReadDeadline(t time.Time) error {
 }
 
 func (c *downConn) SetDeadline(t time.Time) error {
-	c.wdl.Store(0)
+	c.sw.wdl.Store(0)
 	err := c.Conn.SetDeadline(t)
 	c.g.setDeadline(t)
 	return err
 }
 
 func (c *downConn) SetWriteDeadline(t time.Time) error {
-	c.wdl.Store(0)
+	c.sw.wdl.Store(0)
 	return c.Conn.SetWriteDeadline(t)
 }
 
@@ -180,3 +152,49 @@ type memAddr struct{}
 
 func (memAddr) Network() string { return "memory" }
 func (memAddr) String() string  { return "detour-l7" }
+
+// streamWriter writes to a client and fails when one write takes longer
+// than timeout (the client stopped reading): such a client must not hold
+// its response, and the upstream connection behind it, forever. A
+// timed-out write is not retried even if it wrote some bytes: those went
+// out at its start, into the socket buffer, before it blocked. The
+// deadline is renewed when less than 7/8 of it is left, not on every
+// write, so a write may fail after 7/8 of timeout.
+type streamWriter struct {
+	conn     net.Conn
+	timeout  time.Duration // 0: none
+	wdl      atomic.Int64  // the deadline set, Unix ns; 0: none known
+	timedOut atomic.Bool
+}
+
+func (w *streamWriter) Write(b []byte) (int, error) {
+	d := w.timeout
+	if d <= 0 {
+		return w.conn.Write(b)
+	}
+	w.renew()
+	n, err := w.conn.Write(b)
+	w.note(err)
+	return n, err
+}
+
+// renew sets the write deadline again when less than 7/8 of it is left.
+func (w *streamWriter) renew() {
+	d := w.timeout
+	if d <= 0 {
+		return
+	}
+	now := time.Now()
+	if dl := w.wdl.Load(); dl == 0 || dl-now.UnixNano() < int64(d-d/8) {
+		dl = now.Add(d).UnixNano()
+		w.wdl.Store(dl)
+		w.conn.SetWriteDeadline(time.Unix(0, dl))
+	}
+}
+
+// note records a write error that was the deadline expiring.
+func (w *streamWriter) note(err error) {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		w.timedOut.Store(true)
+	}
+}

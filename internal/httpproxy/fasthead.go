@@ -1,0 +1,254 @@
+package httpproxy
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// fastHead is a request head the fast path (fastpath.go) forwards itself.
+// The slices point into the connection's read buffer.
+type fastHead struct {
+	method    string // one of fastMethods
+	target    []byte // origin-form
+	host      []byte
+	clen      int64 // 0 when absent
+	closeConn bool  // Connection: close
+	reqID     []byte
+	xff       [][]byte // X-Forwarded-For values, in order
+	size      int      // bytes of the head, final CRLF included
+	fields    int
+}
+
+// fastMethods are the methods the fast path takes; others go to net/http.
+var fastMethods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
+
+// fieldAction says what the fast path does with a request field.
+type fieldAction uint8
+
+const (
+	fieldCopy     fieldAction = iota // forward as received
+	fieldParse                       // forward as received, and parse (Host, Content-Length)
+	fieldDrop                        // hop-by-hop, or replaced by detour (parsed when needed)
+	fieldFallback                    // leave the request to net/http
+)
+
+// parseFastHead parses the head at the start of b (which holds the whole
+// head, final CRLF included, at b[:end]) if it is in the fast path's
+// strict subset: an HTTP/1.1 origin-form request of a common method,
+// CRLF line ends, token field names, printable ASCII values, one valid
+// Host, at most one plain Content-Length, and none of the fields that
+// change framing or the connection (Transfer-Encoding, Upgrade, Expect,
+// TE, Trailer, or a Connection option other than close and keep-alive).
+// Anything else — malformed requests included — returns ok == false and
+// goes to the net/http path, whose guard answers or forwards it. So the
+// fast path never refuses; it only declines.
+//
+func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSteering bool) (h fastHead, ok bool) {
+	if end > maxHead {
+		return h, false
+	}
+	h.size = end
+	line, rest, ok := cutLine(b[:end])
+	if !ok || !h.requestLine(line) {
+		return h, false
+	}
+	hosts, clens := 0, 0
+	for len(rest) > 2 { // the final CRLF remains
+		line, rest, ok = cutLine(rest)
+		if !ok {
+			return h, false
+		}
+		h.fields++
+		name, value, ok := splitField(line)
+		if !ok || h.fields > maxFields {
+			return h, false
+		}
+		switch fastFieldAction(name, steering, useSteering) {
+		case fieldFallback:
+			return h, false
+		case fieldCopy:
+			continue
+		}
+		// fieldParse and fieldDrop: the fields the fast path reads.
+		switch {
+		case equalFold(name, "host"):
+			hosts++
+			if !validFastHost(value) {
+				return h, false
+			}
+			h.host = value
+		case equalFold(name, "content-length"):
+			clens++
+			n, ok := parseContentLength(value)
+			if !ok {
+				return h, false
+			}
+			h.clen = n
+		case equalFold(name, "connection"):
+			if !h.connectionOptions(value) {
+				return h, false
+			}
+		case equalFold(name, "x-request-id"):
+			if h.reqID == nil {
+				h.reqID = value
+			}
+		case equalFold(name, "x-forwarded-for"):
+			h.xff = append(h.xff, value)
+		}
+	}
+	return h, hosts == 1 && clens <= 1
+}
+
+// fastFieldAction classifies a field name. Connection, X-Request-Id and
+// X-Forwarded-For are parsed and written anew (X-Forwarded-For is copied
+// instead when the proxy leaves it).
+func fastFieldAction(name []byte, steering string, useSteering bool) fieldAction {
+	if len(name) > len("proxy-authorization") {
+		if equalFold(name, steering) {
+			if useSteering {
+				return fieldFallback
+			}
+			return fieldDrop
+		}
+		return fieldCopy
+	}
+	switch {
+	case equalFold(name, "host"), equalFold(name, "content-length"):
+		return fieldParse
+	case equalFold(name, "connection"),
+		equalFold(name, "x-request-id"), equalFold(name, "x-forwarded-for"), equalFold(name, "x-forwarded-proto"),
+		equalFold(name, "keep-alive"), equalFold(name, "proxy-connection"),
+		equalFold(name, "proxy-authorization"), equalFold(name, "proxy-authenticate"):
+		return fieldDrop
+	case equalFold(name, "transfer-encoding"), equalFold(name, "upgrade"), equalFold(name, "expect"),
+		equalFold(name, "te"), equalFold(name, "trailer"), equalFold(name, "http2-settings"):
+		return fieldFallback
+	case equalFold(name, steering):
+		if useSteering {
+			return fieldFallback
+		}
+		return fieldDrop
+	}
+	return fieldCopy
+}
+
+// cutLine splits off the first CRLF-terminated line. A bare LF or CR
+// makes it fail.
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return nil, nil, false
+	}
+	line = b[:i-1]
+	if bytes.IndexByte(line, '\r') >= 0 {
+		return nil, nil, false
+	}
+	return line, b[i+1:], true
+}
+
+// requestLine parses "METHOD SP origin-form SP HTTP/1.1".
+func (h *fastHead) requestLine(line []byte) bool {
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 {
+		return false
+	}
+	method := line[:sp]
+	for _, m := range fastMethods {
+		if string(method) == m {
+			h.method = m
+			break
+		}
+	}
+	rest := line[sp+1:]
+	sp = bytes.IndexByte(rest, ' ')
+	if h.method == "" || sp < 1 || string(rest[sp+1:]) != "HTTP/1.1" {
+		return false
+	}
+	h.target = rest[:sp]
+	return validOriginForm(h.target)
+}
+
+// validOriginForm accepts "/" followed by RFC 3986 path and query
+// characters, with well-formed percent escapes.
+func validOriginForm(t []byte) bool {
+	if len(t) == 0 || t[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '%':
+			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
+				return false
+			}
+			i += 2
+		case bytes.IndexByte([]byte("-._~!$&'()*+,;=:@/?"), c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// splitField splits "name: value" with a token name and a value of
+// printable ASCII, spaces and tabs, trimmed of surrounding whitespace.
+func splitField(line []byte) (name, value []byte, ok bool) {
+	colon := bytes.IndexByte(line, ':')
+	if colon < 1 || !isToken(line[:colon]) {
+		return nil, nil, false
+	}
+	value = trimOWS(line[colon+1:])
+	for _, c := range value {
+		if (c < 0x20 && c != '\t') || c > 0x7e {
+			return nil, nil, false
+		}
+	}
+	return line[:colon], value, true
+}
+
+// validFastHost accepts a reg-name or IPv4 address with an optional port,
+// or a bracketed IPv6 literal: letters, digits and "-._:[]".
+func validFastHost(v []byte) bool {
+	if len(v) == 0 {
+		return false
+	}
+	for _, c := range v {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseContentLength accepts 1 to 18 digits.
+func parseContentLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	for _, c := range v {
+		if !isDigit(c) {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	return n, err == nil
+}
+
+// connectionOptions accepts Connection: close and keep-alive (any case,
+// comma-separated); other options name hop-by-hop fields and decline.
+func (h *fastHead) connectionOptions(v []byte) bool {
+	for len(v) > 0 {
+		var opt []byte
+		opt, v, _ = bytes.Cut(v, []byte{','})
+		switch opt = trimOWS(opt); {
+		case len(opt) == 0:
+		case equalFold(opt, "close"):
+			h.closeConn = true
+		case equalFold(opt, "keep-alive"):
+		default:
+			return false
+		}
+	}
+	return true
+}

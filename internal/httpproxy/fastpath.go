@@ -1,0 +1,941 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/upstream"
+)
+
+// The fast path forwards the common HTTP/1.1 request — origin-form, a
+// usual method, no body or a Content-Length one, no upgrade — on the
+// client connection's own goroutine: it parses the head in place (a
+// strict subset, fasthead.go), writes it upstream with detour's fields,
+// reads the response with http.ReadResponse on the same goroutine and
+// streams it back, splicing large bodies. net/http's server and
+// ReverseProxy cost four goroutine hand-offs and ~140 allocations per
+// request; this costs none of the hand-offs and a handful of allocations.
+// Whatever it does not take (any other request, malformed ones included)
+// goes, with the bytes already read, to the net/http path at a request
+// boundary, and the connection stays there.
+
+// fastBufSize bounds a request head the fast path takes; bigger heads go
+// to net/http (which answers 431 past MaxRequestHeaderBytes).
+const fastBufSize = 8 << 10
+
+// maxResponseHead bounds an upstream response head, as the Transport's
+// default MaxResponseHeaderBytes does.
+const maxResponseHead = 10 << 20
+
+// max1xx bounds the informational responses relayed before the final one.
+const max1xx = 5
+
+// fastBuf is a read buffer for client bytes or an outgoing head.
+type fastBuf [fastBufSize]byte
+
+var fastBufs = sync.Pool{New: func() any { return new(fastBuf) }}
+
+// fastConn is a client connection served by the fast path.
+type fastConn struct {
+	p               *Proxy
+	c               *net.TCPConn
+	rc              syscall.RawConn
+	client, origDst netip.AddrPort
+	clientIP        string
+	key             hostKey
+	start           time.Time
+
+	// in[r:w] are client bytes read and not yet used; in is taken from
+	// fastBufs only while it holds some, so an idle keep-alive connection
+	// holds no buffer.
+	in   *fastBuf
+	r, w int
+
+	out   streamWriter
+	heads int
+
+	// idle is set while waiting for a request head, so that Shutdown may
+	// close the connection then; closing asks it to end after the current
+	// response. cur is the upstream connection of the request in flight.
+	idle, closing atomic.Bool
+	cur           atomic.Pointer[upLink]
+	gone          atomic.Bool // watchClient saw the client reset
+}
+
+// abort closes the client connection and the upstream one in use.
+func (fc *fastConn) abort() {
+	fc.closing.Store(true)
+	fc.c.Close()
+	if l := fc.cur.Load(); l != nil {
+		l.conn.Close()
+	}
+}
+
+// upLink is an upstream connection of the fast path, pooled per host.
+type upLink struct {
+	conn   *net.TCPConn
+	h      *host
+	lim    limitedReader
+	reused bool
+	since  time.Time // idle since
+}
+
+// limitedReader fails reads past n bytes: it bounds a response head.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+var errResponseHeadTooLarge = errors.New("response head too large")
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+var upReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+
+// serveFast serves c until it closes or a request needs the net/http
+// path; then it returns the client bytes already read (the start of that
+// request) and handOver true.
+func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
+	defer func() {
+		if fc.in != nil && !handOver {
+			fastBufs.Put(fc.in)
+			fc.in = nil
+		}
+	}()
+	if p.o.IsSelf != nil && p.o.IsSelf(fc.origDst) {
+		return nil, true // net/http answers 508
+	}
+	for {
+		end, err := fc.readHead()
+		if err != nil {
+			fc.readFailed(err)
+			return nil, false
+		}
+		if end < 0 { // too big for the fast path's buffer
+			return fc.handOver(), true
+		}
+		h, ok := parseFastHead(fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
+		if !ok {
+			return fc.handOver(), true
+		}
+		fc.heads++
+		if !fc.forward(&h) || h.closeConn || fc.closing.Load() {
+			return nil, false
+		}
+		if fc.r == fc.w {
+			fastBufs.Put(fc.in)
+			fc.in, fc.r, fc.w = nil, 0, 0
+		}
+	}
+}
+
+// handOver gives the buffered client bytes to the net/http path.
+func (fc *fastConn) handOver() []byte {
+	if fc.in == nil {
+		return nil
+	}
+	b := slices.Clone(fc.in[fc.r:fc.w])
+	fastBufs.Put(fc.in)
+	fc.in = nil
+	return b
+}
+
+// readHead reads until a whole request head is buffered and returns its
+// length, or -1 when it does not fit the buffer. Between requests it waits
+// IdleTimeout; once the first byte of a head is there (or from the start
+// of the connection), the head must be complete within HeaderTimeout.
+func (fc *fastConn) readHead() (int, error) {
+	p := fc.p
+	var headStart time.Time
+	if fc.heads == 0 {
+		headStart = fc.start
+	}
+	for {
+		if fc.in != nil {
+			if i := bytes.Index(fc.in[fc.r:fc.w], []byte("\r\n\r\n")); i >= 0 {
+				return i + 4, nil
+			}
+			if fc.w-fc.r == fastBufSize || !plausibleHead(fc.in[fc.r:fc.w]) {
+				return -1, nil // net/http's guard answers what it is
+			}
+		}
+		buffered := fc.in != nil && fc.w > fc.r
+		switch {
+		case headStart.IsZero() && buffered:
+			headStart = time.Now()
+			fc.c.SetReadDeadline(headStart.Add(p.o.HeaderTimeout))
+		case !buffered && fc.heads == 0:
+			fc.c.SetReadDeadline(headStart.Add(p.o.HeaderTimeout))
+		case !buffered:
+			fc.c.SetReadDeadline(time.Now().Add(p.o.IdleTimeout))
+		}
+		if !buffered {
+			// Set after the deadline, read by Shutdown before it sets its own.
+			fc.idle.Store(true)
+			if fc.closing.Load() {
+				return 0, net.ErrClosed
+			}
+		}
+		err := fc.fill()
+		fc.idle.Store(false)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && (buffered || fc.heads == 0) && !fc.closing.Load() {
+				held := 0
+				if fc.in != nil {
+					held = fc.w - fc.r
+				}
+				timeout := p.o.HeaderTimeout
+				p.reportHeaderTimeout(fc.client, fc.origDst, headStart, timeout, held)
+			}
+			return 0, err
+		}
+	}
+}
+
+// plausibleHead reports whether b may be the start of a head the fast
+// path takes: a known method, then only printable ASCII, tabs and CRLF
+// line ends. Anything else is handed over at once, not after the header
+// timeout.
+func plausibleHead(b []byte) bool {
+	sp := bytes.IndexByte(b, ' ')
+	if sp < 0 {
+		sp = len(b)
+	}
+	known := false
+	for _, m := range fastMethods {
+		if sp <= len(m) && string(b[:sp]) == m[:sp] {
+			known = true
+			break
+		}
+	}
+	if !known {
+		return false
+	}
+	for i, c := range b {
+		switch {
+		case c == '\n':
+			if i == 0 || b[i-1] != '\r' {
+				return false
+			}
+		case c == '\r':
+			if i+1 < len(b) && b[i+1] != '\n' {
+				return false
+			}
+		case c < 0x20 && c != '\t', c > 0x7e:
+			return false
+		}
+	}
+	return true
+}
+
+// fill reads what the socket holds into in[w:], taking a buffer from the
+// pool only once bytes are there.
+func (fc *fastConn) fill() error {
+	if fc.in != nil && fc.r > 0 {
+		fc.w = copy(fc.in[:], fc.in[fc.r:fc.w])
+		fc.r = 0
+	}
+	var n int
+	var rerr error
+	err := fc.rc.Read(func(fd uintptr) bool {
+		took := fc.in == nil
+		if took {
+			fc.in = fastBufs.Get().(*fastBuf)
+		}
+		for {
+			m, err := unix.Read(int(fd), fc.in[fc.w:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				if took {
+					fastBufs.Put(fc.in)
+					fc.in = nil
+				}
+				return false
+			case err != nil:
+				rerr = os.NewSyscallError("read", err)
+			case m == 0:
+				rerr = io.EOF
+			default:
+				n = m
+			}
+			if rerr != nil && took {
+				fastBufs.Put(fc.in)
+				fc.in = nil
+			}
+			return true
+		}
+	})
+	if err == nil {
+		err = rerr
+	}
+	fc.w += n
+	return err
+}
+
+// readFailed ends a connection whose next head did not come.
+func (fc *fastConn) readFailed(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	fc.p.log.Debug("client read failed", "client", fc.client, "err", err)
+}
+
+// forward sends one request upstream and its response back. It reports
+// whether the client connection may carry another request.
+func (fc *fastConn) forward(h *fastHead) bool {
+	p := fc.p
+	info := RequestInfo{
+		Start: time.Now(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
+		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: fastPath(h.target),
+		RequestID: requestID1(h.reqID),
+	}
+	hst := p.hosts.acquire(fc.key)
+	defer p.hosts.release(hst)
+
+	head := fastBufs.Get().(*fastBuf)
+	defer fastBufs.Put(head)
+	out := fc.requestHead(head[:0], h, info.RequestID)
+	fc.r += h.size
+	// The body bytes already read go out with the head.
+	inBody := min(int64(fc.w-fc.r), h.clen)
+	body := fc.in[fc.r : fc.r+int(inBody)]
+	fc.r += int(inBody)
+
+	replayable := h.clen == 0 && (h.method == "GET" || h.method == "HEAD" || h.method == "OPTIONS")
+	var (
+		up   *upLink
+		res  *http.Response
+		br   *bufio.Reader
+		sent time.Time
+		err  error
+	)
+	for attempt := 0; ; attempt++ {
+		up, err = fc.link(hst)
+		if err != nil {
+			info.Flags |= UpstreamConnectFailure
+			return fc.localFailure(&info, err) && !h.closeConn
+		}
+		hst.inUse.Add(1)
+		fc.cur.Store(up)
+		sent = time.Now()
+		info.Reused = up.reused
+		br, res, err = fc.exchange(up, h, out, body, inBody, &info)
+		if err == nil {
+			break
+		}
+		hst.inUse.Add(-1)
+		fc.cur.Store(nil)
+		up.close()
+		if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
+			info.Flags |= DownstreamClosed
+			p.finishFast(&info)
+			return false
+		}
+		if up.reused && replayable && attempt == 0 && nothingReceived(err) {
+			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
+			continue
+		}
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			info.Flags |= UpstreamTimeout
+			fc.localReply(&info, http.StatusGatewayTimeout, msgTimeout, false)
+		default:
+			info.Flags |= UpstreamClosed
+			fc.localReply(&info, http.StatusServiceUnavailable, msgReset+resetReason(err), false)
+		}
+		p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+		p.finishFast(&info)
+		return !h.closeConn
+	}
+	info.UpstreamTime = time.Since(sent)
+	keep, upOK := fc.relay(up, br, res, h, &info)
+	upReaders.Put(br)
+	hst.inUse.Add(-1)
+	fc.cur.Store(nil)
+	if upOK && !res.Close {
+		p.hosts.putLink(up)
+	} else {
+		up.close()
+	}
+	p.finishFast(&info)
+	return keep && !h.closeConn
+}
+
+var (
+	errClientBody = errors.New("client went away while sending the request body")
+	errClientGone = errors.New("client went away")
+)
+
+// nothingReceived reports whether err means the upstream closed or reset a
+// connection before sending any of a response, as a server that closed an
+// idle keep-alive connection does.
+func nothingReceived(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// exchange writes the request (head, buffered body, rest of the body from
+// the client) to up and reads the response head, relaying informational
+// responses. Errors from the client's side are errClientBody.
+func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64, info *RequestInfo) (*bufio.Reader, *http.Response, error) {
+	p := fc.p
+	if sit := p.o.StreamIdleTimeout; sit > 0 {
+		up.conn.SetWriteDeadline(time.Now().Add(sit))
+	}
+	if len(body) > 0 {
+		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
+			return nil, nil, err
+		}
+	} else if _, err := up.conn.Write(head); err != nil {
+		return nil, nil, err
+	}
+	if rest := h.clen - inBody; rest > 0 {
+		if err := fc.copyBody(up.conn, rest); err != nil {
+			return nil, nil, err
+		}
+	}
+	if rt := p.o.RouteTimeout; rt > 0 {
+		up.conn.SetReadDeadline(time.Now().Add(rt))
+	}
+	br := upReaders.Get().(*bufio.Reader)
+	up.lim = limitedReader{r: up.conn, n: maxResponseHead}
+	br.Reset(&up.lim)
+	req := http.Request{Method: h.method}
+	for n1xx := 0; ; n1xx++ {
+		res, err := http.ReadResponse(br, &req)
+		if err != nil {
+			upReaders.Put(br)
+			return nil, nil, err
+		}
+		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
+			up.lim.n = 1<<63 - 1
+			up.conn.SetReadDeadline(time.Time{})
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				upReaders.Put(br)
+				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
+			}
+			return br, res, nil
+		}
+		if n1xx == max1xx {
+			upReaders.Put(br)
+			return nil, nil, errors.New("too many informational responses")
+		}
+		// 100 Continue, 102, 103 Early Hints: relay and read on.
+		b := fastBufs.Get().(*fastBuf)
+		out := fc.appendStatusLine(b[:0], res)
+		out = appendHeader(out, res.Header, nil)
+		out = append(out, "\r\n"...)
+		_, werr := fc.out.Write(out)
+		fastBufs.Put(b)
+		if werr != nil {
+			upReaders.Put(br)
+			return nil, nil, errClientGone
+		}
+	}
+}
+
+// copyBody sends n more request body bytes from the client to dst. The
+// stream idle timeout bounds each read and write.
+func (fc *fastConn) copyBody(dst *net.TCPConn, n int64) error {
+	sit := fc.p.o.StreamIdleTimeout
+	if sit <= 0 {
+		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
+	}
+	_, rerr, werr := copyN(dst, fc.c, n, func() {
+		if sit > 0 {
+			dl := time.Now().Add(sit)
+			dst.SetWriteDeadline(dl)
+			fc.c.SetReadDeadline(dl)
+		}
+	})
+	fc.c.SetReadDeadline(time.Time{})
+	switch {
+	case werr != nil:
+		return werr
+	case rerr != nil:
+		return errClientBody
+	}
+	return nil
+}
+
+// copyN copies n bytes from src to dst through a pooled buffer, calling
+// step before each read. rerr is src's error (io.ErrUnexpectedEOF when it
+// ended early), werr dst's.
+func copyN(dst io.Writer, src io.Reader, n int64, step func()) (copied int64, rerr, werr error) {
+	bp := copyBufs.Get().(*[copyBufferSize]byte)
+	defer copyBufs.Put(bp)
+	for n > 0 {
+		step()
+		m, err := src.Read(bp[:min(n, copyBufferSize)])
+		if m > 0 {
+			w, err := dst.Write(bp[:m])
+			copied += int64(w)
+			if err != nil {
+				return copied, nil, err
+			}
+			n -= int64(m)
+		}
+		if err == io.EOF && n > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil && n > 0 {
+			return copied, err, nil
+		}
+	}
+	return copied, nil, nil
+}
+
+var copyBufs = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
+
+// requestHead builds the upstream request head: the client's request line
+// and fields, less hop-by-hop fields and the steering header, plus
+// X-Forwarded-For (appended), X-Forwarded-Proto and X-Request-Id.
+func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
+	p := fc.p
+	b := fc.in[fc.r : fc.r+h.size]
+	line, rest, _ := cutLine(b)
+	out = append(append(out, line...), "\r\n"...)
+	leave := p.o.XForwardedFor == XFFLeave
+	for len(rest) > 2 {
+		line, rest, _ = cutLine(rest)
+		name, _, _ := splitField(line)
+		switch fastFieldAction(name, p.hdr, false) {
+		case fieldCopy, fieldParse:
+		default:
+			if !(leave && equalFold(name, "x-forwarded-for")) {
+				continue
+			}
+		}
+		out = append(append(out, line...), "\r\n"...)
+	}
+	if !leave {
+		out = append(out, "X-Forwarded-For: "...)
+		for _, v := range h.xff {
+			out = append(append(out, v...), ", "...)
+		}
+		out = append(append(out, fc.clientIP...), "\r\n"...)
+	}
+	out = append(out, "X-Forwarded-Proto: http\r\nX-Request-Id: "...)
+	out = append(append(out, reqID...), "\r\n\r\n"...)
+	return out
+}
+
+// link returns an upstream connection to the host: a pooled one, the
+// pre-dialed one, or a new one.
+func (fc *fastConn) link(h *host) (*upLink, error) {
+	p := fc.p
+	if l := p.hosts.takeLink(h); l != nil {
+		l.reused = true
+		h.reuses.Add(1)
+		if p.debug() {
+			p.log.Debug("reusing connection", "host", h.key, "local", l.conn.LocalAddr())
+		}
+		return l, nil
+	}
+	conn, err := h.connect(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return &upLink{conn: conn, h: h}, nil
+}
+
+// alive reports whether a pooled connection is still open and quiet: the
+// upstream neither closed it nor sent anything unasked.
+func (l *upLink) alive() bool {
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ok = err == unix.EAGAIN
+	})
+	return ok
+}
+
+func (l *upLink) close() {
+	l.h.open.Add(-1)
+	l.conn.Close()
+}
+
+// relay writes the response head and body to the client. keep reports
+// whether the client connection may go on, upOK whether the upstream one
+// may be reused.
+func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *fastHead, info *RequestInfo) (keep, upOK bool) {
+	p := fc.p
+	info.Status = res.StatusCode
+	noBody := h.method == "HEAD" || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
+	chunked := !noBody && res.ContentLength < 0
+
+	b := fastBufs.Get().(*fastBuf)
+	defer func() { fastBufs.Put(b) }()
+	out := fc.appendStatusLine(b[:0], res)
+	out = appendHeader(out, res.Header, res.Header["Connection"])
+	out = p.appendServer(out, res.Header)
+	out = append(out, hdrServiceTime+": "...)
+	out = strconv.AppendInt(out, info.UpstreamTime.Milliseconds(), 10)
+	out = append(out, "\r\n"...)
+	switch {
+	case noBody:
+		if v := res.Header["Content-Length"]; len(v) > 0 {
+			out = append(append(append(out, "Content-Length: "...), v[0]...), "\r\n"...)
+		}
+	case chunked:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		if len(res.Trailer) > 0 {
+			out = append(out, "Trailer: "...)
+			first := true
+			for k := range res.Trailer {
+				if !first {
+					out = append(out, ", "...)
+				}
+				out, first = append(out, k...), false
+			}
+			out = append(out, "\r\n"...)
+		}
+	default:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, res.ContentLength, 10)
+		out = append(out, "\r\n"...)
+	}
+	if h.closeConn || fc.closing.Load() {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+
+	var err error
+	switch {
+	case noBody:
+		_, err = fc.out.Write(out)
+		if err != nil {
+			return fc.clientFailed(info, err), true
+		}
+		return true, br.Buffered() == 0
+	case chunked:
+		defer fc.watchClient(up)()
+		return fc.relayChunked(br, res, out, info)
+	}
+	// Content-Length: what br holds goes out with the head (one write for
+	// a small response), the rest is spliced.
+	n := res.ContentLength
+	inBuf := min(int64(br.Buffered()), n)
+	bodyBuf, _ := br.Peek(int(inBuf))
+	if len(out)+len(bodyBuf) <= fastBufSize {
+		out = append(out, bodyBuf...)
+		_, err = fc.out.Write(out)
+	} else {
+		_, err = fc.out.Write(out)
+		if err == nil {
+			_, err = fc.out.Write(bodyBuf)
+		}
+	}
+	br.Discard(int(inBuf))
+	if err != nil {
+		return fc.clientFailed(info, err), false
+	}
+	info.BodyBytes = inBuf
+	rest := n - inBuf
+	if rest == 0 {
+		return true, br.Buffered() == 0
+	}
+	stop := fc.watchClient(up)
+	m, rerr, werr := copyN(&fc.out, up.conn, rest, func() {})
+	stop()
+	info.BodyBytes += m
+	switch {
+	case werr != nil:
+		return fc.clientFailed(info, werr), false
+	case rerr != nil:
+		fc.upstreamFailed(info, rerr)
+		return false, false
+	}
+	return true, br.Buffered() == 0
+}
+
+// relayChunked streams a chunked (or close-delimited) body as chunks,
+// flushing whenever the upstream has nothing more buffered, then the
+// trailers.
+func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo) (keep, upOK bool) {
+	bw := chunkWriters.Get().(*bufio.Writer)
+	bw.Reset(&fc.out)
+	bp := copyBufs.Get().(*[copyBufferSize]byte)
+	defer func() {
+		bw.Reset(nil)
+		chunkWriters.Put(bw)
+		copyBufs.Put(bp)
+	}()
+	buf := bp[:]
+	bw.Write(head)
+	var werr error
+	for {
+		n, err := res.Body.Read(buf)
+		if n > 0 {
+			bw.WriteString(strconv.FormatInt(int64(n), 16))
+			bw.WriteString("\r\n")
+			bw.Write(buf[:n])
+			bw.WriteString("\r\n")
+			info.BodyBytes += int64(n)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			bw.Flush()
+			fc.upstreamFailed(info, err)
+			return false, false
+		}
+		if br.Buffered() == 0 {
+			if werr = bw.Flush(); werr != nil {
+				return fc.clientFailed(info, werr), false
+			}
+		}
+	}
+	bw.WriteString("0\r\n")
+	bw.Write(appendHeader(nil, res.Trailer, nil))
+	bw.WriteString("\r\n")
+	if werr = bw.Flush(); werr != nil {
+		return fc.clientFailed(info, werr), false
+	}
+	return true, len(res.TransferEncoding) > 0 && br.Buffered() == 0
+}
+
+var chunkWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, copyBufferSize) }}
+
+// watchClient watches the client connection while a response body waits
+// for the upstream: a client that resets (or fails) then closes the
+// upstream connection, so the body read ends and the request is flagged
+// DC. A FIN is no reason: a client may half-close and still read. stop
+// ends the watch.
+func (fc *fastConn) watchClient(up *upLink) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fc.rc.Read(func(fd uintptr) bool {
+			var b [1]byte
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch err {
+			case unix.EAGAIN:
+				return false
+			case nil, unix.EINTR:
+			default:
+				fc.gone.Store(true)
+				up.conn.Close()
+			}
+			return true
+		})
+	}()
+	return func() {
+		fc.c.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		fc.c.SetReadDeadline(time.Time{})
+	}
+}
+
+// clientFailed notes a failed write to the client and returns false.
+func (fc *fastConn) clientFailed(info *RequestInfo, err error) bool {
+	if fc.out.timedOut.Load() {
+		info.Flags |= StreamIdleTimeout
+		fc.p.log.Info("stream idle timeout: the client stopped reading; closing", "client", fc.client, "dst", info.Dst,
+			"timeout", fc.p.o.StreamIdleTimeout, "sent", info.BodyBytes)
+	} else {
+		info.Flags |= DownstreamClosed
+	}
+	return false
+}
+
+// upstreamFailed notes a response cut by the upstream (or by watchClient,
+// for a client that reset): the client sees the truncation (the
+// connection closes), never a complete-looking reply.
+func (fc *fastConn) upstreamFailed(info *RequestInfo, err error) {
+	if fc.gone.Load() {
+		info.Flags |= DownstreamClosed
+		return
+	}
+	info.Flags |= UpstreamClosed
+	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+}
+
+// localFailure answers a request whose upstream connect failed.
+func (fc *fastConn) localFailure(info *RequestInfo, err error) bool {
+	reason := upstream.Classify(err)
+	var de *upstream.DialError
+	if errors.As(err, &de) {
+		reason = de.Reason
+	}
+	fc.localReply(info, http.StatusServiceUnavailable, msgReset+string(reason), false)
+	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+	fc.p.finishFast(info)
+	return true
+}
+
+// localReply answers from detour itself, as Proxy.localReply does.
+func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeConn bool) {
+	b := fastBufs.Get().(*fastBuf)
+	defer fastBufs.Put(b)
+	out := append(b[:0], "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(code), 10)
+	out = append(append(append(out, ' '), http.StatusText(code)...), "\r\n"...)
+	out = fc.p.appendServer(out, nil)
+	out = append(out, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(msg)), 10)
+	out = append(out, "\r\n"...)
+	if closeConn {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(append(out, "\r\n"...), msg...)
+	if _, err := fc.out.Write(out); err != nil {
+		fc.clientFailed(info, err)
+		return
+	}
+	info.Status, info.BodyBytes = code, int64(len(msg))
+}
+
+func (fc *fastConn) appendStatusLine(out []byte, res *http.Response) []byte {
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(res.StatusCode), 10)
+	out = append(out, ' ')
+	reason := ""
+	if len(res.Status) > 4 {
+		reason = res.Status[4:]
+	}
+	if reason == "" {
+		reason = http.StatusText(res.StatusCode)
+	}
+	return append(append(out, reason...), "\r\n"...)
+}
+
+// hopByHop are response fields a proxy does not forward (RFC 9110 7.6.1);
+// Content-Length and Transfer-Encoding are written by relay, Server and
+// the service time by detour.
+var hopByHop = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Content-Length": true, hdrServiceTime: true,
+}
+
+// appendHeader writes h's fields, sorted by name, less hop-by-hop fields,
+// the fields named by connOpts (the Connection header's options), and
+// Server (appendServer writes it).
+func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
+	var keysArr [32]string
+	keys := keysArr[:0]
+	for k := range h {
+		if hopByHop[k] || k == "Server" || named(connOpts, k) {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for _, v := range h[k] {
+			out = append(append(append(append(out, k...), ": "...), v...), "\r\n"...)
+		}
+	}
+	return out
+}
+
+// appendServer writes Server as ServerHeaderMode says, given upstream's
+// fields (nil for a local reply).
+func (p *Proxy) appendServer(out []byte, h http.Header) []byte {
+	up := h["Server"]
+	switch {
+	case p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(up) > 0:
+		for _, v := range up {
+			out = append(append(append(out, "Server: "...), v...), "\r\n"...)
+		}
+		return out
+	}
+	return append(append(append(out, "Server: "...), p.o.ServerHeader...), "\r\n"...)
+}
+
+// named reports whether a Connection header's options name field k.
+func named(opts []string, k string) bool {
+	for _, v := range opts {
+		for len(v) > 0 {
+			var opt string
+			opt, v, _ = cutComma(v)
+			if http.CanonicalHeaderKey(opt) == k {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func cutComma(s string) (before, after string, found bool) {
+	before, after, found = strings.Cut(s, ",")
+	return strings.Trim(before, " \t"), after, found
+}
+
+// fastPath is the request target's path, decoded as net/http's URL.Path.
+func fastPath(target []byte) string {
+	path := target
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if bytes.IndexByte(path, '%') < 0 {
+		return string(path)
+	}
+	s, err := url.PathUnescape(string(path))
+	if err != nil {
+		return string(path)
+	}
+	return s
+}
+
+// requestID1 is requestID for one raw value.
+func requestID1(v []byte) string {
+	if v == nil {
+		return requestID(nil)
+	}
+	s := [1]string{string(v)}
+	return requestID(s[:])
+}
+
+// finishFast reports a finished request of the fast path.
+func (p *Proxy) finishFast(i *RequestInfo) {
+	i.Duration = time.Since(i.Start)
+	p.report(i)
+}
+
+// report logs a finished request and hands it to OnRequest.
+func (p *Proxy) report(i *RequestInfo) {
+	if p.debug() {
+		p.log.Debug("request", "client", i.Client, "dst", i.Dst, "method", i.Method, "host", i.Host,
+			"path", i.Path, "status", i.Status, "flags", i.Flags, "duration", i.Duration, "request_id", i.RequestID)
+	}
+	if p.o.OnRequest != nil {
+		p.o.OnRequest(*i)
+	}
+}
