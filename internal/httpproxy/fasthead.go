@@ -42,7 +42,6 @@ const (
 // Anything else — malformed requests included — returns ok == false and
 // goes to the net/http path, whose guard answers or forwards it. So the
 // fast path never refuses; it only declines.
-//
 func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSteering bool) (h fastHead, ok bool) {
 	if end > maxHead {
 		return h, false
