@@ -1,0 +1,172 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// seen is one exchange as the upstream and the client saw it.
+type seen struct {
+	upRaw    string // the request head as it reached the upstream
+	upReq    *http.Request
+	upBody   string
+	infos    []int // 1xx statuses the client got
+	res      *http.Response
+	body     string
+	trailers http.Header
+	closed   bool // the proxy closed the client connection after the response
+}
+
+// exchangeThrough sends req to a proxy (fast path or net/http) whose
+// upstream answers resp, and returns what both ends saw.
+func exchangeThrough(t *testing.T, slow bool, req, resp string) seen {
+	t.Helper()
+	var s seen
+	got := make(chan struct{})
+	dst := rawUpstream(t, func(c net.Conn) {
+		defer c.Close()
+		var raw bytes.Buffer
+		br := bufio.NewReader(io.TeeReader(c, &raw))
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			t.Errorf("upstream: %v", err)
+			close(got)
+			return
+		}
+		head := raw.String()
+		if i := strings.Index(head, "\r\n\r\n"); i >= 0 {
+			head = head[:i+4]
+		}
+		b, _ := io.ReadAll(r.Body)
+		s.upRaw, s.upReq, s.upBody = head, r, string(b)
+		close(got)
+		io.WriteString(c, resp)
+	})
+	f := newFront(t, Options{DisableFastPath: slow}, dst)
+	c, br := f.raw(t)
+	io.WriteString(c, req)
+	method, _, _ := strings.Cut(req, " ")
+	for {
+		res, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("client: %v", err)
+		}
+		if res.StatusCode < 200 {
+			s.infos = append(s.infos, res.StatusCode)
+			continue
+		}
+		b, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatalf("client body: %v", err)
+		}
+		s.res, s.body, s.trailers = res, string(b), res.Trailer
+		break
+	}
+	<-got
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, err := br.ReadByte()
+	s.closed = err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	return s
+}
+
+// TestFastPathMatchesNetHTTP sends the same requests through the fast
+// path and through net/http + ReverseProxy and compares what the upstream
+// received and what the client got back, field by field. Known, intended
+// differences: the fast path keeps the client's field names and order
+// (net/http canonicalizes and sorts), and it adds neither a Date nor a
+// sniffed Content-Type the upstream did not send.
+func TestFastPathMatchesNetHTTP(t *testing.T) {
+	const ok = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+	tests := []struct {
+		name, req, resp string
+	}{
+		{"simple GET", "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nAccept: */*\r\nx-lower: v\r\n\r\n", ok},
+		{"query and escapes", "GET /a%20b/c?x=1&y=%2F HTTP/1.1\r\nHost: example.com:8080\r\nx-lower: v\r\n\r\n", ok},
+		{"POST with a body", "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nx-lower: v\r\n\r\nhello", ok},
+		{"HEAD", "HEAD / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"},
+		{"hop-by-hop request fields", "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\nx-lower: v\r\n\r\n", ok},
+		{"forwarding fields", "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nX-Request-Id: abc-123\r\nX-Forwarded-Proto: https\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Host: h\r\nx-lower: v\r\n\r\n", ok},
+		{"invalid request id replaced", "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: a b\r\nx-lower: v\r\n\r\n", ok},
+		{"steering header removed", "GET / HTTP/1.1\r\nHost: a\r\nX-Detour-Original-Dst-Host: 1.2.3.4:80\r\nx-lower: v\r\n\r\n", ok},
+		{"repeated fields", "GET / HTTP/1.1\r\nHost: a\r\nAccept: a\r\nAccept: b\r\nx-lower: v\r\n\r\n", ok},
+		{"chunked response with trailers", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nX-T: v\r\n\r\n"},
+		{"204", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"},
+		{"304", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 304 Not Modified\r\nEtag: \"x\"\r\n\r\n"},
+		{"close-delimited response", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-B: 2\r\n\r\nbody until close"},
+		{"response hop-by-hop fields", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nk"},
+		{"early hints", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n",
+			"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" + ok},
+		{"upstream Server replaced", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"},
+		{"client asks to close", "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nx-lower: v\r\n\r\n", ok},
+		{"404 with a body", "GET /missing HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot found"},
+	}
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fast, slow := exchangeThrough(t, false, tt.req, tt.resp), exchangeThrough(t, true, tt.req, tt.resp)
+			if !strings.Contains(fast.upRaw, "\r\nx-lower: v\r\n") {
+				t.Errorf("fast path not taken: upstream got %q", fast.upRaw)
+			}
+			// The upstream's view.
+			for _, s := range []*seen{&fast, &slow} {
+				if id := s.upReq.Header.Get("X-Request-Id"); id != "abc-123" && !uuid.MatchString(id) {
+					t.Errorf("request id %q", id)
+				}
+				if !strings.Contains(tt.req, "X-Request-Id: abc-123") {
+					s.upReq.Header.Del("X-Request-Id") // a new UUID each time
+				}
+			}
+			if a, b := fast.upReq, slow.upReq; a.Method != b.Method || a.RequestURI != b.RequestURI || a.Host != b.Host ||
+				a.ContentLength != b.ContentLength || !slices.Equal(a.TransferEncoding, b.TransferEncoding) {
+				t.Errorf("upstream request line: fast %s %s host %q len %d %v, net/http %s %s host %q len %d %v",
+					a.Method, a.RequestURI, a.Host, a.ContentLength, a.TransferEncoding, b.Method, b.RequestURI, b.Host, b.ContentLength, b.TransferEncoding)
+			}
+			if a, b := fmt.Sprint(fast.upReq.Header), fmt.Sprint(slow.upReq.Header); a != b {
+				t.Errorf("upstream fields:\nfast     %s\nnet/http %s", a, b)
+			}
+			if fast.upBody != slow.upBody {
+				t.Errorf("upstream body: fast %q, net/http %q", fast.upBody, slow.upBody)
+			}
+			// The client's view.
+			if a, b := fast.res, slow.res; a.StatusCode != b.StatusCode || a.ContentLength != b.ContentLength ||
+				!slices.Equal(a.TransferEncoding, b.TransferEncoding) || a.Close != b.Close {
+				t.Errorf("response: fast %d len %d %v close %v, net/http %d len %d %v close %v",
+					a.StatusCode, a.ContentLength, a.TransferEncoding, a.Close, b.StatusCode, b.ContentLength, b.TransferEncoding, b.Close)
+			}
+			for _, s := range []*seen{&fast, &slow} {
+				if s.res.Header.Get(hdrServiceTime) == "" {
+					t.Errorf("no %s", hdrServiceTime)
+				}
+				s.res.Header.Del(hdrServiceTime)
+				if !strings.Contains(tt.resp, "\r\nDate:") {
+					s.res.Header.Del("Date")
+				}
+				if !strings.Contains(tt.resp, "\r\nContent-Type:") {
+					s.res.Header.Del("Content-Type")
+				}
+			}
+			if a, b := fmt.Sprint(fast.res.Header), fmt.Sprint(slow.res.Header); a != b {
+				t.Errorf("response fields:\nfast     %s\nnet/http %s", a, b)
+			}
+			if fast.body != slow.body || fmt.Sprint(fast.trailers) != fmt.Sprint(slow.trailers) ||
+				!slices.Equal(fast.infos, slow.infos) || fast.closed != slow.closed {
+				t.Errorf("fast: body %q trailers %v 1xx %v closed %v; net/http: body %q trailers %v 1xx %v closed %v",
+					fast.body, fast.trailers, fast.infos, fast.closed, slow.body, slow.trailers, slow.infos, slow.closed)
+			}
+		})
+	}
+}
