@@ -30,6 +30,7 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		AllowLoopback:         h.AllowLoopback,
 		HeaderTimeout:         time.Duration(h.HeaderTimeout),
 		StreamIdleTimeout:     time.Duration(h.StreamIdleTimeout),
+		DisableFastPath:       h.DisableFastPath,
 		IsSelf:                isSelf,
 		Logger:                log,
 		OnRequest:             onRequest,

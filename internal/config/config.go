@@ -110,6 +110,9 @@ type HTTP struct {
 	// StreamIdleTimeout: a client whose response write stays blocked this
 	// long (it stopped reading) is closed.
 	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
+	// DisableFastPath serves every request with net/http and ReverseProxy
+	// instead of forwarding common HTTP/1.1 requests on the fast path.
+	DisableFastPath bool `yaml:"disable_fast_path"`
 }
 
 // HTTP defaults.

@@ -732,7 +732,8 @@ func TestFlagsString(t *testing.T) {
 }
 
 // BenchmarkProxyRequest measures a keep-alive GET through the proxy over
-// loopback; "direct" is the same request without the proxy, for scale.
+// loopback, on the fast path and through net/http (DisableFastPath);
+// "direct" is the same request without the proxy, for scale.
 func BenchmarkProxyRequest(b *testing.B) {
 	up := newUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	// Info-level logging, as in production: debug events are discarded.
@@ -748,7 +749,9 @@ func BenchmarkProxyRequest(b *testing.B) {
 			res.Body.Close()
 		}
 	}
+	slow := newFront(b, Options{Logger: slog.New(slog.DiscardHandler), DisableFastPath: true}, up.addrPort())
 	b.Run("proxied", func(b *testing.B) { run(b, f.client(), "http://a/") })
+	b.Run("proxied-nethttp", func(b *testing.B) { run(b, slow.client(), "http://a/") })
 	b.Run("direct", func(b *testing.B) { run(b, &http.Client{Transport: &http.Transport{}}, up.URL) })
 }
 
