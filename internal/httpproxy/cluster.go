@@ -218,6 +218,13 @@ func (h *host) connect(ctx context.Context) (*net.TCPConn, error) {
 	return conn, nil
 }
 
+// linkTrustedFor is how long a pooled connection is reused without first
+// checking that the upstream has not closed it (a non-blocking peek).
+// Servers close idle keep-alive connections after seconds (nginx 75 s,
+// Node.js 5 s), and a request that meets such a close anyway is retried
+// when it is safe (fastConn.forward).
+const linkTrustedFor = time.Second
+
 // takeLink returns the host's most recently pooled fast-path connection
 // that the upstream has not closed, if any.
 func (c *cluster) takeLink(h *host) *upLink {
@@ -232,7 +239,7 @@ func (c *cluster) takeLink(h *host) *upLink {
 		h.links[n-1] = nil
 		h.links = h.links[:n-1]
 		c.mu.Unlock()
-		if l.alive() {
+		if time.Since(l.since) < linkTrustedFor || l.alive() {
 			return l
 		}
 		l.close()

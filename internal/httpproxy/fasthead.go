@@ -100,32 +100,55 @@ func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSt
 
 // fastFieldAction classifies a field name. Connection, X-Request-Id and
 // X-Forwarded-For are parsed and written anew (X-Forwarded-For is copied
-// instead when the proxy leaves it).
+// instead when the proxy leaves it). The length picks the candidates, so
+// most fields cost one comparison or none.
 func fastFieldAction(name []byte, steering string, useSteering bool) fieldAction {
-	if len(name) > len("proxy-authorization") {
-		if equalFold(name, steering) {
-			if useSteering {
-				return fieldFallback
-			}
-			return fieldDrop
-		}
-		return fieldCopy
-	}
-	switch {
-	case equalFold(name, "host"), equalFold(name, "content-length"):
-		return fieldParse
-	case equalFold(name, "connection"),
-		equalFold(name, "x-request-id"), equalFold(name, "x-forwarded-for"), equalFold(name, "x-forwarded-proto"),
-		equalFold(name, "keep-alive"), equalFold(name, "proxy-connection"),
-		equalFold(name, "proxy-authorization"), equalFold(name, "proxy-authenticate"):
-		return fieldDrop
-	case equalFold(name, "transfer-encoding"), equalFold(name, "upgrade"), equalFold(name, "expect"),
-		equalFold(name, "te"), equalFold(name, "trailer"), equalFold(name, "http2-settings"):
-		return fieldFallback
-	case equalFold(name, steering):
+	if len(name) == len(steering) && equalFold(name, steering) {
 		if useSteering {
 			return fieldFallback
 		}
+		return fieldDrop
+	}
+	var parse, drop, fallback string
+	var drop2 string
+	switch len(name) {
+	case 2:
+		fallback = "te"
+	case 4:
+		parse = "host"
+	case 6:
+		fallback = "expect"
+	case 7:
+		fallback, drop2 = "upgrade", "trailer" // both decline
+	case 10:
+		drop, drop2 = "connection", "keep-alive"
+	case 12:
+		drop = "x-request-id"
+	case 14:
+		parse, fallback = "content-length", "http2-settings"
+	case 15:
+		drop = "x-forwarded-for"
+	case 16:
+		drop = "proxy-connection"
+	case 17:
+		drop, fallback = "x-forwarded-proto", "transfer-encoding"
+	case 18:
+		drop = "proxy-authenticate"
+	case 19:
+		drop = "proxy-authorization"
+	default:
+		return fieldCopy
+	}
+	switch {
+	case parse != "" && equalFold(name, parse):
+		return fieldParse
+	case drop != "" && equalFold(name, drop):
+		return fieldDrop
+	case fallback != "" && equalFold(name, fallback):
+		return fieldFallback
+	case drop2 == "trailer" && equalFold(name, drop2):
+		return fieldFallback
+	case drop2 != "" && equalFold(name, drop2):
 		return fieldDrop
 	}
 	return fieldCopy

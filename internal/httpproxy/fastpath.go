@@ -91,6 +91,7 @@ func (fc *fastConn) abort() {
 // upLink is an upstream connection of the fast path, pooled per host.
 type upLink struct {
 	conn   *net.TCPConn
+	rc     syscall.RawConn
 	h      *host
 	lim    limitedReader
 	reused bool
@@ -408,7 +409,9 @@ func nothingReceived(err error) bool {
 // responses. Errors from the client's side are errClientBody.
 func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64, info *RequestInfo) (*bufio.Reader, *http.Response, error) {
 	p := fc.p
-	if sit := p.o.StreamIdleTimeout; sit > 0 {
+	// A head alone fits the free send buffer of a keep-alive connection:
+	// only a body can block the write.
+	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 {
 		up.conn.SetWriteDeadline(time.Now().Add(sit))
 	}
 	if len(body) > 0 {
@@ -437,8 +440,9 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 			return nil, nil, err
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
+			// The route timeout's read deadline stays until relay reads
+			// more than br holds (or the next request sets its own).
 			up.lim.n = 1<<63 - 1
-			up.conn.SetReadDeadline(time.Time{})
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				upReaders.Put(br)
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
@@ -565,23 +569,24 @@ func (fc *fastConn) link(h *host) (*upLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upLink{conn: conn, h: h}, nil
+	return newUpLink(conn, h), nil
 }
 
 // alive reports whether a pooled connection is still open and quiet: the
 // upstream neither closed it nor sent anything unasked.
 func (l *upLink) alive() bool {
-	rc, err := l.conn.SyscallConn()
-	if err != nil {
-		return false
-	}
 	ok := false
-	rc.Control(func(fd uintptr) {
+	l.rc.Control(func(fd uintptr) {
 		var b [1]byte
 		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		ok = err == unix.EAGAIN
 	})
 	return ok
+}
+
+func newUpLink(conn *net.TCPConn, h *host) *upLink {
+	rc, _ := conn.SyscallConn() // never fails for a *net.TCPConn
+	return &upLink{conn: conn, rc: rc, h: h}
 }
 
 func (l *upLink) close() {
@@ -643,6 +648,7 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 		}
 		return true, br.Buffered() == 0
 	case chunked:
+		up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
 		defer fc.watchClient(up)()
 		return fc.relayChunked(br, res, out, info)
 	}
@@ -669,6 +675,7 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 	if rest == 0 {
 		return true, br.Buffered() == 0
 	}
+	up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
 	stop := fc.watchClient(up)
 	m, rerr, werr := copyN(&fc.out, up.conn, rest, func() {})
 	stop()

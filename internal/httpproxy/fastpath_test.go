@@ -170,3 +170,68 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkFastHead measures the fast path's header work for a browser-like
+// GET: parsing the head in place and building the upstream head.
+func BenchmarkFastHead(b *testing.B) {
+	head := []byte("GET /index.html?q=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\n" +
+		"Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n" +
+		"Connection: keep-alive\r\nCookie: session=0123456789abcdef\r\nX-Request-Id: 2f1c7d3e-5b8a-4c6d-9e0f-1a2b3c4d5e6f\r\n\r\n")
+	p, err := New(Options{Dialer: newFrontDialer()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	fc := &fastConn{p: p, in: new(fastBuf), clientIP: "198.18.1.2"}
+	fc.w = copy(fc.in[:], head)
+	out := new(fastBuf)
+	b.SetBytes(int64(len(head)))
+	b.ReportAllocs()
+	for b.Loop() {
+		h, ok := parseFastHead(fc.in[:fc.w], len(head), p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
+		if !ok {
+			b.Fatal("declined")
+		}
+		fc.requestHead(out[:0], &h, "2f1c7d3e-5b8a-4c6d-9e0f-1a2b3c4d5e6f")
+	}
+}
+
+// BenchmarkLinkPool measures taking a pooled upstream connection and
+// putting it back, with the liveness check a connection pooled for more
+// than linkTrustedFor gets ("checked") and without it ("trusted").
+func BenchmarkLinkPool(b *testing.B) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	p, err := New(Options{Dialer: newFrontDialer()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	h := p.hosts.acquire(hostKey{dst: ln.Addr().(*net.TCPAddr).AddrPort()})
+	defer p.hosts.release(h)
+	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.open.Add(1)
+	p.hosts.putLink(newUpLink(conn, h))
+	for _, tt := range []struct {
+		name string
+		age  time.Duration
+	}{{"trusted", 0}, {"checked", 2 * linkTrustedFor}} {
+		b.Run(tt.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				l := p.hosts.takeLink(h)
+				if l == nil {
+					b.Fatal("no pooled connection")
+				}
+				p.hosts.putLink(l)
+				l.since = l.since.Add(-tt.age)
+			}
+		})
+	}
+}
