@@ -235,3 +235,37 @@ func BenchmarkLinkPool(b *testing.B) {
 		})
 	}
 }
+
+// TestHandOverMidConnection: after fast-path requests, a request the fast
+// path declines (a chunked upload, then a smuggling attempt) is served or
+// refused by the net/http path on the same connection, with nothing lost
+// or reordered, and pipelined requests stay in order.
+func TestHandOverMidConnection(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, b)
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	c, br := f.raw(t)
+	// Two pipelined fast-path GETs, then a chunked POST in the same write.
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"+
+		"POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	for _, want := range []string{`GET /1 ""`, `GET /2 ""`, `POST /3 "hello"`} {
+		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != want {
+			t.Fatalf("got %d %q, want %q", res.StatusCode, body, want)
+		}
+	}
+	io.WriteString(c, "GET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != `GET /4 ""` {
+		t.Fatalf("after the hand-over: %d %q", res.StatusCode, body)
+	}
+	io.WriteString(c, "POST /5 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	if res, _ := readResponse(t, br, "POST"); res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("smuggling attempt: %d, want 400", res.StatusCode)
+	}
+	for range 5 {
+		if i := f.info(t); i.Path == "/5" && i.Flags != DownstreamProtocolError {
+			t.Errorf("refused request flags %v", i.Flags)
+		}
+	}
+}
