@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +176,71 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// FuzzFastHead checks that the fast path only takes heads both other
+// parsers accept as the same request: whatever parseFastHead accepts, the
+// framing guard accepts too, net/http's ReadRequest reads with the same
+// method, target, Host and Content-Length, and the head built for the
+// upstream is a valid request carrying the forwarding fields and no
+// hop-by-hop ones.
+func FuzzFastHead(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /p?q=%20 HTTP/1.1\r\nHost: example.com:80\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: [::1]:8080\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: abc\r\nKeep-Alive: 5\r\n\r\n",
+		"HEAD / HTTP/1.1\r\nhost: a\r\nProxy-Authorization: x\r\nX-Detour-Original-Dst-Host: 1.1.1.1:1\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	p, err := New(Options{Dialer: newFrontDialer()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { p.Close() })
+	pool := &sync.Pool{}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		end := bytes.Index(data, []byte("\r\n\r\n"))
+		if end < 0 || end+4 > fastBufSize {
+			return
+		}
+		end += 4
+		h, ok := parseFastHead(data, end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
+		if !ok {
+			return
+		}
+		head := data[:end]
+		g := newGuard(pool, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr)
+		buf := make([]byte, 4096)
+		for range 64 {
+			if _, err := g.read(bytes.NewReader(head), buf); err != nil || len(g.verdicts) > 0 {
+				break
+			}
+		}
+		if len(g.verdicts) == 0 || g.verdicts[0].status != 0 {
+			t.Fatalf("fast path took a head the guard refuses (%+v): %q", g.verdicts, head)
+		}
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("fast path took a head net/http refuses (%v): %q", err, head)
+		}
+		if r.Method != h.method || r.RequestURI != string(h.target) || r.Host != string(h.host) || max(r.ContentLength, 0) != h.clen {
+			t.Fatalf("net/http reads %s %s host %q len %d, the fast path %s %s host %q len %d: %q",
+				r.Method, r.RequestURI, r.Host, r.ContentLength, h.method, h.target, h.host, h.clen, head)
+		}
+		fc := &fastConn{p: p, in: new(fastBuf), clientIP: "198.18.1.2"}
+		fc.w = copy(fc.in[:], head)
+		out := fc.requestHead(nil, &h, "id-1")
+		u, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(out)))
+		if err != nil {
+			t.Fatalf("upstream head invalid (%v): %q", err, out)
+		}
+		if u.Header.Get("X-Forwarded-Proto") != "http" || u.Header.Get("X-Request-Id") != "id-1" || u.Header.Get(p.hdr) != "" ||
+			u.Header.Get("Proxy-Authorization") != "" || u.Header.Get("Keep-Alive") != "" || u.Host != r.Host || u.RequestURI != r.RequestURI {
+			t.Fatalf("upstream head %q from %q", out, head)
+		}
+		if xff := u.Header.Get("X-Forwarded-For"); !strings.HasSuffix(xff, "198.18.1.2") {
+			t.Fatalf("X-Forwarded-For %q", xff)
+		}
+	})
 }
