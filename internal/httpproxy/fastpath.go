@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -332,6 +333,9 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	fc.r += int(inBody)
 
 	replayable := h.clen == 0 && (h.method == "GET" || h.method == "HEAD" || h.method == "OPTIONS")
+	// After a failed exchange, part of the body may still be in the
+	// client's stream: the connection cannot carry another request.
+	keepAfterError := !h.closeConn && h.clen == inBody
 	var (
 		up   *upLink
 		res  *http.Response
@@ -343,7 +347,8 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		up, err = fc.link(hst)
 		if err != nil {
 			info.Flags |= UpstreamConnectFailure
-			return fc.localFailure(&info, err) && !h.closeConn
+			fc.localFailure(&info, err, !keepAfterError)
+			return keepAfterError
 		}
 		hst.inUse.Add(1)
 		fc.cur.Store(up)
@@ -369,14 +374,14 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
 			info.Flags |= UpstreamTimeout
-			fc.localReply(&info, http.StatusGatewayTimeout, msgTimeout, false)
+			fc.localReply(&info, http.StatusGatewayTimeout, msgTimeout, !keepAfterError)
 		default:
 			info.Flags |= UpstreamClosed
-			fc.localReply(&info, http.StatusServiceUnavailable, msgReset+resetReason(err), false)
+			fc.localReply(&info, http.StatusServiceUnavailable, msgReset+resetReason(err), !keepAfterError)
 		}
 		p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
 		p.finishFast(&info)
-		return !h.closeConn
+		return keepAfterError
 	}
 	info.UpstreamTime = time.Since(sent)
 	keep, upOK := fc.relay(up, br, res, h, &info)
@@ -397,11 +402,15 @@ var (
 	errClientGone = errors.New("client went away")
 )
 
+// errNoResponse marks a connection the upstream closed or reset before
+// sending a byte of the response.
+var errNoResponse = errors.New("no response")
+
 // nothingReceived reports whether err means the upstream closed or reset a
 // connection before sending any of a response, as a server that closed an
-// idle keep-alive connection does.
+// idle keep-alive connection does: the request was not processed.
 func nothingReceived(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return errors.Is(err, errNoResponse)
 }
 
 // exchange writes the request (head, buffered body, rest of the body from
@@ -414,12 +423,14 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 {
 		up.conn.SetWriteDeadline(time.Now().Add(sit))
 	}
+	var err error
 	if len(body) > 0 {
-		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
-			return nil, nil, err
-		}
-	} else if _, err := up.conn.Write(head); err != nil {
-		return nil, nil, err
+		_, err = (&net.Buffers{head, body}).WriteTo(up.conn)
+	} else {
+		_, err = up.conn.Write(head)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
 	}
 	if rest := h.clen - inBody; rest > 0 {
 		if err := fc.copyBody(up.conn, rest); err != nil {
@@ -437,6 +448,9 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 		res, err := http.ReadResponse(br, &req)
 		if err != nil {
 			upReaders.Put(br)
+			if up.lim.n == maxResponseHead && n1xx == 0 {
+				err = fmt.Errorf("%w: %w", errNoResponse, err)
+			}
 			return nil, nil, err
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
@@ -794,16 +808,15 @@ func (fc *fastConn) upstreamFailed(info *RequestInfo, err error) {
 }
 
 // localFailure answers a request whose upstream connect failed.
-func (fc *fastConn) localFailure(info *RequestInfo, err error) bool {
+func (fc *fastConn) localFailure(info *RequestInfo, err error, closeConn bool) {
 	reason := upstream.Classify(err)
 	var de *upstream.DialError
 	if errors.As(err, &de) {
 		reason = de.Reason
 	}
-	fc.localReply(info, http.StatusServiceUnavailable, msgReset+string(reason), false)
+	fc.localReply(info, http.StatusServiceUnavailable, msgReset+string(reason), closeConn)
 	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
 	fc.p.finishFast(info)
-	return true
 }
 
 // localReply answers from detour itself, as Proxy.localReply does.

@@ -269,3 +269,36 @@ func TestHandOverMidConnection(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedExchangeWithUnreadBodyCloses: when the upstream fails while
+// part of a request body is still in the client's stream, the answer says
+// Connection: close and the connection closes, so the rest of the body is
+// never read as a request. With the whole body read, it stays open.
+func TestFailedExchangeWithUnreadBodyCloses(t *testing.T) {
+	f := newFront(t, Options{}, closedPort(t))
+	for _, tt := range []struct {
+		name       string
+		send       string
+		wantClosed bool
+	}{
+		{"body still arriving", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello", true},
+		{"whole body read", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := f.raw(t)
+			io.WriteString(c, tt.send)
+			res, _ := readResponse(t, br, "POST")
+			if res.StatusCode != 503 || res.Close != tt.wantClosed {
+				t.Fatalf("%d close=%v, want 503 close=%v", res.StatusCode, res.Close, tt.wantClosed)
+			}
+			if i := f.info(t); i.Flags != UpstreamConnectFailure {
+				t.Errorf("flags %v", i.Flags)
+			}
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			_, err := br.ReadByte()
+			if closed := err != nil && !errors.Is(err, os.ErrDeadlineExceeded); closed != tt.wantClosed {
+				t.Errorf("connection closed %v (%v), want %v", closed, err, tt.wantClosed)
+			}
+		})
+	}
+}
