@@ -317,23 +317,8 @@ func (c *replayConn) Read(b []byte) (int, error) {
 	return c.TCPConn.Read(b)
 }
 
-func (p *Proxy) trackFast(fc *fastConn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.fast[fc] = struct{}{}
-	p.wg.Add(1)
-	return true
-}
-
-func (p *Proxy) untrackFast(fc *fastConn) {
-	p.mu.Lock()
-	delete(p.fast, fc)
-	p.mu.Unlock()
-	p.wg.Done()
-}
+func (p *Proxy) trackFast(fc *fastConn) bool { return track(p, p.fast, fc) }
+func (p *Proxy) untrackFast(fc *fastConn)    { untrack(p, p.fast, fc) }
 
 // closeIdleFast asks every fast-path connection to end after its current
 // response, and ends those waiting for a request now.
@@ -348,20 +333,26 @@ func (p *Proxy) closeIdleFast() {
 	}
 }
 
-func (p *Proxy) track(dc *downConn) bool {
+func (p *Proxy) track(dc *downConn) bool { return track(p, p.live, dc) }
+func (p *Proxy) untrack(dc *downConn)    { untrack(p, p.live, dc) }
+
+// track adds a connection to one of p's sets of live connections (guarded
+// by p.mu) and to the ServeConn calls Shutdown waits for, unless p is
+// closed.
+func track[C comparable](p *Proxy, set map[C]struct{}, c C) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return false
 	}
-	p.live[dc] = struct{}{}
+	set[c] = struct{}{}
 	p.wg.Add(1)
 	return true
 }
 
-func (p *Proxy) untrack(dc *downConn) {
+func untrack[C comparable](p *Proxy, set map[C]struct{}, c C) {
 	p.mu.Lock()
-	delete(p.live, dc)
+	delete(set, c)
 	p.mu.Unlock()
 	p.wg.Done()
 }
