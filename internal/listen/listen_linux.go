@@ -26,7 +26,11 @@ func Listen(o Options) (*Listener, error) {
 	if addr.Addr().Is6() {
 		network = "tcp6" // Go sets IPV6_V6ONLY for tcp6 wildcard listeners
 	}
-	lc := net.ListenConfig{Control: func(network, _ string, rc syscall.RawConn) error {
+	// KeepAlive -1: accepted sockets get no TCP keep-alive (Go's default
+	// would enable it, 15 s, costing four setsockopts per connection). The
+	// idle timeout closes connections to clients that went away, as
+	// HAProxy and Envoy, which leave client keep-alive off by default, do.
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(network, _ string, rc syscall.RawConn) error {
 		if o.Mode != ModeTProxy {
 			return nil
 		}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"time"
 
@@ -11,16 +10,18 @@ import (
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
-// forward picks L4 or L7 for a connection that passed the loop guard.
-func (s *Server) forward(o *Options, id string, log *slog.Logger, c *listen.Conn) {
-	rec := L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
+// forward picks L4 or L7 for a connection that passed the loop guard. It
+// reports whether an L4 copy took the connection over (see handle).
+func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
+	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+		return false
 	case ProtocolAuto:
-		s.forwardAuto(o, log, c, rec)
+		return s.forwardAuto(o, log, c, rec)
 	default:
-		s.forwardL4(o, log, c, nil, rec)
+		return s.forwardL4(o, log, c, nil, rec)
 	}
 }
 
@@ -44,7 +45,7 @@ type sniffed struct {
 // noticed the moment its banner arrives instead of after a sniffing
 // timeout. HTTP goes to L7, taking the connection already dialed as its
 // first pooled one; everything else is spliced at L4.
-func (s *Server) forwardAuto(o *Options, log *slog.Logger, c *listen.Conn, rec L4Record) {
+func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Record) bool {
 	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
 	defer stopSniff()
 
@@ -85,7 +86,9 @@ func (s *Server) forwardAuto(o *Options, log *slog.Logger, c *listen.Conn, rec L
 		case err := <-spoke:
 			spoke = nil
 			if err == nil { // the server spoke first: a banner protocol
-				log.Debug("upstream spoke first; forwarding at L4")
+				if log.debug {
+					log.get().Debug("upstream spoke first; forwarding at L4")
+				}
 				stopSniff()
 				result = <-sniffc
 				result.res = sniff.Result{Protocol: sniff.Unknown}
@@ -107,24 +110,30 @@ func (s *Server) forwardAuto(o *Options, log *slog.Logger, c *listen.Conn, rec L
 
 	switch result.res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
-		log.Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
+		if log.debug {
+			log.get().Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
+		}
 		// When the connect failed, L7 answers the first request 503 with
 		// d.err's reason instead of waiting for a second connect.
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
-		return
+		return false
 	}
-	if result.err != nil && d.err == nil && result.res.N == 0 {
+	if log.debug && result.err != nil && d.err == nil && result.res.N == 0 {
 		// The client closed (or failed) before sending anything: nothing to forward.
-		log.Debug("client closed before sending", "err", result.err)
+		log.get().Debug("client closed before sending", "err", result.err)
 	}
 	rec.Protocol, rec.SNI = l4ProtocolName(result.res.Protocol), result.res.SNI
-	log.Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
+	if log.debug {
+		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
+	}
 	if d.err != nil {
 		s.failDial(log, c, &rec, d.err)
-		return
+		return false
 	}
-	log.Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
-	s.forwardL4(o, log, c, d.up, rec)
+	if log.debug {
+		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
+	}
+	return s.forwardL4(o, log, c, d.up, rec)
 }
 
 func l4ProtocolName(p sniff.Protocol) string {
@@ -136,9 +145,9 @@ func l4ProtocolName(p sniff.Protocol) string {
 
 // failDial logs a failed upstream connect and resets the client, as a
 // refused direct connect would have.
-func (s *Server) failDial(log *slog.Logger, c *listen.Conn, rec *L4Record, err error) {
+func (s *Server) failDial(log *connLog, c *listen.Conn, rec *L4Record, err error) {
 	reason := upstream.Classify(err)
-	log.Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
+	log.get().Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
 	rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
 	c.SetLinger(0)
 	c.Close()

@@ -60,7 +60,7 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 		}
 		io.WriteString(cli, req)
 		c := &listen.Conn{TCPConn: srv, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
-		go s.forward(s.cur.Load(), "C1", s.log, c)
+		go s.forward(s.cur.Load(), newConnLog(s.log, 1), c)
 		select {
 		case got := <-l7.got:
 			var de *upstream.DialError

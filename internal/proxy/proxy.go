@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,9 +115,13 @@ type Server struct {
 	open  atomic.Int64 // connections being handled
 	conns sync.WaitGroup
 
-	// connCtx is canceled when the drain period ends, cutting what is left.
+	// connCtx is canceled when the drain period ends, cutting what is left
+	// of auto mode's sniffing and dialing; live cuts the L4 connections
+	// (and protocol tcp's dials), without registering each one on a
+	// shared context.
 	connCtx    context.Context
-	cutConns   context.CancelFunc
+	cancelCtx  context.CancelFunc
+	live       cutList
 	acceptDone sync.WaitGroup
 	closing    atomic.Bool
 }
@@ -130,7 +135,7 @@ func New(o Options) *Server {
 		o.Observer = nopObserver{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cutConns: cancel,
+	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cancelCtx: cancel,
 		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{})}
 	s.Update(o)
 	for _, l := range o.Listeners {
@@ -256,6 +261,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// cutConns cuts every connection still open.
+func (s *Server) cutConns() {
+	s.cancelCtx()
+	s.live.cutAll()
+}
+
 // acceptLoop accepts until the listener closes. Errors such as running out
 // of file descriptors back off instead of spinning.
 func (s *Server) acceptLoop(l *listen.Listener) {
@@ -316,45 +327,134 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 	return b.wait
 }
 
-// handle runs one connection's whole path.
+// handle runs one connection's path up to the start of its L4 copy, or
+// the whole of it for L7 and refused connections. An L4 connection goes on
+// in the copy goroutines, which release it when they finish, so that this
+// goroutine's deep stack (dial, logging) is not kept for the connection's
+// lifetime.
 func (s *Server) handle(c *listen.Conn) {
-	defer s.conns.Done()
-	defer s.open.Add(-1)
-	id := fmt.Sprintf("C%d", s.ids.Add(1))
-	log := s.log.With("conn", id)
-	log.Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
+	presizeStack()
+	if !s.route(c) {
+		s.release()
+	}
+}
+
+// presizeStack grows the calling goroutine's stack to 8 KiB, enough for
+// the dial or the observers, while the goroutine is still shallow. A goroutine starts with
+// a small stack (the average its kind needed: the copy goroutines' 2 KiB)
+// and the dial, deep in net, would make it grow twice; a growth copies the
+// stack and walks every frame on it, so growing at once, with one or two
+// frames, costs much less.
+//
+//go:noinline
+func presizeStack() {
+	var pad [5 << 10]byte
+	stackSink(&pad)
+}
+
+//go:noinline
+func stackSink(*[5 << 10]byte) {}
+
+// release accounts for a connection that is done.
+func (s *Server) release() {
+	s.open.Add(-1)
+	s.conns.Done()
+}
+
+// route reports whether the connection was handed to an L4 copy that
+// releases it.
+func (s *Server) route(c *listen.Conn) bool {
+	log := newConnLog(s.log, s.ids.Add(1))
+	if log.debug {
+		log.get().Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
+	}
 
 	if s.IsSelf(c.OrigDst) {
-		log.Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
+		log.get().Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
 			"client", c.Client, "original_dst", c.OrigDst)
 		s.obs.Refused("loop")
 		c.SetLinger(0)
 		c.Close()
-		s.obs.L4Done(L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
+		s.obs.L4Done(L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
 			End: "loop refused", Flags: "LR"})
-		return
+		return false
 	}
-	s.forward(s.cur.Load(), id, log, c)
+	return s.forward(s.cur.Load(), log, c)
 }
 
-// forwardL4 dials the destination (unless up is already open) and copies.
-func (s *Server) forwardL4(o *Options, log *slog.Logger, c *listen.Conn, up *net.TCPConn, rec L4Record) {
+// connLog is one connection's logger: the server's, with the connection's
+// id. slog's With costs allocations, so it is built only when a record is
+// written, which at the default level (info) most connections never do.
+// Debug records are written only when debug is set, and callers check it
+// before building the record's arguments.
+type connLog struct {
+	base  *slog.Logger
+	id    string
+	debug bool
+	l     *slog.Logger
+}
+
+func newConnLog(base *slog.Logger, n uint64) *connLog {
+	var b [24]byte
+	return &connLog{base: base, id: string(strconv.AppendUint(append(b[:0], 'C'), n, 10)),
+		debug: base.Enabled(context.Background(), slog.LevelDebug)}
+}
+
+func (l *connLog) get() *slog.Logger {
+	if l.l == nil {
+		l.l = l.base.With("conn", l.id)
+	}
+	return l.l
+}
+
+// forwardL4 dials the destination (unless up is already open) and starts
+// the copy. It reports whether the copy started (and will release the
+// connection).
+func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
+	cut := &cutEntry{}
 	if up == nil {
-		log.Debug("upstream connecting", "dst", c.OrigDst)
+		if log.debug {
+			log.get().Debug("upstream connecting", "dst", c.OrigDst)
+		}
 		start := time.Now()
+		// A context of its own (with the connect timeout as deadline, which
+		// the dialer keeps), canceled by the cut list: a child of connCtx
+		// would lock and grow the shared context's list of children twice
+		// per connection.
+		ctx, cancel := context.WithTimeout(context.Background(), o.Dialer.Options().ConnectTimeout)
+		s.live.track(cut, cancel)
 		var err error
-		up, err = o.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		up, err = o.Dialer.Dial(ctx, c.Client, c.OrigDst)
+		cancel()
 		rec.ConnectDuration = time.Since(start)
 		if err != nil {
+			s.live.remove(cut)
 			s.failDial(log, c, &rec, err)
-			return
+			return false
 		}
-		log.Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
+		if log.debug {
+			log.get().Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
+		}
 	}
-	s.obs.L4Started(rec)
 	to := o.TCP
-	to.Logger = log
-	res := tcpproxy.Proxy(s.connCtx, c.TCPConn, up, to)
+	to.Logger = nil
+	if log.debug {
+		to.Logger = log.get()
+	}
+	p := tcpproxy.New(c.TCPConn, up, to)
+	s.live.track(cut, p.Cancel)
+	s.obs.L4Started(rec)
+	p.Start(func(res tcpproxy.Result) {
+		presizeStack() // on a copy goroutine's small stack: the observers (metrics, access log) would grow it
+		s.live.remove(cut)
+		s.l4Done(log, rec, res)
+		s.release()
+	})
+	return true
+}
+
+// l4Done records a finished L4 connection.
+func (s *Server) l4Done(log *connLog, rec L4Record, res tcpproxy.Result) {
 	rec.Sent, rec.Received, rec.End = res.Sent, res.Received, string(res.End)
 	rec.Duration = time.Since(rec.Start)
 	switch res.End {
@@ -367,8 +467,70 @@ func (s *Server) forwardL4(o *Options, log *slog.Logger, c *listen.Conn, up *net
 	case tcpproxy.EndCanceled:
 		rec.Flags = "DT" // drain time ran out
 	}
-	log.Debug("closed", "sent", res.Sent, "received", res.Received, "end", res.End, "duration", rec.Duration)
+	if log.debug {
+		log.get().Debug("closed", "sent", res.Sent, "received", res.Received, "end", res.End, "duration", rec.Duration)
+	}
 	s.obs.L4Done(rec)
+}
+
+// cutList holds, for each connection being dialed or copied at L4, the
+// function that cuts it when the drain period ends: an intrusive list
+// under one mutex, so tracking a connection allocates nothing.
+type cutList struct {
+	mu   sync.Mutex
+	head cutEntry // sentinel; head.next is the first entry
+	cut  bool     // cutAll was called: entries tracked from now on are cut at once
+}
+
+type cutEntry struct {
+	prev, next *cutEntry
+	stop       func()
+}
+
+// track adds e (if it is not in the list yet) with stop as the way to cut
+// it, replacing the previous one. After cutAll it calls stop at once.
+func (l *cutList) track(e *cutEntry, stop func()) {
+	l.mu.Lock()
+	if l.head.next == nil {
+		l.head.next, l.head.prev = &l.head, &l.head
+	}
+	if e.next == nil {
+		e.prev, e.next = &l.head, l.head.next
+		l.head.next.prev = e
+		l.head.next = e
+	}
+	e.stop = stop
+	cut := l.cut
+	l.mu.Unlock()
+	if cut {
+		stop()
+	}
+}
+
+// remove takes e out of the list.
+func (l *cutList) remove(e *cutEntry) {
+	l.mu.Lock()
+	if e.next != nil {
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.prev, e.next = nil, nil
+	}
+	l.mu.Unlock()
+}
+
+// cutAll cuts every entry, and every one tracked later.
+func (l *cutList) cutAll() {
+	l.mu.Lock()
+	l.cut = true
+	var stops []func()
+	if l.head.next != nil {
+		for e := l.head.next; e != &l.head; e = e.next {
+			stops = append(stops, e.stop)
+		}
+	}
+	l.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
 }
 
 type nopObserver struct{}

@@ -207,3 +207,32 @@ func TestAcceptBackoff(t *testing.T) {
 		})
 	}
 }
+
+// TestCutList: cutAll calls every tracked entry's latest stop function
+// once, not removed ones, and an entry tracked after cutAll is cut at once.
+func TestCutList(t *testing.T) {
+	var l cutList
+	calls := map[string]int{}
+	stop := func(name string) func() { return func() { calls[name]++ } }
+	var a, b, c, d cutEntry
+	l.track(&a, stop("a-dial"))
+	l.track(&b, stop("b"))
+	l.track(&c, stop("c"))
+	l.track(&a, stop("a-copy")) // the dial finished: a is now cut by its copy
+	l.remove(&b)
+	l.remove(&b) // twice: harmless
+	l.cutAll()
+	if calls["a-dial"] != 0 || calls["a-copy"] != 1 || calls["b"] != 0 || calls["c"] != 1 {
+		t.Fatalf("after cutAll: %v", calls)
+	}
+	l.track(&d, stop("d"))
+	if calls["d"] != 1 {
+		t.Fatalf("entry tracked after cutAll not cut: %v", calls)
+	}
+	l.remove(&a)
+	l.remove(&c)
+	l.remove(&d)
+	if l.head.next != &l.head || l.head.prev != &l.head {
+		t.Fatal("list not empty after removing every entry")
+	}
+}

@@ -12,7 +12,7 @@ import (
 // timeout and aborts the pair once none moved for the whole timeout. One
 // timer per connection, no per-read work.
 type idleWatch struct {
-	p       *pair
+	p       *Pair
 	timeout time.Duration
 	tick    time.Duration
 
@@ -25,11 +25,15 @@ type idleWatch struct {
 
 type progress struct{ received, acked uint64 }
 
-func newIdleWatch(p *pair, timeout time.Duration) *idleWatch {
-	w := &idleWatch{p: p, timeout: timeout, tick: timeout / 4}
-	w.last = [2]progress{counters(p.client), counters(p.upstream)}
+// start arms the watch. It reads no counters (most connections end
+// before the first sample): the first sample compares against zero, so
+// bytes moved before the watch started count as progress in the first
+// quarter.
+func (w *idleWatch) start(p *Pair, timeout time.Duration) {
+	w.mu.Lock() // check must not run before timer is set
+	w.p, w.timeout, w.tick = p, timeout, timeout/4
 	w.timer = time.AfterFunc(w.tick, w.check)
-	return w
+	w.mu.Unlock()
 }
 
 func (w *idleWatch) check() {
@@ -45,7 +49,9 @@ func (w *idleWatch) check() {
 		w.quiet, w.last = 0, now
 	}
 	if w.quiet >= w.timeout {
-		w.p.log.Debug("idle timeout", "timeout", w.timeout)
+		if w.p.log != nil {
+			w.p.log.Debug("idle timeout", "timeout", w.timeout)
+		}
 		go w.p.abort(EndIdle)
 		return
 	}
@@ -55,7 +61,9 @@ func (w *idleWatch) check() {
 func (w *idleWatch) stop() {
 	w.mu.Lock()
 	w.closed = true
-	w.timer.Stop()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	w.mu.Unlock()
 }
 

@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -62,38 +63,30 @@ type Result struct {
 // Proxy copies between client and upstream until both directions finish,
 // one side fails, the idle timeout passes or ctx ends. It closes both.
 func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result {
-	if o.IdleTimeout == 0 {
-		o.IdleTimeout = DefaultIdleTimeout
+	p := New(client, upstream, o)
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, p.Cancel)
+		defer stop()
 	}
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	p := &pair{client: client, upstream: upstream, log: log}
-
-	stopCtx := context.AfterFunc(ctx, func() { p.abort(EndCanceled) })
-	defer stopCtx()
-	if o.IdleTimeout > 0 {
-		w := newIdleWatch(p, o.IdleTimeout)
-		defer w.stop()
-	}
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go p.copyUpstreamToClient(&wg)
-	p.sent, p.sentErr = copyHalf(upstream, client)
-	p.finishHalf(upstream, "client", p.sentErr)
-	wg.Wait()
-
-	p.client.Close()
-	p.upstream.Close()
-	return p.result()
+	res := make(chan Result, 1)
+	p.Start(func(r Result) { res <- r })
+	return <-res
 }
 
-// pair is one proxied connection's shared state.
-type pair struct {
+// Pair is one proxied connection. New prepares it, Start runs it, Cancel
+// ends it early.
+//
+//	p := tcpproxy.New(client, up, o)
+//	p.Start(func(r tcpproxy.Result) { ... }) // returns at once
+//	p.Cancel()                                // on shutdown: ends it with EndCanceled
+type Pair struct {
 	client, upstream *net.TCPConn
-	log              *slog.Logger
+	log              *slog.Logger // nil: no debug events
+	idle             time.Duration
+	watch            idleWatch
+	done             func(Result)
+	left             atomic.Int32 // directions still copying
+	up, down         half         // client to upstream, upstream to client
 
 	sent, received       int64
 	sentErr, receivedErr error
@@ -103,10 +96,66 @@ type pair struct {
 	failed bool
 }
 
-func (p *pair) copyUpstreamToClient(wg *sync.WaitGroup) {
-	defer wg.Done()
-	p.received, p.receivedErr = copyHalf(p.client, p.upstream)
+// New prepares a pair of connections for Start.
+func New(client, upstream *net.TCPConn, o Options) *Pair {
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout}
+	p.up.src, p.up.dst = client, upstream
+	p.down.src, p.down.dst = upstream, client
+	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		p.log = o.Logger
+	}
+	return p
+}
+
+// Start copies both ways, each direction in its own goroutine, and returns
+// at once; when both directions have finished (or the pair was aborted)
+// it closes both connections and calls done with the result, from the
+// goroutine that finished last. The goroutines start with nothing on their
+// stacks but the copy loop, so an idle connection costs two small stacks.
+func (p *Pair) Start(done func(Result)) {
+	p.done = done
+	if p.idle > 0 {
+		p.watch.start(p, p.idle)
+	}
+	p.left.Store(2)
+	go p.copyClientToUpstream()
+	go p.copyUpstreamToClient()
+}
+
+// Cancel ends the pair with EndCanceled (both sides reset) unless it
+// already ended. It may be called at any time, also before Start or
+// after the result was delivered.
+func (p *Pair) Cancel() { p.abort(EndCanceled) }
+
+func (p *Pair) copyClientToUpstream() {
+	p.sent, p.sentErr = p.up.copy()
+	p.finishHalf(p.upstream, "client", p.sentErr)
+	p.halfDone()
+}
+
+func (p *Pair) copyUpstreamToClient() {
+	p.received, p.receivedErr = p.down.copy()
 	p.finishHalf(p.client, "upstream", p.receivedErr)
+	p.halfDone()
+}
+
+// halfDone finishes the pair once both directions are done.
+func (p *Pair) halfDone() {
+	if p.left.Add(-1) != 0 {
+		return
+	}
+	p.watch.stop()
+	p.mu.Lock()
+	if p.ended == "" {
+		p.ended = EndClosed // a Cancel from now on changes nothing
+	}
+	p.mu.Unlock()
+	p.client.Close()
+	p.upstream.Close()
+	p.done(p.result())
 }
 
 // copyBufSize is the largest burst copied through a buffer; a burst that
@@ -117,94 +166,119 @@ const copyBufSize = 16 << 10
 // buffer is held only between a read and its write, never while waiting.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// copyHalf moves src to dst until src's EOF. Nothing is held while it
-// waits for data: Go's splice keeps a pipe (two descriptors) for as long
-// as it waits, which would cost an idle connection 6 descriptors instead
-// of 2. A small burst — the common request/response shape — is copied with
-// one read into a pooled buffer and one write (two system calls, like
+// half is one direction's copy state. It lives in the Pair, so a
+// connection's copy loops allocate little beyond it.
+type half struct {
+	dst, src *net.TCPConn
+	n        int     // bytes of the last burst read (0: EOF)
+	rerr     error   // the last read or ioctl error
+	bp       *[]byte // the pooled buffer of the last burst
+	lr       io.LimitedReader
+}
+
+// copy moves src to dst until src's EOF. Nothing is held while it waits
+// for data: Go's splice keeps a pipe (two descriptors) for as long as it
+// waits, which would cost an idle connection 6 descriptors instead of 2.
+// A small burst — the common request/response shape — is copied with one
+// read into a pooled buffer and one write (two system calls, like
 // HAProxy); a burst that fills the buffer is bulk, and what is queued
-// after it is spliced kernel to kernel (SIOCINQ bounds each splice so it
-// never waits either).
-func copyHalf(dst, src *net.TCPConn) (int64, error) {
-	rc, err := src.SyscallConn()
+// after it is spliced kernel to kernel, for as long as the queue is not
+// empty (SIOCINQ bounds each splice so it never waits either).
+func (h *half) copy() (int64, error) {
+	rc, err := h.src.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
-	var (
-		total int64
-		n     int
-		rerr  error
-		bp    *[]byte
-		lr    = &io.LimitedReader{R: src}
-	)
-	// readBurst is called by rc.Read, and again each time src becomes
-	// readable until it returns true; it reads into a pooled buffer
-	// (n == 0 at EOF) or sets rerr.
-	readBurst := func(fd uintptr) bool {
-		bp = copyBuffers.Get().(*[]byte)
-		for {
-			m, err := unix.Read(int(fd), *bp)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				copyBuffers.Put(bp)
-				return false // wait until readable
-			case err != nil:
-				rerr = os.NewSyscallError("read", err)
-			default:
-				n = m
-			}
-			return true
-		}
-	}
-	queued := func(fd uintptr) bool {
-		q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if err != nil {
-			rerr = os.NewSyscallError("ioctl SIOCINQ", err)
-		}
-		lr.N = int64(q)
-		return true
-	}
+	var total int64
+	h.lr.R = h.src
+	readBurst, queued := h.readBurst, h.queued
 	for {
-		n, rerr = 0, nil
+		h.n, h.rerr = 0, nil
 		err := rc.Read(readBurst)
 		if err == nil {
-			err = rerr
+			err = h.rerr
 		}
-		if err != nil {
-			copyBuffers.Put(bp)
-			return total, err
+		if err != nil || h.n == 0 {
+			h.putBuf()
+			return total, err // err == nil: EOF
 		}
-		if n == 0 {
-			copyBuffers.Put(bp)
-			return total, nil // EOF
-		}
-		w, err := dst.Write((*bp)[:n])
+		n := h.n
+		w, err := h.dst.Write((*h.bp)[:n])
 		total += int64(w)
-		copyBuffers.Put(bp)
+		h.putBuf()
 		if err != nil {
 			return total, err
 		}
 		if n < copyBufSize {
 			continue
 		}
-		// Bulk: splice whatever is queued behind the full buffer.
-		if err := rc.Control(func(fd uintptr) { queued(fd) }); err == nil && rerr == nil && lr.N > 0 {
-			m, err := dst.ReadFrom(lr)
+		// Bulk: splice whatever is queued behind the full buffer, and go on
+		// splicing for as long as more has arrived in the meantime; only an
+		// empty queue goes back to a read (which waits without a pipe).
+		for {
+			if err := rc.Control(queued); err != nil || h.rerr != nil || h.lr.N <= 0 {
+				break
+			}
+			m, err := h.dst.ReadFrom(&h.lr)
 			total += m
 			if err != nil && !errors.Is(err, io.EOF) {
 				return total, err
+			}
+			if m == 0 {
+				break
 			}
 		}
 	}
 }
 
+// readBurst is called by rc.Read, and again each time src becomes readable
+// until it returns true; it reads into a pooled buffer (n == 0 at EOF) or
+// sets rerr.
+func (h *half) readBurst(fd uintptr) bool {
+	h.bp = copyBuffers.Get().(*[]byte)
+	for {
+		m, err := unix.Read(int(fd), *h.bp)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			h.putBuf()
+			return false // wait until readable
+		case err != nil:
+			h.rerr = os.NewSyscallError("read", err)
+		default:
+			h.n = m
+		}
+		return true
+	}
+}
+
+// putBuf returns the burst buffer to the pool, once: a wait that fails
+// after an EAGAIN must not put it back a second time (two connections
+// would then share it).
+func (h *half) putBuf() {
+	if h.bp != nil {
+		copyBuffers.Put(h.bp)
+		h.bp = nil
+	}
+}
+
+// queued sets lr.N to the number of bytes queued on the socket.
+func (h *half) queued(fd uintptr) {
+	q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	if err != nil {
+		h.rerr = os.NewSyscallError("ioctl SIOCINQ", err)
+	}
+	h.lr.N = int64(q)
+}
+
 // finishHalf passes a clean EOF on as a half-close, and turns an error into
 // an abort of the whole pair.
-func (p *pair) finishHalf(dst *net.TCPConn, from string, err error) {
+func (p *Pair) finishHalf(dst *net.TCPConn, from string, err error) {
 	if err == nil {
-		p.log.Debug("half-close", "from", from)
+		if p.log != nil {
+			p.log.Debug("half-close", "from", from)
+		}
 		dst.CloseWrite()
 		return
 	}
@@ -223,7 +297,7 @@ func (p *pair) finishHalf(dst *net.TCPConn, from string, err error) {
 
 // abort ends the pair at once; the peer of a failed side sees a reset, as
 // it would without a proxy in between.
-func (p *pair) abort(end End) {
+func (p *Pair) abort(end End) {
 	p.mu.Lock()
 	if p.ended != "" {
 		p.mu.Unlock()
@@ -237,18 +311,16 @@ func (p *pair) abort(end End) {
 	p.upstream.Close()
 }
 
-func (p *pair) aborted() bool {
+func (p *Pair) aborted() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.failed
 }
 
-func (p *pair) result() Result {
-	r := Result{Sent: p.sent, Received: p.received, End: EndClosed}
+func (p *Pair) result() Result {
+	r := Result{Sent: p.sent, Received: p.received}
 	p.mu.Lock()
-	if p.ended != "" {
-		r.End = p.ended
-	}
+	r.End = p.ended
 	p.mu.Unlock()
 	r.Err = p.sentErr
 	if r.Err == nil {

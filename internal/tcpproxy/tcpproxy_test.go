@@ -255,3 +255,38 @@ func BenchmarkPingPong(b *testing.B) {
 		}
 	}
 }
+
+// TestCancelBeforeStartAndAfterDone: Cancel before Start ends the pair as
+// canceled at once; Cancel after the result was delivered changes nothing.
+func TestCancelBeforeStartAndAfterDone(t *testing.T) {
+	a, b := tcpPair(t)
+	defer a.Close()
+	c, d := tcpPair(t)
+	defer c.Close()
+	p := New(b, d, Options{})
+	p.Cancel()
+	res := make(chan Result, 1)
+	p.Start(func(r Result) { res <- r })
+	if r := waitResult(t, res); r.End != EndCanceled {
+		t.Fatalf("canceled before start: end = %s", r.End)
+	}
+
+	e, f := tcpPair(t)
+	defer e.Close()
+	g, h := tcpPair(t)
+	defer g.Close()
+	p = New(f, h, Options{})
+	calls := make(chan Result, 2)
+	p.Start(func(r Result) { calls <- r })
+	e.CloseWrite()
+	g.CloseWrite()
+	if r := waitResult(t, calls); r.End != EndClosed {
+		t.Fatalf("end = %s, want closed", r.End)
+	}
+	p.Cancel()
+	select {
+	case r := <-calls:
+		t.Fatalf("done called twice (%+v)", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
