@@ -15,8 +15,6 @@ package tcpproxy
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -170,10 +168,10 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); re
 // connection's copy loops allocate little beyond it.
 type half struct {
 	dst, src *net.TCPConn
+	sp       splicer
 	n        int     // bytes of the last burst read (0: EOF)
-	rerr     error   // the last read or ioctl error
+	rerr     error   // the last read error
 	bp       *[]byte // the pooled buffer of the last burst
-	lr       io.LimitedReader
 }
 
 // copy moves src to dst until src's EOF. Nothing is held while it waits
@@ -182,16 +180,21 @@ type half struct {
 // A small burst — the common request/response shape — is copied with one
 // read into a pooled buffer and one write (two system calls, like
 // HAProxy); a burst that fills the buffer is bulk, and what is queued
-// after it is spliced kernel to kernel, for as long as the queue is not
-// empty (SIOCINQ bounds each splice so it never waits either).
+// after it is spliced kernel to kernel (spliceQueued), for as long as the
+// queue is not empty: a splice that finds it empty returns instead of
+// waiting, and the pipe goes back to the free list.
 func (h *half) copy() (int64, error) {
 	rc, err := h.src.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
+	dstRC, err := h.dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	h.sp.init(dstRC, rc)
 	var total int64
-	h.lr.R = h.src
-	readBurst, queued := h.readBurst, h.queued
+	readBurst := h.readBurst
 	for {
 		h.n, h.rerr = 0, nil
 		err := rc.Read(readBurst)
@@ -212,21 +215,13 @@ func (h *half) copy() (int64, error) {
 		if n < copyBufSize {
 			continue
 		}
-		// Bulk: splice whatever is queued behind the full buffer, and go on
-		// splicing for as long as more has arrived in the meantime; only an
-		// empty queue goes back to a read (which waits without a pipe).
-		for {
-			if err := rc.Control(queued); err != nil || h.rerr != nil || h.lr.N <= 0 {
-				break
-			}
-			m, err := h.dst.ReadFrom(&h.lr)
-			total += m
-			if err != nil && !errors.Is(err, io.EOF) {
-				return total, err
-			}
-			if m == 0 {
-				break
-			}
+		// Bulk: splice what is queued behind the full buffer, for as long
+		// as more arrives; an empty queue goes back to a read (which waits
+		// without a pipe).
+		m, err := h.sp.spliceQueued()
+		total += m
+		if err != nil {
+			return total, err
 		}
 	}
 }
@@ -261,15 +256,6 @@ func (h *half) putBuf() {
 		copyBuffers.Put(h.bp)
 		h.bp = nil
 	}
-}
-
-// queued sets lr.N to the number of bytes queued on the socket.
-func (h *half) queued(fd uintptr) {
-	q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-	if err != nil {
-		h.rerr = os.NewSyscallError("ioctl SIOCINQ", err)
-	}
-	h.lr.N = int64(q)
 }
 
 // finishHalf passes a clean EOF on as a half-close, and turns an error into

@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -288,5 +290,43 @@ func TestCancelBeforeStartAndAfterDone(t *testing.T) {
 	case r := <-calls:
 		t.Fatalf("done called twice (%+v)", r)
 	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// TestBulkHoldsNoPipeWhileIdle: after a bulk transfer, a connection that
+// stays open holds no pipe: every pipe splicing used is back on the free
+// list (or closed), so an idle connection costs its two sockets only.
+func TestBulkHoldsNoPipeWhileIdle(t *testing.T) {
+	held := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skip(err)
+		}
+		n := 0
+		for _, e := range ents {
+			if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
+				n++
+			}
+		}
+		pipes.mu.Lock()
+		defer pipes.mu.Unlock()
+		return n - 2*len(pipes.free)
+	}
+	before := held()
+	client, server, _ := harness(t, Options{})
+	const size = 8 << 20
+	go func() {
+		client.Write(make([]byte, size))
+	}()
+	if n, err := io.CopyN(io.Discard, server, size); err != nil || n != size {
+		t.Fatalf("received %d bytes: %v", n, err)
+	}
+	// Both connections stay open and idle now.
+	deadline := time.Now().Add(5 * time.Second)
+	for held() != before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := held(); got != before {
+		t.Errorf("%d pipe descriptors held by an idle connection after a bulk transfer", got-before)
 	}
 }
