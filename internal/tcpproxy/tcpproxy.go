@@ -1,9 +1,9 @@
 // Package tcpproxy copies an intercepted TCP connection to its upstream and
 // back.
 //
-// Both sides must be *net.TCPConn so that the standard library moves the
-// bytes with splice(2), kernel to kernel, without copying them through user
-// space. A FIN in one direction is passed on with CloseWrite, so a client
+// Both sides are *net.TCPConn: small bursts take one read and one write
+// through a pooled buffer, bulk bursts are moved with splice(2), kernel to
+// kernel, without copying them through user space. A FIN in one direction is passed on with CloseWrite, so a client
 // that shuts down its sending side still receives the whole reply. A reset
 // on one side resets the other. The idle timeout watches the kernel's own
 // byte counters (TCP_INFO) instead of read deadlines, which would cut a
