@@ -72,6 +72,11 @@ type fastConn struct {
 	out   streamWriter
 	heads int
 
+	readFn  func(uintptr) bool // fc.readSome
+	readN   int
+	readErr error
+	req     http.Request // what ReadResponse is told of the request (its method)
+
 	// idle is set while waiting for a request head, so that Shutdown may
 	// close the connection then; closing asks it to end after the current
 	// response. cur is the upstream connection of the request in flight.
@@ -264,43 +269,47 @@ func (fc *fastConn) fill() error {
 		fc.w = copy(fc.in[:], fc.in[fc.r:fc.w])
 		fc.r = 0
 	}
-	var n int
-	var rerr error
-	err := fc.rc.Read(func(fd uintptr) bool {
-		took := fc.in == nil
-		if took {
-			fc.in = fastBufs.Get().(*fastBuf)
-		}
-		for {
-			m, err := unix.Read(int(fd), fc.in[fc.w:])
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				if took {
-					fastBufs.Put(fc.in)
-					fc.in = nil
-				}
-				return false
-			case err != nil:
-				rerr = os.NewSyscallError("read", err)
-			case m == 0:
-				rerr = io.EOF
-			default:
-				n = m
-			}
-			if rerr != nil && took {
+	fc.readN, fc.readErr = 0, nil
+	err := fc.rc.Read(fc.readFn)
+	if err == nil {
+		err = fc.readErr
+	}
+	fc.w += fc.readN
+	return err
+}
+
+// readSome is fill's callback (bound once, as fc.readFn): it reads into
+// in[w:], taking the buffer from the pool for the read and giving it back
+// if nothing came.
+func (fc *fastConn) readSome(fd uintptr) bool {
+	took := fc.in == nil
+	if took {
+		fc.in = fastBufs.Get().(*fastBuf)
+	}
+	for {
+		m, err := unix.Read(int(fd), fc.in[fc.w:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			if took {
 				fastBufs.Put(fc.in)
 				fc.in = nil
 			}
-			return true
+			return false
+		case err != nil:
+			fc.readErr = os.NewSyscallError("read", err)
+		case m == 0:
+			fc.readErr = io.EOF
+		default:
+			fc.readN = m
 		}
-	})
-	if err == nil {
-		err = rerr
+		if fc.readErr != nil && took {
+			fastBufs.Put(fc.in)
+			fc.in = nil
+		}
+		return true
 	}
-	fc.w += n
-	return err
 }
 
 // readFailed ends a connection whose next head did not come.
@@ -443,9 +452,10 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	br := upReaders.Get().(*bufio.Reader)
 	up.lim = limitedReader{r: up.conn, n: maxResponseHead}
 	br.Reset(&up.lim)
-	req := http.Request{Method: h.method}
+	req := &fc.req
+	req.Method = h.method
 	for n1xx := 0; ; n1xx++ {
-		res, err := http.ReadResponse(br, &req)
+		res, err := http.ReadResponse(br, req)
 		if err != nil {
 			upReaders.Put(br)
 			if up.lim.n == maxResponseHead && n1xx == 0 {
