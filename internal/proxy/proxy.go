@@ -122,6 +122,7 @@ type Server struct {
 	connCtx    context.Context
 	cancelCtx  context.CancelFunc
 	live       cutList
+	pipes      *tcpproxy.Pipes // lent to the L4 copies for bulk bursts
 	acceptDone sync.WaitGroup
 	closing    atomic.Bool
 }
@@ -135,7 +136,7 @@ func New(o Options) *Server {
 		o.Observer = nopObserver{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cancelCtx: cancel,
+	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cancelCtx: cancel, pipes: tcpproxy.NewPipes(),
 		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{})}
 	s.Update(o)
 	for _, l := range o.Listeners {
@@ -250,6 +251,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	close(s.stopped)
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
+	defer s.pipes.Close() // every copy has ended
 	select {
 	case <-done:
 		s.cutConns()
@@ -437,6 +439,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		}
 	}
 	to := o.TCP
+	to.Pipes = s.pipes
 	to.Logger = nil
 	if log.debug {
 		to.Logger = log.get()

@@ -15,25 +15,51 @@ const spliceChunk = 1 << 20
 // to socket, without copying them into user space.
 type pipe struct{ r, w int }
 
-// pipes is a bounded free list of empty pipes. A pipe is held only while
-// a bulk burst is being spliced, never while a connection waits, so an
-// idle connection costs no pipe. Beyond the bound, pipes are closed.
-var pipes struct {
-	mu   sync.Mutex
-	free []*pipe
+// Pipes is a bounded free list of empty pipes, shared by the pairs of one
+// proxy (Options.Pipes). A pipe is taken only while a bulk burst is being
+// spliced, never while a connection waits, so an idle connection costs no
+// pipe; beyond the bound, returned pipes are closed. A nil *Pipes makes a
+// pipe for each burst and closes it after.
+type Pipes struct {
+	mu     sync.Mutex
+	free   []*pipe
+	closed bool
 }
 
 const maxFreePipes = 64
 
-func getPipe() (*pipe, error) {
-	pipes.mu.Lock()
-	if n := len(pipes.free); n > 0 {
-		p := pipes.free[n-1]
-		pipes.free = pipes.free[:n-1]
-		pipes.mu.Unlock()
-		return p, nil
+// NewPipes returns an empty free list.
+func NewPipes() *Pipes { return &Pipes{} }
+
+// Close closes the pipes on the list; pipes returned later are closed.
+func (ps *Pipes) Close() {
+	ps.mu.Lock()
+	free := ps.free
+	ps.free, ps.closed = nil, true
+	ps.mu.Unlock()
+	for _, p := range free {
+		p.close()
 	}
-	pipes.mu.Unlock()
+}
+
+// idle is the number of pipes on the list.
+func (ps *Pipes) idle() int {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return len(ps.free)
+}
+
+func (ps *Pipes) get() (*pipe, error) {
+	if ps != nil {
+		ps.mu.Lock()
+		if n := len(ps.free); n > 0 {
+			p := ps.free[n-1]
+			ps.free = ps.free[:n-1]
+			ps.mu.Unlock()
+			return p, nil
+		}
+		ps.mu.Unlock()
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, os.NewSyscallError("pipe2", err)
@@ -43,14 +69,16 @@ func getPipe() (*pipe, error) {
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
 
-// putPipe returns an empty pipe to the free list (or closes it).
-func putPipe(p *pipe) {
-	pipes.mu.Lock()
-	if len(pipes.free) < maxFreePipes {
-		pipes.free = append(pipes.free, p)
-		p = nil
+// put returns an empty pipe to the list, or closes it.
+func (ps *Pipes) put(p *pipe) {
+	if ps != nil {
+		ps.mu.Lock()
+		if !ps.closed && len(ps.free) < maxFreePipes {
+			ps.free = append(ps.free, p)
+			p = nil
+		}
+		ps.mu.Unlock()
 	}
-	pipes.mu.Unlock()
 	if p != nil {
 		p.close()
 	}
@@ -66,6 +94,7 @@ func (p *pipe) close() {
 // splicing allocates nothing per chunk.
 type splicer struct {
 	dst, src syscall.RawConn
+	pipes    *Pipes
 	p        *pipe
 	n, m     int64 // bytes in the pipe; bytes the last drain moved
 	err      error // errno of the last splice
@@ -73,8 +102,8 @@ type splicer struct {
 	drainFn  func(uintptr) bool
 }
 
-func (s *splicer) init(dst, src syscall.RawConn) {
-	s.dst, s.src = dst, src
+func (s *splicer) init(dst, src syscall.RawConn, pipes *Pipes) {
+	s.dst, s.src, s.pipes = dst, src, pipes
 	s.fillFn, s.drainFn = s.fill, s.drain
 }
 
@@ -100,7 +129,7 @@ func (s *splicer) drain(fd uintptr) bool {
 // waits only for dst to take the bytes, never for src: two splices per
 // chunk and one that finds the queue empty.
 func (s *splicer) spliceQueued() (int64, error) {
-	p, err := getPipe()
+	p, err := s.pipes.get()
 	if err != nil {
 		return 0, err
 	}
@@ -112,13 +141,13 @@ func (s *splicer) spliceQueued() (int64, error) {
 		err := s.src.Control(s.fillFn)
 		switch {
 		case err == nil && s.err == unix.EAGAIN, err == nil && s.err == nil && s.n == 0:
-			putPipe(p) // queue empty, or EOF
+			s.pipes.put(p) // queue empty, or EOF
 			return total, nil
 		case err == nil && s.err != nil:
 			err = os.NewSyscallError("splice", s.err)
 		}
 		if err != nil {
-			putPipe(p) // nothing entered the pipe
+			s.pipes.put(p) // nothing entered the pipe
 			return total, err
 		}
 		for s.n > 0 {

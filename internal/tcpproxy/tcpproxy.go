@@ -48,6 +48,9 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Logger receives debug events (half-closes); nil discards them.
 	Logger *slog.Logger
+	// Pipes lends the pipes bulk bursts are spliced through; nil makes
+	// one per burst.
+	Pipes *Pipes
 }
 
 // Result reports what a proxied connection did.
@@ -102,6 +105,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout}
 	p.up.src, p.up.dst = client, upstream
 	p.down.src, p.down.dst = upstream, client
+	p.up.pipes, p.down.pipes = o.Pipes, o.Pipes
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
@@ -168,6 +172,7 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); re
 // connection's copy loops allocate little beyond it.
 type half struct {
 	dst, src *net.TCPConn
+	pipes    *Pipes
 	sp       splicer
 	n        int     // bytes of the last burst read (0: EOF)
 	rerr     error   // the last read error
@@ -192,7 +197,7 @@ func (h *half) copy() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	h.sp.init(dstRC, rc)
+	h.sp.init(dstRC, rc, h.pipes)
 	var total int64
 	readBurst := h.readBurst
 	for {

@@ -218,11 +218,13 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 // connection; allocations per op stay constant whatever the size, i.e.
 // zero per byte.
 func BenchmarkSplice(b *testing.B) {
+	ps := NewPipes() // as the proxy shares one among its connections
+	defer ps.Close()
 	buf := make([]byte, 1<<20)
 	b.SetBytes(int64(len(buf)) * 16)
 	b.ReportAllocs()
 	for b.Loop() {
-		c, s, _ := harness(b, Options{})
+		c, s, _ := harness(b, Options{Pipes: ps})
 		go func() {
 			for range 16 {
 				c.Write(buf)
@@ -297,6 +299,8 @@ func TestCancelBeforeStartAndAfterDone(t *testing.T) {
 // stays open holds no pipe: every pipe splicing used is back on the free
 // list (or closed), so an idle connection costs its two sockets only.
 func TestBulkHoldsNoPipeWhileIdle(t *testing.T) {
+	ps := NewPipes()
+	defer ps.Close()
 	held := func() int {
 		ents, err := os.ReadDir("/proc/self/fd")
 		if err != nil {
@@ -308,12 +312,10 @@ func TestBulkHoldsNoPipeWhileIdle(t *testing.T) {
 				n++
 			}
 		}
-		pipes.mu.Lock()
-		defer pipes.mu.Unlock()
-		return n - 2*len(pipes.free)
+		return n - 2*ps.idle()
 	}
 	before := held()
-	client, server, _ := harness(t, Options{})
+	client, server, _ := harness(t, Options{Pipes: ps})
 	const size = 8 << 20
 	go func() {
 		client.Write(make([]byte, size))
