@@ -51,7 +51,19 @@ const max1xx = 5
 // fastBuf is a read buffer for client bytes or an outgoing head.
 type fastBuf [fastBufSize]byte
 
-var fastBufs = sync.Pool{New: func() any { return new(fastBuf) }}
+// fastPools are the fast path's pools, one set per Proxy: buffers are
+// held only while they carry bytes.
+type fastPools struct {
+	bufs    sync.Pool // *fastBuf: client bytes, outgoing heads
+	readers sync.Pool // *bufio.Reader: upstream response heads
+	writers sync.Pool // *bufio.Writer: chunked response bodies
+}
+
+func (fp *fastPools) init() {
+	fp.bufs.New = func() any { return new(fastBuf) }
+	fp.readers.New = func() any { return bufio.NewReaderSize(nil, 4<<10) }
+	fp.writers.New = func() any { return bufio.NewWriterSize(nil, copyBufferSize) }
+}
 
 // fastConn is a client connection served by the fast path.
 type fastConn struct {
@@ -124,15 +136,13 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-var upReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-
 // serveFast serves c until it closes or a request needs the net/http
 // path; then it returns the client bytes already read (the start of that
 // request) and handOver true.
 func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 	defer func() {
 		if fc.in != nil && !handOver {
-			fastBufs.Put(fc.in)
+			fc.p.pools.bufs.Put(fc.in)
 			fc.in = nil
 		}
 	}()
@@ -157,7 +167,7 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 			return nil, false
 		}
 		if fc.r == fc.w {
-			fastBufs.Put(fc.in)
+			fc.p.pools.bufs.Put(fc.in)
 			fc.in, fc.r, fc.w = nil, 0, 0
 		}
 	}
@@ -169,7 +179,7 @@ func (fc *fastConn) handOver() []byte {
 		return nil
 	}
 	b := slices.Clone(fc.in[fc.r:fc.w])
-	fastBufs.Put(fc.in)
+	fc.p.pools.bufs.Put(fc.in)
 	fc.in = nil
 	return b
 }
@@ -284,7 +294,7 @@ func (fc *fastConn) fill() error {
 func (fc *fastConn) readSome(fd uintptr) bool {
 	took := fc.in == nil
 	if took {
-		fc.in = fastBufs.Get().(*fastBuf)
+		fc.in = fc.p.pools.bufs.Get().(*fastBuf)
 	}
 	for {
 		m, err := unix.Read(int(fd), fc.in[fc.w:])
@@ -293,7 +303,7 @@ func (fc *fastConn) readSome(fd uintptr) bool {
 			continue
 		case err == unix.EAGAIN:
 			if took {
-				fastBufs.Put(fc.in)
+				fc.p.pools.bufs.Put(fc.in)
 				fc.in = nil
 			}
 			return false
@@ -305,7 +315,7 @@ func (fc *fastConn) readSome(fd uintptr) bool {
 			fc.readN = m
 		}
 		if fc.readErr != nil && took {
-			fastBufs.Put(fc.in)
+			fc.p.pools.bufs.Put(fc.in)
 			fc.in = nil
 		}
 		return true
@@ -332,8 +342,8 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	hst := p.hosts.acquire(fc.key)
 	defer p.hosts.release(hst)
 
-	head := fastBufs.Get().(*fastBuf)
-	defer fastBufs.Put(head)
+	head := fc.p.pools.bufs.Get().(*fastBuf)
+	defer fc.p.pools.bufs.Put(head)
 	out := fc.requestHead(head[:0], h, info.RequestID)
 	fc.r += h.size
 	// The body bytes already read go out with the head.
@@ -394,7 +404,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	}
 	info.UpstreamTime = time.Since(sent)
 	keep, upOK := fc.relay(up, br, res, h, &info)
-	upReaders.Put(br)
+	fc.p.pools.readers.Put(br)
 	hst.inUse.Add(-1)
 	fc.cur.Store(nil)
 	if upOK && !res.Close {
@@ -449,7 +459,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	if rt := p.o.RouteTimeout; rt > 0 {
 		up.conn.SetReadDeadline(time.Now().Add(rt))
 	}
-	br := upReaders.Get().(*bufio.Reader)
+	br := fc.p.pools.readers.Get().(*bufio.Reader)
 	up.lim = limitedReader{r: up.conn, n: maxResponseHead}
 	br.Reset(&up.lim)
 	req := &fc.req
@@ -457,7 +467,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	for n1xx := 0; ; n1xx++ {
 		res, err := http.ReadResponse(br, req)
 		if err != nil {
-			upReaders.Put(br)
+			fc.p.pools.readers.Put(br)
 			if up.lim.n == maxResponseHead && n1xx == 0 {
 				err = fmt.Errorf("%w: %w", errNoResponse, err)
 			}
@@ -468,24 +478,24 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 			// more than br holds (or the next request sets its own).
 			up.lim.n = 1<<63 - 1
 			if res.StatusCode == http.StatusSwitchingProtocols {
-				upReaders.Put(br)
+				fc.p.pools.readers.Put(br)
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
 			}
 			return br, res, nil
 		}
 		if n1xx == max1xx {
-			upReaders.Put(br)
+			fc.p.pools.readers.Put(br)
 			return nil, nil, errors.New("too many informational responses")
 		}
 		// 100 Continue, 102, 103 Early Hints: relay and read on.
-		b := fastBufs.Get().(*fastBuf)
+		b := fc.p.pools.bufs.Get().(*fastBuf)
 		out := fc.appendStatusLine(b[:0], res)
 		out = appendHeader(out, res.Header, nil)
 		out = append(out, "\r\n"...)
 		_, werr := fc.out.Write(out)
-		fastBufs.Put(b)
+		fc.p.pools.bufs.Put(b)
 		if werr != nil {
-			upReaders.Put(br)
+			fc.p.pools.readers.Put(br)
 			return nil, nil, errClientGone
 		}
 	}
@@ -498,7 +508,7 @@ func (fc *fastConn) copyBody(dst *net.TCPConn, n int64) error {
 	if sit <= 0 {
 		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
 	}
-	_, rerr, werr := copyN(dst, fc.c, n, func() {
+	_, rerr, werr := copyN(dst, fc.c, n, fc.p.copyBufs, func() {
 		if sit > 0 {
 			dl := time.Now().Add(sit)
 			dst.SetWriteDeadline(dl)
@@ -518,14 +528,14 @@ func (fc *fastConn) copyBody(dst *net.TCPConn, n int64) error {
 // copyN copies n bytes from src to dst through a pooled buffer, calling
 // step before each read. rerr is src's error (io.ErrUnexpectedEOF when it
 // ended early), werr dst's.
-func copyN(dst io.Writer, src io.Reader, n int64, step func()) (copied int64, rerr, werr error) {
-	bp := copyBufs.Get().(*[copyBufferSize]byte)
-	defer copyBufs.Put(bp)
+func copyN(dst io.Writer, src io.Reader, n int64, bufs *bufferPool, step func()) (copied int64, rerr, werr error) {
+	buf := bufs.Get()
+	defer bufs.Put(buf)
 	for n > 0 {
 		step()
-		m, err := src.Read(bp[:min(n, copyBufferSize)])
+		m, err := src.Read(buf[:min(n, int64(len(buf)))])
 		if m > 0 {
-			w, err := dst.Write(bp[:m])
+			w, err := dst.Write(buf[:m])
 			copied += int64(w)
 			if err != nil {
 				return copied, nil, err
@@ -541,8 +551,6 @@ func copyN(dst io.Writer, src io.Reader, n int64, step func()) (copied int64, re
 	}
 	return copied, nil, nil
 }
-
-var copyBufs = sync.Pool{New: func() any { return new([copyBufferSize]byte) }}
 
 // requestHead builds the upstream request head: the client's request line
 // and fields, less hop-by-hop fields and the steering header, plus
@@ -627,8 +635,8 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 	noBody := h.method == "HEAD" || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
 	chunked := !noBody && res.ContentLength < 0
 
-	b := fastBufs.Get().(*fastBuf)
-	defer func() { fastBufs.Put(b) }()
+	b := fc.p.pools.bufs.Get().(*fastBuf)
+	defer func() { fc.p.pools.bufs.Put(b) }()
 	out := fc.appendStatusLine(b[:0], res)
 	out = appendHeader(out, res.Header, res.Header["Connection"])
 	out = p.appendServer(out, res.Header)
@@ -701,7 +709,7 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 	}
 	up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
 	stop := fc.watchClient(up)
-	m, rerr, werr := copyN(&fc.out, up.conn, rest, func() {})
+	m, rerr, werr := copyN(&fc.out, up.conn, rest, fc.p.copyBufs, func() {})
 	stop()
 	info.BodyBytes += m
 	switch {
@@ -718,15 +726,14 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 // flushing whenever the upstream has nothing more buffered, then the
 // trailers.
 func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo) (keep, upOK bool) {
-	bw := chunkWriters.Get().(*bufio.Writer)
+	bw := fc.p.pools.writers.Get().(*bufio.Writer)
 	bw.Reset(&fc.out)
-	bp := copyBufs.Get().(*[copyBufferSize]byte)
+	buf := fc.p.copyBufs.Get()
 	defer func() {
 		bw.Reset(nil)
-		chunkWriters.Put(bw)
-		copyBufs.Put(bp)
+		fc.p.pools.writers.Put(bw)
+		fc.p.copyBufs.Put(buf)
 	}()
-	buf := bp[:]
 	bw.Write(head)
 	var werr error
 	for {
@@ -760,8 +767,6 @@ func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []by
 	}
 	return true, len(res.TransferEncoding) > 0 && br.Buffered() == 0
 }
-
-var chunkWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, copyBufferSize) }}
 
 // watchClient watches the client connection while a response body waits
 // for the upstream: a client that resets (or fails) then closes the
@@ -831,8 +836,8 @@ func (fc *fastConn) localFailure(info *RequestInfo, err error, closeConn bool) {
 
 // localReply answers from detour itself, as Proxy.localReply does.
 func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeConn bool) {
-	b := fastBufs.Get().(*fastBuf)
-	defer fastBufs.Put(b)
+	b := fc.p.pools.bufs.Get().(*fastBuf)
+	defer fc.p.pools.bufs.Put(b)
 	out := append(b[:0], "HTTP/1.1 "...)
 	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(append(append(out, ' '), http.StatusText(code)...), "\r\n"...)

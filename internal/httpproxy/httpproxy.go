@@ -141,6 +141,8 @@ type Proxy struct {
 	served chan struct{} // closed when srv.Serve returns
 
 	guardBufs sync.Pool // *[guardReadSize]byte: guards' buffers for heads split across reads
+	pools     fastPools
+	copyBufs  *bufferPool // body copies, both paths
 
 	mu     sync.Mutex
 	closed bool
@@ -193,6 +195,8 @@ func New(o Options) (*Proxy, error) {
 		fast:   make(map[*fastConn]struct{}),
 	}
 	p.hosts = newCluster(p)
+	p.pools.init()
+	p.copyBufs = &bufferPool{}
 	errLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug)
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -200,7 +204,7 @@ func New(o Options) (*Proxy, error) {
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler:   p.proxyError,
 		ErrorLog:       errLog,
-		BufferPool:     &bufferPool{},
+		BufferPool:     p.copyBufs,
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
