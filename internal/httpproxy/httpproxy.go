@@ -1,11 +1,15 @@
 // Package httpproxy forwards intercepted HTTP connections at L7 to their
 // original destinations.
 //
-// Each connection handed to ServeConn is served by one internal http.Server
-// (HTTP/1.x and prior-knowledge h2c) fed from an in-memory listener. Every
-// request goes, through httputil.ReverseProxy, to the connection's original
-// destination IP and port — never to a DNS lookup of the Host header, which
-// passes through unchanged. Upstream connections come from an
+// A connection handed to ServeConn is first served on the fast path
+// (fastpath.go): common HTTP/1.1 requests are parsed in place and forwarded
+// on the connection's own goroutine. At the first request the fast path
+// does not take (malformed ones included), the connection, with the bytes
+// already read, goes to one internal http.Server (HTTP/1.x and
+// prior-knowledge h2c) fed from an in-memory listener behind a framing
+// guard, and httputil.ReverseProxy. Either way every request goes to the
+// connection's original destination IP and port — never to a DNS lookup of
+// the Host header, which passes through unchanged. Upstream connections come from an
 // original-destination cluster, after Envoy's ORIGINAL_DST cluster: one host
 // per destination ip:port (and per client IP when the dialer spoofs the
 // source, since such a connection can't serve another client), each with its
