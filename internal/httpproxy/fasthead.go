@@ -17,7 +17,23 @@ type fastHead struct {
 	xff       [][]byte // X-Forwarded-For values, in order
 	size      int      // bytes of the head, final CRLF included
 	fields    int
+	// drops are the field lines (offsets into the head, CRLF included)
+	// that do not go upstream as received; the X-Forwarded-For ones are
+	// marked, since the proxy may leave them.
+	drops  [maxDrops]span
+	nDrops int
 }
+
+// span is one field line of a head: [start, end) and whether it is an
+// X-Forwarded-For line.
+type span struct {
+	start, end int32
+	xff        bool
+}
+
+// maxDrops bounds the field lines the fast path removes or replaces in one
+// head; a head with more goes to net/http.
+const maxDrops = 16
 
 // fastMethods are the methods the fast path takes; others go to net/http.
 var fastMethods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
@@ -53,6 +69,7 @@ func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSt
 	}
 	hosts, clens := 0, 0
 	for len(rest) > 2 { // the final CRLF remains
+		start := end - len(rest)
 		line, rest, ok = cutLine(rest)
 		if !ok {
 			return h, false
@@ -67,6 +84,12 @@ func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSt
 			return h, false
 		case fieldCopy:
 			continue
+		case fieldDrop:
+			if h.nDrops == maxDrops {
+				return h, false
+			}
+			h.drops[h.nDrops] = span{int32(start), int32(end - len(rest)), equalFold(name, "x-forwarded-for")}
+			h.nDrops++
 		}
 		// fieldParse and fieldDrop: the fields the fast path reads.
 		switch {

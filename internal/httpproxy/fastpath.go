@@ -557,22 +557,17 @@ func copyN(dst io.Writer, src io.Reader, n int64, bufs *bufferPool, step func())
 // X-Forwarded-For (appended), X-Forwarded-Proto and X-Request-Id.
 func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
 	p := fc.p
-	b := fc.in[fc.r : fc.r+h.size]
-	line, rest, _ := cutLine(b)
-	out = append(append(out, line...), "\r\n"...)
+	b := fc.in[fc.r : fc.r+h.size-2] // without the final CRLF
 	leave := p.o.XForwardedFor == XFFLeave
-	for len(rest) > 2 {
-		line, rest, _ = cutLine(rest)
-		name, _, _ := splitField(line)
-		switch fastFieldAction(name, p.hdr, false) {
-		case fieldCopy, fieldParse:
-		default:
-			if !(leave && equalFold(name, "x-forwarded-for")) {
-				continue
-			}
+	at := 0
+	for _, d := range h.drops[:h.nDrops] {
+		if leave && d.xff {
+			continue
 		}
-		out = append(append(out, line...), "\r\n"...)
+		out = append(out, b[at:d.start]...)
+		at = int(d.end)
 	}
+	out = append(out, b[at:]...)
 	if !leave {
 		out = append(out, "X-Forwarded-For: "...)
 		for _, v := range h.xff {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -241,6 +242,20 @@ func FuzzFastHead(f *testing.F) {
 		}
 		if xff := u.Header.Get("X-Forwarded-For"); !strings.HasSuffix(xff, "198.18.1.2") {
 			t.Fatalf("X-Forwarded-For %q", xff)
+		}
+		// Every other field goes upstream as the client sent it, in order.
+		replaced := map[string]bool{"Connection": true, "Keep-Alive": true, "Proxy-Connection": true,
+			"Proxy-Authorization": true, "Proxy-Authenticate": true, "X-Forwarded-For": true,
+			"X-Forwarded-Proto": true, "X-Request-Id": true, p.hdr: true}
+		for k, vs := range r.Header {
+			if !replaced[k] && !slices.Equal(u.Header[k], vs) {
+				t.Fatalf("field %s: upstream got %q, client sent %q: %q", k, u.Header[k], vs, head)
+			}
+		}
+		for k := range u.Header {
+			if !replaced[k] && r.Header[k] == nil {
+				t.Fatalf("field %s appeared upstream: %q", k, out)
+			}
 		}
 	})
 }
