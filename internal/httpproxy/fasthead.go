@@ -1,9 +1,6 @@
 package httpproxy
 
-import (
-	"bytes"
-	"strconv"
-)
+import "bytes"
 
 // fastHead is a request head the fast path (fastpath.go) forwards itself.
 // The slices point into the connection's read buffer.
@@ -264,20 +261,6 @@ func validFastHost(v []byte) bool {
 		}
 	}
 	return true
-}
-
-// parseContentLength accepts 1 to 18 digits.
-func parseContentLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	for _, c := range v {
-		if !isDigit(c) {
-			return 0, false
-		}
-	}
-	n, err := strconv.ParseInt(string(v), 10, 64)
-	return n, err == nil
 }
 
 // connectionOptions accepts Connection: close and keep-alive (any case,

@@ -668,15 +668,9 @@ func (g *guard) field(line []byte, trailer bool) (int, string) {
 		if g.nCL++; g.nCL > 1 {
 			return http.StatusBadRequest, "multiple content-length fields"
 		}
-		if len(value) == 0 || len(value) > maxCLDigits {
+		n, ok := parseContentLength(value)
+		if !ok {
 			return http.StatusBadRequest, "invalid content-length"
-		}
-		var n int64
-		for _, c := range value {
-			if !isDigit(c) {
-				return http.StatusBadRequest, "invalid content-length"
-			}
-			n = n*10 + int64(c-'0')
 		}
 		g.clen = n
 	case equalFold(name, "Transfer-Encoding"):
@@ -893,6 +887,22 @@ func isToken(b []byte) bool {
 		}
 	}
 	return len(b) > 0
+}
+
+// parseContentLength accepts 1 to maxCLDigits decimal digits, nothing
+// else (no sign, no spaces, no list).
+func parseContentLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > maxCLDigits {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
