@@ -398,14 +398,7 @@ func (p *Proxy) Hosts() []HostInfo {
 	c := p.hosts
 	c.mu.Lock()
 	out := make([]HostInfo, 0, len(c.hosts))
-	var dead []*upLink
-	defer func() {
-		for _, l := range dead {
-			l.close()
-		}
-	}()
 	for _, h := range c.hosts {
-		dead = append(dead, h.pruneLinksLocked()...)
 		open, inUse := h.open.Load(), h.inUse.Load()
 		out = append(out, HostInfo{
 			Dst: h.key.dst, Client: h.key.client,

@@ -337,7 +337,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	info := RequestInfo{
 		Start: time.Now(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
 		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: fastPath(h.target),
-		RequestID: requestID1(h.reqID),
+		RequestID: requestID(string(h.reqID)),
 	}
 	hst := p.hosts.acquire(fc.key)
 	defer p.hosts.release(hst)
@@ -385,7 +385,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 			p.finishFast(&info)
 			return false
 		}
-		if up.reused && replayable && attempt == 0 && nothingReceived(err) {
+		if up.reused && replayable && attempt == 0 && errors.Is(err, errNoResponse) {
 			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
 			continue
 		}
@@ -421,16 +421,10 @@ var (
 	errClientGone = errors.New("client went away")
 )
 
-// errNoResponse marks a connection the upstream closed or reset before
-// sending a byte of the response.
+// errNoResponse marks an exchange whose upstream connection was closed or
+// reset before a byte of the response came back, as a server that closed
+// an idle keep-alive connection does: the request was not processed.
 var errNoResponse = errors.New("no response")
-
-// nothingReceived reports whether err means the upstream closed or reset a
-// connection before sending any of a response, as a server that closed an
-// idle keep-alive connection does: the request was not processed.
-func nothingReceived(err error) bool {
-	return errors.Is(err, errNoResponse)
-}
 
 // exchange writes the request (head, buffered body, rest of the body from
 // the client) to up and reads the response head, relaying informational
@@ -898,9 +892,7 @@ func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
 // appendServer writes Server as ServerHeaderMode says, given upstream's
 // fields (nil for a local reply).
 func (p *Proxy) appendServer(out []byte, h http.Header) []byte {
-	up := h["Server"]
-	switch {
-	case p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(up) > 0:
+	if up := h["Server"]; p.keepsServer(up) {
 		for _, v := range up {
 			out = append(append(append(out, "Server: "...), v...), "\r\n"...)
 		}
@@ -942,15 +934,6 @@ func fastPath(target []byte) string {
 		return string(path)
 	}
 	return s
-}
-
-// requestID1 is requestID for one raw value.
-func requestID1(v []byte) string {
-	if v == nil {
-		return requestID(nil)
-	}
-	s := [1]string{string(v)}
-	return requestID(s[:])
 }
 
 // finishFast reports a finished request of the fast path.

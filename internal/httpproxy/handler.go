@@ -126,7 +126,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.info = RequestInfo{
 		Start: time.Now(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
 		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		RequestID: requestID(r.Header[hdrRequestID]),
+		RequestID: requestID(r.Header.Get(hdrRequestID)),
 	}
 	defer func() {
 		v := recover()
@@ -288,10 +288,17 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	return nil
 }
 
+// keepsServer reports whether the upstream's Server values (none for a
+// local reply) stay as they are under ServerHeaderMode, instead of
+// detour's ServerHeader.
+func (p *Proxy) keepsServer(upstream []string) bool {
+	return p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(upstream) > 0
+}
+
 // setServer sets the Server header as ServerHeaderMode says, in val (a
 // one-element slice) if given.
 func (p *Proxy) setServer(h http.Header, val []string) {
-	if p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(h["Server"]) > 0 {
+	if p.keepsServer(h["Server"]) {
 		return
 	}
 	if val == nil {
@@ -419,14 +426,9 @@ func (p *Proxy) finish(x *exchange) {
 	p.report(i)
 }
 
-// requestID keeps a client's x-request-id when it is a sane token (a UUID,
-// a hex or base64 id) and makes a UUID v4 otherwise. vs are the header's
-// values; only the first counts.
-func requestID(vs []string) string {
-	var v string
-	if len(vs) > 0 {
-		v = vs[0]
-	}
+// requestID keeps a client's x-request-id (its first value, v) when it is
+// a sane token (a UUID, a hex or base64 id) and makes a UUID v4 otherwise.
+func requestID(v string) string {
 	ok := len(v) > 0 && len(v) <= 128
 	for i := 0; ok && i < len(v); i++ {
 		c := v[i]
