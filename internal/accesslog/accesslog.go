@@ -250,9 +250,7 @@ func (l *Logger) L4(r proxy.L4Record) {
 	if l == nil {
 		return
 	}
-	bp := l.pool.Get().(*[]byte)
-	e := enc{b: (*bp)[:0], json: l.json}
-	e.begin(r.Start)
+	e := l.record(r.Start)
 	e.str("kind", "tcp")
 	e.str("id", r.ID)
 	e.addr("client", r.Client)
@@ -265,10 +263,7 @@ func (l *Logger) L4(r proxy.L4Record) {
 	e.ms("connect_ms", r.ConnectDuration)
 	e.str("end", r.End)
 	e.str("flags", orDash(r.Flags))
-	e.end()
-	l.write(e.b)
-	*bp = e.b
-	l.pool.Put(bp)
+	l.finish(e)
 }
 
 // HTTP logs one request; it has httpproxy.Options.OnRequest's signature.
@@ -276,9 +271,7 @@ func (l *Logger) HTTP(i httpproxy.RequestInfo) {
 	if l == nil {
 		return
 	}
-	bp := l.pool.Get().(*[]byte)
-	e := enc{b: (*bp)[:0], json: l.json}
-	e.begin(i.Start)
+	e := l.record(i.Start)
 	e.str("kind", "http")
 	e.str("request_id", i.RequestID)
 	e.addr("client", i.Client)
@@ -294,10 +287,23 @@ func (l *Logger) HTTP(i httpproxy.RequestInfo) {
 	e.ms("duration_ms", i.Duration)
 	e.ms("upstream_ms", i.UpstreamTime)
 	e.bool("reused", i.Reused)
+	l.finish(e)
+}
+
+// record starts a record at start in a pooled buffer; finish writes it and
+// returns the buffer.
+func (l *Logger) record(start time.Time) enc {
+	bp := l.pool.Get().(*[]byte)
+	e := enc{b: (*bp)[:0], json: l.json, bp: bp}
+	e.begin(start)
+	return e
+}
+
+func (l *Logger) finish(e enc) {
 	e.end()
 	l.write(e.b)
-	*bp = e.b
-	l.pool.Put(bp)
+	*e.bp = e.b
+	l.pool.Put(e.bp)
 }
 
 func orDash(s string) string {
@@ -311,6 +317,7 @@ func orDash(s string) string {
 type enc struct {
 	b    []byte
 	json bool
+	bp   *[]byte // the pooled buffer b came from
 }
 
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
