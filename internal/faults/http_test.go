@@ -17,17 +17,10 @@ import (
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
-// httpLab is the TPROXY lab with go-httpbin on port 80 next to the fault
-// servers, and detour sniffing (--protocol auto) with a 1s connect timeout,
-// a 2s route timeout and a 1s cleanup interval.
-type httpLab struct {
-	net *lab.TProxyNet
-	srv *faultServers
-	d   *detourRun
-	obs *observer // nil when the binary has no access log and admin endpoint
-}
-
-func startHTTPLab(t *testing.T) *httpLab {
+// startHTTPLab is the TPROXY lab with go-httpbin on port 80 next to the
+// fault servers, and detour sniffing (--protocol auto) with a 1s connect
+// timeout, a 2s route timeout and a 1s cleanup interval.
+func startHTTPLab(t *testing.T) *faultLab {
 	t.Helper()
 	n := newLab(t)
 	bin, err := lab.StartHTTPBin(n.Server, portHTTP)
@@ -42,7 +35,7 @@ func startHTTPLab(t *testing.T) *httpLab {
 		"--intercept-port", interceptPorts, "--protocol", "auto", "--log-level", "debug",
 		"--connect-timeout", "1s", "--route-timeout", "2s", "--cleanup-interval", "1s",
 		"--header-timeout", "10s", "--stream-idle-timeout", "2s"}, obsArgs...)...)
-	return &httpLab{net: n, srv: srv, d: d, obs: obs}
+	return &faultLab{net: n, srv: srv, d: d, obs: obs}
 }
 
 // httpClient makes its connections inside n; keepAlive keeps one

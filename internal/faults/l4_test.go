@@ -18,16 +18,18 @@ import (
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
-// l4Lab is the TPROXY lab with detour forwarding everything at L4
-// (--protocol tcp), a 1s connect timeout and a 2s idle timeout.
-type l4Lab struct {
+// faultLab is a TPROXY lab with the fault servers and a detour in front
+// of them.
+type faultLab struct {
 	net *lab.TProxyNet
 	srv *faultServers
 	d   *detourRun
 	obs *observer // nil when the binary has no access log and admin endpoint
 }
 
-func startL4Lab(t *testing.T) *l4Lab {
+// startL4Lab is the lab with detour forwarding everything at L4
+// (--protocol tcp), a 1s connect timeout and a 2s idle timeout.
+func startL4Lab(t *testing.T) *faultLab {
 	t.Helper()
 	n := newLab(t)
 	srv := startFaultServers(t, n.Server)
@@ -36,7 +38,7 @@ func startL4Lab(t *testing.T) *l4Lab {
 	d := startDetour(t, n.Router, runOpts{}, append([]string{"--mode", "tproxy", "--listen", "0.0.0.0:15001", "--listen", "[::]:15001",
 		"--intercept-port", interceptPorts, "--protocol", "tcp", "--log-level", "debug",
 		"--connect-timeout", "1s", "--idle-timeout", "2s"}, obsArgs...)...)
-	return &l4Lab{net: n, srv: srv, d: d, obs: obs}
+	return &faultLab{net: n, srv: srv, d: d, obs: obs}
 }
 
 // echoOnce sends msg to the echo port, half-closes and checks the echo.

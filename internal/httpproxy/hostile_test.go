@@ -383,15 +383,7 @@ func TestClientHalfCloseMidBody(t *testing.T) {
 	} {
 		up := newRecordingUpstream(t)
 		f := newFront(t, Options{}, up.addrPort())
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(c, req)
-		c.(*net.TCPConn).CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		got, err := io.ReadAll(c)
-		c.Close()
+		got, err := sendHalfClosed(t, f.addr, req)
 		if err != nil || len(got) != 0 {
 			t.Errorf("%q: got %q, %v; want a close and nothing else", req, got, err)
 		}
@@ -456,15 +448,7 @@ func TestClientHalfCloseAfterRequest(t *testing.T) {
 		"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 		"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
 	} {
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(c, req)
-		c.(*net.TCPConn).CloseWrite()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		got, err := io.ReadAll(c)
-		c.Close()
+		got, err := sendHalfClosed(t, f.addr, req)
 		if err != nil {
 			t.Errorf("%q: not closed: %v", req, err)
 		}
@@ -506,4 +490,19 @@ func BenchmarkGuard(b *testing.B) {
 			b.Fatal(v)
 		}
 	}
+}
+
+// sendHalfClosed writes req to the front at addr, shuts down the sending
+// side and reads everything until the front closes (5 s at most).
+func sendHalfClosed(t *testing.T, addr, req string) ([]byte, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, req)
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return io.ReadAll(c)
 }
