@@ -419,18 +419,3 @@ func sockets(n *ns.NS) string {
 	}
 	return string(out)
 }
-
-// strict is set by DETOUR_FAULTS_STRICT=1: known gaps in detour, which
-// the suite otherwise reports in the test log, then fail their tests.
-var strict = os.Getenv("DETOUR_FAULTS_STRICT") != ""
-
-// gap reports behaviour that needs a fix in detour: a failure with
-// DETOUR_FAULTS_STRICT=1, a logged "KNOWN GAP" otherwise.
-func gap(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if strict {
-		t.Errorf("needs a detour fix: "+format, args...)
-		return
-	}
-	t.Logf("KNOWN GAP (fails with DETOUR_FAULTS_STRICT=1): "+format, args...)
-}

@@ -139,17 +139,6 @@ func (o *observer) want(t *testing.T, kv ...string) record {
 	return found
 }
 
-// find returns the records written so far that match kv (as want).
-func (o *observer) find(kv ...string) []record {
-	var out []record
-	for _, r := range o.records() {
-		if r.matches(kv) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 func (r record) matches(kv []string) bool {
 	for _, p := range kv {
 		k, v, _ := strings.Cut(p, "=")

@@ -373,7 +373,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		fc.cur.Store(up)
 		sent = time.Now()
 		info.Reused = up.reused
-		br, res, err = fc.exchange(up, h, out, body, inBody, &info)
+		br, res, err = fc.exchange(up, h, out, body, inBody)
 		if err == nil {
 			break
 		}
@@ -429,7 +429,7 @@ var errNoResponse = errors.New("no response")
 // exchange writes the request (head, buffered body, rest of the body from
 // the client) to up and reads the response head, relaying informational
 // responses. Errors from the client's side are errClientBody.
-func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64, info *RequestInfo) (*bufio.Reader, *http.Response, error) {
+func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64) (*bufio.Reader, *http.Response, error) {
 	p := fc.p
 	// A head alone fits the free send buffer of a keep-alive connection:
 	// only a body can block the write.

@@ -218,8 +218,6 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
-
 func newFrontDialer() *upstream.Dialer { return upstream.New(upstream.Options{}) }
 
 // panicCatcher is a logger that fails the test if net/http logged a
