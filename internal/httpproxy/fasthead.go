@@ -236,17 +236,35 @@ func validOriginForm(t []byte) bool {
 // splitField splits "name: value" with a token name and a value of
 // printable ASCII, spaces and tabs, trimmed of surrounding whitespace.
 func splitField(line []byte) (name, value []byte, ok bool) {
-	colon := bytes.IndexByte(line, ':')
-	if colon < 1 || !isToken(line[:colon]) {
+	colon, vs, ve, ok := cutField(line)
+	if !ok {
 		return nil, nil, false
 	}
-	value = trimOWS(line[colon+1:])
+	value = line[vs:ve]
 	for _, c := range value {
 		if (c < 0x20 && c != '\t') || c > 0x7e {
 			return nil, nil, false
 		}
 	}
 	return line[:colon], value, true
+}
+
+// cutField finds the parts of a field line "name: value" whose name is a
+// token: the colon, and the value's bounds without surrounding spaces and
+// tabs. Offsets, not slices, so that response heads can keep them small.
+func cutField(line []byte) (colon, vStart, vEnd int, ok bool) {
+	colon = bytes.IndexByte(line, ':')
+	if colon < 1 || !isToken(line[:colon]) {
+		return 0, 0, 0, false
+	}
+	vStart, vEnd = colon+1, len(line)
+	for vStart < vEnd && (line[vStart] == ' ' || line[vStart] == '\t') {
+		vStart++
+	}
+	for vEnd > vStart && (line[vEnd-1] == ' ' || line[vEnd-1] == '\t') {
+		vEnd--
+	}
+	return colon, vStart, vEnd, true
 }
 
 // validFastHost accepts a reg-name or IPv4 address with an optional port,

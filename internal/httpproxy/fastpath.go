@@ -29,8 +29,9 @@ import (
 // usual method, no body or a Content-Length one, no upgrade — on the
 // client connection's own goroutine: it parses the head in place (a
 // strict subset, fasthead.go), writes it upstream with detour's fields,
-// reads the response with http.ReadResponse on the same goroutine and
-// streams it back, splicing large bodies. net/http's server and
+// reads the response head on the same goroutine — in place when it is in
+// a strict subset too (fastresp.go), else with http.ReadResponse — and
+// streams the response back, splicing large bodies. net/http's server and
 // ReverseProxy cost four goroutine hand-offs and ~140 allocations per
 // request; this costs none of the hand-offs and a handful of allocations.
 // Whatever it does not take (any other request, malformed ones included)
@@ -116,15 +117,22 @@ type upLink struct {
 	since  time.Time // idle since
 }
 
-// limitedReader fails reads past n bytes: it bounds a response head.
+// limitedReader fails reads past n bytes: it bounds a response head. It
+// repeats its first error: a head that peekResponse gave up on at a read
+// error goes to http.ReadResponse, which must see that error, not what a
+// second read of a reset socket says (EOF).
 type limitedReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 var errResponseHeadTooLarge = errors.New("response head too large")
 
 func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
 	if l.n <= 0 {
 		return 0, errResponseHeadTooLarge
 	}
@@ -133,6 +141,7 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
+	l.err = err
 	return n, err
 }
 
@@ -358,6 +367,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	var (
 		up   *upLink
 		res  *http.Response
+		rh   respHead // the response head, when parsed in place (res == nil)
 		br   *bufio.Reader
 		sent time.Time
 		err  error
@@ -373,7 +383,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		fc.cur.Store(up)
 		sent = time.Now()
 		info.Reused = up.reused
-		br, res, err = fc.exchange(up, h, out, body, inBody)
+		br, res, err = fc.exchange(up, h, out, body, inBody, &rh)
 		if err == nil {
 			break
 		}
@@ -403,11 +413,15 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		return keepAfterError
 	}
 	info.UpstreamTime = time.Since(sent)
-	keep, upOK := fc.relay(up, br, res, h, &info)
+	keep, upOK := fc.relay(up, br, res, &rh, h, &info)
 	fc.p.pools.readers.Put(br)
 	hst.inUse.Add(-1)
 	fc.cur.Store(nil)
-	if upOK && !res.Close {
+	upCloses := rh.close
+	if res != nil {
+		upCloses = res.Close
+	}
+	if upOK && !upCloses {
 		p.hosts.putLink(up)
 	} else {
 		up.close()
@@ -428,15 +442,16 @@ var errNoResponse = errors.New("no response")
 
 // exchange writes the request (head, buffered body, rest of the body from
 // the client) to up and reads the response head, relaying informational
-// responses. Errors from the client's side are errClientBody.
-func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64) (*bufio.Reader, *http.Response, error) {
+// responses. The final head is parsed in place into rh (its bytes stay in
+// br for relay; res is nil) when peekResponse takes it, else read by
+// http.ReadResponse (res). Errors from the client's side are errClientBody.
+func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64, rh *respHead) (br *bufio.Reader, res *http.Response, err error) {
 	p := fc.p
 	// A head alone fits the free send buffer of a keep-alive connection:
 	// only a body can block the write.
 	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 {
 		up.conn.SetWriteDeadline(time.Now().Add(sit))
 	}
-	var err error
 	if len(body) > 0 {
 		_, err = (&net.Buffers{head, body}).WriteTo(up.conn)
 	} else {
@@ -453,12 +468,18 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	if rt := p.o.RouteTimeout; rt > 0 {
 		up.conn.SetReadDeadline(time.Now().Add(rt))
 	}
-	br := fc.p.pools.readers.Get().(*bufio.Reader)
+	br = fc.p.pools.readers.Get().(*bufio.Reader)
 	up.lim = limitedReader{r: up.conn, n: maxResponseHead}
 	br.Reset(&up.lim)
 	req := &fc.req
 	req.Method = h.method
 	for n1xx := 0; ; n1xx++ {
+		if peekResponse(br, h.method, rh) {
+			// The route timeout's read deadline stays until relay reads
+			// more than br holds (or the next request sets its own).
+			up.lim.n = 1<<63 - 1
+			return br, nil, nil
+		}
 		res, err := http.ReadResponse(br, req)
 		if err != nil {
 			fc.p.pools.readers.Put(br)
@@ -468,9 +489,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 			return nil, nil, err
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
-			// The route timeout's read deadline stays until relay reads
-			// more than br holds (or the next request sets its own).
-			up.lim.n = 1<<63 - 1
+			up.lim.n = 1<<63 - 1 // as above
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				fc.p.pools.readers.Put(br)
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
@@ -483,7 +502,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 		}
 		// 100 Continue, 102, 103 Early Hints: relay and read on.
 		b := fc.p.pools.bufs.Get().(*fastBuf)
-		out := fc.appendStatusLine(b[:0], res)
+		out := appendStatusLine(b[:0], res.StatusCode, statusReason(res.Status))
 		out = appendHeader(out, res.Header, nil)
 		out = append(out, "\r\n"...)
 		_, werr := fc.out.Write(out)
@@ -615,50 +634,25 @@ func (l *upLink) close() {
 	l.conn.Close()
 }
 
-// relay writes the response head and body to the client. keep reports
-// whether the client connection may go on, upOK whether the upstream one
-// may be reused.
-func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *fastHead, info *RequestInfo) (keep, upOK bool) {
-	p := fc.p
-	info.Status = res.StatusCode
-	noBody := h.method == "HEAD" || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified
-	chunked := !noBody && res.ContentLength < 0
-
+// relay writes the response head and body to the client: the head read
+// by http.ReadResponse (res), or else the one parsed in place (rh, still
+// in br). keep reports whether the client connection may go on, upOK
+// whether the upstream one may be reused.
+func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *respHead, h *fastHead, info *RequestInfo) (keep, upOK bool) {
 	b := fc.p.pools.bufs.Get().(*fastBuf)
 	defer func() { fc.p.pools.bufs.Put(b) }()
-	out := fc.appendStatusLine(b[:0], res)
-	out = appendHeader(out, res.Header, res.Header["Connection"])
-	out = p.appendServer(out, res.Header)
-	out = append(out, hdrServiceTime+": "...)
-	out = strconv.AppendInt(out, info.UpstreamTime.Milliseconds(), 10)
-	out = append(out, "\r\n"...)
-	switch {
-	case noBody:
-		if v := res.Header["Content-Length"]; len(v) > 0 {
-			out = append(append(append(out, "Content-Length: "...), v[0]...), "\r\n"...)
-		}
-	case chunked:
-		out = append(out, "Transfer-Encoding: chunked\r\n"...)
-		if len(res.Trailer) > 0 {
-			out = append(out, "Trailer: "...)
-			first := true
-			for k := range res.Trailer {
-				if !first {
-					out = append(out, ", "...)
-				}
-				out, first = append(out, k...), false
-			}
-			out = append(out, "\r\n"...)
-		}
-	default:
-		out = append(out, "Content-Length: "...)
-		out = strconv.AppendInt(out, res.ContentLength, 10)
-		out = append(out, "\r\n"...)
+	var out []byte
+	var n int64 // the body's length; -1: chunked or close-delimited
+	if res == nil {
+		head, _ := br.Peek(rh.size)
+		info.Status, n = rh.status, rh.clen
+		out = fc.fastResponseHead(b[:0], head, rh, h, info.UpstreamTime)
+		br.Discard(rh.size)
+	} else {
+		info.Status, n = res.StatusCode, res.ContentLength
+		out = fc.responseHead(b[:0], res, h, info.UpstreamTime)
 	}
-	if h.closeConn || fc.closing.Load() {
-		out = append(out, "Connection: close\r\n"...)
-	}
-	out = append(out, "\r\n"...)
+	noBody := bodiless(h.method, info.Status)
 
 	var err error
 	switch {
@@ -668,14 +662,13 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 			return fc.clientFailed(info, err), true
 		}
 		return true, br.Buffered() == 0
-	case chunked:
+	case n < 0: // only from http.ReadResponse
 		up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
 		defer fc.watchClient(up)()
 		return fc.relayChunked(br, res, out, info)
 	}
 	// Content-Length: what br holds goes out with the head (one write for
 	// a small response), the rest is spliced.
-	n := res.ContentLength
 	inBuf := min(int64(br.Buffered()), n)
 	bodyBuf, _ := br.Peek(int(inBuf))
 	if len(out)+len(bodyBuf) <= fastBufSize {
@@ -709,6 +702,58 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, h *f
 		return false, false
 	}
 	return true, br.Buffered() == 0
+}
+
+// responseHead is the client's head for a response http.ReadResponse
+// read: its fields sorted by name, less hop-by-hop ones and those
+// Connection names; Server as ServerHeaderMode says; the service time; the
+// framing (a body of unknown length is re-chunked, with its trailers
+// announced).
+func (fc *fastConn) responseHead(out []byte, res *http.Response, h *fastHead, upTime time.Duration) []byte {
+	out = appendStatusLine(out, res.StatusCode, statusReason(res.Status))
+	out = appendHeader(out, res.Header, res.Header["Connection"])
+	out = fc.p.appendServer(out, res.Header)
+	out = appendServiceTime(out, upTime)
+	switch {
+	case bodiless(h.method, res.StatusCode):
+		if v := res.Header["Content-Length"]; len(v) > 0 {
+			out = append(append(append(out, "Content-Length: "...), v[0]...), "\r\n"...)
+		}
+	case res.ContentLength < 0:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		if len(res.Trailer) > 0 {
+			out = append(out, "Trailer: "...)
+			first := true
+			for k := range res.Trailer {
+				if !first {
+					out = append(out, ", "...)
+				}
+				out, first = append(out, k...), false
+			}
+			out = append(out, "\r\n"...)
+		}
+	default:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, res.ContentLength, 10)
+		out = append(out, "\r\n"...)
+	}
+	return fc.endHead(out, h)
+}
+
+// appendServiceTime writes detour's upstream service time field.
+func appendServiceTime(out []byte, upTime time.Duration) []byte {
+	out = append(out, hdrServiceTime+": "...)
+	out = strconv.AppendInt(out, upTime.Milliseconds(), 10)
+	return append(out, "\r\n"...)
+}
+
+// endHead ends a response head, saying Connection: close when the client
+// connection ends after this response.
+func (fc *fastConn) endHead(out []byte, h *fastHead) []byte {
+	if h.closeConn || fc.closing.Load() {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	return append(out, "\r\n"...)
 }
 
 // relayChunked streams a chunked (or close-delimited) body as chunks,
@@ -845,27 +890,46 @@ func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeCon
 	info.Status, info.BodyBytes = code, int64(len(msg))
 }
 
-func (fc *fastConn) appendStatusLine(out []byte, res *http.Response) []byte {
+// appendStatusLine writes an HTTP/1.1 status line; an empty reason
+// becomes the status's standard text.
+func appendStatusLine[S string | []byte](out []byte, code int, reason S) []byte {
 	out = append(out, "HTTP/1.1 "...)
-	out = strconv.AppendInt(out, int64(res.StatusCode), 10)
+	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(out, ' ')
-	reason := ""
-	if len(res.Status) > 4 {
-		reason = res.Status[4:]
+	if len(reason) == 0 {
+		out = append(out, http.StatusText(code)...)
+	} else {
+		out = append(out, reason...)
 	}
-	if reason == "" {
-		reason = http.StatusText(res.StatusCode)
-	}
-	return append(append(out, reason...), "\r\n"...)
+	return append(out, "\r\n"...)
 }
 
-// hopByHop are response fields a proxy does not forward (RFC 9110 7.6.1);
-// Content-Length and Transfer-Encoding are written by relay, Server and
-// the service time by detour.
-var hopByHop = map[string]bool{
-	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-	"Content-Length": true, hdrServiceTime: true,
+// statusReason is the reason phrase of a Response.Status ("200 OK").
+func statusReason(status string) string {
+	if len(status) > 4 {
+		return status[4:]
+	}
+	return ""
+}
+
+// hopByHop are response fields a proxy does not forward (RFC 9110 7.6.1),
+// by canonical name; Content-Length and Transfer-Encoding are written by
+// relay, Server and the service time by detour. One list for both ways
+// of reading a response head.
+var hopByHop = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	"Content-Length", hdrServiceTime,
+}
+
+// isHopByHop reports whether a field name, in any case, is in hopByHop.
+func isHopByHop(name []byte) bool {
+	for _, k := range hopByHop {
+		if equalFold(name, k) {
+			return true
+		}
+	}
+	return false
 }
 
 // appendHeader writes h's fields, sorted by name, less hop-by-hop fields,
@@ -875,7 +939,7 @@ func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
 	var keysArr [32]string
 	keys := keysArr[:0]
 	for k := range h {
-		if hopByHop[k] || k == "Server" || named(connOpts, k) {
+		if slices.Contains(hopByHop, k) || k == "Server" || named(connOpts, k) {
 			continue
 		}
 		keys = append(keys, k)
@@ -898,6 +962,11 @@ func (p *Proxy) appendServer(out []byte, h http.Header) []byte {
 		}
 		return out
 	}
+	return p.appendOwnServer(out)
+}
+
+// appendOwnServer writes detour's Server field, ServerHeader.
+func (p *Proxy) appendOwnServer(out []byte) []byte {
 	return append(append(append(out, "Server: "...), p.o.ServerHeader...), "\r\n"...)
 }
 

@@ -112,6 +112,10 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 		{"upstream Server replaced", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"},
 		{"client asks to close", "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nx-lower: v\r\n\r\n", ok},
 		{"404 with a body", "GET /missing HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot found"},
+		{"response fields in upstream case and order", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n",
+			"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-b: 2\r\nX-A: 1\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\ncontent-length: 2\r\n\r\nok"},
+		{"HTTP/1.0 response", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"},
+		{"repeated Content-Length response", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"},
 	}
 	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 	for _, tt := range tests {

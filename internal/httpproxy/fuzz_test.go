@@ -3,8 +3,10 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -255,6 +257,97 @@ func FuzzFastHead(f *testing.F) {
 		for k := range u.Header {
 			if !replaced[k] && r.Header[k] == nil {
 				t.Fatalf("field %s appeared upstream: %q", k, out)
+			}
+		}
+	})
+}
+
+// FuzzFastResponseHead checks the in-place response head parser against
+// http.ReadResponse: whatever parseRespHead takes, http.ReadResponse reads
+// too, ending at the same byte, with the same status, Content-Length and
+// Close; every shorter prefix of it keeps parseRespHead waiting; and the
+// client's head built from it carries the same status line and, as
+// multisets, the same fields as the one built from http.ReadResponse's
+// reading, in each Server mode.
+func FuzzFastResponseHead(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+		nginxHead,
+		"HTTP/1.0 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nX-A: 1\r\nServer: a\r\nserver: b\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 007\r\n\r\n",
+		"HTTP/1.1 204\r\nx-a:\t v \t\r\nKeep-Alive: 1\r\nPragma: no-cache\r\nCache-Control: x\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	var proxies []*Proxy
+	for _, mode := range []string{ServerOverwrite, ServerAppendIfAbsent, ServerPassThrough} {
+		p, err := New(Options{Dialer: newFrontDialer(), ServerHeaderMode: mode})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Cleanup(func() { p.Close() })
+		proxies = append(proxies, p)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		var rh respHead
+		switch parseRespHead(data, method, &rh) {
+		case respDeclined:
+			return
+		case respMore:
+			if len(data) <= math.MaxUint16 && bytes.Contains(data, []byte("\r\n\r\n")) {
+				t.Fatalf("waits on a complete head: %q", data)
+			}
+			return
+		}
+		req := &http.Request{Method: method}
+		cr := &countingReader{r: bytes.NewReader(data)}
+		br := bufio.NewReader(cr)
+		res, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("parsed in place, refused by net/http (%v): %q", err, data)
+		}
+		wantLen := rh.clen
+		if !head && bodiless(method, rh.status) {
+			wantLen = 0
+		}
+		if read := int(cr.n) - br.Buffered(); read != rh.size || res.StatusCode != rh.status || res.ContentLength != wantLen || res.Close != rh.close {
+			t.Fatalf("net/http: %d bytes, status %d, length %d, close %v; in place: %d, %d, %d, %v: %q",
+				read, res.StatusCode, res.ContentLength, res.Close, rh.size, rh.status, wantLen, rh.close, data)
+		}
+		for k := range min(rh.size, 512) {
+			var p respHead
+			if v := parseRespHead(data[:k], method, &p); v != respMore {
+				t.Fatalf("prefix of %d bytes: verdict %d: %q", k, v, data[:k])
+			}
+		}
+		h := &fastHead{method: method}
+		for _, p := range proxies {
+			fc := &fastConn{p: p}
+			fast := fc.fastResponseHead(nil, data, &rh, h, 7*time.Millisecond)
+			slow := fc.responseHead(nil, res, h, 7*time.Millisecond)
+			a, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(fast)), req)
+			if err != nil {
+				t.Fatalf("client head from the in-place parse invalid (%v): %q", err, fast)
+			}
+			b, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(slow)), req)
+			if err != nil {
+				t.Fatalf("client head from net/http's parse invalid (%v): %q", err, slow)
+			}
+			lineA, _, _ := bytes.Cut(fast, []byte("\r\n"))
+			lineB, _, _ := bytes.Cut(slow, []byte("\r\n"))
+			if !bytes.Equal(lineA, lineB) || a.ContentLength != b.ContentLength || fmt.Sprint(a.Header) != fmt.Sprint(b.Header) {
+				t.Fatalf("%s: client heads differ:\nin place %q\nnet/http %q\nfrom %q", p.o.ServerHeaderMode, fast, slow, data)
 			}
 		}
 	})
