@@ -115,6 +115,7 @@ type upLink struct {
 	lim    limitedReader
 	reused bool
 	since  time.Time // idle since
+	await  awaiter   // sendAwait's state
 }
 
 // limitedReader fails reads past n bytes: it bounds a response head. It
@@ -452,21 +453,25 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 {
 		up.conn.SetWriteDeadline(time.Now().Add(sit))
 	}
-	if len(body) > 0 {
-		_, err = (&net.Buffers{head, body}).WriteTo(up.conn)
-	} else {
-		_, err = up.conn.Write(head)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
-	}
 	if rest := h.clen - inBody; rest > 0 {
+		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
+		}
 		if err := fc.copyBody(up.conn, rest); err != nil {
 			return nil, nil, err
 		}
-	}
-	if rt := p.o.RouteTimeout; rt > 0 {
-		up.conn.SetReadDeadline(time.Now().Add(rt))
+		if rt := p.o.RouteTimeout; rt > 0 {
+			up.conn.SetReadDeadline(time.Now().Add(rt))
+		}
+	} else {
+		// The whole request is here: write it and wait for the answer in
+		// one raw read (sendAwait), the route timeout bounding the wait.
+		if rt := p.o.RouteTimeout; rt > 0 {
+			up.conn.SetReadDeadline(time.Now().Add(rt))
+		}
+		if err := up.sendAwait(head, body); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
+		}
 	}
 	br = fc.p.pools.readers.Get().(*bufio.Reader)
 	up.lim = limitedReader{r: up.conn, n: maxResponseHead}

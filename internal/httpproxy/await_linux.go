@@ -1,0 +1,96 @@
+package httpproxy
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// sendAwait writes a whole request (head, then body, which may be empty)
+// to up and waits until up has something to read (or its read deadline
+// passes, or it is closed: the read that follows reports those).
+//
+// Written the usual way — write, then read — the first read nearly always
+// finds the response not there yet and returns EAGAIN before the goroutine
+// parks. Here the write runs inside a raw read of up, after Go's poller
+// has been told to keep the next readiness edge for this reader: a
+// response that arrives even before the wait begins still wakes it, so
+// the wait needs no read, and the next read finds the response. One
+// system call less per request. Nothing else is pending on a pooled
+// connection at this point: its last response was read to the end, and a
+// FIN or reset that came while it idled makes the server's kernel answer
+// the request with a reset, which wakes the wait like any other edge.
+//
+// When the socket takes only part of the bytes, the rest is written with
+// an ordinary (waiting) write after the raw read has returned.
+func (up *upLink) sendAwait(head, body []byte) error {
+	a := &up.await
+	if a.fn == nil {
+		a.fn = a.step // bound once per connection: no allocation per request
+	}
+	a.bufs, a.err, a.wrote = [2][]byte{head, body}, nil, false
+	// An error of the wait itself (a deadline, a close) is left to the
+	// read that follows, which reports it as it would have without this.
+	up.rc.Read(a.fn)
+	bufs, err := a.bufs, a.err
+	a.bufs = [2][]byte{} // keep no reference to the caller's buffers
+	if err != nil {
+		return err
+	}
+	for _, b := range bufs { // what the socket did not take at once
+		if len(b) > 0 {
+			if _, err := up.conn.Write(b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// awaiter is sendAwait's state, kept in the upLink.
+type awaiter struct {
+	bufs  [2][]byte // what is still to be written
+	err   error
+	wrote bool
+	fn    func(uintptr) bool // step
+}
+
+// step is the raw read's callback: the first call writes, later ones
+// (after a readiness edge) end the wait.
+func (a *awaiter) step(fd uintptr) bool {
+	if a.wrote {
+		return true // readable
+	}
+	a.wrote = true
+	a.write(int(fd))
+	return a.err != nil || a.left() > 0 // failed or blocked: stop; else wait
+}
+
+func (a *awaiter) left() int { return len(a.bufs[0]) + len(a.bufs[1]) }
+
+// write writes as much as fd takes without waiting, dropping what was
+// written from bufs.
+func (a *awaiter) write(fd int) {
+	for a.left() > 0 {
+		var n int
+		var err error
+		if len(a.bufs[1]) == 0 {
+			n, err = unix.Write(fd, a.bufs[0])
+		} else {
+			n, err = unix.Writev(fd, a.bufs[:])
+		}
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return
+		case err != nil:
+			a.err = os.NewSyscallError("write", err)
+			return
+		}
+		for i := range a.bufs {
+			m := min(n, len(a.bufs[i]))
+			a.bufs[i], n = a.bufs[i][m:], n-m
+		}
+	}
+}
