@@ -264,13 +264,19 @@ func (h *half) putBuf() {
 }
 
 // finishHalf passes a clean EOF on as a half-close, and turns an error into
-// an abort of the whole pair.
+// an abort of the whole pair. When the other direction has already
+// finished, both sockets are closed next and the close sends dst its FIN
+// (the other direction read dst to its end, so nothing unread turns it
+// into a reset): the shutdown would be one more system call for the same
+// packet.
 func (p *Pair) finishHalf(dst *net.TCPConn, from string, err error) {
 	if err == nil {
 		if p.log != nil {
 			p.log.Debug("half-close", "from", from)
 		}
-		dst.CloseWrite()
+		if p.left.Load() > 1 {
+			dst.CloseWrite()
+		}
 		return
 	}
 	if p.aborted() {
