@@ -33,6 +33,9 @@ var tools = []struct{ bin, pkg string }{
 	{"wrk", "wrk"},
 }
 
+// perfTool is needed only for -syscalls.
+var perfTool = struct{ bin, pkg string }{"perf", "linux-perf"}
+
 // missingError is returned when tools are missing and -install was not given.
 type missingError struct{ cmd string }
 
@@ -40,12 +43,17 @@ func (e missingError) Error() string {
 	return "missing tools; install them with:\n  " + e.cmd + "\n(or run the harness with -install)"
 }
 
-// checkTools finds every tool, and installs the missing ones from Debian
-// when install is set; otherwise it returns the command to run.
-func checkTools(ctx context.Context, install bool) error {
+// checkTools finds every tool (and perf with withPerf), and installs the
+// missing ones from Debian when install is set; otherwise it returns the
+// command to run.
+func checkTools(ctx context.Context, install, withPerf bool) error {
+	list := tools
+	if withPerf {
+		list = append(list[:len(list):len(list)], perfTool)
+	}
 	var pkgs []string
 	seen := map[string]bool{}
-	for _, t := range tools {
+	for _, t := range list {
 		if _, err := exec.LookPath(t.bin); err != nil && !seen[t.pkg] {
 			seen[t.pkg] = true
 			pkgs = append(pkgs, t.pkg)
@@ -64,7 +72,7 @@ func checkTools(ctx context.Context, install bool) error {
 	if err := c.Run(); err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	for _, t := range tools {
+	for _, t := range list {
 		if _, err := exec.LookPath(t.bin); err != nil {
 			return fmt.Errorf("%s still missing after installing %s", t.bin, t.pkg)
 		}

@@ -44,6 +44,7 @@ type options struct {
 	id           string
 	clientPorts  string
 	profileDir   string
+	syscalls     bool
 	fromJSON     string
 	quietWait    time.Duration
 	quietMax     float64
@@ -83,6 +84,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.verbose, "v", false, "print every command the harness runs")
 	fs.StringVar(&o.clientPorts, "client-ports", "", "set net.ipv4.ip_local_port_range in the client namespace, e.g. 1024-65535 (default: the kernel's)")
 	fs.StringVar(&o.profileDir, "profile", "", "run detour with its admin endpoint and save pprof profiles here (CPU during timed workloads, heap and goroutines with the idle connections); adds some overhead")
+	fs.BoolVar(&o.syscalls, "syscalls", false, "count the proxy's system calls (and those that returned EAGAIN) per request with perf during keepalive and close; slows every config a little")
 	fs.DurationVar(&o.quietWait, "quiet-wait", 30*time.Second, "before each workload, wait up to this long for processes outside the lab to use less than -quiet-cpu (0: don't wait)")
 	fs.Float64Var(&o.quietMax, "quiet-cpu", 0.25, "CPU (in CPUs) that processes outside the lab may use for a workload to start without waiting")
 	fs.StringVar(&o.fromJSON, "from-json", "", "measure nothing: print the report (and -markdown) of a run saved with -json")

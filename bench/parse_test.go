@@ -121,3 +121,29 @@ func TestSummarizeRatiosAndTargets(t *testing.T) {
 		t.Errorf("conn/s target %q, want n/a", s)
 	}
 }
+
+func TestParsePerfStat(t *testing.T) {
+	tests := []struct {
+		name          string
+		out           string
+		calls, eagain float64
+		wantErr       bool
+	}{
+		{"two counts", "18864,,raw_syscalls:sys_enter,1260888627,100.00,,\n1112,,raw_syscalls:sys_exit,1260860722,100.00,,\n", 18864, 1112, false},
+		{"other lines around", "\n# started on x\n18,,raw_syscalls:sys_enter,1,100.00,,\n0,,raw_syscalls:sys_exit,1,100.00,,\n", 18, 0, false},
+		{"not counted", "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n", 0, 0, true},
+		{"one count", "18,,raw_syscalls:sys_enter,1,100.00,,\n", 0, 0, true},
+		{"nothing", "perf: permission denied\n", 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls, eagain, err := parsePerfStat(tt.out)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil && (calls != tt.calls || eagain != tt.eagain) {
+				t.Fatalf("got %v, %v; want %v, %v", calls, eagain, tt.calls, tt.eagain)
+			}
+		})
+	}
+}

@@ -41,10 +41,14 @@ func rowSpecs(idle int) []rowSpec {
 		{"keepalive", mP50, "same, p50 latency (ms)", true},
 		{"keepalive", mP99, "same, p99 latency (ms)", true},
 		{"keepalive", mCPUPerReq, "same, proxy CPU per request (µs)", true},
+		{"keepalive", mSyscalls, "same, proxy system calls per request (-syscalls)", true},
+		{"keepalive", mEagain, "same, of which returned EAGAIN", true},
 		{"keepalive", mServerConn, "same, connections nginx accepted", true},
 		{"close", mConnPerSec, "new connection per request (Connection: close): conn/s", false},
 		{"close", mP99, "same, p99 latency (ms)", true},
 		{"close", mCPUPerReq, "same, proxy CPU per connection (µs)", true},
+		{"close", mSyscalls, "same, proxy system calls per connection (-syscalls)", true},
+		{"close", mEagain, "same, of which returned EAGAIN", true},
 		{"iperf1", mGbps, "iperf3, 1 stream: Gbit/s", false},
 		{"iperf4", mGbps, "iperf3, 4 streams: Gbit/s", false},
 		{"iperf1", mRSSGrowth, "proxy RSS growth during iperf3 1 stream (MiB)", true},
@@ -237,7 +241,7 @@ func fmtMetric(metric string, v float64) string {
 		return fmt.Sprintf("%.2f", v)
 	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k:
 		return fmt.Sprintf("%.1f", v)
-	case mCPUPerReq:
+	case mCPUPerReq, mSyscalls, mEagain:
 		return fmt.Sprintf("%.1f", v)
 	}
 	return fmt.Sprintf("%.3g", v)

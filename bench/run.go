@@ -87,7 +87,7 @@ func run(ctx context.Context, o options, argv []string) (res *Results, err error
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the harness creates network namespaces and needs root: sudo make bench (or sudo go run ./bench)")
 	}
-	if err := checkTools(ctx, o.install); err != nil {
+	if err := checkTools(ctx, o.install, o.syscalls); err != nil {
 		return nil, err
 	}
 	b := &bench{o: o}
@@ -372,6 +372,13 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 	if b.profiling(spec.Name) && w.Name != "idle" {
 		waitProfile = b.cpuProfile(ctx, &s)
 	}
+	var sc *syscallCount
+	if b.o.syscalls && p != nil && (w.Name == "keepalive" || w.Name == "close") {
+		var err error
+		if sc, err = countSyscalls(p.Pid()); err != nil {
+			s.Notes = append(s.Notes, err.Error())
+		}
+	}
 	var err error
 	switch w.Name {
 	case "keepalive":
@@ -388,6 +395,16 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		err = fmt.Errorf("unknown workload %q", w.Name)
 	}
 	waitProfile()
+	var calls, eagain float64
+	counted := false
+	if sc != nil {
+		var serr error
+		if calls, eagain, serr = sc.stop(); serr != nil {
+			s.Notes = append(s.Notes, serr.Error())
+		} else {
+			counted = true
+		}
+	}
 	s.Seconds = time.Since(start).Seconds()
 	frac, top := fg.done(time.Since(start))
 	s.Metrics[mForeign] = frac * 100
@@ -402,6 +419,10 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		s.Metrics[mCPU] = cpu
 		if n := s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]; n > 0 {
 			s.Metrics[mCPUPerReq] = cpu * 1e6 / (n * b.o.duration.Seconds())
+			if counted {
+				s.Metrics[mSyscalls] = calls / (n * b.o.duration.Seconds())
+				s.Metrics[mEagain] = eagain / (n * b.o.duration.Seconds())
+			}
 		}
 		minCPU := 0.01 * b.o.duration.Seconds()
 		if w.Name == "idle" {

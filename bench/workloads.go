@@ -62,8 +62,10 @@ const (
 	mRSSGrowth  = "proxy_rss_growth_mib"
 	mCPU        = "proxy_cpu_s"
 	mCPUPerReq  = "proxy_cpu_us_per_req"
-	mServerConn = "server_conns"  // connections nginx accepted during the run
-	mForeign    = "other_cpu_pct" // CPU of processes outside the lab, % of one CPU
+	mSyscalls   = "proxy_syscalls_per_req" // -syscalls
+	mEagain     = "proxy_eagain_per_req"   // -syscalls: of mSyscalls, those that returned EAGAIN
+	mServerConn = "server_conns"           // connections nginx accepted during the run
+	mForeign    = "other_cpu_pct"          // CPU of processes outside the lab, % of one CPU
 )
 
 // wrkResult is what the harness reads from wrk's output.
