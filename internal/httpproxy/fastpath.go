@@ -58,12 +58,17 @@ type fastPools struct {
 	bufs    sync.Pool // *fastBuf: client bytes, outgoing heads
 	readers sync.Pool // *bufio.Reader: upstream response heads
 	writers sync.Pool // *bufio.Writer: chunked response bodies
+	// heads keeps parsed response heads off the goroutine's stack, which
+	// would otherwise outgrow its first 8 KiB and stay grown on every idle
+	// keep-alive connection.
+	heads sync.Pool // *respHead
 }
 
 func (fp *fastPools) init() {
 	fp.bufs.New = func() any { return new(fastBuf) }
 	fp.readers.New = func() any { return bufio.NewReaderSize(nil, 4<<10) }
 	fp.writers.New = func() any { return bufio.NewWriterSize(nil, copyBufferSize) }
+	fp.heads.New = func() any { return new(respHead) }
 }
 
 // fastConn is a client connection served by the fast path.
@@ -365,10 +370,11 @@ func (fc *fastConn) forward(h *fastHead) bool {
 	// After a failed exchange, part of the body may still be in the
 	// client's stream: the connection cannot carry another request.
 	keepAfterError := !h.closeConn && h.clen == inBody
+	rh := fc.p.pools.heads.Get().(*respHead) // the response head, when parsed in place (res == nil)
+	defer fc.p.pools.heads.Put(rh)
 	var (
 		up   *upLink
 		res  *http.Response
-		rh   respHead // the response head, when parsed in place (res == nil)
 		br   *bufio.Reader
 		sent time.Time
 		err  error
@@ -384,7 +390,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		fc.cur.Store(up)
 		sent = time.Now()
 		info.Reused = up.reused
-		br, res, err = fc.exchange(up, h, out, body, inBody, &rh)
+		br, res, err = fc.exchange(up, h, out, body, inBody, rh)
 		if err == nil {
 			break
 		}
@@ -414,7 +420,7 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		return keepAfterError
 	}
 	info.UpstreamTime = time.Since(sent)
-	keep, upOK := fc.relay(up, br, res, &rh, h, &info)
+	keep, upOK := fc.relay(up, br, res, rh, h, &info)
 	fc.p.pools.readers.Put(br)
 	hst.inUse.Add(-1)
 	fc.cur.Store(nil)
