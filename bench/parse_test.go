@@ -147,3 +147,35 @@ func TestParsePerfStat(t *testing.T) {
 		})
 	}
 }
+
+// A round's ratio pairs configs measured back to back; its median differs
+// from the ratio of the medians when the machine's speed drifts.
+func TestRoundRatios(t *testing.T) {
+	r := &Results{Configs: []string{"detour-l4", "haproxy-tcp"}, Rounds: 3, IdleConns: 10000, DurationSec: 10}
+	for i, v := range [][2]float64{{80, 100}, {200, 250}, {90, 100}} {
+		r.Samples = append(r.Samples,
+			Sample{Config: "detour-l4", Workload: "keepalive", Round: i + 1, Metrics: map[string]float64{mReqPerSec: v[0]}},
+			Sample{Config: "haproxy-tcp", Workload: "keepalive", Round: i + 1, Metrics: map[string]float64{mReqPerSec: v[1]}})
+	}
+	r.summarize()
+	var row *Row
+	for i := range r.Rows {
+		if r.Rows[i].Metric == mReqPerSec {
+			row = &r.Rows[i]
+		}
+	}
+	if row == nil {
+		t.Fatal("no req/s row")
+	}
+	if got := row.Ratios["detour-l4/haproxy-tcp"]; got != 0.9 {
+		t.Errorf("ratio of medians = %v, want 0.9 (90 / 100)", got)
+	}
+	if got := row.RoundRatios["detour-l4/haproxy-tcp"]; got != 0.8 {
+		t.Errorf("median per-round ratio = %v, want 0.8 (0.8, 0.8, 0.9)", got)
+	}
+	for _, tg := range r.Targets {
+		if tg.Name == "L4: keep-alive req/s ≥ 1.0 × HAProxy tcp" && !strings.Contains(tg.Measured, "per round 0.80×") {
+			t.Errorf("target says %q, want the per-round ratio too", tg.Measured)
+		}
+	}
+}

@@ -20,6 +20,11 @@ type Row struct {
 	Lower    bool               `json:"lower_is_better"`
 	Values   map[string]float64 `json:"medians"` // config → median
 	Ratios   map[string]float64 `json:"ratios"`  // "detour-l4/haproxy-tcp" → ratio
+	// RoundRatios is the median over rounds of each round's ratio: a round
+	// runs every config back to back, so its ratio is less exposed to a
+	// machine whose speed drifts than a ratio of medians taken over the
+	// whole run.
+	RoundRatios map[string]float64 `json:"round_ratios,omitempty"`
 }
 
 // Target is one of issue 5's targets, evaluated on the medians.
@@ -84,7 +89,13 @@ func (r *Results) summarize() {
 		return
 	}
 	vals := map[string]map[string]map[string][]float64{}
+	byRound := map[roundKey]float64{}
 	for _, s := range r.Samples {
+		if s.Error == "" {
+			for k, v := range s.Metrics {
+				byRound[roundKey{s.Config, s.Workload, k, s.Round}] = v
+			}
+		}
 		if s.Error != "" {
 			continue
 		}
@@ -111,7 +122,7 @@ func (r *Results) summarize() {
 	r.Rows = nil
 	for _, rs := range rowSpecs(r.IdleConns) {
 		row := Row{Workload: rs.workload, Metric: rs.metric, Label: rs.label, Lower: rs.lower,
-			Values: map[string]float64{}, Ratios: map[string]float64{}}
+			Values: map[string]float64{}, Ratios: map[string]float64{}, RoundRatios: map[string]float64{}}
 		for _, c := range r.Configs {
 			if v, ok := r.get(c, rs.workload, rs.metric); ok {
 				if rs.metric == mIdleRSS {
@@ -136,10 +147,43 @@ func (r *Results) summarize() {
 			if aok && bok && b != 0 {
 				row.Ratios[p[0]+"/"+p[1]] = a / b
 			}
+			if rr := roundRatios(byRound, p[0], p[1], rs.workload, rs.metric, r.Rounds); len(rr) > 1 {
+				row.RoundRatios[p[0]+"/"+p[1]] = median(rr)
+			}
 		}
 		r.Rows = append(r.Rows, row)
 	}
 	r.Targets = r.targets()
+}
+
+// roundKey names one metric of one sample.
+type roundKey struct {
+	config, workload, metric string
+	round                    int
+}
+
+// roundRatios returns a/b for every round in which both were measured.
+func roundRatios(v map[roundKey]float64, a, b, workload, metric string, rounds int) []float64 {
+	var out []float64
+	for i := 1; i <= rounds; i++ {
+		va, aok := v[roundKey{a, workload, metric, i}]
+		vb, bok := v[roundKey{b, workload, metric, i}]
+		if aok && bok && vb != 0 {
+			out = append(out, va/vb)
+		}
+	}
+	return out
+}
+
+// roundRatio is the median per-round ratio of a row, if there is one.
+func (r *Results) roundRatio(a, b, workload, metric string) (float64, bool) {
+	for _, row := range r.Rows {
+		if row.Workload == workload && row.Metric == metric {
+			v, ok := row.RoundRatios[a+"/"+b]
+			return v, ok
+		}
+	}
+	return 0, false
 }
 
 func (r *Results) get(config, workload, metric string) (float64, bool) {
@@ -166,6 +210,9 @@ func (r *Results) targets() []Target {
 		if ok1 && ok2 && vb != 0 {
 			t.Value = va / vb
 			t.Measured = fmt.Sprintf("%.2f× (%s vs %s)", t.Value, fmtMetric(metric, va), fmtMetric(metric, vb))
+			if rr, ok := r.roundRatio(a, b, workload, metric); ok {
+				t.Measured += fmt.Sprintf("; per round %.2f×", rr)
+			}
 			met := t.Value >= limit
 			if atMost {
 				met = t.Value <= limit
@@ -332,6 +379,32 @@ func (r *Results) tables(w io.Writer) {
 		fmt.Fprintf(w, "| %s |", row.Label)
 		for _, p := range pairs {
 			if v, ok := row.Ratios[p[0]+"/"+p[1]]; ok {
+				fmt.Fprintf(w, " %.2f |", v)
+			} else {
+				fmt.Fprint(w, " — |")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	if r.Rounds < 2 {
+		return
+	}
+	fmt.Fprint(w, "\nMedians of the per-round ratios (each round runs every config back to back, so these drift less with the machine's speed):\n\n| workload |")
+	for _, p := range pairs {
+		fmt.Fprintf(w, " %s / %s |", label(p[0]), label(p[1]))
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range pairs {
+		fmt.Fprint(w, "---:|")
+	}
+	fmt.Fprintln(w)
+	for _, row := range r.Rows {
+		if len(row.RoundRatios) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| %s |", row.Label)
+		for _, p := range pairs {
+			if v, ok := row.RoundRatios[p[0]+"/"+p[1]]; ok {
 				fmt.Fprintf(w, " %.2f |", v)
 			} else {
 				fmt.Fprint(w, " — |")
