@@ -362,10 +362,20 @@ func (r *Results) tables(w io.Writer) {
 	if len(pairs) == 0 {
 		return
 	}
-	label := func(n string) string { return specOf(n).Label }
-	fmt.Fprint(w, "\nRatios of the medians (for latency, CPU and memory rows, lower is better):\n\n| workload |")
+	r.ratioTable(w, "Ratios of the medians (for latency, CPU and memory rows, lower is better)", pairs,
+		func(row Row) map[string]float64 { return row.Ratios })
+	if r.Rounds > 1 {
+		r.ratioTable(w, "Medians of the per-round ratios (each round runs every config back to back, so these drift less with the machine's speed)", pairs,
+			func(row Row) map[string]float64 { return row.RoundRatios })
+	}
+}
+
+// ratioTable writes one ratio per row and config pair, as of(row) holds
+// them; rows without any are left out.
+func (r *Results) ratioTable(w io.Writer, title string, pairs [][2]string, of func(Row) map[string]float64) {
+	fmt.Fprintf(w, "\n%s:\n\n| workload |", title)
 	for _, p := range pairs {
-		fmt.Fprintf(w, " %s / %s |", label(p[0]), label(p[1]))
+		fmt.Fprintf(w, " %s / %s |", specOf(p[0]).Label, specOf(p[1]).Label)
 	}
 	fmt.Fprint(w, "\n|---|")
 	for range pairs {
@@ -373,38 +383,13 @@ func (r *Results) tables(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	for _, row := range r.Rows {
-		if len(row.Ratios) == 0 {
+		ratios := of(row)
+		if len(ratios) == 0 {
 			continue
 		}
 		fmt.Fprintf(w, "| %s |", row.Label)
 		for _, p := range pairs {
-			if v, ok := row.Ratios[p[0]+"/"+p[1]]; ok {
-				fmt.Fprintf(w, " %.2f |", v)
-			} else {
-				fmt.Fprint(w, " — |")
-			}
-		}
-		fmt.Fprintln(w)
-	}
-	if r.Rounds < 2 {
-		return
-	}
-	fmt.Fprint(w, "\nMedians of the per-round ratios (each round runs every config back to back, so these drift less with the machine's speed):\n\n| workload |")
-	for _, p := range pairs {
-		fmt.Fprintf(w, " %s / %s |", label(p[0]), label(p[1]))
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range pairs {
-		fmt.Fprint(w, "---:|")
-	}
-	fmt.Fprintln(w)
-	for _, row := range r.Rows {
-		if len(row.RoundRatios) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "| %s |", row.Label)
-		for _, p := range pairs {
-			if v, ok := row.RoundRatios[p[0]+"/"+p[1]]; ok {
+			if v, ok := ratios[p[0]+"/"+p[1]]; ok {
 				fmt.Fprintf(w, " %.2f |", v)
 			} else {
 				fmt.Fprint(w, " — |")
