@@ -257,14 +257,10 @@ func cutField(line []byte) (colon, vStart, vEnd int, ok bool) {
 	if colon < 1 || !isToken(line[:colon]) {
 		return 0, 0, 0, false
 	}
-	vStart, vEnd = colon+1, len(line)
-	for vStart < vEnd && (line[vStart] == ' ' || line[vStart] == '\t') {
-		vStart++
-	}
-	for vEnd > vStart && (line[vEnd-1] == ' ' || line[vEnd-1] == '\t') {
-		vEnd--
-	}
-	return colon, vStart, vEnd, true
+	rest := line[colon+1:]
+	v := trimOWS(rest)
+	vStart = colon + 1 + cap(rest) - cap(v) // trimming the front lowers cap
+	return colon, vStart, vStart + len(v), true
 }
 
 // validFastHost accepts a reg-name or IPv4 address with an optional port,
@@ -284,10 +280,8 @@ func validFastHost(v []byte) bool {
 // connectionOptions accepts Connection: close and keep-alive (any case,
 // comma-separated); other options name hop-by-hop fields and decline.
 func (h *fastHead) connectionOptions(v []byte) bool {
-	for len(v) > 0 {
-		var opt []byte
-		opt, v, _ = bytes.Cut(v, []byte{','})
-		switch opt = trimOWS(opt); {
+	for opt := range listItems(v) {
+		switch {
 		case len(opt) == 0:
 		case equalFold(opt, "close"):
 			h.closeConn = true

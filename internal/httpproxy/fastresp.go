@@ -226,10 +226,8 @@ func (rh *respHead) field(start int, line []byte, st *respState) bool {
 // value, matched as net/http matches them (comma-separated, OWS, any case).
 func (st *respState) connectionOptions(v []byte) {
 	st.connection = true
-	for len(v) > 0 {
-		var opt []byte
-		opt, v, _ = bytes.Cut(v, []byte{','})
-		switch opt = trimOWS(opt); {
+	for opt := range listItems(v) {
+		switch {
 		case equalFold(opt, "close"):
 			st.closeOpt = true
 		case equalFold(opt, "keep-alive"):
@@ -264,10 +262,8 @@ func (rh *respHead) dropNamed(b []byte) {
 		if c.kind != respConnection {
 			continue
 		}
-		for v := c.value.of(b); len(v) > 0; {
-			var opt []byte
-			opt, v, _ = bytes.Cut(v, []byte{','})
-			rh.markNamed(b, trimOWS(opt))
+		for opt := range listItems(c.value.of(b)) {
+			rh.markNamed(b, opt)
 		}
 	}
 }
@@ -275,7 +271,7 @@ func (rh *respHead) dropNamed(b []byte) {
 // markNamed marks the forwarded fields called opt (in any case).
 func (rh *respHead) markNamed(b, opt []byte) {
 	for i := range rh.fields[:rh.nFields] {
-		if f := &rh.fields[i]; f.kind == respForward && foldEqual(f.name.of(b), opt) {
+		if f := &rh.fields[i]; f.kind == respForward && equalFold(f.name.of(b), opt) {
 			f.kind = respNamed
 		}
 	}
@@ -290,26 +286,6 @@ func fieldValueBytes(v []byte) bool {
 		}
 	}
 	return true
-}
-
-// foldEqual reports whether a equals b, ignoring ASCII case only.
-func foldEqual(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if lowerASCII(a[i]) != lowerASCII(b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
 }
 
 // bodiless reports whether a response has no body whatever its framing

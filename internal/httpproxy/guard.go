@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"iter"
 	"net"
 	"net/http"
 	"os"
@@ -927,8 +928,22 @@ func trimOWS(b []byte) []byte {
 	return b
 }
 
+// listItems yields the items of a comma-separated field value, trimmed
+// of spaces and tabs; empty items too.
+func listItems(v []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for len(v) > 0 {
+			var item []byte
+			item, v, _ = bytes.Cut(v, []byte{','})
+			if !yield(trimOWS(item)) {
+				return
+			}
+		}
+	}
+}
+
 // equalFold reports whether b equals s, ignoring ASCII case.
-func equalFold(b []byte, s string) bool {
+func equalFold[S string | []byte](b []byte, s S) bool {
 	if len(b) != len(s) {
 		return false
 	}
