@@ -967,7 +967,7 @@ func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
 // appendServer writes Server as ServerHeaderMode says, given upstream's
 // fields (nil for a local reply).
 func (p *Proxy) appendServer(out []byte, h http.Header) []byte {
-	if up := h["Server"]; p.keepsServer(up) {
+	if up := h["Server"]; p.keepsServer(len(up) > 0) {
 		for _, v := range up {
 			out = append(append(append(out, "Server: "...), v...), "\r\n"...)
 		}

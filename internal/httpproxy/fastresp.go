@@ -300,9 +300,7 @@ func bodiless(method string, status int) bool {
 // says; the service time; the framing.
 func (fc *fastConn) fastResponseHead(out, head []byte, rh *respHead, h *fastHead, upTime time.Duration) []byte {
 	out = appendStatusLine(out, rh.status, rh.reason.of(head))
-	// keepsServer asks only whether upstream sent a Server field.
-	var sent [1]string
-	keepServer := fc.p.keepsServer(sent[:min(rh.servers, 1)])
+	keepServer := fc.p.keepsServer(rh.servers > 0)
 	for _, f := range rh.fields[:rh.nFields] {
 		if f.kind == respForward || f.kind == respServer && keepServer {
 			out = append(append(append(append(out, f.name.of(head)...), ": "...), f.value.of(head)...), "\r\n"...)

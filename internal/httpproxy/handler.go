@@ -288,17 +288,17 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	return nil
 }
 
-// keepsServer reports whether the upstream's Server values (none for a
-// local reply) stay as they are under ServerHeaderMode, instead of
-// detour's ServerHeader.
-func (p *Proxy) keepsServer(upstream []string) bool {
-	return p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && len(upstream) > 0
+// keepsServer reports whether the upstream's Server values (upstreamSent:
+// it sent any; false for a local reply) stay as they are under
+// ServerHeaderMode, instead of detour's ServerHeader.
+func (p *Proxy) keepsServer(upstreamSent bool) bool {
+	return p.o.ServerHeaderMode == ServerPassThrough || p.o.ServerHeaderMode == ServerAppendIfAbsent && upstreamSent
 }
 
 // setServer sets the Server header as ServerHeaderMode says, in val (a
 // one-element slice) if given.
 func (p *Proxy) setServer(h http.Header, val []string) {
-	if p.keepsServer(h["Server"]) {
+	if p.keepsServer(len(h["Server"]) > 0) {
 		return
 	}
 	if val == nil {
