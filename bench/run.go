@@ -396,13 +396,11 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 	}
 	waitProfile()
 	var calls, eagain float64
-	counted := false
 	if sc != nil {
 		var serr error
 		if calls, eagain, serr = sc.stop(); serr != nil {
 			s.Notes = append(s.Notes, serr.Error())
-		} else {
-			counted = true
+			sc = nil // nothing counted
 		}
 	}
 	s.Seconds = time.Since(start).Seconds()
@@ -417,11 +415,11 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		st1 := readProc(p.Pid())
 		cpu := (st1.CPU - st0.CPU).Seconds()
 		s.Metrics[mCPU] = cpu
-		if n := s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]; n > 0 {
-			s.Metrics[mCPUPerReq] = cpu * 1e6 / (n * b.o.duration.Seconds())
-			if counted {
-				s.Metrics[mSyscalls] = calls / (n * b.o.duration.Seconds())
-				s.Metrics[mEagain] = eagain / (n * b.o.duration.Seconds())
+		if n := (s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]) * b.o.duration.Seconds(); n > 0 {
+			s.Metrics[mCPUPerReq] = cpu * 1e6 / n
+			if sc != nil {
+				s.Metrics[mSyscalls] = calls / n
+				s.Metrics[mEagain] = eagain / n
 			}
 		}
 		minCPU := 0.01 * b.o.duration.Seconds()
