@@ -331,9 +331,9 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 
 // handle runs one connection's path up to the start of its L4 copy, or
 // the whole of it for L7 and refused connections. An L4 connection goes on
-// in the copy goroutines, which release it when they finish, so that this
-// goroutine's deep stack (dial, logging) is not kept for the connection's
-// lifetime.
+// in tcpproxy's event loop, which releases it when it ends, so that this
+// goroutine and its deep stack (dial, logging) are not kept for the
+// connection's lifetime.
 func (s *Server) handle(c *listen.Conn) {
 	presizeStack()
 	if !s.route(c) {
@@ -343,7 +343,7 @@ func (s *Server) handle(c *listen.Conn) {
 
 // presizeStack grows the calling goroutine's stack to 8 KiB, enough for
 // the dial or the observers, while the goroutine is still shallow. A goroutine starts with
-// a small stack (the average its kind needed: the copy goroutines' 2 KiB)
+// a small stack (the average its kind needed)
 // and the dial, deep in net, would make it grow twice; a growth copies the
 // stack and walks every frame on it, so growing at once, with one or two
 // frames, costs much less.
@@ -448,7 +448,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	s.live.track(cut, p.Cancel)
 	s.obs.L4Started(rec)
 	p.Start(func(res tcpproxy.Result) {
-		presizeStack() // on a copy goroutine's small stack: the observers (metrics, access log) would grow it
+		// On tcpproxy's loop goroutine: nothing here may block.
 		s.live.remove(cut)
 		s.l4Done(log, rec, res)
 		s.release()

@@ -3,7 +3,6 @@ package tcpproxy
 import (
 	"os"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -87,81 +86,4 @@ func (ps *Pipes) put(p *pipe) {
 func (p *pipe) close() {
 	unix.Close(p.r)
 	unix.Close(p.w)
-}
-
-// splicer moves bulk bursts of one direction. Its methods are the
-// callbacks of the raw connections, bound once per connection, so that
-// splicing allocates nothing per chunk.
-type splicer struct {
-	dst, src syscall.RawConn
-	pipes    *Pipes
-	p        *pipe
-	n, m     int64 // bytes in the pipe; bytes the last drain moved
-	err      error // errno of the last splice
-	fillFn   func(uintptr)
-	drainFn  func(uintptr) bool
-}
-
-func (s *splicer) init(dst, src syscall.RawConn, pipes *Pipes) {
-	s.dst, s.src, s.pipes = dst, src, pipes
-	s.fillFn, s.drainFn = s.fill, s.drain
-}
-
-// fill splices what src holds into the pipe, without waiting.
-func (s *splicer) fill(fd uintptr) {
-	for {
-		s.n, s.err = unix.Splice(int(fd), nil, s.p.w, nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-		if s.err != unix.EINTR {
-			return
-		}
-	}
-}
-
-// drain splices the pipe's bytes into dst; false waits until dst is
-// writable.
-func (s *splicer) drain(fd uintptr) bool {
-	s.m, s.err = unix.Splice(s.p.r, nil, int(fd), nil, int(s.n), unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-	return s.err != unix.EAGAIN && s.err != unix.EINTR
-}
-
-// spliceQueued moves what src has queued to dst, chunk after chunk, until
-// src's queue is empty (or at EOF, which the caller's next read sees). It
-// waits only for dst to take the bytes, never for src: two splices per
-// chunk and one that finds the queue empty.
-func (s *splicer) spliceQueued() (int64, error) {
-	p, err := s.pipes.get()
-	if err != nil {
-		return 0, err
-	}
-	s.p = p
-	defer func() { s.p = nil }()
-	var total int64
-	for {
-		s.n, s.err = 0, nil
-		err := s.src.Control(s.fillFn)
-		switch {
-		case err == nil && s.err == unix.EAGAIN, err == nil && s.err == nil && s.n == 0:
-			s.pipes.put(p) // queue empty, or EOF
-			return total, nil
-		case err == nil && s.err != nil:
-			err = os.NewSyscallError("splice", s.err)
-		}
-		if err != nil {
-			s.pipes.put(p) // nothing entered the pipe
-			return total, err
-		}
-		for s.n > 0 {
-			s.m, s.err = 0, nil
-			err := s.dst.Write(s.drainFn)
-			if err == nil && s.err != nil {
-				err = os.NewSyscallError("splice", s.err)
-			}
-			if err != nil {
-				p.close() // bytes may be left in it
-				return total, err
-			}
-			s.n -= s.m
-			total += s.m
-		}
-	}
 }

@@ -1,13 +1,15 @@
 // Package tcpproxy copies an intercepted TCP connection to its upstream and
 // back.
 //
-// Both sides are *net.TCPConn: small bursts take one read and one write
-// through a pooled buffer, bulk bursts are moved with splice(2), kernel to
-// kernel, without copying them through user space. A FIN in one direction is passed on with CloseWrite, so a client
-// that shuts down its sending side still receives the whole reply. A reset
-// on one side resets the other. The idle timeout watches the kernel's own
-// byte counters (TCP_INFO) instead of read deadlines, which would cut a
-// splice in the middle of a transfer.
+// Both sides arrive as *net.TCPConn and are handed to an epoll loop of the
+// package's own (one per CPU, see loop): small bursts take one read and
+// one write, bulk bursts are moved with splice(2), kernel to kernel,
+// without copying them through user space. A FIN in one direction is
+// passed on with a half-close, so a client that shuts down its sending
+// side still receives the whole reply. A reset on one side resets the
+// other. The idle timeout watches the kernel's own byte counters
+// (TCP_INFO) instead of timing reads, which would cut a splice in the
+// middle of a transfer.
 //
 //	res := tcpproxy.Proxy(ctx, client, upstreamConn, tcpproxy.Options{IdleTimeout: time.Hour})
 //	log.Info("closed", "sent", res.Sent, "received", res.Received, "end", res.End)
@@ -19,7 +21,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,20 +82,24 @@ func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result
 //	p.Start(func(r tcpproxy.Result) { ... }) // returns at once
 //	p.Cancel()                                // on shutdown: ends it with EndCanceled
 type Pair struct {
-	client, upstream *net.TCPConn
+	client, upstream *net.TCPConn // owners of the sockets, closed by the loop
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
-	watch            idleWatch
+	pipes            *Pipes
 	done             func(Result)
-	left             atomic.Int32 // directions still copying
-	up, down         half         // client to upstream, upstream to client
 
-	sent, received       int64
-	sentErr, receivedErr error
+	mu      sync.Mutex // Cancel and Start come from other goroutines
+	ended   End        // set once by the first terminal event
+	started bool
+	loop    *loop // set by Start
 
-	mu     sync.Mutex
-	ended  End // set once by the first terminal event
-	failed bool
+	// Owned by the loop goroutine once Start registered the pair.
+	c, u     endpoint
+	up, down flow // client to upstream, upstream to client
+	watch    idleWatch
+	left     int  // directions still copying
+	closed   bool // both sockets closed, the result delivered
+	queued   bool // in loop.again
 }
 
 // New prepares a pair of connections for Start.
@@ -102,226 +107,402 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout}
-	p.up.src, p.up.dst = client, upstream
-	p.down.src, p.down.dst = upstream, client
-	p.up.pipes, p.down.pipes = o.Pipes, o.Pipes
+	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes}
+	p.c.p, p.u.p = p, p
+	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
+	p.down = flow{src: &p.u, dst: &p.c, from: "upstream"}
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
 	return p
 }
 
-// Start copies both ways, each direction in its own goroutine, and returns
-// at once; when both directions have finished (or the pair was aborted)
-// it closes both connections and calls done with the result, from the
-// goroutine that finished last. The goroutines start with nothing on their
-// stacks but the copy loop, so an idle connection costs two small stacks.
+// Start hands both connections to a loop and returns at once; when both
+// directions have finished (or the pair was aborted) the loop closes both
+// connections and calls done with the result, on the loop's goroutine,
+// so done must not block. The loop uses the sockets' descriptors
+// directly: the *net.TCPConns given to New must not be used after Start.
 func (p *Pair) Start(done func(Result)) {
 	p.done = done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.started = true
+	if p.ended != "" { // canceled before Start: Cancel closed both
+		go done(p.resultLocked())
+		return
+	}
+	l, err := pickLoop()
+	if err == nil {
+		p.c.fd, err = sockFD(p.client)
+	}
+	if err == nil {
+		p.u.fd, err = sockFD(p.upstream)
+	}
+	if err == nil {
+		p.c.writable, p.u.writable = true, true
+		p.left = 2
+		err = l.register(p)
+	}
+	if err != nil {
+		p.ended, p.up.err = EndBrokenUnknown, err
+		resetClose(p.client)
+		resetClose(p.upstream)
+		go done(p.resultLocked())
+		return
+	}
+	p.loop = l
 	if p.idle > 0 {
 		p.watch.start(p, p.idle)
 	}
-	p.left.Store(2)
-	go p.copyClientToUpstream()
-	go p.copyUpstreamToClient()
 }
 
 // Cancel ends the pair with EndCanceled (both sides reset) unless it
 // already ended. It may be called at any time, also before Start or
 // after the result was delivered.
-func (p *Pair) Cancel() { p.abort(EndCanceled) }
-
-func (p *Pair) copyClientToUpstream() {
-	p.sent, p.sentErr = p.up.copy()
-	p.finishHalf(p.upstream, "client", p.sentErr)
-	p.halfDone()
-}
-
-func (p *Pair) copyUpstreamToClient() {
-	p.received, p.receivedErr = p.down.copy()
-	p.finishHalf(p.client, "upstream", p.receivedErr)
-	p.halfDone()
-}
-
-// halfDone finishes the pair once both directions are done.
-func (p *Pair) halfDone() {
-	if p.left.Add(-1) != 0 {
+func (p *Pair) Cancel() {
+	p.mu.Lock()
+	if p.ended != "" {
+		p.mu.Unlock()
 		return
 	}
-	p.watch.stop()
-	p.mu.Lock()
-	if p.ended == "" {
-		p.ended = EndClosed // a Cancel from now on changes nothing
+	if !p.started {
+		p.ended = EndCanceled
+		p.mu.Unlock()
+		resetClose(p.client)
+		resetClose(p.upstream)
+		return
 	}
+	l := p.loop
 	p.mu.Unlock()
-	p.client.Close()
-	p.upstream.Close()
-	p.done(p.result())
+	if l != nil {
+		l.post(task{p: p, kind: taskCancel})
+	}
+}
+
+// runTask runs a task posted to the pair's loop.
+func (p *Pair) runTask(l *loop, k taskKind) {
+	if p.closed {
+		return
+	}
+	switch k {
+	case taskCancel:
+		p.abort(l, EndCanceled)
+	case taskIdle:
+		if p.watch.check() {
+			if p.log != nil {
+				p.log.Debug("idle timeout", "timeout", p.idle)
+			}
+			p.abort(l, EndIdle)
+		}
+	}
 }
 
 // copyBufSize is the largest burst copied through a buffer; a burst that
 // fills it continues by splice.
 const copyBufSize = 16 << 10
 
-// copyBuffers is a cache of copy buffers shared by all connections: a
-// buffer is held only between a read and its write, never while waiting.
+// copyBuffers holds the unwritten rest of a burst while its destination
+// is full; the bytes are read into the loop's own buffer.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// half is one direction's copy state. It lives in the Pair, so a
-// connection's copy loops allocate little beyond it.
-type half struct {
-	dst, src *net.TCPConn
-	pipes    *Pipes
-	sp       splicer
-	n        int     // bytes of the last burst read (0: EOF)
-	rerr     error   // the last read error
-	bp       *[]byte // the pooled buffer of the last burst
+// turnBudget is how many copy steps (a read, a write or a splice) a pair
+// takes in one turn before the loop serves other events: a bulk transfer
+// whose source never runs dry must not hold up the loop's other
+// connections.
+const turnBudget = 32
+
+// flow is one direction's copy state.
+type flow struct {
+	src, dst *endpoint
+	from     string  // the side src is, for logs
+	pend     []byte  // read but not yet written: dst was full
+	pb       *[]byte // the pooled buffer pend lives in
+	pipe     *pipe   // held while a bulk burst is spliced
+	inPipe   int     // bytes in pipe
+	bulk     bool    // the last read filled the buffer: splice what follows
+	done     bool    // EOF passed on
+	n        int64   // bytes written to dst
+	err      error   // the error that ended the pair, if it was this flow's
 }
 
-// copy moves src to dst until src's EOF. Nothing is held while it waits
-// for data: Go's splice keeps a pipe (two descriptors) for as long as it
-// waits, which would cost an idle connection 6 descriptors instead of 2.
-// A small burst — the common request/response shape — is copied with one
-// read into a pooled buffer and one write (two system calls, like
-// HAProxy); a burst that fills the buffer is bulk, and what is queued
-// after it is spliced kernel to kernel (spliceQueued), for as long as the
-// queue is not empty: a splice that finds it empty returns instead of
-// waiting, and the pipe goes back to the free list.
-func (h *half) copy() (int64, error) {
-	rc, err := h.src.SyscallConn()
-	if err != nil {
-		return 0, err
+// pump moves what both directions can move without waiting, and requeues
+// the pair if it ran out of budget with work left.
+func (p *Pair) pump(l *loop) {
+	budget := turnBudget
+	p.up.pump(l, &budget)
+	p.down.pump(l, &budget)
+	if p.closed {
+		return
 	}
-	dstRC, err := h.dst.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	h.sp.init(dstRC, rc, h.pipes)
-	var total int64
-	readBurst := h.readBurst
-	for {
-		h.n, h.rerr = 0, nil
-		err := rc.Read(readBurst)
-		if err == nil {
-			err = h.rerr
-		}
-		if err != nil || h.n == 0 {
-			h.putBuf()
-			return total, err // err == nil: EOF
-		}
-		n := h.n
-		w, err := h.dst.Write((*h.bp)[:n])
-		total += int64(w)
-		h.putBuf()
-		if err != nil {
-			return total, err
-		}
-		if n < copyBufSize {
-			continue
-		}
-		// Bulk: splice what is queued behind the full buffer, for as long
-		// as more arrives; an empty queue goes back to a read (which waits
-		// without a pipe).
-		m, err := h.sp.spliceQueued()
-		total += m
-		if err != nil {
-			return total, err
-		}
+	// A reset while nothing reads the socket (its direction is done):
+	// nothing else would notice it until the next write.
+	switch {
+	case p.c.errored && p.up.done:
+		p.fail(l, &p.up, sockError(p.c.fd))
+	case p.u.errored && p.down.done:
+		p.fail(l, &p.down, sockError(p.u.fd))
 	}
 }
 
-// readBurst is called by rc.Read, and again each time src becomes readable
-// until it returns true; it reads into a pooled buffer (n == 0 at EOF) or
-// sets rerr.
-func (h *half) readBurst(fd uintptr) bool {
-	h.bp = copyBuffers.Get().(*[]byte)
-	for {
-		m, err := unix.Read(int(fd), *h.bp)
+// pump runs one direction until it must wait for an event, it ends, or
+// the turn's budget is spent.
+func (f *flow) pump(l *loop, budget *int) {
+	p := f.src.p
+	for !f.done && !p.closed {
+		if *budget <= 0 {
+			if !p.queued && (f.readyToWrite() || f.src.readable) {
+				p.queued = true
+				l.again = append(l.again, p)
+			}
+			return
+		}
+		*budget--
+		var ok bool
 		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			h.putBuf()
-			return false // wait until readable
-		case err != nil:
-			h.rerr = os.NewSyscallError("read", err)
+		case len(f.pend) > 0:
+			ok = f.writePending(l)
+		case f.inPipe > 0:
+			ok = f.drainPipe(l)
+		case f.bulk:
+			ok = f.fillPipe(l)
 		default:
-			h.n = m
+			ok = f.readBurst(l)
 		}
+		if !ok {
+			return
+		}
+	}
+}
+
+func (f *flow) readyToWrite() bool {
+	return (len(f.pend) > 0 || f.inPipe > 0) && f.dst.writable
+}
+
+// readBurst reads what src holds into the loop's buffer and writes it to
+// dst. A burst shorter than the buffer, with no FIN or error flagged, has
+// emptied src: it is not read again until its next event.
+func (f *flow) readBurst(l *loop) bool {
+	if !f.src.readable {
+		return false
+	}
+	n, err := unix.Read(f.src.fd, l.buf[:])
+	switch {
+	case err == unix.EINTR:
 		return true
+	case err == unix.EAGAIN:
+		f.src.readable = false
+		return false
+	case err != nil:
+		f.src.p.fail(l, f, os.NewSyscallError("read", err))
+		return false
+	case n == 0:
+		f.eof(l)
+		return false
 	}
+	if n == len(l.buf) {
+		f.bulk = true
+	} else if !f.src.hup {
+		f.src.readable = false
+	}
+	w := 0
+	if f.dst.writable {
+		if w, err = write(f.dst.fd, l.buf[:n]); err == unix.EAGAIN {
+			f.dst.writable, w = false, 0
+		} else if err != nil {
+			f.src.p.fail(l, f, os.NewSyscallError("write", err))
+			return false
+		}
+		f.n += int64(w)
+	}
+	if w < n {
+		f.pb = copyBuffers.Get().(*[]byte)
+		f.pend = (*f.pb)[:copy(*f.pb, l.buf[w:n])]
+		f.dst.writable = false
+	}
+	return true
 }
 
-// putBuf returns the burst buffer to the pool, once: a wait that fails
-// after an EAGAIN must not put it back a second time (two connections
-// would then share it).
-func (h *half) putBuf() {
-	if h.bp != nil {
-		copyBuffers.Put(h.bp)
-		h.bp = nil
+// writePending writes what dst did not take before.
+func (f *flow) writePending(l *loop) bool {
+	if !f.dst.writable {
+		return false
 	}
+	w, err := write(f.dst.fd, f.pend)
+	if err == unix.EAGAIN {
+		f.dst.writable = false
+		return false
+	}
+	if err != nil {
+		f.src.p.fail(l, f, os.NewSyscallError("write", err))
+		return false
+	}
+	f.n += int64(w)
+	f.pend = f.pend[w:]
+	if len(f.pend) == 0 {
+		copyBuffers.Put(f.pb)
+		f.pb, f.pend = nil, nil
+	}
+	return true
 }
 
-// finishHalf passes a clean EOF on as a half-close, and turns an error into
-// an abort of the whole pair. When the other direction has already
-// finished, both sockets are closed next and the close sends dst its FIN
-// (the other direction read dst to its end, so nothing unread turns it
-// into a reset): the shutdown would be one more system call for the same
-// packet.
-func (p *Pair) finishHalf(dst *net.TCPConn, from string, err error) {
-	if err == nil {
-		if p.log != nil {
-			p.log.Debug("half-close", "from", from)
+// fillPipe splices what src holds into a pipe. An empty source ends the
+// bulk burst and gives the pipe back: a waiting connection holds none.
+func (f *flow) fillPipe(l *loop) bool {
+	if !f.src.readable {
+		return false
+	}
+	if f.pipe == nil {
+		pp, err := f.src.p.pipes.get()
+		if err != nil {
+			f.src.p.fail(l, f, err)
+			return false
 		}
-		if p.left.Load() > 1 {
-			dst.CloseWrite()
+		f.pipe = pp
+	}
+	n, err := unix.Splice(f.src.fd, nil, f.pipe.w, nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	switch {
+	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN, err == nil && n == 0:
+		f.src.p.pipes.put(f.pipe) // empty: the queue was (or EOF is next)
+		f.pipe, f.bulk = nil, false
+		if err == unix.EAGAIN {
+			f.src.readable = false
+			return false
 		}
+		return true // the next read sees the EOF
+	case err != nil:
+		f.src.p.pipes.put(f.pipe)
+		f.pipe = nil
+		f.src.p.fail(l, f, os.NewSyscallError("splice", err))
+		return false
+	}
+	f.inPipe = int(n)
+	return true
+}
+
+// drainPipe splices the pipe's bytes into dst.
+func (f *flow) drainPipe(l *loop) bool {
+	if !f.dst.writable {
+		return false
+	}
+	n, err := unix.Splice(f.pipe.r, nil, f.dst.fd, nil, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	switch {
+	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN:
+		f.dst.writable = false
+		return false
+	case err != nil:
+		f.src.p.fail(l, f, os.NewSyscallError("splice", err))
+		return false
+	}
+	f.n += n
+	f.inPipe -= int(n)
+	return true
+}
+
+// eof passes a clean EOF on as a half-close, or ends the pair when the
+// other direction has finished too: the close right after sends dst its
+// FIN (the other direction read dst to its end, so nothing unread turns
+// it into a reset), and a shutdown would be one more system call for the
+// same packet.
+func (f *flow) eof(l *loop) {
+	p := f.src.p
+	f.done = true
+	p.left--
+	if p.log != nil {
+		p.log.Debug("half-close", "from", f.from)
+	}
+	if p.left > 0 {
+		unix.Shutdown(f.dst.fd, unix.SHUT_WR)
 		return
 	}
-	if p.aborted() {
-		return
-	}
+	p.finish(l, EndClosed, false)
+}
+
+// fail ends the pair after an error on flow f: the kernel tells which side
+// was reset.
+func (p *Pair) fail(l *loop, f *flow, err error) {
+	f.err = err
 	end := EndBrokenUnknown
 	switch {
-	case isReset(p.client):
+	case isReset(p.c.fd):
 		end = EndDownstreamErr
-	case isReset(p.upstream):
+	case isReset(p.u.fd):
 		end = EndUpstreamErr
 	}
-	p.abort(end)
+	p.abort(l, end)
 }
 
 // abort ends the pair at once; the peer of a failed side sees a reset, as
 // it would without a proxy in between.
-func (p *Pair) abort(end End) {
+func (p *Pair) abort(l *loop, end End) { p.finish(l, end, true) }
+
+// finish closes both sockets (resetting them when reset is set), frees
+// what the pair holds and delivers the result.
+func (p *Pair) finish(l *loop, end End, reset bool) {
 	p.mu.Lock()
-	if p.ended != "" {
-		p.mu.Unlock()
-		return
+	if p.ended == "" {
+		p.ended = end
 	}
-	p.ended, p.failed = end, true
 	p.mu.Unlock()
-	p.client.SetLinger(0)
-	p.upstream.SetLinger(0)
-	p.client.Close()
-	p.upstream.Close()
+	p.watch.stop()
+	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
+		if reset {
+			c.SetLinger(0)
+		}
+		c.Close() // also takes the socket out of the loop's epoll instance
+	}
+	for _, f := range [2]*flow{&p.up, &p.down} {
+		if f.pb != nil {
+			copyBuffers.Put(f.pb)
+			f.pb, f.pend = nil, nil
+		}
+		if f.pipe != nil {
+			if f.inPipe > 0 {
+				f.pipe.close() // bytes may be left in it
+			} else {
+				p.pipes.put(f.pipe)
+			}
+			f.pipe = nil
+		}
+	}
+	p.closed = true
+	l.release(p)
+	p.done(p.result())
 }
 
-func (p *Pair) aborted() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.failed
+// write is write(2) that retries when interrupted.
+func write(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		if err != unix.EINTR {
+			if n < 0 {
+				n = 0
+			}
+			return n, err
+		}
+	}
 }
 
 func (p *Pair) result() Result {
-	r := Result{Sent: p.sent, Received: p.received}
 	p.mu.Lock()
-	r.End = p.ended
-	p.mu.Unlock()
-	r.Err = p.sentErr
+	defer p.mu.Unlock()
+	return p.resultLocked()
+}
+
+func (p *Pair) resultLocked() Result {
+	r := Result{Sent: p.up.n, Received: p.down.n, End: p.ended}
+	r.Err = p.up.err
 	if r.Err == nil {
-		r.Err = p.receivedErr
+		r.Err = p.down.err
 	}
 	return r
+}
+
+// resetClose closes c with a reset.
+func resetClose(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
 }

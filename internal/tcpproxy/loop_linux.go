@@ -1,0 +1,356 @@
+package tcpproxy
+
+import (
+	"errors"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A loop is one epoll instance and the goroutine that serves it. Each
+// socket of the pairs given to it is registered once, edge-triggered, for
+// input, output and the peer's FIN, and the loop copies bytes when the
+// kernel reports a change. Unlike Go's netpoller, each event carries
+// EPOLLRDHUP and EPOLLERR: a short read that came without them has
+// emptied the socket, and the next byte, FIN or reset brings a new event,
+// so no second read is needed to be told EAGAIN. One goroutine serves
+// every connection of the loop: no goroutine per direction, no scheduler
+// switch per burst, and an idle connection costs no stack.
+//
+// The epoll descriptor itself waits in Go's netpoller (an epoll instance
+// is readable while events are pending): the loop goroutine parks like
+// any other while nothing happens, and no thread sits in epoll_wait.
+type loop struct {
+	epfd   int
+	wakefd int             // eventfd: other goroutines post tasks
+	rc     syscall.RawConn // epfd in Go's netpoller
+	file   *os.File        // owns epfd for rc
+
+	mu    sync.Mutex
+	slots []*endpoint // by slot number, the events' key
+	gens  []uint32    // by slot: bumped on each reuse, so a stale event is ignored
+	free  []int32
+	tasks []task // posted by other goroutines (Cancel, idle checks)
+	woken bool   // a wake-up is pending for tasks
+
+	// Used by the loop goroutine only.
+	events  [128]unix.EpollEvent
+	ready   []*endpoint // this batch's endpoints, resolved under mu
+	flags   []uint32    // their events
+	running []task
+	again   []*Pair // pairs that used their turn's budget with work left
+	next    []*Pair
+	buf     [copyBufSize]byte // every read of a small burst lands here
+	serveFn func(uintptr) bool
+}
+
+// wakeSlot marks the eventfd's events.
+const wakeSlot = -1
+
+// endpoint is one socket of a pair, as the loop knows it.
+type endpoint struct {
+	fd   int
+	p    *Pair
+	slot int32
+	gen  uint32
+
+	readable bool // the socket may hold bytes, a FIN or an error
+	writable bool // the socket took the last write whole
+	hup      bool // an event said FIN, hang-up or error: read until EOF
+	errored  bool // an event said EPOLLERR
+}
+
+type taskKind uint8
+
+const (
+	taskCancel taskKind = iota
+	taskIdle
+)
+
+type task struct {
+	p    *Pair
+	kind taskKind
+}
+
+var (
+	loopsOnce sync.Once
+	loops     []*loop
+	loopsErr  error
+	loopTurn  atomic.Uint32
+)
+
+// pickLoop returns the loop for a new pair, round robin over one loop per
+// CPU Go runs on; the loops start on first use.
+func pickLoop() (*loop, error) {
+	loopsOnce.Do(func() {
+		for range runtime.GOMAXPROCS(0) {
+			l, err := newLoop()
+			if err != nil {
+				loopsErr = err
+				break
+			}
+			loops = append(loops, l)
+		}
+	})
+	if len(loops) == 0 {
+		return nil, loopsErr
+	}
+	return loops[loopTurn.Add(1)%uint32(len(loops))], nil
+}
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: wakeSlot}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l := &loop{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll")}
+	l.rc, err = l.file.SyscallConn()
+	if err != nil {
+		l.file.Close()
+		unix.Close(wakefd)
+		return nil, err
+	}
+	l.serveFn = l.serve
+	go l.run()
+	return l, nil
+}
+
+// run serves the loop for the life of the process. serve returns false
+// whenever no event is pending, which parks the goroutine until epfd is
+// readable; a loop whose epfd left Go's netpoller would fail here, so
+// that is checked once by a test (TestLoopParksInNetpoller).
+func (l *loop) run() {
+	for {
+		if err := l.rc.Read(l.serveFn); err != nil {
+			panic("tcpproxy: epoll loop: " + err.Error())
+		}
+	}
+}
+
+// serve takes the pending events without waiting and handles them, and
+// goes on while there are more or a pair has work left. It returns false
+// when the instance's ready list is empty: every later event then makes
+// epfd readable again, which Go's netpoller reports.
+func (l *loop) serve(uintptr) bool {
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			panic("tcpproxy: epoll_wait: " + err.Error())
+		}
+		l.dispatch(l.events[:n])
+		l.turn()
+		if n < len(l.events) && len(l.again) == 0 {
+			return false
+		}
+	}
+}
+
+// dispatch hands each event to its pair. Slots are resolved under mu in
+// one go (Start registers from other goroutines); the copying runs
+// without it.
+func (l *loop) dispatch(evs []unix.EpollEvent) {
+	wake := false
+	for i := range evs {
+		if evs[i].Fd == wakeSlot {
+			wake = true
+		}
+	}
+	if wake {
+		// Before taking the tasks: a post after this read writes the
+		// eventfd again and brings a new event.
+		var b [8]byte
+		unix.Read(l.wakefd, b[:])
+	}
+	l.mu.Lock()
+	for i := range evs {
+		ev := &evs[i]
+		if ev.Fd == wakeSlot || int(ev.Fd) >= len(l.slots) {
+			continue
+		}
+		ep := l.slots[ev.Fd]
+		if ep == nil || ep.gen != uint32(ev.Pad) {
+			continue // the socket of a pair that ended in this batch
+		}
+		l.ready = append(l.ready, ep)
+		l.flags = append(l.flags, ev.Events)
+	}
+	if wake {
+		l.running, l.tasks = l.tasks, l.running[:0]
+		l.woken = false
+	}
+	l.mu.Unlock()
+
+	for i, ep := range l.ready {
+		if ep.p.closed {
+			continue
+		}
+		ep.note(l.flags[i])
+		ep.p.pump(l)
+	}
+	clear(l.ready)
+	l.ready, l.flags = l.ready[:0], l.flags[:0]
+	if wake {
+		for _, t := range l.running {
+			t.p.runTask(l, t.kind)
+		}
+		clear(l.running)
+		l.running = l.running[:0]
+	}
+}
+
+// turn gives the pairs that ran out of budget their next turn.
+func (l *loop) turn() {
+	if len(l.again) == 0 {
+		return
+	}
+	l.again, l.next = l.next[:0], l.again
+	for _, p := range l.next {
+		p.queued = false
+		if !p.closed {
+			p.pump(l)
+		}
+	}
+	clear(l.next)
+}
+
+// note records what an event says about the socket.
+func (ep *endpoint) note(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ep.readable = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ep.hup = true
+	}
+	if ev&unix.EPOLLERR != 0 {
+		ep.errored = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ep.writable = true
+	}
+}
+
+// register adds both sockets of p. Both are added under mu, so no event
+// of either is handled (and no descriptor closed by the loop) before
+// both are in.
+func (l *loop) register(p *Pair) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	eps := [2]*endpoint{&p.c, &p.u}
+	for i, ep := range eps {
+		l.alloc(ep)
+		ev := unix.EpollEvent{
+			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+			Fd:     ep.slot,
+			Pad:    int32(ep.gen),
+		}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ep.fd, &ev); err != nil {
+			if i == 1 {
+				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, eps[0].fd, nil)
+				l.releaseLocked(eps[0])
+			}
+			l.releaseLocked(ep)
+			return os.NewSyscallError("epoll_ctl", err)
+		}
+	}
+	return nil
+}
+
+func (l *loop) alloc(ep *endpoint) {
+	if n := len(l.free); n > 0 {
+		ep.slot = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		ep.slot = int32(len(l.slots))
+		l.slots = append(l.slots, nil)
+		l.gens = append(l.gens, 0)
+	}
+	l.gens[ep.slot]++
+	ep.gen = l.gens[ep.slot]
+	l.slots[ep.slot] = ep
+}
+
+// release frees the slots of a pair whose sockets were closed (which took
+// them out of the epoll instance).
+func (l *loop) release(p *Pair) {
+	l.mu.Lock()
+	l.releaseLocked(&p.c)
+	l.releaseLocked(&p.u)
+	l.mu.Unlock()
+}
+
+func (l *loop) releaseLocked(ep *endpoint) {
+	l.slots[ep.slot] = nil
+	l.free = append(l.free, ep.slot)
+}
+
+// post queues a task for the loop goroutine and wakes it.
+func (l *loop) post(t task) {
+	l.mu.Lock()
+	l.tasks = append(l.tasks, t)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		one := [8]byte{1}
+		for {
+			_, err := unix.Write(l.wakefd, one[:])
+			if err != unix.EINTR {
+				return
+			}
+		}
+	}
+}
+
+// sockFD returns c's descriptor for the loop. c stays open, and in Go's
+// netpoller, where its events find no goroutine waiting: taking it out
+// (a duplicate descriptor, and c closed) would cost three system calls
+// more per socket than the events cost Go's poller.
+func sockFD(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// sockError returns the socket's pending error (SO_ERROR), or an error
+// saying none was pending.
+func sockError(fd int) error {
+	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	switch {
+	case err != nil:
+		return os.NewSyscallError("getsockopt", err)
+	case n != 0:
+		return os.NewSyscallError("read", syscall.Errno(n))
+	}
+	return errSocketError
+}
+
+var errSocketError = errors.New("socket error reported without an error code")

@@ -1,0 +1,590 @@
+package tcpproxy
+
+import (
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// loopGoroutines returns the header line of every goroutine running a
+// loop (its stack holds tcpproxy.(*loop).run).
+func loopGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var heads []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "tcpproxy.(*loop).run") {
+			head, _, _ := strings.Cut(g, "\n")
+			heads = append(heads, head)
+		}
+	}
+	return heads
+}
+
+// inIOWait reports whether a goroutine header line ("goroutine 12 [IO
+// wait]:", "goroutine 12 [IO wait, 2 minutes]:") says the goroutine is
+// parked in the netpoller.
+func inIOWait(head string) bool {
+	_, state, ok := strings.Cut(head, "[")
+	return ok && strings.HasPrefix(state, "IO wait")
+}
+
+// TestLoopParksInNetpoller guards that an idle loop parks: once the proxied
+// traffic has ended, every loop goroutine waits in Go's netpoller for its
+// epoll descriptor ("IO wait") instead of spinning on epoll_wait.
+func TestLoopParksInNetpoller(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	go func() { // echo until EOF, then pass the half-close back
+		buf := make([]byte, 4<<10)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 {
+				server.Write(buf[:n])
+			}
+			if err != nil {
+				break
+			}
+		}
+		server.CloseWrite()
+	}()
+	msg, reply := make([]byte, 512), make([]byte, 512)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := range 50 {
+		msg[0] = byte(i)
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, reply); err != nil || reply[0] != byte(i) {
+			t.Fatalf("round trip %d: %v", i, err)
+		}
+	}
+	client.CloseWrite()
+	if b, err := io.ReadAll(client); err != nil || len(b) != 0 {
+		t.Fatalf("client read %d bytes, %v, want a clean EOF", len(b), err)
+	}
+	if r := waitResult(t, done); r.End != EndClosed {
+		t.Fatalf("end = %s, want closed", r.End)
+	}
+
+	if _, err := pickLoop(); err != nil {
+		t.Fatal(err)
+	}
+	var heads []string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		heads = loopGoroutines()
+		parked := len(heads) > 0
+		for _, h := range heads {
+			parked = parked && inIOWait(h)
+		}
+		if parked || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(heads) == 0 {
+		t.Fatal("no goroutine runs tcpproxy.(*loop).run")
+	}
+	if len(heads) != len(loops) {
+		t.Errorf("%d loop goroutines, want one per loop (%d)", len(heads), len(loops))
+	}
+	for _, h := range heads {
+		if !inIOWait(h) {
+			t.Errorf("loop goroutine not parked in the netpoller after 5s: %q", h)
+		}
+	}
+}
+
+// TestResetAfterHalfCloseResetsUpstream guards the EPOLLERR check for a
+// socket whose read direction is done: a side that half-closed and then
+// resets sends nothing more to read, and with no bytes flowing the other
+// way no write fails either, so only the error flag tells the loop. The
+// pair must end at once, attributed to the side that reset, and reset the
+// other side.
+func TestResetAfterHalfCloseResetsUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reset func(client, server *net.TCPConn) (resetter, other *net.TCPConn)
+		want  End
+	}{
+		{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }, EndDownstreamErr},
+		{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }, EndUpstreamErr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server, done := harness(t, Options{})
+			resetter, other := tc.reset(client, server)
+			if err := resetter.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			// The EOF proves the loop read the FIN: that direction is done
+			// and the socket is no longer read.
+			other.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := other.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("read after half-close = %d, %v, want EOF", n, err)
+			}
+			// From FIN_WAIT2 a close with linger 0 sends a RST; the proxy's
+			// socket (CLOSE_WAIT) takes it as EPIPE and moves to CLOSE.
+			resetter.SetLinger(0)
+			resetter.Close()
+
+			var r Result
+			select {
+			case r = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("reset after a half-close went unnoticed for 5s")
+			}
+			if r.End != tc.want {
+				t.Errorf("end = %s, want %s", r.End, tc.want)
+			}
+			if r.Err == nil {
+				t.Error("result carries no error")
+			}
+			t.Logf("result: %+v", r)
+
+			// The other side must see a reset, not just the FIN it already
+			// has: a RST moves its socket (CLOSE_WAIT) to CLOSE, a plain
+			// close by the proxy would leave it in CLOSE_WAIT. Polled
+			// without writing, which would draw a RST from any closed
+			// socket.
+			fd, err := sockFD(other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for !isReset(fd) {
+				if time.Now().After(deadline) {
+					t.Fatal("the other side was not reset within 5s")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			other.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, err = other.Write([]byte("late"))
+			if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("write after the reset = %v, want EPIPE or ECONNRESET", err)
+			}
+		})
+	}
+}
+
+// TestSlowReaderBackpressure guards flow control: a destination that takes
+// nothing for a while and then reads slowly makes the loop hold what it
+// read (in the pending buffer or a pipe) and wait for EPOLLOUT, losing,
+// duplicating and reordering nothing. The client writes either all at
+// once, which keeps the proxy splicing, or in small paced writes, whose
+// bursts the proxy reads into its buffer, so that the one read when the
+// destination fills is left partly unwritten, pending.
+func TestSlowReaderBackpressure(t *testing.T) {
+	const size = 16 << 20
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{'s', 'l', 'o', 'w'}).Read(data)
+	want := sha256.Sum256(data)
+
+	for _, tc := range []struct {
+		name  string
+		write func(c *net.TCPConn) error
+	}{
+		{"one write", func(c *net.TCPConn) error {
+			_, err := c.Write(data)
+			return err
+		}},
+		{"paced writes", func(c *net.TCPConn) error {
+			const chunk = 8 << 10 // less than the proxy's buffer
+			for off := 0; off < len(data); off += chunk {
+				if _, err := c.Write(data[off : off+chunk]); err != nil {
+					return err
+				}
+				time.Sleep(20 * time.Microsecond)
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server, done := harness(t, Options{})
+			client.SetDeadline(time.Now().Add(30 * time.Second))
+			server.SetDeadline(time.Now().Add(30 * time.Second))
+			wrote := make(chan error, 1)
+			go func() {
+				err := tc.write(client)
+				if err == nil {
+					err = client.CloseWrite()
+				}
+				wrote <- err
+			}()
+
+			time.Sleep(300 * time.Millisecond) // the server takes nothing yet
+			h := sha256.New()
+			buf := make([]byte, 4<<10)
+			var got int64
+			for range 200 { // then small reads with pauses
+				n, err := server.Read(buf)
+				h.Write(buf[:n])
+				got += int64(n)
+				if err != nil {
+					t.Fatalf("slow read after %d bytes: %v", got, err)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			n, err := io.Copy(h, server) // then the rest, to the EOF
+			got += n
+			if err != nil {
+				t.Fatalf("read after %d bytes: %v", got, err)
+			}
+			if got != size {
+				t.Fatalf("server received %d bytes, want %d", got, size)
+			}
+			if [32]byte(h.Sum(nil)) != want {
+				t.Fatal("sha256 of the received bytes differs from what was sent")
+			}
+			if err := <-wrote; err != nil {
+				t.Fatalf("client write: %v", err)
+			}
+
+			if err := server.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := io.ReadAll(client); err != nil || len(b) != 0 {
+				t.Fatalf("client read %d bytes, %v, want a clean EOF", len(b), err)
+			}
+			r := waitResult(t, done)
+			if r.End != EndClosed || r.Sent != size || r.Received != 0 || r.Err != nil {
+				t.Fatalf("result = %+v, want closed, %d bytes sent, none received", r, size)
+			}
+		})
+	}
+}
+
+// countWriter counts the bytes written to it.
+type countWriter struct{ n *atomic.Int64 }
+
+func (w countWriter) Write(b []byte) (int, error) {
+	w.n.Add(int64(len(b)))
+	return len(b), nil
+}
+
+// TestBulkDoesNotStarveOtherPairs guards fairness on a shared loop: bulk
+// pairs whose source never runs dry share the loops with a ping-pong pair,
+// which must still get its turns. On loopback a bulk turn mostly ends on
+// the destination's EAGAIN before the turn budget runs out, so this
+// catches a loop that stops serving new events, not a budget too large.
+func TestBulkDoesNotStarveOtherPairs(t *testing.T) {
+	if _, err := pickLoop(); err != nil {
+		t.Fatal(err)
+	}
+	// Pairs go to the loops round robin: with at least as many bulk pairs
+	// as loops, the ping-pong pair shares its loop with a bulk pair.
+	bulkPairs := max(4, len(loops))
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var conns []*net.TCPConn
+	defer func() {
+		close(stop)
+		for _, c := range conns {
+			c.Close() // unblocks the writers and readers
+		}
+		wg.Wait()
+	}()
+	received := make([]atomic.Int64, bulkPairs)
+	for i := range bulkPairs {
+		c, s, _ := harness(t, Options{})
+		conns = append(conns, c, s)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			chunk := make([]byte, 1<<20)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			// Hide WriteTo, so the 256 KiB buffer is used.
+			io.CopyBuffer(countWriter{&received[i]}, struct{ io.Reader }{s}, make([]byte, 256<<10))
+		}()
+	}
+	// Every bulk stream flows before the ping-pong starts.
+	deadline := time.Now().Add(20 * time.Second)
+	for i := range received {
+		for received[i].Load() < 8<<20 {
+			if time.Now().After(deadline) {
+				t.Fatalf("bulk pair %d moved only %d bytes in 20s", i, received[i].Load())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	client, server, _ := harness(t, Options{})
+	conns = append(conns, client, server)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 1<<10)
+		for {
+			if _, err := io.ReadFull(server, buf); err != nil {
+				return
+			}
+			if _, err := server.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	before := make([]int64, bulkPairs)
+	for i := range received {
+		before[i] = received[i].Load()
+	}
+	start := time.Now()
+	client.SetDeadline(start.Add(20 * time.Second))
+	msg, reply := make([]byte, 1<<10), make([]byte, 1<<10)
+	var slowest time.Duration
+	for i := range 200 {
+		t0 := time.Now()
+		msg[0], msg[len(msg)-1] = byte(i), byte(i>>8)
+		if _, err := client.Write(msg); err != nil {
+			t.Fatalf("round trip %d after %v: %v", i, time.Since(start), err)
+		}
+		if _, err := io.ReadFull(client, reply); err != nil {
+			t.Fatalf("round trip %d after %v: %v", i, time.Since(start), err)
+		}
+		if reply[0] != msg[0] || reply[len(reply)-1] != msg[len(msg)-1] {
+			t.Fatalf("round trip %d: reply does not echo the request", i)
+		}
+		slowest = max(slowest, time.Since(t0))
+	}
+	var moved int64
+	for i := range received {
+		moved += received[i].Load() - before[i]
+	}
+	t.Logf("200 round trips in %v (slowest %v) beside %d bulk pairs moving %d MiB",
+		time.Since(start), slowest, bulkPairs, moved>>20)
+}
+
+// fdCount is the number of descriptors the process has open.
+func fdCount(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+// TestManyPairsConcurrentCancel guards Cancel under contention: many pairs
+// on shared loops, idle, moving bytes, stalled on a full destination or
+// already finished, canceled from several goroutines at once (some twice):
+// each result is delivered exactly once, with the right end, and every
+// socket and pipe is closed.
+func TestManyPairsConcurrentCancel(t *testing.T) {
+	const pairs = 200
+	type kind int
+	const (
+		idle     kind = iota // no traffic
+		flowing              // client writes, server discards
+		stalled              // client writes, server stopped reading
+		finished             // both sides half-closed before the cancel
+		kinds
+	)
+
+	// Start the loops and Go's own poller first: their descriptors stay.
+	if _, err := pickLoop(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := tcpPair(t)
+	a.Close()
+	b.Close()
+	before := fdCount(t)
+	t0 := time.Now()
+
+	type pair struct {
+		kind   kind
+		p      *Pair
+		cl, sv *net.TCPConn // the test's ends: client and server
+		calls  atomic.Int32
+		res    Result
+		got    chan struct{} // closed by the first done call
+		moving chan struct{} // closed once traffic reached the server
+	}
+	var wg sync.WaitGroup
+	ps := make([]*pair, pairs)
+	traffic := make(chan struct{}) // let go once every pair is up
+	defer func() {
+		select {
+		case <-traffic:
+		default:
+			close(traffic)
+		}
+		for _, x := range ps {
+			if x != nil {
+				x.cl.Close()
+				x.sv.Close()
+			}
+		}
+		wg.Wait()
+	}()
+	stalledData := make([]byte, 4<<20) // only read, by every stalled writer
+	for i := range ps {
+		cl, down := tcpPair(t)
+		up, sv := tcpPair(t)
+		x := &pair{kind: kind(i) % kinds, cl: cl, sv: sv, got: make(chan struct{}), moving: make(chan struct{})}
+		ps[i] = x
+		x.p = New(down, up, Options{})
+		x.p.Start(func(r Result) {
+			if x.calls.Add(1) == 1 {
+				x.res = r
+				close(x.got)
+			}
+		})
+		switch x.kind {
+		case flowing:
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				<-traffic
+				chunk := make([]byte, 64<<10)
+				for {
+					if _, err := cl.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				if _, err := io.ReadFull(sv, make([]byte, 1)); err != nil {
+					return
+				}
+				close(x.moving)
+				io.Copy(io.Discard, sv)
+			}()
+		case stalled:
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				<-traffic
+				cl.Write(stalledData) // blocks until the reset, or all is buffered
+			}()
+			go func() {
+				defer wg.Done()
+				if _, err := io.ReadFull(sv, make([]byte, 64<<10)); err != nil {
+					return
+				}
+				close(x.moving) // and reads no more
+			}()
+		case finished:
+			cl.CloseWrite()
+			sv.CloseWrite()
+			close(x.moving)
+		default:
+			close(x.moving)
+		}
+	}
+	// Four sockets a pair, less the two the loop closes of finished ones.
+	if n := fdCount(t); n < before+3*pairs {
+		t.Fatalf("%d descriptors open with %d pairs up, %d before: not counting what the test opens?", n, pairs, before)
+	}
+	t.Logf("%d pairs up after %v", pairs, time.Since(t0))
+	close(traffic)
+
+	// 100 streams on a few CPUs: under the race detector the last of them
+	// takes seconds to get going.
+	deadline := time.After(20 * time.Second)
+	for i, x := range ps {
+		select {
+		case <-x.moving:
+		case <-deadline:
+			t.Fatalf("pair %d (kind %d): no traffic reached the server in 20s", i, x.kind)
+		}
+		if x.kind == finished {
+			select {
+			case <-x.got:
+			case <-deadline:
+				t.Fatalf("pair %d: half-closed both ways, no result in 20s", i)
+			}
+		}
+	}
+
+	t.Logf("traffic moving after %v", time.Since(t0))
+
+	// The cancel storm: in a shuffled order, each pair from one goroutine
+	// and every third one again from the next, all let go at once.
+	const cancelers = 8
+	order := rand.Perm(len(ps))
+	gate := make(chan struct{})
+	var cwg sync.WaitGroup
+	for g := range cancelers {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			<-gate
+			for j := g; j < len(order); j += cancelers {
+				ps[order[j]].p.Cancel()
+			}
+			for j := (g + cancelers - 1) % cancelers; j < len(order); j += cancelers {
+				if order[j]%3 == 0 {
+					ps[order[j]].p.Cancel()
+				}
+			}
+		}()
+	}
+	close(gate)
+	cwg.Wait()
+
+	deadline = time.After(10 * time.Second)
+	for i, x := range ps {
+		select {
+		case <-x.got:
+		case <-deadline:
+			t.Fatalf("pair %d (kind %d): no result 10s after Cancel", i, x.kind)
+		}
+	}
+	t.Logf("every result in after %v", time.Since(t0))
+	time.Sleep(100 * time.Millisecond) // room for a second call
+	for i, x := range ps {
+		if n := x.calls.Load(); n != 1 {
+			t.Errorf("pair %d (kind %d): done called %d times", i, x.kind, n)
+		}
+		want := EndCanceled
+		if x.kind == finished {
+			want = EndClosed
+		}
+		if x.res.End != want {
+			t.Errorf("pair %d (kind %d): end = %s, want %s", i, x.kind, x.res.End, want)
+		}
+	}
+
+	// Close the test's own ends; the loop closed the proxy's.
+	for _, x := range ps {
+		x.cl.Close()
+		x.sv.Close()
+	}
+	wg.Wait()
+	const margin = 4
+	n := fdCount(t)
+	for end := time.Now().Add(5 * time.Second); n > before+margin && time.Now().Before(end); n = fdCount(t) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n > before+margin {
+		t.Errorf("%d descriptors open after every pair ended, %d before", n, before)
+	}
+}
