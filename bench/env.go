@@ -265,23 +265,14 @@ func startDaemon(n *ns.NS, name string, args ...string) (*daemon, error) {
 	d := &daemon{name: name, cmd: cmd, out: &tail{max: 1 << 20}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the forking thread exits: keep it for the
-		// child's whole life.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		d.err = cmd.Wait()
-		close(d.done)
-	}()
-	if err := <-started; err != nil {
+	waited, err := ns.StartPinned(cmd) // Pdeathsig only when this process dies
+	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", name, n.Name, err)
 	}
+	go func() {
+		d.err = <-waited
+		close(d.done)
+	}()
 	return d, nil
 }
 

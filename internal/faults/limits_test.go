@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -218,21 +217,8 @@ func startEchoHelper(t *testing.T, n *ns.NS, port int) {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
-	// Started and waited for on one locked OS thread: the kernel sends
-	// Pdeathsig when the thread that forked the child exits, and Go ends
-	// threads that other tests locked into a namespace.
-	started, done := make(chan error, 1), make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		done <- cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	done, err := ns.StartPinned(cmd) // Pdeathsig must not fire while the test runs
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

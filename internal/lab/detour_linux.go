@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -59,11 +58,15 @@ func StartDetour(ctx context.Context, n *ns.NS, binary string, args []string, lo
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopTimeout
 
-	started := make(chan error, 1)
-	go d.run(started)
-	if err := <-started; err != nil {
+	waited, err := ns.StartPinned(cmd) // Pdeathsig only when this process dies
+	if err != nil {
 		return nil, fmt.Errorf("start detour in %s: %w", n.Name, err)
 	}
+	go func() {
+		d.waitErr = <-waited
+		d.out.flush()
+		close(d.done)
+	}()
 
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
@@ -79,22 +82,6 @@ func StartDetour(ctx context.Context, n *ns.NS, binary string, args []string, lo
 		d.Kill()
 		return nil, fmt.Errorf("detour logged no msg=ready within %s; its output:\n%s", readyTimeout, indent(d.Output(), "  "))
 	}
-}
-
-// run starts and waits for the process on one locked OS thread: the kernel
-// sends Pdeathsig when the thread that forked the child exits, so that
-// thread must live exactly as long as the child.
-func (d *Detour) run(started chan<- error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := d.cmd.Start(); err != nil {
-		started <- err
-		return
-	}
-	started <- nil
-	d.waitErr = d.cmd.Wait()
-	d.out.flush()
-	close(d.done)
 }
 
 // Pid is the detour process's id (`ip netns exec` execs it in place).

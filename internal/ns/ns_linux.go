@@ -131,6 +131,30 @@ func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
+// StartPinned starts cmd on a locked OS thread that lives until cmd has
+// exited, and returns a channel that gets cmd.Wait's result. The kernel
+// sends a Pdeathsig (cmd.SysProcAttr) when the thread that forked the child
+// exits, not the process, and Go ends threads that were locked into a
+// namespace: started from any other thread, the child could be killed
+// while this process still needs it.
+func StartPinned(cmd *exec.Cmd) (<-chan error, error) {
+	started, done := make(chan error, 1), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return done, nil
+}
+
 // Sysctl sets a sysctl such as "net.ipv4.ip_forward" inside the namespace.
 // /proc/sys/net follows the network namespace of the thread that opens it.
 func (n *NS) Sysctl(key, value string) error {

@@ -4,7 +4,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestNamespaceIsolatesSockets(t *testing.T) {
@@ -69,3 +74,44 @@ var hostForward = func() string {
 	}
 	return ""
 }()
+
+// TestStartPinnedOutlivesLockedThreads: a child started with StartPinned
+// and a Pdeathsig survives goroutines that lock OS threads and exit locked
+// (Go ends those threads, as it does after a namespace switch), and its
+// exit reaches the returned channel.
+func TestStartPinnedOutlivesLockedThreads(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	done, err := StartPinned(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		}()
+	}
+	wg.Wait()
+	time.Sleep(100 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("child gone after other threads exited: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("child exited early: %v", err)
+	default:
+	}
+	cmd.Process.Kill()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Wait of a killed child returned no error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the child's exit did not reach the channel")
+	}
+}
