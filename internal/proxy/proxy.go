@@ -414,6 +414,7 @@ func (l *connLog) get() *slog.Logger {
 // connection).
 func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
 	cut := &cutEntry{}
+	preDialed := up != nil // by auto mode, with keep-alive: it could have become L7's pooled connection
 	if up == nil {
 		if log.debug {
 			log.get().Debug("upstream connecting", "dst", c.OrigDst)
@@ -426,7 +427,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		ctx, cancel := context.WithTimeout(context.Background(), o.Dialer.Options().ConnectTimeout)
 		s.live.track(cut, cancel)
 		var err error
-		up, err = o.Dialer.Dial(ctx, c.Client, c.OrigDst)
+		up, err = o.Dialer.DialNoKeepAlive(ctx, c.Client, c.OrigDst)
 		cancel()
 		rec.ConnectDuration = time.Since(start)
 		if err != nil {
@@ -440,6 +441,9 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	}
 	to := o.TCP
 	to.Pipes = s.pipes
+	if !preDialed {
+		to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
+	}
 	to.Logger = nil
 	if log.debug {
 		to.Logger = log.get()
@@ -455,6 +459,17 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	})
 	return true
 }
+
+// keepAliveAfter is how long an L4 connection that forwardL4 dialed
+// lasts before its upstream socket gets TCP keep-alive (upstream.KeepAlive:
+// the first probe after 60 s of silence). Most L4 connections end sooner,
+// and the four setsockopts would be an eighth of a new connection's
+// system calls; a connection that lasts gets its probes 15 s late at most.
+const keepAliveAfter = 15 * time.Second
+
+// setUpstreamKeepAlive runs on tcpproxy's loop; like Go's own dialer it
+// ignores a failure (the socket just goes without probes).
+func setUpstreamKeepAlive(fd int) { _ = upstream.SetKeepAlive(fd) }
 
 // l4Done records a finished L4 connection.
 func (s *Server) l4Done(log *connLog, rec L4Record, res tcpproxy.Result) {

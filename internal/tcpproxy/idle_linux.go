@@ -7,47 +7,80 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// idleWatch samples both sockets' kernel byte counters every quarter of the
-// timeout and aborts the pair once none moved for the whole timeout. One
-// timer per connection, no per-read work. The timer only posts a task:
-// the sampling runs on the pair's loop, which owns the descriptors.
+// idleWatch is a pair's one timer. It samples both sockets' kernel byte
+// counters every quarter of the idle timeout and aborts the pair once
+// none moved for the whole timeout (no per-read work), and it runs the
+// pair's OnLongLived once the pair has lasted LongLivedAfter. The timer
+// only posts a task: the work runs on the pair's loop, which owns the
+// descriptors.
 type idleWatch struct {
 	p       *Pair
-	timeout time.Duration
-	tick    time.Duration
+	tick    time.Duration // 0: no idle timeout
 	timer   *time.Timer
 	last    [2]progress
+	sampled time.Time // when last was read (the start, at first)
 	quiet   time.Duration
+	longAt  time.Time // when OnLongLived is due; zero once run
 }
 
 type progress struct{ received, acked uint64 }
 
 // start arms the watch. It reads no counters (most connections end
 // before the first sample): the first sample compares against zero, so
-// bytes moved before the watch started count as progress in the first
-// quarter.
-func (w *idleWatch) start(p *Pair, timeout time.Duration) {
-	w.p, w.timeout, w.tick = p, timeout, timeout/4
+// bytes moved before the watch started count as progress.
+func (w *idleWatch) start(p *Pair) {
+	w.p, w.sampled = p, time.Now()
+	if p.idle > 0 {
+		w.tick = p.idle / 4
+	}
+	if p.longLived != nil {
+		w.longAt = w.sampled.Add(p.longAfter)
+	}
 	// Armed only once assigned: the first check (on the loop) resets it.
 	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.post)
-	w.timer.Reset(w.tick)
+	w.timer.Reset(w.next(w.sampled))
 }
 
-func (w *idleWatch) post() { w.p.loop.post(task{p: w.p, kind: taskIdle}) }
+func (w *idleWatch) post() { w.p.loop.post(task{p: w.p, kind: taskTimer}) }
 
-// check samples the counters on the loop; it reports whether the timeout
-// passed, and otherwise re-arms the timer.
+// next is how long after now the timer is due again, or -1.
+func (w *idleWatch) next(now time.Time) time.Duration {
+	d := time.Duration(-1)
+	if w.tick > 0 {
+		d = w.tick
+	}
+	if !w.longAt.IsZero() {
+		if until := max(w.longAt.Sub(now), 0); d < 0 || until < d {
+			d = until
+		}
+	}
+	return d
+}
+
+// check runs on the loop when the timer fires; it reports whether the
+// idle timeout passed, and otherwise re-arms the timer if anything is
+// still due.
 func (w *idleWatch) check() bool {
-	now := [2]progress{counters(w.p.c.fd), counters(w.p.u.fd)}
-	if now == w.last {
-		w.quiet += w.tick
-	} else {
-		w.quiet, w.last = 0, now
+	now := time.Now()
+	if !w.longAt.IsZero() && !now.Before(w.longAt) {
+		w.longAt = time.Time{}
+		w.p.longLived(w.p.u.fd)
 	}
-	if w.quiet >= w.timeout {
-		return true
+	if w.tick > 0 {
+		cur := [2]progress{counters(w.p.c.fd), counters(w.p.u.fd)}
+		if cur == w.last {
+			w.quiet += now.Sub(w.sampled)
+		} else {
+			w.quiet, w.last = 0, cur
+		}
+		w.sampled = now
+		if w.quiet >= w.p.idle {
+			return true
+		}
 	}
-	w.timer.Reset(w.tick)
+	if d := w.next(now); d >= 0 {
+		w.timer.Reset(d)
+	}
 	return false
 }
 

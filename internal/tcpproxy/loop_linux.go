@@ -68,7 +68,7 @@ type taskKind uint8
 
 const (
 	taskCancel taskKind = iota
-	taskIdle
+	taskTimer           // the pair's idleWatch fired
 )
 
 type task struct {

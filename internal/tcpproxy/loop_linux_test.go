@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // loopGoroutines returns the header line of every goroutine running a
@@ -586,5 +588,58 @@ func TestManyPairsConcurrentCancel(t *testing.T) {
 	}
 	if n > before+margin {
 		t.Errorf("%d descriptors open after every pair ended, %d before", n, before)
+	}
+}
+
+// TestOnLongLivedRunsOnceOnUpstream: a pair that lasts LongLivedAfter has
+// OnLongLived run once, with the upstream socket; a pair that ends before
+// never has it run. The idle timeout still works beside it.
+func TestOnLongLivedRunsOnceOnUpstream(t *testing.T) {
+	type call struct{ peer unix.Sockaddr }
+	calls := make(chan call, 4)
+	o := Options{
+		LongLivedAfter: 100 * time.Millisecond,
+		OnLongLived: func(fd int) {
+			sa, _ := unix.Getpeername(fd)
+			calls <- call{sa}
+		},
+	}
+
+	client, server, done := harness(t, o)
+	select {
+	case c := <-calls:
+		sa, ok := c.peer.(*unix.SockaddrInet4)
+		if !ok || sa.Port != server.LocalAddr().(*net.TCPAddr).Port {
+			t.Fatalf("OnLongLived got a socket whose peer is %+v, want the upstream server %v", c.peer, server.LocalAddr())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnLongLived not run on a pair that lasted")
+	}
+	client.CloseWrite()
+	server.CloseWrite()
+	if r := waitResult(t, done); r.End != EndClosed {
+		t.Fatalf("end = %s", r.End)
+	}
+	select {
+	case <-calls:
+		t.Fatal("OnLongLived run twice")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	o.LongLivedAfter = time.Hour
+	client, server, done = harness(t, o)
+	client.CloseWrite()
+	server.CloseWrite()
+	waitResult(t, done)
+	select {
+	case <-calls:
+		t.Fatal("OnLongLived run on a pair that ended before LongLivedAfter")
+	default:
+	}
+
+	o.LongLivedAfter, o.IdleTimeout = time.Hour, 200*time.Millisecond
+	_, _, done = harness(t, o)
+	if r := waitResult(t, done); r.End != EndIdle {
+		t.Fatalf("with OnLongLived pending: end = %s, want the idle timeout", r.End)
 	}
 }

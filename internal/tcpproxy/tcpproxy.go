@@ -52,6 +52,12 @@ type Options struct {
 	// Pipes lends the pipes bulk bursts are spliced through; nil makes
 	// one per burst.
 	Pipes *Pipes
+	// OnLongLived, if set, runs once, on the loop, with the upstream
+	// socket's descriptor when the pair has lasted LongLivedAfter (detour
+	// turns on upstream TCP keep-alive there, which short connections
+	// never need). It must not block.
+	OnLongLived    func(upstreamFD int)
+	LongLivedAfter time.Duration
 }
 
 // Result reports what a proxied connection did.
@@ -86,6 +92,8 @@ type Pair struct {
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
 	pipes            *Pipes
+	longLived        func(int)
+	longAfter        time.Duration
 	done             func(Result)
 
 	mu      sync.Mutex // Cancel and Start come from other goroutines
@@ -107,7 +115,8 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes}
+	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes,
+		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.p, p.u.p = p, p
 	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
 	p.down = flow{src: &p.u, dst: &p.c, from: "upstream"}
@@ -151,8 +160,8 @@ func (p *Pair) Start(done func(Result)) {
 		return
 	}
 	p.loop = l
-	if p.idle > 0 {
-		p.watch.start(p, p.idle)
+	if p.idle > 0 || p.longLived != nil {
+		p.watch.start(p)
 	}
 }
 
@@ -187,7 +196,7 @@ func (p *Pair) runTask(l *loop, k taskKind) {
 	switch k {
 	case taskCancel:
 		p.abort(l, EndCanceled)
-	case taskIdle:
+	case taskTimer:
 		if p.watch.check() {
 			if p.log != nil {
 				p.log.Debug("idle timeout", "timeout", p.idle)

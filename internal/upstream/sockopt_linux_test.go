@@ -1,0 +1,85 @@
+package upstream
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// keepAliveOpts reads the socket's keep-alive settings.
+func keepAliveOpts(t *testing.T, c *net.TCPConn) [4]int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [4]int
+	rc.Control(func(fd uintptr) {
+		for i, o := range [4][2]int{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+		} {
+			v, err := unix.GetsockoptInt(int(fd), o[0], o[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[i] = v
+		}
+	})
+	return got
+}
+
+// TestKeepAlive: Dial's sockets carry KeepAlive at once; DialNoKeepAlive's
+// carry none until SetKeepAlive gives them the same settings.
+func TestKeepAlive(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	want := [4]int{1, int(KeepAlive.Idle / time.Second), int(KeepAlive.Interval / time.Second), KeepAlive.Count}
+	d := New(Options{})
+
+	c, err := d.Dial(context.Background(), netip.AddrPort{}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := keepAliveOpts(t, c); got != want {
+		t.Errorf("Dial: keep-alive (on, idle, interval, count) = %v, want %v", got, want)
+	}
+
+	c2, err := d.DialNoKeepAlive(context.Background(), netip.AddrPort{}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if got := keepAliveOpts(t, c2); got[0] != 0 {
+		t.Errorf("DialNoKeepAlive: SO_KEEPALIVE = %d, want 0", got[0])
+	}
+	rc, _ := c2.SyscallConn()
+	var serr error
+	rc.Control(func(fd uintptr) { serr = SetKeepAlive(int(fd)) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if got := keepAliveOpts(t, c2); got != want {
+		t.Errorf("after SetKeepAlive: keep-alive = %v, want %v", got, want)
+	}
+}
