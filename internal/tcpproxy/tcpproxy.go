@@ -315,15 +315,12 @@ func (f *flow) readBurst(l *loop) bool {
 	}
 	w := 0
 	if f.dst.writable {
-		if w, err = write(f.dst.fd, l.buf[:n]); err == unix.EAGAIN {
-			f.dst.writable, w = false, 0
-		} else if err != nil {
-			f.src.p.fail(l, f, os.NewSyscallError("write", err))
+		w, err = write(f.dst.fd, l.buf[:n])
+		if w, _ = f.wrote(l, w, err, "write"); f.src.p.closed {
 			return false
 		}
-		f.n += int64(w)
 	}
-	if w < n {
+	if w < n { // dst is full: keep the rest until it takes more
 		f.pb = copyBuffers.Get().(*[]byte)
 		f.pend = (*f.pb)[:copy(*f.pb, l.buf[w:n])]
 		f.dst.writable = false
@@ -337,15 +334,10 @@ func (f *flow) writePending(l *loop) bool {
 		return false
 	}
 	w, err := write(f.dst.fd, f.pend)
-	if err == unix.EAGAIN {
-		f.dst.writable = false
+	w, ok := f.wrote(l, w, err, "write")
+	if !ok {
 		return false
 	}
-	if err != nil {
-		f.src.p.fail(l, f, os.NewSyscallError("write", err))
-		return false
-	}
-	f.n += int64(w)
 	f.pend = f.pend[w:]
 	if len(f.pend) == 0 {
 		copyBuffers.Put(f.pb)
@@ -396,19 +388,27 @@ func (f *flow) drainPipe(l *loop) bool {
 		return false
 	}
 	n, err := unix.Splice(f.pipe.r, nil, f.dst.fd, nil, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	m, ok := f.wrote(l, int(n), err, "splice")
+	f.inPipe -= m
+	return ok
+}
+
+// wrote accounts the outcome of a write or splice of n bytes into dst. It
+// returns the bytes that went out, and false when the flow must wait for
+// dst (full) or the pair failed.
+func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 	switch {
 	case err == unix.EINTR:
-		return true
+		return 0, true
 	case err == unix.EAGAIN:
 		f.dst.writable = false
-		return false
+		return 0, false
 	case err != nil:
-		f.src.p.fail(l, f, os.NewSyscallError("splice", err))
-		return false
+		f.src.p.fail(l, f, os.NewSyscallError(op, err))
+		return 0, false
 	}
-	f.n += n
-	f.inPipe -= int(n)
-	return true
+	f.n += int64(n)
+	return n, true
 }
 
 // eof passes a clean EOF on as a half-close, or ends the pair when the
