@@ -469,7 +469,7 @@ const keepAliveAfter = 15 * time.Second
 
 // setUpstreamKeepAlive runs on tcpproxy's loop; like Go's own dialer it
 // ignores a failure (the socket just goes without probes).
-func setUpstreamKeepAlive(fd int) { _ = upstream.SetKeepAlive(fd) }
+func setUpstreamKeepAlive(c *net.TCPConn) { _ = upstream.EnableKeepAlive(c) }
 
 // l4Done records a finished L4 connection.
 func (s *Server) l4Done(log *connLog, rec L4Record, res tcpproxy.Result) {

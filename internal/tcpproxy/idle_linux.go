@@ -64,7 +64,7 @@ func (w *idleWatch) check() bool {
 	now := time.Now()
 	if !w.longAt.IsZero() && !now.Before(w.longAt) {
 		w.longAt = time.Time{}
-		w.p.longLived(w.p.u.fd)
+		w.p.longLived(w.p.upstream)
 	}
 	if w.tick > 0 {
 		cur := [2]progress{counters(w.p.c.fd), counters(w.p.u.fd)}

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // loopGoroutines returns the header line of every goroutine running a
@@ -595,21 +593,17 @@ func TestManyPairsConcurrentCancel(t *testing.T) {
 // OnLongLived run once, with the upstream socket; a pair that ends before
 // never has it run. The idle timeout still works beside it.
 func TestOnLongLivedRunsOnceOnUpstream(t *testing.T) {
-	type call struct{ peer unix.Sockaddr }
+	type call struct{ peer net.Addr }
 	calls := make(chan call, 4)
 	o := Options{
 		LongLivedAfter: 100 * time.Millisecond,
-		OnLongLived: func(fd int) {
-			sa, _ := unix.Getpeername(fd)
-			calls <- call{sa}
-		},
+		OnLongLived:    func(up *net.TCPConn) { calls <- call{up.RemoteAddr()} },
 	}
 
 	client, server, done := harness(t, o)
 	select {
 	case c := <-calls:
-		sa, ok := c.peer.(*unix.SockaddrInet4)
-		if !ok || sa.Port != server.LocalAddr().(*net.TCPAddr).Port {
+		if c.peer.String() != server.LocalAddr().String() {
 			t.Fatalf("OnLongLived got a socket whose peer is %+v, want the upstream server %v", c.peer, server.LocalAddr())
 		}
 	case <-time.After(5 * time.Second):

@@ -53,10 +53,10 @@ type Options struct {
 	// one per burst.
 	Pipes *Pipes
 	// OnLongLived, if set, runs once, on the loop, with the upstream
-	// socket's descriptor when the pair has lasted LongLivedAfter (detour
-	// turns on upstream TCP keep-alive there, which short connections
-	// never need). It must not block.
-	OnLongLived    func(upstreamFD int)
+	// connection when the pair has lasted LongLivedAfter (detour turns on
+	// upstream TCP keep-alive there, which short connections never need).
+	// It may set socket options; it must not block, read or write.
+	OnLongLived    func(upstream *net.TCPConn)
 	LongLivedAfter time.Duration
 }
 
@@ -92,7 +92,7 @@ type Pair struct {
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
 	pipes            *Pipes
-	longLived        func(int)
+	longLived        func(*net.TCPConn)
 	longAfter        time.Duration
 	done             func(Result)
 

@@ -3,7 +3,6 @@ package upstream
 import (
 	"fmt"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,23 +38,4 @@ func (d *Dialer) control(network, _ string, rc syscall.RawConn) error {
 		return err
 	}
 	return serr
-}
-
-// SetKeepAlive turns on KeepAlive on an upstream socket dialed by
-// DialNoKeepAlive.
-func SetKeepAlive(fd int) error {
-	opts := [...]struct {
-		level, opt, value int
-	}{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAlive.Idle / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAlive.Interval / time.Second)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAlive.Count},
-	}
-	for _, o := range opts {
-		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.value); err != nil {
-			return fmt.Errorf("set TCP keep-alive: %w", err)
-		}
-	}
-	return nil
 }

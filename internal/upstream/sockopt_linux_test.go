@@ -36,7 +36,7 @@ func keepAliveOpts(t *testing.T, c *net.TCPConn) [4]int {
 }
 
 // TestKeepAlive: Dial's sockets carry KeepAlive at once; DialNoKeepAlive's
-// carry none until SetKeepAlive gives them the same settings.
+// carry none until EnableKeepAlive gives them the same settings.
 func TestKeepAlive(t *testing.T) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -73,13 +73,10 @@ func TestKeepAlive(t *testing.T) {
 	if got := keepAliveOpts(t, c2); got[0] != 0 {
 		t.Errorf("DialNoKeepAlive: SO_KEEPALIVE = %d, want 0", got[0])
 	}
-	rc, _ := c2.SyscallConn()
-	var serr error
-	rc.Control(func(fd uintptr) { serr = SetKeepAlive(int(fd)) })
-	if serr != nil {
-		t.Fatal(serr)
+	if err := EnableKeepAlive(c2); err != nil {
+		t.Fatal(err)
 	}
 	if got := keepAliveOpts(t, c2); got != want {
-		t.Errorf("after SetKeepAlive: keep-alive = %v, want %v", got, want)
+		t.Errorf("after EnableKeepAlive: keep-alive = %v, want %v", got, want)
 	}
 }

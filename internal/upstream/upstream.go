@@ -57,7 +57,7 @@ func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCP
 }
 
 // DialNoKeepAlive is Dial without TCP keep-alive, for a caller that turns
-// it on (SetKeepAlive) only on connections that last: most L4 connections
+// it on (EnableKeepAlive) only on connections that last: most L4 connections
 // end within seconds, and the four setsockopts are an eighth of the
 // system calls of a new one.
 func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
@@ -69,6 +69,9 @@ func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort
 // and firewalls between detour and the server alive on a quiet
 // connection, and notice a dead server within about 2 minutes.
 var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
+
+// EnableKeepAlive gives a connection from DialNoKeepAlive what Dial sets.
+func EnableKeepAlive(c *net.TCPConn) error { return c.SetKeepAliveConfig(KeepAlive) }
 
 func (d *Dialer) dial(ctx context.Context, client, dst netip.AddrPort, ka net.KeepAliveConfig) (*net.TCPConn, error) {
 	nd := net.Dialer{
