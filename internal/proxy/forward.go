@@ -52,7 +52,7 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 	dialc := make(chan dialed, 1)
 	go func() {
 		start := time.Now()
-		up, err := o.Dialer.Dial(s.connCtx, c.Client, c.OrigDst)
+		up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
 		dialc <- dialed{up, err, time.Since(start)}
 	}()
 	sniffc := make(chan sniffed, 1)
@@ -114,7 +114,11 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 			log.get().Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
 		}
 		// When the connect failed, L7 answers the first request 503 with
-		// d.err's reason instead of waiting for a second connect.
+		// d.err's reason instead of waiting for a second connect. A pooled
+		// connection gets its keep-alive now, as L7's own dials do.
+		if d.up != nil {
+			_ = upstream.EnableKeepAlive(d.up)
+		}
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
 		return false
 	}

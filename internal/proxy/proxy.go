@@ -414,7 +414,6 @@ func (l *connLog) get() *slog.Logger {
 // connection).
 func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
 	cut := &cutEntry{}
-	preDialed := up != nil // by auto mode, with keep-alive: it could have become L7's pooled connection
 	if up == nil {
 		if log.debug {
 			log.get().Debug("upstream connecting", "dst", c.OrigDst)
@@ -441,9 +440,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	}
 	to := o.TCP
 	to.Pipes = s.pipes
-	if !preDialed {
-		to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
-	}
+	to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
 	to.Logger = nil
 	if log.debug {
 		to.Logger = log.get()
@@ -460,8 +457,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	return true
 }
 
-// keepAliveAfter is how long an L4 connection that forwardL4 dialed
-// lasts before its upstream socket gets TCP keep-alive (upstream.KeepAlive:
+// keepAliveAfter is how long an L4 connection lasts before its upstream socket gets TCP keep-alive (upstream.KeepAlive:
 // the first probe after 60 s of silence). Most L4 connections end sooner,
 // and the four setsockopts would be an eighth of a new connection's
 // system calls; a connection that lasts gets its probes 15 s late at most.

@@ -105,7 +105,6 @@ type Pair struct {
 	c, u     endpoint
 	up, down flow // client to upstream, upstream to client
 	watch    idleWatch
-	left     int  // directions still copying
 	closed   bool // both sockets closed, the result delivered
 	queued   bool // in loop.again
 }
@@ -149,7 +148,6 @@ func (p *Pair) Start(done func(Result)) {
 	}
 	if err == nil {
 		p.c.writable, p.u.writable = true, true
-		p.left = 2
 		err = l.register(p)
 	}
 	if err != nil {
@@ -419,11 +417,10 @@ func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 func (f *flow) eof(l *loop) {
 	p := f.src.p
 	f.done = true
-	p.left--
 	if p.log != nil {
 		p.log.Debug("half-close", "from", f.from)
 	}
-	if p.left > 0 {
+	if !p.up.done || !p.down.done {
 		unix.Shutdown(f.dst.fd, unix.SHUT_WR)
 		return
 	}
