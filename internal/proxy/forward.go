@@ -150,10 +150,16 @@ func l4ProtocolName(p sniff.Protocol) string {
 // failDial logs a failed upstream connect and resets the client, as a
 // refused direct connect would have.
 func (s *Server) failDial(log *connLog, c *listen.Conn, rec *L4Record, err error) {
+	c.SetLinger(0)
+	c.Close()
+	s.dialFailed(log, c, rec, err)
+}
+
+// dialFailed logs and records a failed upstream connect whose client was
+// reset.
+func (s *Server) dialFailed(log *connLog, c *listen.Conn, rec *L4Record, err error) {
 	reason := upstream.Classify(err)
 	log.get().Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
 	rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)
-	c.SetLinger(0)
-	c.Close()
 	s.obs.L4Done(*rec)
 }

@@ -409,35 +409,12 @@ func (l *connLog) get() *slog.Logger {
 	return l.l
 }
 
-// forwardL4 dials the destination (unless up is already open) and starts
-// the copy. It reports whether the copy started (and will release the
+// forwardL4 starts the copy, with the connect to the destination when up
+// is nil: the connect then completes on tcpproxy's loop (NewConnecting),
+// so no goroutine waits for it and no net.TCPConn is built for the
+// upstream. It reports whether the copy started (and will release the
 // connection).
 func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
-	cut := &cutEntry{}
-	if up == nil {
-		if log.debug {
-			log.get().Debug("upstream connecting", "dst", c.OrigDst)
-		}
-		start := time.Now()
-		// A context of its own (with the connect timeout as deadline, which
-		// the dialer keeps), canceled by the cut list: a child of connCtx
-		// would lock and grow the shared context's list of children twice
-		// per connection.
-		ctx, cancel := context.WithTimeout(context.Background(), o.Dialer.Options().ConnectTimeout)
-		s.live.track(cut, cancel)
-		var err error
-		up, err = o.Dialer.DialNoKeepAlive(ctx, c.Client, c.OrigDst)
-		cancel()
-		rec.ConnectDuration = time.Since(start)
-		if err != nil {
-			s.live.remove(cut)
-			s.failDial(log, c, &rec, err)
-			return false
-		}
-		if log.debug {
-			log.get().Debug("upstream connected", "dst", c.OrigDst, "local", up.LocalAddr(), "connect_time", rec.ConnectDuration)
-		}
-	}
 	to := o.TCP
 	to.Pipes = s.pipes
 	to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
@@ -445,13 +422,45 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 	if log.debug {
 		to.Logger = log.get()
 	}
-	p := tcpproxy.New(c.TCPConn, up, to)
+	var p *tcpproxy.Pair
+	started := up != nil // L4Started was called
+	if up != nil {
+		p = tcpproxy.New(c.TCPConn, up, to)
+		s.obs.L4Started(rec)
+	} else {
+		if log.debug {
+			log.get().Debug("upstream connecting", "dst", c.OrigDst)
+		}
+		fd, err := o.Dialer.Start(c.Client, c.OrigDst)
+		if err != nil {
+			s.failDial(log, c, &rec, err)
+			return false
+		}
+		to.ConnectTimeout = o.Dialer.Options().ConnectTimeout
+		to.OnConnected = func(fd int, d time.Duration) { // on the loop
+			rec.ConnectDuration = d
+			if log.debug {
+				log.get().Debug("upstream connected", "dst", c.OrigDst, "local", upstream.LocalAddr(fd), "connect_time", d)
+			}
+			s.obs.L4Started(rec)
+			started = true
+		}
+		p = tcpproxy.NewConnecting(c.TCPConn, fd, to)
+	}
+	cut := &cutEntry{}
 	s.live.track(cut, p.Cancel)
-	s.obs.L4Started(rec)
 	p.Start(func(res tcpproxy.Result) {
 		// On tcpproxy's loop goroutine: nothing here may block.
 		s.live.remove(cut)
-		s.l4Done(log, rec, res)
+		switch {
+		case res.End == tcpproxy.EndConnectFailed: // the loop reset the client
+			s.dialFailed(log, c, &rec, &upstream.DialError{Dst: c.OrigDst, Reason: upstream.Classify(res.Err), Err: res.Err})
+		default:
+			if !started { // the client reset, or the drain ended, during the connect
+				s.obs.L4Started(rec)
+			}
+			s.l4Done(log, rec, res)
+		}
 		s.release()
 	})
 	return true
@@ -465,7 +474,7 @@ const keepAliveAfter = 15 * time.Second
 
 // setUpstreamKeepAlive runs on tcpproxy's loop; like Go's own dialer it
 // ignores a failure (the socket just goes without probes).
-func setUpstreamKeepAlive(c *net.TCPConn) { _ = upstream.EnableKeepAlive(c) }
+func setUpstreamKeepAlive(fd int) { _ = upstream.EnableKeepAliveFD(fd) }
 
 // l4Done records a finished L4 connection.
 func (s *Server) l4Done(log *connLog, rec L4Record, res tcpproxy.Result) {

@@ -21,6 +21,7 @@ type idleWatch struct {
 	sampled time.Time // when last was read (the start, at first)
 	quiet   time.Duration
 	longAt  time.Time // when OnLongLived is due; zero once run
+	connBy  time.Time // when a connect in progress times out; zero once connected
 }
 
 type progress struct{ received, acked uint64 }
@@ -28,7 +29,10 @@ type progress struct{ received, acked uint64 }
 // start arms the watch. It reads no counters (most connections end
 // before the first sample): the first sample compares against zero, so
 // bytes moved before the watch started count as progress.
-func (w *idleWatch) start(p *Pair) {
+// connBy is when a connect in progress times out (zero: no timeout),
+// computed by Start before the pair was registered: from then on the
+// loop owns p.connecting.
+func (w *idleWatch) start(p *Pair, connBy time.Time) {
 	w.p, w.sampled = p, time.Now()
 	if p.idle > 0 {
 		w.tick = p.idle / 4
@@ -36,6 +40,7 @@ func (w *idleWatch) start(p *Pair) {
 	if p.longLived != nil {
 		w.longAt = w.sampled.Add(p.longAfter)
 	}
+	w.connBy = connBy
 	// Armed only once assigned: the first check (on the loop) resets it.
 	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.post)
 	w.timer.Reset(w.next(w.sampled))
@@ -49,22 +54,34 @@ func (w *idleWatch) next(now time.Time) time.Duration {
 	if w.tick > 0 {
 		d = w.tick
 	}
-	if !w.longAt.IsZero() {
-		if until := max(w.longAt.Sub(now), 0); d < 0 || until < d {
-			d = until
+	for _, at := range [2]time.Time{w.longAt, w.connBy} {
+		if !at.IsZero() {
+			if until := max(at.Sub(now), 0); d < 0 || until < d {
+				d = until
+			}
 		}
 	}
 	return d
 }
 
-// check runs on the loop when the timer fires; it reports whether the
-// idle timeout passed, and otherwise re-arms the timer if anything is
-// still due.
-func (w *idleWatch) check() bool {
+// check runs on the loop when the timer fires; it reports EndIdle when
+// the idle timeout passed, EndConnectFailed when the connect timed out,
+// and otherwise re-arms the timer if anything is still due.
+func (w *idleWatch) check() End {
 	now := time.Now()
+	if !w.connBy.IsZero() && !now.Before(w.connBy) {
+		if w.p.connecting {
+			return EndConnectFailed
+		}
+		w.connBy = time.Time{} // connected in time
+	}
 	if !w.longAt.IsZero() && !now.Before(w.longAt) {
-		w.longAt = time.Time{}
-		w.p.longLived(w.p.upstream)
+		if w.p.connecting { // a connect timeout longer than LongLivedAfter
+			w.longAt = now.Add(time.Second)
+		} else {
+			w.longAt = time.Time{}
+			w.p.longLived(w.p.u.fd)
+		}
 	}
 	if w.tick > 0 {
 		cur := [2]progress{counters(w.p.c.fd), counters(w.p.u.fd)}
@@ -75,13 +92,13 @@ func (w *idleWatch) check() bool {
 		}
 		w.sampled = now
 		if w.quiet >= w.p.idle {
-			return true
+			return EndIdle
 		}
 	}
 	if d := w.next(now); d >= 0 {
 		w.timer.Reset(d)
 	}
-	return false
+	return ""
 }
 
 func (w *idleWatch) stop() {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // loopGoroutines returns the header line of every goroutine running a
@@ -593,17 +596,17 @@ func TestManyPairsConcurrentCancel(t *testing.T) {
 // OnLongLived run once, with the upstream socket; a pair that ends before
 // never has it run. The idle timeout still works beside it.
 func TestOnLongLivedRunsOnceOnUpstream(t *testing.T) {
-	type call struct{ peer net.Addr }
+	type call struct{ peer string }
 	calls := make(chan call, 4)
 	o := Options{
 		LongLivedAfter: 100 * time.Millisecond,
-		OnLongLived:    func(up *net.TCPConn) { calls <- call{up.RemoteAddr()} },
+		OnLongLived:    func(fd int) { calls <- call{peerOf(fd)} },
 	}
 
 	client, server, done := harness(t, o)
 	select {
 	case c := <-calls:
-		if c.peer.String() != server.LocalAddr().String() {
+		if c.peer != server.LocalAddr().String() {
 			t.Fatalf("OnLongLived got a socket whose peer is %+v, want the upstream server %v", c.peer, server.LocalAddr())
 		}
 	case <-time.After(5 * time.Second):
@@ -636,4 +639,19 @@ func TestOnLongLivedRunsOnceOnUpstream(t *testing.T) {
 	if r := waitResult(t, done); r.End != EndIdle {
 		t.Fatalf("with OnLongLived pending: end = %s, want the idle timeout", r.End)
 	}
+}
+
+// peerOf is the peer address of a socket, as net.Addr.String says it.
+func peerOf(fd int) string {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return err.Error()
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	}
+	return "?"
 }

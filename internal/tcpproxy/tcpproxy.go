@@ -17,10 +17,12 @@ package tcpproxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +41,7 @@ const (
 	EndUpstreamErr   End = "upstream reset"   // the server reset or failed
 	EndCanceled      End = "canceled"         // ctx ended: shutdown or drain expired
 	EndBrokenUnknown End = "connection error" // an error the kernel no longer attributes
+	EndConnectFailed End = "connect failed"   // NewConnecting's connect failed or timed out (Result.Err says which)
 )
 
 // Options configures Proxy.
@@ -53,11 +56,17 @@ type Options struct {
 	// one per burst.
 	Pipes *Pipes
 	// OnLongLived, if set, runs once, on the loop, with the upstream
-	// connection when the pair has lasted LongLivedAfter (detour turns on
+	// socket when the pair has lasted LongLivedAfter (detour turns on
 	// upstream TCP keep-alive there, which short connections never need).
 	// It may set socket options; it must not block, read or write.
-	OnLongLived    func(upstream *net.TCPConn)
+	OnLongLived    func(upstreamFD int)
 	LongLivedAfter time.Duration
+	// ConnectTimeout bounds NewConnecting's connect; zero means none.
+	ConnectTimeout time.Duration
+	// OnConnected, if set, runs on the loop when NewConnecting's connect
+	// has completed, before a byte is copied, with how long it took. It
+	// must not block.
+	OnConnected func(upstreamFD int, connectTime time.Duration)
 }
 
 // Result reports what a proxied connection did.
@@ -88,13 +97,21 @@ func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result
 //	p.Start(func(r tcpproxy.Result) { ... }) // returns at once
 //	p.Cancel()                                // on shutdown: ends it with EndCanceled
 type Pair struct {
-	client, upstream *net.TCPConn // owners of the sockets, closed by the loop
+	client, upstream *net.TCPConn // owners of the sockets, closed by the loop; upstream is nil for NewConnecting
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
 	pipes            *Pipes
-	longLived        func(*net.TCPConn)
+	longLived        func(int)
 	longAfter        time.Duration
 	done             func(Result)
+
+	// NewConnecting's pairs own the upstream descriptor and finish its
+	// connect on the loop.
+	upFD           int
+	connecting     bool // until the upstream socket reported the connect's outcome
+	connStart      time.Time
+	connectTimeout time.Duration
+	onConnected    func(int, time.Duration)
 
 	mu      sync.Mutex // Cancel and Start come from other goroutines
 	ended   End        // set once by the first terminal event
@@ -114,7 +131,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes,
+	p := &Pair{client: client, upstream: upstream, upFD: -1, idle: o.IdleTimeout, pipes: o.Pipes,
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.p, p.u.p = p, p
 	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
@@ -122,6 +139,22 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
+	return p
+}
+
+// NewConnecting prepares a pair whose upstream is a non-blocking socket
+// with its connect in progress (upstream.Dialer.Start), which the pair now
+// owns: the loop sees the connect complete (the socket turns writable)
+// and only then copies, holding the client's bytes meanwhile. A connect
+// that fails or outlasts o.ConnectTimeout ends the pair with
+// EndConnectFailed, the client reset, as a refused direct connect would
+// be. Going without a net.TCPConn for the upstream saves the system calls
+// that Go's dial and close add, and the goroutine that would wait for
+// the connect.
+func NewConnecting(client *net.TCPConn, upstreamFD int, o Options) *Pair {
+	p := New(client, nil, o)
+	p.upFD, p.connecting, p.connStart = upstreamFD, true, time.Now()
+	p.connectTimeout, p.onConnected = o.ConnectTimeout, o.OnConnected
 	return p
 }
 
@@ -143,23 +176,30 @@ func (p *Pair) Start(done func(Result)) {
 	if err == nil {
 		p.c.fd, err = sockFD(p.client)
 	}
-	if err == nil {
+	if err == nil && p.upstream != nil {
 		p.u.fd, err = sockFD(p.upstream)
+	} else {
+		p.u.fd = p.upFD
 	}
+	var connBy time.Time // read before the loop owns p.connecting
+	if p.connecting && p.connectTimeout > 0 {
+		connBy = p.connStart.Add(p.connectTimeout)
+	}
+	watch := p.idle > 0 || p.longLived != nil || !connBy.IsZero()
 	if err == nil {
-		p.c.writable, p.u.writable = true, true
+		// A connecting socket is writable once the connect is done.
+		p.c.writable, p.u.writable = true, !p.connecting
 		err = l.register(p)
 	}
 	if err != nil {
 		p.ended, p.up.err = EndBrokenUnknown, err
-		resetClose(p.client)
-		resetClose(p.upstream)
+		p.closeSockets(true)
 		go done(p.resultLocked())
 		return
 	}
 	p.loop = l
-	if p.idle > 0 || p.longLived != nil {
-		p.watch.start(p)
+	if watch {
+		p.watch.start(p, connBy)
 	}
 }
 
@@ -175,8 +215,7 @@ func (p *Pair) Cancel() {
 	if !p.started {
 		p.ended = EndCanceled
 		p.mu.Unlock()
-		resetClose(p.client)
-		resetClose(p.upstream)
+		p.closeSockets(true)
 		return
 	}
 	l := p.loop
@@ -195,11 +234,15 @@ func (p *Pair) runTask(l *loop, k taskKind) {
 	case taskCancel:
 		p.abort(l, EndCanceled)
 	case taskTimer:
-		if p.watch.check() {
+		switch p.watch.check() {
+		case EndIdle:
 			if p.log != nil {
 				p.log.Debug("idle timeout", "timeout", p.idle)
 			}
 			p.abort(l, EndIdle)
+		case EndConnectFailed:
+			p.up.err = fmt.Errorf("connect: %w after %v", os.ErrDeadlineExceeded, p.connectTimeout)
+			p.abort(l, EndConnectFailed)
 		}
 	}
 }
@@ -235,6 +278,9 @@ type flow struct {
 // pump moves what both directions can move without waiting, and requeues
 // the pair if it ran out of budget with work left.
 func (p *Pair) pump(l *loop) {
+	if p.connecting && !p.connected(l) {
+		return
+	}
 	budget := turnBudget
 	p.up.pump(l, &budget)
 	p.down.pump(l, &budget)
@@ -249,6 +295,31 @@ func (p *Pair) pump(l *loop) {
 	case p.u.errored && p.down.done:
 		p.fail(l, &p.down, sockError(p.u.fd))
 	}
+}
+
+// connected checks a connecting pair's upstream socket: it reports true
+// once the connect succeeded, and ends the pair when it failed or the
+// client reset meanwhile.
+func (p *Pair) connected(l *loop) bool {
+	switch {
+	case p.u.writable: // the connect's outcome is in
+		if n, err := unix.GetsockoptInt(p.u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || n != 0 {
+			if err == nil {
+				err = syscall.Errno(n)
+			}
+			p.up.err = os.NewSyscallError("connect", err)
+			p.abort(l, EndConnectFailed)
+			return false
+		}
+		p.connecting = false
+		if p.onConnected != nil {
+			p.onConnected(p.u.fd, time.Since(p.connStart))
+		}
+		return true
+	case p.c.errored:
+		p.fail(l, &p.up, sockError(p.c.fd))
+	}
+	return false
 }
 
 // pump runs one direction until it must wait for an event, it ends, or
@@ -454,12 +525,7 @@ func (p *Pair) finish(l *loop, end End, reset bool) {
 	}
 	p.mu.Unlock()
 	p.watch.stop()
-	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
-		if reset {
-			c.SetLinger(0)
-		}
-		c.Close() // also takes the socket out of the loop's epoll instance
-	}
+	p.closeSockets(reset) // also takes them out of the loop's epoll instance
 	for _, f := range [2]*flow{&p.up, &p.down} {
 		if f.pb != nil {
 			copyBuffers.Put(f.pb)
@@ -507,8 +573,22 @@ func (p *Pair) resultLocked() Result {
 	return r
 }
 
-// resetClose closes c with a reset.
-func resetClose(c *net.TCPConn) {
-	c.SetLinger(0)
-	c.Close()
+// closeSockets closes both sockets, with a reset when reset is set.
+func (p *Pair) closeSockets(reset bool) {
+	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
+		if c == nil {
+			continue
+		}
+		if reset {
+			c.SetLinger(0)
+		}
+		c.Close()
+	}
+	if p.upFD >= 0 {
+		if reset {
+			unix.SetsockoptLinger(p.upFD, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		}
+		unix.Close(p.upFD)
+		p.upFD = -1
+	}
 }

@@ -2,40 +2,137 @@ package upstream
 
 import (
 	"fmt"
+	"net/netip"
+	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// control sets the socket options before connect: the mark for the loop
-// exemption and, for spoofing, transparency so bind accepts a foreign
-// address. IP_BIND_ADDRESS_NO_PORT defers the port choice to connect, so
-// many upstream connections from one spoofed client IP don't exhaust ports.
+// control sets the socket options of Go's dials (setOpts).
 func (d *Dialer) control(network, _ string, rc syscall.RawConn) error {
 	var serr error
-	err := rc.Control(func(fd uintptr) {
-		s := int(fd)
-		if d.opts.Mark != 0 {
-			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(d.opts.Mark)); err != nil {
-				serr = fmt.Errorf("set SO_MARK: %w (needs CAP_NET_ADMIN)", err)
-				return
-			}
-		}
-		if !d.opts.SpoofSource {
-			return
-		}
-		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
-		if network == "tcp6" {
-			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
-		}
-		if err := unix.SetsockoptInt(s, level, opt, 1); err != nil {
-			serr = fmt.Errorf("set IP_TRANSPARENT on upstream socket: %w (needs CAP_NET_ADMIN)", err)
-			return
-		}
-		_ = unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-	})
+	err := rc.Control(func(fd uintptr) { serr = d.setOpts(int(fd), network == "tcp6") })
 	if err != nil {
 		return err
 	}
 	return serr
+}
+
+// setOpts sets the socket options before connect: the mark for the loop
+// exemption and, for spoofing, transparency so bind accepts a foreign
+// address. IP_BIND_ADDRESS_NO_PORT defers the port choice to connect, so
+// many upstream connections from one spoofed client IP don't exhaust ports.
+func (d *Dialer) setOpts(s int, is6 bool) error {
+	if d.opts.Mark != 0 {
+		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(d.opts.Mark)); err != nil {
+			return fmt.Errorf("set SO_MARK: %w (needs CAP_NET_ADMIN)", err)
+		}
+	}
+	if !d.opts.SpoofSource {
+		return nil
+	}
+	level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+	if is6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	}
+	if err := unix.SetsockoptInt(s, level, opt, 1); err != nil {
+		return fmt.Errorf("set IP_TRANSPARENT on upstream socket: %w (needs CAP_NET_ADMIN)", err)
+	}
+	_ = unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	return nil
+}
+
+// Start begins a connect to dst on a new non-blocking socket and returns
+// it, for a caller that completes the connect in an event loop of its own
+// (tcpproxy's L4 loops wait for the socket to become writable and read
+// SO_ERROR). The socket gets Dial's options — mark, source spoofing,
+// TCP_NODELAY as Go sets it — but no keep-alive (EnableKeepAliveFD). A
+// net.TCPConn from Dial costs four system calls more that such a caller
+// does not need: adding the socket to Go's poller and removing it, and
+// reading both addresses. An error is one the kernel reported at once
+// (an unreachable network, say); the caller owns the descriptor
+// otherwise, and closes it.
+func (d *Dialer) Start(client, dst netip.AddrPort) (int, error) {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	is6 := dst.Addr().Is6()
+	fail := func(err error) (int, error) {
+		return -1, &DialError{Dst: dst, Reason: Classify(err), Err: err}
+	}
+	family := unix.AF_INET
+	if is6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fail(os.NewSyscallError("socket", err))
+	}
+	if err := d.start(fd, client, dst, is6); err != nil {
+		unix.Close(fd)
+		return fail(err)
+	}
+	return fd, nil
+}
+
+func (d *Dialer) start(fd int, client, dst netip.AddrPort, is6 bool) error {
+	if err := d.setOpts(fd, is6); err != nil {
+		return err
+	}
+	if d.opts.SpoofSource && client.IsValid() {
+		src := netip.AddrPortFrom(client.Addr().Unmap(), 0)
+		if src.Addr().Is6() != is6 {
+			return fmt.Errorf("spoof source: client %s and destination %s are of different families", client, dst)
+		}
+		if err := unix.Bind(fd, sockaddr(src)); err != nil {
+			return os.NewSyscallError("bind", err)
+		}
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return os.NewSyscallError("setsockopt", err)
+	}
+	switch err := unix.Connect(fd, sockaddr(dst)); err {
+	case nil, unix.EINPROGRESS, unix.EINTR: // EINTR: the connect goes on, as EINPROGRESS
+		return nil
+	default:
+		return os.NewSyscallError("connect", err)
+	}
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+}
+
+// EnableKeepAliveFD gives a socket from Start what Dial sets.
+func EnableKeepAliveFD(fd int) error {
+	for _, o := range [4]struct{ level, opt, v int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAlive.Idle / time.Second)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAlive.Interval / time.Second)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAlive.Count},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return nil
+}
+
+// LocalAddr is the socket's local address, for logs; the zero AddrPort
+// when the kernel does not say.
+func LocalAddr(fd int) netip.AddrPort {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+	}
+	return netip.AddrPort{}
 }
