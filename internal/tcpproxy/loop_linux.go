@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // A loop is one epoll instance and the goroutine that serves it. Each
@@ -153,7 +155,7 @@ func (l *loop) run() {
 // epfd readable again, which Go's netpoller reports.
 func (l *loop) serve(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events[:], 0)
+		n, err := rawsys.EpollPoll(l.epfd, l.events[:])
 		if err == unix.EINTR {
 			continue
 		}
@@ -182,7 +184,7 @@ func (l *loop) dispatch(evs []unix.EpollEvent) {
 		// Before taking the tasks: a post after this read writes the
 		// eventfd again and brings a new event.
 		var b [8]byte
-		unix.Read(l.wakefd, b[:])
+		rawsys.Read(l.wakefd, b[:])
 	}
 	l.mu.Lock()
 	for i := range evs {
@@ -316,7 +318,7 @@ func (l *loop) post(t task) {
 	if wake {
 		one := [8]byte{1}
 		for {
-			_, err := unix.Write(l.wakefd, one[:])
+			_, err := rawsys.Write(l.wakefd, one[:])
 			if err != unix.EINTR {
 				return
 			}
@@ -343,7 +345,7 @@ func sockFD(c syscall.Conn) (int, error) {
 // sockError returns the socket's pending error (SO_ERROR), or an error
 // saying none was pending.
 func sockError(fd int) error {
-	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	n, err := rawsys.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	switch {
 	case err != nil:
 		return os.NewSyscallError("getsockopt", err)

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // DefaultIdleTimeout closes connections that moved no byte for this long.
@@ -303,7 +305,7 @@ func (p *Pair) pump(l *loop) {
 func (p *Pair) connected(l *loop) bool {
 	switch {
 	case p.u.writable: // the connect's outcome is in
-		if n, err := unix.GetsockoptInt(p.u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || n != 0 {
+		if n, err := rawsys.GetsockoptInt(p.u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || n != 0 {
 			if err == nil {
 				err = syscall.Errno(n)
 			}
@@ -363,7 +365,7 @@ func (f *flow) readBurst(l *loop) bool {
 	if !f.src.readable {
 		return false
 	}
-	n, err := unix.Read(f.src.fd, l.buf[:])
+	n, err := rawsys.Read(f.src.fd, l.buf[:])
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -429,7 +431,7 @@ func (f *flow) fillPipe(l *loop) bool {
 		}
 		f.pipe = pp
 	}
-	n, err := unix.Splice(f.src.fd, nil, f.pipe.w, nil, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	n, err := rawsys.Splice(f.src.fd, f.pipe.w, spliceChunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -456,7 +458,7 @@ func (f *flow) drainPipe(l *loop) bool {
 	if !f.dst.writable {
 		return false
 	}
-	n, err := unix.Splice(f.pipe.r, nil, f.dst.fd, nil, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	n, err := rawsys.Splice(f.pipe.r, f.dst.fd, f.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 	m, ok := f.wrote(l, int(n), err, "splice")
 	f.inPipe -= m
 	return ok
@@ -492,7 +494,7 @@ func (f *flow) eof(l *loop) {
 		p.log.Debug("half-close", "from", f.from)
 	}
 	if !p.up.done || !p.down.done {
-		unix.Shutdown(f.dst.fd, unix.SHUT_WR)
+		rawsys.Shutdown(f.dst.fd, unix.SHUT_WR)
 		return
 	}
 	p.finish(l, EndClosed, false)
@@ -548,7 +550,7 @@ func (p *Pair) finish(l *loop, end End, reset bool) {
 // write is write(2) that retries when interrupted.
 func write(fd int, b []byte) (int, error) {
 	for {
-		n, err := unix.Write(fd, b)
+		n, err := rawsys.Write(fd, b)
 		if err != unix.EINTR {
 			if n < 0 {
 				n = 0
@@ -588,7 +590,7 @@ func (p *Pair) closeSockets(reset bool) {
 		if reset {
 			unix.SetsockoptLinger(p.upFD, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
-		unix.Close(p.upFD)
+		rawsys.Close(p.upFD)
 		p.upFD = -1
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // control sets the socket options of Go's dials (setOpts).
@@ -26,7 +28,7 @@ func (d *Dialer) control(network, _ string, rc syscall.RawConn) error {
 // many upstream connections from one spoofed client IP don't exhaust ports.
 func (d *Dialer) setOpts(s int, is6 bool) error {
 	if d.opts.Mark != 0 {
-		if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(d.opts.Mark)); err != nil {
+		if err := rawsys.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(d.opts.Mark)); err != nil {
 			return fmt.Errorf("set SO_MARK: %w (needs CAP_NET_ADMIN)", err)
 		}
 	}
@@ -64,7 +66,7 @@ func (d *Dialer) Start(client, dst netip.AddrPort) (int, error) {
 	if is6 {
 		family = unix.AF_INET6
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := rawsys.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fail(os.NewSyscallError("socket", err))
 	}
@@ -88,10 +90,16 @@ func (d *Dialer) start(fd int, client, dst netip.AddrPort, is6 bool) error {
 			return os.NewSyscallError("bind", err)
 		}
 	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+	if err := rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return os.NewSyscallError("setsockopt", err)
 	}
-	switch err := unix.Connect(fd, sockaddr(dst)); err {
+	var err error
+	if is6 {
+		err = rawsys.Connect6(fd, dst.Addr().As16(), dst.Port())
+	} else {
+		err = rawsys.Connect4(fd, dst.Addr().As4(), dst.Port())
+	}
+	switch err {
 	case nil, unix.EINPROGRESS, unix.EINTR: // EINTR: the connect goes on, as EINPROGRESS
 		return nil
 	default:
