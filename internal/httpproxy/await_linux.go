@@ -4,6 +4,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // sendAwait writes a whole request (head, then body, which may be empty)
@@ -75,9 +77,9 @@ func (a *awaiter) write(fd int) {
 		var n int
 		var err error
 		if len(a.bufs[1]) == 0 {
-			n, err = unix.Write(fd, a.bufs[0])
+			n, err = rawsys.Write(fd, a.bufs[0])
 		} else {
-			n, err = unix.Writev(fd, a.bufs[:])
+			n, err = rawsys.Writev2(fd, a.bufs[0], a.bufs[1])
 		}
 		switch {
 		case err == unix.EINTR:

@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-proxy/detour/internal/rawsys"
+
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -87,8 +89,9 @@ type fastConn struct {
 	in   *fastBuf
 	r, w int
 
-	out   streamWriter
-	heads int
+	out    streamWriter
+	rawOut rawWriter // out's
+	heads  int
 
 	readFn  func(uintptr) bool // fc.readSome
 	readN   int
@@ -121,6 +124,7 @@ type upLink struct {
 	reused bool
 	since  time.Time // idle since
 	await  awaiter   // sendAwait's state
+	raw    rawReader // reads response heads and bodies read through br
 }
 
 // limitedReader fails reads past n bytes: it bounds a response head. It
@@ -312,7 +316,7 @@ func (fc *fastConn) readSome(fd uintptr) bool {
 		fc.in = fc.p.pools.bufs.Get().(*fastBuf)
 	}
 	for {
-		m, err := unix.Read(int(fd), fc.in[fc.w:])
+		m, err := rawsys.Read(int(fd), fc.in[fc.w:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -480,7 +484,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 		}
 	}
 	br = fc.p.pools.readers.Get().(*bufio.Reader)
-	up.lim = limitedReader{r: up.conn, n: maxResponseHead}
+	up.lim = limitedReader{r: &up.raw, n: maxResponseHead}
 	br.Reset(&up.lim)
 	req := &fc.req
 	req.Method = h.method
@@ -637,7 +641,9 @@ func (l *upLink) alive() bool {
 
 func newUpLink(conn *net.TCPConn, h *host) *upLink {
 	rc, _ := conn.SyscallConn() // never fails for a *net.TCPConn
-	return &upLink{conn: conn, rc: rc, h: h}
+	l := &upLink{conn: conn, rc: rc, h: h}
+	l.raw.init(rc)
+	return l
 }
 
 func (l *upLink) close() {

@@ -297,6 +297,8 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (r
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now()}
 	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
+	fc.rawOut.init(rc)
+	fc.out.raw = &fc.rawOut
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {
 		c.Close()

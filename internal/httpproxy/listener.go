@@ -162,19 +162,26 @@ func (memAddr) String() string  { return "detour-l7" }
 // write, so a write may fail after 7/8 of timeout.
 type streamWriter struct {
 	conn     net.Conn
+	raw      *rawWriter // writes to conn without Go's syscall bookkeeping, when set (the fast path)
 	timeout  time.Duration // 0: none
 	wdl      atomic.Int64  // the deadline set, Unix ns; 0: none known
 	timedOut atomic.Bool
 }
 
 func (w *streamWriter) Write(b []byte) (int, error) {
-	d := w.timeout
-	if d <= 0 {
-		return w.conn.Write(b)
+	if w.timeout > 0 {
+		w.renew()
 	}
-	w.renew()
-	n, err := w.conn.Write(b)
-	w.note(err)
+	var n int
+	var err error
+	if w.raw != nil {
+		n, err = w.raw.Write(b)
+	} else {
+		n, err = w.conn.Write(b)
+	}
+	if w.timeout > 0 {
+		w.note(err)
+	}
 	return n, err
 }
 
