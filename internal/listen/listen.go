@@ -13,6 +13,9 @@
 //		if errors.Is(err, listen.ErrNotIntercepted) { continue } // c was closed already
 //		go handle(c.TCPConn, c.Client, c.OrigDst)
 //	}
+//
+// AcceptRaw is Accept for an event loop of the caller's own: the socket
+// stays a bare descriptor (Conn.FD) and never enters Go's poller.
 package listen
 
 import (
@@ -51,12 +54,14 @@ type Options struct {
 	Backlog int
 }
 
-// Conn is an accepted connection with its original destination.
+// Conn is an accepted connection with its original destination: a
+// *net.TCPConn from Accept, or a bare descriptor (FD) from AcceptRaw.
 type Conn struct {
-	*net.TCPConn
-	Client  netip.AddrPort
-	OrigDst netip.AddrPort
-	How     string
+	*net.TCPConn // nil for AcceptRaw's
+	FD           int
+	Client       netip.AddrPort
+	OrigDst      netip.AddrPort
+	How          string
 }
 
 // Listener accepts intercepted connections.
@@ -64,6 +69,7 @@ type Listener struct {
 	ln   *net.TCPListener
 	mode Mode
 	addr netip.AddrPort
+	raw  rawAccept // AcceptRaw's state
 }
 
 // Addr is the listener's bound address (with the real port if 0 was asked).
@@ -76,7 +82,10 @@ func (l *Listener) Mode() Mode { return l.mode }
 func (l *Listener) TCPListener() *net.TCPListener { return l.ln }
 
 // Close stops accepting.
-func (l *Listener) Close() error { return l.ln.Close() }
+func (l *Listener) Close() error {
+	l.raw.close()
+	return l.ln.Close()
+}
 
 // Accept waits for the next connection. When the connection has no original
 // destination, it is closed and returned together with ErrNotIntercepted so

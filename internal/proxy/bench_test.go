@@ -51,7 +51,7 @@ func BenchmarkL4Connection(b *testing.B) {
 			tc := c.(*net.TCPConn)
 			s.open.Add(1)
 			s.conns.Add(1)
-			go s.handle(&listen.Conn{TCPConn: tc, Client: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst})
+			go s.handle(s.cur.Load(), &listen.Conn{TCPConn: tc, Client: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst})
 		}
 	}()
 	front := frontLn.Addr().(*net.TCPAddr)

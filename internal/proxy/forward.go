@@ -150,8 +150,7 @@ func l4ProtocolName(p sniff.Protocol) string {
 // failDial logs a failed upstream connect and resets the client, as a
 // refused direct connect would have.
 func (s *Server) failDial(log *connLog, c *listen.Conn, rec *L4Record, err error) {
-	c.SetLinger(0)
-	c.Close()
+	c.Reset()
 	s.dialFailed(log, c, rec, err)
 }
 

@@ -275,7 +275,16 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 	defer s.acceptDone.Done()
 	var backoff acceptBackoff
 	for {
-		c, err := l.Accept()
+		// The settings when the wait began serve the connection: protocol
+		// tcp takes it as a bare descriptor, which only L4 can serve.
+		o := s.cur.Load()
+		var c *listen.Conn
+		var err error
+		if o.Protocol == ProtocolTCP {
+			c, err = l.AcceptRaw()
+		} else {
+			c, err = l.Accept()
+		}
 		if errors.Is(err, listen.ErrNotIntercepted) {
 			s.obs.Accepted(l.Mode())
 			s.obs.Refused("not intercepted")
@@ -292,7 +301,7 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 			continue
 		}
 		s.obs.Accepted(l.Mode())
-		if limit := s.cur.Load().MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
+		if limit := o.MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
 			s.obs.Refused("limit")
 			s.log.Warn("connection limit reached; closing new connection", "limit", limit, "client", c.Client, "original_dst", c.OrigDst)
 			c.Close()
@@ -300,7 +309,7 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		}
 		s.open.Add(1)
 		s.conns.Add(1)
-		go s.handle(c)
+		go s.handle(o, c)
 	}
 }
 
@@ -330,13 +339,15 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 }
 
 // handle runs one connection's path up to the start of its L4 copy, or
-// the whole of it for L7 and refused connections. An L4 connection goes on
-// in tcpproxy's event loop, which releases it when it ends, so that this
-// goroutine and its deep stack (dial, logging) are not kept for the
-// connection's lifetime.
-func (s *Server) handle(c *listen.Conn) {
+// the whole of it for L7 and refused connections, with the settings o of
+// when it was accepted. An L4 connection goes on in tcpproxy's event loop,
+// which connects it and releases it when it ends, so that this goroutine
+// and its deep stack (dial, logging) are not kept for the connection's
+// lifetime. With protocol tcp the connection is a bare descriptor
+// (listen.Listener.AcceptRaw): no net.TCPConn is made for either side.
+func (s *Server) handle(o *Options, c *listen.Conn) {
 	presizeStack()
-	if !s.route(c) {
+	if !s.route(o, c) {
 		s.release()
 	}
 }
@@ -365,7 +376,7 @@ func (s *Server) release() {
 
 // route reports whether the connection was handed to an L4 copy that
 // releases it.
-func (s *Server) route(c *listen.Conn) bool {
+func (s *Server) route(o *Options, c *listen.Conn) bool {
 	log := newConnLog(s.log, s.ids.Add(1))
 	if log.debug {
 		log.get().Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
@@ -375,13 +386,12 @@ func (s *Server) route(c *listen.Conn) bool {
 		log.get().Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
 			"client", c.Client, "original_dst", c.OrigDst)
 		s.obs.Refused("loop")
-		c.SetLinger(0)
-		c.Close()
+		c.Reset()
 		s.obs.L4Done(L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
 			End: "loop refused", Flags: "LR"})
 		return false
 	}
-	return s.forward(s.cur.Load(), log, c)
+	return s.forward(o, log, c)
 }
 
 // connLog is one connection's logger: the server's, with the connection's
@@ -445,7 +455,11 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 			s.obs.L4Started(rec)
 			started = true
 		}
-		p = tcpproxy.NewConnecting(c.TCPConn, fd, to)
+		if c.TCPConn != nil {
+			p = tcpproxy.NewConnecting(c.TCPConn, fd, to)
+		} else {
+			p = tcpproxy.NewRawConnecting(c.FD, fd, to)
+		}
 	}
 	cut := &cutEntry{}
 	s.live.track(cut, p.Cancel)

@@ -136,3 +136,41 @@ func Writev2(fd int, a, b []byte) (int, error) {
 	}
 	return int(m), nil
 }
+
+// EpollCtl is epoll_ctl(2).
+func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return errno(e)
+}
+
+// Accept4 is accept4(2): the peer's address is written to sa (a
+// sockaddr_in or sockaddr_in6), whose length is returned.
+func Accept4(fd int, sa []byte, flags int) (nfd, salen int, err error) {
+	l := uint32(len(sa))
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return -1, 0, errno(e)
+	}
+	return int(r), int(l), nil
+}
+
+// Getsockname is getsockname(2) into sa; it returns the address's length.
+func Getsockname(fd int, sa []byte) (int, error) {
+	l := uint32(len(sa))
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)))
+	return int(l), errno(e)
+}
+
+// Getsockopt is getsockopt(2) into b; it returns the value's length.
+func Getsockopt(fd, level, opt int, b []byte) (int, error) {
+	l := uint32(len(b))
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
+	return int(l), errno(e)
+}
+
+// SetLinger0 sets SO_LINGER to zero: close then resets the connection.
+func SetLinger0(fd int) error {
+	l := unix.Linger{Onoff: 1}
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+	return errno(e)
+}

@@ -35,6 +35,68 @@ func connecting(t *testing.T, dst netip.AddrPort, o Options, before func(*net.TC
 	return client, p, res
 }
 
+// rawFD takes c's socket out of Go: a non-blocking duplicate descriptor
+// the caller owns, c closed.
+func rawFD(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, derr := -1, error(nil)
+	rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	c.Close()
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// TestRawConnectingPairCopiesAndCloses: with both sockets bare
+// descriptors (NewRawConnecting) a pair connects, copies both ways, and
+// closes both descriptors when it ends.
+func TestRawConnectingPairCopiesAndCloses(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	client, down := tcpPair(t)
+	defer client.Close()
+	cfd := rawFD(t, down)
+	ufd, err := upstream.New(upstream.Options{}).Start(netip.AddrPort{}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan Result, 1)
+	NewRawConnecting(cfd, ufd, Options{ConnectTimeout: 5 * time.Second}).Start(func(r Result) { res <- r })
+	server := acceptOn(t, ln)
+	client.Write([]byte("ping"))
+	client.CloseWrite()
+	server.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(server); err != nil || string(b) != "ping" {
+		t.Fatalf("server read %q, %v", b, err)
+	}
+	server.Write([]byte("pong"))
+	server.CloseWrite()
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(client); err != nil || string(b) != "pong" {
+		t.Fatalf("client read %q, %v", b, err)
+	}
+	if r := waitResult(t, res); r.End != EndClosed || r.Sent != 4 || r.Received != 4 {
+		t.Fatalf("result %+v", r)
+	}
+	for _, fd := range []int{cfd, ufd} {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			t.Errorf("descriptor %d still open after the pair ended (%v)", fd, err)
+		}
+	}
+}
+
 // fullListener is a loopback listener whose accept queue is full: the
 // kernel drops every new SYN, so a connect to it hangs (the SYN is resent
 // after 1 s, 3 s, ...) until accept takes the queued connection; accept

@@ -268,9 +268,9 @@ func (l *loop) register(p *Pair) error {
 			Fd:     ep.slot,
 			Pad:    int32(ep.gen),
 		}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ep.fd, &ev); err != nil {
+		if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ep.fd, &ev); err != nil {
 			if i == 1 {
-				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, eps[0].fd, nil)
+				rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, eps[0].fd, nil)
 				l.releaseLocked(eps[0])
 			}
 			l.releaseLocked(ep)

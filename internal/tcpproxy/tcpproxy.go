@@ -108,8 +108,9 @@ type Pair struct {
 	done             func(Result)
 
 	// NewConnecting's pairs own the upstream descriptor and finish its
-	// connect on the loop.
-	upFD           int
+	// connect on the loop; NewRawConnecting's own the client's too. -1:
+	// not owned (the net.TCPConn is).
+	clientFD, upFD int
 	connecting     bool // until the upstream socket reported the connect's outcome
 	connStart      time.Time
 	connectTimeout time.Duration
@@ -133,7 +134,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	p := &Pair{client: client, upstream: upstream, upFD: -1, idle: o.IdleTimeout, pipes: o.Pipes,
+	p := &Pair{client: client, upstream: upstream, clientFD: -1, upFD: -1, idle: o.IdleTimeout, pipes: o.Pipes,
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.p, p.u.p = p, p
 	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
@@ -160,6 +161,15 @@ func NewConnecting(client *net.TCPConn, upstreamFD int, o Options) *Pair {
 	return p
 }
 
+// NewRawConnecting is NewConnecting for a client that is a bare
+// non-blocking socket too (listen.Listener.AcceptRaw), which the pair now
+// owns: neither socket ever enters Go's poller.
+func NewRawConnecting(clientFD, upstreamFD int, o Options) *Pair {
+	p := NewConnecting(nil, upstreamFD, o)
+	p.clientFD = clientFD
+	return p
+}
+
 // Start hands both connections to a loop and returns at once; when both
 // directions have finished (or the pair was aborted) the loop closes both
 // connections and calls done with the result, on the loop's goroutine,
@@ -175,8 +185,10 @@ func (p *Pair) Start(done func(Result)) {
 		return
 	}
 	l, err := pickLoop()
-	if err == nil {
+	if err == nil && p.client != nil {
 		p.c.fd, err = sockFD(p.client)
+	} else {
+		p.c.fd = p.clientFD
 	}
 	if err == nil && p.upstream != nil {
 		p.u.fd, err = sockFD(p.upstream)
@@ -586,11 +598,14 @@ func (p *Pair) closeSockets(reset bool) {
 		}
 		c.Close()
 	}
-	if p.upFD >= 0 {
-		if reset {
-			unix.SetsockoptLinger(p.upFD, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+	for _, fd := range [2]*int{&p.clientFD, &p.upFD} {
+		if *fd < 0 {
+			continue
 		}
-		rawsys.Close(p.upFD)
-		p.upFD = -1
+		if reset {
+			rawsys.SetLinger0(*fd)
+		}
+		rawsys.Close(*fd)
+		*fd = -1
 	}
 }
