@@ -70,7 +70,7 @@ func Close(fd int) error {
 }
 
 // EpollPoll is epoll_wait(2) with a zero timeout: it takes the pending
-// events without waiting.
+// events (at most len(events), which must not be 0) without waiting.
 func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	if e != 0 {
@@ -144,7 +144,8 @@ func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
 }
 
 // Accept4 is accept4(2): the peer's address is written to sa (a
-// sockaddr_in or sockaddr_in6), whose length is returned.
+// sockaddr_in or sockaddr_in6; sa must not be empty), whose length is
+// returned.
 func Accept4(fd int, sa []byte, flags int) (nfd, salen int, err error) {
 	l := uint32(len(sa))
 	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), uintptr(flags), 0, 0)
@@ -154,18 +155,26 @@ func Accept4(fd int, sa []byte, flags int) (nfd, salen int, err error) {
 	return int(r), int(l), nil
 }
 
-// Getsockname is getsockname(2) into sa; it returns the address's length.
+// Getsockname is getsockname(2) into sa (not empty); it returns the
+// address's length, at most len(sa) (a longer address is cut).
 func Getsockname(fd int, sa []byte) (int, error) {
 	l := uint32(len(sa))
 	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)))
-	return int(l), errno(e)
+	if e != 0 {
+		return 0, errno(e)
+	}
+	return min(int(l), len(sa)), nil
 }
 
-// Getsockopt is getsockopt(2) into b; it returns the value's length.
+// Getsockopt is getsockopt(2) into b (not empty); it returns the value's
+// length, at most len(b).
 func Getsockopt(fd, level, opt int, b []byte) (int, error) {
 	l := uint32(len(b))
 	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
-	return int(l), errno(e)
+	if e != 0 {
+		return 0, errno(e)
+	}
+	return min(int(l), len(b)), nil
 }
 
 // SetLinger0 sets SO_LINGER to zero: close then resets the connection.

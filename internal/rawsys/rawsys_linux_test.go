@@ -2,7 +2,9 @@ package rawsys
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"testing"
@@ -812,4 +814,618 @@ func TestEpollPoll(t *testing.T) {
 	if n, err := EpollPoll(-1, events); n != 0 || err != unix.EBADF {
 		t.Fatalf("EpollPoll(-1) = %d, %v; want 0, EBADF", n, err)
 	}
+}
+
+// epollCreate returns a new epoll descriptor, closed on cleanup.
+func epollCreate(t *testing.T) int {
+	t.Helper()
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, ep)
+	return ep
+}
+
+// TestEpollCtl checks that a descriptor added with EpollCtl is reported by
+// EpollPoll with the data (Fd and Pad) the caller put in the event, not
+// the descriptor's number; that EPOLL_CTL_MOD replaces events and data;
+// that after EPOLL_CTL_DEL (with a nil event) a readable descriptor is no
+// longer reported; and that it can then be added again.
+func TestEpollCtl(t *testing.T) {
+	ep := epollCreate(t)
+	a, b := socketPair(t)
+	events := make([]unix.EpollEvent, 4)
+	poll := func(what string, want int) {
+		t.Helper()
+		if n, err := EpollPoll(ep, events); n != want || err != nil {
+			t.Fatalf("%s: EpollPoll = %d, %v; want %d, nil", what, n, err, want)
+		}
+	}
+	check := func(what string, want unix.EpollEvent) {
+		t.Helper()
+		got := events[0]
+		if got.Fd != want.Fd || got.Pad != want.Pad || got.Events&want.Events != want.Events {
+			t.Fatalf("%s: event = {Events: %#x, Fd: %#x, Pad: %#x}; want events %#x with Fd %#x, Pad %#x",
+				what, got.Events, got.Fd, got.Pad, want.Events, want.Fd, want.Pad)
+		}
+	}
+
+	add := unix.EpollEvent{Events: unix.EPOLLIN, Fd: 0x1234567, Pad: -0x7654321}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_ADD, a, &add); err != nil {
+		t.Fatalf("EPOLL_CTL_ADD = %v", err)
+	}
+	poll("after ADD, nothing to read", 0)
+	if _, err := Write(b, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	poll("after ADD, readable", 1)
+	check("after ADD", add)
+
+	mod := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT, Fd: 7, Pad: 0x7fffffff}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_MOD, a, &mod); err != nil {
+		t.Fatalf("EPOLL_CTL_MOD = %v", err)
+	}
+	poll("after MOD", 1)
+	check("after MOD", mod)
+
+	if err := EpollCtl(ep, unix.EPOLL_CTL_DEL, a, nil); err != nil {
+		t.Fatalf("EPOLL_CTL_DEL = %v", err)
+	}
+	poll("after DEL, still readable", 0)
+
+	again := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1, Pad: 1}
+	if err := EpollCtl(ep, unix.EPOLL_CTL_ADD, a, &again); err != nil {
+		t.Fatalf("EPOLL_CTL_ADD after DEL = %v", err)
+	}
+	poll("after ADD again", 1)
+	check("after ADD again", again)
+}
+
+// TestEpollCtlErrors checks the errno EpollCtl returns: EEXIST adding a
+// descriptor twice, ENOENT deleting or modifying one never added, EBADF
+// for a bad epoll descriptor or a bad target, EINVAL when the first
+// descriptor is not an epoll one or is the target itself, EPERM for a
+// regular file.
+func TestEpollCtlErrors(t *testing.T) {
+	ep := epollCreate(t)
+	a, _ := socketPair(t) // registered
+	c, _ := socketPair(t) // never registered
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(a)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, a, &ev); err != nil {
+		t.Fatal(err)
+	}
+	file, err := unix.Open(t.TempDir()+"/f", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, file)
+	tests := []struct {
+		name string
+		epfd int
+		op   int
+		fd   int
+		ev   *unix.EpollEvent
+		want error
+	}{
+		{"add twice", ep, unix.EPOLL_CTL_ADD, a, &ev, unix.EEXIST},
+		{"del unregistered", ep, unix.EPOLL_CTL_DEL, c, nil, unix.ENOENT},
+		{"mod unregistered", ep, unix.EPOLL_CTL_MOD, c, &ev, unix.ENOENT},
+		{"bad epfd", -1, unix.EPOLL_CTL_ADD, c, &ev, unix.EBADF},
+		{"bad fd", ep, unix.EPOLL_CTL_ADD, -1, &ev, unix.EBADF},
+		{"epfd not epoll", a, unix.EPOLL_CTL_ADD, c, &ev, unix.EINVAL},
+		{"epfd itself", ep, unix.EPOLL_CTL_ADD, ep, &ev, unix.EINVAL},
+		{"regular file", ep, unix.EPOLL_CTL_ADD, file, &ev, unix.EPERM},
+	}
+	for _, tt := range tests {
+		if err := EpollCtl(tt.epfd, tt.op, tt.fd, tt.ev); err != tt.want {
+			t.Errorf("%s: EpollCtl = %v; want %v", tt.name, err, tt.want)
+		}
+	}
+}
+
+// decodeSockaddr decodes a sockaddr_in or sockaddr_in6 by hand — family
+// in host byte order, port big-endian — as listen.DecodeSockaddr does (a
+// test of rawsys cannot import listen: listen imports rawsys). b must be
+// exactly the size of the family's sockaddr.
+func decodeSockaddr(t *testing.T, b []byte) netip.AddrPort {
+	t.Helper()
+	if len(b) < 2 {
+		t.Fatalf("sockaddr of %d bytes", len(b))
+	}
+	port := func() uint16 { return binary.BigEndian.Uint16(b[2:4]) }
+	switch f := binary.NativeEndian.Uint16(b); f {
+	case unix.AF_INET:
+		if len(b) != unix.SizeofSockaddrInet4 {
+			t.Fatalf("sockaddr_in of %d bytes; want %d", len(b), unix.SizeofSockaddrInet4)
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), port())
+	case unix.AF_INET6:
+		if len(b) != unix.SizeofSockaddrInet6 {
+			t.Fatalf("sockaddr_in6 of %d bytes; want %d", len(b), unix.SizeofSockaddrInet6)
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), port())
+	default:
+		t.Fatalf("sockaddr of family %d (bytes %x)", f, b)
+	}
+	return netip.AddrPort{}
+}
+
+// toAddrPort converts an address decoded by x/sys/unix.
+func toAddrPort(t *testing.T, sa unix.Sockaddr) netip.AddrPort {
+	t.Helper()
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	t.Fatalf("unexpected sockaddr %T", sa)
+	return netip.AddrPort{}
+}
+
+// sockname is fd's local address as x/sys/unix reads it.
+func sockname(t *testing.T, fd int) netip.AddrPort {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	return toAddrPort(t, sa)
+}
+
+// listenLoopback opens a non-blocking TCP listener on 127.0.0.1 or ::1
+// (by domain), on a port the kernel picks, with x/sys/unix only; it is
+// closed on cleanup. The test is skipped if ::1 is unavailable.
+func listenLoopback(t *testing.T, domain int) (int, unix.Sockaddr) {
+	t.Helper()
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	if domain == unix.AF_INET6 {
+		sa = &unix.SockaddrInet6{Addr: [16]byte{15: 1}}
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		if domain == unix.AF_INET6 {
+			t.Skipf("no IPv6: %v", err)
+		}
+		t.Fatalf("socket: %v", err)
+	}
+	closeOnCleanup(t, fd)
+	if err := unix.Bind(fd, sa); err != nil {
+		if domain == unix.AF_INET6 {
+			t.Skipf("::1 unavailable: %v", err)
+		}
+		t.Fatalf("bind: %v", err)
+	}
+	if err := unix.Listen(fd, 8); err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	return fd, local
+}
+
+// dial connects a new blocking socket of domain to sa with x/sys/unix
+// (done when it returns) and waits until the listener ln has the
+// connection queued. The caller closes the socket.
+func dial(t *testing.T, domain int, sa unix.Sockaddr, ln int) int {
+	t.Helper()
+	c, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	if err := unix.Connect(c, sa); err != nil {
+		unix.Close(c)
+		t.Fatalf("connect: %v", err)
+	}
+	waitFor(t, ln, unix.POLLIN)
+	return c
+}
+
+// fill sets every byte of p to 0xa5, so that bytes a call did not write
+// can be told from those it did.
+func fill(p []byte) []byte {
+	for i := range p {
+		p[i] = 0xa5
+	}
+	return p
+}
+
+// checkUntouched fails if p (past what a call said it wrote) was written.
+func checkUntouched(t *testing.T, what string, p []byte) {
+	t.Helper()
+	for i, c := range p {
+		if c != 0xa5 {
+			t.Errorf("%s: byte %d past the returned length was overwritten (%#x)", what, i, c)
+			return
+		}
+	}
+}
+
+// TestAccept4 checks Accept4 on non-blocking loopback listeners (IPv4 and,
+// if available, IPv6): with nothing queued it returns -1, 0, EAGAIN; after
+// a client connects it returns a new descriptor for that connection with
+// O_NONBLOCK and FD_CLOEXEC set exactly as the flags asked, and the
+// sockaddr it wrote — the first salen bytes of sa, salen the family's
+// sockaddr size — decodes to the client's local address and port, with
+// the rest of sa left alone. sa is 28 bytes, as its callers pass.
+func TestAccept4(t *testing.T) {
+	families := []struct {
+		name   string
+		domain int
+		salen  int
+	}{
+		{"ipv4", unix.AF_INET, unix.SizeofSockaddrInet4},
+		{"ipv6", unix.AF_INET6, unix.SizeofSockaddrInet6},
+	}
+	flagSets := []struct {
+		name  string
+		flags int
+	}{
+		{"nonblock cloexec", unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC},
+		{"nonblock", unix.SOCK_NONBLOCK},
+		{"cloexec", unix.SOCK_CLOEXEC},
+		{"none", 0},
+	}
+	for _, f := range families {
+		for _, fl := range flagSets {
+			t.Run(f.name+"/"+fl.name, func(t *testing.T) {
+				ln, lsa := listenLoopback(t, f.domain)
+				sa := fill(make([]byte, unix.SizeofSockaddrInet6))
+				if nfd, n, err := Accept4(ln, sa, fl.flags); nfd != -1 || n != 0 || err != unix.EAGAIN {
+					if err == nil {
+						unix.Close(nfd)
+					}
+					t.Fatalf("Accept4 with nothing queued = %d, %d, %v; want -1, 0, EAGAIN", nfd, n, err)
+				}
+				checkUntouched(t, "Accept4 with EAGAIN", sa)
+
+				c := dial(t, f.domain, lsa, ln)
+				closeOnCleanup(t, c)
+				nfd, n, err := Accept4(ln, sa, fl.flags)
+				if err != nil {
+					t.Fatalf("Accept4 with a connection queued: %v", err)
+				}
+				closeOnCleanup(t, nfd)
+				if nfd < 0 || nfd == ln || nfd == c {
+					t.Fatalf("Accept4 returned fd %d (listener %d, client %d)", nfd, ln, c)
+				}
+				if n != f.salen {
+					t.Fatalf("Accept4 returned salen %d; want %d", n, f.salen)
+				}
+				client := sockname(t, c)
+				if got := decodeSockaddr(t, sa[:n]); got != client {
+					t.Errorf("Accept4 peer address %v; want the client's %v", got, client)
+				}
+				checkUntouched(t, "Accept4", sa[n:])
+
+				fl2, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := fl2&unix.O_NONBLOCK != 0, fl.flags&unix.SOCK_NONBLOCK != 0; got != want {
+					t.Errorf("O_NONBLOCK set = %v; want %v", got, want)
+				}
+				fdfl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFD, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := fdfl&unix.FD_CLOEXEC != 0, fl.flags&unix.SOCK_CLOEXEC != 0; got != want {
+					t.Errorf("FD_CLOEXEC set = %v; want %v", got, want)
+				}
+
+				// The descriptor is that client's connection.
+				if got, want := sockname(t, nfd), toAddrPort(t, lsa); got != want {
+					t.Errorf("accepted socket's local address %v; want the listener's %v", got, want)
+				}
+				if _, err := unix.Write(c, []byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+				if got := readN(t, nfd, 4); string(got) != "ping" {
+					t.Errorf("accepted socket read %q; want %q", got, "ping")
+				}
+				if nfd2, n, err := Accept4(ln, sa, fl.flags); err != unix.EAGAIN {
+					if err == nil {
+						unix.Close(nfd2)
+					}
+					t.Errorf("second Accept4 = %d, %d, %v; want -1, 0, EAGAIN", nfd2, n, err)
+				}
+			})
+		}
+	}
+}
+
+// TestAccept4Errors checks that Accept4 returns -1, 0 and the errno for a
+// bad descriptor (EBADF), a socket that is not listening (EINVAL) and a
+// pipe (ENOTSOCK).
+func TestAccept4Errors(t *testing.T) {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, s)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, p[0])
+	closeOnCleanup(t, p[1])
+	tests := []struct {
+		name string
+		fd   int
+		want error
+	}{
+		{"bad fd", -1, unix.EBADF},
+		{"not listening", s, unix.EINVAL},
+		{"pipe", p[0], unix.ENOTSOCK},
+	}
+	for _, tt := range tests {
+		sa := make([]byte, unix.SizeofSockaddrInet6)
+		nfd, n, err := Accept4(tt.fd, sa, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err == nil {
+			unix.Close(nfd)
+		}
+		if nfd != -1 || n != 0 || err != tt.want {
+			t.Errorf("%s: Accept4 = %d, %d, %v; want -1, 0, %v", tt.name, nfd, n, err, tt.want)
+		}
+	}
+}
+
+// TestGetsockname checks that Getsockname returns the length of the
+// socket's address and writes exactly those bytes, which decode to the
+// address x/sys/unix reads: for bound loopback listeners (IPv4, IPv6), a
+// bound UDP socket, a connected socket, and unbound sockets (the
+// unspecified address, port 0); with a buffer of the exact size and a
+// bigger one.
+func TestGetsockname(t *testing.T) {
+	socket := func(t *testing.T, domain, typ int) int {
+		fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			if domain == unix.AF_INET6 {
+				t.Skipf("no IPv6: %v", err)
+			}
+			t.Fatal(err)
+		}
+		closeOnCleanup(t, fd)
+		return fd
+	}
+	tests := []struct {
+		name  string
+		open  func(t *testing.T) int
+		salen int
+		want  netip.AddrPort // if valid; else the bound address
+	}{
+		{"tcp4 listener", func(t *testing.T) int {
+			fd, _ := listenLoopback(t, unix.AF_INET)
+			return fd
+		}, unix.SizeofSockaddrInet4, netip.AddrPort{}},
+		{"tcp6 listener", func(t *testing.T) int {
+			fd, _ := listenLoopback(t, unix.AF_INET6)
+			return fd
+		}, unix.SizeofSockaddrInet6, netip.AddrPort{}},
+		{"udp4 bound", func(t *testing.T) int {
+			fd := socket(t, unix.AF_INET, unix.SOCK_DGRAM)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, unix.SizeofSockaddrInet4, netip.AddrPort{}},
+		{"tcp4 connected", func(t *testing.T) int {
+			c, _ := tcpPair(t)
+			return c
+		}, unix.SizeofSockaddrInet4, netip.AddrPort{}},
+		{"tcp4 unbound", func(t *testing.T) int {
+			return socket(t, unix.AF_INET, unix.SOCK_STREAM)
+		}, unix.SizeofSockaddrInet4, netip.MustParseAddrPort("0.0.0.0:0")},
+		{"tcp6 unbound", func(t *testing.T) int {
+			return socket(t, unix.AF_INET6, unix.SOCK_STREAM)
+		}, unix.SizeofSockaddrInet6, netip.MustParseAddrPort("[::]:0")},
+	}
+	for _, tt := range tests {
+		for _, size := range []int{tt.salen, 128} {
+			t.Run(tt.name+"/"+strconv.Itoa(size), func(t *testing.T) {
+				fd := tt.open(t)
+				want := tt.want
+				if !want.IsValid() {
+					want = sockname(t, fd)
+					if !want.Addr().IsLoopback() || want.Port() == 0 {
+						t.Fatalf("x/sys/unix reads the bound address as %v", want)
+					}
+				}
+				sa := fill(make([]byte, size))
+				n, err := Getsockname(fd, sa)
+				if err != nil || n != tt.salen {
+					t.Fatalf("Getsockname = %d, %v; want %d, nil", n, err, tt.salen)
+				}
+				if got := decodeSockaddr(t, sa[:n]); got != want {
+					t.Errorf("Getsockname address %v; want %v", got, want)
+				}
+				checkUntouched(t, "Getsockname", sa[n:])
+			})
+		}
+	}
+	t.Run("short buffer", func(t *testing.T) {
+		// The kernel truncates the address to the buffer; the length
+		// returned is cut to the buffer too (sa[:n] must not panic), and
+		// nothing past the slice may be written.
+		fd, lsa := listenLoopback(t, unix.AF_INET6)
+		buf := fill(make([]byte, unix.SizeofSockaddrInet6))
+		n, err := Getsockname(fd, buf[:unix.SizeofSockaddrInet4])
+		if err != nil || n != unix.SizeofSockaddrInet4 {
+			t.Fatalf("Getsockname into %d bytes = %d, %v; want %d, nil", unix.SizeofSockaddrInet4, n, err, unix.SizeofSockaddrInet4)
+		}
+		checkUntouched(t, "Getsockname into a short buffer", buf[unix.SizeofSockaddrInet4:])
+		if f := binary.NativeEndian.Uint16(buf); f != unix.AF_INET6 {
+			t.Errorf("family %d; want %d", f, unix.AF_INET6)
+		}
+		if got, want := binary.BigEndian.Uint16(buf[2:]), uint16(lsa.(*unix.SockaddrInet6).Port); got != want {
+			t.Errorf("port %d; want %d", got, want)
+		}
+	})
+	t.Run("errors", func(t *testing.T) {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		closeOnCleanup(t, p[0])
+		closeOnCleanup(t, p[1])
+		for _, tt := range []struct {
+			name string
+			fd   int
+			want error
+		}{
+			{"bad fd", -1, unix.EBADF},
+			{"pipe", p[0], unix.ENOTSOCK},
+		} {
+			if _, err := Getsockname(tt.fd, make([]byte, unix.SizeofSockaddrInet6)); err != tt.want {
+				t.Errorf("%s: Getsockname = %v; want %v", tt.name, err, tt.want)
+			}
+		}
+	})
+}
+
+// TestGetsockopt checks that Getsockopt writes an int option's value into
+// the buffer and returns its length, 4, also when the buffer is bigger
+// (whose rest is left alone); and that it returns the errno: EBADF,
+// ENOTSOCK for a pipe, ENOPROTOOPT for an unknown option.
+func TestGetsockopt(t *testing.T) {
+	tcp, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, tcp)
+	if err := unix.SetsockoptInt(tcp, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		t.Fatal(err)
+	}
+	udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeOnCleanup(t, udp)
+	tests := []struct {
+		name  string
+		fd    int
+		level int
+		opt   int
+		size  int
+		want  int32
+	}{
+		{"SO_TYPE stream", tcp, unix.SOL_SOCKET, unix.SO_TYPE, 4, unix.SOCK_STREAM},
+		{"SO_TYPE dgram", udp, unix.SOL_SOCKET, unix.SO_TYPE, 4, unix.SOCK_DGRAM},
+		{"SO_TYPE big buffer", tcp, unix.SOL_SOCKET, unix.SO_TYPE, 16, unix.SOCK_STREAM},
+		{"SO_DOMAIN", tcp, unix.SOL_SOCKET, unix.SO_DOMAIN, 4, unix.AF_INET},
+		{"TCP_NODELAY", tcp, unix.IPPROTO_TCP, unix.TCP_NODELAY, 4, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := fill(make([]byte, tt.size))
+			n, err := Getsockopt(tt.fd, tt.level, tt.opt, b)
+			if err != nil || n != 4 {
+				t.Fatalf("Getsockopt into %d bytes = %d, %v; want 4, nil", tt.size, n, err)
+			}
+			if got := int32(binary.NativeEndian.Uint32(b)); got != tt.want {
+				t.Errorf("value %d; want %d", got, tt.want)
+			}
+			checkUntouched(t, "Getsockopt", b[n:])
+		})
+	}
+	t.Run("errors", func(t *testing.T) {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		closeOnCleanup(t, p[0])
+		closeOnCleanup(t, p[1])
+		for _, tt := range []struct {
+			name string
+			fd   int
+			opt  int
+			want error
+		}{
+			{"bad fd", -1, unix.SO_TYPE, unix.EBADF},
+			{"pipe", p[0], unix.SO_TYPE, unix.ENOTSOCK},
+			{"unknown option", tcp, 12345, unix.ENOPROTOOPT},
+		} {
+			if _, err := Getsockopt(tt.fd, unix.SOL_SOCKET, tt.opt, make([]byte, 4)); err != tt.want {
+				t.Errorf("%s: Getsockopt = %v; want %v", tt.name, err, tt.want)
+			}
+		}
+	})
+}
+
+// TestSetLinger0 checks that after SetLinger0 SO_LINGER reads back as
+// onoff 1, linger 0 (through Getsockopt and x/sys/unix) and closing the
+// connected socket resets the connection: the peer's read fails with
+// ECONNRESET; without it the peer reads EOF. The client socket is closed
+// by the test itself, so the cleanup closes it only if the test did not.
+func TestSetLinger0(t *testing.T) {
+	tests := []struct {
+		name    string
+		linger0 bool
+		want    error // of the peer's read; nil: EOF
+	}{
+		{"SetLinger0", true, unix.ECONNRESET},
+		{"default", false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, lsa := listenLoopback(t, unix.AF_INET)
+			c := dial(t, unix.AF_INET, lsa, ln)
+			closed := false
+			t.Cleanup(func() {
+				if !closed {
+					unix.Close(c)
+				}
+			})
+			s, _, err := unix.Accept4(ln, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			if err != nil {
+				t.Fatalf("accept: %v", err)
+			}
+			closeOnCleanup(t, s)
+			wantOnoff := int32(0)
+			if tt.linger0 {
+				if err := SetLinger0(c); err != nil {
+					t.Fatalf("SetLinger0 = %v", err)
+				}
+				wantOnoff = 1
+			}
+			b := fill(make([]byte, unix.SizeofLinger))
+			n, err := Getsockopt(c, unix.SOL_SOCKET, unix.SO_LINGER, b)
+			if err != nil || n != unix.SizeofLinger {
+				t.Fatalf("Getsockopt SO_LINGER = %d, %v; want %d, nil", n, err, unix.SizeofLinger)
+			}
+			onoff, linger := int32(binary.NativeEndian.Uint32(b)), int32(binary.NativeEndian.Uint32(b[4:]))
+			if onoff != wantOnoff || linger != 0 {
+				t.Fatalf("SO_LINGER = {onoff %d, linger %d}; want {%d, 0}", onoff, linger, wantOnoff)
+			}
+			if l, err := unix.GetsockoptLinger(c, unix.SOL_SOCKET, unix.SO_LINGER); err != nil || l.Onoff != wantOnoff || l.Linger != 0 {
+				t.Fatalf("unix.GetsockoptLinger = %+v, %v; want {%d, 0}", l, err, wantOnoff)
+			}
+
+			if err := Close(c); err != nil {
+				t.Fatalf("Close = %v", err)
+			}
+			closed = true
+			waitFor(t, s, unix.POLLIN)
+			if n, err := Read(s, make([]byte, 8)); n != 0 || err != tt.want {
+				t.Fatalf("peer Read after close = %d, %v; want 0, %v", n, err, tt.want)
+			}
+		})
+	}
+	t.Run("errors", func(t *testing.T) {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		closeOnCleanup(t, p[0])
+		closeOnCleanup(t, p[1])
+		if err := SetLinger0(-1); err != unix.EBADF {
+			t.Errorf("SetLinger0(-1) = %v; want EBADF", err)
+		}
+		if err := SetLinger0(p[0]); err != unix.ENOTSOCK {
+			t.Errorf("SetLinger0(pipe) = %v; want ENOTSOCK", err)
+		}
+	})
 }
