@@ -96,26 +96,31 @@ func (l *Listener) Accept() (*Conn, error) {
 		return nil, err
 	}
 	conn := &Conn{TCPConn: c, Client: addrPort(c.RemoteAddr())}
+	return conn, l.learn(conn, addrPort(c.LocalAddr()), func() (netip.AddrPort, string, error) { return OriginalDst(c) })
+}
+
+// learn sets c's original destination: in tproxy mode its local address;
+// in redirect mode what origDst reads from conntrack. A redirect-mode
+// connection without one is closed and ErrNotIntercepted returned.
+func (l *Listener) learn(c *Conn, local netip.AddrPort, origDst func() (netip.AddrPort, string, error)) error {
 	switch l.mode {
 	case ModeTProxy:
-		conn.OrigDst, conn.How = addrPort(c.LocalAddr()), HowLocalAddr
+		c.OrigDst, c.How = local, HowLocalAddr
 	case ModeRedirect:
-		dst, how, err := OriginalDst(c)
-		if err != nil || dst == addrPort(c.LocalAddr()) {
+		dst, how, err := origDst()
+		if err != nil || dst == local {
 			// No NAT entry, or conntrack saw no rewrite: the client dialed
 			// the listener itself.
-			conn.How = HowNotIntercepted
+			c.How = HowNotIntercepted
 			c.Close()
 			if err == nil {
-				err = ErrNotIntercepted
-			} else {
-				err = fmt.Errorf("%w (%v)", ErrNotIntercepted, err)
+				return ErrNotIntercepted
 			}
-			return conn, err
+			return fmt.Errorf("%w (%v)", ErrNotIntercepted, err)
 		}
-		conn.OrigDst, conn.How = dst, how
+		c.OrigDst, c.How = dst, how
 	}
-	return conn, nil
+	return nil
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

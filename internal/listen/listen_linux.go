@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -63,32 +62,16 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, string, error) {
 	if err != nil {
 		return netip.AddrPort{}, "", err
 	}
-	is6 := addrPort(c.LocalAddr()).Addr().Is6()
 	var (
-		buf  [unix.SizeofSockaddrInet6]byte
-		size = uint32(len(buf))
-		serr error
+		dst  netip.AddrPort
+		how  string
+		derr error
 	)
-	level, how := unix.SOL_IP, HowOriginalDst
-	if is6 {
-		level, how = unix.SOL_IPV6, HowOriginalDst6
-	}
-	// SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share the number 80.
-	err = rc.Control(func(fd uintptr) {
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), unix.SO_ORIGINAL_DST,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
-		if e != 0 {
-			serr = fmt.Errorf("getsockopt %s: %w", how, e)
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
+	is6 := addrPort(c.LocalAddr()).Addr().Is6()
+	if err := rc.Control(func(fd uintptr) { dst, how, derr = originalDst(int(fd), is6) }); err != nil {
 		return netip.AddrPort{}, how, err
 	}
-	dst, err := DecodeSockaddr(buf[:size])
-	return dst, how, err
+	return dst, how, derr
 }
 
 // DecodeSockaddr decodes the sockaddr_in or sockaddr_in6 that

@@ -66,24 +66,7 @@ func (l *Listener) AcceptRaw() (*Conn, error) {
 		c.Reset()
 		return nil, err
 	}
-	switch l.mode {
-	case ModeTProxy:
-		c.OrigDst, c.How = local, HowLocalAddr
-	case ModeRedirect:
-		dst, how, err := originalDstFD(c.FD, local.Addr().Is6())
-		if err != nil || dst == local {
-			c.How = HowNotIntercepted
-			c.Close()
-			if err == nil {
-				err = ErrNotIntercepted
-			} else {
-				err = fmt.Errorf("%w (%v)", ErrNotIntercepted, err)
-			}
-			return c, err
-		}
-		c.OrigDst, c.How = dst, how
-	}
-	return c, nil
+	return c, l.learn(c, local, func() (netip.AddrPort, string, error) { return originalDst(c.FD, local.Addr().Is6()) })
 }
 
 // open makes the duplicate AcceptRaw waits on.
@@ -151,8 +134,8 @@ func sockname(fd int) (netip.AddrPort, error) {
 	return unmap(a), err
 }
 
-// originalDstFD is OriginalDst for a bare descriptor.
-func originalDstFD(fd int, is6 bool) (netip.AddrPort, string, error) {
+// originalDst reads a redirected socket's destination from conntrack.
+func originalDst(fd int, is6 bool) (netip.AddrPort, string, error) {
 	level, how := unix.SOL_IP, HowOriginalDst
 	if is6 {
 		level, how = unix.SOL_IPV6, HowOriginalDst6

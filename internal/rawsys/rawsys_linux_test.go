@@ -448,20 +448,7 @@ func TestSocket(t *testing.T) {
 			if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || v != tt.typ {
 				t.Errorf("SO_TYPE = %d, %v; want %d", v, err, tt.typ)
 			}
-			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := fl&unix.O_NONBLOCK != 0, tt.flags&unix.SOCK_NONBLOCK != 0; got != want {
-				t.Errorf("O_NONBLOCK set = %v; want %v", got, want)
-			}
-			fdfl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := fdfl&unix.FD_CLOEXEC != 0, tt.flags&unix.SOCK_CLOEXEC != 0; got != want {
-				t.Errorf("FD_CLOEXEC set = %v; want %v", got, want)
-			}
+			checkSockFlags(t, fd, tt.flags)
 		})
 	}
 	t.Run("bad domain", func(t *testing.T) {
@@ -1101,20 +1088,7 @@ func TestAccept4(t *testing.T) {
 				}
 				checkUntouched(t, "Accept4", sa[n:])
 
-				fl2, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got, want := fl2&unix.O_NONBLOCK != 0, fl.flags&unix.SOCK_NONBLOCK != 0; got != want {
-					t.Errorf("O_NONBLOCK set = %v; want %v", got, want)
-				}
-				fdfl, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFD, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got, want := fdfl&unix.FD_CLOEXEC != 0, fl.flags&unix.SOCK_CLOEXEC != 0; got != want {
-					t.Errorf("FD_CLOEXEC set = %v; want %v", got, want)
-				}
+				checkSockFlags(t, nfd, fl.flags)
 
 				// The descriptor is that client's connection.
 				if got, want := sockname(t, nfd), toAddrPort(t, lsa); got != want {
@@ -1428,4 +1402,24 @@ func TestSetLinger0(t *testing.T) {
 			t.Errorf("SetLinger0(pipe) = %v; want ENOTSOCK", err)
 		}
 	})
+}
+
+// checkSockFlags checks that fd has O_NONBLOCK and FD_CLOEXEC exactly when
+// flags (SOCK_NONBLOCK, SOCK_CLOEXEC) asked for them.
+func checkSockFlags(t *testing.T, fd, flags int) {
+	t.Helper()
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fl&unix.O_NONBLOCK != 0, flags&unix.SOCK_NONBLOCK != 0; got != want {
+		t.Errorf("O_NONBLOCK set = %v; want %v", got, want)
+	}
+	fdfl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fdfl&unix.FD_CLOEXEC != 0, flags&unix.SOCK_CLOEXEC != 0; got != want {
+		t.Errorf("FD_CLOEXEC set = %v; want %v", got, want)
+	}
 }
