@@ -1,8 +1,10 @@
 // Package tcpproxy copies an intercepted TCP connection to its upstream and
 // back.
 //
-// Both sides arrive as *net.TCPConn and are handed to an epoll loop of the
-// package's own (one per CPU, see loop): small bursts take one read and
+// Both sides arrive as *net.TCPConn (New), or as bare descriptors with
+// the upstream's connect still in progress (NewConnecting,
+// NewRawConnecting), and are handed to an epoll loop of the package's own
+// (one per CPU, see loop), which makes its system calls raw (rawsys): small bursts take one read and
 // one write, bulk bursts are moved with splice(2), kernel to kernel,
 // without copying them through user space. A FIN in one direction is
 // passed on with a half-close, so a client that shuts down its sending
