@@ -1,12 +1,13 @@
 // Package tcpproxy copies an intercepted TCP connection to its upstream and
 // back.
 //
-// Both sides arrive as *net.TCPConn (New), or as bare descriptors with
-// the upstream's connect still in progress (NewConnecting,
-// NewRawConnecting), and are handed to an epoll loop of the package's own
-// (one per CPU, see loop), which makes its system calls raw (rawsys): small bursts take one read and
-// one write, bulk bursts are moved with splice(2), kernel to kernel,
-// without copying them through user space. A FIN in one direction is
+// Both sides arrive as *net.TCPConn (New), or the upstream (and with
+// NewRawConnecting the client too) as a bare descriptor whose connect is
+// still in progress (NewConnecting), and are handed to an epoll loop of
+// the package's own (one per CPU, see loop), which makes its system calls
+// raw (rawsys): small bursts take one read and one write, bulk bursts are
+// moved with splice(2), kernel to kernel, without copying them through
+// user space. A FIN in one direction is
 // passed on with a half-close, so a client that shuts down its sending
 // side still receives the whole reply. A reset on one side resets the
 // other. The idle timeout watches the kernel's own byte counters
