@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
@@ -48,10 +50,17 @@ func BenchmarkL4Connection(b *testing.B) {
 			if err != nil {
 				return
 			}
-			tc := c.(*net.TCPConn)
+			// Protocol tcp serves bare descriptors (listen's AcceptRaw, which
+			// needs a tproxy or redirect listener): one taken out of Go here.
+			client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			fd, err := bareFD(c.(*net.TCPConn))
+			if err != nil {
+				b.Error(err)
+				return
+			}
 			s.open.Add(1)
 			s.conns.Add(1)
-			go s.handle(s.cur.Load(), &listen.Conn{TCPConn: tc, Client: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst})
+			go s.handle(s.cur.Load(), &listen.Conn{FD: fd, Client: client, OrigDst: dst})
 		}
 	}()
 	front := frontLn.Addr().(*net.TCPAddr)
@@ -79,4 +88,22 @@ func BenchmarkL4Connection(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s.Shutdown(ctx)
+}
+
+// bareFD takes c's socket out of Go: a non-blocking duplicate the caller
+// owns, c closed.
+func bareFD(c *net.TCPConn) (int, error) {
+	defer c.Close()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	return fd, unix.SetNonblock(fd, true)
 }

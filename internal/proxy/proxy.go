@@ -419,10 +419,11 @@ func (l *connLog) get() *slog.Logger {
 	return l.l
 }
 
-// forwardL4 starts the copy, with the connect to the destination when up
-// is nil: the connect then completes on tcpproxy's loop (NewConnecting),
-// so no goroutine waits for it and no net.TCPConn is built for the
-// upstream. It reports whether the copy started (and will release the
+// forwardL4 starts the copy: of auto mode's connection (c.TCPConn) to its
+// pre-dialed upstream up, or of protocol tcp's bare descriptor (c.FD,
+// up nil) to a connect that completes on tcpproxy's loop (NewConnecting),
+// so no goroutine waits for it and no net.TCPConn is built for either
+// side. It reports whether the copy started (and will release the
 // connection).
 func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
 	to := o.TCP
@@ -455,11 +456,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 			s.obs.L4Started(rec)
 			started = true
 		}
-		if c.TCPConn != nil {
-			p = tcpproxy.NewConnecting(c.TCPConn, fd, to)
-		} else {
-			p = tcpproxy.NewRawConnecting(c.FD, fd, to)
-		}
+		p = tcpproxy.NewConnecting(c.FD, fd, to)
 	}
 	cut := &cutEntry{}
 	s.live.track(cut, p.Cancel)

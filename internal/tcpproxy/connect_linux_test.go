@@ -30,7 +30,7 @@ func connecting(t *testing.T, dst netip.AddrPort, o Options, before func(*net.TC
 		t.Fatal(err)
 	}
 	res := make(chan Result, 1)
-	p = NewConnecting(down, fd, o)
+	p = NewConnecting(rawFD(t, down), fd, o)
 	p.Start(func(r Result) { res <- r })
 	return client, p, res
 }
@@ -55,10 +55,9 @@ func rawFD(t *testing.T, c *net.TCPConn) int {
 	return fd
 }
 
-// TestRawConnectingPairCopiesAndCloses: with both sockets bare
-// descriptors (NewRawConnecting) a pair connects, copies both ways, and
-// closes both descriptors when it ends.
-func TestRawConnectingPairCopiesAndCloses(t *testing.T) {
+// TestConnectingPairClosesDescriptors: a NewConnecting pair connects,
+// copies both ways, and closes both descriptors it owns when it ends.
+func TestConnectingPairClosesDescriptors(t *testing.T) {
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +72,7 @@ func TestRawConnectingPairCopiesAndCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := make(chan Result, 1)
-	NewRawConnecting(cfd, ufd, Options{ConnectTimeout: 5 * time.Second}).Start(func(r Result) { res <- r })
+	NewConnecting(cfd, ufd, Options{ConnectTimeout: 5 * time.Second}).Start(func(r Result) { res <- r })
 	server := acceptOn(t, ln)
 	client.Write([]byte("ping"))
 	client.CloseWrite()

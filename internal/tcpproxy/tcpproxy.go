@@ -1,10 +1,9 @@
 // Package tcpproxy copies an intercepted TCP connection to its upstream and
 // back.
 //
-// Both sides arrive as *net.TCPConn (New), or the upstream (and with
-// NewRawConnecting the client too) as a bare descriptor whose connect is
-// still in progress (NewConnecting), and are handed to an epoll loop of
-// the package's own (one per CPU, see loop), which makes its system calls
+// Both sides arrive as *net.TCPConn (New), or as bare descriptors, the
+// upstream's connect still in progress (NewConnecting), and are handed to
+// an epoll loop of the package's own (one per CPU, see loop), which makes its system calls
 // raw (rawsys): small bursts take one read and one write, bulk bursts are
 // moved with splice(2), kernel to kernel, without copying them through
 // user space. A FIN in one direction is
@@ -102,7 +101,7 @@ func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result
 //	p.Start(func(r tcpproxy.Result) { ... }) // returns at once
 //	p.Cancel()                                // on shutdown: ends it with EndCanceled
 type Pair struct {
-	client, upstream *net.TCPConn // owners of the sockets, closed by the loop; upstream is nil for NewConnecting
+	client, upstream *net.TCPConn // owners of the sockets, closed by the loop; nil for NewConnecting, whose pair owns c.fd and u.fd
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
 	pipes            *Pipes
@@ -110,10 +109,7 @@ type Pair struct {
 	longAfter        time.Duration
 	done             func(Result)
 
-	// NewConnecting's pairs own the upstream descriptor and finish its
-	// connect on the loop; NewRawConnecting's own the client's too. -1:
-	// not owned (the net.TCPConn is).
-	clientFD, upFD int
+	// NewConnecting's pairs finish the upstream's connect on the loop.
 	connecting     bool // until the upstream socket reported the connect's outcome
 	connStart      time.Time
 	connectTimeout time.Duration
@@ -137,7 +133,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
-	p := &Pair{client: client, upstream: upstream, clientFD: -1, upFD: -1, idle: o.IdleTimeout, pipes: o.Pipes,
+	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes,
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.p, p.u.p = p, p
 	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
@@ -148,28 +144,20 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	return p
 }
 
-// NewConnecting prepares a pair whose upstream is a non-blocking socket
-// with its connect in progress (upstream.Dialer.Start), which the pair now
-// owns: the loop sees the connect complete (the socket turns writable)
-// and only then copies, holding the client's bytes meanwhile. A connect
-// that fails or outlasts o.ConnectTimeout ends the pair with
-// EndConnectFailed, the client reset, as a refused direct connect would
-// be. Going without a net.TCPConn for the upstream saves the system calls
-// that Go's dial and close add, and the goroutine that would wait for
-// the connect.
-func NewConnecting(client *net.TCPConn, upstreamFD int, o Options) *Pair {
-	p := New(client, nil, o)
-	p.upFD, p.connecting, p.connStart = upstreamFD, true, time.Now()
+// NewConnecting prepares a pair of bare non-blocking sockets, which the
+// pair now owns: the client's (listen.Listener.AcceptRaw) and the
+// upstream's, with its connect in progress (upstream.Dialer.Start). The
+// loop sees the connect complete (the socket turns writable) and only
+// then copies, holding the client's bytes meanwhile. A connect that fails
+// or outlasts o.ConnectTimeout ends the pair with EndConnectFailed, the
+// client reset, as a refused direct connect would be. Neither socket
+// enters Go's poller, which saves the system calls Go's accept, dial and
+// close add, and no goroutine waits for the connect.
+func NewConnecting(clientFD, upstreamFD int, o Options) *Pair {
+	p := New(nil, nil, o)
+	p.c.fd, p.u.fd = clientFD, upstreamFD
+	p.connecting, p.connStart = true, time.Now()
 	p.connectTimeout, p.onConnected = o.ConnectTimeout, o.OnConnected
-	return p
-}
-
-// NewRawConnecting is NewConnecting for a client that is a bare
-// non-blocking socket too (listen.Listener.AcceptRaw), which the pair now
-// owns: neither socket ever enters Go's poller.
-func NewRawConnecting(clientFD, upstreamFD int, o Options) *Pair {
-	p := NewConnecting(nil, upstreamFD, o)
-	p.clientFD = clientFD
 	return p
 }
 
@@ -188,15 +176,11 @@ func (p *Pair) Start(done func(Result)) {
 		return
 	}
 	l, err := pickLoop()
-	if err == nil && p.client != nil {
+	if err == nil && p.client != nil { // New's: NewConnecting set the descriptors
 		p.c.fd, err = sockFD(p.client)
-	} else {
-		p.c.fd = p.clientFD
-	}
-	if err == nil && p.upstream != nil {
-		p.u.fd, err = sockFD(p.upstream)
-	} else {
-		p.u.fd = p.upFD
+		if err == nil {
+			p.u.fd, err = sockFD(p.upstream)
+		}
 	}
 	var connBy time.Time // read before the loop owns p.connecting
 	if p.connecting && p.connectTimeout > 0 {
@@ -591,24 +575,21 @@ func (p *Pair) resultLocked() Result {
 }
 
 // closeSockets closes both sockets, with a reset when reset is set.
+// It runs once per pair (finish, or Cancel before Start).
 func (p *Pair) closeSockets(reset bool) {
-	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
-		if c == nil {
-			continue
+	if p.client == nil { // NewConnecting's: the pair owns the descriptors
+		for _, fd := range [2]int{p.c.fd, p.u.fd} {
+			if reset {
+				rawsys.SetLinger0(fd)
+			}
+			rawsys.Close(fd)
 		}
+		return
+	}
+	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
 		if reset {
 			c.SetLinger(0)
 		}
 		c.Close()
-	}
-	for _, fd := range [2]*int{&p.clientFD, &p.upFD} {
-		if *fd < 0 {
-			continue
-		}
-		if reset {
-			rawsys.SetLinger0(*fd)
-		}
-		rawsys.Close(*fd)
-		*fd = -1
 	}
 }
