@@ -342,15 +342,24 @@ func sockFD(c syscall.Conn) (int, error) {
 	return fd, nil
 }
 
-// sockError returns the socket's pending error (SO_ERROR), or an error
-// saying none was pending.
-func sockError(fd int) error {
+// sockError returns the socket's pending error (SO_ERROR) as the error of
+// op, nil when none is pending.
+func sockError(fd int, op string) error {
 	n, err := rawsys.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	switch {
 	case err != nil:
 		return os.NewSyscallError("getsockopt", err)
 	case n != 0:
-		return os.NewSyscallError("read", syscall.Errno(n))
+		return os.NewSyscallError(op, syscall.Errno(n))
+	}
+	return nil
+}
+
+// resetError is the error of a socket an event said failed: its pending
+// error, or one saying none was pending.
+func resetError(fd int) error {
+	if err := sockError(fd, "read"); err != nil {
+		return err
 	}
 	return errSocketError
 }

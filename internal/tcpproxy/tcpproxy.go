@@ -24,7 +24,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -292,9 +291,9 @@ func (p *Pair) pump(l *loop) {
 	// nothing else would notice it until the next write.
 	switch {
 	case p.c.errored && p.up.done:
-		p.fail(l, &p.up, sockError(p.c.fd))
+		p.fail(l, &p.up, resetError(p.c.fd))
 	case p.u.errored && p.down.done:
-		p.fail(l, &p.down, sockError(p.u.fd))
+		p.fail(l, &p.down, resetError(p.u.fd))
 	}
 }
 
@@ -304,11 +303,8 @@ func (p *Pair) pump(l *loop) {
 func (p *Pair) connected(l *loop) bool {
 	switch {
 	case p.u.writable: // the connect's outcome is in
-		if n, err := rawsys.GetsockoptInt(p.u.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || n != 0 {
-			if err == nil {
-				err = syscall.Errno(n)
-			}
-			p.up.err = os.NewSyscallError("connect", err)
+		if err := sockError(p.u.fd, "connect"); err != nil {
+			p.up.err = err
 			p.abort(l, EndConnectFailed)
 			return false
 		}
@@ -318,7 +314,7 @@ func (p *Pair) connected(l *loop) bool {
 		}
 		return true
 	case p.c.errored:
-		p.fail(l, &p.up, sockError(p.c.fd))
+		p.fail(l, &p.up, resetError(p.c.fd))
 	}
 	return false
 }
