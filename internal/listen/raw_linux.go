@@ -58,10 +58,9 @@ func (l *Listener) AcceptRaw() (*Conn, error) {
 	}
 	c := &Conn{FD: a.fd}
 	c.Client, _ = DecodeSockaddr(a.sa[:a.n])
-	c.Client = unmap(c.Client)
 	// As Go does for every TCP connection: no Nagle delay on small writes.
 	rawsys.SetsockoptInt(c.FD, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	local, err := sockname(c.FD)
+	local, err := LocalAddr(c.FD)
 	if err != nil {
 		c.Reset()
 		return nil, err
@@ -123,15 +122,15 @@ func (a *rawAccept) step(fd uintptr) bool {
 	}
 }
 
-// sockname is the socket's local address.
-func sockname(fd int) (netip.AddrPort, error) {
+// LocalAddr is a bare socket's local address (IPv4-mapped addresses
+// unmapped, as everywhere in detour).
+func LocalAddr(fd int) (netip.AddrPort, error) {
 	var b [unix.SizeofSockaddrInet6]byte
 	n, err := rawsys.Getsockname(fd, b[:])
 	if err != nil {
 		return netip.AddrPort{}, os.NewSyscallError("getsockname", err)
 	}
-	a, err := DecodeSockaddr(b[:n])
-	return unmap(a), err
+	return DecodeSockaddr(b[:n])
 }
 
 // originalDst reads a redirected socket's destination from conntrack.
@@ -147,11 +146,7 @@ func originalDst(fd int, is6 bool) (netip.AddrPort, string, error) {
 		return netip.AddrPort{}, how, fmt.Errorf("getsockopt %s: %w", how, err)
 	}
 	dst, err := DecodeSockaddr(b[:n])
-	return unmap(dst), how, err
-}
-
-func unmap(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	return dst, how, err
 }
 
 // Close closes the connection.

@@ -451,7 +451,8 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		to.OnConnected = func(fd int, d time.Duration) { // on the loop
 			rec.ConnectDuration = d
 			if log.debug {
-				log.get().Debug("upstream connected", "dst", c.OrigDst, "local", upstream.LocalAddr(fd), "connect_time", d)
+				local, _ := listen.LocalAddr(fd)
+				log.get().Debug("upstream connected", "dst", c.OrigDst, "local", local, "connect_time", d)
 			}
 			s.obs.L4Started(rec)
 			started = true

@@ -128,19 +128,3 @@ func EnableKeepAliveFD(fd int) error {
 	}
 	return nil
 }
-
-// LocalAddr is the socket's local address, for logs; the zero AddrPort
-// when the kernel does not say.
-func LocalAddr(fd int) netip.AddrPort {
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
-	}
-	return netip.AddrPort{}
-}
