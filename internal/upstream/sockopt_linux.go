@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"syscall"
@@ -39,10 +40,10 @@ func (d *Dialer) setOpts(s int, is6 bool) error {
 	if is6 {
 		level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
 	}
-	if err := unix.SetsockoptInt(s, level, opt, 1); err != nil {
+	if err := rawsys.SetsockoptInt(s, level, opt, 1); err != nil {
 		return fmt.Errorf("set IP_TRANSPARENT on upstream socket: %w (needs CAP_NET_ADMIN)", err)
 	}
-	_ = unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	_ = rawsys.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 	return nil
 }
 
@@ -114,6 +115,19 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
 }
 
+// EnableKeepAlive gives a connection from DialNoKeepAlive what Dial sets.
+func EnableKeepAlive(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = EnableKeepAliveFD(int(fd)) }); err != nil {
+		return err
+	}
+	return serr
+}
+
 // EnableKeepAliveFD gives a socket from Start what Dial sets.
 func EnableKeepAliveFD(fd int) error {
 	for _, o := range [4]struct{ level, opt, v int }{
@@ -122,7 +136,7 @@ func EnableKeepAliveFD(fd int) error {
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAlive.Interval / time.Second)},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAlive.Count},
 	} {
-		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+		if err := rawsys.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
 			return os.NewSyscallError("setsockopt", err)
 		}
 	}

@@ -70,9 +70,6 @@ func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort
 // connection, and notice a dead server within about 2 minutes.
 var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
 
-// EnableKeepAlive gives a connection from DialNoKeepAlive what Dial sets.
-func EnableKeepAlive(c *net.TCPConn) error { return c.SetKeepAliveConfig(KeepAlive) }
-
 func (d *Dialer) dial(ctx context.Context, client, dst netip.AddrPort, ka net.KeepAliveConfig) (*net.TCPConn, error) {
 	nd := net.Dialer{
 		Timeout:         d.opts.ConnectTimeout,
