@@ -89,9 +89,8 @@ type fastConn struct {
 	in   *fastBuf
 	r, w int
 
-	out    streamWriter
-	rawOut rawWriter // out's
-	heads  int
+	out   streamWriter
+	heads int
 
 	readFn  func(uintptr) bool // fc.readSome
 	readN   int

@@ -297,8 +297,7 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (r
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now()}
 	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
-	fc.rawOut.init(rc)
-	fc.out.raw = &fc.rawOut
+	fc.out.raw.init(rc)
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {
 		c.Close()

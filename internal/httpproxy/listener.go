@@ -162,7 +162,7 @@ func (memAddr) String() string  { return "detour-l7" }
 // write, so a write may fail after 7/8 of timeout.
 type streamWriter struct {
 	conn     net.Conn
-	raw      *rawWriter    // writes to conn without Go's syscall bookkeeping, when set (the fast path)
+	raw      rawWriter     // writes to conn without Go's syscall bookkeeping, once initialised (the fast path)
 	timeout  time.Duration // 0: none
 	wdl      atomic.Int64  // the deadline set, Unix ns; 0: none known
 	timedOut atomic.Bool
@@ -174,7 +174,7 @@ func (w *streamWriter) Write(b []byte) (int, error) {
 	}
 	var n int
 	var err error
-	if w.raw != nil {
+	if w.raw.rc != nil {
 		n, err = w.raw.Write(b)
 	} else {
 		n, err = w.conn.Write(b)
