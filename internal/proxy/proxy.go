@@ -346,7 +346,9 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 // lifetime. With protocol tcp the connection is a bare descriptor
 // (listen.Listener.AcceptRaw): no net.TCPConn is made for either side.
 func (s *Server) handle(o *Options, c *listen.Conn) {
-	presizeStack()
+	if c.TCPConn != nil { // Go's dial (auto mode) or L7 lies ahead; a bare descriptor's way stays shallow
+		presizeStack()
+	}
 	if !s.route(o, c) {
 		s.release()
 	}
