@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,27 +16,57 @@ import (
 
 // configSpec is one way of carrying the client's traffic to the server.
 type configSpec struct {
-	Name  string // flag and JSON name
-	Label string // table column
-	Proxy bool   // a process on the router carries the traffic
-	L7    bool   // compared with HAProxy http rather than HAProxy tcp
+	Name     string // flag and JSON name
+	Label    string // table column
+	Proxy    bool   // a process on the router carries the traffic
+	L7       bool   // compared with HAProxy http rather than HAProxy tcp
+	Protocol string // detour's --protocol; empty for the other configs
+	Baseline bool   // detour from -baseline, to compare two builds in one run
 }
 
 var configSpecs = []configSpec{
 	{Name: "direct", Label: "direct"},
-	{Name: "detour-l4", Label: "detour L4", Proxy: true},
-	{Name: "detour-l7", Label: "detour L7", Proxy: true, L7: true},
+	{Name: "detour-l4", Label: "detour L4", Proxy: true, Protocol: "tcp"},
+	{Name: "detour-l7", Label: "detour L7", Proxy: true, L7: true, Protocol: "http"},
 	{Name: "haproxy-tcp", Label: "HAProxy tcp", Proxy: true},
 	{Name: "haproxy-http", Label: "HAProxy http", Proxy: true, L7: true},
 	{Name: "splice", Label: "Go splice", Proxy: true},
+	{Name: "base-l4", Label: "baseline L4", Proxy: true, Protocol: "tcp", Baseline: true},
+	{Name: "base-l7", Label: "baseline L7", Proxy: true, L7: true, Protocol: "http", Baseline: true},
 }
 
+// configNames are all configs, the baseline ones included.
 func configNames() []string {
 	var n []string
 	for _, c := range configSpecs {
 		n = append(n, c.Name)
 	}
 	return n
+}
+
+// defaultConfigs are the configs a run has unless -configs says otherwise:
+// all but the baseline ones, which -baseline adds.
+func defaultConfigs() []string {
+	var n []string
+	for _, c := range configSpecs {
+		if !c.Baseline {
+			n = append(n, c.Name)
+		}
+	}
+	return n
+}
+
+// withBaselines adds base-l4 (base-l7) after detour-l4 (detour-l7) where
+// the selection has one and not the other.
+func withBaselines(sel []string) []string {
+	var out []string
+	for _, s := range sel {
+		out = append(out, s)
+		if b, ok := strings.CutPrefix(s, "detour-"); ok && !slices.Contains(sel, "base-"+b) {
+			out = append(out, "base-"+b)
+		}
+	}
+	return out
 }
 
 func specOf(name string) configSpec {
@@ -86,12 +117,13 @@ func (b *bench) startConfig(ctx context.Context, name string, round int) (proxyP
 	switch name {
 	case "direct":
 		return nil, nil
-	case "detour-l4", "detour-l7":
-		proto := "tcp"
-		if name == "detour-l7" {
-			proto = "http"
+	case "detour-l4", "detour-l7", "base-l4", "base-l7":
+		spec := specOf(name)
+		bin := b.detourBin
+		if spec.Baseline {
+			bin = b.o.baselineBin
 		}
-		args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(proto)...)
+		args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(spec.Protocol)...)
 		if b.profiling(name) {
 			args = append(args, "--admin", adminAddr) // the last --admin wins
 		}
@@ -101,7 +133,7 @@ func (b *bench) startConfig(ctx context.Context, name string, round int) (proxyP
 			return nil, err
 		}
 		vlogf("[%s] detour run %s", b.tn.Router.Name, strings.Join(args, " "))
-		d, err := lab.StartDetour(ctx, b.tn.Router, b.detourBin, args, logw)
+		d, err := lab.StartDetour(ctx, b.tn.Router, bin, args, logw)
 		if err != nil {
 			logw.Close()
 			return nil, err

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,7 @@ type options struct {
 	jsonFile     string
 	mdFile       string
 	detourBin    string
+	baselineBin  string
 	idleConns    int
 	nginxWorkers string
 	haproxySplic bool
@@ -70,12 +72,13 @@ func benchMain(args []string) int {
 	var configs, workloads string
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each round runs every config once, in a rotated order")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk and iperf3 run")
-	fs.StringVar(&configs, "configs", strings.Join(configNames(), ","), "configs to run, comma-separated")
+	fs.StringVar(&configs, "configs", strings.Join(defaultConfigs(), ","), "configs to run, comma-separated (base-l4 and base-l7 need -baseline)")
 	fs.StringVar(&workloads, "workloads", strings.Join(workloadNames(), ","), "workloads to run, comma-separated")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: 1 round × 2 s and 1,000 idle connections (explicit -rounds/-duration/-idle-conns win)")
 	fs.StringVar(&o.jsonFile, "json", "", "write every sample, the medians and the ratios as JSON to this file")
 	fs.StringVar(&o.mdFile, "markdown", "", "write the report (machine, command, tables, targets) as Markdown to this file")
 	fs.StringVar(&o.detourBin, "detour", "", "detour binary to use (default: go build ./cmd/detour into a temporary directory)")
+	fs.StringVar(&o.baselineBin, "baseline", "", "a second detour binary (say, the build before a change) run as base-l4 and base-l7 beside detour-l4 and detour-l7, in the same rounds; the ratios table compares them")
 	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle client connections held open for the memory workload")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "nginx worker_processes (a number or auto)")
 	fs.BoolVar(&o.haproxySplic, "haproxy-splice", false, "add `option splice-auto` to HAProxy (off by default, as in Debian's stock config)")
@@ -115,6 +118,16 @@ func benchMain(args []string) int {
 	var err error
 	if o.configs, err = pick("config", configs, configNames()); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 2
+	}
+	if o.baselineBin != "" {
+		o.configs = withBaselines(o.configs)
+		if _, err := os.Stat(o.baselineBin); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -baseline: %v\n", err)
+			return 2
+		}
+	} else if slices.ContainsFunc(o.configs, func(c string) bool { return specOf(c).Baseline }) {
+		fmt.Fprintln(os.Stderr, "bench: base-l4 and base-l7 run the -baseline binary: give -baseline")
 		return 2
 	}
 	if o.workloads, err = pick("workload", workloads, workloadNames()); err != nil {

@@ -179,3 +179,21 @@ func TestRoundRatios(t *testing.T) {
 		}
 	}
 }
+
+func TestWithBaselines(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"detour-l4", "detour-l4,base-l4"},
+		{"direct,detour-l4,detour-l7,haproxy-tcp", "direct,detour-l4,base-l4,detour-l7,base-l7,haproxy-tcp"},
+		{"detour-l7,base-l7", "detour-l7,base-l7"},
+		{"haproxy-http,splice", "haproxy-http,splice"},
+	} {
+		if got := strings.Join(withBaselines(strings.Split(tc.in, ",")), ","); got != tc.want {
+			t.Errorf("withBaselines(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+	for _, c := range defaultConfigs() {
+		if specOf(c).Baseline {
+			t.Errorf("default configs include %s, which needs -baseline", c)
+		}
+	}
+}

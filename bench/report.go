@@ -64,13 +64,16 @@ func rowSpecs(idle int) []rowSpec {
 
 // ratioPairs are the comparisons in the ratios table: detour against the
 // floor (direct) and against the reference (HAProxy, tcp for L4, http for
-// L7), and L4 against the plain Go splice proxy.
+// L7), L4 against the plain Go splice proxy, and detour against the
+// -baseline build.
 var ratioPairs = [][2]string{
 	{"detour-l4", "direct"},
 	{"detour-l4", "haproxy-tcp"},
 	{"detour-l4", "splice"},
 	{"detour-l7", "direct"},
 	{"detour-l7", "haproxy-http"},
+	{"detour-l4", "base-l4"},
+	{"detour-l7", "base-l7"},
 }
 
 func median(v []float64) float64 {
@@ -417,7 +420,7 @@ func (r *Results) verification(w io.Writer) {
 		if p.Seen.XFF != "" {
 			line += ", X-Forwarded-For " + p.Seen.XFF
 		}
-		if p.Config == "detour-l7" && !p.L7 {
+		if specOf(p.Config).Protocol == "http" && !p.L7 {
 			line += " — no X-Forwarded-For: detour forwarded `--protocol http` at L4"
 		}
 		if p.Error != "" {

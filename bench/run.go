@@ -249,7 +249,7 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 		pr.Error = fmt.Sprintf("nginx saw the probe from %s, want %s", seen.Peer, want)
 	case spec.Name == "haproxy-http" && !pr.L7:
 		pr.Error = "HAProxy http mode added no X-Forwarded-For: it did not proxy at L7"
-	case spec.Name != "detour-l7" && spec.Name != "haproxy-http" && seen.XFF != "":
+	case !spec.L7 && seen.XFF != "":
 		pr.Error = fmt.Sprintf("an L4 path added X-Forwarded-For %q", seen.XFF)
 	}
 	res.Probes = append(res.Probes, pr)
@@ -257,7 +257,7 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 		fail("probe: " + pr.Error)
 		return nil
 	}
-	if spec.Name == "detour-l7" && !pr.L7 && !b.warnedL4 {
+	if spec.Protocol == "http" && !pr.L7 && !b.warnedL4 {
 		b.warnedL4 = true
 		logf("  WARNING: no X-Forwarded-For through detour --protocol http: this build forwarded it at L4")
 	}
