@@ -33,6 +33,9 @@ func TestParseWrk(t *testing.T) {
 	if r.Pct["50"] != 0.59 || r.Pct["99"] != 1.2 {
 		t.Errorf("percentiles %v, want 50%%=0.59 ms, 99%%=1.2 ms", r.Pct)
 	}
+	if r.Mean != 0.61273 || r.Max != 5 {
+		t.Errorf("mean %v ms, max %v ms; want 0.61273 and 5", r.Mean, r.Max)
+	}
 	if r.SocketErrs["read"] != 3 || r.SocketErrs["timeout"] != 1 {
 		t.Errorf("socket errors %v", r.SocketErrs)
 	}

@@ -43,7 +43,9 @@ type rowSpec struct {
 func rowSpecs(idle int) []rowSpec {
 	return []rowSpec{
 		{"keepalive", mReqPerSec, "HTTP keep-alive, wrk -t1 -c50, 1 KiB body: req/s", false},
+		{"keepalive", mMean, "same, mean latency (ms)", true},
 		{"keepalive", mP50, "same, p50 latency (ms)", true},
+		{"keepalive", mP90, "same, p90 latency (ms)", true},
 		{"keepalive", mP99, "same, p99 latency (ms)", true},
 		{"keepalive", mCPUPerReq, "same, proxy CPU per request (µs)", true},
 		{"keepalive", mSyscalls, "same, proxy system calls per request (-syscalls)", true},
@@ -285,7 +287,7 @@ func fmtMetric(metric string, v float64) string {
 	switch metric {
 	case mReqPerSec, mConnPerSec, mServerConn:
 		return thousands(v)
-	case mP50, mP90, mP99:
+	case mP50, mP90, mP99, mMean, mMax:
 		return fmt.Sprintf("%.2f ms", v)
 	case mGbps:
 		return fmt.Sprintf("%.2f", v)

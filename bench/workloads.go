@@ -48,6 +48,8 @@ const (
 	mP50        = "p50_ms"
 	mP90        = "p90_ms"
 	mP99        = "p99_ms"
+	mMean       = "mean_ms" // wrk's Latency Avg
+	mMax        = "max_ms"  // wrk's Latency Max
 	mConnPerSec = "conn_per_s"
 	mGbps       = "gbit_per_s"
 	mRetrans    = "retransmits"
@@ -73,17 +75,31 @@ type wrkResult struct {
 	Requests   int64
 	ReqPerSec  float64
 	Pct        map[string]float64 // "50" → ms
+	Mean, Max  float64            // ms
 	SocketErrs map[string]int64   // connect, read, write, timeout
 	Non2xx     int64
 }
 
 var (
 	reWrkPct    = regexp.MustCompile(`(?m)^\s+(50|75|90|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reWrkLat    = regexp.MustCompile(`(?m)^\s+Latency\s+([0-9.]+)(us|ms|s)\s+[0-9.]+(?:us|ms|s)\s+([0-9.]+)(us|ms|s)`)
 	reWrkRPS    = regexp.MustCompile(`(?m)^Requests/sec:\s+([0-9.]+)`)
 	reWrkReqs   = regexp.MustCompile(`(?m)^\s+([0-9]+) requests in`)
 	reWrkSock   = regexp.MustCompile(`Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)`)
 	reWrkNon2xx = regexp.MustCompile(`Non-2xx or 3xx responses: ([0-9]+)`)
 )
+
+// wrkMillis converts one of wrk's durations (number and unit) to ms.
+func wrkMillis(num, unit string) float64 {
+	v, _ := strconv.ParseFloat(num, 64)
+	switch unit {
+	case "us":
+		v /= 1000
+	case "s":
+		v *= 1000
+	}
+	return v
+}
 
 func parseWrk(out string) (wrkResult, error) {
 	r := wrkResult{Pct: map[string]float64{}, SocketErrs: map[string]int64{}}
@@ -96,14 +112,10 @@ func parseWrk(out string) (wrkResult, error) {
 		r.Requests, _ = strconv.ParseInt(m[1], 10, 64)
 	}
 	for _, m := range reWrkPct.FindAllStringSubmatch(out, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		switch m[3] {
-		case "us":
-			v /= 1000
-		case "s":
-			v *= 1000
-		}
-		r.Pct[m[1]] = v
+		r.Pct[m[1]] = wrkMillis(m[2], m[3])
+	}
+	if m := reWrkLat.FindStringSubmatch(out); m != nil {
+		r.Mean, r.Max = wrkMillis(m[1], m[2]), wrkMillis(m[3], m[4])
 	}
 	if len(r.Pct) == 0 {
 		return r, fmt.Errorf("no latency distribution in wrk's output (--latency):\n%s", indent(out))
@@ -145,6 +157,9 @@ func (b *bench) runWrk(ctx context.Context, s *Sample, closeConn bool) error {
 		s.Metrics[mReqPerSec] = r.ReqPerSec
 	}
 	s.Metrics[mP50], s.Metrics[mP90], s.Metrics[mP99] = r.Pct["50"], r.Pct["90"], r.Pct["99"]
+	if r.Mean > 0 {
+		s.Metrics[mMean], s.Metrics[mMax] = r.Mean, r.Max
+	}
 	var errs int64
 	var parts []string
 	for _, k := range []string{"connect", "read", "write", "timeout"} {
