@@ -113,32 +113,14 @@ func ruleArgs(port int, router string) []string {
 }
 
 // startConfig starts the config's proxy (nil for direct) with its rules.
-func (b *bench) startConfig(ctx context.Context, name string, round int) (proxyProc, error) {
+func (b *bench) startConfig(ctx context.Context, spec configSpec, round int) (proxyProc, error) {
+	name := spec.Name
+	if spec.Protocol != "" {
+		return b.startDetour(ctx, spec, round)
+	}
 	switch name {
 	case "direct":
 		return nil, nil
-	case "detour-l4", "detour-l7", "base-l4", "base-l7":
-		spec := specOf(name)
-		bin := b.detourBin
-		if spec.Baseline {
-			bin = b.o.baselineBin
-		}
-		args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(spec.Protocol)...)
-		if b.profiling(name) {
-			args = append(args, "--admin", adminAddr) // the last --admin wins
-		}
-		logPath := filepath.Join(b.tmp, fmt.Sprintf("%s-round%d.log", name, round))
-		logw, err := os.Create(logPath)
-		if err != nil {
-			return nil, err
-		}
-		vlogf("[%s] detour run %s", b.tn.Router.Name, strings.Join(args, " "))
-		d, err := lab.StartDetour(ctx, b.tn.Router, bin, args, logw)
-		if err != nil {
-			logw.Close()
-			return nil, err
-		}
-		return &detourProc{d: d, log: logw}, nil
 	case "haproxy-tcp", "haproxy-http":
 		mode := strings.TrimPrefix(name, "haproxy-")
 		cfg := haproxyConfig(mode, haproxyPort, b.o.haproxySplic, b.nofile)
@@ -155,6 +137,31 @@ func (b *bench) startConfig(ctx context.Context, name string, round int) (proxyP
 			"-listen", "0.0.0.0:"+strconv.Itoa(splicePort), "-listen", "[::]:"+strconv.Itoa(splicePort))
 	}
 	return nil, fmt.Errorf("unknown config %q", name)
+}
+
+// startDetour starts detour run (the -baseline binary for a baseline
+// config) with the config's protocol; its log goes to the temporary
+// directory.
+func (b *bench) startDetour(ctx context.Context, spec configSpec, round int) (proxyProc, error) {
+	bin := b.detourBin
+	if spec.Baseline {
+		bin = b.o.baselineBin
+	}
+	args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(spec.Protocol)...)
+	if b.profiling(spec.Name) {
+		args = append(args, "--admin", adminAddr) // the last --admin wins
+	}
+	logw, err := os.Create(filepath.Join(b.tmp, fmt.Sprintf("%s-round%d.log", spec.Name, round)))
+	if err != nil {
+		return nil, err
+	}
+	vlogf("[%s] %s run %s", b.tn.Router.Name, bin, strings.Join(args, " "))
+	d, err := lab.StartDetour(ctx, b.tn.Router, bin, args, logw)
+	if err != nil {
+		logw.Close()
+		return nil, err
+	}
+	return &detourProc{d: d, log: logw}, nil
 }
 
 // startWithRules installs detour's TPROXY rules for port (`detour rules

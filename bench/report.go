@@ -287,7 +287,7 @@ func fmtMetric(metric string, v float64) string {
 	switch metric {
 	case mReqPerSec, mConnPerSec, mServerConn:
 		return thousands(v)
-	case mP50, mP90, mP99, mMean, mMax:
+	case mP50, mP90, mP99, mMean:
 		return fmt.Sprintf("%.2f ms", v)
 	case mGbps:
 		return fmt.Sprintf("%.2f", v)

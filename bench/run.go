@@ -220,7 +220,7 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 	if err := b.checkNoRules(ctx); err != nil {
 		return fmt.Errorf("before %s: %w", spec.Name, err)
 	}
-	p, err := b.startConfig(ctx, spec.Name, round)
+	p, err := b.startConfig(ctx, spec, round)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", spec.Name, err)
 	}

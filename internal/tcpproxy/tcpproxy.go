@@ -545,11 +545,8 @@ func (p *Pair) finish(l *loop, end End, reset bool) {
 // write is write(2) that retries when interrupted.
 func write(fd int, b []byte) (int, error) {
 	for {
-		n, err := rawsys.Write(fd, b)
+		n, err := rawsys.Write(fd, b) // 0 with an error
 		if err != unix.EINTR {
-			if n < 0 {
-				n = 0
-			}
 			return n, err
 		}
 	}

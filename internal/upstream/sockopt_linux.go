@@ -72,7 +72,7 @@ func (d *Dialer) Start(client, dst netip.AddrPort) (int, error) {
 		return fail(os.NewSyscallError("socket", err))
 	}
 	if err := d.start(fd, client, dst, is6); err != nil {
-		unix.Close(fd)
+		rawsys.Close(fd)
 		return fail(err)
 	}
 	return fd, nil
