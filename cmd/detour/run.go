@@ -87,6 +87,9 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
+	if err := tcpproxy.SetLoops(cfg.TCP.Loops); err != nil {
+		return err
+	}
 
 	// Metrics, access log and the admin endpoint (503 on /ready until ready).
 	d.obs, err = startObservability(cfg, d.level, log)

@@ -89,7 +89,16 @@ type Upstream struct {
 // TCP configures L4 forwarding.
 type TCP struct {
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// Loops is the number of epoll loops (threads' worth of work) that
+	// carry L4 connections; 0 means one per CPU Go runs on. Like HAProxy's
+	// nbthread or Envoy's --concurrency: fewer loops answer kept-alive
+	// connections sooner on a machine the proxy shares, more loops accept
+	// new connections faster.
+	Loops int `yaml:"loops"`
 }
+
+// MaxLoops bounds tcp.loops.
+const MaxLoops = 256
 
 // HTTP configures L7 forwarding; see internal/httpproxy.
 type HTTP struct {
@@ -211,6 +220,9 @@ func (c *Config) Finish() error {
 	}
 	if c.TCP.IdleTimeout == 0 {
 		c.TCP.IdleTimeout = Duration(DefaultIdleTimeout)
+	}
+	if c.TCP.Loops < 0 || c.TCP.Loops > MaxLoops {
+		return fmt.Errorf("tcp.loops: %d: want 0 (one per CPU) to %d", c.TCP.Loops, MaxLoops)
 	}
 	if c.Admin == "" {
 		c.Admin = DefaultAdmin

@@ -60,6 +60,14 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "spoof needs tproxy", yaml: "mode: redirect\nupstream: {spoof_source: true}", wantErr: "spoof_source"},
 		{name: "uid needs redirect", yaml: "intercept: {exclude_uids: [0]}", wantErr: "exclude_uids"},
 		{name: "bad duration", yaml: "tcp: {idle_timeout: forever}", wantErr: "not a duration"},
+		{name: "loops", yaml: "tcp: {loops: 1}", check: func(t *testing.T, c *Config) {
+			if c.TCP.Loops != 1 {
+				t.Fatalf("tcp.loops = %d, want 1", c.TCP.Loops)
+			}
+		}},
+		{name: "negative loops", yaml: "tcp: {loops: -1}", wantErr: "tcp.loops: -1"},
+		{name: "too many loops", yaml: "tcp: {loops: 257}", wantErr: "tcp.loops: 257"},
+		{name: "loops not a number", yaml: "tcp: {loops: many}", wantErr: "into int"},
 		{name: "reserved table", yaml: "intercept: {route_table: 254}", wantErr: "route_table"},
 		{name: "bad admin", yaml: "admin: everywhere", wantErr: "admin:"},
 		{name: "admin off", yaml: "admin: off"},

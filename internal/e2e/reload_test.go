@@ -63,6 +63,9 @@ func TestSIGHUPReload(t *testing.T) {
 	write("mode: redirect\nintercept: {ports: [7002]}\nadmin: off\n")
 	syscall.Kill(d.Pid(), syscall.SIGHUP)
 	waitLog(t, d.Output, "cannot change without a restart", 1)
+	write("mode: tproxy\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002, 7004]}\ntcp: {idle_timeout: 30m, loops: 1}\nlisten: ['0.0.0.0:15001', '[::]:15001']\n")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "tcp.loops cannot change without a restart", 1)
 	if got := whoami(); got != "198.18.2.1" {
 		t.Fatalf("after rejected reloads: server saw %q, want the router", got)
 	}

@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"sync"
@@ -78,30 +79,83 @@ type task struct {
 	kind taskKind
 }
 
-var (
-	loopsOnce sync.Once
-	loops     []*loop
-	loopsErr  error
-	loopTurn  atomic.Uint32
-)
+// loopSet is a set of loops that start on first use.
+type loopSet struct {
+	mu      sync.Mutex
+	want    int // 0: one per CPU Go runs on
+	started atomic.Bool
+	loops   []*loop
+	err     error
+	turn    atomic.Uint32
+}
 
-// pickLoop returns the loop for a new pair, round robin over one loop per
-// CPU Go runs on; the loops start on first use.
-func pickLoop() (*loop, error) {
-	loopsOnce.Do(func() {
-		for range runtime.GOMAXPROCS(0) {
-			l, err := newLoop()
-			if err != nil {
-				loopsErr = err
-				break
-			}
-			loops = append(loops, l)
-		}
-	})
-	if len(loops) == 0 {
-		return nil, loopsErr
+// loopsRunning counts the loops started, in every set (tests make their
+// own): each runs for the life of the process.
+var loopsRunning atomic.Int32
+
+// pairLoops carry every pair of the process.
+var pairLoops loopSet
+
+// SetLoops sets how many epoll loops carry pairs: n > 0, or 0 for one per
+// CPU Go runs on (GOMAXPROCS). The loops start with the first pair and
+// their number is fixed from then on: asking for another one then is an
+// error.
+func SetLoops(n int) error { return pairLoops.set(n) }
+
+func (s *loopSet) set(n int) error {
+	if n < 0 {
+		return fmt.Errorf("tcpproxy: %d loops", n)
 	}
-	return loops[loopTurn.Add(1)%uint32(len(loops))], nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started.Load() {
+		if loopCount(n) != loopCount(s.want) {
+			return fmt.Errorf("tcpproxy: %d loops already run; the number changes only with a restart", len(s.loops))
+		}
+		return nil
+	}
+	s.want = n
+	return nil
+}
+
+// loopCount is the number of loops that want n means.
+func loopCount(n int) int {
+	if n > 0 {
+		return n
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// pickLoop returns the loop for a new pair.
+func pickLoop() (*loop, error) { return pairLoops.pick() }
+
+// pick returns the next loop, round robin, starting the loops on first
+// use.
+func (s *loopSet) pick() (*loop, error) {
+	if !s.started.Load() {
+		s.start()
+	}
+	if len(s.loops) == 0 {
+		return nil, s.err
+	}
+	return s.loops[s.turn.Add(1)%uint32(len(s.loops))], nil
+}
+
+func (s *loopSet) start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started.Load() {
+		return
+	}
+	for range loopCount(s.want) {
+		l, err := newLoop()
+		if err != nil {
+			s.err = err
+			break
+		}
+		s.loops = append(s.loops, l)
+	}
+	s.started.Store(true)
 }
 
 func newLoop() (*loop, error) {
@@ -133,6 +187,7 @@ func newLoop() (*loop, error) {
 		return nil, err
 	}
 	l.serveFn = l.serve
+	loopsRunning.Add(1)
 	go l.run()
 	return l, nil
 }

@@ -105,8 +105,8 @@ func TestLoopParksInNetpoller(t *testing.T) {
 	if len(heads) == 0 {
 		t.Fatal("no goroutine runs tcpproxy.(*loop).run")
 	}
-	if len(heads) != len(loops) {
-		t.Errorf("%d loop goroutines, want one per loop (%d)", len(heads), len(loops))
+	if n := int(loopsRunning.Load()); len(heads) != n {
+		t.Errorf("%d loop goroutines, want one per loop started (%d)", len(heads), n)
 	}
 	for _, h := range heads {
 		if !inIOWait(h) {
@@ -292,7 +292,7 @@ func TestBulkDoesNotStarveOtherPairs(t *testing.T) {
 	}
 	// Pairs go to the loops round robin: with at least as many bulk pairs
 	// as loops, the ping-pong pair shares its loop with a bulk pair.
-	bulkPairs := max(4, len(loops))
+	bulkPairs := max(4, len(pairLoops.loops))
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -654,4 +654,53 @@ func peerOf(fd int) string {
 		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
 	}
 	return "?"
+}
+
+// TestLoopSetSize checks that a set starts the number of loops it was
+// set to on first use, hands them out round robin, and refuses another
+// number once they run.
+func TestLoopSetSize(t *testing.T) {
+	tests := []struct {
+		name      string
+		want      int
+		wantLoops int
+	}{
+		{name: "one loop", want: 1, wantLoops: 1},
+		{name: "three loops", want: 3, wantLoops: 3},
+		{name: "one per CPU", want: 0, wantLoops: runtime.GOMAXPROCS(0)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s loopSet
+			if err := s.set(tt.want); err != nil {
+				t.Fatalf("set(%d) before start: %v", tt.want, err)
+			}
+			seen := map[*loop]int{}
+			for range 2 * tt.wantLoops {
+				l, err := s.pick()
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[l]++
+			}
+			if len(seen) != tt.wantLoops {
+				t.Fatalf("%d distinct loops, want %d", len(seen), tt.wantLoops)
+			}
+			for l, n := range seen {
+				if n != 2 {
+					t.Errorf("loop %p picked %d times of %d, want 2 (round robin)", l, n, 2*tt.wantLoops)
+				}
+			}
+			if err := s.set(tt.want); err != nil {
+				t.Errorf("set(%d) again after start: %v, want nil", tt.want, err)
+			}
+			if err := s.set(tt.wantLoops + 1); err == nil || !strings.Contains(err.Error(), "restart") {
+				t.Errorf("set(%d) after start: %v, want an error saying it needs a restart", tt.wantLoops+1, err)
+			}
+		})
+	}
+	var s loopSet
+	if err := s.set(-1); err == nil {
+		t.Error("set(-1): no error")
+	}
 }
