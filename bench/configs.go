@@ -148,6 +148,7 @@ func (b *bench) startDetour(ctx context.Context, spec configSpec, round int) (pr
 		bin = b.o.baselineBin
 	}
 	args := append(ruleArgs(detourPort, b.tn.RouterIfaceIn), detourExtraArgs(spec.Protocol)...)
+	args = append(args, b.o.userArgs(spec)...)
 	if b.profiling(spec.Name) {
 		args = append(args, "--admin", adminAddr) // the last --admin wins
 	}
@@ -162,6 +163,14 @@ func (b *bench) startDetour(ctx context.Context, spec configSpec, round int) (pr
 		return nil, err
 	}
 	return &detourProc{d: d, log: logw}, nil
+}
+
+// userArgs are the -detour-args or -baseline-args that spec runs with.
+func (o *options) userArgs(spec configSpec) []string {
+	if spec.Baseline {
+		return o.baselineArgs
+	}
+	return o.detourArgs
 }
 
 // startWithRules installs detour's TPROXY rules for port (`detour rules

@@ -37,6 +37,8 @@ type options struct {
 	mdFile       string
 	detourBin    string
 	baselineBin  string
+	detourArgs   []string // more `detour run` flags for detour-l4 and detour-l7
+	baselineArgs []string // and for base-l4 and base-l7
 	idleConns    int
 	nginxWorkers string
 	haproxySplic bool
@@ -78,6 +80,9 @@ func benchMain(args []string) int {
 	fs.StringVar(&o.jsonFile, "json", "", "write every sample, the medians and the ratios as JSON to this file")
 	fs.StringVar(&o.mdFile, "markdown", "", "write the report (machine, command, tables, targets) as Markdown to this file")
 	fs.StringVar(&o.detourBin, "detour", "", "detour binary to use (default: go build ./cmd/detour into a temporary directory)")
+	var detourArgs, baselineArgs string
+	fs.StringVar(&detourArgs, "detour-args", "", "more `detour run` flags for detour-l4 and detour-l7, space-separated (e.g. \"--tcp-loops 1\")")
+	fs.StringVar(&baselineArgs, "baseline-args", "", "more `detour run` flags for base-l4 and base-l7: with the same binary as -detour and -baseline, compares two settings")
 	fs.StringVar(&o.baselineBin, "baseline", "", "a second detour binary (say, the build before a change) run as base-l4 and base-l7 beside detour-l4 and detour-l7, in the same rounds; the ratios table compares them")
 	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle client connections held open for the memory workload")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "nginx worker_processes (a number or auto)")
@@ -118,6 +123,11 @@ func benchMain(args []string) int {
 	var err error
 	if o.configs, err = pick("config", configs, configNames()); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 2
+	}
+	o.detourArgs, o.baselineArgs = strings.Fields(detourArgs), strings.Fields(baselineArgs)
+	if len(o.baselineArgs) > 0 && o.baselineBin == "" {
+		fmt.Fprintln(os.Stderr, "bench: -baseline-args needs -baseline (the binary they are given to)")
 		return 2
 	}
 	if o.baselineBin != "" {

@@ -200,3 +200,19 @@ func TestWithBaselines(t *testing.T) {
 		}
 	}
 }
+
+// TestUserArgs checks that -detour-args go to detour's configs and
+// -baseline-args to the baseline's, and to no other config.
+func TestUserArgs(t *testing.T) {
+	o := &options{detourArgs: []string{"--tcp-loops", "2"}, baselineArgs: []string{"--tcp-loops", "1"}}
+	for _, tc := range []struct{ config, want string }{
+		{"detour-l4", "--tcp-loops 2"},
+		{"detour-l7", "--tcp-loops 2"},
+		{"base-l4", "--tcp-loops 1"},
+		{"base-l7", "--tcp-loops 1"},
+	} {
+		if got := strings.Join(o.userArgs(specOf(tc.config)), " "); got != tc.want {
+			t.Errorf("userArgs(%s) = %q, want %q", tc.config, got, tc.want)
+		}
+	}
+}

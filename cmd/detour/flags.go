@@ -40,7 +40,7 @@ type configFlags struct {
 	cleanupInterval, routeTimeout        time.Duration
 	headerTimeout, streamIdleTimeout     time.Duration
 	useOrigDstHeader                     bool
-	maxConns                             int
+	maxConns, loops                      int
 	sniffTimeout                         time.Duration
 }
 
@@ -75,6 +75,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a client whose response write stays blocked this long: it stopped reading (flag SI) (default 5m)")
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
+		fs.IntVar(&f.loops, "tcp-loops", 0, "epoll loops carrying L4 connections (default 0: one per CPU); a restart changes it")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
 	}
 	return f
@@ -186,6 +187,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.SniffTimeout = config.Duration(f.sniffTimeout)
 	case "max-connections":
 		cfg.MaxConnections = f.maxConns
+	case "tcp-loops":
+		cfg.TCP.Loops = f.loops
 	case "use-original-dst-header":
 		cfg.HTTP.UseOriginalDstHeader = f.useOrigDstHeader
 	}

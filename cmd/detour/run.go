@@ -132,7 +132,7 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	d.obs.ready()
 	// Logged whatever the level: scripts and the lab wait for this line.
 	ready := slog.NewRecord(time.Now(), slog.LevelInfo, "ready", 0)
-	ready.AddAttrs(slog.Int("listeners", len(lns)), slog.String("protocol", cfg.Protocol))
+	ready.AddAttrs(slog.Int("listeners", len(lns)), slog.String("protocol", cfg.Protocol), slog.Int("l4_loops", tcpproxy.Loops()))
 	log.Handler().Handle(context.Background(), ready)
 
 	for {

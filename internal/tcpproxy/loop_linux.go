@@ -118,6 +118,19 @@ func (s *loopSet) set(n int) error {
 	return nil
 }
 
+// Loops is the number of loops that carry pairs: those running, or those
+// that the first pair will start.
+func Loops() int { return pairLoops.count() }
+
+func (s *loopSet) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started.Load() {
+		return len(s.loops)
+	}
+	return loopCount(s.want)
+}
+
 // loopCount is the number of loops that want n means.
 func loopCount(n int) int {
 	if n > 0 {

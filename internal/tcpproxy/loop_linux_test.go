@@ -675,6 +675,9 @@ func TestLoopSetSize(t *testing.T) {
 			if err := s.set(tt.want); err != nil {
 				t.Fatalf("set(%d) before start: %v", tt.want, err)
 			}
+			if n := s.count(); n != tt.wantLoops {
+				t.Fatalf("count() before start = %d, want %d", n, tt.wantLoops)
+			}
 			seen := map[*loop]int{}
 			for range 2 * tt.wantLoops {
 				l, err := s.pick()
@@ -683,8 +686,8 @@ func TestLoopSetSize(t *testing.T) {
 				}
 				seen[l]++
 			}
-			if len(seen) != tt.wantLoops {
-				t.Fatalf("%d distinct loops, want %d", len(seen), tt.wantLoops)
+			if len(seen) != tt.wantLoops || s.count() != tt.wantLoops {
+				t.Fatalf("%d distinct loops (count %d), want %d", len(seen), s.count(), tt.wantLoops)
 			}
 			for l, n := range seen {
 				if n != 2 {
