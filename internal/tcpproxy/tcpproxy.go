@@ -3,8 +3,8 @@
 //
 // Both sides arrive as *net.TCPConn (New), or as bare descriptors, the
 // upstream's connect still in progress (NewConnecting), and are handed to
-// an epoll loop of the package's own (one per CPU, see loop), which makes its system calls
-// raw (rawsys): small bursts take one read and one write, bulk bursts are
+// an epoll loop of the package's own (one per CPU, or SetLoops of them;
+// see loop), which makes its system calls raw (rawsys): small bursts take one read and one write, bulk bursts are
 // moved with splice(2), kernel to kernel, without copying them through
 // user space. A FIN in one direction is
 // passed on with a half-close, so a client that shuts down its sending
