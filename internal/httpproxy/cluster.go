@@ -57,6 +57,7 @@ type HostInfo struct {
 	Idle            int    // open connections not carrying a request
 	Connects        uint64 // upstream connections opened (pre-dialed included)
 	Reuses          uint64 // requests served on a pooled connection
+	OnLoop          uint64 // of which a loop served whole (onloop_linux.go)
 	ConnectFailures uint64
 }
 
@@ -82,6 +83,7 @@ type host struct {
 
 	open, inUse                atomic.Int64
 	connects, reuses, failures atomic.Uint64
+	onLoop                     atomic.Uint64 // requests a loop served whole
 }
 
 // cluster is the set of hosts, created on first use and removed by the
@@ -405,7 +407,7 @@ func (p *Proxy) Hosts() []HostInfo {
 			Created: h.created, LastUsed: h.lastUsed,
 			Requests: h.requests, Active: h.active,
 			Open: int(open), Idle: int(max(open-inUse, 0)),
-			Connects: h.connects.Load(), Reuses: h.reuses.Load(), ConnectFailures: h.failures.Load(),
+			Connects: h.connects.Load(), Reuses: h.reuses.Load(), OnLoop: h.onLoop.Load(), ConnectFailures: h.failures.Load(),
 		})
 	}
 	c.mu.Unlock()

@@ -103,11 +103,22 @@ type fastConn struct {
 	idle, closing atomic.Bool
 	cur           atomic.Pointer[upLink]
 	gone          atomic.Bool // watchClient saw the client reset
+
+	x      request   // the request in flight
+	idleAt time.Time // when a loop gave the connection back idle: the start of its idle timeout
+	fd     int       // c's descriptor, for a loop
+	pin    *upLink   // the upstream connection kept for the next request, which a loop serves
+	ol     onLoop    // while a loop serves the connection (onloop_linux.go)
 }
 
-// abort closes the client connection and the upstream one in use.
+// abort closes the client connection and the upstream one in use. A
+// loop serving the connection is asked to hand it back first: only the
+// connection's goroutine closes its sockets.
 func (fc *fastConn) abort() {
 	fc.closing.Store(true)
+	if fc.ol.abort() {
+		return
+	}
 	fc.c.Close()
 	if l := fc.cur.Load(); l != nil {
 		l.conn.Close()
@@ -118,6 +129,7 @@ func (fc *fastConn) abort() {
 type upLink struct {
 	conn   *net.TCPConn
 	rc     syscall.RawConn
+	fd     int // conn's descriptor, for a loop
 	h      *host
 	lim    limitedReader
 	reused bool
@@ -163,6 +175,10 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 			fc.p.pools.bufs.Put(fc.in)
 			fc.in = nil
 		}
+		if fc.pin != nil {
+			fc.p.hosts.putLink(fc.pin)
+			fc.pin = nil
+		}
 	}()
 	if p.o.IsSelf != nil && p.o.IsSelf(fc.origDst) {
 		return nil, true // net/http answers 508
@@ -176,18 +192,31 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 		if end < 0 { // too big for the fast path's buffer
 			return fc.handOver(), true
 		}
-		h, ok := parseFastHead(fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
+		x := &fc.x
+		var ok bool
+		x.h, ok = parseFastHead(fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
 		if !ok {
 			return fc.handOver(), true
 		}
 		fc.heads++
-		if !fc.forward(&h) || h.closeConn || fc.closing.Load() {
+		if fc.ol.skip > 0 {
+			fc.ol.skip--
+		}
+		if !fc.forward(x) || fc.closing.Load() {
 			return nil, false
 		}
-		if fc.r == fc.w {
-			fc.p.pools.bufs.Put(fc.in)
-			fc.in, fc.r, fc.w = nil, 0, 0
+		fc.releaseIn()
+		if fc.pin != nil && !fc.serveOnLoop() { // keepLink kept the upstream connection for a loop
+			return nil, false
 		}
+	}
+}
+
+// releaseIn gives in back to the pool once its bytes are used.
+func (fc *fastConn) releaseIn() {
+	if fc.in != nil && fc.r == fc.w {
+		fc.p.pools.bufs.Put(fc.in)
+		fc.in, fc.r, fc.w = nil, 0, 0
 	}
 }
 
@@ -229,7 +258,11 @@ func (fc *fastConn) readHead() (int, error) {
 		case !buffered && fc.heads == 0:
 			fc.c.SetReadDeadline(headStart.Add(p.o.HeaderTimeout))
 		case !buffered:
-			fc.c.SetReadDeadline(time.Now().Add(p.o.IdleTimeout))
+			from := time.Now()
+			if !fc.idleAt.IsZero() {
+				from, fc.idleAt = fc.idleAt, time.Time{}
+			}
+			fc.c.SetReadDeadline(from.Add(p.o.IdleTimeout))
 		}
 		if !buffered {
 			// Set after the deadline, read by Shutdown before it sets its own.
@@ -293,10 +326,7 @@ func plausibleHead(b []byte) bool {
 // fill reads what the socket holds into in[w:], taking a buffer from the
 // pool only once bytes are there.
 func (fc *fastConn) fill() error {
-	if fc.in != nil && fc.r > 0 {
-		fc.w = copy(fc.in[:], fc.in[fc.r:fc.w])
-		fc.r = 0
-	}
+	fc.compact()
 	fc.readN, fc.readErr = 0, nil
 	err := fc.rc.Read(fc.readFn)
 	if err == nil {
@@ -304,6 +334,14 @@ func (fc *fastConn) fill() error {
 	}
 	fc.w += fc.readN
 	return err
+}
+
+// compact moves the unused client bytes to the start of in.
+func (fc *fastConn) compact() {
+	if fc.in != nil && fc.r > 0 {
+		fc.w = copy(fc.in[:], fc.in[fc.r:fc.w])
+		fc.r = 0
+	}
 }
 
 // readSome is fill's callback (bound once, as fc.readFn): it reads into
@@ -348,33 +386,76 @@ func (fc *fastConn) readFailed(err error) {
 	fc.p.log.Debug("client read failed", "client", fc.client, "err", err)
 }
 
-// forward sends one request upstream and its response back. It reports
-// whether the client connection may carry another request.
-func (fc *fastConn) forward(h *fastHead) bool {
+// request is one request's state between the fast path's steps, kept in
+// the fastConn so that a request the loop started (loop_linux.go) can be
+// finished by the connection's goroutine.
+type request struct {
+	h              fastHead
+	info           RequestInfo
+	hst            *host
+	headBuf        *fastBuf  // holds out
+	out            []byte    // the upstream head
+	body           []byte    // the body bytes read with the head
+	inBody         int64     // len(body)
+	replayable     bool      // may be sent again on a fresh connection
+	keepAfterError bool      // the client connection may go on after a failed exchange
+	rh             *respHead // the response head, when parsed in place (res == nil)
+
+	// Set when the loop sent the request and handed it back unfinished.
+	sent   time.Time
+	unsent []byte // the end of out (and body) the socket did not take
+}
+
+// begin starts forwarding x.h: the request's record, its host and its
+// upstream head; it consumes the head and the body bytes read with it.
+func (fc *fastConn) begin(x *request) {
 	p := fc.p
-	info := RequestInfo{
+	h := &x.h
+	x.info = RequestInfo{
 		Start: time.Now(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
 		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: fastPath(h.target),
 		RequestID: requestID(string(h.reqID)),
 	}
-	hst := p.hosts.acquire(fc.key)
-	defer p.hosts.release(hst)
-
-	head := fc.p.pools.bufs.Get().(*fastBuf)
-	defer fc.p.pools.bufs.Put(head)
-	out := fc.requestHead(head[:0], h, info.RequestID)
+	x.hst = p.hosts.acquire(fc.key)
+	x.headBuf = p.pools.bufs.Get().(*fastBuf)
+	x.out = fc.requestHead(x.headBuf[:0], h, x.info.RequestID)
 	fc.r += h.size
-	// The body bytes already read go out with the head.
-	inBody := min(int64(fc.w-fc.r), h.clen)
-	body := fc.in[fc.r : fc.r+int(inBody)]
-	fc.r += int(inBody)
-
-	replayable := h.clen == 0 && (h.method == "GET" || h.method == "HEAD" || h.method == "OPTIONS")
+	x.inBody = min(int64(fc.w-fc.r), h.clen)
+	x.body = fc.in[fc.r : fc.r+int(x.inBody)]
+	fc.r += int(x.inBody)
+	x.replayable = h.clen == 0 && (h.method == "GET" || h.method == "HEAD" || h.method == "OPTIONS")
 	// After a failed exchange, part of the body may still be in the
 	// client's stream: the connection cannot carry another request.
-	keepAfterError := !h.closeConn && h.clen == inBody
-	rh := fc.p.pools.heads.Get().(*respHead) // the response head, when parsed in place (res == nil)
-	defer fc.p.pools.heads.Put(rh)
+	x.keepAfterError = !h.closeConn && h.clen == x.inBody
+	x.rh = p.pools.heads.Get().(*respHead)
+	x.sent, x.unsent = time.Time{}, nil
+}
+
+// end releases what begin took.
+func (fc *fastConn) end(x *request) {
+	p := fc.p
+	p.hosts.release(x.hst)
+	p.pools.bufs.Put(x.headBuf)
+	p.pools.heads.Put(x.rh)
+	x.hst, x.headBuf, x.rh, x.out, x.body, x.unsent = nil, nil, nil, nil, nil, nil
+}
+
+// forward sends one request upstream and its response back. It reports
+// whether the client connection may carry another request.
+func (fc *fastConn) forward(x *request) bool {
+	fc.begin(x)
+	defer fc.end(x)
+	return fc.send(x, nil)
+}
+
+// send runs the exchanges of a begun request until one answers it (a
+// pooled connection the upstream closed is replaced once for a replayable
+// request) and relays the response, or answers it from detour. sentOn is
+// the upstream connection the loop already sent it on, or nil. It
+// reports whether the client connection may carry another request.
+func (fc *fastConn) send(x *request, sentOn *upLink) bool {
+	p := fc.p
+	h, info, hst := &x.h, &x.info, x.hst
 	var (
 		up   *upLink
 		res  *http.Response
@@ -383,17 +464,22 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		err  error
 	)
 	for attempt := 0; ; attempt++ {
-		up, err = fc.link(hst)
-		if err != nil {
-			info.Flags |= UpstreamConnectFailure
-			fc.localFailure(&info, err, !keepAfterError)
-			return keepAfterError
+		if attempt == 0 && sentOn != nil {
+			up, sent = sentOn, x.sent
+			fc.cur.Store(up)
+		} else {
+			up, err = fc.link(hst)
+			if err != nil {
+				info.Flags |= UpstreamConnectFailure
+				fc.localFailure(info, err, !x.keepAfterError)
+				return x.keepAfterError
+			}
+			hst.inUse.Add(1)
+			fc.cur.Store(up)
+			sent = time.Now()
+			info.Reused = up.reused
 		}
-		hst.inUse.Add(1)
-		fc.cur.Store(up)
-		sent = time.Now()
-		info.Reused = up.reused
-		br, res, err = fc.exchange(up, h, out, body, inBody, rh)
+		br, res, err = fc.exchange(up, x, attempt == 0 && sentOn != nil)
 		if err == nil {
 			break
 		}
@@ -402,10 +488,10 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		up.close()
 		if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
 			info.Flags |= DownstreamClosed
-			p.finishFast(&info)
+			p.finishFast(info)
 			return false
 		}
-		if up.reused && replayable && attempt == 0 && errors.Is(err, errNoResponse) {
+		if up.reused && x.replayable && attempt == 0 && errors.Is(err, errNoResponse) && !fc.ol.aborted.Load() {
 			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
 			continue
 		}
@@ -413,31 +499,35 @@ func (fc *fastConn) forward(h *fastHead) bool {
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
 			info.Flags |= UpstreamTimeout
-			fc.localReply(&info, http.StatusGatewayTimeout, msgTimeout, !keepAfterError)
+			fc.localReply(info, http.StatusGatewayTimeout, msgTimeout, !x.keepAfterError)
 		default:
 			info.Flags |= UpstreamClosed
-			fc.localReply(&info, http.StatusServiceUnavailable, msgReset+resetReason(err), !keepAfterError)
+			fc.localReply(info, http.StatusServiceUnavailable, msgReset+resetReason(err), !x.keepAfterError)
 		}
 		p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
-		p.finishFast(&info)
-		return keepAfterError
+		p.finishFast(info)
+		return x.keepAfterError
 	}
 	info.UpstreamTime = time.Since(sent)
-	keep, upOK := fc.relay(up, br, res, rh, h, &info)
+	keep, upOK := fc.relay(up, br, res, x.rh, h, info)
+	if len(up.raw.ahead) > 0 || up.raw.aheadErr != nil { // bytes a loop read past the response
+		upOK = false
+	}
 	fc.p.pools.readers.Put(br)
 	hst.inUse.Add(-1)
 	fc.cur.Store(nil)
-	upCloses := rh.close
+	upCloses := x.rh.close
 	if res != nil {
 		upCloses = res.Close
 	}
+	keep = keep && !h.closeConn
 	if upOK && !upCloses {
-		p.hosts.putLink(up)
+		fc.keepLink(up, keep)
 	} else {
 		up.close()
 	}
-	p.finishFast(&info)
-	return keep && !h.closeConn
+	p.finishFast(info)
+	return keep
 }
 
 var (
@@ -455,14 +545,27 @@ var errNoResponse = errors.New("no response")
 // responses. The final head is parsed in place into rh (its bytes stay in
 // br for relay; res is nil) when peekResponse takes it, else read by
 // http.ReadResponse (res). Errors from the client's side are errClientBody.
-func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody int64, rh *respHead) (br *bufio.Reader, res *http.Response, err error) {
+func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reader, res *http.Response, err error) {
 	p := fc.p
+	h, head, body, inBody, rh := &x.h, x.out, x.body, x.inBody, x.rh
 	// A head alone fits the free send buffer of a keep-alive connection:
 	// only a body can block the write.
-	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 {
+	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 && !sent {
 		up.conn.SetWriteDeadline(time.Now().Add(sit))
 	}
-	if rest := h.clen - inBody; rest > 0 {
+	switch rest := h.clen - inBody; {
+	case sent:
+		// By the loop, which may have read the start of the response
+		// (up.raw returns it first).
+		if rt := p.o.RouteTimeout; rt > 0 {
+			up.conn.SetReadDeadline(x.sent.Add(rt))
+		}
+		if len(x.unsent) > 0 {
+			if _, err := up.conn.Write(x.unsent); err != nil {
+				return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
+			}
+		}
+	case rest > 0:
 		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
 		}
@@ -472,7 +575,7 @@ func (fc *fastConn) exchange(up *upLink, h *fastHead, head, body []byte, inBody 
 		if rt := p.o.RouteTimeout; rt > 0 {
 			up.conn.SetReadDeadline(time.Now().Add(rt))
 		}
-	} else {
+	default:
 		// The whole request is here: write it and wait for the answer in
 		// one raw read (sendAwait), the route timeout bounding the wait.
 		if rt := p.o.RouteTimeout; rt > 0 {
@@ -611,6 +714,15 @@ func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
 // pre-dialed one, or a new one.
 func (fc *fastConn) link(h *host) (*upLink, error) {
 	p := fc.p
+	if l := fc.pin; l != nil {
+		fc.pin = nil
+		if l.h == h {
+			l.reused = true
+			h.reuses.Add(1)
+			return l, nil
+		}
+		p.hosts.putLink(l)
+	}
 	if l := p.hosts.takeLink(h); l != nil {
 		l.reused = true
 		h.reuses.Add(1)
@@ -640,7 +752,7 @@ func (l *upLink) alive() bool {
 
 func newUpLink(conn *net.TCPConn, h *host) *upLink {
 	rc, _ := conn.SyscallConn() // never fails for a *net.TCPConn
-	l := &upLink{conn: conn, rc: rc, h: h}
+	l := &upLink{conn: conn, rc: rc, h: h, fd: descriptor(rc)}
 	l.raw.init(rc)
 	return l
 }
@@ -707,7 +819,11 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	}
 	up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
 	stop := fc.watchClient(up)
-	m, rerr, werr := copyN(&fc.out, up.conn, rest, fc.p.copyBufs, func() {})
+	var src io.Reader = up.conn // spliced
+	if len(up.raw.ahead) > 0 {
+		src = &up.raw // bytes a loop read come first
+	}
+	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() {})
 	stop()
 	info.BodyBytes += m
 	switch {

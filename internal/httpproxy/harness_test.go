@@ -107,9 +107,12 @@ type upstreamServer struct {
 	accepted, closed atomic.Int32
 }
 
-func newUpstream(t testing.TB, h http.Handler) *upstreamServer {
+func newUpstream(t testing.TB, h http.Handler, configure ...func(*http.Server)) *upstreamServer {
 	t.Helper()
 	u := &upstreamServer{Server: httptest.NewUnstartedServer(h)}
+	for _, f := range configure {
+		f(u.Config)
+	}
 	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		switch s {
 		case http.StateNew:
@@ -234,9 +237,9 @@ func panicCatcher(t testing.TB) *slog.Logger {
 
 type panicHandler struct{ msg atomic.Pointer[string] }
 
-func (h *panicHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *panicHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *panicHandler) WithGroup(string) slog.Handler            { return h }
+func (h *panicHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+func (h *panicHandler) WithAttrs([]slog.Attr) slog.Handler           { return h }
+func (h *panicHandler) WithGroup(string) slog.Handler                { return h }
 
 func (h *panicHandler) Handle(_ context.Context, r slog.Record) error {
 	if strings.Contains(r.Message, "panic") {

@@ -127,6 +127,11 @@ type Options struct {
 	// OnRequest, if set, is called once per request when it is done, on
 	// the request's goroutine: keep it quick (metrics, access logs).
 	OnRequest func(RequestInfo)
+	// DisableLoops keeps every fast-path connection on its own goroutine
+	// between requests, instead of letting the epoll loops serve its
+	// keep-alive requests (onloop_linux.go).
+	DisableLoops bool
+
 	// DisableFastPath serves every request through net/http and
 	// ReverseProxy instead of taking the common HTTP/1.1 requests on the
 	// fast path (fastpath.go). For comparison and as an escape hatch.
@@ -295,7 +300,7 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (r
 		return nil, true
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
-		key: p.hostKey(client, origDst), start: time.Now()}
+		key: p.hostKey(client, origDst), start: time.Now(), fd: descriptor(rc)}
 	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
 	fc.out.raw.init(rc)
 	fc.readFn = fc.readSome
@@ -340,6 +345,7 @@ func (p *Proxy) closeIdleFast() {
 		if fc.idle.Load() {
 			fc.c.SetReadDeadline(time.Unix(1, 0))
 		}
+		fc.ol.wake() // a loop serving it hands it back when idle
 	}
 }
 

@@ -21,6 +21,11 @@ type rawReader struct {
 	p   []byte
 	n   int
 	err error
+
+	// Read returns these first: what a loop read of a response before it
+	// handed the connection back, then the error that stopped it, if any.
+	ahead    []byte
+	aheadErr error
 }
 
 func (r *rawReader) init(rc syscall.RawConn) { r.rc, r.fn = rc, r.step }
@@ -28,6 +33,15 @@ func (r *rawReader) init(rc syscall.RawConn) { r.rc, r.fn = rc, r.step }
 func (r *rawReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if len(r.ahead) > 0 {
+		n := copy(p, r.ahead)
+		r.ahead = r.ahead[n:]
+		return n, nil
+	}
+	if err := r.aheadErr; err != nil {
+		r.aheadErr = nil
+		return 0, err
 	}
 	r.p, r.n, r.err = p, 0, nil
 	err := r.rc.Read(r.fn)

@@ -46,7 +46,7 @@ func (w *idleWatch) start(p *Pair, connBy time.Time) {
 	w.timer.Reset(w.next(w.sampled))
 }
 
-func (w *idleWatch) post() { w.p.loop.post(task{p: w.p, kind: taskTimer}) }
+func (w *idleWatch) post() { w.p.loop.post(task{m: w.p, kind: taskTimer}) }
 
 // next is how long after now the timer is due again, or -1.
 func (w *idleWatch) next(now time.Time) time.Duration {

@@ -54,10 +54,11 @@ type loop struct {
 // wakeSlot marks the eventfd's events.
 const wakeSlot = -1
 
-// endpoint is one socket of a pair, as the loop knows it.
+// endpoint is one socket of a member, as the loop knows it.
 type endpoint struct {
 	fd   int
-	p    *Pair
+	m    member
+	p    *Pair // m, when it is a Pair
 	slot int32
 	gen  uint32
 
@@ -72,11 +73,23 @@ type taskKind uint8
 const (
 	taskCancel taskKind = iota
 	taskTimer           // the pair's idleWatch fired
+	taskWake            // Watch.Wake
 )
 
 type task struct {
-	p    *Pair
+	m    member
 	kind taskKind
+}
+
+// member is what a loop serves: a Pair, or a Watch of another package.
+type member interface {
+	// pump handles what the events noted on its endpoints say.
+	pump(l *loop)
+	// runTask runs a task posted for it.
+	runTask(l *loop, k taskKind)
+	// gone reports that it left the loop: events still queued for its
+	// endpoints are ignored.
+	gone() bool
 }
 
 // loopSet is a set of loops that start on first use.
@@ -274,17 +287,17 @@ func (l *loop) dispatch(evs []unix.EpollEvent) {
 	l.mu.Unlock()
 
 	for i, ep := range l.ready {
-		if ep.p.closed {
+		if ep.m.gone() {
 			continue
 		}
 		ep.note(l.flags[i])
-		ep.p.pump(l)
+		ep.m.pump(l)
 	}
 	clear(l.ready)
 	l.ready, l.flags = l.ready[:0], l.flags[:0]
 	if wake {
 		for _, t := range l.running {
-			t.p.runTask(l, t.kind)
+			t.m.runTask(l, t.kind)
 		}
 		clear(l.running)
 		l.running = l.running[:0]
@@ -322,13 +335,13 @@ func (ep *endpoint) note(ev uint32) {
 	}
 }
 
-// register adds both sockets of p. Both are added under mu, so no event
-// of either is handled (and no descriptor closed by the loop) before
+// register adds both sockets of a member. Both are added under mu, so no
+// event of either is handled (and no descriptor closed by the loop) before
 // both are in.
-func (l *loop) register(p *Pair) error {
+func (l *loop) register(a, b *endpoint) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	eps := [2]*endpoint{&p.c, &p.u}
+	eps := [2]*endpoint{a, b}
 	for i, ep := range eps {
 		l.alloc(ep)
 		ev := unix.EpollEvent{
@@ -362,12 +375,12 @@ func (l *loop) alloc(ep *endpoint) {
 	l.slots[ep.slot] = ep
 }
 
-// release frees the slots of a pair whose sockets were closed (which took
-// them out of the epoll instance).
-func (l *loop) release(p *Pair) {
+// release frees the slots of a member's sockets, which were closed or
+// taken out of the epoll instance.
+func (l *loop) release(a, b *endpoint) {
 	l.mu.Lock()
-	l.releaseLocked(&p.c)
-	l.releaseLocked(&p.u)
+	l.releaseLocked(a)
+	l.releaseLocked(b)
 	l.mu.Unlock()
 }
 

@@ -135,6 +135,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes,
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.p, p.u.p = p, p
+	p.c.m, p.u.m = p, p
 	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
 	p.down = flow{src: &p.u, dst: &p.c, from: "upstream"}
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
@@ -189,7 +190,7 @@ func (p *Pair) Start(done func(Result)) {
 	if err == nil {
 		// A connecting socket is writable once the connect is done.
 		p.c.writable, p.u.writable = true, !p.connecting
-		err = l.register(p)
+		err = l.register(&p.c, &p.u)
 	}
 	if err != nil {
 		p.ended, p.up.err = EndBrokenUnknown, err
@@ -221,7 +222,7 @@ func (p *Pair) Cancel() {
 	l := p.loop
 	p.mu.Unlock()
 	if l != nil {
-		l.post(task{p: p, kind: taskCancel})
+		l.post(task{m: p, kind: taskCancel})
 	}
 }
 
@@ -538,7 +539,7 @@ func (p *Pair) finish(l *loop, end End, reset bool) {
 		}
 	}
 	p.closed = true
-	l.release(p)
+	l.release(&p.c, &p.u)
 	p.done(p.result())
 }
 
@@ -586,3 +587,6 @@ func (p *Pair) closeSockets(reset bool) {
 		c.Close()
 	}
 }
+
+// gone reports that the pair closed its sockets (a loop member).
+func (p *Pair) gone() bool { return p.closed }

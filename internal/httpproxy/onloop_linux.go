@@ -1,0 +1,576 @@
+package httpproxy
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
+)
+
+// Between requests, a keep-alive connection of the fast path is served by
+// one of the L4 epoll loops (tcpproxy.Watch) instead of its goroutine,
+// together with the upstream connection its last request used, which it
+// keeps (as HAProxy keeps a session's server connection). The loop takes
+// the common exchange whole: a request head in the fast path's subset
+// with any body already read, written upstream at once; a response head
+// in the strict subset with its Content-Length body within one buffer,
+// written back with the head. A goroutine per connection costs two
+// scheduler wake-ups per request and, on a busy machine, waits in the run
+// queue at each; one loop goroutine serves all of its connections' events
+// in turn.
+//
+// Anything else is handed back at once to the connection's goroutine,
+// which waits meanwhile: a partial or unusual request, a request body
+// still to come, a declined or large response, an upstream that closed
+// or spoke unasked, an error, a timeout, debug logging, shutdown. The
+// goroutine then carries on exactly where the loop stopped, on the
+// ordinary fast path, which gives every such case the same handling as
+// before. Only the goroutine closes the sockets.
+
+// Which socket of a Watch is which.
+const (
+	clientSide = 0
+	upSide     = 1
+)
+
+// backReason says where the loop stopped when it handed a connection back.
+type backReason uint8
+
+const (
+	backNone    backReason = iota // the loop keeps the connection
+	backIdle                      // between requests; in may hold the start of the next one
+	backTimeout                   // the idle timeout passed: the connection ends
+	backAwait                     // x was sent; its response is for the goroutine to read
+	backFlush                     // x's response was read whole; pending is what the client did not take
+	backEnd                       // x ended on the loop and the connection with it
+)
+
+// Where a connection served by a loop is.
+const (
+	stIdle  uint8 = iota // waiting for a request
+	stAwait              // waiting for x's response
+)
+
+// onLoop is a fastConn's state while a loop serves it.
+type onLoop struct {
+	mu      sync.Mutex // orders abort against entering the loop
+	w       atomic.Pointer[tcpproxy.Watch]
+	aborted atomic.Bool // by abort; set under mu
+
+	back    chan backReason // the loop hands the connection back here
+	serveFn func(*tcpproxy.Watch)
+	timer   *time.Timer
+	rang    atomic.Bool // the timer fired since the loop last looked
+
+	// Used by the loop goroutine while it serves the connection, and by
+	// the goroutine after a hand-back.
+	up       *upLink // the kept upstream connection
+	state    uint8
+	due      time.Time // the state's deadline (zero: none)
+	idleBy   time.Time // stIdle: the idle timeout's deadline (zero: none)
+	idleAt   time.Time // stIdle: since when
+	armed    time.Time // when the timer rings (zero: stopped)
+	upDead   bool      // the upstream closed it or sent bytes unasked: not reusable
+	declined bool      // backIdle: the loop did not take the request buffered in in
+	release  bool      // backIdle: the kept connection goes back to the pool
+	resp     *fastBuf  // x's response so far
+	rn       int
+	rerr     error  // the read that ended the response early
+	pending  []byte // backFlush: the end of the response the client did not take
+
+	// Used by the goroutine only: after a request the loop did not take,
+	// the goroutine serves skip requests itself before it tries again.
+	skip, misses int
+}
+
+// descriptor returns a socket's descriptor, -1 if it has none.
+func descriptor(rc syscall.RawConn) int {
+	fd := -1
+	rc.Control(func(s uintptr) { fd = int(s) })
+	return fd
+}
+
+// keepLink keeps the upstream connection of a request that ended well:
+// for the next request when a loop will serve it, else in the pool.
+func (fc *fastConn) keepLink(up *upLink, keep bool) {
+	p := fc.p
+	if keep && !p.o.DisableLoops && fc.fd >= 0 && up.fd >= 0 && fc.r == fc.w &&
+		fc.ol.skip == 0 && !fc.closing.Load() && !p.debug() {
+		fc.pin = up
+		return
+	}
+	p.hosts.putLink(up)
+}
+
+// serveOnLoop lets a loop serve the connection, with fc.pin, until it
+// hands it back, and finishes what the loop left. It reports whether the
+// connection goes on, on the goroutine.
+func (fc *fastConn) serveOnLoop() bool {
+	for fc.pin != nil {
+		switch r := fc.runOnLoop(); r {
+		case backIdle:
+			if fc.ol.declined {
+				fc.noteMiss()
+			}
+			switch {
+			case fc.ol.upDead:
+				fc.pin.close()
+				fc.pin = nil
+			case fc.ol.release:
+				fc.p.hosts.putLink(fc.pin)
+				fc.pin = nil
+			}
+			if fc.in == nil || fc.r == fc.w {
+				fc.idleAt = fc.ol.idleAt // the idle timeout runs on
+			}
+			return true
+		case backTimeout, backEnd:
+			return false
+		case backAwait, backFlush:
+			x := &fc.x
+			var keep bool
+			if r == backAwait {
+				keep = fc.resume(x)
+			} else {
+				keep = fc.flush(x)
+			}
+			fc.end(x)
+			fc.releaseIn()
+			if !keep || fc.closing.Load() {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// runOnLoop registers the connection and fc.pin with a loop and waits
+// for the loop to hand them back; the kept upstream connection is then in
+// fc.pin again for backIdle, backTimeout and backEnd, in fc.ol.up for the
+// others.
+func (fc *fastConn) runOnLoop() backReason {
+	ol := &fc.ol
+	if ol.back == nil {
+		ol.back = make(chan backReason, 1)
+		ol.serveFn = fc.serveLoop
+		ol.timer = time.AfterFunc(time.Hour, ol.ring)
+		ol.timer.Stop()
+	}
+	ol.up, fc.pin = fc.pin, nil
+	ol.upDead, ol.declined, ol.release, ol.armed = false, false, false, time.Time{}
+	ol.idle(time.Now(), &fc.p.o)
+
+	ol.mu.Lock()
+	if ol.aborted.Load() || fc.closing.Load() {
+		ol.mu.Unlock()
+		fc.pin = ol.up
+		return backIdle
+	}
+	w, err := tcpproxy.NewWatch([2]int{fc.fd, ol.up.fd}, ol.serveFn)
+	if err != nil {
+		ol.mu.Unlock()
+		fc.p.log.Debug("serving a connection on a loop failed; its goroutine goes on", "client", fc.client, "err", err)
+		fc.pin = ol.up
+		return backIdle
+	}
+	ol.w.Store(w)
+	ol.mu.Unlock()
+	if fc.closing.Load() { // Shutdown came between the check and Store
+		w.Wake()
+	}
+
+	r := <-ol.back
+	ol.mu.Lock()
+	ol.w.Store(nil)
+	aborted := ol.aborted.Load()
+	ol.mu.Unlock()
+	ol.timer.Stop()
+	ol.armed = time.Time{}
+	if aborted {
+		fc.c.Close()
+		ol.up.conn.Close()
+	}
+	switch r {
+	case backIdle, backTimeout, backEnd:
+		fc.pin = ol.up
+		ol.up = nil
+	}
+	return r
+}
+
+// abort asks a loop serving the connection to hand it back, and reports
+// whether one was: the goroutine then closes the sockets.
+func (ol *onLoop) abort() bool {
+	ol.mu.Lock()
+	ol.aborted.Store(true)
+	w := ol.w.Load()
+	ol.mu.Unlock()
+	if w != nil {
+		w.Wake()
+	}
+	return w != nil
+}
+
+// wake makes a loop serving the connection look at it (closing).
+func (ol *onLoop) wake() {
+	if w := ol.w.Load(); w != nil {
+		w.Wake()
+	}
+}
+
+func (ol *onLoop) ring() {
+	ol.rang.Store(true)
+	ol.wake()
+}
+
+// idle enters stIdle at now. The deadline is the idle timeout's or, when
+// sooner, the cleanup interval's: a client connection idle that long
+// gives its upstream connection back to the pool, so that a host unused
+// for the cleanup interval goes with all of its connections, as before.
+func (ol *onLoop) idle(now time.Time, o *Options) {
+	ol.state, ol.idleAt = stIdle, now
+	ol.idleBy = deadline(now, o.IdleTimeout)
+	ol.due = deadline(now, o.CleanupInterval)
+	if ol.due.IsZero() || !ol.idleBy.IsZero() && ol.idleBy.Before(ol.due) {
+		ol.due = ol.idleBy
+	}
+}
+
+// deadline is now+d, or zero (none) when d is not positive.
+func deadline(now time.Time, d time.Duration) time.Time {
+	if d <= 0 {
+		return time.Time{}
+	}
+	return now.Add(d)
+}
+
+// serveLoop runs on the loop goroutine whenever the connection's sockets
+// report events, the timer rings, or wake was called.
+func (fc *fastConn) serveLoop(w *tcpproxy.Watch) {
+	ol := &fc.ol
+	r := backNone
+	if ol.rang.Swap(false) {
+		ol.armed = time.Time{}
+		switch now := time.Now(); {
+		case ol.due.IsZero() || now.Before(ol.due):
+		case ol.state == stAwait:
+			r = backAwait // the goroutine's read finds the route timeout passed: 504
+		case !ol.idleBy.IsZero() && !now.Before(ol.idleBy):
+			r = backTimeout
+		default:
+			r, ol.release = backIdle, true
+		}
+	}
+	for r == backNone {
+		var more bool
+		if ol.state == stIdle {
+			r, more = fc.idleStep(w)
+		} else {
+			r, more = fc.awaitStep(w)
+		}
+		if !more {
+			break
+		}
+	}
+	if r != backNone {
+		w.Stop()
+		ol.back <- r // the goroutine owns fc again
+		return
+	}
+	if !ol.due.IsZero() && (ol.armed.IsZero() || ol.armed.After(ol.due)) {
+		ol.armed = ol.due
+		ol.timer.Reset(time.Until(ol.due))
+	}
+}
+
+// idleStep reads the next request and sends it when the loop takes it. It
+// reports whether to go on at once (more).
+func (fc *fastConn) idleStep(w *tcpproxy.Watch) (r backReason, more bool) {
+	ol := &fc.ol
+	switch {
+	case fc.closing.Load():
+		return backIdle, false
+	case w.Readable(upSide): // a close, or bytes nothing asked for
+		ol.upDead = true
+		return backIdle, false
+	}
+	if w.Readable(clientSide) {
+		switch r := fc.readOnLoop(w); {
+		case r != backNone:
+			return r, false
+		case fc.in == nil:
+			return backNone, false
+		}
+	}
+	if fc.in == nil || fc.r == fc.w {
+		return backNone, false
+	}
+	switch started, whole := fc.startOnLoop(); {
+	case !started:
+		ol.declined = true
+		return backIdle, false
+	case !whole:
+		return backAwait, false
+	}
+	return backNone, true
+}
+
+// readOnLoop reads what the client sent into in.
+func (fc *fastConn) readOnLoop(w *tcpproxy.Watch) backReason {
+	p := fc.p
+	fc.compact()
+	took := fc.in == nil
+	if took {
+		fc.in = p.pools.bufs.Get().(*fastBuf)
+	}
+	n, err := readNow(fc.fd, fc.in[fc.w:])
+	if err == unix.EAGAIN {
+		w.Drained(clientSide)
+	}
+	if err != nil || n == 0 {
+		if took {
+			p.pools.bufs.Put(fc.in)
+			fc.in = nil
+		}
+		if err == unix.EAGAIN {
+			return backNone
+		}
+		return backIdle // the goroutine's read sees the EOF or error again
+	}
+	if fc.w += n; fc.w < len(fc.in) && !w.Hup(clientSide) {
+		w.Drained(clientSide)
+	}
+	return backNone
+}
+
+// startOnLoop begins and sends the request buffered in in, when the loop
+// takes it: a whole head in the fast path's subset with its whole body.
+// whole reports that the socket took all of it.
+func (fc *fastConn) startOnLoop() (started, whole bool) {
+	ol, p, x := &fc.ol, fc.p, &fc.x
+	end := bytes.Index(fc.in[fc.r:fc.w], []byte("\r\n\r\n"))
+	if end < 0 || p.debug() {
+		return false, false
+	}
+	var ok bool
+	x.h, ok = parseFastHead(fc.in[fc.r:fc.w], end+4, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
+	if !ok || x.h.clen > int64(fc.w-fc.r-x.h.size) {
+		return false, false
+	}
+	fc.heads++
+	fc.begin(x)
+	up := ol.up
+	up.reused = true
+	x.hst.inUse.Add(1)
+	x.hst.reuses.Add(1)
+	x.info.Reused = true
+	n, err := writeNow(up.fd, x.out, x.body)
+	x.sent = time.Now()
+	if err == nil && n < len(x.out)+len(x.body) {
+		err = unix.EAGAIN
+	}
+	if err != nil {
+		// The goroutine writes the rest (or meets the error again, and
+		// replaces the connection as for any pooled one).
+		x.unsent = append(append([]byte(nil), x.out[min(n, len(x.out)):]...), x.body[max(n-len(x.out), 0):]...)
+	}
+	ol.state = stAwait
+	ol.due = deadline(x.sent, p.o.RouteTimeout)
+	return true, err == nil
+}
+
+// awaitStep reads x's response and, once the loop has it whole, sends it
+// to the client and ends x.
+func (fc *fastConn) awaitStep(w *tcpproxy.Watch) (r backReason, more bool) {
+	ol, p, x := &fc.ol, fc.p, &fc.x
+	switch {
+	case ol.aborted.Load():
+		return backAwait, false
+	case !w.Readable(upSide):
+		return backNone, false
+	}
+	if ol.resp == nil {
+		ol.resp, ol.rn = p.pools.bufs.Get().(*fastBuf), 0
+	}
+	n, err := readNow(ol.up.fd, ol.resp[ol.rn:])
+	switch {
+	case err == unix.EAGAIN:
+		w.Drained(upSide)
+		return backNone, false
+	case err != nil:
+		ol.rerr = os.NewSyscallError("read", err)
+		return backAwait, false
+	case n == 0:
+		ol.rerr = io.EOF
+		return backAwait, false
+	}
+	if ol.rn += n; ol.rn < len(ol.resp) && !w.Hup(upSide) {
+		w.Drained(upSide)
+	}
+	rh := x.rh
+	switch parseRespHead(ol.resp[:ol.rn], x.h.method, rh) {
+	case respMore:
+		if ol.rn == len(ol.resp) {
+			return backAwait, false
+		}
+		return backNone, true
+	case respDeclined:
+		return backAwait, false
+	}
+	blen := rh.clen
+	if bodiless(x.h.method, rh.status) {
+		blen = 0
+	}
+	total := rh.size + int(blen)
+	switch {
+	case int64(rh.size)+blen > int64(len(ol.resp)) || ol.rn > total:
+		return backAwait, false // a larger body, or bytes past the response
+	case ol.rn < total:
+		return backNone, true
+	}
+	return fc.respondOnLoop(total, blen)
+}
+
+// respondOnLoop sends x's response, whole in resp, to the client and ends
+// x.
+func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
+	ol, p, x := &fc.ol, fc.p, &fc.x
+	rh, info := x.rh, &x.info
+	now := time.Now()
+	info.UpstreamTime = now.Sub(x.sent)
+	info.Status = rh.status
+	ob := p.pools.bufs.Get().(*fastBuf)
+	out := fc.fastResponseHead(ob[:0], ol.resp[:rh.size], rh, &x.h, info.UpstreamTime)
+	body := ol.resp[rh.size:total]
+	x.hst.onLoop.Add(1) // before the client can see the response
+	n, err := writeNow(fc.fd, out, body)
+	if err == nil && n < len(out)+len(body) {
+		err = unix.EAGAIN
+	}
+	r := backNone
+	switch {
+	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
+		ol.pending = append(append([]byte(nil), out[min(n, len(out)):]...), body[max(n-len(out), 0):]...)
+		r = backFlush
+	case err != nil:
+		info.Flags |= DownstreamClosed
+		r = backEnd
+	default:
+		info.BodyBytes = blen
+	}
+	p.pools.bufs.Put(ob)
+	p.pools.bufs.Put(ol.resp)
+	ol.resp, ol.rn = nil, 0
+	if r == backFlush {
+		return r, false
+	}
+	x.hst.inUse.Add(-1)
+	if rh.close {
+		ol.upDead = true
+	}
+	p.finishFast(info)
+	keep := r == backNone && !x.h.closeConn && !rh.close && !fc.closing.Load()
+	closeConn := x.h.closeConn
+	fc.end(x)
+	ol.misses = 0
+	fc.releaseIn()
+	switch {
+	case closeConn || r == backEnd:
+		return backEnd, false
+	case !keep:
+		return backIdle, false
+	}
+	ol.idle(now, &p.o)
+	return backNone, true
+}
+
+// resume finishes a request the loop sent and handed back, with the
+// bytes of the response it read, on the fast path's usual steps.
+func (fc *fastConn) resume(x *request) bool {
+	ol := &fc.ol
+	up := ol.up
+	ol.up = nil
+	if ol.rerr != nil || ol.rn > 0 {
+		up.raw.ahead = append([]byte(nil), ol.resp[:ol.rn]...)
+		up.raw.aheadErr = ol.rerr
+	}
+	if ol.resp != nil {
+		fc.p.pools.bufs.Put(ol.resp)
+		ol.resp, ol.rn = nil, 0
+	}
+	ol.rerr = nil
+	fc.noteMiss()
+	return fc.send(x, up)
+}
+
+// flush writes the end of a response the client did not take at once on
+// the loop, and ends the request.
+func (fc *fastConn) flush(x *request) bool {
+	ol, p := &fc.ol, fc.p
+	up := ol.up
+	ol.up = nil
+	info := &x.info
+	keep := true
+	if _, err := fc.out.Write(ol.pending); err != nil {
+		keep = fc.clientFailed(info, err)
+	} else {
+		info.BodyBytes = x.rh.clen
+		if bodiless(x.h.method, x.rh.status) {
+			info.BodyBytes = 0
+		}
+	}
+	ol.pending = nil
+	x.hst.inUse.Add(-1)
+	keep = keep && !x.h.closeConn
+	if x.rh.close {
+		up.close()
+	} else {
+		fc.keepLink(up, keep)
+	}
+	p.finishFast(info)
+	return keep
+}
+
+// noteMiss notes a request the loop handed back unfinished: the goroutine
+// serves the next ones itself, twice as many after each miss in a row (up
+// to 64), so that a connection whose requests the loop does not take does
+// not go back and forth.
+func (fc *fastConn) noteMiss() {
+	ol := &fc.ol
+	ol.misses = min(ol.misses+1, 6)
+	ol.skip = 1 << ol.misses
+}
+
+// readNow reads what fd holds without waiting.
+func readNow(fd int, p []byte) (int, error) {
+	for {
+		n, err := rawsys.Read(fd, p)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+// writeNow writes a and b with one system call, without waiting.
+func writeNow(fd int, a, b []byte) (int, error) {
+	for {
+		var n int
+		var err error
+		if len(b) == 0 {
+			n, err = rawsys.Write(fd, a)
+		} else {
+			n, err = rawsys.Writev2(fd, a, b)
+		}
+		if err != unix.EINTR {
+			return max(n, 0), err
+		}
+	}
+}

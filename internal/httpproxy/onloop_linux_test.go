@@ -1,0 +1,311 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// loopUpstream answers by path: /small "ok"; /echo the request body;
+// /chunked "ab" in two flushed writes; /big 100 KiB; /slow "late" after
+// 300 ms; /hang nothing until the client goes; /close "ok" and closes the
+// connection. Each response carries the X-Request-Id it was sent.
+func loopUpstream(t *testing.T, configure ...func(*http.Server)) *upstreamServer {
+	return newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Got-Id", r.Header.Get("X-Request-Id"))
+		switch r.URL.Path {
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			w.Write(b)
+		case "/chunked":
+			w.Write([]byte("a"))
+			w.(http.Flusher).Flush()
+			w.Write([]byte("b"))
+		case "/big":
+			w.Write([]byte(strings.Repeat("x", 100<<10)))
+		case "/slow":
+			time.Sleep(300 * time.Millisecond)
+			w.Write([]byte("late"))
+		case "/hang":
+			<-r.Context().Done()
+		case "/close":
+			w.Header().Set("Connection", "close")
+			w.Write([]byte("ok"))
+		default:
+			w.Write([]byte("ok"))
+		}
+	}), configure...)
+}
+
+// roundTrips writes req on c and reads n responses to method.
+func roundTrips(t *testing.T, c net.Conn, br *bufio.Reader, req, method string, n int) []string {
+	t.Helper()
+	if req != "" {
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var bodies []string
+	for range n {
+		res, body := readResponse(t, br, method)
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, body %q", res.StatusCode, body)
+		}
+		bodies = append(bodies, body)
+	}
+	return bodies
+}
+
+const getSmall = "GET /small HTTP/1.1\r\nHost: a\r\n\r\n"
+
+// servedOnLoop sums the requests every host says a loop served whole.
+func servedOnLoop(p *Proxy) (n uint64) {
+	for _, h := range p.Hosts() {
+		n += h.OnLoop
+	}
+	return n
+}
+
+// TestLoopServesKeepAlive checks that, after a connection's first request,
+// the loops serve its keep-alive requests whole, with the same result as
+// its goroutine: the response, the proxy's own fields upstream and back,
+// one upstream connection kept throughout, and each request's record.
+func TestLoopServesKeepAlive(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		disable    bool
+		wantOnLoop uint64
+	}{
+		{"loops", false, 9},
+		{"goroutine only", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := loopUpstream(t)
+			f := newFront(t, Options{DisableLoops: tc.disable}, up.addrPort())
+			c, br := f.raw(t)
+			ids := map[string]bool{}
+			for i := range 10 {
+				fmt.Fprintf(c, "GET /n%d HTTP/1.1\r\nHost: a\r\n\r\n", i)
+				res, body := readResponse(t, br, "GET")
+				id := res.Header.Get("X-Got-Id")
+				if res.StatusCode != 200 || body != "ok" || id == "" || ids[id] ||
+					res.Header.Get("Server") != DefaultServerHeader || res.Header.Get(hdrServiceTime) == "" {
+					t.Fatalf("request %d: %d %q, X-Got-Id %q, header %v", i, res.StatusCode, body, id, res.Header)
+				}
+				ids[id] = true
+				info := f.info(t)
+				if info.Status != 200 || info.BodyBytes != 2 || info.Path != fmt.Sprintf("/n%d", i) || info.Reused != (i > 0) || info.RequestID != id {
+					t.Fatalf("request %d: info %+v", i, info)
+				}
+			}
+			if n := servedOnLoop(f.p); n != tc.wantOnLoop {
+				t.Errorf("requests a loop served = %d, want %d", n, tc.wantOnLoop)
+			}
+			if n := up.accepted.Load(); n != 1 {
+				t.Errorf("upstream connections = %d, want 1", n)
+			}
+		})
+	}
+}
+
+// TestLoopHandsBack checks each case the loop leaves to the connection's
+// goroutine, and the ones it takes, on a connection the loop serves: the
+// client gets the right answer, and the connection goes on.
+func TestLoopHandsBack(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		steps      []string // written with a pause between them
+		method     string
+		want       []string
+		wantOnLoop uint64 // with the last GET /small, after the first one
+		wantConns  int32
+	}{
+		{"body with the head", []string{"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"}, "POST", []string{"hello"}, 2, 1},
+		{"body after the head", []string{"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", "hello"}, "POST", []string{"hello"}, 0, 1},
+		{"head in two writes", []string{"GET /small HTTP/1.1\r\nHost: a\r\n", "\r\n"}, "GET", []string{"ok"}, 0, 1},
+		{"pipelined", []string{getSmall + getSmall}, "GET", []string{"ok", "ok"}, 3, 1},
+		{"chunked response", []string{"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n"}, "GET", []string{"ab"}, 0, 1},
+		{"large response", []string{"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"}, "GET", []string{strings.Repeat("x", 100<<10)}, 0, 1},
+		{"slow response", []string{"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"}, "GET", []string{"late"}, 2, 1},
+		{"HEAD", []string{"HEAD /small HTTP/1.1\r\nHost: a\r\n\r\n"}, "HEAD", []string{""}, 2, 1},
+		{"upstream closes after", []string{"GET /close HTTP/1.1\r\nHost: a\r\n\r\n"}, "GET", []string{"ok"}, 1, 2},
+		{"not in the fast subset", []string{"GET /small HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"}, "GET", []string{"ok"}, 0, 3},
+	} {
+		for _, disable := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/DisableLoops=%v", tc.name, disable), func(t *testing.T) {
+				handsBack(t, tc.steps, tc.method, tc.want, tc.wantOnLoop, tc.wantConns, disable)
+			})
+		}
+	}
+}
+
+// handsBack runs a TestLoopHandsBack case; with the loops disabled, none
+// serves a request.
+func handsBack(t *testing.T, steps []string, method string, want []string, wantOnLoop uint64, wantConns int32, disable bool) {
+	{
+		{
+			if disable {
+				wantOnLoop = 0
+			}
+			up := loopUpstream(t)
+			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
+			c, br := f.raw(t)
+			roundTrips(t, c, br, getSmall, "GET", 1)
+			time.Sleep(50 * time.Millisecond) // on the loop
+			for i, s := range steps {
+				if i > 0 {
+					time.Sleep(100 * time.Millisecond)
+				}
+				if _, err := io.WriteString(c, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := roundTrips(t, c, br, "", method, len(want))
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("response %d: %.40q, want %.40q", i, got[i], want[i])
+				}
+			}
+			if body := roundTrips(t, c, br, getSmall, "GET", 1)[0]; body != "ok" {
+				t.Fatalf("the next request: %q", body)
+			}
+			if n := servedOnLoop(f.p); n != wantOnLoop {
+				t.Errorf("requests a loop served = %d, want %d", n, wantOnLoop)
+			}
+			if n := up.accepted.Load(); n != wantConns {
+				t.Errorf("upstream connections = %d, want %d", n, wantConns)
+			}
+		}
+	}
+}
+
+// TestLoopUpstreamGoes checks the kept upstream connection's end: closed
+// by the upstream while the client idles, the next request goes on a new
+// one; closed by the upstream on receiving the request, a replayable
+// request is sent again on a new one, as for any pooled connection.
+func TestLoopUpstreamGoes(t *testing.T) {
+	t.Run("closed while idle", func(t *testing.T) {
+		up := loopUpstream(t, func(s *http.Server) { s.IdleTimeout = 100 * time.Millisecond })
+		f := newFront(t, Options{}, up.addrPort())
+		c, br := f.raw(t)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		time.Sleep(400 * time.Millisecond)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		if n := up.accepted.Load(); n != 2 {
+			t.Errorf("upstream connections = %d, want 2", n)
+		}
+	})
+	t.Run("closed at the request", func(t *testing.T) {
+		var conns atomic.Int32
+		dst := rawUpstream(t, func(c net.Conn) {
+			first := conns.Add(1) == 1
+			br := bufio.NewReader(c)
+			for i := 0; ; i++ {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				if first && i == 1 {
+					return // the second request on the first connection: no answer
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		})
+		f := newFront(t, Options{}, dst)
+		c, br := f.raw(t)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		f.info(t)
+		time.Sleep(50 * time.Millisecond)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		if i := f.info(t); i.Flags != 0 || i.Reused {
+			t.Errorf("the replayed request: flags %v, reused %v; want none, a new connection", i.Flags, i.Reused)
+		}
+		if n := conns.Load(); n != 2 {
+			t.Errorf("upstream connections = %d, want 2", n)
+		}
+	})
+}
+
+// TestLoopTimeouts checks the timeouts of a connection the loop serves:
+// the route timeout answers 504 (flag UT), the idle timeout closes it. Both
+// are short here, and the bounds far from them.
+func TestLoopTimeouts(t *testing.T) {
+	t.Run("route", func(t *testing.T) {
+		up := loopUpstream(t)
+		f := newFront(t, Options{RouteTimeout: 300 * time.Millisecond}, up.addrPort())
+		c, br := f.raw(t)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		f.info(t)
+		start := time.Now()
+		io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+		res, _ := readResponse(t, br, "GET")
+		if res.StatusCode != http.StatusGatewayTimeout || time.Since(start) > 5*time.Second {
+			t.Fatalf("status %d after %v; want 504 after about 300ms", res.StatusCode, time.Since(start))
+		}
+		if i := f.info(t); i.Flags != UpstreamTimeout {
+			t.Errorf("flags %v, want UT", i.Flags)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		up := loopUpstream(t)
+		f := newFront(t, Options{IdleTimeout: 300 * time.Millisecond}, up.addrPort())
+		c, br := f.raw(t)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		start := time.Now()
+		if _, err := br.ReadByte(); err != io.EOF || time.Since(start) > 5*time.Second {
+			t.Fatalf("read %v after %v; want EOF after about 300ms", err, time.Since(start))
+		}
+		if n := servedOnLoop(f.p); n != 0 {
+			t.Errorf("requests a loop served = %d, want 0", n)
+		}
+	})
+}
+
+// TestLoopShutdown checks that Shutdown ends a connection the loop holds
+// idle at once, and that Close ends one whose request waits on the loop.
+func TestLoopShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		path string // the request the loop holds; "" for none
+		stop func(p *Proxy) error
+	}{
+		{"shutdown, idle", "", func(p *Proxy) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return p.Shutdown(ctx)
+		}},
+		{"close, in flight", "/hang", func(p *Proxy) error { return p.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := loopUpstream(t)
+			f := newFront(t, Options{}, up.addrPort())
+			c, br := f.raw(t)
+			roundTrips(t, c, br, getSmall, "GET", 1)
+			roundTrips(t, c, br, getSmall, "GET", 1)
+			if n := servedOnLoop(f.p); n != 1 {
+				t.Fatalf("requests a loop served = %d, want 1", n)
+			}
+			if tc.path != "" {
+				fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", tc.path)
+				time.Sleep(100 * time.Millisecond)
+			}
+			start := time.Now()
+			if err := tc.stop(f.p); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("stopping took %v", d)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(br); err != nil {
+				t.Errorf("the client's connection did not end: %v", err)
+			}
+		})
+	}
+}
