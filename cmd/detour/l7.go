@@ -31,6 +31,7 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		HeaderTimeout:         time.Duration(h.HeaderTimeout),
 		StreamIdleTimeout:     time.Duration(h.StreamIdleTimeout),
 		DisableFastPath:       h.DisableFastPath,
+		DisableLoops:          h.DisableLoops,
 		IsSelf:                isSelf,
 		Logger:                log,
 		OnRequest:             onRequest,

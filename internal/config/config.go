@@ -122,6 +122,10 @@ type HTTP struct {
 	// DisableFastPath serves every request with net/http and ReverseProxy
 	// instead of forwarding common HTTP/1.1 requests on the fast path.
 	DisableFastPath bool `yaml:"disable_fast_path"`
+	// DisableLoops keeps each fast-path connection on its own goroutine
+	// between requests instead of letting the L4 epoll loops serve its
+	// keep-alive requests.
+	DisableLoops bool `yaml:"disable_loops"`
 }
 
 // HTTP defaults.

@@ -355,6 +355,10 @@ func TestObserve(t *testing.T) {
 	if connects < 1 || connects+reused < N || reused > N-1 {
 		t.Errorf(":80: %v connections opened, %v requests reused one; want every one of %d requests served by either", connects, reused, N)
 	}
+	// A loop serves only requests on a kept (reused) upstream connection.
+	if onLoop, ok := got[`detour_upstream_loop_requests_total{host=198.18.2.2:80}`]; !ok || onLoop > reused {
+		t.Errorf(":80: %v requests served on a loop (series present: %v), %v reused; want at most the reused ones", onLoop, ok, reused)
+	}
 
 	// /clusters, as JSON and as text.
 	code, body, err := obsGet(adm, obsAdmin, "/clusters?format=json")

@@ -531,6 +531,8 @@ var (
 		"Idle pooled upstream connections, per cluster host.", []string{"host"}, nil)
 	descUpReused = prometheus.NewDesc("detour_upstream_reused_total",
 		"HTTP requests served on a pooled (reused) upstream connection, per cluster host.", []string{"host"}, nil)
+	descUpOnLoop = prometheus.NewDesc("detour_upstream_loop_requests_total",
+		"HTTP keep-alive requests an epoll loop served whole, per cluster host.", []string{"host"}, nil)
 	descUpFailures = prometheus.NewDesc("detour_upstream_connect_failures_total",
 		"Upstream connects that failed, per destination host.", []string{"host", "layer"}, nil)
 	descUpTimeouts = prometheus.NewDesc("detour_upstream_timeouts_total",
@@ -543,7 +545,7 @@ var (
 
 func (hostCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHosts, descUpCreated, descUpActive, descUpIdle, descUpReused,
-		descUpFailures, descUpTimeouts, descUpRequests, descUpRequestsActive} {
+		descUpOnLoop, descUpFailures, descUpTimeouts, descUpRequests, descUpRequestsActive} {
 		ch <- d
 	}
 }
@@ -587,6 +589,7 @@ func (c hostCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descUpActive, gauge, float64(h.Open), key, LayerL7)
 		ch <- prometheus.MustNewConstMetric(descUpIdle, gauge, float64(h.Idle), key)
 		ch <- prometheus.MustNewConstMetric(descUpReused, counter, float64(h.Reuses), key)
+		ch <- prometheus.MustNewConstMetric(descUpOnLoop, counter, float64(h.OnLoop), key)
 		ch <- prometheus.MustNewConstMetric(descUpFailures, counter, float64(h.ConnectFailures), key, LayerL7)
 		ch <- prometheus.MustNewConstMetric(descUpTimeouts, counter, float64(timeouts[i]), key, LayerL7)
 		ch <- prometheus.MustNewConstMetric(descUpRequests, counter, float64(h.Requests), key)
