@@ -120,14 +120,6 @@ func (fc *fastConn) serveOnLoop() bool {
 			if fc.ol.declined {
 				fc.noteMiss()
 			}
-			switch {
-			case fc.ol.upDead:
-				fc.pin.close()
-				fc.pin = nil
-			case fc.ol.release:
-				fc.p.hosts.putLink(fc.pin)
-				fc.pin = nil
-			}
 			if fc.in == nil || fc.r == fc.w {
 				fc.idleAt = fc.ol.idleAt // the idle timeout runs on
 			}
@@ -153,9 +145,10 @@ func (fc *fastConn) serveOnLoop() bool {
 }
 
 // runOnLoop registers the connection and fc.pin with a loop and waits
-// for the loop to hand them back; the kept upstream connection is then in
-// fc.pin again for backIdle, backTimeout and backEnd, in fc.ol.up for the
-// others.
+// for the loop to hand them back. For backIdle, backTimeout and backEnd,
+// the kept upstream connection is then closed (the upstream ended it), in
+// the pool (the client idled for the cleanup interval) or in fc.pin again;
+// for the others it is in fc.ol.up, with the request in flight.
 func (fc *fastConn) runOnLoop() backReason {
 	ol := &fc.ol
 	if ol.back == nil {
@@ -200,7 +193,14 @@ func (fc *fastConn) runOnLoop() backReason {
 	}
 	switch r {
 	case backIdle, backTimeout, backEnd:
-		fc.pin = ol.up
+		switch {
+		case ol.upDead:
+			ol.up.close()
+		case ol.release:
+			fc.p.hosts.putLink(ol.up)
+		default:
+			fc.pin = ol.up
+		}
 		ol.up = nil
 	}
 	return r

@@ -309,3 +309,41 @@ func TestLoopShutdown(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopClientCloses checks a request with Connection: close that a
+// loop serves: the response says so and the connection ends; the kept
+// upstream connection goes back to the pool for the next client, unless
+// the upstream closes it too.
+func TestLoopClientCloses(t *testing.T) {
+	for _, tc := range []struct {
+		path      string
+		wantConns int32 // after a second client's request
+	}{
+		{"/small", 1},
+		{"/close", 2},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			up := loopUpstream(t)
+			f := newFront(t, Options{}, up.addrPort())
+			c, br := f.raw(t)
+			roundTrips(t, c, br, getSmall, "GET", 1)
+			time.Sleep(50 * time.Millisecond) // on the loop
+			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", tc.path)
+			res, body := readResponse(t, br, "GET")
+			if res.StatusCode != 200 || body != "ok" || !res.Close {
+				t.Fatalf("%d %q, close %v", res.StatusCode, body, res.Close)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after the response: %v, want EOF", err)
+			}
+			if n := servedOnLoop(f.p); n != 1 {
+				t.Errorf("requests a loop served = %d, want 1", n)
+			}
+			c2, br2 := f.raw(t)
+			roundTrips(t, c2, br2, getSmall, "GET", 1)
+			if n := up.accepted.Load(); n != tc.wantConns {
+				t.Errorf("upstream connections = %d, want %d", n, tc.wantConns)
+			}
+		})
+	}
+}
