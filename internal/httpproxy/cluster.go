@@ -84,6 +84,7 @@ type host struct {
 	open, inUse                atomic.Int64
 	connects, reuses, failures atomic.Uint64
 	onLoop                     atomic.Uint64 // requests a loop served whole
+	kept                       atomic.Int64  // connections kept by client connections for a loop (fastConn.pin)
 }
 
 // cluster is the set of hosts, created on first use and removed by the

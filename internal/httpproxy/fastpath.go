@@ -175,9 +175,8 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 			fc.p.pools.bufs.Put(fc.in)
 			fc.in = nil
 		}
-		if fc.pin != nil {
-			fc.p.hosts.putLink(fc.pin)
-			fc.pin = nil
+		if l := fc.unpin(); l != nil {
+			fc.p.hosts.putLink(l)
 		}
 	}()
 	if p.o.IsSelf != nil && p.o.IsSelf(fc.origDst) {
@@ -714,8 +713,7 @@ func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
 // pre-dialed one, or a new one.
 func (fc *fastConn) link(h *host) (*upLink, error) {
 	p := fc.p
-	if l := fc.pin; l != nil {
-		fc.pin = nil
+	if l := fc.unpin(); l != nil {
 		if l.h == h {
 			l.reused = true
 			h.reuses.Add(1)

@@ -99,15 +99,32 @@ func descriptor(rc syscall.RawConn) int {
 }
 
 // keepLink keeps the upstream connection of a request that ended well:
-// for the next request when a loop will serve it, else in the pool.
+// for the next request when a loop will serve it, else in the pool. A
+// host's connections kept so are bounded as its pool is
+// (MaxIdleConnsPerHost): past that, client connections stay on their
+// goroutines and share the pool.
 func (fc *fastConn) keepLink(up *upLink, keep bool) {
 	p := fc.p
 	if keep && !p.o.DisableLoops && fc.fd >= 0 && up.fd >= 0 && fc.r == fc.w &&
 		fc.ol.skip == 0 && !fc.closing.Load() && !p.debug() {
-		fc.pin = up
-		return
+		if up.h.kept.Add(1) <= int64(p.o.MaxIdleConnsPerHost) {
+			fc.pin = up
+			return
+		}
+		up.h.kept.Add(-1)
 	}
 	p.hosts.putLink(up)
+}
+
+// unpin takes fc.pin back from the connection: for a request on the
+// goroutine, the pool, or closing.
+func (fc *fastConn) unpin() *upLink {
+	l := fc.pin
+	if l != nil {
+		l.h.kept.Add(-1)
+		fc.pin = nil
+	}
+	return l
 }
 
 // serveOnLoop lets a loop serve the connection, with fc.pin, until it
@@ -191,17 +208,19 @@ func (fc *fastConn) runOnLoop() backReason {
 		fc.c.Close()
 		ol.up.conn.Close()
 	}
-	switch r {
-	case backIdle, backTimeout, backEnd:
-		switch {
-		case ol.upDead:
-			ol.up.close()
-		case ol.release:
-			fc.p.hosts.putLink(ol.up)
-		default:
-			fc.pin = ol.up
-		}
+	switch {
+	case r == backAwait || r == backFlush: // the goroutine finishes the request on ol.up
+		ol.up.h.kept.Add(-1)
+	case ol.upDead:
+		ol.up.h.kept.Add(-1)
+		ol.up.close()
 		ol.up = nil
+	case ol.release:
+		ol.up.h.kept.Add(-1)
+		fc.p.hosts.putLink(ol.up)
+		ol.up = nil
+	default:
+		fc.pin, ol.up = ol.up, nil
 	}
 	return r
 }

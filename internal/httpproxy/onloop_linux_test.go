@@ -347,3 +347,32 @@ func TestLoopClientCloses(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopKeptBounded checks that a host's upstream connections kept by
+// client connections for the loops are bounded by MaxIdleConnsPerHost:
+// past it, client connections share the pool on their goroutines.
+func TestLoopKeptBounded(t *testing.T) {
+	up := loopUpstream(t)
+	f := newFront(t, Options{MaxIdleConnsPerHost: 2}, up.addrPort())
+	type conn struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	var conns []conn
+	for range 4 {
+		c, br := f.raw(t)
+		roundTrips(t, c, br, getSmall, "GET", 1)
+		conns = append(conns, conn{c, br})
+	}
+	// Two kept a connection each; the third dialed one for the pool,
+	// which the fourth reused.
+	if n := up.accepted.Load(); n != 3 {
+		t.Errorf("upstream connections = %d, want 3", n)
+	}
+	for _, c := range conns {
+		roundTrips(t, c.c, c.br, getSmall, "GET", 1)
+	}
+	if n := servedOnLoop(f.p); n != 2 {
+		t.Errorf("requests a loop served = %d, want 2", n)
+	}
+}
