@@ -206,7 +206,10 @@ func (fc *fastConn) runOnLoop() backReason {
 	ol.armed = time.Time{}
 	if aborted {
 		fc.c.Close()
-		ol.up.conn.Close()
+		ol.upDead = true // closed below, or by the request in flight, which fails
+		if r == backAwait || r == backFlush {
+			ol.up.conn.Close()
+		}
 	}
 	switch {
 	case r == backAwait || r == backFlush: // the goroutine finishes the request on ol.up
@@ -549,7 +552,7 @@ func (fc *fastConn) flush(x *request) bool {
 	ol.pending = nil
 	x.hst.inUse.Add(-1)
 	keep = keep && !x.h.closeConn
-	if x.rh.close {
+	if x.rh.close || ol.upDead {
 		up.close()
 	} else {
 		fc.keepLink(up, keep)
