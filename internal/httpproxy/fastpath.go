@@ -64,6 +64,9 @@ type fastPools struct {
 	// would otherwise outgrow its first 8 KiB and stay grown on every idle
 	// keep-alive connection.
 	heads sync.Pool // *respHead
+	// requests holds request records, as heads does: only a request in
+	// flight needs one.
+	requests sync.Pool // *request
 }
 
 func (fp *fastPools) init() {
@@ -71,6 +74,7 @@ func (fp *fastPools) init() {
 	fp.readers.New = func() any { return bufio.NewReaderSize(nil, 4<<10) }
 	fp.writers.New = func() any { return bufio.NewWriterSize(nil, copyBufferSize) }
 	fp.heads.New = func() any { return new(respHead) }
+	fp.requests.New = func() any { return new(request) }
 }
 
 // fastConn is a client connection served by the fast path.
@@ -104,7 +108,7 @@ type fastConn struct {
 	cur           atomic.Pointer[upLink]
 	gone          atomic.Bool // watchClient saw the client reset
 
-	x      request   // the request in flight
+	x      *request  // the request in flight, from fastPools.requests
 	idleAt time.Time // when a loop gave the connection back idle: the start of its idle timeout
 	fd     int       // c's descriptor, for a loop
 	pin    *upLink   // the upstream connection kept for the next request, which a loop serves
@@ -191,10 +195,11 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 		if end < 0 { // too big for the fast path's buffer
 			return fc.handOver(), true
 		}
-		x := &fc.x
+		x := fc.takeRequest()
 		var ok bool
 		x.h, ok = parseFastHead(fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
 		if !ok {
+			fc.dropRequest()
 			return fc.handOver(), true
 		}
 		fc.heads++
@@ -430,13 +435,28 @@ func (fc *fastConn) begin(x *request) {
 	x.sent, x.unsent = time.Time{}, nil
 }
 
-// end releases what begin took.
+// end releases what begin took, and x itself.
 func (fc *fastConn) end(x *request) {
 	p := fc.p
 	p.hosts.release(x.hst)
 	p.pools.bufs.Put(x.headBuf)
 	p.pools.heads.Put(x.rh)
-	x.hst, x.headBuf, x.rh, x.out, x.body, x.unsent = nil, nil, nil, nil, nil, nil
+	*x = request{}
+	p.pools.requests.Put(x)
+	fc.x = nil
+}
+
+// takeRequest takes the record of the connection's next request.
+func (fc *fastConn) takeRequest() *request {
+	fc.x = fc.p.pools.requests.Get().(*request)
+	return fc.x
+}
+
+// dropRequest gives back the record of a request that did not begin.
+func (fc *fastConn) dropRequest() {
+	*fc.x = request{}
+	fc.p.pools.requests.Put(fc.x)
+	fc.x = nil
 }
 
 // forward sends one request upstream and its response back. It reports

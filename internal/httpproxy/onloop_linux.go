@@ -59,12 +59,23 @@ const (
 	stAwait              // waiting for x's response
 )
 
-// onLoop is a fastConn's state while a loop serves it.
+// onLoop is what a fastConn needs of the loops: the part other goroutines
+// reach (abort, Shutdown) and the goroutine's own counters; the rest is
+// allocated when the connection first goes to a loop, so that a
+// connection that never does costs nothing more.
 type onLoop struct {
 	mu      sync.Mutex // orders abort against entering the loop
 	w       atomic.Pointer[tcpproxy.Watch]
 	aborted atomic.Bool // by abort; set under mu
+	st      *loopState
 
+	// Used by the goroutine only: after a request the loop did not take,
+	// the goroutine serves skip requests itself before it tries again.
+	skip, misses int
+}
+
+// loopState is a connection's state on a loop.
+type loopState struct {
 	back    chan backReason // the loop hands the connection back here
 	serveFn func(*tcpproxy.Watch)
 	timer   *time.Timer
@@ -85,10 +96,6 @@ type onLoop struct {
 	rn       int
 	rerr     error  // the read that ended the response early
 	pending  []byte // backFlush: the end of the response the client did not take
-
-	// Used by the goroutine only: after a request the loop did not take,
-	// the goroutine serves skip requests itself before it tries again.
-	skip, misses int
 }
 
 // descriptor returns a socket's descriptor, -1 if it has none.
@@ -134,17 +141,17 @@ func (fc *fastConn) serveOnLoop() bool {
 	for fc.pin != nil {
 		switch r := fc.runOnLoop(); r {
 		case backIdle:
-			if fc.ol.declined {
+			if fc.ol.st.declined {
 				fc.noteMiss()
 			}
 			if fc.in == nil || fc.r == fc.w {
-				fc.idleAt = fc.ol.idleAt // the idle timeout runs on
+				fc.idleAt = fc.ol.st.idleAt // the idle timeout runs on
 			}
 			return true
 		case backTimeout, backEnd:
 			return false
 		case backAwait, backFlush:
-			x := &fc.x
+			x := fc.x
 			var keep bool
 			if r == backAwait {
 				keep = fc.resume(x)
@@ -165,30 +172,34 @@ func (fc *fastConn) serveOnLoop() bool {
 // for the loop to hand them back. For backIdle, backTimeout and backEnd,
 // the kept upstream connection is then closed (the upstream ended it), in
 // the pool (the client idled for the cleanup interval) or in fc.pin again;
-// for the others it is in fc.ol.up, with the request in flight.
+// for the others it is in fc.ol.st.up, with the request in flight.
 func (fc *fastConn) runOnLoop() backReason {
 	ol := &fc.ol
-	if ol.back == nil {
-		ol.back = make(chan backReason, 1)
-		ol.serveFn = fc.serveLoop
-		ol.timer = time.AfterFunc(time.Hour, ol.ring)
-		ol.timer.Stop()
+	if ol.st == nil {
+		ls := &loopState{back: make(chan backReason, 1), serveFn: fc.serveLoop}
+		ls.timer = time.AfterFunc(time.Hour, func() {
+			ls.rang.Store(true)
+			ol.wake()
+		})
+		ls.timer.Stop()
+		ol.st = ls
 	}
-	ol.up, fc.pin = fc.pin, nil
-	ol.upDead, ol.declined, ol.release, ol.armed = false, false, false, time.Time{}
-	ol.idle(time.Now(), &fc.p.o)
+	ls := ol.st
+	ls.up, fc.pin = fc.pin, nil
+	ls.upDead, ls.declined, ls.release, ls.armed = false, false, false, time.Time{}
+	ls.idle(time.Now(), &fc.p.o)
 
 	ol.mu.Lock()
 	if ol.aborted.Load() || fc.closing.Load() {
 		ol.mu.Unlock()
-		fc.pin = ol.up
+		fc.pin = ls.up
 		return backIdle
 	}
-	w, err := tcpproxy.NewWatch([2]int{fc.fd, ol.up.fd}, ol.serveFn)
+	w, err := tcpproxy.NewWatch([2]int{fc.fd, ls.up.fd}, ls.serveFn)
 	if err != nil {
 		ol.mu.Unlock()
 		fc.p.log.Debug("serving a connection on a loop failed; its goroutine goes on", "client", fc.client, "err", err)
-		fc.pin = ol.up
+		fc.pin = ls.up
 		return backIdle
 	}
 	ol.w.Store(w)
@@ -197,33 +208,33 @@ func (fc *fastConn) runOnLoop() backReason {
 		w.Wake()
 	}
 
-	r := <-ol.back
+	r := <-ls.back
 	ol.mu.Lock()
 	ol.w.Store(nil)
 	aborted := ol.aborted.Load()
 	ol.mu.Unlock()
-	ol.timer.Stop()
-	ol.armed = time.Time{}
+	ls.timer.Stop()
+	ls.armed = time.Time{}
 	if aborted {
 		fc.c.Close()
-		ol.upDead = true // closed below, or by the request in flight, which fails
+		ls.upDead = true // closed below, or by the request in flight, which fails
 		if r == backAwait || r == backFlush {
-			ol.up.conn.Close()
+			ls.up.conn.Close()
 		}
 	}
 	switch {
-	case r == backAwait || r == backFlush: // the goroutine finishes the request on ol.up
-		ol.up.h.kept.Add(-1)
-	case ol.upDead:
-		ol.up.h.kept.Add(-1)
-		ol.up.close()
-		ol.up = nil
-	case ol.release:
-		ol.up.h.kept.Add(-1)
-		fc.p.hosts.putLink(ol.up)
-		ol.up = nil
+	case r == backAwait || r == backFlush: // the goroutine finishes the request on ls.up
+		ls.up.h.kept.Add(-1)
+	case ls.upDead:
+		ls.up.h.kept.Add(-1)
+		ls.up.close()
+		ls.up = nil
+	case ls.release:
+		ls.up.h.kept.Add(-1)
+		fc.p.hosts.putLink(ls.up)
+		ls.up = nil
 	default:
-		fc.pin, ol.up = ol.up, nil
+		fc.pin, ls.up = ls.up, nil
 	}
 	return r
 }
@@ -248,21 +259,16 @@ func (ol *onLoop) wake() {
 	}
 }
 
-func (ol *onLoop) ring() {
-	ol.rang.Store(true)
-	ol.wake()
-}
-
 // idle enters stIdle at now. The deadline is the idle timeout's or, when
 // sooner, the cleanup interval's: a client connection idle that long
 // gives its upstream connection back to the pool, so that a host unused
 // for the cleanup interval goes with all of its connections, as before.
-func (ol *onLoop) idle(now time.Time, o *Options) {
-	ol.state, ol.idleAt = stIdle, now
-	ol.idleBy = deadline(now, o.IdleTimeout)
-	ol.due = deadline(now, o.CleanupInterval)
-	if ol.due.IsZero() || !ol.idleBy.IsZero() && ol.idleBy.Before(ol.due) {
-		ol.due = ol.idleBy
+func (ls *loopState) idle(now time.Time, o *Options) {
+	ls.state, ls.idleAt = stIdle, now
+	ls.idleBy = deadline(now, o.IdleTimeout)
+	ls.due = deadline(now, o.CleanupInterval)
+	if ls.due.IsZero() || !ls.idleBy.IsZero() && ls.idleBy.Before(ls.due) {
+		ls.due = ls.idleBy
 	}
 }
 
@@ -277,23 +283,23 @@ func deadline(now time.Time, d time.Duration) time.Time {
 // serveLoop runs on the loop goroutine whenever the connection's sockets
 // report events, the timer rings, or wake was called.
 func (fc *fastConn) serveLoop(w *tcpproxy.Watch) {
-	ol := &fc.ol
+	ls := fc.ol.st
 	r := backNone
-	if ol.rang.Swap(false) {
-		ol.armed = time.Time{}
+	if ls.rang.Swap(false) {
+		ls.armed = time.Time{}
 		switch now := time.Now(); {
-		case ol.due.IsZero() || now.Before(ol.due):
-		case ol.state == stAwait:
+		case ls.due.IsZero() || now.Before(ls.due):
+		case ls.state == stAwait:
 			r = backAwait // the goroutine's read finds the route timeout passed: 504
-		case !ol.idleBy.IsZero() && !now.Before(ol.idleBy):
+		case !ls.idleBy.IsZero() && !now.Before(ls.idleBy):
 			r = backTimeout
 		default:
-			r, ol.release = backIdle, true
+			r, ls.release = backIdle, true
 		}
 	}
 	for r == backNone {
 		var more bool
-		if ol.state == stIdle {
+		if ls.state == stIdle {
 			r, more = fc.idleStep(w)
 		} else {
 			r, more = fc.awaitStep(w)
@@ -304,24 +310,24 @@ func (fc *fastConn) serveLoop(w *tcpproxy.Watch) {
 	}
 	if r != backNone {
 		w.Stop()
-		ol.back <- r // the goroutine owns fc again
+		ls.back <- r // the goroutine owns fc again
 		return
 	}
-	if !ol.due.IsZero() && (ol.armed.IsZero() || ol.armed.After(ol.due)) {
-		ol.armed = ol.due
-		ol.timer.Reset(time.Until(ol.due))
+	if !ls.due.IsZero() && (ls.armed.IsZero() || ls.armed.After(ls.due)) {
+		ls.armed = ls.due
+		ls.timer.Reset(time.Until(ls.due))
 	}
 }
 
 // idleStep reads the next request and sends it when the loop takes it. It
 // reports whether to go on at once (more).
 func (fc *fastConn) idleStep(w *tcpproxy.Watch) (r backReason, more bool) {
-	ol := &fc.ol
+	ls := fc.ol.st
 	switch {
 	case fc.closing.Load():
 		return backIdle, false
 	case w.Readable(upSide): // a close, or bytes nothing asked for
-		ol.upDead = true
+		ls.upDead = true
 		return backIdle, false
 	}
 	if w.Readable(clientSide) {
@@ -337,7 +343,7 @@ func (fc *fastConn) idleStep(w *tcpproxy.Watch) (r backReason, more bool) {
 	}
 	switch started, whole := fc.startOnLoop(); {
 	case !started:
-		ol.declined = true
+		ls.declined = true
 		return backIdle, false
 	case !whole:
 		return backAwait, false
@@ -377,19 +383,21 @@ func (fc *fastConn) readOnLoop(w *tcpproxy.Watch) backReason {
 // takes it: a whole head in the fast path's subset with its whole body.
 // whole reports that the socket took all of it.
 func (fc *fastConn) startOnLoop() (started, whole bool) {
-	ol, p, x := &fc.ol, fc.p, &fc.x
+	ls, p := fc.ol.st, fc.p
 	end := bytes.Index(fc.in[fc.r:fc.w], []byte("\r\n\r\n"))
 	if end < 0 || p.debug() {
 		return false, false
 	}
+	x := fc.takeRequest()
 	var ok bool
 	x.h, ok = parseFastHead(fc.in[fc.r:fc.w], end+4, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
 	if !ok || x.h.clen > int64(fc.w-fc.r-x.h.size) {
+		fc.dropRequest()
 		return false, false
 	}
 	fc.heads++
 	fc.begin(x)
-	up := ol.up
+	up := ls.up
 	up.reused = true
 	x.hst.inUse.Add(1)
 	x.hst.reuses.Add(1)
@@ -404,43 +412,43 @@ func (fc *fastConn) startOnLoop() (started, whole bool) {
 		// replaces the connection as for any pooled one).
 		x.unsent = append(append([]byte(nil), x.out[min(n, len(x.out)):]...), x.body[max(n-len(x.out), 0):]...)
 	}
-	ol.state = stAwait
-	ol.due = deadline(x.sent, p.o.RouteTimeout)
+	ls.state = stAwait
+	ls.due = deadline(x.sent, p.o.RouteTimeout)
 	return true, err == nil
 }
 
 // awaitStep reads x's response and, once the loop has it whole, sends it
 // to the client and ends x.
 func (fc *fastConn) awaitStep(w *tcpproxy.Watch) (r backReason, more bool) {
-	ol, p, x := &fc.ol, fc.p, &fc.x
+	ls, p, x := fc.ol.st, fc.p, fc.x
 	switch {
-	case ol.aborted.Load():
+	case fc.ol.aborted.Load():
 		return backAwait, false
 	case !w.Readable(upSide):
 		return backNone, false
 	}
-	if ol.resp == nil {
-		ol.resp, ol.rn = p.pools.bufs.Get().(*fastBuf), 0
+	if ls.resp == nil {
+		ls.resp, ls.rn = p.pools.bufs.Get().(*fastBuf), 0
 	}
-	n, err := readNow(ol.up.fd, ol.resp[ol.rn:])
+	n, err := readNow(ls.up.fd, ls.resp[ls.rn:])
 	switch {
 	case err == unix.EAGAIN:
 		w.Drained(upSide)
 		return backNone, false
 	case err != nil:
-		ol.rerr = os.NewSyscallError("read", err)
+		ls.rerr = os.NewSyscallError("read", err)
 		return backAwait, false
 	case n == 0:
-		ol.rerr = io.EOF
+		ls.rerr = io.EOF
 		return backAwait, false
 	}
-	if ol.rn += n; ol.rn < len(ol.resp) && !w.Hup(upSide) {
+	if ls.rn += n; ls.rn < len(ls.resp) && !w.Hup(upSide) {
 		w.Drained(upSide)
 	}
 	rh := x.rh
-	switch parseRespHead(ol.resp[:ol.rn], x.h.method, rh) {
+	switch parseRespHead(ls.resp[:ls.rn], x.h.method, rh) {
 	case respMore:
-		if ol.rn == len(ol.resp) {
+		if ls.rn == len(ls.resp) {
 			return backAwait, false
 		}
 		return backNone, true
@@ -453,9 +461,9 @@ func (fc *fastConn) awaitStep(w *tcpproxy.Watch) (r backReason, more bool) {
 	}
 	total := rh.size + int(blen)
 	switch {
-	case int64(rh.size)+blen > int64(len(ol.resp)) || ol.rn > total:
+	case int64(rh.size)+blen > int64(len(ls.resp)) || ls.rn > total:
 		return backAwait, false // a larger body, or bytes past the response
-	case ol.rn < total:
+	case ls.rn < total:
 		return backNone, true
 	}
 	return fc.respondOnLoop(total, blen)
@@ -464,14 +472,14 @@ func (fc *fastConn) awaitStep(w *tcpproxy.Watch) (r backReason, more bool) {
 // respondOnLoop sends x's response, whole in resp, to the client and ends
 // x.
 func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
-	ol, p, x := &fc.ol, fc.p, &fc.x
+	ls, p, x := fc.ol.st, fc.p, fc.x
 	rh, info := x.rh, &x.info
 	now := time.Now()
 	info.UpstreamTime = now.Sub(x.sent)
 	info.Status = rh.status
 	ob := p.pools.bufs.Get().(*fastBuf)
-	out := fc.fastResponseHead(ob[:0], ol.resp[:rh.size], rh, &x.h, info.UpstreamTime)
-	body := ol.resp[rh.size:total]
+	out := fc.fastResponseHead(ob[:0], ls.resp[:rh.size], rh, &x.h, info.UpstreamTime)
+	body := ls.resp[rh.size:total]
 	x.hst.onLoop.Add(1) // before the client can see the response
 	n, err := writeNow(fc.fd, out, body)
 	if err == nil && n < len(out)+len(body) {
@@ -480,7 +488,7 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	r := backNone
 	switch {
 	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
-		ol.pending = append(append([]byte(nil), out[min(n, len(out)):]...), body[max(n-len(out), 0):]...)
+		ls.pending = append(append([]byte(nil), out[min(n, len(out)):]...), body[max(n-len(out), 0):]...)
 		r = backFlush
 	case err != nil:
 		info.Flags |= DownstreamClosed
@@ -489,20 +497,20 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 		info.BodyBytes = blen
 	}
 	p.pools.bufs.Put(ob)
-	p.pools.bufs.Put(ol.resp)
-	ol.resp, ol.rn = nil, 0
+	p.pools.bufs.Put(ls.resp)
+	ls.resp, ls.rn = nil, 0
 	if r == backFlush {
 		return r, false
 	}
 	x.hst.inUse.Add(-1)
 	if rh.close {
-		ol.upDead = true
+		ls.upDead = true
 	}
 	p.finishFast(info)
 	keep := r == backNone && !x.h.closeConn && !rh.close && !fc.closing.Load()
 	closeConn := x.h.closeConn
 	fc.end(x)
-	ol.misses = 0
+	fc.ol.misses = 0
 	fc.releaseIn()
 	switch {
 	case closeConn || r == backEnd:
@@ -510,25 +518,25 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	case !keep:
 		return backIdle, false
 	}
-	ol.idle(now, &p.o)
+	ls.idle(now, &p.o)
 	return backNone, true
 }
 
 // resume finishes a request the loop sent and handed back, with the
 // bytes of the response it read, on the fast path's usual steps.
 func (fc *fastConn) resume(x *request) bool {
-	ol := &fc.ol
-	up := ol.up
-	ol.up = nil
-	if ol.rerr != nil || ol.rn > 0 {
-		up.raw.ahead = append([]byte(nil), ol.resp[:ol.rn]...)
-		up.raw.aheadErr = ol.rerr
+	ls := fc.ol.st
+	up := ls.up
+	ls.up = nil
+	if ls.rerr != nil || ls.rn > 0 {
+		up.raw.ahead = append([]byte(nil), ls.resp[:ls.rn]...)
+		up.raw.aheadErr = ls.rerr
 	}
-	if ol.resp != nil {
-		fc.p.pools.bufs.Put(ol.resp)
-		ol.resp, ol.rn = nil, 0
+	if ls.resp != nil {
+		fc.p.pools.bufs.Put(ls.resp)
+		ls.resp, ls.rn = nil, 0
 	}
-	ol.rerr = nil
+	ls.rerr = nil
 	fc.noteMiss()
 	return fc.send(x, up)
 }
@@ -536,12 +544,12 @@ func (fc *fastConn) resume(x *request) bool {
 // flush writes the end of a response the client did not take at once on
 // the loop, and ends the request.
 func (fc *fastConn) flush(x *request) bool {
-	ol, p := &fc.ol, fc.p
-	up := ol.up
-	ol.up = nil
+	ls, p := fc.ol.st, fc.p
+	up := ls.up
+	ls.up = nil
 	info := &x.info
 	keep := true
-	if _, err := fc.out.Write(ol.pending); err != nil {
+	if _, err := fc.out.Write(ls.pending); err != nil {
 		keep = fc.clientFailed(info, err)
 	} else {
 		info.BodyBytes = x.rh.clen
@@ -549,10 +557,10 @@ func (fc *fastConn) flush(x *request) bool {
 			info.BodyBytes = 0
 		}
 	}
-	ol.pending = nil
+	ls.pending = nil
 	x.hst.inUse.Add(-1)
 	keep = keep && !x.h.closeConn
-	if x.rh.close || ol.upDead {
+	if x.rh.close || ls.upDead {
 		up.close()
 	} else {
 		fc.keepLink(up, keep)

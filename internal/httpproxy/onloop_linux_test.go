@@ -363,6 +363,9 @@ func TestLoopKeptBounded(t *testing.T) {
 		c, br := f.raw(t)
 		roundTrips(t, c, br, getSmall, "GET", 1)
 		conns = append(conns, conn{c, br})
+		// The response may reach the client before its upstream
+		// connection is kept or pooled.
+		eventually(t, "the request counted done", func() bool { return f.p.Hosts()[0].Active == 0 })
 	}
 	// Two kept a connection each; the third dialed one for the pool,
 	// which the fourth reused.
