@@ -105,6 +105,12 @@ func descriptor(rc syscall.RawConn) int {
 	return fd
 }
 
+// loopAfter is the number of requests a connection's goroutine serves
+// before a loop serves the next ones: a connection proves it is kept alive
+// before it holds an upstream connection of its own, so that the many
+// that send one request and idle share the pool, as before.
+const loopAfter = 2
+
 // keepLink keeps the upstream connection of a request that ended well:
 // for the next request when a loop will serve it, else in the pool. A
 // host's connections kept so are bounded as its pool is
@@ -112,7 +118,7 @@ func descriptor(rc syscall.RawConn) int {
 // goroutines and share the pool.
 func (fc *fastConn) keepLink(up *upLink, keep bool) {
 	p := fc.p
-	if keep && !p.o.DisableLoops && fc.fd >= 0 && up.fd >= 0 && fc.r == fc.w &&
+	if keep && fc.heads >= loopAfter && !p.o.DisableLoops && fc.fd >= 0 && up.fd >= 0 && fc.r == fc.w &&
 		fc.ol.skip == 0 && !fc.closing.Load() && !p.debug() {
 		if up.h.kept.Add(1) <= int64(p.o.MaxIdleConnsPerHost) {
 			fc.pin = up

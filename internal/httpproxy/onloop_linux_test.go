@@ -65,6 +65,15 @@ func roundTrips(t *testing.T, c net.Conn, br *bufio.Reader, req, method string, 
 
 const getSmall = "GET /small HTTP/1.1\r\nHost: a\r\n\r\n"
 
+// toLoop makes the loopAfter requests after which a loop serves the
+// connection.
+func toLoop(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	for range loopAfter {
+		roundTrips(t, c, br, getSmall, "GET", 1)
+	}
+}
+
 // servedOnLoop sums the requests every host says a loop served whole.
 func servedOnLoop(p *Proxy) (n uint64) {
 	for _, h := range p.Hosts() {
@@ -83,7 +92,7 @@ func TestLoopServesKeepAlive(t *testing.T) {
 		disable    bool
 		wantOnLoop uint64
 	}{
-		{"loops", false, 9},
+		{"loops", false, 10 - loopAfter},
 		{"goroutine only", true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,7 +166,7 @@ func handsBack(t *testing.T, steps []string, method string, want []string, wantO
 			up := loopUpstream(t)
 			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
 			c, br := f.raw(t)
-			roundTrips(t, c, br, getSmall, "GET", 1)
+			toLoop(t, c, br)
 			time.Sleep(50 * time.Millisecond) // on the loop
 			for i, s := range steps {
 				if i > 0 {
@@ -195,7 +204,7 @@ func TestLoopUpstreamGoes(t *testing.T) {
 		up := loopUpstream(t, func(s *http.Server) { s.IdleTimeout = 100 * time.Millisecond })
 		f := newFront(t, Options{}, up.addrPort())
 		c, br := f.raw(t)
-		roundTrips(t, c, br, getSmall, "GET", 1)
+		toLoop(t, c, br)
 		time.Sleep(400 * time.Millisecond)
 		roundTrips(t, c, br, getSmall, "GET", 1)
 		if n := up.accepted.Load(); n != 2 {
@@ -211,16 +220,18 @@ func TestLoopUpstreamGoes(t *testing.T) {
 				if _, err := http.ReadRequest(br); err != nil {
 					return
 				}
-				if first && i == 1 {
-					return // the second request on the first connection: no answer
+				if first && i == loopAfter {
+					return // the first request a loop sends: no answer
 				}
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}
 		})
 		f := newFront(t, Options{}, dst)
 		c, br := f.raw(t)
-		roundTrips(t, c, br, getSmall, "GET", 1)
-		f.info(t)
+		toLoop(t, c, br)
+		for range loopAfter {
+			f.info(t)
+		}
 		time.Sleep(50 * time.Millisecond)
 		roundTrips(t, c, br, getSmall, "GET", 1)
 		if i := f.info(t); i.Flags != 0 || i.Reused {
@@ -240,8 +251,10 @@ func TestLoopTimeouts(t *testing.T) {
 		up := loopUpstream(t)
 		f := newFront(t, Options{RouteTimeout: 300 * time.Millisecond}, up.addrPort())
 		c, br := f.raw(t)
-		roundTrips(t, c, br, getSmall, "GET", 1)
-		f.info(t)
+		toLoop(t, c, br)
+		for range loopAfter {
+			f.info(t)
+		}
 		start := time.Now()
 		io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
 		res, _ := readResponse(t, br, "GET")
@@ -256,7 +269,7 @@ func TestLoopTimeouts(t *testing.T) {
 		up := loopUpstream(t)
 		f := newFront(t, Options{IdleTimeout: 300 * time.Millisecond}, up.addrPort())
 		c, br := f.raw(t)
-		roundTrips(t, c, br, getSmall, "GET", 1)
+		toLoop(t, c, br)
 		start := time.Now()
 		if _, err := br.ReadByte(); err != io.EOF || time.Since(start) > 5*time.Second {
 			t.Fatalf("read %v after %v; want EOF after about 300ms", err, time.Since(start))
@@ -286,7 +299,7 @@ func TestLoopShutdown(t *testing.T) {
 			up := loopUpstream(t)
 			f := newFront(t, Options{}, up.addrPort())
 			c, br := f.raw(t)
-			roundTrips(t, c, br, getSmall, "GET", 1)
+			toLoop(t, c, br)
 			roundTrips(t, c, br, getSmall, "GET", 1)
 			if n := servedOnLoop(f.p); n != 1 {
 				t.Fatalf("requests a loop served = %d, want 1", n)
@@ -326,7 +339,7 @@ func TestLoopClientCloses(t *testing.T) {
 			up := loopUpstream(t)
 			f := newFront(t, Options{}, up.addrPort())
 			c, br := f.raw(t)
-			roundTrips(t, c, br, getSmall, "GET", 1)
+			toLoop(t, c, br)
 			time.Sleep(50 * time.Millisecond) // on the loop
 			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", tc.path)
 			res, body := readResponse(t, br, "GET")
@@ -361,7 +374,7 @@ func TestLoopKeptBounded(t *testing.T) {
 	var conns []conn
 	for range 4 {
 		c, br := f.raw(t)
-		roundTrips(t, c, br, getSmall, "GET", 1)
+		toLoop(t, c, br)
 		conns = append(conns, conn{c, br})
 		// The response may reach the client before its upstream
 		// connection is kept or pooled.
