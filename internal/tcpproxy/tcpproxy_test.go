@@ -57,13 +57,20 @@ func harness(t testing.TB, o Options) (client, server *net.TCPConn, done <-chan 
 
 func waitResult(t *testing.T, done <-chan Result) Result {
 	t.Helper()
+	return receive(t, done, "the proxy's result")
+}
+
+// receive waits for a value on ch, failing the test after 10 s.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
 	select {
-	case r := <-done:
-		return r
+	case v := <-ch:
+		return v
 	case <-time.After(10 * time.Second):
-		t.Fatal("proxy did not finish")
+		t.Fatalf("no %s", what)
 	}
-	return Result{}
+	var zero T
+	return zero
 }
 
 func TestLargeTransferBothWaysKeepsChecksum(t *testing.T) {

@@ -57,12 +57,12 @@ func TestWatch(t *testing.T) {
 			}
 			// Both sockets are writable at once: a call for each.
 			for range 2 {
-				if e := next(t, events); e.readable[0] || e.readable[1] {
+				if e := receive(t, events, "call of serve"); e.readable[0] || e.readable[1] {
 					t.Fatalf("first calls: %+v, want nothing readable", e)
 				}
 			}
 			tc.act(w, peers)
-			if e := next(t, events); !tc.want(e) {
+			if e := receive(t, events, "call of serve"); !tc.want(e) {
 				t.Fatalf("after %s: %+v", tc.name, e)
 			}
 			close(stop)
@@ -85,15 +85,4 @@ func TestWatch(t *testing.T) {
 			}
 		})
 	}
-}
-
-func next(t *testing.T, events chan watchEvent) watchEvent {
-	t.Helper()
-	select {
-	case e := <-events:
-		return e
-	case <-time.After(5 * time.Second):
-		t.Fatal("serve not called")
-	}
-	return watchEvent{}
 }
