@@ -220,3 +220,37 @@ func TestHTTPThroughRedirect(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPKeepAliveOnLoops checks, through the router's TPROXY rules over
+// IPv4 and IPv6, that the epoll loops serve a keep-alive connection's
+// requests from its third on (debug logging, which the other tests here
+// use, keeps connections off the loops), with detour's fields both ways.
+func TestHTTPKeepAliveOnLoops(t *testing.T) {
+	needRoot(t)
+	l := startHTTPLab(t, "--log-level", "info", "--admin", obsAdmin)
+	const requests = 6
+	for _, dst := range []netip.Addr{l.net.ServerIP4, l.net.ServerIP6} {
+		c := keepAliveClient(l.net.Client)
+		url := "http://" + netip.AddrPortFrom(dst, 80).String() + "/headers"
+		ids := map[string]bool{}
+		for i := range requests {
+			resp, hb := getHeaders(t, c, url, nil)
+			id := hb.Headers["X-Request-Id"]
+			if resp.StatusCode != 200 || resp.Header.Get("Server") != "detour" || resp.Header.Get("X-Detour-Upstream-Service-Time") == "" ||
+				len(id) != 1 || !uuidRe.MatchString(id[0]) || ids[id[0]] || len(hb.Headers["X-Forwarded-Proto"]) != 1 {
+				t.Fatalf("%s request %d: %s, header %v, upstream saw %v", dst, i, resp.Status, resp.Header, hb.Headers)
+			}
+			ids[id[0]] = true
+		}
+		c.CloseIdleConnections()
+	}
+	got, err := obsScrape(obsClient(l.net.Router), obsAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"198.18.2.2:80", "[2001:db8:2::2]:80"} {
+		if n := got[`detour_upstream_loop_requests_total{host=`+host+`}`]; n != requests-2 {
+			t.Errorf("%s: %v requests served on a loop, want %d", host, n, requests-2)
+		}
+	}
+}

@@ -213,6 +213,29 @@ func (o *observer) wantMetric(t *testing.T, min float64, name string, labels ...
 
 // goroutines is detour's goroutine count from /debug/pprof, or -1 when the
 // binary has no admin endpoint.
+// metricSum sums the samples of a Prometheus counter or gauge (every
+// label set) on detour's /metrics; -1 without an observer.
+func (o *observer) metricSum(t *testing.T, name string) float64 {
+	t.Helper()
+	if o == nil {
+		return -1
+	}
+	body, err := o.get("/metrics")
+	if err != nil {
+		t.Logf("/metrics: %v", err)
+		return -1
+	}
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if rest, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(rest, "{") || strings.HasPrefix(rest, " ")) {
+			var v float64
+			fmt.Sscan(rest[strings.LastIndexByte(rest, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	return sum
+}
+
 func (o *observer) goroutines(t *testing.T) int {
 	t.Helper()
 	if o == nil {
