@@ -211,18 +211,12 @@ func (o *observer) wantMetric(t *testing.T, min float64, name string, labels ...
 	}
 }
 
-// goroutines is detour's goroutine count from /debug/pprof, or -1 when the
-// binary has no admin endpoint.
 // metricSum sums the samples of a Prometheus counter or gauge (every
 // label set) on detour's /metrics; -1 without an observer.
 func (o *observer) metricSum(t *testing.T, name string) float64 {
 	t.Helper()
-	if o == nil {
-		return -1
-	}
-	body, err := o.get("/metrics")
-	if err != nil {
-		t.Logf("/metrics: %v", err)
+	body, ok := o.fetch(t, "/metrics")
+	if !ok {
 		return -1
 	}
 	var sum float64
@@ -236,14 +230,12 @@ func (o *observer) metricSum(t *testing.T, name string) float64 {
 	return sum
 }
 
+// goroutines is detour's goroutine count from /debug/pprof, or -1 when the
+// binary has no admin endpoint.
 func (o *observer) goroutines(t *testing.T) int {
 	t.Helper()
-	if o == nil {
-		return -1
-	}
-	body, err := o.get("/debug/pprof/goroutine?debug=1")
-	if err != nil {
-		t.Logf("goroutine profile: %v", err)
+	body, ok := o.fetch(t, "/debug/pprof/goroutine?debug=1")
+	if !ok {
 		return -1
 	}
 	// "goroutine profile: total N"
@@ -252,4 +244,19 @@ func (o *observer) goroutines(t *testing.T) int {
 		fmt.Sscan(body[i+len("total "):], &n)
 	}
 	return n
+}
+
+// fetch gets path from the admin endpoint; false without an observer or
+// on an error (logged).
+func (o *observer) fetch(t *testing.T, path string) (string, bool) {
+	t.Helper()
+	if o == nil {
+		return "", false
+	}
+	body, err := o.get(path)
+	if err != nil {
+		t.Logf("%s: %v", path, err)
+		return "", false
+	}
+	return body, true
 }
