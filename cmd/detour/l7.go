@@ -32,6 +32,7 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		StreamIdleTimeout:     time.Duration(h.StreamIdleTimeout),
 		DisableFastPath:       h.DisableFastPath,
 		DisableLoops:          h.DisableLoops,
+		MaxIdleConnsPerHost:   h.MaxIdleConnsPerHost,
 		IsSelf:                isSelf,
 		Logger:                log,
 		OnRequest:             onRequest,

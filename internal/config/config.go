@@ -112,6 +112,10 @@ type HTTP struct {
 	MaxRequestHeaderKiB  int      `yaml:"max_request_header_kib"`
 	// MaxRequestHeaders bounds a request's header field lines (431).
 	MaxRequestHeaders int `yaml:"max_request_headers"`
+	// MaxIdleConnsPerHost bounds each host's idle upstream connections:
+	// those pooled, and those kept by client connections that the epoll
+	// loops serve.
+	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
 	// AllowLoopback lets the steering header name a loopback address.
 	AllowLoopback bool `yaml:"allow_loopback"`
 	// HeaderTimeout bounds reading a request's head (slowloris).
@@ -130,9 +134,10 @@ type HTTP struct {
 
 // HTTP defaults.
 const (
-	DefaultHTTPMaxRequestHeaders = 100
-	DefaultHTTPHeaderTimeout     = 10 * time.Second
-	DefaultHTTPStreamIdleTimeout = 5 * time.Minute
+	DefaultHTTPMaxRequestHeaders   = 100
+	DefaultHTTPMaxIdleConnsPerHost = 1024
+	DefaultHTTPHeaderTimeout       = 10 * time.Second
+	DefaultHTTPStreamIdleTimeout   = 5 * time.Minute
 )
 
 // Duration is a time.Duration written as "5s", "1h30m" in YAML.
@@ -375,6 +380,12 @@ func (h *HTTP) finish() error {
 	}
 	if h.MaxRequestHeaders < 0 {
 		return fmt.Errorf("http.max_request_headers: must be positive (default %d)", DefaultHTTPMaxRequestHeaders)
+	}
+	if h.MaxIdleConnsPerHost == 0 {
+		h.MaxIdleConnsPerHost = DefaultHTTPMaxIdleConnsPerHost
+	}
+	if h.MaxIdleConnsPerHost < 0 {
+		return fmt.Errorf("http.max_idle_conns_per_host: must be positive (default %d)", DefaultHTTPMaxIdleConnsPerHost)
 	}
 	if h.HeaderTimeout == 0 {
 		h.HeaderTimeout = Duration(DefaultHTTPHeaderTimeout)

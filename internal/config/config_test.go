@@ -77,19 +77,22 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "bad server header mode", yaml: "http: {server_header_mode: replace}", wantErr: "server_header_mode"},
 		{name: "http defaults", yaml: "", check: func(t *testing.T, c *Config) {
 			h := c.HTTP
-			if h.MaxRequestHeaders != 100 || h.AllowLoopback || h.HeaderTimeout.String() != "10s" || h.StreamIdleTimeout.String() != "5m0s" {
+			if h.MaxRequestHeaders != 100 || h.AllowLoopback || h.HeaderTimeout.String() != "10s" || h.StreamIdleTimeout.String() != "5m0s" ||
+				h.MaxIdleConnsPerHost != 1024 || h.DisableLoops {
 				t.Fatalf("http defaults: %+v", h)
 			}
 		}},
-		{name: "http limits and timeouts", yaml: "http: {max_request_headers: 200, allow_loopback: true, header_timeout: 3s, stream_idle_timeout: 30s}",
+		{name: "http limits and timeouts", yaml: "http: {max_request_headers: 200, allow_loopback: true, header_timeout: 3s, stream_idle_timeout: 30s, max_idle_conns_per_host: 64, disable_loops: true}",
 			check: func(t *testing.T, c *Config) {
 				h := c.HTTP
-				if h.MaxRequestHeaders != 200 || !h.AllowLoopback || h.HeaderTimeout.String() != "3s" || h.StreamIdleTimeout.String() != "30s" {
+				if h.MaxRequestHeaders != 200 || !h.AllowLoopback || h.HeaderTimeout.String() != "3s" || h.StreamIdleTimeout.String() != "30s" ||
+					h.MaxIdleConnsPerHost != 64 || !h.DisableLoops {
 					t.Fatalf("http: %+v", h)
 				}
 			}},
 		{name: "negative max request headers", yaml: "http: {max_request_headers: -1}", wantErr: "http.max_request_headers"},
 		{name: "negative header timeout", yaml: "http: {header_timeout: -1s}", wantErr: "http.header_timeout"},
+		{name: "negative idle connections per host", yaml: "http: {max_idle_conns_per_host: -1}", wantErr: "http.max_idle_conns_per_host"},
 		{name: "negative stream idle timeout", yaml: "http: {stream_idle_timeout: -5m}", wantErr: "http.stream_idle_timeout"},
 		{name: "bad header timeout", yaml: "http: {header_timeout: soon}", wantErr: "not a duration"},
 		{name: "bad allow loopback", yaml: "http: {allow_loopback: maybe}", wantErr: "into bool"},
