@@ -392,3 +392,27 @@ func TestLoopKeptBounded(t *testing.T) {
 		t.Errorf("requests a loop served = %d, want 2", n)
 	}
 }
+
+// TestLoopClientResets checks a client that resets while its request
+// waits for the upstream: the request is recorded with flag DC and the
+// status the upstream gave, on the loops as on the goroutine.
+func TestLoopClientResets(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) {
+			up := loopUpstream(t)
+			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
+			c, br := f.raw(t)
+			toLoop(t, c, br)
+			for range loopAfter {
+				f.info(t)
+			}
+			io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+			time.Sleep(50 * time.Millisecond)
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close() // a reset
+			if i := f.info(t); i.Flags != DownstreamClosed || i.Status != 200 || i.Path != "/slow" {
+				t.Errorf("info %+v, want flag DC, status 200", i)
+			}
+		})
+	}
+}
