@@ -4,8 +4,6 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // sendAwait writes a whole request (head, then body, which may be empty)
@@ -74,16 +72,8 @@ func (a *awaiter) left() int { return len(a.bufs[0]) + len(a.bufs[1]) }
 // written from bufs.
 func (a *awaiter) write(fd int) {
 	for a.left() > 0 {
-		var n int
-		var err error
-		if len(a.bufs[1]) == 0 {
-			n, err = rawsys.Write(fd, a.bufs[0])
-		} else {
-			n, err = rawsys.Writev2(fd, a.bufs[0], a.bufs[1])
-		}
+		n, err := writeNow(fd, a.bufs[0], a.bufs[1])
 		switch {
-		case err == unix.EINTR:
-			continue
 		case err == unix.EAGAIN:
 			return
 		case err != nil:

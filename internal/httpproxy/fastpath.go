@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-proxy/detour/internal/rawsys"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 
 	"github.com/detour-proxy/detour/internal/upstream"
 )
@@ -476,15 +477,14 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 	p := fc.p
 	h, info, hst := &x.h, &x.info, x.hst
 	var (
-		up   *upLink
-		res  *http.Response
-		br   *bufio.Reader
-		sent time.Time
-		err  error
+		up  *upLink
+		res *http.Response
+		br  *bufio.Reader
+		err error
 	)
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 && sentOn != nil {
-			up, sent = sentOn, x.sent
+			up = sentOn
 			fc.cur.Store(up)
 		} else {
 			up, err = fc.link(hst)
@@ -493,10 +493,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 				fc.localFailure(info, err, !x.keepAfterError)
 				return x.keepAfterError
 			}
-			hst.inUse.Add(1)
-			fc.cur.Store(up)
-			sent = time.Now()
-			info.Reused = up.reused
+			fc.sendOn(x, up)
 		}
 		br, res, err = fc.exchange(up, x, attempt == 0 && sentOn != nil)
 		if err == nil {
@@ -527,25 +524,40 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		p.finishFast(info)
 		return x.keepAfterError
 	}
-	info.UpstreamTime = time.Since(sent)
+	info.UpstreamTime = time.Since(x.sent)
 	keep, upOK := fc.relay(up, br, res, x.rh, h, info)
 	if len(up.raw.ahead) > 0 || up.raw.aheadErr != nil { // bytes a loop read past the response
 		upOK = false
 	}
 	fc.p.pools.readers.Put(br)
-	hst.inUse.Add(-1)
-	fc.cur.Store(nil)
 	upCloses := x.rh.close
 	if res != nil {
 		upCloses = res.Close
 	}
-	keep = keep && !h.closeConn
-	if upOK && !upCloses {
+	return fc.done(x, up, keep, upOK && !upCloses)
+}
+
+// sendOn notes that x goes out on up now.
+func (fc *fastConn) sendOn(x *request, up *upLink) {
+	x.hst.inUse.Add(1)
+	fc.cur.Store(up)
+	x.sent = time.Now()
+	x.info.Reused = up.reused
+}
+
+// done ends x, whose response went to the client (or failed to): up is
+// kept or pooled when reusable, else closed, and x is recorded. It reports
+// whether the client connection may carry another request.
+func (fc *fastConn) done(x *request, up *upLink, keep, reusable bool) bool {
+	x.hst.inUse.Add(-1)
+	fc.cur.Store(nil)
+	keep = keep && !x.h.closeConn
+	if reusable {
 		fc.keepLink(up, keep)
 	} else {
 		up.close()
 	}
-	p.finishFast(info)
+	fc.p.finishFast(&x.info)
 	return keep
 }
 
@@ -735,15 +747,13 @@ func (fc *fastConn) link(h *host) (*upLink, error) {
 	p := fc.p
 	if l := fc.unpin(); l != nil {
 		if l.h == h {
-			l.reused = true
-			h.reuses.Add(1)
+			l.reuse()
 			return l, nil
 		}
 		p.hosts.putLink(l)
 	}
 	if l := p.hosts.takeLink(h); l != nil {
-		l.reused = true
-		h.reuses.Add(1)
+		l.reuse()
 		if p.debug() {
 			p.log.Debug("reusing connection", "host", h.key, "local", l.conn.LocalAddr())
 		}
@@ -754,6 +764,12 @@ func (fc *fastConn) link(h *host) (*upLink, error) {
 		return nil, err
 	}
 	return newUpLink(conn, h), nil
+}
+
+// reuse notes that l carries another request.
+func (l *upLink) reuse() {
+	l.reused = true
+	l.h.reuses.Add(1)
 }
 
 // alive reports whether a pooled connection is still open and quiet: the
@@ -770,7 +786,8 @@ func (l *upLink) alive() bool {
 
 func newUpLink(conn *net.TCPConn, h *host) *upLink {
 	rc, _ := conn.SyscallConn() // never fails for a *net.TCPConn
-	l := &upLink{conn: conn, rc: rc, h: h, fd: descriptor(rc)}
+	fd, _ := tcpproxy.ConnFD(conn)
+	l := &upLink{conn: conn, rc: rc, h: h, fd: fd}
 	l.raw.init(rc)
 	return l
 }

@@ -34,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -300,7 +301,8 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (r
 		return nil, true
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
-		key: p.hostKey(client, origDst), start: time.Now(), fd: descriptor(rc)}
+		key: p.hostKey(client, origDst), start: time.Now()}
+	fc.fd, _ = tcpproxy.ConnFD(c) // -1 on failure: no loop for it
 	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
 	fc.out.raw.init(rc)
 	fc.readFn = fc.readSome

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,8 +68,9 @@ type onLoop struct {
 	aborted atomic.Bool // by abort; set under mu
 	st      *loopState
 
-	// Used by the goroutine only: after a request the loop did not take,
-	// the goroutine serves skip requests itself before it tries again.
+	// After a request the loop did not take, the goroutine serves skip
+	// requests itself before it tries again; misses counts such requests
+	// in a row (the goroutine's, and the loop's while it serves).
 	skip, misses int
 }
 
@@ -96,13 +96,6 @@ type loopState struct {
 	rn       int
 	rerr     error  // the read that ended the response early
 	pending  []byte // backFlush: the end of the response the client did not take
-}
-
-// descriptor returns a socket's descriptor, -1 if it has none.
-func descriptor(rc syscall.RawConn) int {
-	fd := -1
-	rc.Control(func(s uintptr) { fd = int(s) })
-	return fd
 }
 
 // loopAfter is the number of requests a connection's goroutine serves
@@ -220,7 +213,6 @@ func (fc *fastConn) runOnLoop() backReason {
 	aborted := ol.aborted.Load()
 	ol.mu.Unlock()
 	ls.timer.Stop()
-	ls.armed = time.Time{}
 	if aborted {
 		fc.c.Close()
 		ls.upDead = true // closed below, or by the request in flight, which fails
@@ -366,15 +358,13 @@ func (fc *fastConn) readOnLoop(w *tcpproxy.Watch) backReason {
 		fc.in = p.pools.bufs.Get().(*fastBuf)
 	}
 	n, err := readNow(fc.fd, fc.in[fc.w:])
-	if err == unix.EAGAIN {
-		w.Drained(clientSide)
-	}
 	if err != nil || n == 0 {
 		if took {
 			p.pools.bufs.Put(fc.in)
 			fc.in = nil
 		}
 		if err == unix.EAGAIN {
+			w.Drained(clientSide)
 			return backNone
 		}
 		return backIdle // the goroutine's read sees the EOF or error again
@@ -404,19 +394,16 @@ func (fc *fastConn) startOnLoop() (started, whole bool) {
 	fc.heads++
 	fc.begin(x)
 	up := ls.up
-	up.reused = true
-	x.hst.inUse.Add(1)
-	x.hst.reuses.Add(1)
-	x.info.Reused = true
+	up.reuse()
+	fc.sendOn(x, up)
 	n, err := writeNow(up.fd, x.out, x.body)
-	x.sent = time.Now()
 	if err == nil && n < len(x.out)+len(x.body) {
 		err = unix.EAGAIN
 	}
 	if err != nil {
 		// The goroutine writes the rest (or meets the error again, and
 		// replaces the connection as for any pooled one).
-		x.unsent = append(append([]byte(nil), x.out[min(n, len(x.out)):]...), x.body[max(n-len(x.out), 0):]...)
+		x.unsent = unwritten(x.out, x.body, n)
 	}
 	ls.state = stAwait
 	ls.due = deadline(x.sent, p.o.RouteTimeout)
@@ -494,13 +481,14 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	r := backNone
 	switch {
 	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
-		ls.pending = append(append([]byte(nil), out[min(n, len(out)):]...), body[max(n-len(out), 0):]...)
+		ls.pending = unwritten(out, body, n)
 		r = backFlush
 	case err != nil:
 		info.Flags |= DownstreamClosed
 		r = backEnd
-	default:
-		info.BodyBytes = blen
+	}
+	if r != backEnd {
+		info.BodyBytes = blen // what flush did not write, it takes back
 	}
 	p.pools.bufs.Put(ob)
 	p.pools.bufs.Put(ls.resp)
@@ -509,19 +497,16 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 		return r, false
 	}
 	x.hst.inUse.Add(-1)
-	if rh.close {
-		ls.upDead = true
-	}
 	p.finishFast(info)
-	keep := r == backNone && !x.h.closeConn && !rh.close && !fc.closing.Load()
-	closeConn := x.h.closeConn
+	ends, upCloses := r == backEnd || x.h.closeConn, rh.close
 	fc.end(x)
 	fc.ol.misses = 0
 	fc.releaseIn()
+	ls.upDead = upCloses
 	switch {
-	case closeConn || r == backEnd:
+	case ends:
 		return backEnd, false
-	case !keep:
+	case upCloses || fc.closing.Load():
 		return backIdle, false
 	}
 	ls.idle(now, &p.o)
@@ -550,29 +535,16 @@ func (fc *fastConn) resume(x *request) bool {
 // flush writes the end of a response the client did not take at once on
 // the loop, and ends the request.
 func (fc *fastConn) flush(x *request) bool {
-	ls, p := fc.ol.st, fc.p
+	ls := fc.ol.st
 	up := ls.up
 	ls.up = nil
-	info := &x.info
 	keep := true
 	if _, err := fc.out.Write(ls.pending); err != nil {
-		keep = fc.clientFailed(info, err)
-	} else {
-		info.BodyBytes = x.rh.clen
-		if bodiless(x.h.method, x.rh.status) {
-			info.BodyBytes = 0
-		}
+		x.info.BodyBytes = 0
+		keep = fc.clientFailed(&x.info, err)
 	}
 	ls.pending = nil
-	x.hst.inUse.Add(-1)
-	keep = keep && !x.h.closeConn
-	if x.rh.close || ls.upDead {
-		up.close()
-	} else {
-		fc.keepLink(up, keep)
-	}
-	p.finishFast(info)
-	return keep
+	return fc.done(x, up, keep, !x.rh.close && !ls.upDead)
 }
 
 // noteMiss notes a request the loop handed back unfinished: the goroutine
@@ -598,15 +570,15 @@ func readNow(fd int, p []byte) (int, error) {
 // writeNow writes a and b with one system call, without waiting.
 func writeNow(fd int, a, b []byte) (int, error) {
 	for {
-		var n int
-		var err error
-		if len(b) == 0 {
-			n, err = rawsys.Write(fd, a)
-		} else {
-			n, err = rawsys.Writev2(fd, a, b)
-		}
+		n, err := rawsys.Writev2(fd, a, b)
 		if err != unix.EINTR {
-			return max(n, 0), err
+			return n, err
 		}
 	}
+}
+
+// unwritten is a copy of what is left of a, then b, after n bytes of
+// them were written.
+func unwritten(a, b []byte, n int) []byte {
+	return append(append([]byte(nil), a[min(n, len(a)):]...), b[max(n-len(a), 0):]...)
 }

@@ -58,7 +58,6 @@ const wakeSlot = -1
 type endpoint struct {
 	fd   int
 	m    member
-	p    *Pair // m, when it is a Pair
 	slot int32
 	gen  uint32
 
@@ -407,11 +406,11 @@ func (l *loop) post(t task) {
 	}
 }
 
-// sockFD returns c's descriptor for the loop. c stays open, and in Go's
-// netpoller, where its events find no goroutine waiting: taking it out
+// ConnFD returns c's descriptor for a loop (-1 with an error). c stays
+// open, and in Go's netpoller, where its events find no goroutine waiting: taking it out
 // (a duplicate descriptor, and c closed) would cost three system calls
 // more per socket than the events cost Go's poller.
-func sockFD(c syscall.Conn) (int, error) {
+func ConnFD(c syscall.Conn) (int, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err

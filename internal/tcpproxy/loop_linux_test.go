@@ -166,7 +166,7 @@ func TestResetAfterHalfCloseResetsUpstream(t *testing.T) {
 			// close by the proxy would leave it in CLOSE_WAIT. Polled
 			// without writing, which would draw a RST from any closed
 			// socket.
-			fd, err := sockFD(other)
+			fd, err := ConnFD(other)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -134,10 +134,9 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	}
 	p := &Pair{client: client, upstream: upstream, idle: o.IdleTimeout, pipes: o.Pipes,
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
-	p.c.p, p.u.p = p, p
 	p.c.m, p.u.m = p, p
-	p.up = flow{src: &p.c, dst: &p.u, from: "client"}
-	p.down = flow{src: &p.u, dst: &p.c, from: "upstream"}
+	p.up = flow{p: p, src: &p.c, dst: &p.u, from: "client"}
+	p.down = flow{p: p, src: &p.u, dst: &p.c, from: "upstream"}
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
@@ -177,9 +176,9 @@ func (p *Pair) Start(done func(Result)) {
 	}
 	l, err := pickLoop()
 	if err == nil && p.client != nil { // New's: NewConnecting set the descriptors
-		p.c.fd, err = sockFD(p.client)
+		p.c.fd, err = ConnFD(p.client)
 		if err == nil {
-			p.u.fd, err = sockFD(p.upstream)
+			p.u.fd, err = ConnFD(p.upstream)
 		}
 	}
 	var connBy time.Time // read before the loop owns p.connecting
@@ -264,6 +263,7 @@ const turnBudget = 32
 
 // flow is one direction's copy state.
 type flow struct {
+	p        *Pair
 	src, dst *endpoint
 	from     string  // the side src is, for logs
 	pend     []byte  // read but not yet written: dst was full
@@ -323,7 +323,7 @@ func (p *Pair) connected(l *loop) bool {
 // pump runs one direction until it must wait for an event, it ends, or
 // the turn's budget is spent.
 func (f *flow) pump(l *loop, budget *int) {
-	p := f.src.p
+	p := f.p
 	for !f.done && !p.closed {
 		if *budget <= 0 {
 			if !p.queued && (f.readyToWrite() || f.src.readable) {
@@ -369,7 +369,7 @@ func (f *flow) readBurst(l *loop) bool {
 		f.src.readable = false
 		return false
 	case err != nil:
-		f.src.p.fail(l, f, os.NewSyscallError("read", err))
+		f.p.fail(l, f, os.NewSyscallError("read", err))
 		return false
 	case n == 0:
 		f.eof(l)
@@ -383,7 +383,7 @@ func (f *flow) readBurst(l *loop) bool {
 	w := 0
 	if f.dst.writable {
 		w, err = write(f.dst.fd, l.buf[:n])
-		if w, _ = f.wrote(l, w, err, "write"); f.src.p.closed {
+		if w, _ = f.wrote(l, w, err, "write"); f.p.closed {
 			return false
 		}
 	}
@@ -420,9 +420,9 @@ func (f *flow) fillPipe(l *loop) bool {
 		return false
 	}
 	if f.pipe == nil {
-		pp, err := f.src.p.pipes.get()
+		pp, err := f.p.pipes.get()
 		if err != nil {
-			f.src.p.fail(l, f, err)
+			f.p.fail(l, f, err)
 			return false
 		}
 		f.pipe = pp
@@ -432,7 +432,7 @@ func (f *flow) fillPipe(l *loop) bool {
 	case err == unix.EINTR:
 		return true
 	case err == unix.EAGAIN, err == nil && n == 0:
-		f.src.p.pipes.put(f.pipe) // empty: the queue was (or EOF is next)
+		f.p.pipes.put(f.pipe) // empty: the queue was (or EOF is next)
 		f.pipe, f.bulk = nil, false
 		if err == unix.EAGAIN {
 			f.src.readable = false
@@ -440,9 +440,9 @@ func (f *flow) fillPipe(l *loop) bool {
 		}
 		return true // the next read sees the EOF
 	case err != nil:
-		f.src.p.pipes.put(f.pipe)
+		f.p.pipes.put(f.pipe)
 		f.pipe = nil
-		f.src.p.fail(l, f, os.NewSyscallError("splice", err))
+		f.p.fail(l, f, os.NewSyscallError("splice", err))
 		return false
 	}
 	f.inPipe = int(n)
@@ -471,7 +471,7 @@ func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 		f.dst.writable = false
 		return 0, false
 	case err != nil:
-		f.src.p.fail(l, f, os.NewSyscallError(op, err))
+		f.p.fail(l, f, os.NewSyscallError(op, err))
 		return 0, false
 	}
 	f.n += int64(n)
@@ -484,7 +484,7 @@ func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 // it into a reset), and a shutdown would be one more system call for the
 // same packet.
 func (f *flow) eof(l *loop) {
-	p := f.src.p
+	p := f.p
 	f.done = true
 	if p.log != nil {
 		p.log.Debug("half-close", "from", f.from)
