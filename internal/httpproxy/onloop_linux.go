@@ -567,10 +567,17 @@ func readNow(fd int, p []byte) (int, error) {
 	}
 }
 
-// writeNow writes a and b with one system call, without waiting.
+// writeNow writes a and b with one system call (write when b is empty,
+// else writev), without waiting.
 func writeNow(fd int, a, b []byte) (int, error) {
 	for {
-		n, err := rawsys.Writev2(fd, a, b)
+		var n int
+		var err error
+		if len(b) == 0 {
+			n, err = rawsys.Write(fd, a)
+		} else {
+			n, err = rawsys.Writev2(fd, a, b)
+		}
 		if err != unix.EINTR {
 			return n, err
 		}
