@@ -28,12 +28,18 @@ var configSpecs = []configSpec{
 	{Name: "direct", Label: "direct"},
 	{Name: "detour-l4", Label: "detour L4", Proxy: true, Protocol: "tcp"},
 	{Name: "detour-l7", Label: "detour L7", Proxy: true, L7: true, Protocol: "http"},
+	{Name: "detour-auto", Label: "detour auto", Proxy: true, Protocol: "auto"},
 	{Name: "haproxy-tcp", Label: "HAProxy tcp", Proxy: true},
 	{Name: "haproxy-http", Label: "HAProxy http", Proxy: true, L7: true},
 	{Name: "splice", Label: "Go splice", Proxy: true},
 	{Name: "base-l4", Label: "baseline L4", Proxy: true, Protocol: "tcp", Baseline: true},
 	{Name: "base-l7", Label: "baseline L7", Proxy: true, L7: true, Protocol: "http", Baseline: true},
 }
+
+// httpAtL7 says whether the config must carry the bench's HTTP requests
+// at L7, adding X-Forwarded-For: the L7 configs, and detour's default auto
+// mode, which sniffs them (and carries iperf3 at L4).
+func (c configSpec) httpAtL7() bool { return c.L7 || c.Protocol == "auto" }
 
 // configNames are all configs, the baseline ones included.
 func configNames() []string {

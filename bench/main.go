@@ -37,7 +37,7 @@ type options struct {
 	mdFile       string
 	detourBin    string
 	baselineBin  string
-	detourArgs   []string // more `detour run` flags for detour-l4 and detour-l7
+	detourArgs   []string // more `detour run` flags for detour-l4, detour-l7 and detour-auto
 	baselineArgs []string // and for base-l4 and base-l7
 	idleConns    int
 	nginxWorkers string
@@ -81,7 +81,7 @@ func benchMain(args []string) int {
 	fs.StringVar(&o.mdFile, "markdown", "", "write the report (machine, command, tables, targets) as Markdown to this file")
 	fs.StringVar(&o.detourBin, "detour", "", "detour binary to use (default: go build ./cmd/detour into a temporary directory)")
 	var detourArgs, baselineArgs string
-	fs.StringVar(&detourArgs, "detour-args", "", "more `detour run` flags for detour-l4 and detour-l7, space-separated (e.g. \"--tcp-loops 1\")")
+	fs.StringVar(&detourArgs, "detour-args", "", "more `detour run` flags for detour-l4, detour-l7 and detour-auto, space-separated (e.g. \"--tcp-loops 1\")")
 	fs.StringVar(&baselineArgs, "baseline-args", "", "more `detour run` flags for base-l4 and base-l7: with the same binary as -detour and -baseline, compares two settings")
 	fs.StringVar(&o.baselineBin, "baseline", "", "a second detour binary (say, the build before a change) run as base-l4 and base-l7 beside detour-l4 and detour-l7, in the same rounds; the ratios table compares them")
 	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle client connections held open for the memory workload")

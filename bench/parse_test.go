@@ -183,6 +183,45 @@ func TestRoundRatios(t *testing.T) {
 	}
 }
 
+// Auto mode is compared with the protocol it detects: L7 for the HTTP
+// workloads, L4 for iperf3, and not the other way round.
+func TestAutoRatios(t *testing.T) {
+	r := &Results{Configs: []string{"detour-l4", "detour-l7", "detour-auto"}, Rounds: 1, IdleConns: 10000, DurationSec: 10}
+	for _, s := range []struct {
+		config, workload, metric string
+		v                        float64
+	}{
+		{"detour-l4", "keepalive", mReqPerSec, 100},
+		{"detour-l7", "keepalive", mReqPerSec, 50},
+		{"detour-auto", "keepalive", mReqPerSec, 45},
+		{"detour-l4", "iperf1", mGbps, 10},
+		{"detour-auto", "iperf1", mGbps, 9},
+	} {
+		r.Samples = append(r.Samples, Sample{Config: s.config, Workload: s.workload, Round: 1, Metrics: map[string]float64{s.metric: s.v}})
+	}
+	r.summarize()
+	want := map[string]map[string]float64{
+		mReqPerSec: {"detour-auto/detour-l7": 0.9},
+		mGbps:      {"detour-auto/detour-l4": 0.9},
+	}
+	for _, row := range r.Rows {
+		w, ok := want[row.Metric]
+		if !ok {
+			continue
+		}
+		for k, v := range row.Ratios {
+			if strings.HasPrefix(k, "detour-auto/") && w[k] != v {
+				t.Errorf("%s: ratio %s = %v, want %v", row.Label, k, v, w[k])
+			}
+		}
+		for k, v := range w {
+			if row.Ratios[k] != v {
+				t.Errorf("%s: ratio %s = %v, want %v", row.Label, k, row.Ratios[k], v)
+			}
+		}
+	}
+}
+
 func TestWithBaselines(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"detour-l4", "detour-l4,base-l4"},
@@ -208,6 +247,7 @@ func TestUserArgs(t *testing.T) {
 	for _, tc := range []struct{ config, want string }{
 		{"detour-l4", "--tcp-loops 2"},
 		{"detour-l7", "--tcp-loops 2"},
+		{"detour-auto", "--tcp-loops 2"},
 		{"base-l4", "--tcp-loops 1"},
 		{"base-l7", "--tcp-loops 1"},
 	} {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -64,18 +65,34 @@ func rowSpecs(idle int) []rowSpec {
 	}
 }
 
+// ratioPair is one comparison of the ratios table, a against b, on every
+// workload or only on those listed.
+type ratioPair struct {
+	a, b      string
+	workloads []string
+}
+
+func (p ratioPair) key() string { return p.a + "/" + p.b }
+
+func (p ratioPair) covers(workload string) bool {
+	return len(p.workloads) == 0 || slices.Contains(p.workloads, workload)
+}
+
 // ratioPairs are the comparisons in the ratios table: detour against the
 // floor (direct) and against the reference (HAProxy, tcp for L4, http for
-// L7), L4 against the plain Go splice proxy, and detour against the
+// L7), L4 against the plain Go splice proxy, the default auto mode against
+// the protocol it detects (what sniffing costs), and detour against the
 // -baseline build.
-var ratioPairs = [][2]string{
-	{"detour-l4", "direct"},
-	{"detour-l4", "haproxy-tcp"},
-	{"detour-l4", "splice"},
-	{"detour-l7", "direct"},
-	{"detour-l7", "haproxy-http"},
-	{"detour-l4", "base-l4"},
-	{"detour-l7", "base-l7"},
+var ratioPairs = []ratioPair{
+	{a: "detour-l4", b: "direct"},
+	{a: "detour-l4", b: "haproxy-tcp"},
+	{a: "detour-l4", b: "splice"},
+	{a: "detour-l7", b: "direct"},
+	{a: "detour-l7", b: "haproxy-http"},
+	{a: "detour-auto", b: "detour-l7", workloads: []string{"keepalive", "close", "idle"}},
+	{a: "detour-auto", b: "detour-l4", workloads: []string{"iperf1", "iperf4"}},
+	{a: "detour-l4", b: "base-l4"},
+	{a: "detour-l7", b: "base-l7"},
 }
 
 func median(v []float64) float64 {
@@ -147,13 +164,16 @@ func (r *Results) summarize() {
 			if rs.metric == mRSSGrowth {
 				break // near-zero denominators: compare the values themselves
 			}
-			a, aok := row.Values[p[0]]
-			b, bok := row.Values[p[1]]
-			if aok && bok && b != 0 {
-				row.Ratios[p[0]+"/"+p[1]] = a / b
+			if !p.covers(rs.workload) {
+				continue
 			}
-			if rr := roundRatios(byRound, p[0], p[1], rs.workload, rs.metric, r.Rounds); len(rr) > 1 {
-				row.RoundRatios[p[0]+"/"+p[1]] = median(rr)
+			a, aok := row.Values[p.a]
+			b, bok := row.Values[p.b]
+			if aok && bok && b != 0 {
+				row.Ratios[p.key()] = a / b
+			}
+			if rr := roundRatios(byRound, p.a, p.b, rs.workload, rs.metric, r.Rounds); len(rr) > 1 {
+				row.RoundRatios[p.key()] = median(rr)
 			}
 		}
 		r.Rows = append(r.Rows, row)
@@ -245,7 +265,7 @@ func (r *Results) targets() []Target {
 			ts[i].Measured += " — detour forwarded --protocol http at L4 in this build"
 		}
 	}
-	for _, c := range []string{"detour-l4", "detour-l7"} {
+	for _, c := range []string{"detour-l4", "detour-l7", "detour-auto"} {
 		t := Target{Name: fmt.Sprintf("Memory (%s): ≤ 150 MiB resident with 10,000 idle client connections", c), Status: "n/a"}
 		if v, ok := r.get(c, "idle", mIdleRSS); ok {
 			conns, _ := r.get(c, "idle", mIdleConns)
@@ -355,10 +375,10 @@ func (r *Results) tables(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 
-	var pairs [][2]string
+	var pairs []ratioPair
 	for _, p := range ratioPairs {
 		for _, row := range r.Rows {
-			if _, ok := row.Ratios[p[0]+"/"+p[1]]; ok {
+			if _, ok := row.Ratios[p.key()]; ok {
 				pairs = append(pairs, p)
 				break
 			}
@@ -377,10 +397,10 @@ func (r *Results) tables(w io.Writer) {
 
 // ratioTable writes one ratio per row and config pair, as of(row) holds
 // them; rows without any are left out.
-func (r *Results) ratioTable(w io.Writer, title string, pairs [][2]string, of func(Row) map[string]float64) {
+func (r *Results) ratioTable(w io.Writer, title string, pairs []ratioPair, of func(Row) map[string]float64) {
 	fmt.Fprintf(w, "\n%s:\n\n| workload |", title)
 	for _, p := range pairs {
-		fmt.Fprintf(w, " %s / %s |", specOf(p[0]).Label, specOf(p[1]).Label)
+		fmt.Fprintf(w, " %s / %s |", specOf(p.a).Label, specOf(p.b).Label)
 	}
 	fmt.Fprint(w, "\n|---|")
 	for range pairs {
@@ -394,7 +414,7 @@ func (r *Results) ratioTable(w io.Writer, title string, pairs [][2]string, of fu
 		}
 		fmt.Fprintf(w, "| %s |", row.Label)
 		for _, p := range pairs {
-			if v, ok := ratios[p[0]+"/"+p[1]]; ok {
+			if v, ok := ratios[p.key()]; ok {
 				fmt.Fprintf(w, " %.2f |", v)
 			} else {
 				fmt.Fprint(w, " — |")

@@ -249,7 +249,9 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 		pr.Error = fmt.Sprintf("nginx saw the probe from %s, want %s", seen.Peer, want)
 	case spec.Name == "haproxy-http" && !pr.L7:
 		pr.Error = "HAProxy http mode added no X-Forwarded-For: it did not proxy at L7"
-	case !spec.L7 && seen.XFF != "":
+	case spec.Protocol == "auto" && !pr.L7:
+		pr.Error = "detour --protocol auto added no X-Forwarded-For: it did not detect the HTTP request"
+	case !spec.httpAtL7() && seen.XFF != "":
 		pr.Error = fmt.Sprintf("an L4 path added X-Forwarded-For %q", seen.XFF)
 	}
 	res.Probes = append(res.Probes, pr)
