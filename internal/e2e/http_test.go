@@ -254,3 +254,52 @@ func TestHTTPKeepAliveOnLoops(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPAutoReusesPool: in auto mode (the default) a new client
+// connection to a destination with an idle pooled connection is not dialed
+// while sniffing; its request reuses the pool, as with --protocol http.
+// Before, each client connection opened an upstream connection of its own.
+func TestHTTPAutoReusesPool(t *testing.T) {
+	needRoot(t)
+	l := startHTTPLab(t, "--log-level", "info", "--admin", obsAdmin, "--cleanup-interval", "30s")
+	const host = "198.18.2.2:80"
+	url := "http://" + netip.AddrPortFrom(l.net.ServerIP4, 80).String() + "/headers"
+	admin := obsClient(l.net.Router)
+	const clients = 3
+	for i := range clients {
+		if i > 0 {
+			// The last response may reach the client before its upstream
+			// connection is back in the pool.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				got, err := obsScrape(admin, obsAdmin)
+				if err == nil && got[`detour_upstream_connections_idle{host=`+host+`}`] >= 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("client %d: no idle upstream connection (%v)", i, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		if resp, _ := getHeaders(t, lab.HTTPClient(l.net.Client), url, nil); resp.StatusCode != 200 || resp.Header.Get("Server") != "detour" {
+			t.Fatalf("client %d: %s, header %v", i, resp.Status, resp.Header)
+		}
+	}
+	// A connect made while sniffing is accepted by httpbin even when detour
+	// closes it unused; give one a moment to show up.
+	time.Sleep(200 * time.Millisecond)
+	if n := l.bin.Conns(); n != 1 {
+		t.Errorf("httpbin accepted %d connections for %d client connections, want 1", n, clients)
+	}
+	got, err := obsScrape(admin, obsAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got[`detour_upstream_connections_total{host=`+host+`,layer=l7}`]; n != 1 {
+		t.Errorf("%v upstream connections for %d client connections, want 1", n, clients)
+	}
+	if n := got[`detour_upstream_reused_total{host=`+host+`}`]; n != clients-1 {
+		t.Errorf("%v requests reused a connection, want %d", n, clients-1)
+	}
+}

@@ -156,6 +156,16 @@ func (c *cluster) release(h *host) {
 	c.mu.Unlock()
 }
 
+// hasIdle reports whether k's host exists and has an open connection that
+// no request uses and no client connection keeps, in either pool. A kept
+// connection serving a request counts twice, so this errs towards false.
+func (c *cluster) hasIdle(k hostKey) bool {
+	c.mu.Lock()
+	h := c.hosts[k]
+	c.mu.Unlock()
+	return h != nil && h.open.Load()-h.inUse.Load()-h.kept.Load() > 0
+}
+
 func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -257,6 +257,12 @@ func orDefault[T comparable](v, def T) T {
 // caller dialed already (while sniffing) failed: the connection's first
 // request, if it goes to origDst, is answered 503 with that reason (flag
 // UF) without dialing again; later requests dial as usual.
+// Pooled reports whether origDst's host has an idle upstream connection
+// (proxy.L7).
+func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
+	return p.hosts.hasIdle(p.hostKey(unmap(client), unmap(origDst)))
+}
+
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	if preDialed != nil {
 		key := p.hostKey(unmap(client), unmap(origDst))

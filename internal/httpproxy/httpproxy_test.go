@@ -796,3 +796,49 @@ func TestCurl(t *testing.T) {
 		}
 	}
 }
+
+// Pooled tells auto mode whether a destination has an idle connection: not
+// before its first request, yes once a finished request left its
+// connection in the pool (on either path), and not while that only
+// connection serves another client connection's request.
+func TestPooled(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
+			inHandler, release := make(chan struct{}), make(chan struct{})
+			up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/slow" {
+					inHandler <- struct{}{}
+					<-release
+				}
+			}))
+			f := newFront(t, Options{DisableFastPath: !fast}, up.addrPort())
+			client := netip.MustParseAddrPort("127.0.0.1:40000")
+			pooled := func() bool { return f.p.Pooled(client, up.addrPort()) }
+			send := func(c net.Conn, path string) { fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path) }
+			answered := func(r *bufio.Reader) {
+				if res, _ := readResponse(t, r, "GET"); res.StatusCode != 200 {
+					t.Fatalf("status %d", res.StatusCode)
+				}
+			}
+			if pooled() {
+				t.Fatal("Pooled before any request")
+			}
+			c1, r1 := f.raw(t)
+			send(c1, "/")
+			answered(r1)
+			eventually(t, "the connection back in the pool", pooled)
+			if f.p.Pooled(client, netip.MustParseAddrPort("127.0.0.1:1")) {
+				t.Error("Pooled for a destination never used")
+			}
+			c2, r2 := f.raw(t)
+			send(c2, "/slow")
+			<-inHandler
+			if pooled() {
+				t.Error("Pooled while the only connection serves a request")
+			}
+			close(release)
+			answered(r2)
+			eventually(t, "the connection back in the pool", pooled)
+		})
+	}
+}

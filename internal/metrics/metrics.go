@@ -402,6 +402,8 @@ type l7 struct {
 	m    *Metrics
 }
 
+func (w l7) Pooled(client, origDst netip.AddrPort) bool { return w.next.Pooled(client, origDst) }
+
 func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	w.m.detectedC["http"].Inc()
 	w.m.httpConns.Inc()

@@ -216,6 +216,10 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 	if inner.n != 1 {
 		t.Fatal("L7 wrapper did not call through")
 	}
+	inner.pooled = true
+	if !m.L7(&inner).Pooled(client, dst80) {
+		t.Fatal("L7 wrapper did not pass Pooled through")
+	}
 	got := values(t, reg)
 	want(t, got, map[string]float64{
 		`detour_http_requests_total{code_class=2xx}`:                            2,
@@ -258,9 +262,13 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 	}
 }
 
-type fakeL7 struct{ n int }
+type fakeL7 struct {
+	n      int
+	pooled bool
+}
 
 func (f *fakeL7) ServeConn(net.Conn, netip.AddrPort, netip.AddrPort, *net.TCPConn, error) { f.n++ }
+func (f *fakeL7) Pooled(netip.AddrPort, netip.AddrPort) bool                              { return f.pooled }
 
 // TestOpenFunc: with Options.Open the active gauge is read from the server.
 func TestOpenFunc(t *testing.T) {

@@ -30,9 +30,11 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 const dialFailGrace = 200 * time.Millisecond
 
 type dialed struct {
-	up  *net.TCPConn
-	err error
-	dur time.Duration
+	up    *net.TCPConn
+	err   error
+	dur   time.Duration
+	spoke bool        // the server sent bytes before the client: a banner
+	grace *time.Timer // after a failed connect: ends the sniff soon
 }
 
 type sniffed struct {
@@ -44,68 +46,55 @@ type sniffed struct {
 // first bytes, so a server that speaks first (SMTP, SSH, MySQL banners) is
 // noticed the moment its banner arrives instead of after a sniffing
 // timeout. HTTP goes to L7, taking the connection already dialed as its
-// first pooled one; everything else is spliced at L4.
+// first pooled one; everything else is spliced at L4. A destination with
+// an idle pooled HTTP connection (L7.Pooled) is not dialed while sniffing:
+// L7 reuses that connection, and L4, for a client that turns out not to
+// speak HTTP, dials once the sniff has decided.
+//
+// The sniff runs on this goroutine and the connect, then the wait for a
+// banner, on one other, which interrupts the sniff: a connection waiting
+// for its client's first bytes holds two goroutines, or one.
 func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Record) bool {
 	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
 	defer stopSniff()
 
-	dialc := make(chan dialed, 1)
-	go func() {
+	dial := func() dialed {
 		start := time.Now()
 		up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
-		dialc <- dialed{up, err, time.Since(start)}
-	}()
-	sniffc := make(chan sniffed, 1)
-	go func() {
-		r, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
-		sniffc <- sniffed{r, err}
-	}()
-
-	var (
-		d      dialed
-		haveD  bool
-		spoke  chan error
-		result sniffed
-	)
-	for decided := false; !decided; {
-		select {
-		case d = <-dialc:
-			haveD = true
+		return dialed{up: up, err: err, dur: time.Since(start)}
+	}
+	var dialc chan dialed // nil: no connect while sniffing
+	if !o.HTTP.Pooled(c.Client, c.OrigDst) {
+		dialc = make(chan dialed, 1)
+		go func() {
+			d := dial()
 			if d.err != nil {
 				// An HTTP client gets a 503 only if its request is seen, and it
 				// sends it right after connecting: wait a moment for it, not
 				// the whole sniffing timeout.
-				t := time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
-				defer t.Stop()
-				continue
-			}
-			spoke = make(chan error, 1)
-			go func() { spoke <- sniff.WaitReadable(sniffCtx, d.up) }()
-		case result = <-sniffc:
-			decided = true
-		case err := <-spoke:
-			spoke = nil
-			if err == nil { // the server spoke first: a banner protocol
-				if log.debug {
-					log.get().Debug("upstream spoke first; forwarding at L4")
-				}
+				d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
+			} else if sniff.WaitReadable(sniffCtx, d.up) == nil {
+				d.spoke = true
 				stopSniff()
-				result = <-sniffc
-				result.res = sniff.Result{Protocol: sniff.Unknown}
-				result.err = nil
-				decided = true
 			}
+			dialc <- d // after WaitReadable cleared its deadline on d.up
+		}()
+	}
+	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
+	stopSniff() // ends the wait for a banner
+	result := sniffed{res, err}
+	var d dialed
+	if dialc != nil {
+		d = <-dialc
+		if d.grace != nil {
+			d.grace.Stop()
 		}
 	}
-	stopSniff()
-	if spoke != nil {
-		<-spoke // its deadline on the upstream conn must be cleared before use
-	}
-	if !haveD {
-		d = <-dialc
-	}
-	if d.err == nil {
-		rec.ConnectDuration = d.dur
+	if d.spoke && err != nil { // the banner, not the client, ended the sniff
+		if log.debug {
+			log.get().Debug("upstream spoke first; forwarding at L4")
+		}
+		result = sniffed{res: sniff.Result{Protocol: sniff.Unknown}}
 	}
 
 	switch result.res.Protocol {
@@ -130,10 +119,14 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 	if log.debug {
 		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
 	}
+	if dialc == nil { // not dialed while sniffing: dial now
+		d = dial()
+	}
 	if d.err != nil {
 		s.failDial(log, c, &rec, d.err)
 		return false
 	}
+	rec.ConnectDuration = d.dur
 	if log.debug {
 		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
 	}

@@ -39,8 +39,15 @@ const (
 // upstream connection to origDst already open, to be used first; dialErr,
 // when not nil, is why the connect to origDst made while sniffing failed,
 // for the first request's answer (instead of a second connect attempt).
+//
+// Pooled reports whether a request to origDst would find an idle upstream
+// connection: that destination has answered HTTP, and an HTTP server never
+// speaks first, so auto mode does not connect while it sniffs. Without this,
+// every short-lived client connection in auto mode opened an upstream
+// connection of its own, which the pool, already full, then closed.
 type L7 interface {
 	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error)
+	Pooled(client, origDst netip.AddrPort) bool
 }
 
 // Options configures a Server.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -95,22 +96,36 @@ func interruptRead(ctx context.Context, c *net.TCPConn) (release func()) {
 //
 // While the prefix is not final the socket stays readable, so Sniff polls
 // with a short back-off (1ms doubling to 20ms) instead of spinning.
+//
+// A client that has sent nothing yet is waited for without a buffer; the
+// first buffer comes from a pool and goes back when Sniff returns, so
+// connections waiting for their first bytes hold none.
 func Sniff(ctx context.Context, c *net.TCPConn, maxWait time.Duration) (Result, error) {
 	wctx, cancel := context.WithTimeout(ctx, maxWait)
 	defer cancel()
 	res := Result{Protocol: Unknown}
-	buf := make([]byte, 4<<10)
+	failed := func(err error) (Result, error) {
+		switch {
+		case ctx.Err() != nil:
+			return res, ctx.Err()
+		case wctx.Err() != nil:
+			return res, nil // maxWait: the best guess so far
+		}
+		return res, err
+	}
+	var first [1]byte
+	if _, err := Peek(wctx, c, first[:]); err != nil && err != io.EOF {
+		return failed(err)
+	}
+	pooled := peekBufs.Get().(*[]byte)
+	defer peekBufs.Put(pooled)
+	buf := *pooled
 	const minBackoff, maxBackoff = time.Millisecond, 20 * time.Millisecond
 	backoff, seen := minBackoff, 0
 	for {
 		n, err := Peek(wctx, c, buf)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return res, ctx.Err()
-		case err != nil && wctx.Err() != nil:
-			return res, nil // maxWait: the best guess so far
-		case err != nil:
-			return res, err
+		if err != nil {
+			return failed(err)
 		}
 		var final bool
 		res, final = Classify(buf[:n])
@@ -132,6 +147,13 @@ func Sniff(ctx context.Context, c *net.TCPConn, maxWait time.Duration) (Result, 
 		backoff = min(2*backoff, maxBackoff)
 	}
 }
+
+// peekBufs are Sniff's first buffers, big enough for a request line and
+// most ClientHellos; a longer prefix grows into one of its own.
+var peekBufs = sync.Pool{New: func() any {
+	b := make([]byte, 4<<10)
+	return &b
+}}
 
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
