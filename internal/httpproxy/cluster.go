@@ -174,7 +174,11 @@ func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) {
 	h.lastUsed = time.Now()
 }
 
-// dropPreDialed closes conn if no request took it.
+// dropPreDialed runs when the client connection that brought conn ends.
+// If no request took conn, it joins the fast path's pool when that has
+// room and the upstream has not closed it, and is closed otherwise: a
+// connection made while sniffing that a pooled one made unnecessary serves
+// a later request instead of leaving a TIME_WAIT behind.
 func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 	c.mu.Lock()
 	h := c.hosts[k]
@@ -186,9 +190,17 @@ func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 		}
 	}
 	c.mu.Unlock()
-	if found {
-		conn.Close()
+	if !found {
+		return
 	}
+	l := newUpLink(conn, h)
+	if !l.alive() {
+		conn.Close()
+		return
+	}
+	h.connects.Add(1)
+	h.open.Add(1)
+	c.putLink(l) // or closes it
 }
 
 // dial is the host's Transport.DialContext: a pre-dialed connection if one

@@ -659,15 +659,24 @@ func TestPreDialedConnectionIsUsedFirst(t *testing.T) {
 	c.Close()
 	<-done // ServeConn returns when the client connection is done
 
-	// A pre-dialed connection nobody needed (the pool had one) is closed.
+	// A pre-dialed connection nobody needed (the pool had one) joins the
+	// pool instead of being closed, and serves the next request that needs
+	// a connection of the fast path's pool.
 	c, done = serve()
 	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	readResponse(t, bufio.NewReader(c), "GET")
 	c.Close()
 	<-done
-	eventually(t, "unused pre-dialed connection closed", func() bool { return up.closed.Load() == 1 })
-	if h := f.p.Hosts(); len(h) != 1 || h[0].Connects != 1 || h[0].Reuses != 1 {
-		t.Errorf("hosts %+v", h)
+	if h := f.p.Hosts(); len(h) != 1 || h[0].Connects != 2 || h[0].Reuses != 1 || h[0].Idle != 2 || up.closed.Load() != 0 {
+		t.Errorf("hosts %+v, upstream closed %d; want the unused pre-dialed connection pooled", h, up.closed.Load())
+	}
+	fc, fr := f.raw(t) // a TCP client: the fast path, whose pool has it
+	fmt.Fprint(fc, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, _ := readResponse(t, fr, "GET"); res.StatusCode != 200 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	if n := up.accepted.Load(); n != 2 {
+		t.Errorf("upstream accepted %d connections, want 2 (no new one)", n)
 	}
 }
 
