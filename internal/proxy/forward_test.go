@@ -35,33 +35,46 @@ func (l *recordingL7) ServeConn(c net.Conn, _, origDst netip.AddrPort, preDialed
 	l.got <- servedConn{origDst, preDialed, dialErr}
 }
 
-// TestAutoPassesFailedPreDialToL7: in auto mode, when the connect made
-// while sniffing failed and the client speaks HTTP, L7 gets that error (to
-// answer 503 at once) instead of dialing a second time.
-func TestAutoPassesFailedPreDialToL7(t *testing.T) {
+// listenLoopback returns a listener on a free loopback port, closed when
+// the test ends.
+func listenLoopback(t *testing.T) *net.TCPListener {
+	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	closed, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// connect returns both ends of a new connection to ln.
+func connect(t *testing.T, ln *net.TCPListener) (client, server *net.TCPConn) {
+	t.Helper()
+	client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+// TestAutoPassesFailedPreDialToL7: in auto mode, when the connect made
+// while sniffing failed and the client speaks HTTP, L7 gets that error (to
+// answer 503 at once) instead of dialing a second time.
+func TestAutoPassesFailedPreDialToL7(t *testing.T) {
+	ln := listenLoopback(t)
+	closed := listenLoopback(t)
 	dst := closed.Addr().(*net.TCPAddr).AddrPort()
 	closed.Close() // nobody listens: the connect is refused
 
 	l7 := &recordingL7{got: make(chan servedConn, 1)}
 	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto, HTTP: l7})
 	for _, req := range []string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"} {
-		cli, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, err := ln.AcceptTCP()
-		if err != nil {
-			t.Fatal(err)
-		}
+		cli, srv := connect(t, ln)
 		io.WriteString(cli, req)
 		c := &listen.Conn{TCPConn: srv, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
 		go s.forward(s.cur.Load(), newConnLog(s.log, 1), c)
@@ -83,16 +96,7 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 // HTTP goes to L7 with no connection of its own, and anything else is
 // dialed once sniffed and still forwarded whole.
 func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	up, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
+	ln, up := listenLoopback(t), listenLoopback(t)
 	dst := up.Addr().(*net.TCPAddr).AddrPort()
 
 	for _, tc := range []struct {
@@ -109,15 +113,7 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			l7 := &recordingL7{got: make(chan servedConn, 1), pooled: tc.pooled}
 			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto, HTTP: l7})
-			cli, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cli.Close()
-			srv, err := ln.AcceptTCP()
-			if err != nil {
-				t.Fatal(err)
-			}
+			cli, srv := connect(t, ln)
 			io.WriteString(cli, tc.first)
 			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
 			s.open.Add(1) // as accept does: an L4 copy releases it
