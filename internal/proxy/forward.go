@@ -37,11 +37,6 @@ type dialed struct {
 	grace *time.Timer // after a failed connect: ends the sniff soon
 }
 
-type sniffed struct {
-	res sniff.Result
-	err error
-}
-
 // forwardAuto dials the destination at once while it peeks at the client's
 // first bytes, so a server that speaks first (SMTP, SSH, MySQL banners) is
 // noticed the moment its banner arrives instead of after a sniffing
@@ -82,7 +77,6 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 	}
 	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
 	stopSniff() // ends the wait for a banner
-	result := sniffed{res, err}
 	var d dialed
 	if dialc != nil {
 		d = <-dialc
@@ -94,13 +88,13 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 		if log.debug {
 			log.get().Debug("upstream spoke first; forwarding at L4")
 		}
-		result = sniffed{res: sniff.Result{Protocol: sniff.Unknown}}
+		res, err = sniff.Result{Protocol: sniff.Unknown}, nil
 	}
 
-	switch result.res.Protocol {
+	switch res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
 		if log.debug {
-			log.get().Debug("sniffed", "protocol", result.res.Protocol, "forwarding", "L7")
+			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
 		}
 		// When the connect failed, L7 answers the first request 503 with
 		// d.err's reason instead of waiting for a second connect. A pooled
@@ -111,11 +105,11 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
 		return false
 	}
-	if log.debug && result.err != nil && d.err == nil && result.res.N == 0 {
+	if log.debug && err != nil && d.err == nil && res.N == 0 {
 		// The client closed (or failed) before sending anything: nothing to forward.
-		log.get().Debug("client closed before sending", "err", result.err)
+		log.get().Debug("client closed before sending", "err", err)
 	}
-	rec.Protocol, rec.SNI = l4ProtocolName(result.res.Protocol), result.res.SNI
+	rec.Protocol, rec.SNI = l4ProtocolName(res.Protocol), res.SNI
 	if log.debug {
 		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
 	}
