@@ -19,7 +19,11 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
 		return false
 	case ProtocolAuto:
-		return s.forwardAuto(o, log, c, rec)
+		// Sniffing returns before the connection is served, so that the
+		// served connection's goroutine keeps no sniffing frame on its
+		// stack (presizeStack's 8 KiB would not hold L7 beneath it).
+		res, d, err := s.sniffAuto(o, log, c)
+		return s.forwardSniffed(o, log, c, rec, res, err, d)
 	default:
 		return s.forwardL4(o, log, c, nil, rec)
 	}
@@ -37,32 +41,32 @@ type dialed struct {
 	grace *time.Timer // after a failed connect: ends the sniff soon
 }
 
-// forwardAuto dials the destination at once while it peeks at the client's
-// first bytes, so a server that speaks first (SMTP, SSH, MySQL banners) is
-// noticed the moment its banner arrives instead of after a sniffing
-// timeout. HTTP goes to L7, taking the connection already dialed as its
-// first pooled one; everything else is spliced at L4. A destination with
-// an idle pooled HTTP connection (L7.Pooled) is not dialed while sniffing:
-// L7 reuses that connection, and L4, for a client that turns out not to
-// speak HTTP, dials once the sniff has decided.
+// sniffAuto tells L7 from L4 by a connection's first bytes. Bytes
+// queued already (an HTTP client's request usually arrives with its
+// connection) decide at once. Otherwise it dials the destination while it
+// waits for them, so a server that speaks first (SMTP, SSH, MySQL banners)
+// is noticed the moment its banner arrives instead of after a sniffing
+// timeout, and HTTP takes that connection as its first pooled one. A
+// destination with an idle pooled HTTP connection (L7.Pooled) is not dialed
+// while sniffing: it answered HTTP, and an HTTP server never speaks first.
 //
 // The sniff runs on this goroutine and the connect, then the wait for a
 // banner, on one other, which interrupts the sniff: a connection waiting
-// for its client's first bytes holds two goroutines, or one.
-func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Record) bool {
+// for its client's first bytes holds two goroutines, or one. It returns
+// the sniff's result, the connect made meanwhile (nil if none was) and the
+// sniff's error.
+func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Result, *dialed, error) {
+	if res, final := sniff.Now(c.TCPConn); final {
+		return res, nil, nil
+	}
 	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
 	defer stopSniff()
 
-	dial := func() dialed {
-		start := time.Now()
-		up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
-		return dialed{up: up, err: err, dur: time.Since(start)}
-	}
 	var dialc chan dialed // nil: no connect while sniffing
 	if !o.HTTP.Pooled(c.Client, c.OrigDst) {
 		dialc = make(chan dialed, 1)
 		go func() {
-			d := dial()
+			d := s.dial(o, c)
 			if d.err != nil {
 				// An HTTP client gets a 503 only if its request is seen, and it
 				// sends it right after connecting: wait a moment for it, not
@@ -77,12 +81,12 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 	}
 	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
 	stopSniff() // ends the wait for a banner
-	var d dialed
-	if dialc != nil {
-		d = <-dialc
-		if d.grace != nil {
-			d.grace.Stop()
-		}
+	if dialc == nil {
+		return res, nil, err
+	}
+	d := <-dialc
+	if d.grace != nil {
+		d.grace.Stop()
 	}
 	if d.spoke && err != nil { // the banner, not the client, ended the sniff
 		if log.debug {
@@ -90,11 +94,28 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 		}
 		res, err = sniff.Result{Protocol: sniff.Unknown}, nil
 	}
+	return res, &d, err
+}
 
+// dial connects to the connection's original destination.
+func (s *Server) dial(o *Options, c *listen.Conn) dialed {
+	start := time.Now()
+	up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
+	return dialed{up: up, err: err, dur: time.Since(start)}
+}
+
+// forwardSniffed sends a sniffed connection to L7 or L4; d is the connect
+// made while sniffing, or nil if none was (L7 then uses its pool or dials,
+// L4 dials now). err is the sniff's.
+func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4Record, res sniff.Result, err error, d *dialed) bool {
 	switch res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
 		if log.debug {
 			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
+		}
+		if d == nil {
+			o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+			return false
 		}
 		// When the connect failed, L7 answers the first request 503 with
 		// d.err's reason instead of waiting for a second connect. A pooled
@@ -105,7 +126,7 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
 		return false
 	}
-	if log.debug && err != nil && d.err == nil && res.N == 0 {
+	if log.debug && err != nil && res.N == 0 {
 		// The client closed (or failed) before sending anything: nothing to forward.
 		log.get().Debug("client closed before sending", "err", err)
 	}
@@ -113,8 +134,9 @@ func (s *Server) forwardAuto(o *Options, log *connLog, c *listen.Conn, rec L4Rec
 	if log.debug {
 		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
 	}
-	if dialc == nil { // not dialed while sniffing: dial now
-		d = dial()
+	if d == nil {
+		dd := s.dial(o, c)
+		d = &dd
 	}
 	if d.err != nil {
 		s.failDial(log, c, &rec, d.err)

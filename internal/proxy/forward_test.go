@@ -10,6 +10,7 @@ import (
 
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/upstream"
+	"golang.org/x/sys/unix"
 )
 
 // recordingL7 notes what ServeConn was handed; pooled is its answer to
@@ -62,9 +63,30 @@ func connect(t *testing.T, ln *net.TCPListener) (client, server *net.TCPConn) {
 	return client, server
 }
 
+// waitQueued waits until c has n bytes queued to read, so that what a test
+// sent is there when the code under test first looks.
+func waitQueued(t *testing.T, c *net.TCPConn, n int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		queued := 0
+		rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if queued >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes queued after 5s", queued, n)
+		}
+	}
+}
+
 // TestAutoPassesFailedPreDialToL7: in auto mode, when the connect made
 // while sniffing failed and the client speaks HTTP, L7 gets that error (to
-// answer 503 at once) instead of dialing a second time.
+// answer 503 at once) instead of dialing a second time. The clients' first
+// bytes do not decide at once, so the connect is made while sniffing.
 func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 	ln := listenLoopback(t)
 	closed := listenLoopback(t)
@@ -73,9 +95,10 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 
 	l7 := &recordingL7{got: make(chan servedConn, 1)}
 	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto, HTTP: l7})
-	for _, req := range []string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"} {
+	for _, req := range []string{"GET ", "PRI * HTTP/2.0\r\n"} {
 		cli, srv := connect(t, ln)
 		io.WriteString(cli, req)
+		waitQueued(t, srv, len(req))
 		c := &listen.Conn{TCPConn: srv, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
 		go s.forward(s.cur.Load(), newConnLog(s.log, 1), c)
 		select {
@@ -91,30 +114,36 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 	}
 }
 
-// TestAutoDialsWhileSniffingOnlyWithoutPool: auto mode connects to the
-// destination while it sniffs unless L7 has an idle connection there. Then
-// HTTP goes to L7 with no connection of its own, and anything else is
+// TestAutoDialsWhileSniffingOnlyWithoutPool: auto mode decides at once on
+// first bytes that arrived with the connection. Otherwise it connects to
+// the destination while it sniffs, unless L7 has an idle connection there;
+// then HTTP goes to L7 with no connection of its own, and anything else is
 // dialed once sniffed and still forwarded whole.
 func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 	ln, up := listenLoopback(t), listenLoopback(t)
 	dst := up.Addr().(*net.TCPAddr).AddrPort()
+	const req = "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+	const ssh = "SSH-2.0-test\r\n"
 
 	for _, tc := range []struct {
 		name          string
 		pooled        bool
-		first         string
+		first, rest   string // sent before the connection is handed over; after
 		wantL7        bool
 		wantPreDialed bool
 	}{
-		{"HTTP, nothing pooled", false, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, true},
-		{"HTTP, pooled", true, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, false},
-		{"not HTTP, pooled", true, "SSH-2.0-test\r\n", false, false},
+		{"HTTP at once", false, req, "", true, false},
+		{"HTTP in two parts, nothing pooled", false, req[:4], req[4:], true, true},
+		{"HTTP in two parts, pooled", true, req[:4], req[4:], true, false},
+		{"not HTTP at once", false, ssh, "", false, false},
+		{"not HTTP later, pooled", true, "", ssh, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l7 := &recordingL7{got: make(chan servedConn, 1), pooled: tc.pooled}
 			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto, HTTP: l7})
 			cli, srv := connect(t, ln)
 			io.WriteString(cli, tc.first)
+			waitQueued(t, srv, len(tc.first))
 			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
 			s.open.Add(1) // as accept does: an L4 copy releases it
 			s.conns.Add(1)
@@ -123,20 +152,30 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 					s.release()
 				}
 			}()
-
-			if !tc.wantL7 {
-				// Forwarded at L4: the upstream gets a connection and the
-				// client's bytes.
+			accept := func() net.Conn {
+				t.Helper()
 				up.SetDeadline(time.Now().Add(5 * time.Second))
 				uc, err := up.Accept()
 				if err != nil {
 					t.Fatalf("no upstream connection: %v", err)
 				}
-				defer uc.Close()
+				t.Cleanup(func() { uc.Close() })
+				return uc
+			}
+			if tc.wantPreDialed {
+				accept() // the connect made while sniffing, before the rest
+			}
+			io.WriteString(cli, tc.rest)
+
+			if !tc.wantL7 {
+				// Forwarded at L4: the upstream gets a connection and the
+				// client's bytes.
+				uc := accept()
 				uc.SetDeadline(time.Now().Add(5 * time.Second))
-				b := make([]byte, len(tc.first))
-				if _, err := io.ReadFull(uc, b); err != nil || string(b) != tc.first {
-					t.Fatalf("upstream read %q, %v; want %q", b, err, tc.first)
+				want := tc.first + tc.rest
+				b := make([]byte, len(want))
+				if _, err := io.ReadFull(uc, b); err != nil || string(b) != want {
+					t.Fatalf("upstream read %q, %v; want %q", b, err, want)
 				}
 				return
 			}
@@ -148,15 +187,14 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("not handed to L7")
 			}
-			// A connect made while sniffing is in the backlog by now (L7 is
-			// handed the connection only after it finished).
-			up.SetDeadline(time.Now().Add(50 * time.Millisecond))
-			uc, err := up.Accept()
-			if dialed := err == nil; dialed != tc.wantPreDialed {
-				t.Errorf("upstream accepted a connection: %v, want %v", dialed, tc.wantPreDialed)
-			}
-			if uc != nil {
-				uc.Close()
+			if !tc.wantPreDialed {
+				// A connect made while sniffing would be in the backlog by
+				// now (L7 is handed the connection only after it finished).
+				up.SetDeadline(time.Now().Add(50 * time.Millisecond))
+				if uc, err := up.Accept(); err == nil {
+					uc.Close()
+					t.Error("upstream accepted a connection; want none before L7 asks")
+				}
 			}
 		})
 	}

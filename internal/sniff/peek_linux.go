@@ -148,6 +148,39 @@ func Sniff(ctx context.Context, c *net.TCPConn, maxWait time.Duration) (Result, 
 	}
 }
 
+// Now classifies the bytes c has queued already, without waiting; final
+// reports whether they decide the protocol (Classify). With nothing queued,
+// a socket error or a prefix that is not final it returns false, and Sniff
+// is the way on. A client whose first bytes arrive with its connection, as
+// an HTTP client's request does, is so decided without a wait or a timer.
+func Now(c *net.TCPConn) (res Result, final bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Result{Protocol: Unknown}, false
+	}
+	pooled := peekBufs.Get().(*[]byte)
+	defer peekBufs.Put(pooled)
+	buf := *pooled
+	n := 0
+	rc.Control(func(fd uintptr) {
+		for {
+			m, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err != unix.EINTR {
+				if err == nil {
+					n = m
+				}
+				return
+			}
+		}
+	})
+	if n == 0 {
+		return Result{Protocol: Unknown}, false
+	}
+	res, final = Classify(buf[:n])
+	res.N = n
+	return res, final
+}
+
 // peekBufs are Sniff's first buffers, big enough for a request line and
 // most ClientHellos; a longer prefix grows into one of its own.
 var peekBufs = sync.Pool{New: func() any {

@@ -175,3 +175,43 @@ func TestWaitReadable(t *testing.T) {
 		t.Fatalf("banner consumed: %q %v", b, err)
 	}
 }
+
+// Now decides on queued bytes without waiting and leaves them queued.
+func TestNow(t *testing.T) {
+	for _, tc := range []struct {
+		name, sent string
+		want       Protocol
+		final      bool
+	}{
+		{"nothing yet", "", Unknown, false},
+		{"a whole request line", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", HTTP1, true},
+		{"a prefix", "GE", Unknown, false},
+		{"not HTTP", "SSH-2.0-x\r\n", Unknown, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, c := pair(t)
+			c.Write([]byte(tc.sent))
+			if tc.sent != "" { // wait until all of it is queued
+				buf := make([]byte, len(tc.sent))
+				for n := 0; n < len(tc.sent); time.Sleep(time.Millisecond) {
+					var err error
+					if n, err = Peek(context.Background(), a, buf); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			r, final := Now(a)
+			if final != tc.final || (final && r.Protocol != tc.want) || r.N != len(tc.sent) {
+				t.Fatalf("Now = %+v, %v; want %v, %v after %d bytes", r, final, tc.want, tc.final, len(tc.sent))
+			}
+			if tc.sent == "" {
+				return
+			}
+			got := make([]byte, len(tc.sent))
+			a.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(a, got); err != nil || string(got) != tc.sent {
+				t.Fatalf("read after Now = %q, %v", got, err)
+			}
+		})
+	}
+}
