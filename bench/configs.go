@@ -34,6 +34,7 @@ var configSpecs = []configSpec{
 	{Name: "splice", Label: "Go splice", Proxy: true},
 	{Name: "base-l4", Label: "baseline L4", Proxy: true, Protocol: "tcp", Baseline: true},
 	{Name: "base-l7", Label: "baseline L7", Proxy: true, L7: true, Protocol: "http", Baseline: true},
+	{Name: "base-auto", Label: "baseline auto", Proxy: true, Protocol: "auto", Baseline: true},
 }
 
 // httpAtL7 says whether the config must carry the bench's HTTP requests

@@ -38,7 +38,7 @@ type options struct {
 	detourBin    string
 	baselineBin  string
 	detourArgs   []string // more `detour run` flags for detour-l4, detour-l7 and detour-auto
-	baselineArgs []string // and for base-l4 and base-l7
+	baselineArgs []string // and for base-l4, base-l7 and base-auto
 	idleConns    int
 	nginxWorkers string
 	haproxySplic bool
@@ -74,7 +74,7 @@ func benchMain(args []string) int {
 	var configs, workloads string
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each round runs every config once, in a rotated order")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk and iperf3 run")
-	fs.StringVar(&configs, "configs", strings.Join(defaultConfigs(), ","), "configs to run, comma-separated (base-l4 and base-l7 need -baseline)")
+	fs.StringVar(&configs, "configs", strings.Join(defaultConfigs(), ","), "configs to run, comma-separated (base-l4, base-l7 and base-auto need -baseline)")
 	fs.StringVar(&workloads, "workloads", strings.Join(workloadNames(), ","), "workloads to run, comma-separated")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: 1 round × 2 s and 1,000 idle connections (explicit -rounds/-duration/-idle-conns win)")
 	fs.StringVar(&o.jsonFile, "json", "", "write every sample, the medians and the ratios as JSON to this file")
@@ -82,8 +82,8 @@ func benchMain(args []string) int {
 	fs.StringVar(&o.detourBin, "detour", "", "detour binary to use (default: go build ./cmd/detour into a temporary directory)")
 	var detourArgs, baselineArgs string
 	fs.StringVar(&detourArgs, "detour-args", "", "more `detour run` flags for detour-l4, detour-l7 and detour-auto, space-separated (e.g. \"--tcp-loops 1\")")
-	fs.StringVar(&baselineArgs, "baseline-args", "", "more `detour run` flags for base-l4 and base-l7: with the same binary as -detour and -baseline, compares two settings")
-	fs.StringVar(&o.baselineBin, "baseline", "", "a second detour binary (say, the build before a change) run as base-l4 and base-l7 beside detour-l4 and detour-l7, in the same rounds; the ratios table compares them")
+	fs.StringVar(&baselineArgs, "baseline-args", "", "more `detour run` flags for base-l4, base-l7 and base-auto: with the same binary as -detour and -baseline, compares two settings")
+	fs.StringVar(&o.baselineBin, "baseline", "", "a second detour binary (say, the build before a change) run as base-l4, base-l7 and base-auto beside detour-l4, detour-l7 and detour-auto, in the same rounds; the ratios table compares them")
 	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle client connections held open for the memory workload")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "nginx worker_processes (a number or auto)")
 	fs.BoolVar(&o.haproxySplic, "haproxy-splice", false, "add `option splice-auto` to HAProxy (off by default, as in Debian's stock config)")
@@ -137,7 +137,7 @@ func benchMain(args []string) int {
 			return 2
 		}
 	} else if slices.ContainsFunc(o.configs, func(c string) bool { return specOf(c).Baseline }) {
-		fmt.Fprintln(os.Stderr, "bench: base-l4 and base-l7 run the -baseline binary: give -baseline")
+		fmt.Fprintln(os.Stderr, "bench: base-l4, base-l7 and base-auto run the -baseline binary: give -baseline")
 		return 2
 	}
 	if o.workloads, err = pick("workload", workloads, workloadNames()); err != nil {

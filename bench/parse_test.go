@@ -228,6 +228,7 @@ func TestWithBaselines(t *testing.T) {
 		{"direct,detour-l4,detour-l7,haproxy-tcp", "direct,detour-l4,base-l4,detour-l7,base-l7,haproxy-tcp"},
 		{"detour-l7,base-l7", "detour-l7,base-l7"},
 		{"haproxy-http,splice", "haproxy-http,splice"},
+		{"detour-l7,detour-auto", "detour-l7,base-l7,detour-auto,base-auto"},
 	} {
 		if got := strings.Join(withBaselines(strings.Split(tc.in, ",")), ","); got != tc.want {
 			t.Errorf("withBaselines(%s) = %s, want %s", tc.in, got, tc.want)
@@ -236,6 +237,9 @@ func TestWithBaselines(t *testing.T) {
 	for _, c := range defaultConfigs() {
 		if specOf(c).Baseline {
 			t.Errorf("default configs include %s, which needs -baseline", c)
+		}
+		for _, b := range withBaselines([]string{c}) {
+			specOf(b) // panics for a baseline config that does not exist
 		}
 	}
 }
@@ -250,6 +254,7 @@ func TestUserArgs(t *testing.T) {
 		{"detour-auto", "--tcp-loops 2"},
 		{"base-l4", "--tcp-loops 1"},
 		{"base-l7", "--tcp-loops 1"},
+		{"base-auto", "--tcp-loops 1"},
 	} {
 		if got := strings.Join(o.userArgs(specOf(tc.config)), " "); got != tc.want {
 			t.Errorf("userArgs(%s) = %q, want %q", tc.config, got, tc.want)

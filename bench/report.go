@@ -93,6 +93,7 @@ var ratioPairs = []ratioPair{
 	{a: "detour-auto", b: "detour-l4", workloads: []string{"iperf1", "iperf4"}},
 	{a: "detour-l4", b: "base-l4"},
 	{a: "detour-l7", b: "base-l7"},
+	{a: "detour-auto", b: "base-auto"},
 }
 
 func median(v []float64) float64 {

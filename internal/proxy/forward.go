@@ -59,31 +59,28 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 	if res, final := sniff.Now(c.TCPConn); final {
 		return res, nil, nil
 	}
-	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
-	defer stopSniff()
-
-	var dialc chan dialed // nil: no connect while sniffing
-	if !o.HTTP.Pooled(c.Client, c.OrigDst) {
-		dialc = make(chan dialed, 1)
-		go func() {
-			d := s.dial(o, c)
-			if d.err != nil {
-				// An HTTP client gets a 503 only if its request is seen, and it
-				// sends it right after connecting: wait a moment for it, not
-				// the whole sniffing timeout.
-				d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
-			} else if sniff.WaitReadable(sniffCtx, d.up) == nil {
-				d.spoke = true
-				stopSniff()
-			}
-			dialc <- d // after WaitReadable cleared its deadline on d.up
-		}()
-	}
-	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
-	stopSniff() // ends the wait for a banner
-	if dialc == nil {
+	if o.HTTP.Pooled(c.Client, c.OrigDst) { // nothing to dial, nothing to race
+		res, err := sniff.Sniff(s.connCtx, c.TCPConn, o.SniffTimeout)
 		return res, nil, err
 	}
+	sniffCtx, stopSniff := context.WithCancel(s.connCtx)
+	defer stopSniff()
+	dialc := make(chan dialed, 1)
+	go func() {
+		d := s.dial(o, c)
+		if d.err != nil {
+			// An HTTP client gets a 503 only if its request is seen, and it
+			// sends it right after connecting: wait a moment for it, not
+			// the whole sniffing timeout.
+			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
+		} else if sniff.WaitReadable(sniffCtx, d.up) == nil {
+			d.spoke = true
+			stopSniff()
+		}
+		dialc <- d // after WaitReadable cleared its deadline on d.up
+	}()
+	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
+	stopSniff() // ends the wait for a banner
 	d := <-dialc
 	if d.grace != nil {
 		d.grace.Stop()
