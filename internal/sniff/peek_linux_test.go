@@ -13,7 +13,7 @@ import (
 
 // pair returns a connected loopback pair: the accepted side (what detour
 // holds) and the dialing side (the client).
-func pair(t *testing.T) (accepted, client *net.TCPConn) {
+func pair(t testing.TB) (accepted, client *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -220,21 +220,7 @@ func TestNow(t *testing.T) {
 // connection: one non-blocking MSG_PEEK into a pooled buffer and Classify.
 // The bytes stay queued, so every iteration sees the same request.
 func BenchmarkNow(b *testing.B) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ln.AcceptTCP()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer a.Close()
+	a, c := pair(b)
 	const req = "GET /some/path?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\r\n"
 	c.Write([]byte(req))
 	if _, err := Peek(context.Background(), a, make([]byte, 1)); err != nil {
