@@ -247,22 +247,22 @@ func orDefault[T comparable](v, def T) T {
 	return v
 }
 
-// ServeConn serves HTTP on c, an intercepted client connection from client
-// to origDst, and returns when the connection is finished (closed by either
-// side, idle, or the proxy shut down). The first bytes may still be queued
-// in the socket (sniffed with MSG_PEEK). preDialed, if not nil, is a fresh
-// connection to origDst that the destination's host uses as its first
-// upstream connection instead of dialing; it is closed if still unused when
-// c is done. dialErr, if not nil, is why a connection to origDst that the
-// caller dialed already (while sniffing) failed: the connection's first
-// request, if it goes to origDst, is answered 503 with that reason (flag
-// UF) without dialing again; later requests dial as usual.
 // Pooled reports whether origDst's host has an idle upstream connection
 // (proxy.L7).
 func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 	return p.hosts.hasIdle(p.hostKey(unmap(client), unmap(origDst)))
 }
 
+// ServeConn serves HTTP on c, an intercepted client connection from client
+// to origDst, and returns when the connection is finished (closed by either
+// side, idle, or the proxy shut down). The first bytes may still be queued
+// in the socket (sniffed with MSG_PEEK). preDialed, if not nil, is a fresh
+// connection to origDst that the destination's host uses as its first
+// upstream connection instead of dialing; if still unused when c is done,
+// it joins the pool (or is closed when the pool is full). dialErr, if not nil, is why a connection to origDst that the
+// caller dialed already (while sniffing) failed: the connection's first
+// request, if it goes to origDst, is answered 503 with that reason (flag
+// UF) without dialing again; later requests dial as usual.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	if preDialed != nil {
 		key := p.hostKey(unmap(client), unmap(origDst))

@@ -42,8 +42,7 @@ type dialed struct {
 }
 
 // sniffAuto tells L7 from L4 by a connection's first bytes. Bytes
-// queued already (an HTTP client's request usually arrives with its
-// connection) decide at once. Otherwise it dials the destination while it
+// queued already decide at once. Otherwise it dials the destination while it
 // waits for them, so a server that speaks first (SMTP, SSH, MySQL banners)
 // is noticed the moment its banner arrives instead of after a sniffing
 // timeout, and HTTP takes that connection as its first pooled one. A

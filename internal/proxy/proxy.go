@@ -44,7 +44,7 @@ const (
 // connection: that destination has answered HTTP, and an HTTP server never
 // speaks first, so auto mode does not connect while it sniffs. Without this,
 // every short-lived client connection in auto mode opened an upstream
-// connection of its own, which the pool, already full, then closed.
+// connection of its own, which L7 left unused for the pooled one.
 type L7 interface {
 	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error)
 	Pooled(client, origDst netip.AddrPort) bool
