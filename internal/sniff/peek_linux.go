@@ -151,8 +151,8 @@ func Sniff(ctx context.Context, c *net.TCPConn, maxWait time.Duration) (Result, 
 // Now classifies the bytes c has queued already, without waiting; final
 // reports whether they decide the protocol (Classify). With nothing queued,
 // a socket error or a prefix that is not final it returns false, and Sniff
-// is the way on. A client whose first bytes arrive with its connection, as
-// an HTTP client's request does, is so decided without a wait or a timer.
+// is the way on. A client whose first bytes arrived with its connection is
+// so decided without a wait or a timer.
 func Now(c *net.TCPConn) (res Result, final bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
