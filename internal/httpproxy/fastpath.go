@@ -499,8 +499,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		if err == nil {
 			break
 		}
-		hst.inUse.Add(-1)
-		fc.cur.Store(nil)
+		fc.sendOff(x)
 		up.close()
 		if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
 			info.Flags |= DownstreamClosed
@@ -545,12 +544,18 @@ func (fc *fastConn) sendOn(x *request, up *upLink) {
 	x.info.Reused = up.reused
 }
 
+// sendOff notes that x no longer occupies its upstream connection: the
+// inverse of sendOn.
+func (fc *fastConn) sendOff(x *request) {
+	x.hst.inUse.Add(-1)
+	fc.cur.Store(nil)
+}
+
 // done ends x, whose response went to the client (or failed to): up is
 // kept or pooled when reusable, else closed, and x is recorded. It reports
 // whether the client connection may carry another request.
 func (fc *fastConn) done(x *request, up *upLink, keep, reusable bool) bool {
-	x.hst.inUse.Add(-1)
-	fc.cur.Store(nil)
+	fc.sendOff(x)
 	keep = keep && !x.h.closeConn
 	if reusable {
 		fc.keepLink(up, keep)

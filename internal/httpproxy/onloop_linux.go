@@ -496,7 +496,7 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	if r == backFlush {
 		return r, false
 	}
-	x.hst.inUse.Add(-1)
+	fc.sendOff(x)
 	p.finishFast(info)
 	ends, upCloses := r == backEnd || x.h.closeConn, rh.close
 	fc.end(x)

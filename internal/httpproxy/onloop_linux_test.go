@@ -82,6 +82,19 @@ func servedOnLoop(p *Proxy) (n uint64) {
 	return n
 }
 
+// inFlight counts the fast-path connections that name an upstream
+// connection as carrying their request (fastConn.cur), which abort closes.
+func inFlight(p *Proxy) (n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fc := range p.fast {
+		if fc.cur.Load() != nil {
+			n++
+		}
+	}
+	return n
+}
+
 // TestLoopServesKeepAlive checks that, after a connection's first request,
 // the loops serve its keep-alive requests whole, with the same result as
 // its goroutine: the response, the proxy's own fields upstream and back,
@@ -116,6 +129,12 @@ func TestLoopServesKeepAlive(t *testing.T) {
 			}
 			if n := servedOnLoop(f.p); n != tc.wantOnLoop {
 				t.Errorf("requests a loop served = %d, want %d", n, tc.wantOnLoop)
+			}
+			// Every response is recorded after its request let go of the
+			// upstream connection: a forced close must not close a kept
+			// (or, later, pooled) connection as if it were in use.
+			if n := inFlight(f.p); n != 0 {
+				t.Errorf("%d connections still name an upstream connection in use", n)
 			}
 			if n := up.accepted.Load(); n != 1 {
 				t.Errorf("upstream connections = %d, want 1", n)
