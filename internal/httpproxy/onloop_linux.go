@@ -396,15 +396,10 @@ func (fc *fastConn) startOnLoop() (started, whole bool) {
 	up := ls.up
 	up.reuse()
 	fc.sendOn(x, up)
-	n, err := writeNow(up.fd, x.out, x.body)
-	if err == nil && n < len(x.out)+len(x.body) {
-		err = unix.EAGAIN
-	}
-	if err != nil {
-		// The goroutine writes the rest (or meets the error again, and
-		// replaces the connection as for any pooled one).
-		x.unsent = unwritten(x.out, x.body, n)
-	}
+	// What the socket did not take, the goroutine writes (or meets the
+	// error again, and replaces the connection as for any pooled one).
+	var err error
+	x.unsent, err = writeRest(up.fd, x.out, x.body)
 	ls.state = stAwait
 	ls.due = deadline(x.sent, p.o.RouteTimeout)
 	return true, err == nil
@@ -474,14 +469,11 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	out := fc.fastResponseHead(ob[:0], ls.resp[:rh.size], rh, &x.h, info.UpstreamTime)
 	body := ls.resp[rh.size:total]
 	x.hst.onLoop.Add(1) // before the client can see the response
-	n, err := writeNow(fc.fd, out, body)
-	if err == nil && n < len(out)+len(body) {
-		err = unix.EAGAIN
-	}
+	rest, err := writeRest(fc.fd, out, body)
 	r := backNone
 	switch {
 	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
-		ls.pending = unwritten(out, body, n)
+		ls.pending = rest
 		r = backFlush
 	case err != nil:
 		info.Flags |= DownstreamClosed
@@ -584,8 +576,16 @@ func writeNow(fd int, a, b []byte) (int, error) {
 	}
 }
 
-// unwritten is a copy of what is left of a, then b, after n bytes of
-// them were written.
-func unwritten(a, b []byte, n int) []byte {
-	return append(append([]byte(nil), a[min(n, len(a)):]...), b[max(n-len(a), 0):]...)
+// writeRest writes a, then b, with one system call, without waiting. rest
+// is a copy of what the socket did not take (nil when it took all), and
+// err says why: EAGAIN for a short write.
+func writeRest(fd int, a, b []byte) (rest []byte, err error) {
+	n, err := writeNow(fd, a, b)
+	if err == nil && n < len(a)+len(b) {
+		err = unix.EAGAIN
+	}
+	if err != nil {
+		rest = append(append([]byte(nil), a[min(n, len(a)):]...), b[max(n-len(a), 0):]...)
+	}
+	return rest, err
 }
