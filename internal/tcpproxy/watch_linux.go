@@ -16,7 +16,7 @@ import (
 // stay open and in Go's netpoller throughout: the caller owns them, and
 // must neither use nor close them from another goroutine until Stop.
 //
-//	w, err := tcpproxy.NewWatch(clientFD, upstreamFD, serve)
+//	w, err := tcpproxy.NewWatch([2]int{clientFD, upstreamFD}, serve)
 //	// serve(w) runs on the loop: on events, and after w.Wake()
 //	// serve calls w.Stop() and hands the sockets back
 type Watch struct {
