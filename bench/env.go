@@ -391,6 +391,48 @@ func readProc(pid int) procStat {
 	return s
 }
 
+// machineCPU is the whole machine's CPU time, in USER_HZ ticks summed
+// over its CPUs: idle (idle and iowait) and busy (everything else, steal
+// included). On a machine the load generator, the proxy and the server
+// share, a proxy that costs the same per request but leaves the CPUs idle
+// more often (its wake-ups come late) serves fewer requests: the two
+// figures tell those apart.
+type machineCPU struct{ busy, idle int64 }
+
+func readMachineCPU() (machineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineCPU{}, err
+	}
+	return parseMachineCPU(b)
+}
+
+// parseMachineCPU reads /proc/stat's first line: "cpu user nice system
+// idle iowait irq softirq steal guest guest_nice" (guest time is already
+// counted in user and nice).
+func parseMachineCPU(b []byte) (machineCPU, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineCPU{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var v [8]int64
+	for i := range v {
+		n, err := strconv.ParseInt(f[1+i], 10, 64)
+		if err != nil {
+			return machineCPU{}, fmt.Errorf("/proc/stat: %w", err)
+		}
+		v[i] = n
+	}
+	idle := v[3] + v[4]
+	return machineCPU{busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], idle: idle}, nil
+}
+
+// since is the time spent between start and m.
+func (m machineCPU) since(start machineCPU) machineCPU {
+	return machineCPU{busy: m.busy - start.busy, idle: m.idle - start.idle}
+}
+
 // readRSS returns VmRSS from /proc/PID/status in bytes (0 if unknown).
 func readRSS(pid int) int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

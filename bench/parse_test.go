@@ -63,6 +63,37 @@ func TestParseVmRSS(t *testing.T) {
 	}
 }
 
+func TestParseMachineCPU(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     machineCPU
+		wantErr  bool
+	}{
+		{"kernel 6 line", "cpu  100 2 30 400 5 6 7 8 9 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n", machineCPU{busy: 100 + 2 + 30 + 6 + 7 + 8, idle: 405}, false},
+		{"no guest fields", "cpu 1 0 1 10 0 0 0 0\n", machineCPU{busy: 2, idle: 10}, false},
+		{"per-CPU line first", "cpu0 1 2 3 4 5 6 7 8\n", machineCPU{}, true},
+		{"too short", "cpu 1 2 3\n", machineCPU{}, true},
+		{"not a number", "cpu 1 2 x 4 5 6 7 8\n", machineCPU{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseMachineCPU([]byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	if d := (machineCPU{busy: 50, idle: 70}).since(machineCPU{busy: 20, idle: 60}); d != (machineCPU{busy: 30, idle: 10}) {
+		t.Errorf("since: got %+v", d)
+	}
+	if m, err := readMachineCPU(); err != nil || m.busy+m.idle <= 0 {
+		t.Errorf("this machine's /proc/stat: %+v, %v", m, err)
+	}
+}
+
 func TestMedianAndFormat(t *testing.T) {
 	if m := median([]float64{3, 1, 2}); m != 2 {
 		t.Errorf("median = %v", m)

@@ -49,12 +49,16 @@ func rowSpecs(idle int) []rowSpec {
 		{"keepalive", mP90, "same, p90 latency (ms)", true},
 		{"keepalive", mP99, "same, p99 latency (ms)", true},
 		{"keepalive", mCPUPerReq, "same, proxy CPU per request (µs)", true},
+		{"keepalive", mBusyPerReq, "same, whole machine's CPU per request (µs)", true},
+		{"keepalive", mIdleCPU, "same, machine idle (% of both CPUs)", true},
 		{"keepalive", mSyscalls, "same, proxy system calls per request (-syscalls)", true},
 		{"keepalive", mEagain, "same, of which returned EAGAIN", true},
 		{"keepalive", mServerConn, "same, connections nginx accepted", true},
 		{"close", mConnPerSec, "new connection per request (Connection: close): conn/s", false},
 		{"close", mP99, "same, p99 latency (ms)", true},
 		{"close", mCPUPerReq, "same, proxy CPU per connection (µs)", true},
+		{"close", mBusyPerReq, "same, whole machine's CPU per connection (µs)", true},
+		{"close", mIdleCPU, "same, machine idle (% of both CPUs)", true},
 		{"close", mSyscalls, "same, proxy system calls per connection (-syscalls)", true},
 		{"close", mEagain, "same, of which returned EAGAIN", true},
 		{"iperf1", mGbps, "iperf3, 1 stream: Gbit/s", false},
@@ -314,7 +318,7 @@ func fmtMetric(metric string, v float64) string {
 		return fmt.Sprintf("%.2f", v)
 	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k:
 		return fmt.Sprintf("%.1f", v)
-	case mCPUPerReq, mSyscalls, mEagain:
+	case mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU:
 		return fmt.Sprintf("%.1f", v)
 	}
 	return fmt.Sprintf("%.3g", v)

@@ -370,6 +370,7 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		rs = sampleRSS(p.Pid(), 100*time.Millisecond)
 	}
 	fg := newForeign(b.tn.Client.Path(), b.tn.Router.Path(), b.tn.Server.Path())
+	mc0, mcErr := readMachineCPU()
 	waitProfile := func() {}
 	if b.profiling(spec.Name) && w.Name != "idle" {
 		waitProfile = b.cpuProfile(ctx, &s)
@@ -406,6 +407,15 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		}
 	}
 	s.Seconds = time.Since(start).Seconds()
+	if mc1, err := readMachineCPU(); err == nil && mcErr == nil {
+		d := mc1.since(mc0)
+		if total := d.busy + d.idle; total > 0 {
+			s.Metrics[mIdleCPU] = 100 * float64(d.idle) / float64(total)
+		}
+		if n := (s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]) * b.o.duration.Seconds(); n > 0 {
+			s.Metrics[mBusyPerReq] = float64(d.busy) / clkTck * 1e6 / n
+		}
+	}
 	frac, top := fg.done(time.Since(start))
 	s.Metrics[mForeign] = frac * 100
 	if frac > 0.10 {

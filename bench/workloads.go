@@ -68,6 +68,8 @@ const (
 	mEagain     = "proxy_eagain_per_req"   // -syscalls: of mSyscalls, those that returned EAGAIN
 	mServerConn = "server_conns"           // connections nginx accepted during the run
 	mForeign    = "other_cpu_pct"          // CPU of processes outside the lab, % of one CPU
+	mIdleCPU    = "machine_idle_pct"       // the machine's idle time, % of all its CPUs' time
+	mBusyPerReq = "machine_cpu_us_per_req" // the machine's busy CPU time (load, proxy, server, kernel) per request
 )
 
 // wrkResult is what the harness reads from wrk's output.
