@@ -79,6 +79,10 @@ func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
+// Yield is sched_yield(2): other tasks queued on this CPU run first.
+// It returns at once when none is.
+func Yield() { unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+
 // Socket is socket(2).
 func Socket(domain, typ, proto int) (int, error) {
 	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))

@@ -49,6 +49,7 @@ type loop struct {
 	next    []*Pair
 	buf     [copyBufSize]byte // every read of a small burst lands here
 	serveFn func(uintptr) bool
+	yield   func() // rawsys.Yield; a test counts the calls
 }
 
 // wakeSlot marks the eventfd's events.
@@ -173,7 +174,7 @@ func (s *loopSet) start() {
 		return
 	}
 	for range loopCount(s.want) {
-		l, err := newLoop()
+		l, err := newLoop(rawsys.Yield)
 		if err != nil {
 			s.err = err
 			break
@@ -183,7 +184,8 @@ func (s *loopSet) start() {
 	s.started.Store(true)
 }
 
-func newLoop() (*loop, error) {
+// newLoop starts a loop whose thread calls yield before it parks.
+func newLoop(yield func()) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -204,7 +206,7 @@ func newLoop() (*loop, error) {
 		unix.Close(wakefd)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	l := &loop{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll")}
+	l := &loop{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll"), yield: yield}
 	l.rc, err = l.file.SyscallConn()
 	if err != nil {
 		l.file.Close()
@@ -233,6 +235,15 @@ func (l *loop) run() {
 // goes on while there are more or a pair has work left. It returns false
 // when the instance's ready list is empty: every later event then makes
 // epfd readable again, which Go's netpoller reports.
+//
+// Before it returns after handling events, the loop's thread yields its
+// CPU. The bytes it just wrote woke their readers (the load generator,
+// the server, another proxy), and the kernel tends to queue a task that
+// a socket write wakes on the writer's CPU; the thread would otherwise
+// keep that CPU while Go's scheduler looks for other work, and the woken
+// tasks wait behind it while the other CPU idles (bench/RESULTS.md,
+// 2026-12-05: machine idle time 0.1–0.4 × with the yield, L4 keep-alive
+// and new connections 1.09–1.11 ×).
 func (l *loop) serve(uintptr) bool {
 	for {
 		n, err := rawsys.EpollPoll(l.epfd, l.events[:])
@@ -245,6 +256,9 @@ func (l *loop) serve(uintptr) bool {
 		l.dispatch(l.events[:n])
 		l.turn()
 		if n < len(l.events) && len(l.again) == 0 {
+			if n > 0 {
+				l.yield()
+			}
 			return false
 		}
 	}

@@ -52,6 +52,63 @@ func inIOWait(head string) bool {
 // TestLoopParksInNetpoller guards that an idle loop parks: once the proxied
 // traffic has ended, every loop goroutine waits in Go's netpoller for its
 // epoll descriptor ("IO wait") instead of spinning on epoll_wait.
+// pumpCounter is a member that only reports its events.
+type pumpCounter struct{ pumps chan struct{} }
+
+func (p *pumpCounter) pump(*loop)              { p.pumps <- struct{}{} }
+func (p *pumpCounter) runTask(*loop, taskKind) {}
+func (p *pumpCounter) gone() bool              { return false }
+
+// TestLoopYieldsBeforeParking checks that the loop's thread yields its CPU
+// once each time it parks after handling events: a byte arriving on one
+// socket is one batch, one park and one yield.
+func TestLoopYieldsBeforeParking(t *testing.T) {
+	var yields atomic.Int32
+	l, err := newLoop(func() { yields.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds, peers [2]int
+	for i := range fds {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds[i], peers[i] = sp[0], sp[1]
+		t.Cleanup(func() { unix.Close(sp[0]); unix.Close(sp[1]) })
+	}
+	m := &pumpCounter{pumps: make(chan struct{}, 64)}
+	a, b := &endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}
+	if err := l.register(a, b); err != nil {
+		t.Fatal(err)
+	}
+	// settled waits until the count has not moved for 100 ms.
+	settled := func() int32 {
+		deadline := time.Now().Add(5 * time.Second)
+		for n := yields.Load(); time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			m := yields.Load()
+			if m == n {
+				return n
+			}
+			n = m
+		}
+		t.Fatal("the loop did not settle")
+		return 0
+	}
+	// Both sockets are writable at once: one or two batches.
+	receive(t, m.pumps, "first event")
+	before := settled()
+	if before < 1 {
+		t.Fatalf("%d yields after the first events, want at least 1", before)
+	}
+	unix.Write(peers[1], []byte("x"))
+	receive(t, m.pumps, "event for the byte")
+	if got := settled(); got != before+1 {
+		t.Fatalf("%d yields after one more event, want %d", got, before+1)
+	}
+}
+
 func TestLoopParksInNetpoller(t *testing.T) {
 	client, server, done := harness(t, Options{})
 	go func() { // echo until EOF, then pass the half-close back
