@@ -68,15 +68,7 @@ func TestLoopYieldsBeforeParking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var fds, peers [2]int
-	for i := range fds {
-		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fds[i], peers[i] = sp[0], sp[1]
-		t.Cleanup(func() { unix.Close(sp[0]); unix.Close(sp[1]) })
-	}
+	fds, peers := socketPairs(t)
 	m := &pumpCounter{pumps: make(chan struct{}, 64)}
 	a, b := &endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}
 	if err := l.register(a, b); err != nil {

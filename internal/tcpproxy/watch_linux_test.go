@@ -7,6 +7,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// socketPairs makes two non-blocking Unix socket pairs, closed when the
+// test ends: fds[i] for the loop, peers[i] for the test to act on.
+func socketPairs(t *testing.T) (fds, peers [2]int) {
+	t.Helper()
+	for i := range fds {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds[i], peers[i] = sp[0], sp[1]
+		t.Cleanup(func() { unix.Close(sp[0]); unix.Close(sp[1]) })
+	}
+	return fds, peers
+}
+
 // watchEvent is what serve saw in one call.
 type watchEvent struct {
 	readable, hup [2]bool
@@ -31,15 +46,7 @@ func TestWatch(t *testing.T) {
 			func(e watchEvent) bool { return !e.readable[0] && !e.readable[1] }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var fds, peers [2]int
-			for i := range fds {
-				sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				fds[i], peers[i] = sp[0], sp[1]
-				t.Cleanup(func() { unix.Close(sp[0]); unix.Close(sp[1]) })
-			}
+			fds, peers := socketPairs(t)
 			events := make(chan watchEvent, 16)
 			stop := make(chan struct{})
 			stopped := make(chan error, 1)
