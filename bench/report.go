@@ -316,9 +316,8 @@ func fmtMetric(metric string, v float64) string {
 		return fmt.Sprintf("%.2f ms", v)
 	case mGbps:
 		return fmt.Sprintf("%.2f", v)
-	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k:
-		return fmt.Sprintf("%.1f", v)
-	case mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU:
+	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k,
+		mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU:
 		return fmt.Sprintf("%.1f", v)
 	}
 	return fmt.Sprintf("%.3g", v)

@@ -407,13 +407,15 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		}
 	}
 	s.Seconds = time.Since(start).Seconds()
+	// Requests or connections served: what CPU per request divides by.
+	served := (s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]) * b.o.duration.Seconds()
 	if mc1, err := readMachineCPU(); err == nil && mcErr == nil {
 		d := mc1.since(mc0)
 		if total := d.busy + d.idle; total > 0 {
 			s.Metrics[mIdleCPU] = 100 * float64(d.idle) / float64(total)
 		}
-		if n := (s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]) * b.o.duration.Seconds(); n > 0 {
-			s.Metrics[mBusyPerReq] = float64(d.busy) / clkTck * 1e6 / n
+		if served > 0 {
+			s.Metrics[mBusyPerReq] = float64(d.busy) / clkTck * 1e6 / served
 		}
 	}
 	frac, top := fg.done(time.Since(start))
@@ -427,11 +429,11 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		st1 := readProc(p.Pid())
 		cpu := (st1.CPU - st0.CPU).Seconds()
 		s.Metrics[mCPU] = cpu
-		if n := (s.Metrics[mReqPerSec] + s.Metrics[mConnPerSec]) * b.o.duration.Seconds(); n > 0 {
-			s.Metrics[mCPUPerReq] = cpu * 1e6 / n
+		if served > 0 {
+			s.Metrics[mCPUPerReq] = cpu * 1e6 / served
 			if sc != nil {
-				s.Metrics[mSyscalls] = calls / n
-				s.Metrics[mEagain] = eagain / n
+				s.Metrics[mSyscalls] = calls / served
+				s.Metrics[mEagain] = eagain / served
 			}
 		}
 		minCPU := 0.01 * b.o.duration.Seconds()

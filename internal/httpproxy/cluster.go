@@ -198,8 +198,7 @@ func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 		conn.Close()
 		return
 	}
-	h.connects.Add(1)
-	h.open.Add(1)
+	h.opened()
 	c.putLink(l) // or closes it
 }
 
@@ -235,12 +234,18 @@ func (h *host) connect(ctx context.Context) (*net.TCPConn, error) {
 			return nil, err
 		}
 	}
-	h.connects.Add(1)
-	h.open.Add(1)
+	h.opened()
 	if h.c.p.debug() {
 		log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", preDialed)
 	}
 	return conn, nil
+}
+
+// opened counts a connection to the host made and open; closing it
+// (upLink.close, upConn.Close) counts it closed.
+func (h *host) opened() {
+	h.connects.Add(1)
+	h.open.Add(1)
 }
 
 // linkTrustedFor is how long a pooled connection is reused without first

@@ -38,12 +38,7 @@ func Peek(ctx context.Context, c *net.TCPConn, buf []byte) (n int, err error) {
 	defer release()
 	var serr error
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, _, serr = unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if serr != unix.EINTR {
-				break
-			}
-		}
+		n, serr = peekQueued(fd, buf)
 		// EAGAIN: nothing queued yet; returning false parks on the netpoller.
 		return serr != unix.EAGAIN
 	})
@@ -163,14 +158,8 @@ func Now(c *net.TCPConn) (res Result, final bool) {
 	buf := *pooled
 	n := 0
 	rc.Control(func(fd uintptr) {
-		for {
-			m, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if err != unix.EINTR {
-				if err == nil {
-					n = m
-				}
-				return
-			}
+		if m, err := peekQueued(fd, buf); err == nil {
+			n = m
 		}
 	})
 	if n == 0 {
@@ -179,6 +168,18 @@ func Now(c *net.TCPConn) (res Result, final bool) {
 	res, final = Classify(buf[:n])
 	res.N = n
 	return res, final
+}
+
+// peekQueued copies up to len(buf) of the bytes queued on fd into buf
+// without consuming or waiting for them: EAGAIN when none are, 0 bytes
+// when the peer closed.
+func peekQueued(fd uintptr, buf []byte) (int, error) {
+	for {
+		n, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // peekBufs are Sniff's first buffers, big enough for a request line and
