@@ -556,8 +556,8 @@ func writeMarkdown(path string, r *Results) error {
 	fmt.Fprintf(&b, "Machine: %d CPUs (%s), %s RAM, kernel %s, %s  \n", m.CPUs, m.CPUModel, m.MemTotal, m.Kernel, m.Go)
 	fmt.Fprintf(&b, "Tree: %s (%s)  \n", m.Commit, m.Tools["detour"])
 	fmt.Fprintf(&b, "Tools: %s; %s; %s; %s  \n", m.Tools["nginx"], m.Tools["haproxy"], m.Tools["wrk"], m.Tools["iperf3"])
-	fmt.Fprintf(&b, "Setup: nginx worker_processes %s; HAProxy nbthread %d, splice %v; %s idle connections\n\n",
-		r.Setup.NginxWorkers, m.CPUs, r.Setup.HAProxySplice, thousands(float64(r.IdleConns)))
+	fmt.Fprintf(&b, "Setup: nginx worker_processes %s; HAProxy nbthread %d, splice %v; %s idle connections; RPS on the lab's links %v\n\n",
+		r.Setup.NginxWorkers, m.CPUs, r.Setup.HAProxySplice, thousands(float64(r.IdleConns)), r.Setup.RPS)
 	if r.Partial {
 		b.WriteString("(interrupted: partial results)\n\n")
 	}

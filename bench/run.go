@@ -78,6 +78,7 @@ type Results struct {
 type Setup struct {
 	NginxWorkers  string   `json:"nginx_workers"`
 	HAProxySplice bool     `json:"haproxy_splice"`
+	RPS           bool     `json:"rps,omitempty"`
 	HAProxyConfig string   `json:"haproxy_config_tcp"`
 	DetourArgs    []string `json:"detour_args"`
 }
@@ -145,6 +146,7 @@ func run(ctx context.Context, o options, argv []string) (res *Results, err error
 		Setup: Setup{
 			NginxWorkers:  o.nginxWorkers,
 			HAProxySplice: o.haproxySplic,
+			RPS:           o.rps,
 			HAProxyConfig: haproxyConfig("tcp", haproxyPort, o.haproxySplic, b.nofile),
 			DetourArgs:    append(ruleArgs(detourPort, "to-cli"), detourExtraArgs("tcp|http")...),
 		},
@@ -329,6 +331,12 @@ func (b *bench) labUp(ctx context.Context) (down func() error, err error) {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
 	b.tn = tn
+	if b.o.rps {
+		if err := tn.SteerFlows(ctx); err != nil {
+			tn.Close()
+			return nil, err
+		}
+	}
 	if r := b.o.clientPorts; r != "" {
 		if err := tn.Client.Sysctl("net.ipv4.ip_local_port_range", strings.Replace(r, "-", " ", 1)); err != nil {
 			tn.Close()
