@@ -77,13 +77,10 @@ func origin(t *testing.T, n *ns.NS, ip netip.Addr) string {
 	return body.Origin
 }
 
-func TestTProxyNetRoutesWithoutDetour(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	id := testID("tp")
-	before := hostLinks(t)
-	hostForward, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-
+// routerWithWeb builds the router network with httpbin on the server's
+// port 80; the test's cleanup removes both.
+func routerWithWeb(t *testing.T, id string) (*TProxyNet, *HTTPBin) {
+	t.Helper()
 	tn, err := NewTProxyNet(id)
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +91,17 @@ func TestTProxyNetRoutesWithoutDetour(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { web.Close() })
+	return tn, web
+}
+
+func TestTProxyNetRoutesWithoutDetour(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	id := testID("tp")
+	before := hostLinks(t)
+	hostForward, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+
+	tn, web := routerWithWeb(t, id)
 
 	for _, c := range []struct{ server, client netip.Addr }{
 		{tn.ServerIP4, tn.ClientIP4},

@@ -51,16 +51,7 @@ func TestSteerFlows(t *testing.T) {
 	t.Parallel()
 	id := testID("rps")
 	before := hostRPS(t)
-	tn, err := NewTProxyNet(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tn.Close() })
-	web, err := StartHTTPBin(tn.Server, 80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { web.Close() })
+	tn, _ := routerWithWeb(t, id)
 
 	ctx := context.Background()
 	if err := tn.SteerFlows(ctx); err != nil {
