@@ -59,6 +59,23 @@ func (p *pumpCounter) pump(*loop)              { p.pumps <- struct{}{} }
 func (p *pumpCounter) runTask(*loop, taskKind) {}
 func (p *pumpCounter) gone() bool              { return false }
 
+// settle waits until the loop's yield count has not moved for 100 ms, and
+// returns it.
+func settle(t *testing.T, yields *atomic.Int32) int32 {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for n := yields.Load(); time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		m := yields.Load()
+		if m == n {
+			return n
+		}
+		n = m
+	}
+	t.Fatal("the loop did not settle")
+	return 0
+}
+
 // TestLoopYieldsBeforeParking checks that the loop's thread yields its CPU
 // once each time it parks after handling events: a byte arriving on one
 // socket is one batch, one park and one yield.
@@ -74,30 +91,56 @@ func TestLoopYieldsBeforeParking(t *testing.T) {
 	if err := l.register(a, b); err != nil {
 		t.Fatal(err)
 	}
-	// settled waits until the count has not moved for 100 ms.
-	settled := func() int32 {
-		deadline := time.Now().Add(5 * time.Second)
-		for n := yields.Load(); time.Now().Before(deadline); {
-			time.Sleep(100 * time.Millisecond)
-			m := yields.Load()
-			if m == n {
-				return n
-			}
-			n = m
-		}
-		t.Fatal("the loop did not settle")
-		return 0
-	}
 	// Both sockets are writable at once: one or two batches.
 	receive(t, m.pumps, "first event")
-	before := settled()
+	before := settle(t, &yields)
 	if before < 1 {
 		t.Fatalf("%d yields after the first events, want at least 1", before)
 	}
 	unix.Write(peers[1], []byte("x"))
 	receive(t, m.pumps, "event for the byte")
-	if got := settled(); got != before+1 {
+	if got := settle(t, &yields); got != before+1 {
 		t.Fatalf("%d yields after one more event, want %d", got, before+1)
+	}
+}
+
+// TestLoopPollsAgainAfterYield checks that events which arrive while the
+// loop's thread yields are handled before the loop parks: a byte written
+// during the yield (as a task the loop woke would answer) costs no second
+// round through Go's netpoller.
+func TestLoopPollsAgainAfterYield(t *testing.T) {
+	var yields atomic.Int32
+	var onYield atomic.Pointer[func()]
+	l, err := newLoop(func() {
+		yields.Add(1)
+		if f := onYield.Swap(nil); f != nil {
+			(*f)()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, peers := socketPairs(t)
+	m := &pumpCounter{pumps: make(chan struct{}, 64)}
+	if err := l.register(&endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}); err != nil {
+		t.Fatal(err)
+	}
+	// Both sockets are writable at once: let those events pass.
+	receive(t, m.pumps, "first event")
+	settle(t, &yields)
+	for len(m.pumps) > 0 {
+		<-m.pumps
+	}
+	parks := l.parks.Load()
+
+	answer := func() { unix.Write(peers[0], []byte("y")) }
+	onYield.Store(&answer)
+	unix.Write(peers[1], []byte("x"))
+	receive(t, m.pumps, "event for the byte")
+	receive(t, m.pumps, "event for the byte written during the yield")
+	settle(t, &yields)
+	if got := l.parks.Load() - parks; got != 1 {
+		t.Fatalf("the loop parked %d times for a byte and the answer written during its yield, want 1", got)
 	}
 }
 
