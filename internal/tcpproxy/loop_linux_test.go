@@ -49,9 +49,6 @@ func inIOWait(head string) bool {
 	return ok && strings.HasPrefix(state, "IO wait")
 }
 
-// TestLoopParksInNetpoller guards that an idle loop parks: once the proxied
-// traffic has ended, every loop goroutine waits in Go's netpoller for its
-// epoll descriptor ("IO wait") instead of spinning on epoll_wait.
 // pumpCounter is a member that only reports its events.
 type pumpCounter struct{ pumps chan struct{} }
 
@@ -59,14 +56,52 @@ func (p *pumpCounter) pump(*loop)              { p.pumps <- struct{}{} }
 func (p *pumpCounter) runTask(*loop, taskKind) {}
 func (p *pumpCounter) gone() bool              { return false }
 
-// settle waits until the loop's yield count has not moved for 100 ms, and
+// yieldLoop is a test-made loop whose yields are counted (and may run a
+// hook), serving a pumpCounter on two socket pairs.
+type yieldLoop struct {
+	l       *loop
+	peers   [2]int // the test's ends of the loop's sockets
+	m       *pumpCounter
+	yields  atomic.Int32
+	onYield atomic.Pointer[func()] // run once, by the next yield
+}
+
+// newYieldLoop starts the loop and waits until the events of its first
+// batches (both sockets writable at once) have passed.
+func newYieldLoop(t *testing.T) *yieldLoop {
+	t.Helper()
+	y := &yieldLoop{m: &pumpCounter{pumps: make(chan struct{}, 64)}}
+	var err error
+	y.l, err = newLoop(func() {
+		y.yields.Add(1)
+		if f := y.onYield.Swap(nil); f != nil {
+			(*f)()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds [2]int
+	fds, y.peers = socketPairs(t)
+	if err := y.l.register(&endpoint{fd: fds[0], m: y.m}, &endpoint{fd: fds[1], m: y.m}); err != nil {
+		t.Fatal(err)
+	}
+	receive(t, y.m.pumps, "first event")
+	y.settle(t)
+	for len(y.m.pumps) > 0 {
+		<-y.m.pumps
+	}
+	return y
+}
+
+// settle waits until the yield count has not moved for 100 ms, and
 // returns it.
-func settle(t *testing.T, yields *atomic.Int32) int32 {
+func (y *yieldLoop) settle(t *testing.T) int32 {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for n := yields.Load(); time.Now().Before(deadline); {
+	for n := y.yields.Load(); time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
-		m := yields.Load()
+		m := y.yields.Load()
 		if m == n {
 			return n
 		}
@@ -80,26 +115,14 @@ func settle(t *testing.T, yields *atomic.Int32) int32 {
 // once each time it parks after handling events: a byte arriving on one
 // socket is one batch, one park and one yield.
 func TestLoopYieldsBeforeParking(t *testing.T) {
-	var yields atomic.Int32
-	l, err := newLoop(func() { yields.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	fds, peers := socketPairs(t)
-	m := &pumpCounter{pumps: make(chan struct{}, 64)}
-	a, b := &endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}
-	if err := l.register(a, b); err != nil {
-		t.Fatal(err)
-	}
-	// Both sockets are writable at once: one or two batches.
-	receive(t, m.pumps, "first event")
-	before := settle(t, &yields)
+	y := newYieldLoop(t)
+	before := y.yields.Load()
 	if before < 1 {
 		t.Fatalf("%d yields after the first events, want at least 1", before)
 	}
-	unix.Write(peers[1], []byte("x"))
-	receive(t, m.pumps, "event for the byte")
-	if got := settle(t, &yields); got != before+1 {
+	unix.Write(y.peers[1], []byte("x"))
+	receive(t, y.m.pumps, "event for the byte")
+	if got := y.settle(t); got != before+1 {
 		t.Fatalf("%d yields after one more event, want %d", got, before+1)
 	}
 }
@@ -109,41 +132,22 @@ func TestLoopYieldsBeforeParking(t *testing.T) {
 // during the yield (as a task the loop woke would answer) costs no second
 // round through Go's netpoller.
 func TestLoopPollsAgainAfterYield(t *testing.T) {
-	var yields atomic.Int32
-	var onYield atomic.Pointer[func()]
-	l, err := newLoop(func() {
-		yields.Add(1)
-		if f := onYield.Swap(nil); f != nil {
-			(*f)()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fds, peers := socketPairs(t)
-	m := &pumpCounter{pumps: make(chan struct{}, 64)}
-	if err := l.register(&endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}); err != nil {
-		t.Fatal(err)
-	}
-	// Both sockets are writable at once: let those events pass.
-	receive(t, m.pumps, "first event")
-	settle(t, &yields)
-	for len(m.pumps) > 0 {
-		<-m.pumps
-	}
-	parks := l.parks.Load()
-
-	answer := func() { unix.Write(peers[0], []byte("y")) }
-	onYield.Store(&answer)
-	unix.Write(peers[1], []byte("x"))
-	receive(t, m.pumps, "event for the byte")
-	receive(t, m.pumps, "event for the byte written during the yield")
-	settle(t, &yields)
-	if got := l.parks.Load() - parks; got != 1 {
+	y := newYieldLoop(t)
+	parks := y.l.parks.Load()
+	answer := func() { unix.Write(y.peers[0], []byte("y")) }
+	y.onYield.Store(&answer)
+	unix.Write(y.peers[1], []byte("x"))
+	receive(t, y.m.pumps, "event for the byte")
+	receive(t, y.m.pumps, "event for the byte written during the yield")
+	y.settle(t)
+	if got := y.l.parks.Load() - parks; got != 1 {
 		t.Fatalf("the loop parked %d times for a byte and the answer written during its yield, want 1", got)
 	}
 }
 
+// TestLoopParksInNetpoller guards that an idle loop parks: once the proxied
+// traffic has ended, every loop goroutine waits in Go's netpoller for its
+// epoll descriptor ("IO wait") instead of spinning on epoll_wait.
 func TestLoopParksInNetpoller(t *testing.T) {
 	client, server, done := harness(t, Options{})
 	go func() { // echo until EOF, then pass the half-close back
