@@ -88,7 +88,7 @@ func benchMain(args []string) int {
 	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle client connections held open for the memory workload")
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "auto", "nginx worker_processes (a number or auto)")
 	fs.BoolVar(&o.haproxySplic, "haproxy-splice", false, "add `option splice-auto` to HAProxy (off by default, as in Debian's stock config)")
-	fs.BoolVar(&o.rps, "rps", false, "turn on receive packet steering on the lab's links, so one stream's segments stay in order as behind a NIC's receive-side scaling (veth reorders them otherwise; see README)")
+	fs.BoolVar(&o.rps, "rps", false, "turn on receive packet steering on the lab's links, so one stream's segments stay in order as behind a NIC's receive-side scaling (veth reorders them otherwise; see bench/README.md)")
 	fs.BoolVar(&o.install, "install", false, "apt-get install missing tools instead of only printing the command")
 	fs.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temporary directory (configs, logs) after the run")
 	fs.BoolVar(&o.verbose, "v", false, "print every command the harness runs")

@@ -21,20 +21,28 @@ import (
 // link rather than veth's reordering.
 func (t *TProxyNet) SteerFlows(ctx context.Context) error {
 	mask := cpuMask(runtime.NumCPU())
-	for _, end := range []struct {
-		n     *ns.NS
-		iface string
-	}{
-		{t.Client, ifClientToRouter},
-		{t.Router, ifRouterToClient},
-		{t.Router, ifRouterToServer},
-		{t.Server, ifServerToRouter},
-	} {
+	for _, end := range t.linkEnds() {
 		if err := setRPS(ctx, end.n, end.iface, mask); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// linkEnd is one end of a veth link: the namespace and the interface.
+type linkEnd struct {
+	n     *ns.NS
+	iface string
+}
+
+// linkEnds are both ends of the router network's two links.
+func (t *TProxyNet) linkEnds() []linkEnd {
+	return []linkEnd{
+		{t.Client, ifClientToRouter},
+		{t.Router, ifRouterToClient},
+		{t.Router, ifRouterToServer},
+		{t.Server, ifServerToRouter},
+	}
 }
 
 // setRPS writes mask to every receive queue of iface in n. /sys shows a

@@ -7,8 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-
-	"github.com/detour-proxy/detour/internal/ns"
 )
 
 func TestCPUMask(t *testing.T) {
@@ -57,18 +55,18 @@ func TestSteerFlows(t *testing.T) {
 	if err := tn.SteerFlows(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, end := range []struct {
-		role, iface string
-	}{
-		{"client", ifClientToRouter}, {"router", ifRouterToClient}, {"router", ifRouterToServer}, {"server", ifServerToRouter},
-	} {
-		n := map[string]*ns.NS{"client": tn.Client, "router": tn.Router, "server": tn.Server}[end.role]
-		out, err := n.Command(ctx, "cat", "/sys/class/net/"+end.iface+"/queues/rx-0/rps_cpus").CombinedOutput()
+	ends := tn.linkEnds()
+	if len(ends) != 4 {
+		t.Fatalf("%d link ends, want 4", len(ends))
+	}
+	want := strings.TrimLeft(cpuMask(runtime.NumCPU()), "0,")
+	for _, end := range ends {
+		out, err := end.n.Command(ctx, "cat", "/sys/class/net/"+end.iface+"/queues/rx-0/rps_cpus").CombinedOutput()
 		if err != nil {
-			t.Fatalf("%s %s: %v: %s", end.role, end.iface, err, out)
+			t.Fatalf("%s %s: %v: %s", end.n.Name, end.iface, err, out)
 		}
-		if got, want := strings.TrimLeft(strings.TrimSpace(string(out)), "0,"), strings.TrimLeft(cpuMask(runtime.NumCPU()), "0,"); got != want {
-			t.Errorf("%s %s rps_cpus = %q, want %q", end.role, end.iface, got, want)
+		if got := strings.TrimLeft(strings.TrimSpace(string(out)), "0,"); got != want {
+			t.Errorf("%s %s rps_cpus = %q, want %q", end.n.Name, end.iface, got, want)
 		}
 	}
 	if got := origin(t, tn.Client, tn.ServerIP4); got != tn.ClientIP4.String() {
