@@ -128,7 +128,12 @@ func fullListener(t *testing.T) (dst netip.AddrPort, accept func() *net.TCPConn)
 	t.Cleanup(func() { filler.Close() })
 	accept = func() *net.TCPConn {
 		t.Helper()
+		// A socket with SO_RCVTIMEO is not restarted after a signal, and
+		// Go's preemption sends SIGURG: retry on EINTR.
 		nfd, _, err := unix.Accept(fd)
+		for err == unix.EINTR {
+			nfd, _, err = unix.Accept(fd)
+		}
 		if err != nil {
 			t.Fatalf("accept: %v", err)
 		}
