@@ -156,6 +156,52 @@ func TestSummarizeRatiosAndTargets(t *testing.T) {
 	}
 }
 
+// The ceiling divides every CPU's time by the CPU one GB cost, and says
+// nothing when a figure it needs is missing.
+func TestStreamCeiling(t *testing.T) {
+	tests := []struct {
+		name       string
+		cpus       int
+		directGbps float64
+		perGB      float64 // detour-l4's; 0: not measured
+		want       string
+	}{
+		{"2 CPUs, 1 s per GB", 2, 20, 1000, "2.50× direct's 400: as much CPU time as direct used carries 0.40× direct, all 2 CPUs busy at most 16.0 Gbit/s, 0.80× direct"},
+		{"4 CPUs, 0.5 s per GB", 4, 20, 500, "1.25× direct's 400: as much CPU time as direct used carries 0.80× direct, all 4 CPUs busy at most 64.0 Gbit/s, 3.20× direct"},
+		{"no CPU figure", 2, 20, 0, ""},
+		{"machine unknown", 0, 20, 1000, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Results{Configs: []string{"direct", "detour-l4"}, Rounds: 1, IdleConns: 10000, DurationSec: 10, Machine: Machine{CPUs: tt.cpus}}
+			dm := map[string]float64{mGbps: tt.directGbps, mBusyPerGB: 400}
+			m := map[string]float64{mGbps: 10}
+			if tt.perGB > 0 {
+				m[mBusyPerGB] = tt.perGB
+			}
+			r.Samples = append(r.Samples,
+				Sample{Config: "direct", Workload: "iperf1", Round: 1, Metrics: dm},
+				Sample{Config: "detour-l4", Workload: "iperf1", Round: 1, Metrics: m})
+			r.summarize()
+			got := r.streamCeiling("detour-l4")
+			if tt.want == "" {
+				if got != "" {
+					t.Fatalf("ceiling %q, want none", got)
+				}
+				return
+			}
+			if !strings.Contains(got, tt.want) {
+				t.Fatalf("ceiling %q, want it to say %q", got, tt.want)
+			}
+			for _, tg := range r.Targets {
+				if strings.HasPrefix(tg.Name, "L4: iperf3 1 stream") && !strings.Contains(tg.Measured, tt.want) {
+					t.Errorf("target says %q, want the ceiling too", tg.Measured)
+				}
+			}
+		})
+	}
+}
+
 func TestParsePerfStat(t *testing.T) {
 	tests := []struct {
 		name          string

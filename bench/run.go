@@ -425,6 +425,10 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		if served > 0 {
 			s.Metrics[mBusyPerReq] = float64(d.busy) / clkTck * 1e6 / served
 		}
+		// A stream's cost per byte: with it, what both CPUs could carry.
+		if gb := s.Metrics[mGbps] * b.o.duration.Seconds() / 8; gb > 0 {
+			s.Metrics[mBusyPerGB] = float64(d.busy) / clkTck * 1e3 / gb
+		}
 	}
 	frac, top := fg.done(time.Since(start))
 	s.Metrics[mForeign] = frac * 100

@@ -70,6 +70,7 @@ const (
 	mForeign    = "other_cpu_pct"          // CPU of processes outside the lab, % of one CPU
 	mIdleCPU    = "machine_idle_pct"       // the machine's idle time, % of all its CPUs' time
 	mBusyPerReq = "machine_cpu_us_per_req" // the machine's busy CPU time (load, proxy, server, kernel) per request
+	mBusyPerGB  = "machine_cpu_ms_per_gb"  // iperf3: the machine's busy CPU time per GB moved
 )
 
 // wrkResult is what the harness reads from wrk's output.
