@@ -486,7 +486,15 @@ type recorder struct {
 	writeErr error
 }
 
+// WriteHeader drops an upstream's 100 Continue, which ReverseProxy relays:
+// the server already sends the client its own when the Transport starts
+// reading the body (after the upstream's 100 or ExpectContinueTimeout),
+// and relaying the upstream's too would give the client two. Envoy, by
+// default, answers 100-continue itself in the same way.
 func (r *recorder) WriteHeader(code int) {
+	if code == http.StatusContinue {
+		return
+	}
 	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		r.status = code
 	}

@@ -540,6 +540,31 @@ func TestExpectContinue(t *testing.T) {
 	}
 }
 
+// TestExpectContinueOnce: the client gets one 100 Continue, the proxy's
+// own, sent when the body is wanted, even when the upstream sends its 100
+// late (after the Transport gave up waiting for it and sent the body).
+func TestExpectContinueOnce(t *testing.T) {
+	dst := rawUpstream(t, func(c net.Conn) {
+		r, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		body, _ := io.ReadAll(r.Body) // arrives after ExpectContinueTimeout
+		fmt.Fprintf(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	})
+	f := newFront(t, Options{}, dst)
+	c, br := f.raw(t)
+	fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 100 {
+		t.Fatalf("want 100 Continue before the body: %v %v", res, err)
+	}
+	fmt.Fprint(c, "hello")
+	if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "hello" {
+		t.Errorf("after the body: %d %q, want 200 \"hello\" (and no second 100)", res.StatusCode, body)
+	}
+}
+
 func TestHEADAndTrailers(t *testing.T) {
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == "HEAD" {
