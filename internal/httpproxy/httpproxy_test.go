@@ -522,46 +522,46 @@ func TestHTTP10AndConnectionClose(t *testing.T) {
 	expectEOF(t, br)
 }
 
+// TestExpectContinue: the client gets one 100 Continue, the proxy's own,
+// sent when the body is wanted, then the answer; also when the upstream
+// sends its 100 late (after the Transport gave up waiting for it and sent
+// the body), which ReverseProxy would relay as a second 100.
 func TestExpectContinue(t *testing.T) {
-	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body) // reading makes the upstream send 100 Continue
-		w.Write(b)
-	}))
-	f := newFront(t, Options{}, up.addrPort())
-	c, br := f.raw(t)
-	fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-	res, err := http.ReadResponse(br, nil)
-	if err != nil || res.StatusCode != 100 {
-		t.Fatalf("want 100 Continue before the body: %v %v", res, err)
+	tests := []struct {
+		name string
+		dst  func(t *testing.T) netip.AddrPort
+	}{
+		{"upstream sends 100 when it reads the body", func(t *testing.T) netip.AddrPort {
+			return newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				w.Write(b)
+			})).addrPort()
+		}},
+		{"upstream sends 100 after the body", func(t *testing.T) netip.AddrPort {
+			return rawUpstream(t, func(c net.Conn) {
+				r, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				body, _ := io.ReadAll(r.Body) // arrives after ExpectContinueTimeout
+				fmt.Fprintf(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			})
+		}},
 	}
-	fmt.Fprint(c, "hello")
-	if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "hello" {
-		t.Errorf("%d %q", res.StatusCode, body)
-	}
-}
-
-// TestExpectContinueOnce: the client gets one 100 Continue, the proxy's
-// own, sent when the body is wanted, even when the upstream sends its 100
-// late (after the Transport gave up waiting for it and sent the body).
-func TestExpectContinueOnce(t *testing.T) {
-	dst := rawUpstream(t, func(c net.Conn) {
-		r, err := http.ReadRequest(bufio.NewReader(c))
-		if err != nil {
-			return
-		}
-		body, _ := io.ReadAll(r.Body) // arrives after ExpectContinueTimeout
-		fmt.Fprintf(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	})
-	f := newFront(t, Options{}, dst)
-	c, br := f.raw(t)
-	fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-	res, err := http.ReadResponse(br, nil)
-	if err != nil || res.StatusCode != 100 {
-		t.Fatalf("want 100 Continue before the body: %v %v", res, err)
-	}
-	fmt.Fprint(c, "hello")
-	if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "hello" {
-		t.Errorf("after the body: %d %q, want 200 \"hello\" (and no second 100)", res.StatusCode, body)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFront(t, Options{}, tt.dst(t))
+			c, br := f.raw(t)
+			fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+			res, err := http.ReadResponse(br, nil)
+			if err != nil || res.StatusCode != 100 {
+				t.Fatalf("want 100 Continue before the body: %v %v", res, err)
+			}
+			fmt.Fprint(c, "hello")
+			if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "hello" {
+				t.Errorf("after the body: %d %q, want 200 \"hello\" (and no second 100)", res.StatusCode, body)
+			}
+		})
 	}
 }
 
