@@ -477,7 +477,9 @@ func headerSize(r *http.Request) (n, fields int) {
 	return n, fields
 }
 
-// recorder notes the status and body size written to the client. Unwrap
+// recorder notes the status and body size written to the client, and is
+// the writer ReverseProxy relays the upstream's 1xx responses through, so
+// it is where an upstream's 100 Continue is held back (WriteHeader). Unwrap
 // lets http.ResponseController reach Flush and Hijack underneath.
 type recorder struct {
 	http.ResponseWriter
