@@ -199,6 +199,14 @@ func vlogf(format string, args ...any) {
 
 // runIn runs a bounded command inside n and returns its combined output.
 func runIn(ctx context.Context, n *ns.NS, timeout time.Duration, name string, args ...string) (string, error) {
+	out, _, err := runInUsage(ctx, n, timeout, name, args...)
+	return out, err
+}
+
+// runInUsage is runIn that also returns the command's resource usage (nil
+// if it did not start): `ip netns exec` execs the command in place, so the
+// usage is the command's own.
+func runInUsage(ctx context.Context, n *ns.NS, timeout time.Duration, name string, args ...string) (string, *syscall.Rusage, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	vlogf("[%s] %s %s", n.Name, name, strings.Join(args, " "))
@@ -207,13 +215,17 @@ func runIn(ctx context.Context, n *ns.NS, timeout time.Duration, name string, ar
 	c.Stdout, c.Stderr = &buf, &buf
 	c.WaitDelay = 2 * time.Second
 	err := c.Run()
+	var usage *syscall.Rusage
+	if c.ProcessState != nil {
+		usage, _ = c.ProcessState.SysUsage().(*syscall.Rusage)
+	}
 	if err != nil {
 		if ctx.Err() == context.DeadlineExceeded {
 			err = fmt.Errorf("timed out after %s", timeout)
 		}
-		return buf.String(), fmt.Errorf("[%s] %s %s: %w\n%s", n.Name, name, strings.Join(args, " "), err, indent(buf.String()))
+		return buf.String(), usage, fmt.Errorf("[%s] %s %s: %w\n%s", n.Name, name, strings.Join(args, " "), err, indent(buf.String()))
 	}
-	return buf.String(), nil
+	return buf.String(), usage, nil
 }
 
 // runSplit is runIn with stdout and stderr kept apart (for JSON output).
@@ -570,4 +582,115 @@ func (f *foreign) done(elapsed time.Duration) (frac float64, top string) {
 		return 0, top
 	}
 	return (time.Duration(total) * time.Second / clkTck).Seconds() / elapsed.Seconds(), top
+}
+
+// tcpSegs is a namespace's TCP segment counters (/proc/net/snmp's Tcp
+// InSegs and OutSegs). Per request, they show how a proxy packs its writes:
+// a response relayed in two pieces costs the receiver a second wake-up,
+// which the proxy's own CPU time does not show.
+type tcpSegs struct{ in, out int64 }
+
+// readTCPSegs reads n's counters (cat, so that /proc/net is n's).
+func readTCPSegs(ctx context.Context, n *ns.NS) (tcpSegs, error) {
+	out, err := runIn(ctx, n, 5*time.Second, "cat", "/proc/net/snmp")
+	if err != nil {
+		return tcpSegs{}, err
+	}
+	return parseTCPSegs(out)
+}
+
+// parseTCPSegs finds InSegs and OutSegs in /proc/net/snmp's pair of "Tcp:"
+// lines: the first names the fields, the second holds their values.
+func parseTCPSegs(snmp string) (tcpSegs, error) {
+	var names []string
+	for _, line := range strings.Split(snmp, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		var s tcpSegs
+		var found int
+		for i, name := range names {
+			if i >= len(f) || (name != "InSegs" && name != "OutSegs") {
+				continue
+			}
+			v, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil {
+				return tcpSegs{}, fmt.Errorf("/proc/net/snmp: %s: %w", name, err)
+			}
+			if name == "InSegs" {
+				s.in = v
+			} else {
+				s.out = v
+			}
+			found++
+		}
+		if found != 2 {
+			return tcpSegs{}, fmt.Errorf("/proc/net/snmp: no InSegs and OutSegs in %q", line)
+		}
+		return s, nil
+	}
+	return tcpSegs{}, fmt.Errorf("/proc/net/snmp: no Tcp lines")
+}
+
+// sleeps counts how many times the threads of pids went to sleep: their
+// voluntary context switches, each a wait for an event (a preemption or a
+// sched_yield is involuntary). Per request it counts wake-ups: a process
+// that sleeps less per request handles more on each wake-up.
+func sleeps(pids ...int) int64 {
+	var n int64
+	for _, pid := range pids {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+		for _, t := range tasks {
+			if b, err := os.ReadFile(t); err == nil {
+				n += parseVoluntarySwitches(string(b))
+			}
+		}
+	}
+	return n
+}
+
+// parseVoluntarySwitches reads voluntary_ctxt_switches from a task's
+// /proc status (0 if absent).
+func parseVoluntarySwitches(status string) int64 {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// pidsNamed returns the processes called comm in the network namespace
+// nsPath (the server's nginx master and workers).
+func pidsNamed(nsPath, comm string) []int {
+	fi, err := os.Stat(nsPath)
+	if err != nil {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	want := fmt.Sprintf("net:[%d]", st.Ino)
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || ns != want {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(b)) == comm {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const wrkOut = `Running 10s test @ http://198.18.2.2/
@@ -91,6 +93,65 @@ func TestParseMachineCPU(t *testing.T) {
 	}
 	if m, err := readMachineCPU(); err != nil || m.busy+m.idle <= 0 {
 		t.Errorf("this machine's /proc/stat: %+v, %v", m, err)
+	}
+}
+
+func TestParseTCPSegs(t *testing.T) {
+	const kernel6 = "Ip: Forwarding DefaultTTL InReceives\nIp: 1 64 900\n" +
+		"Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n" +
+		"Tcp: 1 200 120000 -1 10 20 0 0 3 12345 23456 7 0 1 0\n" +
+		"Udp: InDatagrams NoPorts\nUdp: 5 6\n"
+	tests := []struct {
+		name, in string
+		want     tcpSegs
+		wantErr  bool
+	}{
+		{"kernel 6", kernel6, tcpSegs{in: 12345, out: 23456}, false},
+		{"fields in another order", "Tcp: OutSegs X InSegs\nTcp: 4 5 6\n", tcpSegs{in: 6, out: 4}, false},
+		{"no Tcp lines", "Ip: Forwarding\nIp: 1\n", tcpSegs{}, true},
+		{"only the names", "Tcp: InSegs OutSegs\n", tcpSegs{}, true},
+		{"OutSegs missing", "Tcp: InSegs RetransSegs\nTcp: 1 2\n", tcpSegs{}, true},
+		{"not a number", "Tcp: InSegs OutSegs\nTcp: 1 x\n", tcpSegs{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseTCPSegs(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSleeps(t *testing.T) {
+	tests := []struct {
+		name, status string
+		want         int64
+	}{
+		{"kernel 6", "Name:\twrk\nvoluntary_ctxt_switches:\t4711\nnonvoluntary_ctxt_switches:\t12\n", 4711},
+		{"absent", "Name:\twrk\n", 0},
+		{"not a number", "voluntary_ctxt_switches:\tx\n", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := parseVoluntarySwitches(tt.status); got != tt.want {
+				t.Errorf("got %d, want %d", got, tt.want)
+			}
+		})
+	}
+	// This process's threads: sleeping makes the count grow.
+	before := sleeps(os.Getpid())
+	for range 3 {
+		time.Sleep(time.Millisecond)
+	}
+	if after := sleeps(os.Getpid()); after <= before {
+		t.Errorf("sleeps(self) went from %d to %d across three sleeps", before, after)
+	}
+	if n := sleeps(-1); n != 0 {
+		t.Errorf("sleeps of no process: %d", n)
 	}
 }
 

@@ -51,6 +51,11 @@ func rowSpecs(idle int) []rowSpec {
 		{"keepalive", mCPUPerReq, "same, proxy CPU per request (µs)", true},
 		{"keepalive", mBusyPerReq, "same, whole machine's CPU per request (µs)", true},
 		{"keepalive", mIdleCPU, "same, machine idle (% of both CPUs)", true},
+		{"keepalive", mClientSegs, "same, TCP segments the client received per request", true},
+		{"keepalive", mServerSegs, "same, TCP segments the server received per request", true},
+		{"keepalive", mLoadSleeps, "same, wrk's sleeps per request", true},
+		{"keepalive", mSrvSleeps, "same, nginx's sleeps per request", true},
+		{"keepalive", mPrxSleeps, "same, proxy's sleeps per request", true},
 		{"keepalive", mSyscalls, "same, proxy system calls per request (-syscalls)", true},
 		{"keepalive", mEagain, "same, of which returned EAGAIN", true},
 		{"keepalive", mServerConn, "same, connections nginx accepted", true},
@@ -340,6 +345,8 @@ func fmtMetric(metric string, v float64) string {
 	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k,
 		mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU, mBusyPerGB:
 		return fmt.Sprintf("%.1f", v)
+	case mClientSegs, mServerSegs, mLoadSleeps, mSrvSleeps, mPrxSleeps:
+		return fmt.Sprintf("%.2f", v)
 	}
 	return fmt.Sprintf("%.3g", v)
 }

@@ -379,6 +379,14 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 	}
 	fg := newForeign(b.tn.Client.Path(), b.tn.Router.Path(), b.tn.Server.Path())
 	mc0, mcErr := readMachineCPU()
+	cs0, csErr := readTCPSegs(ctx, b.tn.Client)
+	nginxPids := pidsNamed(b.tn.Server.Path(), "nginx")
+	srvSleeps0 := sleeps(nginxPids...)
+	var prxSleeps0 int64
+	if p != nil {
+		prxSleeps0 = sleeps(p.Pid())
+	}
+	ss0, ssErr := readTCPSegs(ctx, b.tn.Server)
 	waitProfile := func() {}
 	if b.profiling(spec.Name) && w.Name != "idle" {
 		waitProfile = b.cpuProfile(ctx, &s)
@@ -428,6 +436,19 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		// A stream's cost per byte: with it, what both CPUs could carry.
 		if gb := s.Metrics[mGbps] * b.o.duration.Seconds() / 8; gb > 0 {
 			s.Metrics[mBusyPerGB] = float64(d.busy) / clkTck * 1e3 / gb
+		}
+	}
+	// How the work was packed: segments and wake-ups per request.
+	if served > 0 {
+		s.Metrics[mSrvSleeps] = float64(sleeps(nginxPids...)-srvSleeps0) / served
+		if p != nil {
+			s.Metrics[mPrxSleeps] = float64(sleeps(p.Pid())-prxSleeps0) / served
+		}
+		cs1, err1 := readTCPSegs(ctx, b.tn.Client)
+		ss1, err2 := readTCPSegs(ctx, b.tn.Server)
+		if errors.Join(csErr, ssErr, err1, err2) == nil {
+			s.Metrics[mClientSegs] = float64(cs1.in-cs0.in) / served
+			s.Metrics[mServerSegs] = float64(ss1.in-ss0.in) / served
 		}
 	}
 	frac, top := fg.done(time.Since(start))

@@ -71,6 +71,11 @@ const (
 	mIdleCPU    = "machine_idle_pct"       // the machine's idle time, % of all its CPUs' time
 	mBusyPerReq = "machine_cpu_us_per_req" // the machine's busy CPU time (load, proxy, server, kernel) per request
 	mBusyPerGB  = "machine_cpu_ms_per_gb"  // iperf3: the machine's busy CPU time per GB moved
+	mClientSegs = "client_segs_per_req"    // TCP segments the client's namespace received per request
+	mServerSegs = "server_segs_per_req"    // TCP segments the server's namespace received per request
+	mLoadSleeps = "wrk_sleeps_per_req"     // wrk's voluntary context switches per request
+	mSrvSleeps  = "nginx_sleeps_per_req"   // nginx's (all its processes') voluntary context switches per request
+	mPrxSleeps  = "proxy_sleeps_per_req"   // the proxy's (all its threads') voluntary context switches per request
 )
 
 // wrkResult is what the harness reads from wrk's output.
@@ -143,7 +148,7 @@ func (b *bench) runWrk(ctx context.Context, s *Sample, closeConn bool) error {
 	}
 	args = append(args, "http://"+b.tn.ServerIP4.String()+"/")
 	acc0, aerr := b.ng.accepts(b.tn.Server)
-	out, err := runIn(ctx, b.tn.Client, d+30*time.Second, "wrk", args...)
+	out, usage, err := runInUsage(ctx, b.tn.Client, d+30*time.Second, "wrk", args...)
 	if err != nil {
 		return err
 	}
@@ -153,6 +158,9 @@ func (b *bench) runWrk(ctx context.Context, s *Sample, closeConn bool) error {
 	r, err := parseWrk(out)
 	if err != nil {
 		return err
+	}
+	if usage != nil && r.Requests > 0 {
+		s.Metrics[mLoadSleeps] = float64(usage.Nvcsw) / float64(r.Requests)
 	}
 	if closeConn {
 		s.Metrics[mConnPerSec] = r.ReqPerSec
