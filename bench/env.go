@@ -519,10 +519,8 @@ type procCPU struct {
 func newForeign(nsPaths ...string) *foreign {
 	f := &foreign{labNS: map[string]bool{}, self: os.Getpid()}
 	for _, p := range nsPaths {
-		if fi, err := os.Stat(p); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				f.labNS[fmt.Sprintf("net:[%d]", st.Ino)] = true
-			}
+		if id := nsID(p); id != "" {
+			f.labNS[id] = true
 		}
 	}
 	f.start = f.snapshot()
@@ -669,15 +667,10 @@ func parseVoluntarySwitches(status string) int64 {
 // pidsNamed returns the processes called comm in the network namespace
 // nsPath (the server's nginx master and workers).
 func pidsNamed(nsPath, comm string) []int {
-	fi, err := os.Stat(nsPath)
-	if err != nil {
+	want := nsID(nsPath)
+	if want == "" {
 		return nil
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	want := fmt.Sprintf("net:[%d]", st.Ino)
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {
@@ -693,4 +686,18 @@ func pidsNamed(nsPath, comm string) []int {
 		}
 	}
 	return pids
+}
+
+// nsID is how /proc/PID/ns/net names the namespace mounted at path
+// ("net:[INODE]"), or "" if path is not there.
+func nsID(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("net:[%d]", st.Ino)
 }
