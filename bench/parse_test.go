@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +154,18 @@ func TestSleeps(t *testing.T) {
 	}
 	if n := sleeps(-1); n != 0 {
 		t.Errorf("sleeps of no process: %d", n)
+	}
+	// pidsNamed finds this process by its name in its own namespace.
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+	if pids := pidsNamed(self, strings.TrimSpace(string(comm))); !slices.Contains(pids, os.Getpid()) {
+		t.Errorf("pidsNamed(%s, %q) = %v, want it to hold %d", self, comm, pids, os.Getpid())
+	}
+	if pids := pidsNamed("/nonexistent", "nginx"); pids != nil {
+		t.Errorf("pidsNamed of no namespace: %v", pids)
 	}
 }
 
