@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,6 +129,41 @@ func TestSelfAddrs(t *testing.T) {
 			t.Errorf("contains(%s) = %v, want %v", tt.dst, got, tt.want)
 		}
 	}
+}
+
+// TestSelfAddrsRefreshWhileScanned: a refresh of the host's addresses does
+// not rewrite the slice another connection is scanning (go test -race
+// found that it did).
+func TestSelfAddrsRefreshWhileScanned(t *testing.T) {
+	var local netip.Addr
+	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ia := range ifAddrs {
+			if p, err := netip.ParsePrefix(ia.String()); err == nil && !p.Addr().IsLoopback() && !p.Addr().IsLinkLocalUnicast() {
+				local = p.Addr().Unmap()
+				break
+			}
+		}
+	}
+	if !local.IsValid() {
+		t.Skip("skipping: this machine has no address outside loopback to look up")
+	}
+	s := newSelfAddrs([]uint16{15001}, nil)
+	dst := netip.AddrPortFrom(local, 15001)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 200 {
+				s.mu.Lock()
+				s.fetched = time.Time{} // the next call refreshes
+				s.mu.Unlock()
+				if !s.contains(dst) {
+					t.Errorf("contains(%s) = false for one of the host's addresses", dst)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // TestMaxConnsClosesNewConnections: past the limit a new connection is

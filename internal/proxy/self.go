@@ -37,20 +37,22 @@ func (s *selfAddrs) contains(dst netip.AddrPort) bool {
 }
 
 // localAddrs lists the host's addresses, refreshed at most once a second.
+// A refresh builds a new slice: callers scan the one they got without the
+// lock.
 func (s *selfAddrs) localAddrs() []netip.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if time.Since(s.fetched) < time.Second {
 		return s.local
 	}
-	s.local = s.local[:0]
+	var local []netip.Addr
 	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
 		for _, ia := range ifAddrs {
 			if p, err := netip.ParsePrefix(ia.String()); err == nil {
-				s.local = append(s.local, p.Addr().Unmap())
+				local = append(local, p.Addr().Unmap())
 			}
 		}
 	}
-	s.fetched = time.Now()
-	return s.local
+	s.local, s.fetched = local, time.Now()
+	return local
 }
