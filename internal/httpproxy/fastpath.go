@@ -506,13 +506,16 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 			p.finishFast(info)
 			return false
 		}
-		if up.reused && x.replayable && attempt == 0 && errors.Is(err, errNoResponse) && !fc.ol.aborted.Load() {
+		var ne net.Error
+		timedOut := errors.As(err, &ne) && ne.Timeout()
+		// A pooled connection the upstream had closed: replay once. Not
+		// after the route timeout, which a slow upstream would pay twice.
+		if up.reused && x.replayable && attempt == 0 && errors.Is(err, errNoResponse) && !timedOut && !fc.ol.aborted.Load() {
 			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
 			continue
 		}
-		var ne net.Error
 		switch {
-		case errors.As(err, &ne) && ne.Timeout():
+		case timedOut:
 			info.Flags |= UpstreamTimeout
 			fc.localReply(info, http.StatusGatewayTimeout, msgTimeout, !x.keepAfterError)
 		default:

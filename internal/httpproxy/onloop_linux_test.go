@@ -299,6 +299,54 @@ func TestLoopTimeouts(t *testing.T) {
 	})
 }
 
+// TestRouteTimeoutNotReplayed: a GET that times out on a reused upstream
+// connection is answered 504 after one route timeout; it is not sent
+// again on a new connection, as one the upstream had closed would be.
+func TestRouteTimeoutNotReplayed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		onLoop bool
+		opts   Options
+	}{
+		{"fast path", false, Options{}},
+		{"fast path on a loop", true, Options{}},
+		{"net/http", false, Options{DisableFastPath: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hangs atomic.Int32
+			up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/hang" {
+					hangs.Add(1)
+					<-r.Context().Done()
+					return
+				}
+				w.Write([]byte("ok"))
+			}))
+			tc.opts.RouteTimeout = 300 * time.Millisecond
+			f := newFront(t, tc.opts, up.addrPort())
+			c, br := f.raw(t)
+			n := 1 // a first request, so that /hang's upstream connection is a reused one
+			if tc.onLoop {
+				n = loopAfter
+			}
+			for range n {
+				roundTrips(t, c, br, getSmall, "GET", 1)
+				f.info(t)
+			}
+			io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+			if res, _ := readResponse(t, br, "GET"); res.StatusCode != http.StatusGatewayTimeout {
+				t.Fatalf("status %d, want 504", res.StatusCode)
+			}
+			if i := f.info(t); i.Flags != UpstreamTimeout {
+				t.Errorf("flags %v, want UT", i.Flags)
+			}
+			if got := hangs.Load(); got != 1 {
+				t.Errorf("the upstream got the timed-out request %d times, want once", got)
+			}
+		})
+	}
+}
+
 // TestLoopShutdown checks that Shutdown ends a connection the loop holds
 // idle at once, and that Close ends one whose request waits on the loop.
 func TestLoopShutdown(t *testing.T) {
