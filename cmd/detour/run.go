@@ -148,6 +148,13 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	}
 
 	d.obs.draining()
+	// New connections pass directly while the open ones drain (a NAT
+	// redirect would send them into the closed listeners).
+	if d.rules != nil {
+		if err := intercept.Drain(*d.rules); err != nil {
+			log.Warn("draining with the rules in place: new connections may be refused until they are removed", "err", err)
+		}
+	}
 	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(d.cfg.Drain))
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.Drain))
 	defer cancel()

@@ -6,67 +6,90 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/detour-proxy/detour/internal/ns"
 )
 
 // TestSIGTERMDrainsThenCleans: on SIGTERM detour stops accepting, lets an
 // open connection finish, then removes its rules and exits 0 — as soon as
-// the last connection is done, not at the end of the drain period.
+// the last connection is done, not at the end of the drain period. While
+// it drains, new connections pass directly to their destination.
 func TestSIGTERMDrainsThenCleans(t *testing.T) {
 	needRoot(t)
-	n := tproxyNet(t, "dr")
-	startServers(t, n.Server)
-	before := snapshot(t, n.Router)
-	d := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts,
-		"--protocol", "tcp", "--admin", "off", "--drain-timeout", "20s")
+	tests := []struct {
+		mode string
+		// net builds the mode's network: where detour runs, where the
+		// client dials from, the server and the client's address there.
+		net func(t *testing.T) (detour, client *ns.NS, server, client4 netip.Addr)
+	}{
+		{"tproxy", func(t *testing.T) (*ns.NS, *ns.NS, netip.Addr, netip.Addr) {
+			n := tproxyNet(t, "dr")
+			startServers(t, n.Server)
+			return n.Router, n.Client, n.ServerIP4, n.ClientIP4
+		}},
+		// NAT redirects a new connection into the closed port unless the
+		// rules go first; the open one keeps its translation in conntrack.
+		{"redirect", func(t *testing.T) (*ns.NS, *ns.NS, netip.Addr, netip.Addr) {
+			n := redirectNet(t, "drr")
+			startServers(t, n.Server)
+			return n.Host, n.Host, n.ServerIP4, n.HostIP4
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			dn, cn, server, client4 := tt.net(t)
+			before := snapshot(t, dn)
+			d := startDetour(t, dn, "--mode", tt.mode, "--intercept-port", interceptPorts,
+				"--protocol", "tcp", "--admin", "off", "--drain-timeout", "20s")
 
-	conn := dial(t, n.Client, n.ServerIP4, portBanner)
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	banner := make([]byte, len("220 detour-e2e ready\r\n"))
-	if _, err := io.ReadFull(conn, banner); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
+			conn := dial(t, cn, server, portBanner)
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			banner := make([]byte, len("220 detour-e2e ready\r\n"))
+			if _, err := io.ReadFull(conn, banner); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
 
-	// Draining: the open connection still works.
-	conn.Write([]byte("still here\r\n"))
-	echo := make([]byte, len("still here\r\n"))
-	if _, err := io.ReadFull(conn, echo); err != nil || string(echo) != "still here\r\n" {
-		t.Fatalf("open connection broken during drain: %q, %v", echo, err)
-	}
-	select {
-	case <-d.Done():
-		t.Fatal("detour exited while a connection was still open and the drain period not over")
-	default:
-	}
-	// New connections are no longer accepted: with no listening socket
-	// the tproxy rule does not match, so they are routed directly, as
-	// they will be once the rules are gone. The server sees the client.
-	if c, err := n.Client.Dialer(nil)(t.Context(), "tcp", netip.AddrPortFrom(n.ServerIP4, portWhoAmI).String()); err == nil {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if b, _ := io.ReadAll(c); string(b) != n.ClientIP4.String() {
-			t.Fatalf("a new connection during drain reached the server as %q, want directly from %s", b, n.ClientIP4)
-		}
-		c.Close()
-	}
+			// Draining: the open connection still works.
+			conn.Write([]byte("still here\r\n"))
+			echo := make([]byte, len("still here\r\n"))
+			if _, err := io.ReadFull(conn, echo); err != nil || string(echo) != "still here\r\n" {
+				t.Fatalf("open connection broken during drain: %q, %v", echo, err)
+			}
+			select {
+			case <-d.Done():
+				t.Fatal("detour exited while a connection was still open and the drain period not over")
+			default:
+			}
+			// A new connection is not accepted by detour, which has closed
+			// its listeners, but reaches the server directly, as it will
+			// once the rules are gone: the server sees the client.
+			c := dial(t, cn, server, portWhoAmI)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(c); string(b) != client4.String() {
+				t.Fatalf("a new connection during drain reached the server as %q (%v), want directly from %s", b, err, client4)
+			}
 
-	closed := time.Now()
-	conn.Close()
-	select {
-	case <-d.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("detour did not exit after its last connection closed")
-	}
-	if took := time.Since(closed); took > 5*time.Second {
-		t.Fatalf("exit took %v after the last connection closed", took)
-	}
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit status: %v", err)
-	}
-	if after := snapshot(t, n.Router); after != before {
-		t.Fatalf("rules left after drain:\n%s", after)
+			closed := time.Now()
+			conn.Close()
+			select {
+			case <-d.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("detour did not exit after its last connection closed")
+			}
+			if took := time.Since(closed); took > 5*time.Second {
+				t.Fatalf("exit took %v after the last connection closed", took)
+			}
+			if err := d.Stop(); err != nil {
+				t.Fatalf("exit status: %v", err)
+			}
+			if after := snapshot(t, dn); after != before {
+				t.Fatalf("rules left after drain:\n%s", after)
+			}
+		})
 	}
 }
 

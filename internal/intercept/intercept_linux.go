@@ -30,6 +30,41 @@ func Apply(o Options) error {
 	return nil
 }
 
+// Drain stops diverting new connections while the ones already diverted go
+// on, for the drain after SIGTERM. In redirect mode it swaps in the same
+// table with an unconditional return at the top of each nat chain, which
+// sees only a connection's first packet: a new connection then passes
+// directly, and the open ones keep their translation. The redirect rules
+// stay below the return because, with no rule left that uses conntrack,
+// the kernel stops tracking the namespace's connections and the open
+// ones lose their translation (and are reset). In tproxy mode the rules
+// stay as they are: the open connections' packets need them, and once the
+// listeners are closed the tproxy rule matches no new connection. Clean
+// removes the rest when the drain is over.
+func Drain(o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	o = o.withDefaults()
+	if o.Mode != ModeRedirect {
+		return nil
+	}
+	rs := build(o)
+	for i, ch := range rs.chains {
+		if ch.kind == "nat" {
+			rs.chains[i].rules = append([][]stmt{{verdict("return")}}, ch.rules...)
+		}
+	}
+	c, err := nftConn(o.NetNSFd)
+	if err != nil {
+		return fmt.Errorf("intercept: open nftables: %w", err)
+	}
+	if err := replaceTable(c, rs); err != nil {
+		return fmt.Errorf("intercept: drain table inet %s: %w%s", o.TableName, err, hint(err))
+	}
+	return nil
+}
+
 // applyPolicy makes the policy routing match rs: a family's rule and route
 // are added if rs has them and removed (as leftovers) if it has not.
 func applyPolicy(o Options, rs ruleset) error {

@@ -9,6 +9,9 @@ var errNotLinux = errors.New("intercept: installing interception rules needs Lin
 // Apply needs Linux.
 func Apply(o Options) error { return errNotLinux }
 
+// Drain needs Linux.
+func Drain(o Options) error { return errNotLinux }
+
 // Clean needs Linux.
 func Clean(o Options) error { return errNotLinux }
 
