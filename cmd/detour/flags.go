@@ -104,6 +104,13 @@ func (f *configFlags) load() (*config.Config, error) {
 	if err := cfg.Finish(); err != nil {
 		return nil, err
 	}
+	// Finish names keys; this catches anything else the rules would refuse
+	// before a listener opens (exit 2, not 1 after "listening").
+	if len(cfg.Intercept.Ports) > 0 {
+		if err := interceptOptions(cfg).Validate(); err != nil {
+			return nil, err
+		}
+	}
 	return cfg, nil
 }
 
@@ -220,7 +227,18 @@ func interceptOptions(cfg *config.Config) intercept.Options {
 }
 
 // parse runs the flag set; help is exit 0, a bad flag exit 2.
-func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
+//
+// Asked for help, the usage goes to stdout, so that `detour run --help |
+// less` shows it; a bad flag's error and usage go to the set's output.
+func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--h" || a == "--help" {
+			fs.SetOutput(stdout)
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return exitOK, false

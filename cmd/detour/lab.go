@@ -37,16 +37,18 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 	spoof := fs.Bool("spoof-source", false, "tproxy lab: detour connects from the client's address")
 	noV6 := fs.Bool("no-ipv6", false, "skip the IPv6 requests")
 	goClient := fs.Bool("go-client", false, "use Go's HTTP client even when curl is installed")
-	fs.Usage = func() { fmt.Fprint(stderr, labHelp); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), labHelp); fs.PrintDefaults() }
 	mode := ""
 	if len(args) > 0 && (args[0] == "tproxy" || args[0] == "redirect") {
 		mode, args = args[0], args[1:]
 	}
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout); !ok {
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour lab: unknown argument %q (use tproxy or redirect)\n", fs.Arg(0))
+	if mode == "" && fs.NArg() == 1 && (fs.Arg(0) == "tproxy" || fs.Arg(0) == "redirect") {
+		mode = fs.Arg(0) // after the flags: detour lab --keep tproxy
+	} else if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "detour lab: unexpected argument %q (the one argument is the network: tproxy or redirect)\n", fs.Arg(0))
 		return exitUsage
 	}
 	if os.Geteuid() != 0 {

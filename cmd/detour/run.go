@@ -42,8 +42,8 @@ Flags:
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("run", stderr, true)
-	f.fs.Usage = func() { fmt.Fprint(stderr, runHelp); f.fs.PrintDefaults() }
-	if code, ok := parse(f.fs, args); !ok {
+	f.fs.Usage = func() { fmt.Fprint(f.fs.Output(), runHelp); f.fs.PrintDefaults() }
+	if code, ok := parse(f.fs, args, stdout); !ok {
 		return code
 	}
 	if f.fs.NArg() > 0 {

@@ -42,8 +42,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	watch := fs.Bool("watch", false, "refresh until Ctrl-C")
 	interval := fs.Duration("interval", 2*time.Second, "with --watch: how often to refresh")
 	asJSON := fs.Bool("json", false, "print the admin endpoint's /status JSON instead of tables")
-	fs.Usage = func() { fmt.Fprint(stderr, statusHelp); fs.PrintDefaults() }
-	if code, ok := parse(fs, args); !ok {
+	fs.Usage = func() { fmt.Fprint(fs.Output(), statusHelp); fs.PrintDefaults() }
+	if code, ok := parse(fs, args, stdout); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {

@@ -132,8 +132,12 @@ type HTTP struct {
 	DisableLoops bool `yaml:"disable_loops"`
 }
 
-// HTTP defaults.
+// HTTP defaults and bounds.
 const (
+	// MaxHTTPRequestHeaderKiB bounds http.max_request_header_kib, as
+	// Envoy bounds max_request_headers_kb.
+	MaxHTTPRequestHeaderKiB = 8192
+
 	DefaultHTTPMaxRequestHeaders   = 100
 	DefaultHTTPMaxIdleConnsPerHost = 1024
 	DefaultHTTPHeaderTimeout       = 10 * time.Second
@@ -171,9 +175,64 @@ func Parse(b []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: empty config
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("config: %s", strings.Join(mapSlice(te.Errors, readable), "; "))
+		}
 		return nil, fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return nil, errors.New("config: the file holds a second YAML document (after ---), which detour would not read; put all keys in one")
+	}
 	return &c, nil
+}
+
+// sections name each struct of the schema by its key, for error messages.
+var sections = map[string]string{
+	"config.Config": "", "config.Intercept": "intercept.", "config.Upstream": "upstream.",
+	"config.TCP": "tcp.", "config.HTTP": "http.",
+}
+
+// kinds say in words what a Go type in yaml.v3's messages accepts.
+var kinds = map[string]string{
+	"uint16": "a number from 0 to 65535", "uint32": "a number from 0 to 4294967295",
+	"int": "a whole number", "bool": "true or false", "string": "a string",
+	"[]string": "a list", "[]uint16": "a list of ports", "[]uint32": "a list of numbers",
+}
+
+// readable rewrites one of yaml.v3's type errors in the schema's words:
+// "line 2: field conect_timeout not found in type config.Upstream"
+// becomes "line 2: upstream.conect_timeout is not a key", and "cannot
+// unmarshal !!int `70000` into uint16" says what the key takes.
+func readable(msg string) string {
+	line, rest, ok := strings.Cut(msg, ": ")
+	if !ok {
+		return msg
+	}
+	var field, typ string
+	if _, err := fmt.Sscanf(rest, "field %s not found in type %s", &field, &typ); err == nil {
+		if prefix, ok := sections[typ]; ok {
+			return fmt.Sprintf("%s: %s%s is not a key (README lists them all)", line, prefix, field)
+		}
+	}
+	if i := strings.LastIndex(rest, " into "); strings.HasPrefix(rest, "cannot unmarshal ") && i > 0 {
+		if kind, ok := kinds[rest[i+len(" into "):]]; ok {
+			value := strings.TrimPrefix(rest[:i], "cannot unmarshal ")
+			if _, v, ok := strings.Cut(value, " "); ok { // drop the YAML tag (!!int)
+				value = v
+			}
+			return fmt.Sprintf("%s: %s is not %s", line, value, kind)
+		}
+	}
+	return msg
+}
+
+func mapSlice(s []string, f func(string) string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[i] = f(v)
+	}
+	return out
 }
 
 // Marshal renders the effective configuration, for the admin endpoint.
@@ -212,11 +271,8 @@ func (c *Config) Finish() error {
 	if err := c.Intercept.finish(c.Mode); err != nil {
 		return err
 	}
-	if c.Upstream.ConnectTimeout == 0 {
-		c.Upstream.ConnectTimeout = Duration(DefaultConnectTimeout)
-	}
-	if c.Upstream.ConnectTimeout < 0 {
-		return fmt.Errorf("upstream.connect_timeout: must be positive")
+	if err := positive("upstream.connect_timeout", &c.Upstream.ConnectTimeout, DefaultConnectTimeout); err != nil {
+		return err
 	}
 	if c.Upstream.Mark == 0 {
 		c.Upstream.Mark = DefaultUpstreamMark
@@ -227,8 +283,8 @@ func (c *Config) Finish() error {
 	if c.Upstream.SpoofSource && c.Mode != "tproxy" {
 		return fmt.Errorf("upstream.spoof_source: only works in tproxy mode (the replies must come back through detour's rules)")
 	}
-	if c.TCP.IdleTimeout == 0 {
-		c.TCP.IdleTimeout = Duration(DefaultIdleTimeout)
+	if err := positive("tcp.idle_timeout", &c.TCP.IdleTimeout, DefaultIdleTimeout); err != nil {
+		return err
 	}
 	if c.TCP.Loops < 0 || c.TCP.Loops > MaxLoops {
 		return fmt.Errorf("tcp.loops: %d: want 0 (one per CPU) to %d", c.TCP.Loops, MaxLoops)
@@ -250,16 +306,61 @@ func (c *Config) Finish() error {
 	if c.MaxConnections < 0 {
 		return fmt.Errorf("max_connections: must be 0 (no limit) or positive")
 	}
-	if c.SniffTimeout == 0 {
-		c.SniffTimeout = Duration(DefaultSniffTimeout)
+	if err := positive("sniff_timeout", &c.SniffTimeout, DefaultSniffTimeout); err != nil {
+		return err
 	}
-	if c.SniffTimeout < 0 {
-		return fmt.Errorf("sniff_timeout: must be positive")
+	if err := positive("drain_timeout", &c.Drain, DefaultDrainTimeout); err != nil {
+		return err
 	}
-	if c.Drain == 0 {
-		c.Drain = Duration(DefaultDrainTimeout)
+	if err := c.checkListenFamilies(); err != nil {
+		return err
 	}
 	return c.HTTP.finish()
+}
+
+// positive fills an unset duration with its default and rejects a
+// negative one.
+func positive(key string, d *Duration, def time.Duration) error {
+	if *d == 0 {
+		*d = Duration(def)
+	}
+	if *d < 0 {
+		return fmt.Errorf("%s: %v is negative; give a positive duration (default %v)", key, time.Duration(*d), def)
+	}
+	return nil
+}
+
+// checkListenFamilies checks what the rules need of the listeners: one per
+// family the destinations name, and, for a NAT gateway, not on loopback.
+func (c *Config) checkListenFamilies() error {
+	var v4, v6 netip.AddrPort
+	for _, a := range c.ListenAddrs {
+		if a.Addr().Is4() && !v4.IsValid() {
+			v4 = a
+		}
+		if a.Addr().Is6() && !v6.IsValid() {
+			v6 = a
+		}
+	}
+	if len(c.Intercept.Ports) == 0 {
+		return nil
+	}
+	for _, p := range c.Intercept.DestinationPrefixes {
+		if p.Addr().Is4() && !v4.IsValid() {
+			return fmt.Errorf("intercept.destinations: %s is IPv4, but no listen address is: add one like 0.0.0.0:PORT", p)
+		}
+		if p.Addr().Is6() && !v6.IsValid() {
+			return fmt.Errorf("intercept.destinations: %s is IPv6, but no listen address is: add one like [::]:PORT", p)
+		}
+	}
+	if c.Mode == "redirect" && len(c.Intercept.Interfaces) > 0 {
+		for _, a := range []netip.AddrPort{v4, v6} {
+			if a.IsValid() && a.Addr().IsLoopback() {
+				return fmt.Errorf("listen: %s is on loopback, but intercept.interfaces redirects the gateway's connections to the interface's own address; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, a.Port(), a.Port())
+			}
+		}
+	}
+	return nil
 }
 
 // finishObservability checks the admin endpoint and access log keys.
@@ -333,24 +434,48 @@ func (i *Intercept) finish(mode string) error {
 	if i.RouteTable == 0 {
 		i.RouteTable = DefaultRouteTable
 	}
-	if i.RouteTable < 0 || i.RouteTable == 253 || i.RouteTable == 254 || i.RouteTable == 255 {
+	if i.RouteTable == 253 || i.RouteTable == 254 || i.RouteTable == 255 {
 		return fmt.Errorf("intercept.route_table: %d is reserved (main/default/local); pick another, like %d", i.RouteTable, DefaultRouteTable)
+	}
+	if i.RouteTable < 0 || int64(i.RouteTable) > 0xffffffff {
+		return fmt.Errorf("intercept.route_table: %d is not a routing table (1 to 4294967295); pick one like %d", i.RouteTable, DefaultRouteTable)
 	}
 	if i.TableName == "" {
 		i.TableName = "detour"
 	}
+	if !nftIdentifier(i.TableName) {
+		return fmt.Errorf("intercept.table_name: %q is not an nftables name (a letter, then letters, digits, _ or -; at most 255)", i.TableName)
+	}
 	return nil
 }
 
-func (h *HTTP) finish() error {
-	if h.CleanupInterval == 0 {
-		h.CleanupInterval = Duration(5 * time.Second)
+// nftIdentifier is what nft accepts unquoted, so the table can be named on
+// its command line.
+func nftIdentifier(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
 	}
-	if h.RouteTimeout == 0 {
-		h.RouteTimeout = Duration(15 * time.Second)
+	for i, r := range s {
+		letter := 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z'
+		if !letter && (i == 0 || !('0' <= r && r <= '9') && r != '_' && r != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *HTTP) finish() error {
+	if err := positive("http.cleanup_interval", &h.CleanupInterval, 5*time.Second); err != nil {
+		return err
+	}
+	if err := positive("http.route_timeout", &h.RouteTimeout, 15*time.Second); err != nil {
+		return err
 	}
 	if h.OriginalDstHeader == "" {
 		h.OriginalDstHeader = "x-detour-original-dst-host"
+	}
+	if !headerName(h.OriginalDstHeader) {
+		return fmt.Errorf("http.original_dst_header: %q is not a header name (letters, digits and !#$%%&'*+-.^_`|~)", h.OriginalDstHeader)
 	}
 	if h.XForwardedFor == "" {
 		h.XForwardedFor = "append"
@@ -360,6 +485,9 @@ func (h *HTTP) finish() error {
 	}
 	if h.ServerHeader == "" {
 		h.ServerHeader = "detour"
+	}
+	if !headerValue(h.ServerHeader) {
+		return fmt.Errorf("http.server_header: %q holds a control character (a line break, say), which would split the response's head", h.ServerHeader)
 	}
 	if h.ServerHeaderMode == "" {
 		h.ServerHeaderMode = "overwrite"
@@ -372,8 +500,8 @@ func (h *HTTP) finish() error {
 	if h.MaxRequestHeaderKiB == 0 {
 		h.MaxRequestHeaderKiB = 60
 	}
-	if h.MaxRequestHeaderKiB < 0 {
-		return fmt.Errorf("http.max_request_header_kib: must be positive")
+	if h.MaxRequestHeaderKiB < 0 || h.MaxRequestHeaderKiB > MaxHTTPRequestHeaderKiB {
+		return fmt.Errorf("http.max_request_header_kib: %d: want 1 to %d (default 60)", h.MaxRequestHeaderKiB, MaxHTTPRequestHeaderKiB)
 	}
 	if h.MaxRequestHeaders == 0 {
 		h.MaxRequestHeaders = DefaultHTTPMaxRequestHeaders
@@ -387,20 +515,22 @@ func (h *HTTP) finish() error {
 	if h.MaxIdleConnsPerHost < 0 {
 		return fmt.Errorf("http.max_idle_conns_per_host: must be positive (default %d)", DefaultHTTPMaxIdleConnsPerHost)
 	}
-	if h.HeaderTimeout == 0 {
-		h.HeaderTimeout = Duration(DefaultHTTPHeaderTimeout)
+	if err := positive("http.header_timeout", &h.HeaderTimeout, DefaultHTTPHeaderTimeout); err != nil {
+		return err
 	}
-	if h.HeaderTimeout < 0 {
-		return fmt.Errorf("http.header_timeout: must be positive (default %v)", DefaultHTTPHeaderTimeout)
-	}
-	if h.StreamIdleTimeout == 0 {
-		h.StreamIdleTimeout = Duration(DefaultHTTPStreamIdleTimeout)
-	}
-	if h.StreamIdleTimeout < 0 {
-		return fmt.Errorf("http.stream_idle_timeout: must be positive (default %v)", DefaultHTTPStreamIdleTimeout)
-	}
-	return nil
+	return positive("http.stream_idle_timeout", &h.StreamIdleTimeout, DefaultHTTPStreamIdleTimeout)
 }
 
 // String prints Go duration syntax.
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// headerName reports whether s is an HTTP token (RFC 9110, 5.1).
+func headerName(s string) bool {
+	return s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") == ""
+}
+
+// headerValue reports whether s can be a header's value as it is: no
+// control character but tab (RFC 9110, 5.5).
+func headerValue(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f })
+}

@@ -32,7 +32,7 @@ func TestParseAndFinish(t *testing.T) {
 		}},
 		{name: "full file", yaml: `
 mode: tproxy
-listen: ["0.0.0.0:15001"]
+listen: ["0.0.0.0:15001", "[::]:15001"]
 protocol: tcp
 intercept:
   ports: [80, 8080]
@@ -49,11 +49,14 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 				t.Fatalf("durations %v %v", c.Upstream.ConnectTimeout, c.TCP.IdleTimeout)
 			}
 		}},
-		{name: "unknown key names it", yaml: "intercept:\n  portz: [80]", wantErr: "portz"},
+		{name: "unknown key names it", yaml: "intercept:\n  portz: [80]", wantErr: "line 2: intercept.portz is not a key"},
+		{name: "unknown top-level key", yaml: "conect_timeout: 1s", wantErr: "line 1: conect_timeout is not a key"},
+		{name: "ports not a list", yaml: "intercept: {ports: 80}", wantErr: "`80` is not a list of ports"},
+		{name: "a second document", yaml: "mode: tproxy\n---\nmode: redirect\n", wantErr: "second YAML document"},
 		{name: "bad mode", yaml: "mode: nat", wantErr: "mode:"},
 		{name: "bad listen", yaml: "listen: [localhost]", wantErr: "listen:"},
 		{name: "port zero with rules", yaml: "listen: ['0.0.0.0:0']\nintercept: {ports: [80]}", wantErr: "fixed port"},
-		{name: "port out of range", yaml: "intercept: {ports: [70000]}", wantErr: "70000"},
+		{name: "port out of range", yaml: "intercept: {ports: [70000]}", wantErr: "`70000` is not a number from 0 to 65535"},
 		{name: "bad cidr", yaml: "intercept: {destinations: [10.0.0.0/33]}", wantErr: "intercept.destinations"},
 		{name: "host bits", yaml: "intercept: {destinations: [198.18.2.1/24]}", wantErr: "198.18.2.0/24"},
 		{name: "marks collide", yaml: "upstream: {mark: 1}", wantErr: "upstream.mark"},
@@ -67,7 +70,7 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		}},
 		{name: "negative loops", yaml: "tcp: {loops: -1}", wantErr: "tcp.loops: -1"},
 		{name: "too many loops", yaml: "tcp: {loops: 257}", wantErr: "tcp.loops: 257"},
-		{name: "loops not a number", yaml: "tcp: {loops: many}", wantErr: "into int"},
+		{name: "loops not a number", yaml: "tcp: {loops: many}", wantErr: "line 1: `many` is not a whole number"},
 		{name: "reserved table", yaml: "intercept: {route_table: 254}", wantErr: "route_table"},
 		{name: "bad admin", yaml: "admin: everywhere", wantErr: "admin:"},
 		{name: "admin off", yaml: "admin: off"},
@@ -95,7 +98,31 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "negative idle connections per host", yaml: "http: {max_idle_conns_per_host: -1}", wantErr: "http.max_idle_conns_per_host"},
 		{name: "negative stream idle timeout", yaml: "http: {stream_idle_timeout: -5m}", wantErr: "http.stream_idle_timeout"},
 		{name: "bad header timeout", yaml: "http: {header_timeout: soon}", wantErr: "not a duration"},
-		{name: "bad allow loopback", yaml: "http: {allow_loopback: maybe}", wantErr: "into bool"},
+		{name: "bad allow loopback", yaml: "http: {allow_loopback: maybe}", wantErr: "`maybe` is not true or false"},
+		// Everything the packages below would reject is caught here, with
+		// the key's name, before detour opens a listener or installs a rule.
+		{name: "negative drain timeout", yaml: "drain_timeout: -5s", wantErr: "drain_timeout: -5s is negative"},
+		{name: "negative tcp idle timeout", yaml: "tcp: {idle_timeout: -1m}", wantErr: "tcp.idle_timeout"},
+		{name: "negative route timeout", yaml: "http: {route_timeout: -1s}", wantErr: "http.route_timeout"},
+		{name: "negative cleanup interval", yaml: "http: {cleanup_interval: -1s}", wantErr: "http.cleanup_interval"},
+		{name: "negative connect timeout", yaml: "upstream: {connect_timeout: -1s}", wantErr: "upstream.connect_timeout"},
+		{name: "route table too large", yaml: "intercept: {route_table: 4294967297}", wantErr: "intercept.route_table: 4294967297"},
+		{name: "negative route table", yaml: "intercept: {route_table: -3}", wantErr: "intercept.route_table: -3"},
+		{name: "table name with a space", yaml: "intercept: {table_name: 'my table'}", wantErr: "intercept.table_name"},
+		{name: "table name from a digit", yaml: "intercept: {table_name: 1detour}", wantErr: "intercept.table_name"},
+		{name: "table name", yaml: "intercept: {table_name: detour_2-b}", check: func(t *testing.T, c *Config) {
+			if c.Intercept.TableName != "detour_2-b" {
+				t.Fatalf("table name %q", c.Intercept.TableName)
+			}
+		}},
+		{name: "IPv6 destination without an IPv6 listener", yaml: "listen: ['0.0.0.0:15001']\nintercept: {ports: [80], destinations: ['2001:db8::/32']}", wantErr: "is IPv6, but no listen address is"},
+		{name: "IPv4 destination without an IPv4 listener", yaml: "listen: ['[::]:15001']\nintercept: {ports: [80], destinations: [198.18.2.0/24]}", wantErr: "is IPv4, but no listen address is"},
+		{name: "destinations without ports install nothing", yaml: "listen: ['0.0.0.0:15001']\nintercept: {destinations: ['2001:db8::/32']}"},
+		{name: "gateway redirect on loopback", yaml: "mode: redirect\nlisten: ['127.0.0.1:4999']\nintercept: {ports: [80], interfaces: [lan0]}", wantErr: "is on loopback"},
+		{name: "bad original dst header", yaml: "http: {original_dst_header: 'x dst'}", wantErr: "http.original_dst_header"},
+		{name: "server header with a line break", yaml: "http: {server_header: \"detour\\r\\nx-evil: 1\"}", wantErr: "http.server_header"},
+		{name: "server header with spaces", yaml: "http: {server_header: 'detour 1.0 (lab)'}"},
+		{name: "huge header limit", yaml: "http: {max_request_header_kib: 9007199254740992}", wantErr: "http.max_request_header_kib"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -97,6 +97,12 @@ func TestConfigErrorsExit2BeforeInstalling(t *testing.T) {
 		{[]string{"run", "--intercept-port", "80", "--upstream-mark", "0x1"}, "upstream.mark"},
 		{[]string{"run", "--listen", "nowhere", "--intercept-port", "80"}, "listen"},
 		{[]string{"run", "--bogus"}, "bogus"},
+		// Caught before a listener opens, not by the packages below after.
+		{[]string{"run", "--intercept-port", "80", "--cleanup-interval", "-1s"}, "http.cleanup_interval"},
+		{[]string{"run", "--intercept-port", "80", "--drain-timeout", "-5s"}, "drain_timeout"},
+		{[]string{"run", "--intercept-port", "80", "--route-table", "4294967297"}, "intercept.route_table"},
+		{[]string{"run", "--mode", "redirect", "--intercept-port", "80", "--intercept-iface", "lo", "--listen", "127.0.0.1:4999"}, "is on loopback"},
+		{[]string{"run", "--intercept-port", "80", "--intercept-dst", "2001:db8::/32", "--listen", "0.0.0.0:15001"}, "is IPv6"},
 	} {
 		out, err := detourCmd(t, n.Router, tc.args...)
 		code := -1

@@ -189,6 +189,8 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("httpproxy: XForwardedFor %q: want %q or %q", o.XForwardedFor, XFFAppend, XFFLeave)
 	case o.ServerHeaderMode != ServerOverwrite && o.ServerHeaderMode != ServerAppendIfAbsent && o.ServerHeaderMode != ServerPassThrough:
 		return nil, fmt.Errorf("httpproxy: ServerHeaderMode %q: want %q, %q or %q", o.ServerHeaderMode, ServerOverwrite, ServerAppendIfAbsent, ServerPassThrough)
+	case strings.ContainsAny(o.ServerHeader, "\r\n\x00"):
+		return nil, fmt.Errorf("httpproxy: ServerHeader %q holds a line break, which would split the response's head", o.ServerHeader)
 	case !validToken(o.OriginalDstHeader):
 		return nil, fmt.Errorf("httpproxy: OriginalDstHeader %q is not a valid header name", o.OriginalDstHeader)
 	case o.CleanupInterval < 0 || o.MaxRequestHeaderBytes < 0 || o.MaxRequestHeaders < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 || o.MaxIdleConnsPerHost < 0:
