@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -69,13 +70,13 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, text)
 			return exitOK
 		}
-		if err := intercept.Apply(o); err != nil {
+		if err := whileOwning(o, intercept.Apply); err != nil {
 			fmt.Fprintf(stderr, "detour rules apply: %v\n", err)
 			return exitFailure
 		}
 		fmt.Fprintf(stdout, "installed %s rules (table inet %s); remove them with `detour rules clean`\n", o.Mode, o.TableName)
 	case "clean":
-		if err := intercept.Clean(o); err != nil {
+		if err := whileOwning(o, intercept.Clean); err != nil {
 			fmt.Fprintf(stderr, "detour rules clean: %v\n", err)
 			return exitFailure
 		}
@@ -89,4 +90,24 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, text)
 	}
 	return exitOK
+}
+
+// whileOwning runs change on o's rules unless a running detour owns them:
+// replacing or removing them under it would leave it serving with rules it
+// no longer has.
+func whileOwning(o intercept.Options, change func(intercept.Options) error) error {
+	owner, err := intercept.Own(o)
+	if err != nil {
+		return ownedHint(err)
+	}
+	defer owner.Release()
+	return change(o)
+}
+
+// ownedHint adds what to do when another detour holds the table.
+func ownedHint(err error) error {
+	if errors.Is(err, intercept.ErrOwned) {
+		return fmt.Errorf("%w: stop it first, or give this one another intercept.table_name (and, in tproxy mode, another intercept.route_table and tproxy_mark)", err)
+	}
+	return err
 }

@@ -76,6 +76,7 @@ type daemon struct {
 	srv    *proxy.Server
 	l7     *httpproxy.Proxy
 	rules  *intercept.Options // installed rules, nil when none
+	owner  *intercept.Owner   // the hold on the rules' table, from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
 }
@@ -111,6 +112,7 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 		}
 	}()
 
+	defer func() { d.owner.Release() }() // after the rules are gone
 	if err := d.applyRules(cfg); err != nil {
 		return err
 	}
@@ -209,10 +211,25 @@ func openListeners(cfg *config.Config, have []*listen.Listener, log *slog.Logger
 // applyRules installs (or atomically replaces) the interception rules cfg
 // asks for, and removes them when it asks for none.
 func (d *daemon) applyRules(cfg *config.Config) error {
+	o := interceptOptions(cfg)
 	if len(cfg.Intercept.Ports) == 0 {
+		if d.rules == nil && d.owner == nil {
+			if there, _ := intercept.Installed(o); there {
+				d.log.Warn("rules of this table are installed, by `detour rules apply` or a killed run; this run installs none and leaves them (`detour rules clean` removes them)", "table", "inet "+o.TableName)
+			}
+		}
 		return d.cleanRules()
 	}
-	o := interceptOptions(cfg)
+	if d.owner == nil {
+		owner, err := intercept.Own(o)
+		if err != nil {
+			return ownedHint(err)
+		}
+		d.owner = owner
+		if there, _ := intercept.Installed(o); there {
+			d.log.Info("replacing rules already installed in this namespace, by a killed run or `detour rules apply`", "table", "inet "+o.TableName)
+		}
+	}
 	if err := intercept.Apply(o); err != nil {
 		return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
 	}

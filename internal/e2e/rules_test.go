@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,46 @@ func TestConfigErrorsExit2BeforeInstalling(t *testing.T) {
 	}
 	if after := snapshot(t, n.Router); after != before {
 		t.Fatalf("a rejected config changed the namespace:\n%s", after)
+	}
+}
+
+// TestSecondRunLeavesTheFirstOnesRules: a second detour in the same
+// namespace with the same table refuses to start instead of replacing the
+// first one's rules (and removing them when it exits), and `rules apply`
+// and `rules clean` refuse too; once the first is gone, they work.
+func TestSecondRunLeavesTheFirstOnesRules(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "own")
+	before := snapshot(t, n.Router)
+	first := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts, "--protocol", "tcp", "--admin", "off")
+	installed := snapshot(t, n.Router)
+	owned := fmt.Sprintf("owned by another detour (pid %d)", first.Pid())
+	for _, args := range [][]string{
+		{"run", "--mode", "tproxy", "--intercept-port", "80", "--listen", "0.0.0.0:15011", "--admin", "off"},
+		{"rules", "apply", "--mode", "tproxy", "--intercept-port", "80"},
+		{"rules", "clean"},
+	} {
+		out, err := detourCmd(t, n.Router, args...)
+		code := -1
+		if ee, ok := err.(interface{ ExitCode() int }); ok {
+			code = ee.ExitCode()
+		}
+		if code != 1 || !strings.Contains(out, owned) {
+			t.Errorf("%v: exit %d, output %q; want exit 1 saying %q", args, code, out, owned)
+		}
+	}
+	if now := snapshot(t, n.Router); now != installed {
+		t.Fatalf("the first run's rules changed:\n%s\nwant:\n%s", now, installed)
+	}
+	if err := first.Stop(); err != nil {
+		t.Fatalf("first run's exit: %v", err)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("rules left after the first run exited:\n%s", after)
+	}
+	for _, args := range [][]string{{"rules", "apply", "--mode", "tproxy", "--intercept-port", "80"}, {"rules", "clean"}} {
+		if out, err := detourCmd(t, n.Router, args...); err != nil {
+			t.Errorf("%v after the first run exited: %v\n%s", args, err, out)
+		}
 	}
 }

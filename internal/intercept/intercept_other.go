@@ -20,3 +20,15 @@ func Show(o Options) (string, error) { return "", errNotLinux }
 
 // Installed needs Linux.
 func Installed(o Options) (bool, error) { return false, errNotLinux }
+
+// Owner is a run's hold on its table's rules; it needs Linux.
+type Owner struct{}
+
+// ErrOwned is returned by Own when a live process holds the table.
+var ErrOwned = errors.New("owned by another detour")
+
+// Own needs Linux.
+func Own(o Options) (*Owner, error) { return nil, errNotLinux }
+
+// Release does nothing without Linux.
+func (w *Owner) Release() {}
