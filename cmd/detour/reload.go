@@ -10,6 +10,7 @@ import (
 	"context"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/listen"
 )
 
@@ -55,20 +56,32 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 	if err != nil {
 		return err
 	}
-	rulesChanged := !reflect.DeepEqual(interceptOptions(d.cfg), interceptOptions(next))
-	if rulesChanged {
-		if err := d.applyRules(next); err != nil {
+	// What can fail comes first: the rules change last, so a failure
+	// leaves them as they were.
+	dialer := newDialer(next)
+	var l7 *httpproxy.Proxy
+	if !reflect.DeepEqual(d.cfg.HTTP, next.HTTP) || d.cfg.Upstream != next.Upstream {
+		if l7, err = newL7(next, dialer, d.log, d.isSelf, d.obs.onRequest); err != nil {
 			closeNew(lns, cur)
 			return err
 		}
 	}
-	dialer := newDialer(next)
-	if !reflect.DeepEqual(d.cfg.HTTP, next.HTTP) || d.cfg.Upstream != next.Upstream {
-		l7, err := newL7(next, dialer, d.log, d.isSelf, d.obs.onRequest)
-		if err != nil {
+	rulesChanged := !reflect.DeepEqual(interceptOptions(d.cfg), interceptOptions(next))
+	if rulesChanged {
+		if err := d.applyRules(next); err != nil {
 			closeNew(lns, cur)
+			if l7 != nil {
+				l7.Close()
+			}
+			// A failed install may have removed the old rules too
+			// (intercept.Apply cleans up after a half-done one).
+			if rerr := d.applyRules(d.cfg); rerr != nil {
+				return fmt.Errorf("%w; the previous rules could not be restored either: %w", err, rerr)
+			}
 			return err
 		}
+	}
+	if l7 != nil {
 		old, drain := d.l7, time.Duration(d.cfg.Drain)
 		d.l7 = l7
 		d.drains.Add(1)

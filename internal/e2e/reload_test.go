@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bufio"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/detour-proxy/detour/internal/lab"
 )
 
 // TestSIGHUPReload: a reload adds an intercepted port and changes a
@@ -85,5 +89,45 @@ func waitLog(t *testing.T, output func() string, want string, n int) {
 			t.Fatalf("log has %q %d times, want %d:\n%s", want, strings.Count(output(), want), n, output())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReloadWhileSniffing: a reload that replaces the HTTP side (here its
+// server header) lands while a connection waits for its client's first
+// bytes; the request that follows is served by the new side, not dropped
+// by the old one, which the reload shut down.
+func TestReloadWhileSniffing(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "hups")
+	bin, err := lab.StartHTTPBin(n.Server, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bin.Close() })
+	file := filepath.Join(t.TempDir(), "detour.yaml")
+	write := func(server string) {
+		body := "mode: tproxy\nprotocol: auto\nadmin: off\nintercept: {ports: [80]}\nhttp: {server_header: " + server + "}\n"
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("before")
+	d := startDetour(t, n.Router, "-c", file)
+
+	conn := dial(t, n.Client, n.ServerIP4, 80) // sniffing: no byte sent yet
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	time.Sleep(100 * time.Millisecond) // accepted, and its upstream connected while it waits
+	write("after")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "configuration reloaded", 1)
+
+	io.WriteString(conn, "GET /get HTTP/1.1\r\nHost: "+n.ServerIP4.String()+"\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the request on a connection accepted before the reload: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Server") != "after" {
+		t.Fatalf("status %d, server %q; want 200 from the reloaded HTTP side (server: after)", res.StatusCode, res.Header.Get("Server"))
 	}
 }

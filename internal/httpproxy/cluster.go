@@ -93,9 +93,12 @@ type cluster struct {
 	p     *Proxy
 	mu    sync.Mutex
 	hosts map[hostKey]*host
-	stop  chan struct{}
-	done  chan struct{}
-	once  sync.Once
+	// closed: close has begun; no connection joins the cluster after it,
+	// as nothing would close it.
+	closed bool
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
 
 	// Used by sweep only (the janitor, then close).
 	removed  int // hosts removed since the memory was last returned
@@ -166,12 +169,18 @@ func (c *cluster) hasIdle(k hostKey) bool {
 	return h != nil && h.open.Load()-h.inUse.Load()-h.kept.Load() > 0
 }
 
-func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) {
+// addPreDialed keeps conn for k's first request. It reports false, and
+// the caller closes conn, once the cluster is closed.
+func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
 	h := c.getLocked(k)
 	h.preDialed = append(h.preDialed, conn)
 	h.lastUsed = time.Now()
+	return true
 }
 
 // dropPreDialed runs when the client connection that brought conn ends.
@@ -297,7 +306,7 @@ func (c *cluster) putLink(l *upLink) {
 	h := l.h
 	l.since = time.Now()
 	c.mu.Lock()
-	if c.hosts[h.key] == h && len(h.links) < c.p.o.MaxIdleConnsPerHost {
+	if !c.closed && c.hosts[h.key] == h && len(h.links) < c.p.o.MaxIdleConnsPerHost {
 		h.links = append(h.links, l)
 		l = nil
 	}
@@ -416,6 +425,9 @@ func (c *cluster) releaseMemory(now time.Time, hosts int) {
 
 // close stops the janitor and drops every host's idle connections.
 func (c *cluster) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.once.Do(func() { close(c.stop) })
 	<-c.done
 	c.sweep(time.Now().Add(time.Hour))

@@ -268,8 +268,11 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
 	if preDialed != nil {
 		key := p.hostKey(unmap(client), unmap(origDst))
-		p.hosts.addPreDialed(key, preDialed)
-		defer p.hosts.dropPreDialed(key, preDialed)
+		if p.hosts.addPreDialed(key, preDialed) {
+			defer p.hosts.dropPreDialed(key, preDialed)
+		} else { // closed: the client is turned away below
+			preDialed.Close()
+		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
 		rest, handOver := p.serveConnFast(tc, unmap(client), unmap(origDst))

@@ -656,6 +656,35 @@ func TestStreamingResponseIsNotBuffered(t *testing.T) {
 	}
 }
 
+// TestPreDialedAfterClose: a connection handed over with a pre-dialed
+// upstream after the proxy closed (a reload replaced it while the client
+// was being sniffed) is turned away, and so is its upstream connection,
+// which would otherwise join a cluster nobody empties.
+func TestPreDialedAfterClose(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	f := newFront(t, Options{}, up.addrPort())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f.p.Shutdown(ctx)
+	f.p.Close()
+	pre, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(up.addrPort()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre, nil)
+	if _, err := b.Read(make([]byte, 1)); err == nil {
+		t.Error("the client's connection is still open")
+	}
+	if _, err := pre.Write([]byte("x")); err == nil {
+		t.Error("the pre-dialed upstream connection is still open")
+	}
+	if h := f.p.Hosts(); len(h) != 0 {
+		t.Errorf("hosts after close: %+v", h)
+	}
+}
+
 func TestPreDialedConnectionIsUsedFirst(t *testing.T) {
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	f := newFront(t, Options{}, up.addrPort())

@@ -16,7 +16,7 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
-		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+		s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
 		return false
 	case ProtocolAuto:
 		// Sniffing returns before the connection is served, so that the
@@ -27,6 +27,18 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 	default:
 		return s.forwardL4(o, log, c, nil, rec)
 	}
+}
+
+// l7 is the HTTP side a connection goes to: the current one. A reload
+// that replaces it shuts the old one down at once, and a connection that
+// was accepted or sniffed under the old settings (its first bytes may take
+// up to sniff_timeout) would find it closed. The old one serves only when
+// the current settings have none (protocol tcp since).
+func (s *Server) l7(o *Options) L7 {
+	if cur := s.cur.Load(); cur.HTTP != nil {
+		return cur.HTTP
+	}
+	return o.HTTP
 }
 
 // dialFailGrace is how long auto mode still waits for a client's first
@@ -110,7 +122,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
 		}
 		if d == nil {
-			o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+			s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
 			return false
 		}
 		// When the connect failed, L7 answers the first request 503 with
@@ -119,7 +131,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		if d.up != nil {
 			_ = upstream.EnableKeepAlive(d.up)
 		}
-		o.HTTP.ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
+		s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
 		return false
 	}
 	if log.debug && err != nil && res.N == 0 {

@@ -308,6 +308,11 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 			continue
 		}
 		s.obs.Accepted(l.Mode())
+		// A reload while Accept waited: the new settings serve the
+		// connection, if they take the kind of socket it was accepted as.
+		if cur := s.cur.Load(); cur != o && (cur.Protocol == ProtocolTCP) == (o.Protocol == ProtocolTCP) {
+			o = cur
+		}
 		if limit := o.MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
 			s.obs.Refused("limit")
 			s.log.Warn("connection limit reached; closing new connection", "limit", limit, "client", c.Client, "original_dst", c.OrigDst)
