@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -83,8 +84,13 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
+	clear := isTerminal(stdout)
 	for {
-		fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
+		if clear {
+			fmt.Fprint(stdout, "\x1b[H\x1b[2J") // home, clear screen
+		} else {
+			fmt.Fprintln(stdout) // piped: one report after the other
+		}
 		fmt.Fprintf(stdout, "%s  (every %s, Ctrl-C to stop)\n", base, *interval)
 		if err := show(); err != nil && ctx.Err() == nil {
 			fmt.Fprintf(stdout, "%v\n", err)
@@ -124,4 +130,15 @@ func fetchStatus(ctx context.Context, c *http.Client, base string) (admin.Status
 		return st, nil, fmt.Errorf("%s/status is not detour's status JSON: %w", base, err)
 	}
 	return st, raw, nil
+}
+
+// isTerminal reports whether w is a terminal (a character device), which
+// screen control sequences suit; a pipe or a file gets plain text.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +72,35 @@ func TestStatusCommand(t *testing.T) {
 		errs.Reset()
 		if code := cmdStatus(c.args, &out, &errs); code != c.code || !strings.Contains(errs.String(), c.msg) {
 			t.Errorf("%v: exit %d %q; want %d and %q", c.args, code, errs.String(), c.code, c.msg)
+		}
+	}
+}
+
+// TestIsTerminal: --watch clears the screen only on a terminal; a pipe or
+// a buffer gets plain reports.
+func TestIsTerminal(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	for _, tc := range []struct {
+		name string
+		w    io.Writer
+		want bool
+	}{
+		{"pipe", w, false},
+		{"buffer", &strings.Builder{}, false},
+		{"character device", devNull, true},
+	} {
+		if got := isTerminal(tc.w); got != tc.want {
+			t.Errorf("%s: isTerminal = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

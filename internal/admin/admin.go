@@ -302,7 +302,12 @@ func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-func (s *Server) getLogging(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) getLogging(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Has("level") { // a GET must not change it; say so rather than ignore it
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "GET only reads the level; change it with POST /logging?level=...", http.StatusMethodNotAllowed)
+		return
+	}
 	fmt.Fprintf(w, "log level: %s\n", strings.ToLower(s.o.Level.Level().String()))
 }
 

@@ -236,6 +236,9 @@ func TestConfigLoggingIndexPprof(t *testing.T) {
 	if code, _, _ := f.do(t, "POST", "/logging"); code != 400 {
 		t.Errorf("POST /logging without level: %d", code)
 	}
+	if code, _, _ := f.do(t, "GET", "/logging?level=warn"); code != 405 || f.level.Level() != slog.LevelDebug {
+		t.Errorf("GET /logging?level=warn: %d, level %v; want 405 and the level unchanged", code, f.level.Level())
+	}
 	if code, _, _ := f.do(t, "PUT", "/logging?level=warn"); code != 405 {
 		t.Errorf("PUT /logging: %d, want 405", code)
 	}

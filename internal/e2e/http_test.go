@@ -108,6 +108,15 @@ func TestHTTPThroughRouter(t *testing.T) {
 		})
 	}
 
+	t.Run("debug log closes the connection under its id", func(t *testing.T) {
+		client.CloseIdleConnections()
+		waitLog(t, l.detour.Output, "forwarded=L7", 1)
+		id := regexp.MustCompile(`msg=closed (conn=C\d+) client=\S+ forwarded=L7`).FindStringSubmatch(l.detour.Output())
+		if id == nil || !strings.Contains(l.detour.Output(), "msg=sniffed "+id[1]) {
+			t.Fatalf("want a closed line with forwarded=L7 under the id of a sniffed connection:\n%s", l.detour.Output())
+		}
+	})
+
 	t.Run("client request id kept", func(t *testing.T) {
 		_, hb := getHeaders(t, client, "http://198.18.2.2/headers", map[string]string{"X-Request-Id": "trace-abc-123"})
 		if got := hb.Headers["X-Request-Id"]; len(got) != 1 || got[0] != "trace-abc-123" {

@@ -16,7 +16,7 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
-		s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+		s.serveL7(o, log, c, nil, nil)
 		return false
 	case ProtocolAuto:
 		// Sniffing returns before the connection is served, so that the
@@ -39,6 +39,16 @@ func (s *Server) l7(o *Options) L7 {
 		return cur.HTTP
 	}
 	return o.HTTP
+}
+
+// serveL7 hands the connection to the HTTP side until it is done. The
+// requests' own log lines carry the client's address and request id; this
+// one closes the connection's story under its id.
+func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, dialErr error) {
+	s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, up, dialErr)
+	if log.debug {
+		log.get().Debug("closed", "client", c.Client, "forwarded", "L7")
+	}
 }
 
 // dialFailGrace is how long auto mode still waits for a client's first
@@ -122,7 +132,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
 		}
 		if d == nil {
-			s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, nil, nil)
+			s.serveL7(o, log, c, nil, nil)
 			return false
 		}
 		// When the connect failed, L7 answers the first request 503 with
@@ -131,7 +141,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		if d.up != nil {
 			_ = upstream.EnableKeepAlive(d.up)
 		}
-		s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, d.up, d.err)
+		s.serveL7(o, log, c, d.up, d.err)
 		return false
 	}
 	if log.debug && err != nil && res.N == 0 {
