@@ -567,3 +567,17 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestShownBinary: the printed commands name a `go run` build "detour",
+// not the temporary path that is gone once the lab ends.
+func TestShownBinary(t *testing.T) {
+	for _, tc := range []struct{ bin, want string }{
+		{"/tmp/go-build1234/b001/exe/detour", "detour"},
+		{"/usr/local/bin/detour", "/usr/local/bin/detour"},
+		{"./detour", "./detour"},
+	} {
+		if got := (&walk{o: Options{Binary: tc.bin}}).shownBinary(); got != tc.want {
+			t.Errorf("shownBinary(%q) = %q, want %q", tc.bin, got, tc.want)
+		}
+	}
+}

@@ -51,7 +51,7 @@ func (w *walk) showAdmin(ctx context.Context) {
 	w.sayf("one host per original destination ip:port: REQUESTS counts the requests above, REUSES those")
 	w.sayf("detour served on a pooled upstream connection. A host unused for 5s is removed with its idle connections.")
 	w.adminTip = []string{
-		fmt.Sprintf("ip netns exec %s %s status --watch   # live hosts and counters", name, w.o.Binary),
+		fmt.Sprintf("ip netns exec %s %s status --watch   # live hosts and counters", name, w.shownBinary()),
 		fmt.Sprintf("ip netns exec %s curl -s http://%s/metrics | grep '^detour_'", name, addr),
 		fmt.Sprintf("ip netns exec %s curl -s http://%s/clusters", name, addr),
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -311,7 +312,7 @@ func (w *walk) startHTTPBin(n *ns.NS, ip4, ip6 netip.Addr) (*HTTPBin, error) {
 }
 
 func (w *walk) startDetour(ctx context.Context, n *ns.NS, args []string) error {
-	w.block("ip netns exec " + n.Name + " " + shellJoin(append([]string{w.o.Binary, "run"}, args...)))
+	w.block("ip netns exec " + n.Name + " " + shellJoin(append([]string{w.shownBinary(), "run"}, args...)))
 	d, err := StartDetour(ctx, n, w.o.Binary, args, &prefixWriter{w: w.w, prefix: "     detour| "})
 	if err != nil {
 		return err
@@ -339,6 +340,16 @@ func (w *walk) startDetour(ctx context.Context, n *ns.NS, args []string) error {
 		}
 	})
 	return nil
+}
+
+// shownBinary is how the printed commands name detour: its path, or
+// "detour" when `go run` built it in a temporary directory that is gone
+// once the lab ends.
+func (w *walk) shownBinary() string {
+	if strings.Contains(w.o.Binary, string(filepath.Separator)+"go-build") {
+		return "detour"
+	}
+	return w.o.Binary
 }
 
 // showRules prints what detour installed: `detour rules show` with the
