@@ -32,6 +32,7 @@ type configFlags struct {
 	file, mode                           string
 	listen, ports, dsts, ifaces, uids    listFlag
 	tproxyMark, upstreamMark, routeTable string
+	tableName                            string
 	spoof                                bool
 	protocol, admin, logLevel            string
 	adminRemote                          bool
@@ -58,6 +59,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.StringVar(&f.tproxyMark, "tproxy-mark", "", "fwmark the tproxy rules set and policy routing matches (default 0x1)")
 	fs.StringVar(&f.routeTable, "route-table", "", "policy routing table for the tproxy local route (default 100)")
 	fs.StringVar(&f.upstreamMark, "upstream-mark", "", "SO_MARK on detour's upstream sockets, exempted from interception (default 0x2)")
+	fs.StringVar(&f.tableName, "table-name", "", "the nftables table (family inet) of the rules; a second detour in one namespace needs its own (default detour)")
 	if withRun {
 		fs.BoolVar(&f.spoof, "spoof-source", false, "tproxy: connect upstream from the client's IP, so servers see the real client")
 		fs.StringVar(&f.protocol, "protocol", "", "auto (sniff), http or tcp (default auto)")
@@ -162,6 +164,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 			return fmt.Errorf("--route-table: %q is not a table number", f.routeTable)
 		}
 		cfg.Intercept.RouteTable = n
+	case "table-name":
+		cfg.Intercept.TableName = f.tableName
 	case "spoof-source":
 		cfg.Upstream.SpoofSource = f.spoof
 	case "protocol":

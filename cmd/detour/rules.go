@@ -107,7 +107,7 @@ func whileOwning(o intercept.Options, change func(intercept.Options) error) erro
 // ownedHint adds what to do when another detour holds the table.
 func ownedHint(err error) error {
 	if errors.Is(err, intercept.ErrOwned) {
-		return fmt.Errorf("%w: stop it first, or give this one another intercept.table_name (and, in tproxy mode, another intercept.route_table and tproxy_mark)", err)
+		return fmt.Errorf("%w: stop it first, or give this one another table (--table-name, intercept.table_name; in tproxy mode also another --route-table and --tproxy-mark)", err)
 	}
 	return err
 }

@@ -122,7 +122,8 @@ func TestConfigErrorsExit2BeforeInstalling(t *testing.T) {
 // TestSecondRunLeavesTheFirstOnesRules: a second detour in the same
 // namespace with the same table refuses to start instead of replacing the
 // first one's rules (and removing them when it exits), and `rules apply`
-// and `rules clean` refuse too; once the first is gone, they work.
+// and `rules clean` refuse too; another table (--table-name) is free; once
+// the first is gone, they work.
 func TestSecondRunLeavesTheFirstOnesRules(t *testing.T) {
 	needRoot(t)
 	n := tproxyNet(t, "own")
@@ -143,6 +144,14 @@ func TestSecondRunLeavesTheFirstOnesRules(t *testing.T) {
 		if code != 1 || !strings.Contains(out, owned) {
 			t.Errorf("%v: exit %d, output %q; want exit 1 saying %q", args, code, out, owned)
 		}
+	}
+	// Another table is another owner's.
+	other := []string{"--mode", "tproxy", "--table-name", "detour_b", "--route-table", "101", "--tproxy-mark", "0x3", "--upstream-mark", "0x4"}
+	if out, err := detourCmd(t, n.Router, append([]string{"rules", "apply", "--intercept-port", "81", "--listen", "0.0.0.0:15011"}, other...)...); err != nil {
+		t.Errorf("rules apply of another table: %v\n%s", err, out)
+	}
+	if out, err := detourCmd(t, n.Router, append([]string{"rules", "clean"}, other...)...); err != nil {
+		t.Errorf("rules clean of another table: %v\n%s", err, out)
 	}
 	if now := snapshot(t, n.Router); now != installed {
 		t.Fatalf("the first run's rules changed:\n%s\nwant:\n%s", now, installed)
