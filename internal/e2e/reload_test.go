@@ -131,3 +131,45 @@ func TestReloadWhileSniffing(t *testing.T) {
 		t.Fatalf("status %d, server %q; want 200 from the reloaded HTTP side (server: after)", res.StatusCode, res.Header.Get("Server"))
 	}
 }
+
+// TestRedirectReloadToNoPorts: in redirect mode a reload that drops every
+// port stops redirecting but keeps the open redirected connections alive
+// (deleting the nat table would end their NAT state, and reset them); the
+// rest of the rules go at exit.
+func TestRedirectReloadToNoPorts(t *testing.T) {
+	needRoot(t)
+	n := redirectNet(t, "hupr")
+	startServers(t, n.Server)
+	before := snapshot(t, n.Host)
+	file := filepath.Join(t.TempDir(), "detour.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("mode: redirect\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002]}\n")
+	d := startDetour(t, n.Host, "-c", file)
+
+	conn := dial(t, n.Host, n.ServerIP4, portBanner)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	write("mode: redirect\nprotocol: tcp\nadmin: off\n")
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "configuration reloaded", 1)
+	time.Sleep(100 * time.Millisecond)
+
+	conn.Write([]byte("after the reload\r\n"))
+	echo := make([]byte, len("after the reload\r\n"))
+	if _, err := io.ReadFull(conn, echo); err != nil {
+		t.Fatalf("a redirected connection broke when the reload dropped every port: %v", err)
+	}
+	conn.Close()
+	if err := d.Stop(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if after := snapshot(t, n.Host); after != before {
+		t.Fatalf("rules left after exit:\n%s", after)
+	}
+}
