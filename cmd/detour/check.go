@@ -32,12 +32,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	mode := fs.String("mode", "", "tproxy or redirect (default: both)")
 	router := fs.Bool("router", false, "tproxy on a router: also check IP forwarding")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), checkHelp); fs.PrintDefaults() }
-	if code, ok := parse(fs, args, stdout); !ok {
+	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour check: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
 	}
 	if *mode != "" && *mode != "tproxy" && *mode != "redirect" {
 		fmt.Fprintf(stderr, "detour check: --mode %q (use tproxy or redirect)\n", *mode)

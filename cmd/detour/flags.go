@@ -230,6 +230,19 @@ func interceptOptions(cfg *config.Config) intercept.Options {
 	return o
 }
 
+// parseFlagsOnly is parse for a command that takes no arguments besides
+// its flags: a stray one is a usage error naming it.
+func parseFlagsOnly(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	if code, ok := parse(fs, args, stdout); !ok {
+		return code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "detour %s: unexpected argument %q (flags and their values go before it; a list is comma-separated)\n", fs.Name(), fs.Arg(0))
+		return exitUsage, false
+	}
+	return 0, true
+}
+
 // parse runs the flag set; help is exit 0, a bad flag exit 2.
 //
 // Asked for help, the usage goes to stdout, so that `detour run --help |

@@ -33,12 +33,8 @@ func cmdOrigDst(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&addrs, "listen", "ip:port to accept on, repeatable")
 	mode := fs.String("mode", "redirect", "redirect (SO_ORIGINAL_DST) or tproxy (transparent listener)")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), origdstHelp); fs.PrintDefaults() }
-	if code, ok := parse(fs, args, stdout); !ok {
+	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour origdst: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
 	}
 	if len(addrs) == 0 {
 		fmt.Fprintln(stderr, "detour origdst: --listen ADDR is required (like 127.0.0.1:4999)")

@@ -43,12 +43,8 @@ Flags:
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("run", stderr, true)
 	f.fs.Usage = func() { fmt.Fprint(f.fs.Output(), runHelp); f.fs.PrintDefaults() }
-	if code, ok := parse(f.fs, args, stdout); !ok {
+	if code, ok := parseFlagsOnly(f.fs, args, stdout, stderr); !ok {
 		return code
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour run: unexpected argument %q\n", f.fs.Arg(0))
-		return exitUsage
 	}
 	cfg, err := f.load()
 	if err != nil {

@@ -44,12 +44,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	interval := fs.Duration("interval", 2*time.Second, "with --watch: how often to refresh")
 	asJSON := fs.Bool("json", false, "print the admin endpoint's /status JSON instead of tables")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), statusHelp); fs.PrintDefaults() }
-	if code, ok := parse(fs, args, stdout); !ok {
+	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour status: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
 	}
 	ap, err := netip.ParseAddrPort(*addr)
 	if err != nil {

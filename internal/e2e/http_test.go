@@ -31,11 +31,7 @@ type httpLab struct {
 func startHTTPLab(t *testing.T, extra ...string) *httpLab {
 	t.Helper()
 	n := tproxyNet(t, "h")
-	bin, err := lab.StartHTTPBin(n.Server, 80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bin.Close() })
+	bin := startHTTPBin(t, n.Server)
 	stop, err := lab.ServeTCP(n.Server, portSilent, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
 	if err != nil {
 		t.Fatal(err)
@@ -215,11 +211,7 @@ func TestHTTPThroughRouter(t *testing.T) {
 func TestHTTPThroughRedirect(t *testing.T) {
 	needRoot(t)
 	n := redirectNet(t, "hr")
-	bin, err := lab.StartHTTPBin(n.Server, 80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bin.Close() })
+	startHTTPBin(t, n.Server)
 	startDetour(t, n.Host, "--mode", "redirect", "--intercept-port", "80", "--admin", "off")
 	client := keepAliveClient(n.Host)
 	for _, dst := range []netip.Addr{n.ServerIP4, n.ServerIP6} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -117,4 +118,27 @@ func snapshot(t *testing.T, n *ns.NS) string {
 		}
 	}
 	return b.String()
+}
+
+// configFile returns the path of a config file in a directory of the test's
+// own, and a function that (re)writes it.
+func configFile(t *testing.T) (path string, write func(body string)) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "detour.yaml")
+	return path, func(body string) {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startHTTPBin serves httpbin on port 80 in n until the test ends.
+func startHTTPBin(t *testing.T, n *ns.NS) *lab.HTTPBin {
+	t.Helper()
+	bin, err := lab.StartHTTPBin(n, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bin.Close() })
+	return bin
 }

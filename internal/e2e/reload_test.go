@@ -5,14 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/detour-proxy/detour/internal/lab"
 )
 
 // TestSIGHUPReload: a reload adds an intercepted port and changes a
@@ -22,12 +18,7 @@ func TestSIGHUPReload(t *testing.T) {
 	needRoot(t)
 	n := tproxyNet(t, "hup")
 	startServers(t, n.Server)
-	file := filepath.Join(t.TempDir(), "detour.yaml")
-	write := func(body string) {
-		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	file, write := configFile(t)
 	write("mode: tproxy\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002]}\ntcp: {loops: 3}\n")
 	d := startDetour(t, n.Router, "-c", file)
 	waitLog(t, d.Output, "l4_loops=3", 1)
@@ -99,17 +90,10 @@ func waitLog(t *testing.T, output func() string, want string, n int) {
 func TestReloadWhileSniffing(t *testing.T) {
 	needRoot(t)
 	n := tproxyNet(t, "hups")
-	bin, err := lab.StartHTTPBin(n.Server, 80)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bin.Close() })
-	file := filepath.Join(t.TempDir(), "detour.yaml")
+	startHTTPBin(t, n.Server)
+	file, writeFile := configFile(t)
 	write := func(server string) {
-		body := "mode: tproxy\nprotocol: auto\nadmin: off\nintercept: {ports: [80]}\nhttp: {server_header: " + server + "}\n"
-		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile("mode: tproxy\nprotocol: auto\nadmin: off\nintercept: {ports: [80]}\nhttp: {server_header: " + server + "}\n")
 	}
 	write("before")
 	d := startDetour(t, n.Router, "-c", file)
@@ -141,12 +125,7 @@ func TestRedirectReloadToNoPorts(t *testing.T) {
 	n := redirectNet(t, "hupr")
 	startServers(t, n.Server)
 	before := snapshot(t, n.Host)
-	file := filepath.Join(t.TempDir(), "detour.yaml")
-	write := func(body string) {
-		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	file, write := configFile(t)
 	write("mode: redirect\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002]}\n")
 	d := startDetour(t, n.Host, "-c", file)
 
