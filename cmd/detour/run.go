@@ -214,18 +214,18 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 				d.log.Warn("rules of this table are installed, by `detour rules apply` or a killed run; this run installs none and leaves them (`detour rules clean` removes them)", "table", "inet "+o.TableName)
 			}
 		}
-		// Redirected connections keep their NAT state only while a rule
-		// uses conntrack (see intercept.Drain): a reload that drops every
-		// port stops redirecting new ones and removes the rest at exit.
-		if d.rules != nil && d.rules.Mode == intercept.ModeRedirect {
+		// The open connections still need part of the rules (see
+		// intercept.Drain): a reload that drops every port stops diverting
+		// new ones and removes the rest at exit.
+		if d.rules != nil {
 			if err := intercept.Drain(*d.rules); err != nil {
-				return fmt.Errorf("stop redirecting: %w", err)
+				return fmt.Errorf("stop diverting: %w", err)
 			}
 			d.obs.rules(cfg, false)
-			d.log.Info("rules no longer redirect new connections; the table stays until exit for the open ones", "table", "inet "+o.TableName)
+			d.log.Info("rules no longer divert new connections; what the open ones need stays until exit", "table", "inet "+o.TableName)
 			return nil
 		}
-		return d.cleanRules()
+		return nil
 	}
 	if d.owner == nil {
 		owner, err := intercept.Own(o)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/detour-proxy/detour/internal/ns"
 )
 
 // TestSIGHUPReload: a reload adds an intercepted port and changes a
@@ -116,39 +118,65 @@ func TestReloadWhileSniffing(t *testing.T) {
 	}
 }
 
-// TestRedirectReloadToNoPorts: in redirect mode a reload that drops every
-// port stops redirecting but keeps the open redirected connections alive
-// (deleting the nat table would end their NAT state, and reset them); the
-// rest of the rules go at exit.
-func TestRedirectReloadToNoPorts(t *testing.T) {
+// TestReloadToNoPorts: a reload that drops every port stops diverting new
+// connections but keeps the open ones alive: in tproxy mode their packets
+// need the socket rule and the policy routing, in redirect mode their NAT
+// state needs a nat rule that uses conntrack. The rest goes at exit.
+func TestReloadToNoPorts(t *testing.T) {
 	needRoot(t)
-	n := redirectNet(t, "hupr")
-	startServers(t, n.Server)
-	before := snapshot(t, n.Host)
-	file, write := configFile(t)
-	write("mode: redirect\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002]}\n")
-	d := startDetour(t, n.Host, "-c", file)
+	tests := []struct {
+		mode string
+		// direct is the address the server sees on a connection that was
+		// not diverted ("": the same as a diverted one's).
+		net func(t *testing.T) (detour, client *ns.NS, server netip.Addr, direct string)
+	}{
+		{"tproxy", func(t *testing.T) (*ns.NS, *ns.NS, netip.Addr, string) {
+			n := tproxyNet(t, "hupt")
+			startServers(t, n.Server)
+			return n.Router, n.Client, n.ServerIP4, n.ClientIP4.String()
+		}},
+		{"redirect", func(t *testing.T) (*ns.NS, *ns.NS, netip.Addr, string) {
+			n := redirectNet(t, "hupr")
+			startServers(t, n.Server)
+			return n.Host, n.Host, n.ServerIP4, ""
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			dn, cn, server, direct := tt.net(t)
+			before := snapshot(t, dn)
+			file, write := configFile(t)
+			write("mode: " + tt.mode + "\nprotocol: tcp\nadmin: off\nintercept: {ports: [7002, 7004]}\n")
+			d := startDetour(t, dn, "-c", file)
 
-	conn := dial(t, n.Host, n.ServerIP4, portBanner)
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n"))); err != nil {
-		t.Fatal(err)
-	}
-	write("mode: redirect\nprotocol: tcp\nadmin: off\n")
-	syscall.Kill(d.Pid(), syscall.SIGHUP)
-	waitLog(t, d.Output, "configuration reloaded", 1)
-	time.Sleep(100 * time.Millisecond)
+			conn := dial(t, cn, server, portBanner)
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n"))); err != nil {
+				t.Fatal(err)
+			}
+			write("mode: " + tt.mode + "\nprotocol: tcp\nadmin: off\n")
+			syscall.Kill(d.Pid(), syscall.SIGHUP)
+			waitLog(t, d.Output, "configuration reloaded", 1)
 
-	conn.Write([]byte("after the reload\r\n"))
-	echo := make([]byte, len("after the reload\r\n"))
-	if _, err := io.ReadFull(conn, echo); err != nil {
-		t.Fatalf("a redirected connection broke when the reload dropped every port: %v", err)
-	}
-	conn.Close()
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit: %v", err)
-	}
-	if after := snapshot(t, n.Host); after != before {
-		t.Fatalf("rules left after exit:\n%s", after)
+			conn.Write([]byte("after the reload\r\n"))
+			echo := make([]byte, len("after the reload\r\n"))
+			if _, err := io.ReadFull(conn, echo); err != nil {
+				t.Fatalf("an open connection broke when the reload dropped every port: %v", err)
+			}
+			if direct != "" {
+				c := dial(t, cn, server, portWhoAmI)
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if b, _ := io.ReadAll(c); string(b) != direct {
+					t.Errorf("a new connection after the reload reached the server as %q, want directly from %s", b, direct)
+				}
+			}
+			conn.Close()
+			if err := d.Stop(); err != nil {
+				t.Fatalf("exit: %v", err)
+			}
+			if after := snapshot(t, dn); after != before {
+				t.Fatalf("rules left after exit:\n%s", after)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package intercept
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,29 +32,31 @@ func Apply(o Options) error {
 }
 
 // Drain stops diverting new connections while the ones already diverted go
-// on, for the drain after SIGTERM. In redirect mode it swaps in the same
-// table with an unconditional return at the top of each nat chain, which
-// sees only a connection's first packet: a new connection then passes
-// directly, and the open ones keep their translation. The redirect rules
-// stay below the return because, with no rule left that uses conntrack,
-// the kernel stops tracking the namespace's connections and the open
-// ones lose their translation (and are reset). In tproxy mode the rules
-// stay as they are: the open connections' packets need them, and once the
-// listeners are closed the tproxy rule matches no new connection. Clean
-// removes the rest when the drain is over.
+// on: for the drain after SIGTERM, and for a reload that drops every port.
+// It swaps in the same table minus what diverts a new connection, and
+// leaves the policy routing; Clean removes the rest when they are done.
+//
+//   - tproxy: the tproxy rules go; the socket rule and the policy routing,
+//     which deliver the open connections' packets, stay.
+//   - redirect: an unconditional return goes to the top of each nat chain,
+//     which sees only a connection's first packet. The redirect rules stay
+//     below it because, with no rule left that uses conntrack, the kernel
+//     stops tracking the namespace's connections and the open ones lose
+//     their translation (and are reset).
 func Drain(o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
 	o = o.withDefaults()
-	if o.Mode != ModeRedirect {
-		return nil
-	}
 	rs := build(o)
 	for i, ch := range rs.chains {
 		if ch.kind == "nat" {
 			rs.chains[i].rules = append([][]stmt{{verdict("return")}}, ch.rules...)
+			continue
 		}
+		rs.chains[i].rules = slices.DeleteFunc(slices.Clone(ch.rules), func(r []stmt) bool {
+			return slices.ContainsFunc(r, func(s stmt) bool { _, ok := s.(tproxyTo); return ok })
+		})
 	}
 	c, err := nftConn(o.NetNSFd)
 	if err != nil {
