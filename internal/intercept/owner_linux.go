@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -15,22 +16,25 @@ import (
 // network namespace, so the files name the namespace they stand for.
 var OwnerDir = "/run/detour"
 
-// Owner is a run's hold on one table's rules in one network namespace.
-// Without it a second `detour run` with the same table silently replaces
-// the first one's rules, and removes them when it exits while the first
-// goes on reporting them installed. The hold is an flock, so the kernel
-// drops it when the process dies, however it dies: a killed run's leftover
-// rules never block the next one.
+// Owner is a run's hold on what its rules use in one network namespace:
+// the nft table, and in tproxy mode the policy routing table and the mark
+// its ip rule matches, which another table's rules would share. Without it
+// a second `detour run` silently replaces the first one's rules, or
+// removes the shared policy routing when it exits, while the first goes on
+// reporting them installed. Each hold is an flock, which the kernel drops
+// when the process dies, however it dies: a killed run's leftover rules
+// never block the next one.
 type Owner struct {
-	f    *os.File
-	path string
+	files []*os.File
+	paths []string
 }
 
 // ErrOwned is returned by Own when a live process holds the table.
 var ErrOwned = errors.New("owned by another detour")
 
-// Own takes the hold on o's table in o's network namespace. It fails with
-// ErrOwned, naming the holder's pid, when another process has it.
+// Own takes the holds for o in o's network namespace. It fails with
+// ErrOwned, naming what is held and the holder's pid, when another process
+// has any of them.
 func Own(o Options) (*Owner, error) {
 	if err := o.validateTarget(); err != nil {
 		return nil, err
@@ -43,19 +47,48 @@ func Own(o Options) (*Owner, error) {
 	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
 		return nil, fmt.Errorf("intercept: %w", err)
 	}
-	path := filepath.Join(OwnerDir, fmt.Sprintf("netns-%d-table-%s.lock", ns, o.TableName))
+	type hold struct{ what, file string }
+	holds := []hold{{"table inet " + o.TableName, "table-" + o.TableName}}
+	if o.Mode != ModeRedirect { // tproxy, and Clean's default
+		holds = append(holds,
+			hold{fmt.Sprintf("route table %d", o.RouteTable), fmt.Sprintf("route-%d", o.RouteTable)},
+			hold{fmt.Sprintf("tproxy mark %#x", o.TProxyMark), fmt.Sprintf("mark-%#x", o.TProxyMark)})
+	}
+	w := &Owner{}
+	for _, h := range holds {
+		name := fmt.Sprintf("netns-%d-%s", ns, h.file)
+		if len(name) > 200 { // long table names: keep under the file name limit
+			name = fmt.Sprintf("netns-%d-%x", ns, sha256.Sum256([]byte(h.file)))
+		}
+		path := filepath.Join(OwnerDir, name+".lock")
+		f, err := lockFile(path)
+		if err != nil {
+			w.Release()
+			if errors.Is(err, ErrOwned) {
+				return nil, fmt.Errorf("intercept: %s in this network namespace is %w", h.what, err)
+			}
+			return nil, fmt.Errorf("intercept: lock %s: %w", path, err)
+		}
+		w.files, w.paths = append(w.files, f), append(w.paths, path)
+	}
+	return w, nil
+}
+
+// lockFile takes an exclusive flock on path and writes this process's pid
+// in it; held, it returns ErrOwned with the holder's pid.
+func lockFile(path string) (*os.File, error) {
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
-			return nil, fmt.Errorf("intercept: %w", err)
+			return nil, err
 		}
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			b, _ := os.ReadFile(path)
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("intercept: table inet %s in this network namespace is %w (pid %s)", o.TableName, ErrOwned, strings.TrimSpace(string(b)))
+				return nil, fmt.Errorf("%w (pid %s)", ErrOwned, strings.TrimSpace(string(b)))
 			}
-			return nil, fmt.Errorf("intercept: lock %s: %w", path, err)
+			return nil, err
 		}
 		// The holder before us may have removed the file after we opened
 		// it: then our lock is on a name nobody else will open. Retry.
@@ -66,18 +99,20 @@ func Own(o Options) (*Owner, error) {
 		}
 		f.Truncate(0)
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-		return &Owner{f: f, path: path}, nil
+		return f, nil
 	}
 }
 
-// Release gives the hold up. Safe on nil and twice.
+// Release gives the holds up. Safe on nil and twice.
 func (w *Owner) Release() {
-	if w == nil || w.f == nil {
+	if w == nil {
 		return
 	}
-	os.Remove(w.path) // before the unlock: see the retry in Own
-	w.f.Close()
-	w.f = nil
+	for i, f := range w.files {
+		os.Remove(w.paths[i]) // before the unlock: see the retry in lockFile
+		f.Close()
+	}
+	w.files, w.paths = nil, nil
 }
 
 // netnsInode identifies a network namespace: fd's, or the calling thread's.
