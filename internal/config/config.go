@@ -216,6 +216,13 @@ func readable(msg string) string {
 		}
 	}
 	if i := strings.LastIndex(rest, " into "); strings.HasPrefix(rest, "cannot unmarshal ") && i > 0 {
+		if prefix, ok := sections[rest[i+len(" into "):]]; ok {
+			where := "the file"
+			if prefix != "" {
+				where = strings.TrimSuffix(prefix, ".")
+			}
+			return fmt.Sprintf("%s: %s must hold keys (key: value), not a list or a value", line, where)
+		}
 		if kind, ok := kinds[rest[i+len(" into "):]]; ok {
 			value := strings.TrimPrefix(rest[:i], "cannot unmarshal ")
 			if _, v, ok := strings.Cut(value, " "); ok { // drop the YAML tag (!!int)
@@ -265,6 +272,11 @@ func (c *Config) Finish() error {
 		}
 		if ap.Port() == 0 && len(c.Intercept.Ports) > 0 {
 			return fmt.Errorf("listen: %q needs a fixed port, the interception rules point at it", l)
+		}
+		for _, had := range c.ListenAddrs {
+			if overlap(had, ap) {
+				return fmt.Errorf("listen: %s and %s are the same socket; give each address once", had, ap)
+			}
 		}
 		c.ListenAddrs = append(c.ListenAddrs, ap)
 	}
@@ -374,6 +386,11 @@ func (c *Config) finishObservability() error {
 		if !ap.Addr().IsLoopback() && !c.AdminAllowRemote {
 			return fmt.Errorf("admin: %s is not a loopback address, and the admin endpoint reveals traffic and changes the log level; "+
 				"use 127.0.0.1:PORT or [::1]:PORT, or allow it explicitly with --admin-allow-remote (admin_allow_remote: true)", c.Admin)
+		}
+		for _, l := range c.ListenAddrs {
+			if overlap(l, ap) {
+				return fmt.Errorf("admin: %s is also a listener (%s); give the admin endpoint its own port", ap, l)
+			}
 		}
 		c.AdminAddr = ap
 	}
@@ -533,4 +550,14 @@ func headerName(s string) bool {
 // control character but tab (RFC 9110, 5.5).
 func headerValue(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f })
+}
+
+// overlap reports whether two listening addresses would be the same
+// socket: the same port, and the same address or a wildcard of the same
+// family (a [::] listener is IPv6-only here, see internal/listen).
+func overlap(a, b netip.AddrPort) bool {
+	if a.Port() != b.Port() || a.Port() == 0 || a.Addr().Is4() != b.Addr().Is4() {
+		return false
+	}
+	return a.Addr() == b.Addr() || a.Addr().IsUnspecified() || b.Addr().IsUnspecified()
 }

@@ -52,6 +52,8 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "unknown key names it", yaml: "intercept:\n  portz: [80]", wantErr: "line 2: intercept.portz is not a key"},
 		{name: "unknown top-level key", yaml: "conect_timeout: 1s", wantErr: "line 1: conect_timeout is not a key"},
 		{name: "ports not a list", yaml: "intercept: {ports: 80}", wantErr: "`80` is not a list of ports"},
+		{name: "a list for the file", yaml: "- mode: tproxy\n", wantErr: "line 1: the file must hold keys"},
+		{name: "a list for a section", yaml: "intercept: []\n", wantErr: "line 1: intercept must hold keys"},
 		{name: "a second document", yaml: "mode: tproxy\n---\nmode: redirect\n", wantErr: "second YAML document"},
 		{name: "bad mode", yaml: "mode: nat", wantErr: "mode:"},
 		{name: "bad listen", yaml: "listen: [localhost]", wantErr: "listen:"},
@@ -122,6 +124,10 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "bad original dst header", yaml: "http: {original_dst_header: 'x dst'}", wantErr: "http.original_dst_header"},
 		{name: "server header with a line break", yaml: "http: {server_header: \"detour\\r\\nx-evil: 1\"}", wantErr: "http.server_header"},
 		{name: "server header with spaces", yaml: "http: {server_header: 'detour 1.0 (lab)'}"},
+		{name: "listen twice", yaml: "mode: redirect\nlisten: ['127.0.0.1:4999', '127.0.0.1:4999']", wantErr: "are the same socket"},
+		{name: "listen under a wildcard", yaml: "listen: ['0.0.0.0:15001', '198.18.1.1:15001']", wantErr: "are the same socket"},
+		{name: "both families on one port", yaml: "listen: ['0.0.0.0:15001', '[::]:15001']"},
+		{name: "admin on a listener", yaml: "mode: redirect\nadmin: 127.0.0.1:4999", wantErr: "admin: 127.0.0.1:4999 is also a listener"},
 		{name: "huge header limit", yaml: "http: {max_request_header_kib: 9007199254740992}", wantErr: "http.max_request_header_kib"},
 	}
 	for _, tt := range tests {
