@@ -15,6 +15,8 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,6 +151,9 @@ type Duration time.Duration
 
 // UnmarshalYAML parses Go duration syntax.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a duration is one value (like 5s, 1m30s), not a list or keys", n.Line)
+	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
 		return fmt.Errorf("line %d: %q is not a duration (like 5s, 1m30s)", n.Line, n.Value)
@@ -175,11 +180,14 @@ func Parse(b []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: empty config
+		var root yaml.Node
+		yaml.Unmarshal(b, &root) // for the keys' names; a syntax error leaves it empty
+		msgs := []string{strings.TrimPrefix(err.Error(), "yaml: ")}
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			return nil, fmt.Errorf("config: %s", strings.Join(mapSlice(te.Errors, readable), "; "))
+			msgs = mapSlice(te.Errors, readable)
 		}
-		return nil, fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, fmt.Errorf("config: %s", strings.Join(mapSlice(msgs, func(m string) string { return withKey(m, &root) }), "; "))
 	}
 	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
 		return nil, errors.New("config: the file holds a second YAML document (after ---), which detour would not read; put all keys in one")
@@ -232,6 +240,60 @@ func readable(msg string) string {
 		}
 	}
 	return msg
+}
+
+// badValue finds the line and the value in "line 3: `70000` is not ..."
+// and `line 3: "5" is not a duration ...`.
+var badValue = regexp.MustCompile("^line ([0-9]+): [`\"]([^`\"]*)[`\"] is not ")
+
+// withKey names the key of the value a message is about, which yaml.v3's
+// messages leave out: "line 1: intercept.ports: `70000` is not ...".
+func withKey(msg string, root *yaml.Node) string {
+	m := badValue.FindStringSubmatchIndex(msg)
+	if m == nil {
+		return msg
+	}
+	line, _ := strconv.Atoi(msg[m[2]:m[3]])
+	key := keyOf(root, line, msg[m[4]:m[5]], "")
+	if key == "" {
+		return msg
+	}
+	at := m[4] - 1 // the opening quote
+	return msg[:at] + key + ": " + msg[at:]
+}
+
+// keyOf returns the dotted key whose value (or list item) is the scalar v
+// on line, or "".
+func keyOf(n *yaml.Node, line int, v, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if k := keyOf(c, line, v, path); k != "" {
+				return k
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if k := keyOf(n.Content[i+1], line, v, p); k != "" {
+				return k
+			}
+		}
+	case yaml.SequenceNode:
+		for _, c := range n.Content {
+			if k := keyOf(c, line, v, path); k != "" {
+				return k
+			}
+		}
+	case yaml.ScalarNode:
+		if n.Line == line && n.Value == v && path != "" {
+			return path
+		}
+	}
+	return ""
 }
 
 func mapSlice(s []string, f func(string) string) []string {
