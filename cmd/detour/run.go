@@ -72,7 +72,7 @@ type daemon struct {
 	srv    *proxy.Server
 	l7     *httpproxy.Proxy
 	rules  *intercept.Options // installed rules, nil when none
-	owner  *intercept.Owner   // the hold on the rules' table, from the first install to exit
+	owner  *intercept.Owner   // holds what the rules use (table; route table and mark), from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
 }
@@ -205,7 +205,8 @@ func openListeners(cfg *config.Config, have []*listen.Listener, log *slog.Logger
 }
 
 // applyRules installs (or atomically replaces) the interception rules cfg
-// asks for, and removes them when it asks for none.
+// asks for. When it asks for none, rules installed before stop diverting
+// new connections but keep serving the open ones until exit (Drain).
 func (d *daemon) applyRules(cfg *config.Config) error {
 	o := interceptOptions(cfg)
 	if len(cfg.Intercept.Ports) == 0 {
@@ -217,14 +218,14 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 		// The open connections still need part of the rules (see
 		// intercept.Drain): a reload that drops every port stops diverting
 		// new ones and removes the rest at exit.
-		if d.rules != nil {
-			if err := intercept.Drain(*d.rules); err != nil {
-				return fmt.Errorf("stop diverting: %w", err)
-			}
-			d.obs.rules(cfg, false)
-			d.log.Info("rules no longer divert new connections; what the open ones need stays until exit", "table", "inet "+o.TableName)
+		if d.rules == nil {
 			return nil
 		}
+		if err := intercept.Drain(*d.rules); err != nil {
+			return fmt.Errorf("stop diverting: %w", err)
+		}
+		d.obs.rules(cfg, false)
+		d.log.Info("rules no longer divert new connections; what the open ones need stays until exit", "table", "inet "+o.TableName)
 		return nil
 	}
 	if d.owner == nil {
