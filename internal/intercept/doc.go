@@ -8,9 +8,12 @@
 //		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001"),
 //		ListenV6: netip.MustParseAddrPort("[::]:15001"),
 //	}
+//	owner, err := intercept.Own(o)   // ErrOwned while another detour holds them
+//	defer owner.Release()
 //	text, err := intercept.Render(o) // what Apply installs, for --dry-run
 //	err = intercept.Apply(o)         // replaces leftovers of a crashed run
-//	defer intercept.Clean(o)         // removes exactly what Apply added
+//	err = intercept.Drain(o)         // new connections pass, open ones go on
+//	err = intercept.Clean(o)         // removes exactly what Apply added
 //
 // Apply swaps the table in one atomic netlink batch (google/nftables), so
 // traffic sees the old rules or the new ones, never none; policy rules and
