@@ -121,7 +121,7 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dc := r.Context().Value(connKey{}).(*downConn)
-	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w}}
+	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w, http10: !r.ProtoAtLeast(1, 1)}}
 	x.rw = &x.rec
 	x.info = RequestInfo{
 		Start: time.Now(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
@@ -174,6 +174,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if r.Method == http.MethodConnect {
+		// A tunnel through an HTTP proxy is an L4 stream, which this side
+		// does not relay (ReverseProxy would frame it as a chunked 200);
+		// intercept the port with protocol tcp to pass it through.
+		x.info.Flags |= DownstreamProtocolError
+		p.localReply(x, http.StatusNotImplemented, "CONNECT is not supported at L7; intercept this port with protocol tcp", true)
+		return
+	}
 	steered := false
 	if v := r.Header.Values(p.hdr); len(v) > 0 && p.o.UseOriginalDstHeader {
 		dst, err := netip.ParseAddrPort(strings.TrimSpace(v[0]))
@@ -222,6 +230,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = x.host.addr // only names the pool: host.dial ignores it
+	// ReverseProxy drops query parameters it cannot parse (a=1;b=2, %zz);
+	// a proxy forwards the target as the client sent it (RFC 9110, 7.7).
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	in, out := pr.In.Header, pr.Out.Header
 	set := func(k string, i int, v string) {
 		x.vals[i] = v
@@ -483,6 +494,7 @@ func headerSize(r *http.Request) (n, fields int) {
 // lets http.ResponseController reach Flush and Hijack underneath.
 type recorder struct {
 	http.ResponseWriter
+	http10   bool // the client spoke HTTP/1.0, which takes no 1xx
 	status   int
 	bytes    int64
 	writeErr error
@@ -493,19 +505,36 @@ type recorder struct {
 // reading the body (after the upstream's 100 or ExpectContinueTimeout),
 // and relaying the upstream's too would give the client two. Envoy, by
 // default, answers 100-continue itself in the same way.
+//
+// It also holds back every 1xx from an HTTP/1.0 client, which must not get
+// one (RFC 9110, 15.2) and may take it for the final response, and keeps
+// net/http from guessing a Content-Type the upstream did not send (the
+// fast path adds none either; a guess of text/html can make a browser run
+// what the upstream served as untyped bytes).
 func (r *recorder) WriteHeader(code int) {
-	if code == http.StatusContinue {
+	if code == http.StatusContinue || code < 200 && code != http.StatusSwitchingProtocols && r.http10 {
 		return
 	}
 	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		r.status = code
 	}
+	if code >= 200 {
+		r.noSniff()
+	}
 	r.ResponseWriter.WriteHeader(code)
+}
+
+// noSniff stops net/http from adding a Content-Type of its own.
+func (r *recorder) noSniff() {
+	if h := r.Header(); h.Get("Content-Type") == "" {
+		h["Content-Type"] = nil
+	}
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
+		r.noSniff()
 	}
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)

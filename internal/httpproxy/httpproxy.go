@@ -224,7 +224,10 @@ func New(o Options) (*Proxy, error) {
 	p.srv = &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: o.HeaderTimeout,
-		IdleTimeout:       o.IdleTimeout,
+		// OPTIONS * goes to the upstream, like any request, instead of
+		// net/http's own answer.
+		DisableGeneralOptionsHandler: true,
+		IdleTimeout:                  o.IdleTimeout,
 		// net/http allows 4 KiB of slack above this before its own 431;
 		// the guard (HTTP/1) and ServeHTTP (HTTP/2) enforce the exact limit.
 		MaxHeaderBytes: o.MaxRequestHeaderBytes,

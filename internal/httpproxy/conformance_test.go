@@ -1,0 +1,75 @@
+package httpproxy
+
+import (
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+)
+
+// TestRequestAndResponseKeptIntact: what hostile-traffic review found the
+// net/http path changing or answering itself, each sent raw: the target
+// as the client wrote it, OPTIONS *, no guessed Content-Type, no 1xx to an
+// HTTP/1.0 client, and CONNECT refused instead of framed as a chunked 200.
+func TestRequestAndResponseKeptIntact(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // request targets the upstream got
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.RequestURI)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/html":
+			w.Header()["Content-Type"] = nil // the upstream sends none
+			io.WriteString(w, "<html><script>alert(1)</script></html>")
+		case "/early":
+			w.Header().Set("Link", "</a.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			io.WriteString(w, "ok")
+		default:
+			io.WriteString(w, "ok")
+		}
+	}), func(s *http.Server) { s.DisableGeneralOptionsHandler = true }) // it sees OPTIONS * too
+	f := newFront(t, Options{}, up.addrPort())
+	tests := []struct {
+		name, req, method string
+		status            int
+		upstream          string // the target the upstream got; "" for none
+		check             func(t *testing.T, res *http.Response)
+	}{
+		{name: "unparsable query, HTTP/1.0 (net/http path)", req: "GET /s?a=1;b=2&c=%zz HTTP/1.0\r\nHost: a\r\n\r\n", method: "GET",
+			status: 200, upstream: "GET /s?a=1;b=2&c=%zz"},
+		{name: "OPTIONS * goes upstream", req: "OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", method: "OPTIONS",
+			status: 200, upstream: "OPTIONS *"},
+		{name: "no guessed Content-Type", req: "GET /html HTTP/1.0\r\nHost: a\r\n\r\n", method: "GET", status: 200, upstream: "GET /html",
+			check: func(t *testing.T, res *http.Response) {
+				if ct, ok := res.Header["Content-Type"]; ok {
+					t.Errorf("Content-Type %q added to an untyped response", ct)
+				}
+			}},
+		{name: "no 1xx to HTTP/1.0", req: "GET /early HTTP/1.0\r\nHost: a\r\n\r\n", method: "GET", status: 200, upstream: "GET /early"},
+		{name: "CONNECT refused", req: "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n", method: "CONNECT", status: 501},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mu.Lock()
+			seen = nil
+			mu.Unlock()
+			c, br := f.raw(t)
+			io.WriteString(c, tt.req)
+			res, _ := readResponse(t, br, tt.method) // the first response read: a 1xx would be it
+			if res.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, tt.status)
+			}
+			if tt.check != nil {
+				tt.check(t, res)
+			}
+			f.info(t)
+			mu.Lock()
+			defer mu.Unlock()
+			if want := []string{tt.upstream}; tt.upstream == "" && len(seen) != 0 || tt.upstream != "" && (len(seen) != 1 || seen[0] != want[0]) {
+				t.Errorf("upstream got %q, want %q", seen, tt.upstream)
+			}
+		})
+	}
+}
