@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -71,5 +72,27 @@ func TestRequestAndResponseKeptIntact(t *testing.T) {
 				t.Errorf("upstream got %q, want %q", seen, tt.upstream)
 			}
 		})
+	}
+}
+
+// TestSpacedFieldNameDropped: a response field name with whitespace before
+// its colon does not reach the client from the fast path (net/http's own
+// writer drops it too); a lenient parser there could take it for framing.
+func TestSpacedFieldNameDropped(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, bw, _ := w.(http.Hijacker).Hijack()
+		bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding : chunked\r\nX-Fine: 1\r\n\r\nok")
+		bw.Flush()
+		conn.Close()
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	c, br := f.raw(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	raw, _ := io.ReadAll(br)
+	if !strings.HasPrefix(string(raw), "HTTP/1.1 200") || !strings.Contains(string(raw), "X-Fine: 1\r\n") {
+		t.Fatalf("response:\n%s", raw)
+	}
+	if strings.Contains(strings.ToLower(string(raw)), "transfer-encoding :") {
+		t.Errorf("the spaced field reached the client:\n%s", raw)
 	}
 }

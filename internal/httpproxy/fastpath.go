@@ -1114,7 +1114,11 @@ func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
 	var keysArr [32]string
 	keys := keysArr[:0]
 	for k := range h {
-		if slices.Contains(hopByHop, k) || k == "Server" || named(connOpts, k) {
+		// net/textproto keeps a name with whitespace before its colon
+		// ("Transfer-Encoding :"); forwarded as it is, a lenient parser
+		// downstream could frame the response by it (RFC 9112, 5.1). Drop
+		// it, as net/http's own writer does.
+		if slices.Contains(hopByHop, k) || k == "Server" || named(connOpts, k) || !validToken(k) {
 			continue
 		}
 		keys = append(keys, k)
