@@ -49,6 +49,7 @@ func TestRequestAndResponseKeptIntact(t *testing.T) {
 				}
 			}},
 		{name: "no 1xx to HTTP/1.0", req: "GET /early HTTP/1.0\r\nHost: a\r\n\r\n", method: "GET", status: 200, upstream: "GET /early"},
+		{name: "a fragment in the target", req: "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", method: "GET", status: 400},
 		{name: "CONNECT refused", req: "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n", method: "CONNECT", status: 501},
 	}
 	for _, tt := range tests {

@@ -599,7 +599,9 @@ func (g *guard) requestLine(line []byte) bool {
 		// Visible ASCII only (RFC 9112 and RFC 3986: other octets are
 		// percent-encoded): an upstream may parse raw 8-bit bytes
 		// differently, or refuse them after the request was forwarded.
-		if c <= ' ' || c >= 0x7f {
+		// No fragment either (RFC 9112, 3.2): net/http would forward
+		// "/a#b" as "/a%23b", another resource.
+		if c <= ' ' || c >= 0x7f || c == '#' {
 			g.refuse(http.StatusBadRequest, "invalid request target")
 			return false
 		}
