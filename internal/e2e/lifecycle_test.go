@@ -51,7 +51,7 @@ func TestSIGTERMDrainsThenCleans(t *testing.T) {
 			if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(300 * time.Millisecond)
+			waitLog(t, d.Output, "shutting down: draining connections", 1) // logged once the rules stopped diverting
 
 			// Draining: the open connection still works.
 			conn.Write([]byte("still here\r\n"))
