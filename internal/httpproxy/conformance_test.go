@@ -17,7 +17,11 @@ func TestRequestAndResponseKeptIntact(t *testing.T) {
 	var seen []string // request targets the upstream got
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		seen = append(seen, r.Method+" "+r.RequestURI)
+		entry := r.Method + " " + r.RequestURI
+		if u := r.Header.Get("Upgrade"); u != "" {
+			entry += " upgrade=" + u
+		}
+		seen = append(seen, entry)
 		mu.Unlock()
 		switch r.URL.Path {
 		case "/html":
@@ -49,6 +53,8 @@ func TestRequestAndResponseKeptIntact(t *testing.T) {
 				}
 			}},
 		{name: "no 1xx to HTTP/1.0", req: "GET /early HTTP/1.0\r\nHost: a\r\n\r\n", method: "GET", status: 200, upstream: "GET /early"},
+		{name: "no Upgrade from HTTP/1.0", req: "GET /x HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", method: "GET",
+			status: 200, upstream: "GET /x"},
 		{name: "a fragment in the target", req: "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", method: "GET", status: 400},
 		{name: "CONNECT refused", req: "CONNECT 127.0.0.1:10 HTTP/1.1\r\nHost: 127.0.0.1:10\r\n\r\n", method: "CONNECT", status: 501},
 	}

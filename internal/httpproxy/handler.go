@@ -233,6 +233,12 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// ReverseProxy drops query parameters it cannot parse (a=1;b=2, %zz);
 	// a proxy forwards the target as the client sent it (RFC 9110, 7.7).
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	if !pr.In.ProtoAtLeast(1, 1) {
+		// An HTTP/1.0 request's Upgrade is ignored (RFC 9110, 7.8);
+		// ReverseProxy would forward it as an HTTP/1.1 upgrade request.
+		pr.Out.Header.Del("Upgrade")
+		pr.Out.Header.Del("Connection")
+	}
 	in, out := pr.In.Header, pr.Out.Header
 	set := func(k string, i int, v string) {
 		x.vals[i] = v
