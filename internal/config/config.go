@@ -21,6 +21,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/intercept"
 )
 
 // Defaults, documented in the README.
@@ -513,34 +516,16 @@ func (i *Intercept) finish(mode string) error {
 	if i.RouteTable == 0 {
 		i.RouteTable = DefaultRouteTable
 	}
-	if i.RouteTable == 253 || i.RouteTable == 254 || i.RouteTable == 255 {
-		return fmt.Errorf("intercept.route_table: %d is reserved (main/default/local); pick another, like %d", i.RouteTable, DefaultRouteTable)
-	}
-	if i.RouteTable < 0 || int64(i.RouteTable) > 0xffffffff {
-		return fmt.Errorf("intercept.route_table: %d is not a routing table (1 to 4294967295); pick one like %d", i.RouteTable, DefaultRouteTable)
+	if err := intercept.CheckRouteTable(i.RouteTable); err != nil {
+		return fmt.Errorf("intercept.route_table: %w", err)
 	}
 	if i.TableName == "" {
 		i.TableName = "detour"
 	}
-	if !nftIdentifier(i.TableName) {
-		return fmt.Errorf("intercept.table_name: %q is not an nftables name (a letter, then letters, digits, _ or -; at most 255)", i.TableName)
+	if err := intercept.CheckTableName(i.TableName); err != nil {
+		return fmt.Errorf("intercept.table_name: %w", err)
 	}
 	return nil
-}
-
-// nftIdentifier is what nft accepts unquoted, so the table can be named on
-// its command line.
-func nftIdentifier(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	for i, r := range s {
-		letter := 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z'
-		if !letter && (i == 0 || !('0' <= r && r <= '9') && r != '_' && r != '-') {
-			return false
-		}
-	}
-	return true
 }
 
 func (h *HTTP) finish() error {
@@ -553,7 +538,7 @@ func (h *HTTP) finish() error {
 	if h.OriginalDstHeader == "" {
 		h.OriginalDstHeader = "x-detour-original-dst-host"
 	}
-	if !headerName(h.OriginalDstHeader) {
+	if !httpproxy.ValidHeaderName(h.OriginalDstHeader) {
 		return fmt.Errorf("http.original_dst_header: %q is not a header name (letters, digits and !#$%%&'*+-.^_`|~)", h.OriginalDstHeader)
 	}
 	if h.XForwardedFor == "" {
@@ -565,7 +550,7 @@ func (h *HTTP) finish() error {
 	if h.ServerHeader == "" {
 		h.ServerHeader = "detour"
 	}
-	if !headerValue(h.ServerHeader) {
+	if !httpproxy.ValidHeaderValue(h.ServerHeader) {
 		return fmt.Errorf("http.server_header: %q holds a control character (a line break, say), which would split the response's head", h.ServerHeader)
 	}
 	if h.ServerHeaderMode == "" {
@@ -602,17 +587,6 @@ func (h *HTTP) finish() error {
 
 // String prints Go duration syntax.
 func (d Duration) String() string { return time.Duration(d).String() }
-
-// headerName reports whether s is an HTTP token (RFC 9110, 5.1).
-func headerName(s string) bool {
-	return s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") == ""
-}
-
-// headerValue reports whether s can be a header's value as it is: no
-// control character but tab (RFC 9110, 5.5).
-func headerValue(s string) bool {
-	return !strings.ContainsFunc(s, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f })
-}
 
 // overlap reports whether two listening addresses would be the same
 // socket: the same port, and the same address or a wildcard of the same

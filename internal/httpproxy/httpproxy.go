@@ -189,9 +189,9 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("httpproxy: XForwardedFor %q: want %q or %q", o.XForwardedFor, XFFAppend, XFFLeave)
 	case o.ServerHeaderMode != ServerOverwrite && o.ServerHeaderMode != ServerAppendIfAbsent && o.ServerHeaderMode != ServerPassThrough:
 		return nil, fmt.Errorf("httpproxy: ServerHeaderMode %q: want %q, %q or %q", o.ServerHeaderMode, ServerOverwrite, ServerAppendIfAbsent, ServerPassThrough)
-	case strings.ContainsAny(o.ServerHeader, "\r\n\x00"):
-		return nil, fmt.Errorf("httpproxy: ServerHeader %q holds a line break, which would split the response's head", o.ServerHeader)
-	case !validToken(o.OriginalDstHeader):
+	case !ValidHeaderValue(o.ServerHeader):
+		return nil, fmt.Errorf("httpproxy: ServerHeader %q holds a control character, which could split the response's head", o.ServerHeader)
+	case !ValidHeaderName(o.OriginalDstHeader):
 		return nil, fmt.Errorf("httpproxy: OriginalDstHeader %q is not a valid header name", o.OriginalDstHeader)
 	case o.CleanupInterval < 0 || o.MaxRequestHeaderBytes < 0 || o.MaxRequestHeaders < 0 || o.IdleTimeout < 0 || o.HeaderTimeout < 0 || o.MaxIdleConnsPerHost < 0:
 		return nil, errors.New("httpproxy: negative CleanupInterval, MaxRequestHeaderBytes, MaxRequestHeaders, IdleTimeout, HeaderTimeout or MaxIdleConnsPerHost")
@@ -457,6 +457,14 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 // debug reports whether debug events are logged, so that hot paths build
 // their attributes only then.
 func (p *Proxy) debug() bool { return p.log.Enabled(context.Background(), slog.LevelDebug) }
+
+// ValidHeaderName reports whether s can name a header field: an RFC 9110
+// token. Config checks its keys with it.
+func ValidHeaderName(s string) bool { return validToken(s) }
+
+// ValidHeaderValue reports whether s can be a field value as it is, as
+// net/http accepts one (no control byte but HTAB).
+func ValidHeaderValue(s string) bool { return fieldValueBytes([]byte(s)) }
 
 // validToken reports whether s is an RFC 9110 token (a header name).
 func validToken(s string) bool {

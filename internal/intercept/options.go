@@ -172,9 +172,9 @@ func checkIfName(name string) error {
 	return nil
 }
 
-// checkNFTName accepts nft identifiers, so the table can also be named on
-// the nft command line.
-func checkNFTName(name string) error {
+// CheckTableName accepts nft identifiers, so the table can also be named
+// on the nft command line.
+func CheckTableName(name string) error {
 	if len(name) > 255 {
 		return fmt.Errorf("table name %q is longer than 255 bytes", name)
 	}
@@ -192,15 +192,24 @@ func checkNFTName(name string) error {
 func (o Options) validateTarget() error {
 	o = o.withDefaults()
 	var errs []error
-	if err := checkNFTName(o.TableName); err != nil {
+	if err := CheckTableName(o.TableName); err != nil {
 		errs = append(errs, fmt.Errorf("intercept: TableName: %w", err))
 	}
 	// 253-255 are the kernel's default, main and local tables.
-	if o.RouteTable < 0 || o.RouteTable == 253 || o.RouteTable == 254 || o.RouteTable == 255 || int64(o.RouteTable) > 0xffffffff {
-		errs = append(errs, fmt.Errorf("intercept: RouteTable %d is reserved or out of range; pick an unused table such as %d", o.RouteTable, DefaultRouteTable))
+	if err := CheckRouteTable(o.RouteTable); err != nil {
+		errs = append(errs, fmt.Errorf("intercept: RouteTable %w", err))
 	}
 	if o.NetNSFd < 0 {
 		errs = append(errs, fmt.Errorf("intercept: NetNSFd %d is not a file descriptor", o.NetNSFd))
 	}
 	return errors.Join(errs...)
+}
+
+// CheckRouteTable accepts a policy routing table for the tproxy route:
+// 1 to 2^32-1, but not the kernel's default, main and local (253-255).
+func CheckRouteTable(t int) error {
+	if t < 0 || t == 253 || t == 254 || t == 255 || int64(t) > 0xffffffff {
+		return fmt.Errorf("%d is reserved (default, main, local) or out of range (1 to 4294967295); pick an unused table such as %d", t, DefaultRouteTable)
+	}
+	return nil
 }
