@@ -31,7 +31,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	mode := fs.String("mode", "", "tproxy or redirect (default: both)")
 	router := fs.Bool("router", false, "tproxy on a router: also check IP forwarding")
-	fs.Usage = func() { fmt.Fprint(fs.Output(), checkHelp); fs.PrintDefaults() }
+	setUsage(fs, checkHelp)
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
 	}

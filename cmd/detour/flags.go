@@ -230,6 +230,12 @@ func interceptOptions(cfg *config.Config) intercept.Options {
 	return o
 }
 
+// setUsage makes fs print help, then its flags, to its output (stdout when
+// help was asked for: see parse).
+func setUsage(fs *flag.FlagSet, help string) {
+	fs.Usage = func() { fmt.Fprint(fs.Output(), help); fs.PrintDefaults() }
+}
+
 // parseFlagsOnly is parse for a command that takes no arguments besides
 // its flags: a stray one is a usage error naming it.
 func parseFlagsOnly(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {

@@ -37,7 +37,7 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 	spoof := fs.Bool("spoof-source", false, "tproxy lab: detour connects from the client's address")
 	noV6 := fs.Bool("no-ipv6", false, "skip the IPv6 requests")
 	goClient := fs.Bool("go-client", false, "use Go's HTTP client even when curl is installed")
-	fs.Usage = func() { fmt.Fprint(fs.Output(), labHelp); fs.PrintDefaults() }
+	setUsage(fs, labHelp)
 	mode := ""
 	if len(args) > 0 && (args[0] == "tproxy" || args[0] == "redirect") {
 		mode, args = args[0], args[1:]

@@ -32,7 +32,7 @@ func cmdOrigDst(args []string, stdout, stderr io.Writer) int {
 	var addrs listFlag
 	fs.Var(&addrs, "listen", "ip:port to accept on, repeatable")
 	mode := fs.String("mode", "redirect", "redirect (SO_ORIGINAL_DST) or tproxy (transparent listener)")
-	fs.Usage = func() { fmt.Fprint(fs.Output(), origdstHelp); fs.PrintDefaults() }
+	setUsage(fs, origdstHelp)
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
 	}

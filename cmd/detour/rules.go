@@ -26,7 +26,7 @@ Flags:
 func cmdRules(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("rules", stderr, false)
 	dry := f.fs.Bool("dry-run", false, "apply: print the rules instead of installing them")
-	f.fs.Usage = func() { fmt.Fprint(f.fs.Output(), rulesHelp); f.fs.PrintDefaults() }
+	setUsage(f.fs, rulesHelp)
 	if len(args) == 0 || (args[0] != "apply" && args[0] != "clean" && args[0] != "show") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 			f.fs.SetOutput(stdout)
@@ -42,12 +42,8 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	verb := args[0]
-	if code, ok := parse(f.fs, args[1:], stdout); !ok {
+	if code, ok := parseFlagsOnly(f.fs, args[1:], stdout, stderr); !ok {
 		return code
-	}
-	if f.fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "detour rules %s: unexpected argument %q (flags go before it; a list is comma-separated)\n", verb, f.fs.Arg(0))
-		return exitUsage
 	}
 	cfg, err := f.load()
 	if err != nil {

@@ -42,7 +42,7 @@ Flags:
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("run", stderr, true)
-	f.fs.Usage = func() { fmt.Fprint(f.fs.Output(), runHelp); f.fs.PrintDefaults() }
+	setUsage(f.fs, runHelp)
 	if code, ok := parseFlagsOnly(f.fs, args, stdout, stderr); !ok {
 		return code
 	}

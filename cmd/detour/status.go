@@ -43,7 +43,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	watch := fs.Bool("watch", false, "refresh until Ctrl-C")
 	interval := fs.Duration("interval", 2*time.Second, "with --watch: how often to refresh")
 	asJSON := fs.Bool("json", false, "print the admin endpoint's /status JSON instead of tables")
-	fs.Usage = func() { fmt.Fprint(fs.Output(), statusHelp); fs.PrintDefaults() }
+	setUsage(fs, statusHelp)
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
 	}

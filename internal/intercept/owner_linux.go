@@ -25,8 +25,7 @@ var OwnerDir = "/run/detour"
 // when the process dies, however it dies: a killed run's leftover rules
 // never block the next one.
 type Owner struct {
-	files []*os.File
-	paths []string
+	files []*os.File // each opened by its path, which Name gives back
 }
 
 // ErrOwned is returned by Own when a live process holds the table.
@@ -69,7 +68,7 @@ func Own(o Options) (*Owner, error) {
 			}
 			return nil, fmt.Errorf("intercept: lock %s: %w", path, err)
 		}
-		w.files, w.paths = append(w.files, f), append(w.paths, path)
+		w.files = append(w.files, f)
 	}
 	return w, nil
 }
@@ -108,11 +107,11 @@ func (w *Owner) Release() {
 	if w == nil {
 		return
 	}
-	for i, f := range w.files {
-		os.Remove(w.paths[i]) // before the unlock: see the retry in lockFile
+	for _, f := range w.files {
+		os.Remove(f.Name()) // before the unlock: see the retry in lockFile
 		f.Close()
 	}
-	w.files, w.paths = nil, nil
+	w.files = nil
 }
 
 // netnsInode identifies a network namespace: fd's, or the calling thread's.
