@@ -207,12 +207,32 @@ func runIn(ctx context.Context, n *ns.NS, timeout time.Duration, name string, ar
 // if it did not start): `ip netns exec` execs the command in place, so the
 // usage is the command's own.
 func runInUsage(ctx context.Context, n *ns.NS, timeout time.Duration, name string, args ...string) (string, *syscall.Rusage, error) {
+	var buf bytes.Buffer
+	usage, err := runCmd(ctx, n, timeout, &buf, &buf, name, args...)
+	if err != nil {
+		err = fmt.Errorf("%w\n%s", err, indent(buf.String()))
+	}
+	return buf.String(), usage, err
+}
+
+// runSplit is runIn with stdout and stderr kept apart (for JSON output).
+func runSplit(ctx context.Context, n *ns.NS, timeout time.Duration, name string, args ...string) (stdout, stderr string, err error) {
+	var o, e bytes.Buffer
+	if _, err = runCmd(ctx, n, timeout, &o, &e, name, args...); err != nil {
+		err = fmt.Errorf("%w\n%s", err, indent(e.String()+o.String()))
+	}
+	return o.String(), e.String(), err
+}
+
+// runCmd runs a bounded command inside n, its output going to stdout and
+// stderr, and returns its resource usage (nil if it did not start); an
+// error names the namespace and the command.
+func runCmd(ctx context.Context, n *ns.NS, timeout time.Duration, stdout, stderr io.Writer, name string, args ...string) (*syscall.Rusage, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	vlogf("[%s] %s %s", n.Name, name, strings.Join(args, " "))
 	c := n.Command(ctx, name, args...)
-	var buf bytes.Buffer
-	c.Stdout, c.Stderr = &buf, &buf
+	c.Stdout, c.Stderr = stdout, stderr
 	c.WaitDelay = 2 * time.Second
 	err := c.Run()
 	var usage *syscall.Rusage
@@ -223,28 +243,9 @@ func runInUsage(ctx context.Context, n *ns.NS, timeout time.Duration, name strin
 		if ctx.Err() == context.DeadlineExceeded {
 			err = fmt.Errorf("timed out after %s", timeout)
 		}
-		return buf.String(), usage, fmt.Errorf("[%s] %s %s: %w\n%s", n.Name, name, strings.Join(args, " "), err, indent(buf.String()))
+		return usage, fmt.Errorf("[%s] %s %s: %w", n.Name, name, strings.Join(args, " "), err)
 	}
-	return buf.String(), usage, nil
-}
-
-// runSplit is runIn with stdout and stderr kept apart (for JSON output).
-func runSplit(ctx context.Context, n *ns.NS, timeout time.Duration, name string, args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	vlogf("[%s] %s %s", n.Name, name, strings.Join(args, " "))
-	c := n.Command(ctx, name, args...)
-	var o, e bytes.Buffer
-	c.Stdout, c.Stderr = &o, &e
-	c.WaitDelay = 2 * time.Second
-	err = c.Run()
-	if err != nil {
-		if ctx.Err() == context.DeadlineExceeded {
-			err = fmt.Errorf("timed out after %s", timeout)
-		}
-		err = fmt.Errorf("[%s] %s %s: %w\n%s", n.Name, name, strings.Join(args, " "), err, indent(e.String()+o.String()))
-	}
-	return o.String(), e.String(), err
+	return usage, nil
 }
 
 func indent(s string) string {
