@@ -41,7 +41,7 @@ type configFlags struct {
 	cleanupInterval, routeTimeout        time.Duration
 	headerTimeout, streamIdleTimeout     time.Duration
 	useOrigDstHeader                     bool
-	maxConns, loops                      int
+	maxConns, loops, nice                int
 	sniffTimeout                         time.Duration
 }
 
@@ -78,6 +78,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
 		fs.IntVar(&f.loops, "tcp-loops", 0, "epoll loops carrying L4 connections (default 0: one per CPU); a restart changes it")
+		fs.IntVar(&f.nice, "nice", 0, "scheduling priority of every detour thread, -20 (runs first) to 19; below 0 needs root; a restart changes it (default 0: as started)")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")
 	}
 	return f
@@ -200,6 +201,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.MaxConnections = f.maxConns
 	case "tcp-loops":
 		cfg.TCP.Loops = f.loops
+	case "nice":
+		cfg.Nice = f.nice
 	case "use-original-dst-header":
 		cfg.HTTP.UseOriginalDstHeader = f.useOrigDstHeader
 	}

@@ -6,26 +6,36 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/detour-proxy/detour/internal/config"
 )
 
-// TestTCPLoopsFlag checks that --tcp-loops overrides the file's tcp.loops
-// when given, 0 included, and that a bad number is a config error.
-func TestTCPLoopsFlag(t *testing.T) {
+// TestIntFlagsOverrideFile checks that --tcp-loops and --nice override the
+// file's tcp.loops and nice when given, 0 included, and that a bad number
+// is a config error.
+func TestIntFlagsOverrideFile(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "detour.yaml")
-	if err := os.WriteFile(file, []byte("tcp: {loops: 2}\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("tcp: {loops: 2}\nnice: 3\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	loops := func(c *config.Config) int { return c.TCP.Loops }
+	niceness := func(c *config.Config) int { return c.Nice }
 	tests := []struct {
 		name    string
 		args    []string
+		get     func(*config.Config) int
 		want    int
 		wantErr string
 	}{
-		{name: "file only", args: []string{"-c", file}, want: 2},
-		{name: "flag overrides file", args: []string{"-c", file, "--tcp-loops", "1"}, want: 1},
-		{name: "flag back to one per CPU", args: []string{"-c", file, "--tcp-loops", "0"}, want: 0},
-		{name: "no file, no flag", args: nil, want: 0},
-		{name: "negative", args: []string{"--tcp-loops", "-1"}, wantErr: "tcp.loops: -1"},
+		{name: "loops: file only", args: []string{"-c", file}, get: loops, want: 2},
+		{name: "loops: flag overrides file", args: []string{"-c", file, "--tcp-loops", "1"}, get: loops, want: 1},
+		{name: "loops: flag back to one per CPU", args: []string{"-c", file, "--tcp-loops", "0"}, get: loops, want: 0},
+		{name: "loops: no file, no flag", args: nil, get: loops, want: 0},
+		{name: "loops: negative", args: []string{"--tcp-loops", "-1"}, wantErr: "tcp.loops: -1"},
+		{name: "nice: file only", args: []string{"-c", file}, get: niceness, want: 3},
+		{name: "nice: flag overrides file", args: []string{"-c", file, "--nice", "-4"}, get: niceness, want: -4},
+		{name: "nice: flag back to as started", args: []string{"-c", file, "--nice", "0"}, get: niceness, want: 0},
+		{name: "nice: out of range", args: []string{"--nice", "30"}, wantErr: "nice: 30: want -20"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -43,8 +53,8 @@ func TestTCPLoopsFlag(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.TCP.Loops != tt.want {
-				t.Errorf("tcp.loops = %d, want %d", cfg.TCP.Loops, tt.want)
+			if got := tt.get(cfg); got != tt.want {
+				t.Errorf("got %d, want %d", got, tt.want)
 			}
 		})
 	}

@@ -26,6 +26,7 @@ func restartOnly(cur, next *config.Config) []string {
 	}
 	check("mode", cur.Mode, next.Mode)
 	check("tcp.loops", cur.TCP.Loops, next.TCP.Loops)
+	check("nice", cur.Nice, next.Nice)
 	check("admin", cur.Admin, next.Admin)
 	check("admin_allow_remote", cur.AdminAllowRemote, next.AdminAllowRemote)
 	check("access_log", cur.AccessLog, next.AccessLog)

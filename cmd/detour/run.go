@@ -17,6 +17,7 @@ import (
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/nice"
 	"github.com/detour-proxy/detour/internal/proxy"
 	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
@@ -84,6 +85,11 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
+	if cfg.Nice != 0 {
+		if err := nice.Set(cfg.Nice); err != nil {
+			return err
+		}
+	}
 	if err := tcpproxy.SetLoops(cfg.TCP.Loops); err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
+	"github.com/detour-proxy/detour/internal/nice"
 )
 
 // Defaults, documented in the README.
@@ -64,6 +65,9 @@ type Config struct {
 	// SniffTimeout: in auto mode, how long a silent client may take to send
 	// its first bytes before the connection is forwarded at L4.
 	SniffTimeout Duration `yaml:"sniff_timeout"`
+	// Nice is the process's scheduling priority, -20 (first) to 19, as
+	// HAProxy's `nice`; 0 leaves it as started. Below 0 needs root.
+	Nice int `yaml:"nice"`
 
 	// Parsed forms, filled by Finish.
 	ListenAddrs []netip.AddrPort `yaml:"-"`
@@ -382,6 +386,9 @@ func (c *Config) Finish() error {
 	}
 	if c.MaxConnections < 0 {
 		return fmt.Errorf("max_connections: must be 0 (no limit) or positive")
+	}
+	if c.Nice < nice.Min || c.Nice > nice.Max {
+		return fmt.Errorf("nice: %d: want %d (runs first) to %d (runs last); 0 leaves the priority detour started with", c.Nice, nice.Min, nice.Max)
 	}
 	if err := positive("sniff_timeout", &c.SniffTimeout, DefaultSniffTimeout); err != nil {
 		return err

@@ -77,6 +77,13 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "negative loops", yaml: "tcp: {loops: -1}", wantErr: "tcp.loops: -1"},
 		{name: "too many loops", yaml: "tcp: {loops: 257}", wantErr: "tcp.loops: 257"},
 		{name: "loops not a number", yaml: "tcp: {loops: many}", wantErr: "line 1: tcp.loops: `many` is not a whole number"},
+		{name: "nice", yaml: "nice: -5", check: func(t *testing.T, c *Config) {
+			if c.Nice != -5 {
+				t.Fatalf("nice = %d, want -5", c.Nice)
+			}
+		}},
+		{name: "nice below -20", yaml: "nice: -21", wantErr: "nice: -21: want -20 (runs first) to 19"},
+		{name: "nice above 19", yaml: "nice: 20", wantErr: "nice: 20: want -20"},
 		{name: "reserved table", yaml: "intercept: {route_table: 254}", wantErr: "route_table"},
 		{name: "bad admin", yaml: "admin: everywhere", wantErr: "admin:"},
 		{name: "admin off", yaml: "admin: off"},
