@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Request smuggling defence.
@@ -693,6 +695,11 @@ func (g *guard) field(line []byte, trailer bool) (int, string) {
 		}
 		if g.nHost++; g.nHost > 1 {
 			return http.StatusBadRequest, "multiple host fields"
+		}
+		// net/http would refuse it itself, with a bare 400 that no
+		// access-log record or metric would count.
+		if !httpguts.ValidHostHeader(string(value)) {
+			return http.StatusBadRequest, "invalid host field"
 		}
 	case trailer && (equalFold(name, "Trailer") || equalFold(name, g.steering)):
 		return http.StatusBadRequest, "forbidden trailer field"

@@ -122,6 +122,8 @@ func hostileCases() []hostileCase {
 		{"bare LF head end", "GET / HTTP/1.1\r\n" + h + "\n", s400},
 		{"two Host fields", "GET / HTTP/1.1\r\n" + h + "Host: b\r\n\r\n", s400},
 		{"no Host in 1.1", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n", s400},
+		{"space in Host", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", s400},
+		{"brace in Host", "GET / HTTP/1.1\r\nHost: a{b\r\n\r\n", s400},
 
 		// Body framing: request smuggling vectors.
 		{"CL and TE", "POST / HTTP/1.1\r\n" + h + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", s400},
