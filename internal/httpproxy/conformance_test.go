@@ -103,3 +103,29 @@ func TestSpacedFieldNameDropped(t *testing.T) {
 		t.Errorf("the spaced field reached the client:\n%s", raw)
 	}
 }
+
+// TestLoggedPathIsTheTargetAsSent: the request's record carries the target
+// as the client sent it, query and percent-escapes included (Envoy's
+// %REQ(:PATH)%), on the fast path and on net/http's; a decoded path would
+// hide the query and turn %0d%0a into a line break.
+func TestLoggedPathIsTheTargetAsSent(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	f := newFront(t, Options{}, up.addrPort())
+	const target = "/a%2Fb%0d%0a?b=c&d=%41"
+	for _, tt := range []struct{ name, req string }{
+		{"fast path", "GET " + target + " HTTP/1.1\r\nHost: a\r\n\r\n"},
+		{"net/http path (HTTP/1.0)", "GET " + target + " HTTP/1.0\r\nHost: a\r\n\r\n"},
+		{"net/http path (chunked body)", "POST " + target + " HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := f.raw(t)
+			io.WriteString(c, tt.req)
+			if res, _ := readResponse(t, br, "GET"); res.StatusCode != 200 {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			if i := f.info(t); i.Path != target {
+				t.Errorf("logged path %q, want %q", i.Path, target)
+			}
+		})
+	}
+}

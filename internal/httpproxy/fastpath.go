@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -418,7 +417,7 @@ func (fc *fastConn) begin(x *request) {
 	h := &x.h
 	x.info = RequestInfo{
 		Start: time.Now(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
-		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: fastPath(h.target),
+		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: string(h.target),
 		RequestID: requestID(string(h.reqID)),
 	}
 	x.hst = p.hosts.acquire(fc.key)
@@ -1166,22 +1165,6 @@ func named(opts []string, k string) bool {
 func cutComma(s string) (before, after string, found bool) {
 	before, after, found = strings.Cut(s, ",")
 	return strings.Trim(before, " \t"), after, found
-}
-
-// fastPath is the request target's path, decoded as net/http's URL.Path.
-func fastPath(target []byte) string {
-	path := target
-	if i := bytes.IndexByte(path, '?'); i >= 0 {
-		path = path[:i]
-	}
-	if bytes.IndexByte(path, '%') < 0 {
-		return string(path)
-	}
-	s, err := url.PathUnescape(string(path))
-	if err != nil {
-		return string(path)
-	}
-	return s
 }
 
 // finishFast reports a finished request of the fast path.

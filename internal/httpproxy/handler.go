@@ -57,7 +57,7 @@ type RequestInfo struct {
 	Proto     string         // as the client spoke it: HTTP/1.0, HTTP/1.1, HTTP/2.0
 	Method    string
 	Host      string
-	Path      string
+	Path      string // the request target as sent, query included (Envoy's %REQ(:PATH)%)
 	RequestID string
 	// Status is the status sent to the client (101 for upgrades); 0 when
 	// none was sent because the client had gone.
@@ -125,7 +125,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.rw = &x.rec
 	x.info = RequestInfo{
 		Start: time.Now(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
-		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.RequestURI,
 		RequestID: requestID(r.Header.Get(hdrRequestID)),
 	}
 	defer func() {
