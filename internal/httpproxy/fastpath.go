@@ -1042,7 +1042,8 @@ func (fc *fastConn) localFailure(info *RequestInfo, err error, closeConn bool) {
 	fc.p.finishFast(info)
 }
 
-// localReply answers from detour itself, as Proxy.localReply does.
+// localReply answers from detour itself, with the fields of
+// Proxy.localReply and the Date net/http adds to those.
 func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeConn bool) {
 	b := fc.p.pools.bufs.Get().(*fastBuf)
 	defer fc.p.pools.bufs.Put(b)
@@ -1050,7 +1051,8 @@ func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeCon
 	out = strconv.AppendInt(out, int64(code), 10)
 	out = append(append(append(out, ' '), http.StatusText(code)...), "\r\n"...)
 	out = fc.p.appendServer(out, nil)
-	out = append(out, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	out = time.Now().UTC().AppendFormat(append(out, "Date: "...), http.TimeFormat) // as net/http's replies have
+	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
 	out = strconv.AppendInt(out, int64(len(msg)), 10)
 	out = append(out, "\r\n"...)
 	if closeConn {

@@ -179,17 +179,29 @@ func TestStaleHostRemovedWithItsConnections(t *testing.T) {
 	eventually(t, "upstream connection close", func() bool { return up.closed.Load() == 1 })
 }
 
+// TestConnectRefused: both paths answer a refused connect with Envoy's
+// 503, flag UF, and the fields of a local reply (Server, Date).
 func TestConnectRefused(t *testing.T) {
-	f := newFront(t, Options{}, closedPort(t))
-	res, body := get(t, f.client(), "http://a/")
-	if res.StatusCode != 503 || body != "upstream connect error or disconnect/reset before headers. reset reason: connection refused" {
-		t.Errorf("%d %q", res.StatusCode, body)
-	}
-	if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure {
-		t.Errorf("info %+v", i)
-	}
-	if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 || h[0].Connects != 0 {
-		t.Errorf("hosts %+v", h)
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
+			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+			res, body := get(t, f.client(), "http://a/")
+			if res.StatusCode != 503 || body != "upstream connect error or disconnect/reset before headers. reset reason: connection refused" {
+				t.Errorf("%d %q", res.StatusCode, body)
+			}
+			if d, err := http.ParseTime(res.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
+				t.Errorf("Date %q: %v", res.Header.Get("Date"), err)
+			}
+			if s := res.Header.Get("Server"); s != "detour" {
+				t.Errorf("Server %q", s)
+			}
+			if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure {
+				t.Errorf("info %+v", i)
+			}
+			if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 || h[0].Connects != 0 {
+				t.Errorf("hosts %+v", h)
+			}
+		})
 	}
 }
 
