@@ -827,8 +827,7 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	var err error
 	switch {
 	case noBody:
-		_, err = fc.out.Write(out)
-		if err != nil {
+		if err = fc.sendHead(info, out, len(out)); err != nil {
 			return fc.clientFailed(info, err), true
 		}
 		return true, br.Buffered() == 0
@@ -841,11 +840,10 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	// a small response), the rest is spliced.
 	inBuf := min(int64(br.Buffered()), n)
 	bodyBuf, _ := br.Peek(int(inBuf))
-	if len(out)+len(bodyBuf) <= fastBufSize {
-		out = append(out, bodyBuf...)
-		_, err = fc.out.Write(out)
+	if headLen := len(out); headLen+len(bodyBuf) <= fastBufSize {
+		err = fc.sendHead(info, append(out, bodyBuf...), headLen)
 	} else {
-		_, err = fc.out.Write(out)
+		err = fc.sendHead(info, out, headLen)
 		if err == nil {
 			_, err = fc.out.Write(bodyBuf)
 		}
@@ -876,6 +874,17 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 		return false, false
 	}
 	return true, br.Buffered() == 0
+}
+
+// sendHead writes out, whose first headLen bytes are the response head.
+// A client gone before the whole head went out got no status, and the
+// record says 0 (as net/http's path does), not the upstream's.
+func (fc *fastConn) sendHead(info *RequestInfo, out []byte, headLen int) error {
+	n, err := fc.out.Write(out)
+	if err != nil && n < headLen {
+		info.Status = 0
+	}
+	return err
 }
 
 // responseHead is the client's head for a response http.ReadResponse

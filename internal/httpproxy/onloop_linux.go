@@ -475,7 +475,8 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
 		ls.pending = rest
 		r = backFlush
-	case err != nil:
+	case err != nil: // the client is gone; a failed write wrote nothing, so no status reached it
+		info.Status = 0
 		info.Flags |= DownstreamClosed
 		r = backEnd
 	}
