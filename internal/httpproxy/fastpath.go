@@ -86,6 +86,7 @@ type fastConn struct {
 	clientIP        string
 	key             hostKey
 	start           time.Time
+	first           *firstStart // the first request's start, when it began before ServeConn
 
 	// in[r:w] are client bytes read and not yet used; in is taken from
 	// fastBufs only while it holds some, so an idle keep-alive connection
@@ -416,7 +417,7 @@ func (fc *fastConn) begin(x *request) {
 	p := fc.p
 	h := &x.h
 	x.info = RequestInfo{
-		Start: time.Now(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
+		Start: fc.first.take(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
 		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: string(h.target),
 		RequestID: requestID(string(h.reqID)),
 	}

@@ -124,7 +124,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w, http10: !r.ProtoAtLeast(1, 1)}}
 	x.rw = &x.rec
 	x.info = RequestInfo{
-		Start: time.Now(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
+		Start: dc.first.take(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
 		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.RequestURI,
 		RequestID: requestID(r.Header.Get(hdrRequestID)),
 	}

@@ -57,7 +57,7 @@ func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 			if err != nil {
 				return
 			}
-			go p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, nil, nil)
+			go p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); p.Close() })

@@ -18,7 +18,7 @@
 //
 //	p, err := httpproxy.New(httpproxy.Options{Dialer: upstream.New(upstream.Options{Mark: 0x2})})
 //	...
-//	go p.ServeConn(conn, client, origDst, nil, nil) // returns when the connection is done
+//	go p.ServeConn(conn, client, origDst, upstream.PreDial{}) // returns when the connection is done
 package httpproxy
 
 import (
@@ -261,14 +261,17 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // ServeConn serves HTTP on c, an intercepted client connection from client
 // to origDst, and returns when the connection is finished (closed by either
 // side, idle, or the proxy shut down). The first bytes may still be queued
-// in the socket (sniffed with MSG_PEEK). preDialed, if not nil, is a fresh
-// connection to origDst that the destination's host uses as its first
-// upstream connection instead of dialing; if still unused when c is done,
-// it joins the pool (or is closed when the pool is full). dialErr, if not nil, is why a connection to origDst that the
-// caller dialed already (while sniffing) failed: the connection's first
-// request, if it goes to origDst, is answered 503 with that reason (flag
-// UF) without dialing again; later requests dial as usual.
-func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
+// in the socket (sniffed with MSG_PEEK). pre is the connect to origDst the
+// caller made while sniffing, if any. Its Conn, a fresh connection, is the
+// destination's host's first upstream connection instead of a dial; if
+// still unused when c is done, it joins the pool (or is closed when the
+// pool is full). Its Err, why that connect failed, answers the
+// connection's first request, if it goes to origDst, with a 503 with that
+// reason (flag UF) without dialing again; later requests dial as usual.
+// Its Sniffed time is the first request's start.
+func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
+	preDialed, dialErr := pre.Conn, pre.Err
+	first := &firstStart{at: pre.Sniffed}
 	if preDialed != nil {
 		key := p.hostKey(unmap(client), unmap(origDst))
 		if p.hosts.addPreDialed(key, preDialed) {
@@ -278,7 +281,7 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed 
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver := p.serveConnFast(tc, unmap(client), unmap(origDst))
+		rest, handOver := p.serveConnFast(tc, unmap(client), unmap(origDst), first)
 		if !handOver {
 			return
 		}
@@ -291,6 +294,7 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed 
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
 		p:        p,
 		start:    time.Now(),
+		first:    first,
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
 	dc.sw.conn, dc.sw.timeout = c, p.o.StreamIdleTimeout
@@ -309,13 +313,13 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed 
 // serveConnFast serves c on the fast path until it closes (then it closes
 // c) or hands it over to net/http with the bytes it read of the next
 // request.
-func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort) (rest []byte, handOver bool) {
+func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, true
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
-		key: p.hostKey(client, origDst), start: time.Now()}
+		key: p.hostKey(client, origDst), start: time.Now(), first: first}
 	fc.fd, _ = tcpproxy.ConnFD(c) // -1 on failure: no loop for it
 	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
 	fc.out.raw.init(rc)

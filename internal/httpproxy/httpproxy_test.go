@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // echoHeaders answers with the request's Host, proto and headers as JSON.
@@ -685,7 +687,7 @@ func TestPreDialedAfterClose(t *testing.T) {
 	}
 	a, b := net.Pipe()
 	defer b.Close()
-	f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre, nil)
+	f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), upstream.PreDial{Conn: pre})
 	if _, err := b.Read(make([]byte, 1)); err == nil {
 		t.Error("the client's connection is still open")
 	}
@@ -709,7 +711,7 @@ func TestPreDialedConnectionIsUsedFirst(t *testing.T) {
 		done = make(chan struct{})
 		go func() {
 			defer close(done)
-			f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre, nil)
+			f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), upstream.PreDial{Conn: pre})
 		}()
 		t.Cleanup(func() { b.Close() })
 		return b, done

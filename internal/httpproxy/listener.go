@@ -21,6 +21,7 @@ type downConn struct {
 	g               *guard
 	p               *Proxy
 	start           time.Time
+	first           *firstStart // the first request's start, when it began before ServeConn
 
 	// dialErr is the failed pre-dial to origDst (ServeConn); the first
 	// request takes it (dialErrUsed).
@@ -204,4 +205,22 @@ func (w *streamWriter) note(err error) {
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		w.timedOut.Store(true)
 	}
+}
+
+// firstStart is when a connection's first request began, if that was
+// before ServeConn got the connection: auto mode saw its first bytes,
+// then waited for the connect it made meanwhile. The connection's first
+// record takes it, on whichever path serves that request; every other
+// record starts when its head is read.
+type firstStart struct {
+	at   time.Time
+	used atomic.Bool
+}
+
+// take returns the first request's start once, and the time now after.
+func (f *firstStart) take() time.Time {
+	if f == nil || f.at.IsZero() || f.used.Swap(true) {
+		return time.Now()
+	}
+	return f.at
 }

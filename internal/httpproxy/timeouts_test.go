@@ -169,7 +169,7 @@ func TestPreDialErrorAnswersFirstRequest(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), nil, dialErr)
+		f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), upstream.PreDial{Err: dialErr})
 	}()
 	br := bufio.NewReader(b)
 	fmt.Fprint(b, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -285,4 +285,75 @@ func TestFreeOSMemoryAfterManyHostsRemoved(t *testing.T) {
 	if n := calls.Load(); n != 2 {
 		t.Fatalf("%d calls after the gap, want 2", n)
 	}
+}
+
+// TestFirstRequestStartsWhenSniffed: a connection's first request began
+// when auto mode saw its first bytes (PreDial.Sniffed), before the wait
+// for the connect made meanwhile; its record's duration includes that
+// wait, on the fast path and on net/http's, whether the connect succeeded
+// or failed. The next request starts when its own head is read.
+func TestFirstRequestStartsWhenSniffed(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	const waited = 2 * time.Second
+	for _, tt := range []struct {
+		name        string
+		noFast      bool
+		failed      bool
+		firstStatus int
+	}{
+		{name: "fast path, connect made", firstStatus: 200},
+		{name: "net/http path, connect made", noFast: true, firstStatus: 200},
+		{name: "connect failed", failed: true, firstStatus: 503},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFront(t, Options{DisableFastPath: tt.noFast}, up.addrPort())
+			pre := upstream.PreDial{Sniffed: time.Now().Add(-waited)}
+			if tt.failed {
+				pre.Err = &upstream.DialError{Dst: up.addrPort(), Reason: upstream.ReasonTimeout, Err: os.ErrDeadlineExceeded}
+			} else {
+				c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(up.addrPort()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				pre.Conn = c
+			}
+			server, client := tcpPair(t)
+			go f.p.ServeConn(server, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre)
+			br := bufio.NewReader(client)
+			for i, want := range []int{tt.firstStatus, 200} {
+				fmt.Fprintf(client, "GET /%d HTTP/1.1\r\nHost: a\r\n\r\n", i)
+				if res, _ := readResponse(t, br, "GET"); res.StatusCode != want {
+					t.Fatalf("request %d: status %d, want %d", i, res.StatusCode, want)
+				}
+				info := f.info(t)
+				if i == 0 && info.Duration < waited {
+					t.Errorf("first request: duration %v, want at least the %v since its bytes were sniffed", info.Duration, waited)
+				}
+				if i == 1 && info.Duration >= waited {
+					t.Errorf("second request: duration %v, counted from the sniff too", info.Duration)
+				}
+			}
+		})
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func tcpPair(t *testing.T) (server, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return server, client
 }

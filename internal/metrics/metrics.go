@@ -404,7 +404,7 @@ type l7 struct {
 
 func (w l7) Pooled(client, origDst netip.AddrPort) bool { return w.next.Pooled(client, origDst) }
 
-func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
+func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
 	w.m.detectedC["http"].Inc()
 	w.m.httpConns.Inc()
 	defer func() {
@@ -413,7 +413,7 @@ func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net
 			w.m.active.Dec()
 		}
 	}()
-	w.next.ServeConn(c, client, origDst, preDialed, dialErr)
+	w.next.ServeConn(c, client, origDst, pre)
 }
 
 // destLocked returns the entry for k, creating it; m.mu must be held. It

@@ -15,6 +15,7 @@ import (
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/proxy"
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // clock is a settable time source.
@@ -212,7 +213,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		m.Request(i)
 	}
 	var inner fakeL7
-	m.L7(&inner).ServeConn(nil, client, dst80, nil, nil)
+	m.L7(&inner).ServeConn(nil, client, dst80, upstream.PreDial{})
 	if inner.n != 1 {
 		t.Fatal("L7 wrapper did not call through")
 	}
@@ -267,8 +268,8 @@ type fakeL7 struct {
 	pooled bool
 }
 
-func (f *fakeL7) ServeConn(net.Conn, netip.AddrPort, netip.AddrPort, *net.TCPConn, error) { f.n++ }
-func (f *fakeL7) Pooled(netip.AddrPort, netip.AddrPort) bool                              { return f.pooled }
+func (f *fakeL7) ServeConn(net.Conn, netip.AddrPort, netip.AddrPort, upstream.PreDial) { f.n++ }
+func (f *fakeL7) Pooled(netip.AddrPort, netip.AddrPort) bool                           { return f.pooled }
 
 // TestOpenFunc: with Options.Open the active gauge is read from the server.
 func TestOpenFunc(t *testing.T) {

@@ -16,7 +16,7 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
 	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
-		s.serveL7(o, log, c, nil, nil)
+		s.serveL7(o, log, c, upstream.PreDial{})
 		return false
 	case ProtocolAuto:
 		// Sniffing returns before the connection is served, so that the
@@ -44,8 +44,8 @@ func (s *Server) l7(o *Options) L7 {
 // serveL7 hands the connection to the HTTP side until it is done. The
 // requests' own log lines carry the client's address and request id; this
 // one closes the connection's story under its id.
-func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, dialErr error) {
-	s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, up, dialErr)
+func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, pre upstream.PreDial) {
+	s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, pre)
 	if log.debug {
 		log.get().Debug("closed", "client", c.Client, "forwarded", "L7")
 	}
@@ -56,11 +56,12 @@ func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, up *net.TCPCo
 const dialFailGrace = 200 * time.Millisecond
 
 type dialed struct {
-	up    *net.TCPConn
-	err   error
-	dur   time.Duration
-	spoke bool        // the server sent bytes before the client: a banner
-	grace *time.Timer // after a failed connect: ends the sniff soon
+	up      *net.TCPConn
+	err     error
+	dur     time.Duration
+	sniffed time.Time   // when the sniff ended: the client's first bytes, or its silence, or a banner
+	spoke   bool        // the server sent bytes before the client: a banner
+	grace   *time.Timer // after a failed connect: ends the sniff soon
 }
 
 // sniffAuto tells L7 from L4 by a connection's first bytes. Bytes
@@ -101,8 +102,10 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 		dialc <- d // after WaitReadable cleared its deadline on d.up
 	}()
 	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
+	sniffed := time.Now()
 	stopSniff() // ends the wait for a banner
 	d := <-dialc
+	d.sniffed = sniffed
 	if d.grace != nil {
 		d.grace.Stop()
 	}
@@ -132,7 +135,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
 		}
 		if d == nil {
-			s.serveL7(o, log, c, nil, nil)
+			s.serveL7(o, log, c, upstream.PreDial{})
 			return false
 		}
 		// When the connect failed, L7 answers the first request 503 with
@@ -141,7 +144,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		if d.up != nil {
 			_ = upstream.EnableKeepAlive(d.up)
 		}
-		s.serveL7(o, log, c, d.up, d.err)
+		s.serveL7(o, log, c, upstream.PreDial{Conn: d.up, Err: d.err, Sniffed: d.sniffed})
 		return false
 	}
 	if log.debug && err != nil && res.N == 0 {

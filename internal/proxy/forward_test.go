@@ -26,14 +26,15 @@ type servedConn struct {
 	origDst   netip.AddrPort
 	preDialed *net.TCPConn
 	dialErr   error
+	sniffed   time.Time
 }
 
-func (l *recordingL7) ServeConn(c net.Conn, _, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error) {
+func (l *recordingL7) ServeConn(c net.Conn, _, origDst netip.AddrPort, pre upstream.PreDial) {
 	c.Close()
-	if preDialed != nil {
-		preDialed.Close()
+	if pre.Conn != nil {
+		pre.Conn.Close()
 	}
-	l.got <- servedConn{origDst, preDialed, dialErr}
+	l.got <- servedConn{origDst, pre.Conn, pre.Err, pre.Sniffed}
 }
 
 // listenLoopback returns a listener on a free loopback port, closed when
@@ -183,6 +184,10 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 			case got := <-l7.got:
 				if (got.preDialed != nil) != tc.wantPreDialed || got.dialErr != nil {
 					t.Errorf("L7 got pre-dialed %v (err %v), want pre-dialed %v", got.preDialed != nil, got.dialErr, tc.wantPreDialed)
+				}
+				// The first request began when its bytes were sniffed.
+				if tc.wantPreDialed && (got.sniffed.IsZero() || got.sniffed.After(time.Now())) {
+					t.Errorf("L7 got sniffed time %v with the pre-dialed connection", got.sniffed)
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("not handed to L7")

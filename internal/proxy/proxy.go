@@ -35,10 +35,9 @@ const (
 	ProtocolTCP  Protocol = "tcp"  // everything to L4
 )
 
-// L7 serves connections that carry HTTP. preDialed, when not nil, is an
-// upstream connection to origDst already open, to be used first; dialErr,
-// when not nil, is why the connect to origDst made while sniffing failed,
-// for the first request's answer (instead of a second connect attempt).
+// L7 serves connections that carry HTTP. pre is the connect to origDst
+// made while sniffing, if any: its open connection is used first; its
+// error answers the first request (instead of a second connect attempt).
 //
 // Pooled reports whether a request to origDst would find an idle upstream
 // connection: that destination has answered HTTP, and an HTTP server never
@@ -46,7 +45,7 @@ const (
 // every short-lived client connection in auto mode opened an upstream
 // connection of its own, which L7 left unused for the pooled one.
 type L7 interface {
-	ServeConn(c net.Conn, client, origDst netip.AddrPort, preDialed *net.TCPConn, dialErr error)
+	ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial)
 	Pooled(client, origDst netip.AddrPort) bool
 }
 

@@ -21,6 +21,18 @@ import (
 	"time"
 )
 
+// PreDial is a connect to a connection's original destination made
+// while its first bytes were sniffed (auto mode), handed to the HTTP side
+// with the connection. The zero value means none was made.
+type PreDial struct {
+	Conn *net.TCPConn // the open connection; nil if the connect failed
+	Err  error        // why the connect failed
+	// Sniffed is when the client's first bytes were seen. The connection's
+	// first request began then: waiting for the connect counts in its
+	// duration.
+	Sniffed time.Time
+}
+
 // DefaultConnectTimeout bounds a connect when Options leaves it zero.
 const DefaultConnectTimeout = 5 * time.Second
 
