@@ -10,6 +10,7 @@ import (
 
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/intercept"
+	"github.com/detour-proxy/detour/internal/listen"
 )
 
 // listFlag collects a repeatable, comma-separated flag.
@@ -51,7 +52,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.file, "c", "", "YAML config file (flags override its keys)")
 	fs.StringVar(&f.mode, "mode", "", "interception mode: tproxy (router/gateway) or redirect (same host) (default tproxy)")
-	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999)")
+	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999; IPv4 only where the namespace has no IPv6)")
 	fs.Var(&f.ports, "intercept-port", "destination TCP ports to intercept, comma-separated (no ports: no rules)")
 	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
 	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces (redirect: adds a prerouting redirect for a NAT gateway)")
@@ -104,6 +105,8 @@ func (f *configFlags) load() (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Default listeners follow what this network namespace has.
+	cfg.NoIPv6 = listen.Inspect().NoIPv6 != ""
 	if err := cfg.Finish(); err != nil {
 		return nil, err
 	}

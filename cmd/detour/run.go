@@ -101,6 +101,10 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	}
 	defer d.obs.close()
 
+	if cfg.ListenDefault && cfg.NoIPv6 {
+		log.Warn("IPv6 is unavailable in this network namespace: listening on IPv4 only, IPv6 connections are not intercepted (`detour check` says how to enable it)",
+			"why", listen.Inspect().NoIPv6)
+	}
 	lns, err := openListeners(cfg, nil, log)
 	if err != nil {
 		return err
@@ -245,6 +249,11 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 		}
 	}
 	if err := intercept.Apply(o); err != nil {
+		// tproxy's local routes go through lo; the kernel only says
+		// "network is down".
+		if !listen.Inspect().LoopbackUp {
+			return fmt.Errorf("install rules: %w (the loopback interface lo is down: ip link set lo up)", err)
+		}
 		return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
 	}
 	d.rules = &o

@@ -69,9 +69,16 @@ type Config struct {
 	// HAProxy's `nice`; 0 leaves it as started. Below 0 needs root.
 	Nice int `yaml:"nice"`
 
+	// NoIPv6 is set by the caller before Finish when its network namespace
+	// has no IPv6: the default listeners are then IPv4 only, since their
+	// IPv6 twin could not work there. An explicit listen list is kept.
+	NoIPv6 bool `yaml:"-"`
+
 	// Parsed forms, filled by Finish.
 	ListenAddrs []netip.AddrPort `yaml:"-"`
-	AdminAddr   netip.AddrPort   `yaml:"-"` // invalid when admin is off
+	// ListenDefault: listen was not given and Finish filled the defaults.
+	ListenDefault bool           `yaml:"-"`
+	AdminAddr     netip.AddrPort `yaml:"-"` // invalid when admin is off
 }
 
 // Intercept selects the traffic the kernel diverts to detour. With no ports
@@ -330,7 +337,8 @@ func (c *Config) Finish() error {
 	default:
 		return fmt.Errorf("protocol: %q is not a protocol (use auto, http or tcp)", c.Protocol)
 	}
-	if len(c.Listen) == 0 {
+	c.ListenDefault = len(c.Listen) == 0
+	if c.ListenDefault {
 		c.Listen = c.defaultListen()
 	}
 	c.ListenAddrs = nil
@@ -433,6 +441,9 @@ func (c *Config) checkListenFamilies() error {
 		if p.Addr().Is4() && !v4.IsValid() {
 			return fmt.Errorf("intercept.destinations: %s is IPv4, but no listen address is: add one like 0.0.0.0:PORT", p)
 		}
+		if p.Addr().Is6() && !v6.IsValid() && c.NoIPv6 && c.ListenDefault {
+			return fmt.Errorf("intercept.destinations: %s is IPv6, but this network namespace has no IPv6, so detour listens on IPv4 only: remove it, or enable IPv6 (`detour check` says how)", p)
+		}
 		if p.Addr().Is6() && !v6.IsValid() {
 			return fmt.Errorf("intercept.destinations: %s is IPv6, but no listen address is: add one like [::]:PORT", p)
 		}
@@ -478,14 +489,20 @@ func (c *Config) finishObservability() error {
 	return nil
 }
 
+// defaultListen is one listener per family (IPv4 only when NoIPv6).
 func (c *Config) defaultListen() []string {
+	v4, v6, port := "0.0.0.0", "[::]", DefaultTProxyPort
 	if c.Mode == "redirect" {
-		if len(c.Intercept.Interfaces) > 0 { // NAT gateway: redirect targets the interface's address
-			return []string{fmt.Sprintf("0.0.0.0:%d", DefaultRedirectPort), fmt.Sprintf("[::]:%d", DefaultRedirectPort)}
+		port = DefaultRedirectPort
+		if len(c.Intercept.Interfaces) == 0 { // a NAT gateway's redirect targets the interface's address
+			v4, v6 = "127.0.0.1", "[::1]"
 		}
-		return []string{fmt.Sprintf("127.0.0.1:%d", DefaultRedirectPort), fmt.Sprintf("[::1]:%d", DefaultRedirectPort)}
 	}
-	return []string{fmt.Sprintf("0.0.0.0:%d", DefaultTProxyPort), fmt.Sprintf("[::]:%d", DefaultTProxyPort)}
+	l := []string{fmt.Sprintf("%s:%d", v4, port)}
+	if !c.NoIPv6 {
+		l = append(l, fmt.Sprintf("%s:%d", v6, port))
+	}
+	return l
 }
 
 func (i *Intercept) finish(mode string) error {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -193,4 +194,44 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("valid config without listeners: %q", b)
 		}
 	})
+}
+
+// Where the namespace has no IPv6, the default listeners leave out their
+// IPv6 twin (run could not open it), but an explicit list is kept as given,
+// so its IPv6 address fails at listen with a fix instead of being dropped.
+func TestNoIPv6Defaults(t *testing.T) {
+	tests := []struct {
+		name, yaml  string
+		want        []string
+		wantDefault bool
+		wantErr     string
+	}{
+		{"tproxy", "", []string{"0.0.0.0:15001"}, true, ""},
+		{"redirect", "mode: redirect", []string{"127.0.0.1:4999"}, true, ""},
+		{"redirect gateway", "mode: redirect\nintercept: {interfaces: [eth1]}", []string{"0.0.0.0:4999"}, true, ""},
+		{"explicit IPv6 kept", "listen: ['[::]:15001']", []string{"[::]:15001"}, false, ""},
+		{"IPv6 destination", "intercept: {ports: [80], destinations: ['2001:db8::/32']}", nil, true, "this network namespace has no IPv6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.NoIPv6 = true
+			err = c.Finish()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.Listen, tt.want) || len(c.ListenAddrs) != len(tt.want) || c.ListenDefault != tt.wantDefault {
+				t.Errorf("listen = %v (%d parsed), default %v; want %v, default %v", c.Listen, len(c.ListenAddrs), c.ListenDefault, tt.want, tt.wantDefault)
+			}
+		})
+	}
 }

@@ -21,6 +21,10 @@ func Listen(o Options) (*Listener, error) {
 		return nil, fmt.Errorf("listen: no address")
 	}
 	addr := netip.AddrPortFrom(o.Addr.Addr().Unmap(), o.Addr.Port())
+	n := Inspect()
+	if err := n.unavailable(addr); err != nil {
+		return nil, err
+	}
 	network := "tcp4"
 	if addr.Addr().Is6() {
 		network = "tcp6" // Go sets IPV6_V6ONLY for tcp6 wildcard listeners
@@ -34,15 +38,7 @@ func Listen(o Options) (*Listener, error) {
 			return nil
 		}
 		var serr error
-		err := rc.Control(func(fd uintptr) {
-			level, opt, name := unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
-			if network == "tcp6" {
-				level, opt, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
-			}
-			if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
-				serr = fmt.Errorf("set %s: %w (tproxy mode needs root or CAP_NET_ADMIN)", name, err)
-			}
-		})
+		err := rc.Control(func(fd uintptr) { serr = setTransparent(int(fd), network == "tcp6") })
 		if err != nil {
 			return err
 		}
@@ -50,10 +46,22 @@ func Listen(o Options) (*Listener, error) {
 	}}
 	ln, err := lc.Listen(context.Background(), network, addr.String())
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
+		return nil, n.explain(addr, err)
 	}
 	tl := ln.(*net.TCPListener)
 	return &Listener{ln: tl, mode: o.Mode, addr: addrPort(tl.Addr())}, nil
+}
+
+// setTransparent makes a tproxy listener's socket transparent.
+func setTransparent(fd int, v6 bool) error {
+	level, opt, name := unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"
+	if v6 {
+		level, opt, name = unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return fmt.Errorf("set %s: %w (tproxy mode needs root or CAP_NET_ADMIN)", name, err)
+	}
+	return nil
 }
 
 // OriginalDst reads a redirected connection's destination from conntrack.
