@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-proxy/detour/internal/intercept"
+	"github.com/detour-proxy/detour/internal/listen"
 )
 
 const fixRoot = "run detour as root, or grant the binary the capability: setcap cap_net_admin,cap_net_raw+ep $(command -v detour)"
@@ -31,24 +32,28 @@ const fixRoot = "run detour as root, or grant the binary the capability: setcap 
 type probe struct {
 	name string
 	mode intercept.Mode // "" = both modes need it
+	v6   bool           // only IPv6 needs it: a warning where the namespace has no IPv6
 	fix  string
 	run  func(ctx context.Context, fd int) error
 }
 
-func probes() []probe {
+// probes are the kernel probes; with noV6 (the namespace check runs in has
+// no IPv6, so run listens on IPv4 only) detour's rules are probed as run
+// would install them there, IPv4 only.
+func probes(noV6 bool) []probe {
 	filterPre := chainSpec{nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle}
 	filterOut := chainSpec{nftables.ChainTypeFilter, nftables.ChainHookOutput, *nftables.ChainPriorityFilter}
 	natOut := chainSpec{nftables.ChainTypeNAT, nftables.ChainHookOutput, *nftables.ChainPriorityNATDest}
 	return []probe{
-		{"nftables", "", "modprobe nf_tables (the kernel needs CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET)",
+		{"nftables", "", false, "modprobe nf_tables (the kernel needs CONFIG_NF_TABLES and CONFIG_NF_TABLES_INET)",
 			func(_ context.Context, fd int) error { return nftProbe(fd, "probe_table", nil) }},
-		{"nftables tproxy expression", intercept.ModeTProxy, "modprobe nft_tproxy (CONFIG_NFT_TPROXY)",
+		{"nftables tproxy expression", intercept.ModeTProxy, false, "modprobe nft_tproxy (CONFIG_NFT_TPROXY)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_tproxy", &filterPre,
 					tcp(port(1), &expr.TProxy{Family: unix.NFPROTO_IPV4, TableFamily: unix.NFPROTO_INET, RegPort: 1}),
 					tcp(port(1), &expr.TProxy{Family: unix.NFPROTO_IPV6, TableFamily: unix.NFPROTO_INET, RegPort: 1}))
 			}},
-		{"nftables socket expression", intercept.ModeTProxy, "modprobe nft_socket (CONFIG_NFT_SOCKET)",
+		{"nftables socket expression", intercept.ModeTProxy, false, "modprobe nft_socket (CONFIG_NFT_SOCKET)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_socket", &filterPre, []expr.Any{
 					&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
@@ -56,7 +61,7 @@ func probes() []probe {
 					&expr.Verdict{Kind: expr.VerdictAccept},
 				})
 			}},
-		{"nftables fib expression", intercept.ModeTProxy, "modprobe nft_fib_inet (CONFIG_NFT_FIB_INET)",
+		{"nftables fib expression", intercept.ModeTProxy, false, "modprobe nft_fib_inet (CONFIG_NFT_FIB_INET)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_fib", &filterPre, []expr.Any{
 					&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
@@ -64,57 +69,62 @@ func probes() []probe {
 					&expr.Verdict{Kind: expr.VerdictReturn},
 				})
 			}},
-		{"nftables nat redirect", intercept.ModeRedirect, "modprobe nft_chain_nat nft_redir (CONFIG_NFT_NAT, CONFIG_NFT_REDIR)",
+		{"nftables nat redirect", intercept.ModeRedirect, false, "modprobe nft_chain_nat nft_redir (CONFIG_NFT_NAT, CONFIG_NFT_REDIR)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_redirect", &natOut,
 					tcp(port(1), &expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED}))
 			}},
-		{"nftables meta mark", "", "modprobe nf_tables (meta is part of it; CONFIG_NF_TABLES)",
+		{"nftables meta mark", "", false, "modprobe nf_tables (meta is part of it; CONFIG_NF_TABLES)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_mark", &filterOut,
 					[]expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(2)}, &expr.Verdict{Kind: expr.VerdictReturn}},
 					[]expr.Any{&expr.Immediate{Register: 1, Data: native32(1)}, &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}})
 			}},
-		{"nftables meta skuid", intercept.ModeRedirect, "modprobe nf_tables (meta is part of it; CONFIG_NF_TABLES)",
+		{"nftables meta skuid", intercept.ModeRedirect, false, "modprobe nf_tables (meta is part of it; CONFIG_NF_TABLES)",
 			func(_ context.Context, fd int) error {
 				return nftProbe(fd, "probe_skuid", &filterOut, []expr.Any{
 					&expr.Meta{Key: expr.MetaKeySKUID, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(0)}, &expr.Verdict{Kind: expr.VerdictReturn},
 				})
 			}},
-		{"nftables interval sets", "", "modprobe nft_set_rbtree (built into nf_tables on recent kernels; CONFIG_NFT_SET_RBTREE)",
+		{"nftables interval sets", "", false, "modprobe nft_set_rbtree (built into nf_tables on recent kernels; CONFIG_NFT_SET_RBTREE)",
 			func(_ context.Context, fd int) error { return intervalProbe(fd, filterOut) }},
-		{"policy routing IPv4 (ip rule fwmark, local route)", intercept.ModeTProxy, "the kernel needs CONFIG_IP_MULTIPLE_TABLES",
+		{"policy routing IPv4 (ip rule fwmark, local route)", intercept.ModeTProxy, false, "the kernel needs CONFIG_IP_MULTIPLE_TABLES",
 			func(_ context.Context, fd int) error { return policyProbe(fd, false) }},
-		{"policy routing IPv6 (ip -6 rule fwmark, local route)", intercept.ModeTProxy, "the kernel needs CONFIG_IPV6_MULTIPLE_TABLES, and IPv6 enabled",
+		{"policy routing IPv6 (ip -6 rule fwmark, local route)", intercept.ModeTProxy, true, "the kernel needs CONFIG_IPV6_MULTIPLE_TABLES, and IPv6 enabled",
 			func(_ context.Context, fd int) error { return policyProbe(fd, true) }},
-		{"detour tproxy rules install and remove", intercept.ModeTProxy, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
-			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeTProxy) }},
-		{"detour redirect rules install and remove", intercept.ModeRedirect, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
-			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeRedirect) }},
-		{"SO_ORIGINAL_DST (IPv4, real redirect)", intercept.ModeRedirect, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT)",
+		{"detour tproxy rules install and remove", intercept.ModeTProxy, false, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
+			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeTProxy, noV6) }},
+		{"detour redirect rules install and remove", intercept.ModeRedirect, false, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
+			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeRedirect, noV6) }},
+		{"SO_ORIGINAL_DST (IPv4, real redirect)", intercept.ModeRedirect, false, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT)",
 			func(ctx context.Context, fd int) error { return origDstProbe(ctx, fd, false) }},
-		{"IP6T_SO_ORIGINAL_DST (IPv6, real redirect)", intercept.ModeRedirect, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT, IPv6 enabled)",
+		{"IP6T_SO_ORIGINAL_DST (IPv6, real redirect)", intercept.ModeRedirect, true, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT, IPv6 enabled)",
 			func(ctx context.Context, fd int) error { return origDstProbe(ctx, fd, true) }},
 	}
 }
 
 // Run performs the checks o asks for. It changes nothing on the host: kernel
-// probes run in a network namespace made for them and gone afterwards.
+// probes run in a network namespace made for them and gone afterwards, and
+// the namespace check runs in (the one run would use) is only read, its
+// listener addresses bound for a moment and never listened on.
 func Run(ctx context.Context, o Options) []Result {
+	here := listen.Inspect()
+	noV6 := here.NoIPv6 != ""
 	rs := []Result{privileges()}
 	if o.wants(intercept.ModeTProxy) {
 		rs = append(rs,
 			result("IP_TRANSPARENT socket option", setsockopt(unix.AF_INET, unix.SOL_IP, unix.IP_TRANSPARENT, 1), fixRoot),
-			result("IPV6_TRANSPARENT socket option", setsockopt(unix.AF_INET6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1), fixRoot+"; if IPv6 is disabled, listen on IPv4 only"))
+			v6Only(here, result("IPV6_TRANSPARENT socket option", setsockopt(unix.AF_INET6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1), fixRoot+"; if IPv6 is disabled, listen on IPv4 only")))
 	}
 	rs = append(rs, result("SO_MARK socket option", setsockopt(unix.AF_INET, unix.SOL_SOCKET, unix.SO_MARK, 2), fixRoot))
+	rs = append(rs, namespaceChecks(here, o.Listeners)...)
 
 	fd, err := newProbeNS()
 	rs = append(rs, result("throwaway network namespace for the probes", err, "run detour check as root (creating a network namespace needs CAP_SYS_ADMIN)"))
 	if err == nil {
 		defer unix.Close(fd)
 	}
-	for _, p := range probes() {
+	for _, p := range probes(noV6) {
 		if p.mode != "" && !o.wants(p.mode) {
 			continue
 		}
@@ -123,17 +133,85 @@ func Run(ctx context.Context, o Options) []Result {
 			rs = append(rs, Result{Name: p.name, Detail: "not probed: no probe namespace", Fix: "run detour check as root"})
 		case ctx.Err() != nil:
 			rs = append(rs, Result{Name: p.name, Detail: "not probed: " + ctx.Err().Error(), Fix: "run detour check again"})
+		case p.v6:
+			rs = append(rs, v6Only(here, result(p.name, p.run(ctx, fd), p.fix)))
 		default:
 			rs = append(rs, result(p.name, p.run(ctx, fd), p.fix))
 		}
 	}
 
 	if o.Mode == intercept.ModeTProxy && o.Router {
-		rs = append(rs,
-			sysctlIs("net.ipv4.ip_forward", "1", "a router must forward IPv4"),
-			sysctlIs("net.ipv6.conf.all.forwarding", "1", "needed to route IPv6 clients"))
+		// IPv6 forwarding is a warning: an IPv4-only router works without it.
+		why := "IPv6 clients are not routed (fine on an IPv4-only router)"
+		if noV6 {
+			why = "IPv6 is unavailable here, so only IPv4 clients are routed"
+		}
+		v6fwd := sysctlIs("net.ipv6.conf.all.forwarding", "1", why)
+		v6fwd.Warn = !v6fwd.OK
+		if noV6 && !v6fwd.OK {
+			v6fwd.Fix = "to route IPv6 too: " + here.EnableIPv6 + ", then " + v6fwd.Fix
+		}
+		rs = append(rs, sysctlIs("net.ipv4.ip_forward", "1", "a router must forward IPv4"), v6fwd)
 	}
 	return rs
+}
+
+// v6Only turns a failure that only IPv6 meets into a warning where the
+// namespace has no IPv6: run listens on IPv4 only there and never needs it.
+func v6Only(here listen.Namespace, r Result) Result {
+	if !r.OK && here.NoIPv6 != "" {
+		r.Warn = true
+		r.Detail += " (run listens on IPv4 only here: IPv6 is unavailable)"
+	}
+	return r
+}
+
+// namespaceChecks inspect the namespace check runs in, which the throwaway
+// probe namespace cannot show: loopback, IPv6, and whether each listener
+// run would open can bind.
+func namespaceChecks(here listen.Namespace, ls []Listener) []Result {
+	lo := Result{Name: "loopback lo (this network namespace)", OK: here.LoopbackUp, Detail: "up"}
+	if !here.LoopbackUp {
+		lo.Detail = "down; 127.0.0.1, ::1 and tproxy's local routes need it up"
+		lo.Fix = "ip link set lo up"
+	}
+	v6 := Result{Name: "IPv6 (this network namespace)", OK: true, Detail: "available"}
+	if here.NoIPv6 != "" {
+		v6 = Result{Name: v6.Name, Warn: true,
+			Detail: here.NoIPv6 + "; run listens on IPv4 only and intercepts no IPv6",
+			Fix:    "to intercept IPv6 too: " + here.EnableIPv6}
+	}
+	rs := []Result{lo, v6}
+	for _, l := range ls {
+		if l.Default && l.Addr.Addr().Is6() && here.NoIPv6 != "" {
+			continue // run leaves this default out, as the IPv6 line says
+		}
+		rs = append(rs, listenerCheck(l))
+	}
+	return rs
+}
+
+// listenerCheck binds l's address as run would listen on it. An address
+// in use is a warning: most often it is a detour that is running already.
+func listenerCheck(l Listener) Result {
+	r := Result{Name: fmt.Sprintf("listen %s (%s)", l.Addr, l.Mode), OK: true}
+	err := listen.CanListen(listen.Options{Mode: listen.Mode(l.Mode), Addr: l.Addr})
+	if err == nil {
+		return r
+	}
+	r.OK, r.Detail, r.Fix = false, err.Error(), "see `detour run --help` for --listen"
+	var le *listen.Error
+	if errors.As(err, &le) {
+		r.Detail = le.Err.Error()
+		if le.Fix != "" {
+			r.Fix = le.Fix
+		}
+	}
+	if errors.Is(err, unix.EADDRINUSE) {
+		r.Warn = true
+		r.Detail += " (a detour already running? then all is well)"
+	}
+	return r
 }
 
 // privileges checks for CAP_NET_ADMIN, which rules, marks and transparent
@@ -347,7 +425,7 @@ func policyProbe(fd int, v6 bool) error {
 }
 
 // rulesProbe installs and removes detour's complete ruleset for a mode.
-func rulesProbe(fd int, mode intercept.Mode) error {
+func rulesProbe(fd int, mode intercept.Mode, noV6 bool) error {
 	o := intercept.Options{
 		Mode: mode, Ports: []uint16{80, 443}, NetNSFd: fd,
 		Destinations: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
@@ -357,6 +435,9 @@ func rulesProbe(fd int, mode intercept.Mode) error {
 	}
 	if mode == intercept.ModeRedirect {
 		o.ExcludeUIDs = []uint32{0}
+	}
+	if noV6 {
+		o.ListenV6, o.Destinations = netip.AddrPort{}, o.Destinations[:1]
 	}
 	if err := intercept.Apply(o); err != nil {
 		return err

@@ -22,6 +22,8 @@ func TestPrint(t *testing.T) {
 			"FAIL  nftables socket expression: no such file or directory\n" +
 			"      fix: modprobe nft_socket\n", false},
 		{"failure without fix", []Result{{Name: "x"}}, "FAIL  x\n", false},
+		{"a warning does not fail", []Result{{Name: "IPv6", Warn: true, Detail: "disabled", Fix: "sysctl"}},
+			"warn  IPv6: disabled\n      fix: sysctl\n", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
