@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 )
 
 // Apply installs the interception described by o, replacing whatever detour
-// installed before (for example the leftovers of a crashed run). The
+// installed before (for example the leftovers of a crashed run, also when
+// that run used another mark or route table: the table records them). The
 // nftables table is swapped in one atomic batch; the policy routing follows.
 // If the policy routing fails, everything is removed again.
 func Apply(o Options) error {
@@ -22,11 +24,29 @@ func Apply(o Options) error {
 	if err != nil {
 		return fmt.Errorf("intercept: open nftables: %w", err)
 	}
+	prev := recordedPairs(c, o)
 	if err := replaceTable(c, rs); err != nil {
 		return fmt.Errorf("intercept: install table inet %s: %w%s", o.TableName, err, hint(err))
 	}
-	if err := applyPolicy(o, rs); err != nil {
+	if err := applyPolicy(o, rs, prev); err != nil {
 		return errors.Join(fmt.Errorf("intercept: policy routing: %w%s", err, hint(err)), Clean(o))
+	}
+	return nil
+}
+
+// ownPair is the policy routing o's tproxy rules use.
+func (o Options) ownPair() policyPair { return policyPair{o.TProxyMark, o.RouteTable} }
+
+// recordedPairs returns the policy routing that the installed table of o's
+// name records, when it is not o's own: a previous install's. A table that
+// cannot be read records nothing; Apply replaces it anyway.
+func recordedPairs(c *nftables.Conn, o Options) []policyPair {
+	rs, _, err := readTable(c, o.NetNSFd, o.TableName)
+	if err != nil {
+		return nil
+	}
+	if p, ok := recordedPolicy(rs); ok && p != o.ownPair() {
+		return []policyPair{p}
 	}
 	return nil
 }
@@ -69,42 +89,74 @@ func Drain(o Options) error {
 }
 
 // applyPolicy makes the policy routing match rs: a family's rule and route
-// are added if rs has them and removed (as leftovers) if it has not.
-func applyPolicy(o Options, rs ruleset) error {
+// are added if rs has them, and removed (as leftovers) if it has not, as
+// are those of the stale pairs a previous install recorded.
+func applyPolicy(o Options, rs ruleset, stale []policyPair) error {
 	p, err := openPolicy(o)
 	if err != nil {
 		return err
 	}
 	defer p.close()
+	own := o.ownPair()
 	for _, v6 := range []bool{false, true} {
-		want := false
-		for _, r := range rs.rules {
-			want = want || r.v6 == v6
-		}
-		if want {
-			err = p.ensure(v6)
-		} else {
-			err = p.remove(v6)
-		}
-		if err != nil {
-			return err
+		if slices.ContainsFunc(rs.rules, func(r ipRule) bool { return r.v6 == v6 }) {
+			if err := p.ensure(own, v6); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	var errs []error
+	for _, pp := range append([]policyPair{own}, stale...) {
+		errs = append(errs, removePolicy(o, p, pp, rs))
+	}
+	return errors.Join(errs...)
+}
+
+// removePolicy removes pp's rules and routes that rs does not have. Policy
+// routing whose mark or route table a live detour holds (see ownPolicy) is
+// in use, not left over, and stays.
+func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
+	keepRule := func(v6 bool) bool {
+		return slices.Contains(rs.rules, ipRule{v6: v6, mark: pp.mark, mask: 0xffffffff, table: pp.table})
+	}
+	keepRoutes := func(v6 bool) bool { return slices.Contains(rs.routes, localRoute{v6: v6, table: pp.table}) }
+	if keepRule(false) && keepRule(true) && keepRoutes(false) && keepRoutes(true) {
+		return nil
+	}
+	held, err := ownPolicy(o, pp)
+	if errors.Is(err, ErrOwned) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer held.Release()
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		if !keepRule(v6) {
+			errs = append(errs, p.remove(pp, v6, keepRoutes(v6)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Clean removes what detour installs: the table, the `fwmark M lookup T`
-// rules (IPv4 and IPv6) and the local default routes in table T. Nothing
-// else is touched, and nothing being there is success. Only TableName,
-// TProxyMark, RouteTable and NetNSFd matter.
+// rules (IPv4 and IPv6) and the local default routes in table T, both for
+// o's mark and table and for those the installed table records (so a plain
+// `rules clean` also removes what `rules apply --route-table 200` added).
+// Nothing else is touched, policy routing a live detour holds stays, and
+// nothing being there is success. Only Mode, TableName, TProxyMark,
+// RouteTable and NetNSFd matter.
 func Clean(o Options) error {
 	if err := o.validateTarget(); err != nil {
 		return err
 	}
 	o = o.withDefaults()
 	var errs []error
+	var stale []policyPair
 	c, err := nftConn(o.NetNSFd)
 	if err == nil {
+		stale = recordedPairs(c, o)
 		err = deleteTable(c, o.TableName)
 	}
 	if err != nil {
@@ -115,8 +167,8 @@ func Clean(o Options) error {
 		return errors.Join(append(errs, fmt.Errorf("intercept: policy routing: %w", err))...)
 	}
 	defer p.close()
-	for _, v6 := range []bool{false, true} {
-		if err := p.remove(v6); err != nil {
+	for _, pp := range append([]policyPair{o.ownPair()}, stale...) {
+		if err := removePolicy(o, p, pp, ruleset{}); err != nil {
 			errs = append(errs, fmt.Errorf("intercept: policy routing: %w", err))
 		}
 	}
@@ -124,7 +176,8 @@ func Clean(o Options) error {
 }
 
 // Show reads back what is installed and prints it like Render does, or
-// "nothing installed".
+// "nothing installed". The policy routing shown is o's and the one the
+// table records, whatever mark and route table o names.
 func Show(o Options) (string, error) {
 	rs, err := read(o)
 	if err != nil {
@@ -142,6 +195,35 @@ func Installed(o Options) (bool, error) {
 	return err == nil && !rs.empty(), err
 }
 
+// Missing names each part of what Apply(o) installs that the kernel no
+// longer has as Apply left it: the table, a chain, a chain's rules, a
+// policy rule or route. Someone else's `nft flush ruleset` (a firewall
+// reload) or `ip rule flush` removes them under a running detour, and
+// traffic then bypasses it without an error anywhere.
+func Missing(o Options) ([]string, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o = o.withDefaults()
+	got, err := read(o)
+	if err != nil {
+		return nil, err
+	}
+	return missingParts(build(o), got), nil
+}
+
+// Ensure puts back o's rules when part of them is missing (see Missing),
+// and returns what was missing; nil when everything was in place. A
+// running detour calls it every DefaultCheckInterval and on SIGHUP, as
+// kube-proxy and Istio re-sync theirs.
+func Ensure(o Options) (missing []string, err error) {
+	missing, err = Missing(o)
+	if err != nil || len(missing) == 0 {
+		return missing, err
+	}
+	return missing, Apply(o)
+}
+
 func read(o Options) (ruleset, error) {
 	if err := o.validateTarget(); err != nil {
 		return ruleset{}, err
@@ -155,12 +237,16 @@ func read(o Options) (ruleset, error) {
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: read table inet %s: %w%s", o.TableName, err, hint(err))
 	}
+	pairs := []policyPair{o.ownPair()}
+	if p, ok := recordedPolicy(rs); ok && p != o.ownPair() {
+		pairs = append(pairs, p)
+	}
 	p, err := openPolicy(o)
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: policy routing: %w", err)
 	}
 	defer p.close()
-	if err := p.read(&rs); err != nil {
+	if err := p.read(&rs, pairs); err != nil {
 		return ruleset{}, fmt.Errorf("intercept: policy routing: %w", err)
 	}
 	return rs, nil

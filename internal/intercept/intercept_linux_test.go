@@ -17,14 +17,7 @@ import (
 
 func newNS(t *testing.T) *ns.NS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: kernel test needs root to create a network namespace (CI runs it as root)")
-	}
-	for _, bin := range []string{"nft", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("skipping: %s not installed (apt-get install nftables iproute2)", bin)
-		}
-	}
+	needKernel(t)
 	name := fmt.Sprintf("dt-icpt-%s-%d", regexp.MustCompile(`[^a-zA-Z0-9]+`).ReplaceAllString(t.Name(), "-"), os.Getpid())
 	if len(name) > 200 {
 		name = name[:200]
@@ -39,6 +32,19 @@ func newNS(t *testing.T) *ns.NS {
 		}
 	})
 	return n
+}
+
+// needKernel skips the test unless it can create namespaces and list them.
+func needKernel(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: kernel test needs root to create a network namespace (CI runs it as root)")
+	}
+	for _, bin := range []string{"nft", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("skipping: %s not installed (apt-get install nftables iproute2)", bin)
+		}
+	}
 }
 
 // run runs a command inside the namespace and returns its output.

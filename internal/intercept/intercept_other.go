@@ -18,6 +18,12 @@ func Clean(o Options) error { return errNotLinux }
 // Show needs Linux.
 func Show(o Options) (string, error) { return "", errNotLinux }
 
+// Missing needs Linux.
+func Missing(o Options) ([]string, error) { return nil, errNotLinux }
+
+// Ensure needs Linux.
+func Ensure(o Options) ([]string, error) { return nil, errNotLinux }
+
 // Installed needs Linux.
 func Installed(o Options) (bool, error) { return false, errNotLinux }
 

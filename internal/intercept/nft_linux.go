@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -48,11 +49,19 @@ func replaceTable(c *nftables.Conn, rs ruleset) error {
 			Policy:   policyRef(ch.policy),
 		})
 		for _, r := range ch.rules {
+			var udata []byte
+			r = slices.DeleteFunc(slices.Clone(r), func(s stmt) bool {
+				c, ok := s.(comment)
+				if ok {
+					udata = userdata.AppendString(udata, userdata.TypeComment, string(c))
+				}
+				return ok
+			})
 			exprs, err := enc.rule(r)
 			if err != nil {
 				return err
 			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: nch, Exprs: exprs})
+			c.AddRule(&nftables.Rule{Table: t, Chain: nch, Exprs: exprs, UserData: udata})
 		}
 	}
 	return c.Flush()
@@ -302,7 +311,11 @@ func readTable(c *nftables.Conn, fd int, name string) (rs ruleset, found bool, e
 		}
 		for _, r := range rules {
 			if r.chain == ch.Name {
-				out.rules = append(out.rules, decodeRule(r.exprs, elems))
+				rule := decodeRule(r.exprs, elems)
+				if c, ok := userdata.GetString(r.udata, userdata.TypeComment); ok {
+					rule = append(rule, comment(c))
+				}
+				out.rules = append(out.rules, rule)
 			}
 		}
 		rs.chains = append(rs.chains, out)
@@ -325,6 +338,7 @@ func hookName(h nftables.ChainHook) string {
 type dumpedRule struct {
 	chain string
 	exprs []expr.Any
+	udata []byte // NFTA_RULE_USERDATA: nft's comment
 }
 
 // dumpRules lists the rules of an inet table, in chain and rule order.
@@ -363,6 +377,8 @@ func dumpRules(fd int, table string) ([]dumpedRule, error) {
 			switch ad.Type() {
 			case unix.NFTA_RULE_CHAIN:
 				r.chain = ad.String()
+			case unix.NFTA_RULE_USERDATA:
+				r.udata = ad.Bytes()
 			case unix.NFTA_RULE_EXPRESSIONS:
 				ad.Nested(func(nad *netlink.AttributeDecoder) error {
 					for nad.Next() {

@@ -39,21 +39,56 @@ func Own(o Options) (*Owner, error) {
 		return nil, err
 	}
 	o = o.withDefaults()
-	ns, err := netnsInode(o.NetNSFd)
+	holds := []hold{{"table inet " + o.TableName, "table-" + o.TableName}}
+	if o.Mode != ModeRedirect { // tproxy, and Clean's default
+		holds = append(holds, routeHold(o.RouteTable), markHold(o.TProxyMark))
+	}
+	return own(o.NetNSFd, holds)
+}
+
+// hold is one lock: what it stands for, and its file's name.
+type hold struct{ what, file string }
+
+func routeHold(table int) hold {
+	return hold{fmt.Sprintf("route table %d", table), fmt.Sprintf("route-%d", table)}
+}
+
+func markHold(mark uint32) hold {
+	return hold{fmt.Sprintf("tproxy mark %#x", mark), fmt.Sprintf("mark-%#x", mark)}
+}
+
+// ownPolicy takes the holds on p's route table and mark that Own(o) does
+// not already take, before Apply or Clean removes policy routing that o's
+// table recorded (a killed run's, with another mark or route table) or
+// that redirect mode does not hold. A flock conflicts with another open
+// of the same file even in this process, so a value Own(o) covers is not
+// taken twice. It fails with ErrOwned when a live detour holds one: that
+// policy routing is not a leftover, it is in use.
+func ownPolicy(o Options, p policyPair) (*Owner, error) {
+	var holds []hold
+	covered := o.Mode != ModeRedirect
+	if !covered || p.table != o.RouteTable {
+		holds = append(holds, routeHold(p.table))
+	}
+	if !covered || p.mark != o.TProxyMark {
+		holds = append(holds, markHold(p.mark))
+	}
+	return own(o.NetNSFd, holds)
+}
+
+// own takes holds in the network namespace fd (0: the caller's).
+func own(fd int, holds []hold) (*Owner, error) {
+	w := &Owner{}
+	if len(holds) == 0 {
+		return w, nil
+	}
+	ns, err := netnsInode(fd)
 	if err != nil {
 		return nil, fmt.Errorf("intercept: which network namespace: %w", err)
 	}
 	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
 		return nil, fmt.Errorf("intercept: %w", err)
 	}
-	type hold struct{ what, file string }
-	holds := []hold{{"table inet " + o.TableName, "table-" + o.TableName}}
-	if o.Mode != ModeRedirect { // tproxy, and Clean's default
-		holds = append(holds,
-			hold{fmt.Sprintf("route table %d", o.RouteTable), fmt.Sprintf("route-%d", o.RouteTable)},
-			hold{fmt.Sprintf("tproxy mark %#x", o.TProxyMark), fmt.Sprintf("mark-%#x", o.TProxyMark)})
-	}
-	w := &Owner{}
 	for _, h := range holds {
 		name := fmt.Sprintf("netns-%d-%s", ns, h.file)
 		if len(name) > 200 { // long table names: keep under the file name limit

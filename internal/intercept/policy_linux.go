@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -15,10 +16,8 @@ import (
 // them by exact shape and never touches other rules or routes, even in
 // table T.
 type policy struct {
-	h     *netlink.Handle
-	mark  uint32
-	table int
-	lo    int // ifindex of lo
+	h  *netlink.Handle
+	lo int // ifindex of lo
 }
 
 func openPolicy(o Options) (*policy, error) {
@@ -37,7 +36,7 @@ func openPolicy(o Options) (*policy, error) {
 		h.Close()
 		return nil, fmt.Errorf("find lo: %w", err)
 	}
-	return &policy{h: h, mark: o.TProxyMark, table: o.RouteTable, lo: lo.Attrs().Index}, nil
+	return &policy{h: h, lo: lo.Attrs().Index}, nil
 }
 
 func (p *policy) close() { p.h.Close() }
@@ -49,8 +48,8 @@ func afamily(v6 bool) int {
 	return netlink.FAMILY_V4
 }
 
-// list returns detour's rules and routes of one family.
-func (p *policy) list(v6 bool) ([]netlink.Rule, []netlink.Route, error) {
+// list returns the rules and routes of pp of one family.
+func (p *policy) list(pp policyPair, v6 bool) ([]netlink.Rule, []netlink.Route, error) {
 	all, err := p.h.RuleList(afamily(v6))
 	if v6 && errors.Is(err, unix.EAFNOSUPPORT) {
 		return nil, nil, nil // IPv6 disabled: nothing can be installed
@@ -60,14 +59,14 @@ func (p *policy) list(v6 bool) ([]netlink.Rule, []netlink.Route, error) {
 	}
 	var rules []netlink.Rule
 	for _, r := range all {
-		if r.Mark == p.mark && r.Table == p.table && (r.Mask == nil || *r.Mask == 0xffffffff) &&
+		if r.Mark == pp.mark && r.Table == pp.table && (r.Mask == nil || *r.Mask == 0xffffffff) &&
 			r.Src == nil && r.Dst == nil && r.IifName == "" && r.OifName == "" && !r.Invert {
 			rules = append(rules, r)
 		}
 	}
-	rts, err := p.h.RouteListFiltered(afamily(v6), &netlink.Route{Table: p.table}, netlink.RT_FILTER_TABLE)
+	rts, err := p.h.RouteListFiltered(afamily(v6), &netlink.Route{Table: pp.table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list routes of table %d: %w", p.table, err)
+		return nil, nil, fmt.Errorf("list routes of table %d: %w", pp.table, err)
 	}
 	var routes []netlink.Route
 	for _, r := range rts {
@@ -87,16 +86,16 @@ func isDefault(n *net.IPNet) bool {
 }
 
 // ensure installs the family's rule and route unless they are there.
-func (p *policy) ensure(v6 bool) error {
-	rules, routes, err := p.list(v6)
+func (p *policy) ensure(pp policyPair, v6 bool) error {
+	rules, routes, err := p.list(pp, v6)
 	if err != nil {
 		return err
 	}
 	if len(rules) == 0 {
 		r := netlink.NewRule()
-		r.Family, r.Mark, r.Table = afamily(v6), p.mark, p.table
+		r.Family, r.Mark, r.Table = afamily(v6), pp.mark, pp.table
 		if err := p.h.RuleAdd(r); err != nil {
-			return fmt.Errorf("ip rule add fwmark %#x lookup %d: %w", p.mark, p.table, err)
+			return fmt.Errorf("ip rule add fwmark %#x lookup %d: %w", pp.mark, pp.table, err)
 		}
 	}
 	if len(routes) == 0 {
@@ -107,52 +106,68 @@ func (p *policy) ensure(v6 bool) error {
 		// RouteAdd, not RouteReplace: a default route the user keeps in
 		// this table must make Apply fail, not vanish.
 		err := p.h.RouteAdd(&netlink.Route{
-			Family: afamily(v6), Table: p.table, Type: unix.RTN_LOCAL, Scope: unix.RT_SCOPE_HOST,
+			Family: afamily(v6), Table: pp.table, Type: unix.RTN_LOCAL, Scope: unix.RT_SCOPE_HOST,
 			Protocol: unix.RTPROT_BOOT, LinkIndex: p.lo, Dst: dst,
 		})
 		if err != nil {
-			return fmt.Errorf("ip route add local %s dev lo table %d: %w", dst, p.table, err)
+			return fmt.Errorf("ip route add local %s dev lo table %d: %w", dst, pp.table, err)
 		}
 	}
 	return nil
 }
 
-// remove deletes the family's rules and routes; nothing there is fine.
-func (p *policy) remove(v6 bool) error {
-	rules, routes, err := p.list(v6)
+// remove deletes the family's rules and, unless keepRoutes, its routes;
+// nothing there is fine.
+func (p *policy) remove(pp policyPair, v6, keepRoutes bool) error {
+	rules, routes, err := p.list(pp, v6)
 	if err != nil {
 		return err
+	}
+	if keepRoutes {
+		routes = nil
 	}
 	var errs []error
 	for _, r := range rules {
 		if err := p.h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("ip rule del fwmark %#x lookup %d: %w", p.mark, p.table, err))
+			errs = append(errs, fmt.Errorf("ip rule del fwmark %#x lookup %d: %w", pp.mark, pp.table, err))
 		}
 	}
 	for _, r := range routes {
 		if err := p.h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("ip route del %s table %d: %w", r.Dst, p.table, err))
+			errs = append(errs, fmt.Errorf("ip route del %s table %d: %w", r.Dst, pp.table, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// read adds the installed rules and routes to rs.
-func (p *policy) read(rs *ruleset) error {
+// read adds the installed rules and routes of pairs to rs; a route table
+// two pairs share is listed once.
+func (p *policy) read(rs *ruleset, pairs []policyPair) error {
 	for _, v6 := range []bool{false, true} {
-		rules, routes, err := p.list(v6)
-		if err != nil {
-			return err
-		}
-		for _, r := range rules {
-			mask := uint32(0xffffffff)
-			if r.Mask != nil {
-				mask = *r.Mask
+		for i, pp := range pairs {
+			if err := p.readPair(rs, pp, v6, slices.ContainsFunc(pairs[:i], func(q policyPair) bool { return q.table == pp.table })); err != nil {
+				return err
 			}
-			rs.rules = append(rs.rules, ipRule{v6: v6, mark: r.Mark, mask: mask, table: r.Table})
 		}
+	}
+	return nil
+}
+
+func (p *policy) readPair(rs *ruleset, pp policyPair, v6, routesListed bool) error {
+	rules, routes, err := p.list(pp, v6)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		mask := uint32(0xffffffff)
+		if r.Mask != nil {
+			mask = *r.Mask
+		}
+		rs.rules = append(rs.rules, ipRule{v6: v6, mark: r.Mark, mask: mask, table: r.Table})
+	}
+	if !routesListed {
 		for range routes {
-			rs.routes = append(rs.routes, localRoute{v6: v6, table: p.table})
+			rs.routes = append(rs.routes, localRoute{v6: v6, table: pp.table})
 		}
 	}
 	return nil

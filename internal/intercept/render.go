@@ -38,6 +38,17 @@ func (rs ruleset) String() string {
 		}
 		b.WriteString("}\n")
 	}
+	b.WriteString(rs.policy())
+	return b.String()
+}
+
+// policyText is the policy part of String, one line without its newline:
+// what missingParts names.
+func (rs ruleset) policyText() string { return strings.TrimSuffix(rs.policy(), "\n") }
+
+// policy prints the policy rules and routes as ip commands, a line each.
+func (rs ruleset) policy() string {
+	var b strings.Builder
 	for _, v6 := range []bool{false, true} {
 		ip := "ip"
 		if v6 {
@@ -171,6 +182,8 @@ func stmtString(s stmt) string {
 		return string(s)
 	case unknown:
 		return string(s)
+	case comment:
+		return "comment " + strconv.Quote(string(s))
 	}
 	return fmt.Sprintf("<%T>", s)
 }

@@ -155,7 +155,7 @@ func TestRenderDetails(t *testing.T) {
 		{
 			"custom mark, table and name",
 			Options{Mode: ModeTProxy, Ports: []uint16{80}, ListenV4: ap("0.0.0.0:1"), TProxyMark: 0x20, RouteTable: 1234, TableName: "dt2"},
-			[]string{"table inet dt2 {", "socket transparent 1 tcp flags != syn / fin,syn,rst,ack meta mark set 0x00000020 accept", "ip rule add fwmark 0x20 lookup 1234", "ip route add local 0.0.0.0/0 dev lo table 1234"},
+			[]string{"table inet dt2 {", "socket transparent 1 tcp flags != syn / fin,syn,rst,ack meta mark set 0x00000020 accept comment \"detour policy routing: fwmark 0x20 lookup 1234\"", "ip rule add fwmark 0x20 lookup 1234", "ip route add local 0.0.0.0/0 dev lo table 1234"},
 			nil,
 		},
 	}

@@ -1,8 +1,11 @@
 package intercept
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 )
 
 // ruleset is the portable description of everything detour installs. Build
@@ -66,6 +69,9 @@ type (
 	}
 	redirectTo struct{ port uint16 }
 	verdict    string // "accept", "return", "drop", ...
+	// comment is a rule's comment (nft's userdata), not a statement the
+	// kernel runs; it is printed, like nft does, after the statements.
+	comment string
 	// unknown is something Show found that detour never installs.
 	unknown string
 )
@@ -84,7 +90,50 @@ func (setMark) isStmt()                {}
 func (tproxyTo) isStmt()               {}
 func (redirectTo) isStmt()             {}
 func (verdict) isStmt()                {}
+func (comment) isStmt()                {}
 func (unknown) isStmt()                {}
+
+// policyPair is the mark and route table of tproxy's policy routing:
+// `ip rule fwmark mark lookup table` and the local routes in table.
+type policyPair struct {
+	mark  uint32
+	table int
+}
+
+// policyCommentPrefix starts the comment that records a table's policyPair.
+const policyCommentPrefix = "detour policy routing: fwmark "
+
+func (p policyPair) comment() comment {
+	return comment(fmt.Sprintf("%s%#x lookup %d", policyCommentPrefix, p.mark, p.table))
+}
+
+// recordedPolicy returns the policy routing rs's table records, if it does.
+func recordedPolicy(rs ruleset) (policyPair, bool) {
+	for _, ch := range rs.chains {
+		for _, r := range ch.rules {
+			for _, s := range r {
+				c, ok := s.(comment)
+				if !ok {
+					continue
+				}
+				rest, ok := strings.CutPrefix(string(c), policyCommentPrefix)
+				if !ok {
+					continue
+				}
+				markText, tableText, ok := strings.Cut(rest, " lookup ")
+				if !ok {
+					continue
+				}
+				mark, err1 := strconv.ParseUint(markText, 0, 32)
+				table, err2 := strconv.ParseUint(tableText, 10, 32)
+				if err1 == nil && err2 == nil && mark != 0 && table != 0 && CheckRouteTable(int(table)) == nil {
+					return policyPair{uint32(mark), int(table)}, true
+				}
+			}
+		}
+	}
+	return policyPair{}, false
+}
 
 // addrRange is an inclusive range of addresses of one family.
 type addrRange struct{ first, last netip.Addr }
@@ -113,7 +162,13 @@ func build(o Options) ruleset {
 		// client reused its port at once), which is no home for a new
 		// connection; tproxy's own lookup retires such a TIME_WAIT and
 		// picks the listener.
-		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchSocketTransparent{}, matchNotSYN{}, setMark{o.TProxyMark}, verdict("accept")})
+		// Its comment records the policy routing that goes with the
+		// table, so that Clean, Show and the next Apply find a killed
+		// run's `ip rule` and route even when they are given another mark
+		// or route table (or none). It is on this rule because Drain
+		// keeps it.
+		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchSocketTransparent{}, matchNotSYN{}, setMark{o.TProxyMark}, verdict("accept"),
+			policyPair{o.TProxyMark, o.RouteTable}.comment()})
 		// Connections to the router's own addresses are its own business:
 		// diverting them would only add a hop (and loop if detour listens
 		// on an intercepted port).

@@ -1,0 +1,230 @@
+package intercept
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/detour-proxy/detour/internal/ns"
+)
+
+// fxcNS is newNS with a name of its own ("fxc-..."), for the tests of the
+// recorded policy routing and of Ensure.
+func fxcNS(t *testing.T) *ns.NS {
+	t.Helper()
+	needKernel(t)
+	name := fmt.Sprintf("fxc-%s-%d", regexp.MustCompile(`[^a-zA-Z0-9]+`).ReplaceAllString(t.Name(), "-"), os.Getpid())
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	n, err := ns.New(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("remove namespace: %v", err)
+		}
+	})
+	return n
+}
+
+// tempOwnerDir points OwnerDir at a directory of the test's own.
+func tempOwnerDir(t *testing.T) {
+	old := OwnerDir
+	OwnerDir = t.TempDir()
+	t.Cleanup(func() { OwnerDir = old })
+}
+
+func tproxyOpts(mark uint32, table int, name string) Options {
+	return Options{
+		Mode: ModeTProxy, Ports: []uint16{80}, TProxyMark: mark, RouteTable: table, TableName: name,
+		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001"), ListenV6: netip.MustParseAddrPort("[::]:15001"),
+	}
+}
+
+// TestKernelCleanAndShowFindRecordedPolicy: rules applied with another
+// mark and route table are shown and removed by Show and Clean given the
+// defaults (`rules show`, `rules clean` without flags): the table records
+// them. Before, the `fwmark 0x5 lookup 200` rules and table 200's local
+// routes survived a clean that reported success.
+func TestKernelCleanAndShowFindRecordedPolicy(t *testing.T) {
+	tempOwnerDir(t)
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"mark_and_table", tproxyOpts(0x5, 200, "")},
+		{"table_only", tproxyOpts(0, 200, "")},
+		{"mark_only", tproxyOpts(0x5, 0, "")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := fxcNS(t)
+			before := snapshot(t, n)
+			o := inNS(tc.opts, n)
+			if err := Apply(o); err != nil {
+				t.Fatal(err)
+			}
+			want, _ := Render(o)
+			plain := Options{NetNSFd: n.Fd()}
+			if shown, err := Show(plain); err != nil || shown != want {
+				t.Errorf("Show with the defaults = %v\n%s\nwant what was applied\n%s", err, shown, want)
+			}
+			owner, err := Own(plain) // as `rules clean` holds it
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer owner.Release()
+			if err := Clean(plain); err != nil {
+				t.Fatal(err)
+			}
+			if after := snapshot(t, n); after != before {
+				t.Errorf("Clean with the defaults left\n%s\nwant\n%s", after, before)
+			}
+		})
+	}
+}
+
+// TestKernelApplyReplacesRecordedPolicy: a killed run's rules with one mark
+// and route table, then a run with others: Apply removes the killed run's
+// policy routing (and keeps what the new one shares), and Clean leaves the
+// namespace as it was.
+func TestKernelApplyReplacesRecordedPolicy(t *testing.T) {
+	tempOwnerDir(t)
+	for _, tc := range []struct {
+		name          string
+		first, second Options
+	}{
+		{"default_then_custom", tproxyOpts(0, 0, ""), tproxyOpts(0x5, 200, "")},
+		{"custom_then_default", tproxyOpts(0x5, 200, ""), tproxyOpts(0, 0, "")},
+		{"same_table_other_mark", tproxyOpts(0x1, 100, ""), tproxyOpts(0x5, 100, "")},
+		{"same_mark_other_table", tproxyOpts(0x1, 100, ""), tproxyOpts(0x1, 200, "")},
+		{"tproxy_then_redirect", tproxyOpts(0x5, 200, ""), Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := fxcNS(t)
+			before := snapshot(t, n)
+			if err := Apply(inNS(tc.first, n)); err != nil {
+				t.Fatal(err)
+			}
+			second := inNS(tc.second, n)
+			owner, err := Own(second) // as `detour run` holds it
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer owner.Release()
+			if err := Apply(second); err != nil {
+				t.Fatal(err)
+			}
+			want, _ := Render(second)
+			if shown, err := Show(second); err != nil || shown != want {
+				t.Errorf("after Apply over other leftovers, Show = %v\n%s\nwant\n%s", err, shown, want)
+			}
+			for _, l := range strings.Split(want[len(nftPart(want)):], "\n") {
+				if l != "" {
+					checkPolicyLine(t, n, l)
+				}
+			}
+			rules := run(t, n, "ip", "rule") + run(t, n, "ip", "-6", "rule")
+			if c := strings.Count(rules, "fwmark"); c != strings.Count(want, "rule add fwmark") {
+				t.Errorf("%d fwmark rules, want only the second run's:\n%s", c, rules)
+			}
+			if err := Clean(second); err != nil {
+				t.Fatal(err)
+			}
+			if after := snapshot(t, n); after != before {
+				t.Errorf("Clean after the second Apply left\n%s\nwant\n%s", after, before)
+			}
+		})
+	}
+}
+
+// TestKernelCleanLeavesHeldPolicy: the policy routing a killed run's table
+// records is not removed while a live detour (another table) holds its
+// route table and mark: it is that detour's too.
+func TestKernelCleanLeavesHeldPolicy(t *testing.T) {
+	tempOwnerDir(t)
+	n := fxcNS(t)
+	if err := Apply(inNS(tproxyOpts(0x5, 200, ""), n)); err != nil { // the killed run's
+		t.Fatal(err)
+	}
+	live := inNS(tproxyOpts(0x5, 200, "detour_b"), n)
+	held, err := Own(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	if err := Apply(live); err != nil {
+		t.Fatal(err)
+	}
+	plain := Options{NetNSFd: n.Fd()}
+	owner, err := Own(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Release()
+	if err := Clean(plain); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, n, "nft", "list", "tables"); strings.Contains(got, "inet detour\n") || !strings.Contains(got, "inet detour_b") {
+		t.Errorf("tables after Clean:\n%s", got)
+	}
+	if got := run(t, n, "ip", "rule"); !strings.Contains(got, "fwmark 0x5 lookup 200") {
+		t.Errorf("Clean removed the live detour's policy rule:\n%s", got)
+	}
+	if got := run(t, n, "ip", "-6", "route", "show", "table", "200"); !strings.Contains(got, "local default dev lo") {
+		t.Errorf("Clean removed the live detour's local route:\n%s", got)
+	}
+}
+
+// TestKernelEnsure: what vanished under a running detour is named and put
+// back: the whole table (`nft flush ruleset`, as a firewall reload does),
+// a chain's rules, a policy rule, a local route.
+func TestKernelEnsure(t *testing.T) {
+	tempOwnerDir(t)
+	for _, tc := range []struct {
+		name    string
+		opts    Options
+		break_  [][]string
+		missing []string
+	}{
+		{"flush_ruleset", tproxyOpts(0x5, 200, ""), [][]string{{"nft", "flush", "ruleset"}}, []string{"table inet detour"}},
+		{"flush_chain", tproxyOpts(0, 0, ""), [][]string{{"nft", "flush", "chain", "inet", "detour", "prerouting"}},
+			[]string{"rules of chain prerouting of table inet detour"}},
+		{"ip_rule_and_route", tproxyOpts(0x5, 200, ""), [][]string{{"ip", "rule", "del", "fwmark", "0x5", "lookup", "200"}, {"ip", "-6", "route", "flush", "table", "200"}},
+			[]string{"ip rule add fwmark 0x5 lookup 200", "ip -6 route add local ::/0 dev lo table 200"}},
+		{"redirect_flush", Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")},
+			[][]string{{"nft", "flush", "ruleset"}}, []string{"table inet detour"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := fxcNS(t)
+			o := inNS(tc.opts, n)
+			if err := Apply(o); err != nil {
+				t.Fatal(err)
+			}
+			installed := snapshot(t, n)
+			if missing, err := Ensure(o); err != nil || missing != nil {
+				t.Fatalf("Ensure with everything in place = %q, %v; want nothing missing", missing, err)
+			}
+			for _, cmd := range tc.break_ {
+				run(t, n, cmd...)
+			}
+			if missing, err := Missing(o); err != nil || !slices.Equal(missing, tc.missing) {
+				t.Errorf("Missing = %q, %v; want %q", missing, err, tc.missing)
+			}
+			if missing, err := Ensure(o); err != nil || !slices.Equal(missing, tc.missing) {
+				t.Errorf("Ensure = %q, %v; want %q", missing, err, tc.missing)
+			}
+			if now := snapshot(t, n); now != installed {
+				t.Errorf("after Ensure\n%s\nwant as installed\n%s", now, installed)
+			}
+			if missing, err := Missing(o); err != nil || missing != nil {
+				t.Errorf("Missing after Ensure = %q, %v", missing, err)
+			}
+		})
+	}
+}
