@@ -140,6 +140,11 @@ func (o *observability) rules(cfg *config.Config, installed bool) {
 	o.state.SetRules(admin.Rules{Managed: true, Installed: installed, Table: "inet " + cfg.Intercept.TableName, Ports: cfg.Intercept.Ports})
 }
 
+// rulesDrained records that the rules no longer divert new connections.
+func (o *observability) rulesDrained(cfg *config.Config) {
+	o.state.SetRules(admin.Rules{Managed: true, Drained: true, Table: "inet " + cfg.Intercept.TableName, Ports: cfg.Intercept.Ports})
+}
+
 // onRequest is httpproxy's OnRequest: metrics, then the access log.
 func (o *observability) onRequest(i httpproxy.RequestInfo) {
 	o.metrics.Request(i)

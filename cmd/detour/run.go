@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -143,12 +144,21 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	ready.AddAttrs(slog.Int("listeners", len(lns)), slog.String("protocol", cfg.Protocol), slog.Int("l4_loops", tcpproxy.Loops()))
 	log.Handler().Handle(context.Background(), ready)
 
+	// The rules are checked here, between signals, so a check never
+	// races a reload's install, and never runs once the drain began.
+	check := time.NewTicker(time.Duration(d.cfg.Intercept.CheckInterval))
+	defer check.Stop()
 	for {
 		select {
 		case <-hup:
 			if err := d.reload(reread); err != nil {
 				log.Error("SIGHUP: reload rejected; still running the previous configuration", "err", err)
 			}
+			check.Reset(time.Duration(d.cfg.Intercept.CheckInterval))
+			d.ensureRules("SIGHUP")
+			continue
+		case <-check.C:
+			d.ensureRules("periodic check")
 			continue
 		case <-ctx.Done():
 		}
@@ -161,6 +171,8 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	if d.rules != nil {
 		if err := intercept.Drain(*d.rules); err != nil {
 			log.Warn("draining with the rules in place: new connections may be refused until they are removed", "err", err)
+		} else {
+			d.obs.rulesDrained(d.cfg)
 		}
 	}
 	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(d.cfg.Drain))
@@ -234,7 +246,7 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 		if err := intercept.Drain(*d.rules); err != nil {
 			return fmt.Errorf("stop diverting: %w", err)
 		}
-		d.obs.rules(cfg, false)
+		d.obs.rulesDrained(cfg)
 		d.log.Info("rules no longer divert new connections; what the open ones need stays until exit", "table", "inet "+o.TableName)
 		return nil
 	}
@@ -260,6 +272,29 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	d.log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+o.TableName)
 	d.obs.rules(cfg, true)
 	return nil
+}
+
+// ensureRules puts back the rules when part of them vanished under the run
+// (a firewall reload's `nft flush ruleset`): traffic would bypass detour
+// with no error anywhere. Drained rules (no ports) are left as they are.
+func (d *daemon) ensureRules(why string) {
+	if d.rules == nil || len(d.cfg.Intercept.Ports) == 0 {
+		return
+	}
+	missing, err := intercept.Ensure(*d.rules)
+	if len(missing) > 0 {
+		d.obs.rules(d.cfg, false)
+		d.log.Warn("rules vanished; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
+	}
+	if err != nil {
+		d.log.Error("rules check failed; traffic may bypass detour until the next check", "checked_on", why, "err", err)
+		return
+	}
+	if len(missing) > 0 {
+		d.obs.state.RulesReinstalled()
+		d.obs.rules(d.cfg, true)
+		d.log.Info("rules reinstalled", "table", "inet "+d.rules.TableName)
+	}
 }
 
 func (d *daemon) cleanRules() error {

@@ -354,8 +354,10 @@ func WriteStatus(w io.Writer, st Status) {
 	switch r := st.Rules; {
 	case !r.Managed:
 		fmt.Fprintf(w, "rules:       none configured (no intercept ports)\n")
+	case r.Drained:
+		fmt.Fprintf(w, "rules:       drained, table %s (new connections pass; the open ones keep what they need until exit)\n", r.Table)
 	case r.Installed:
-		fmt.Fprintf(w, "rules:       installed, table %s, ports %s\n", r.Table, ports(r.Ports))
+		fmt.Fprintf(w, "rules:       installed, table %s, ports %s%s\n", r.Table, ports(r.Ports), reinstalled(r.Reinstalled))
 	default:
 		fmt.Fprintf(w, "rules:       not installed (ports %s)\n", ports(r.Ports))
 	}
@@ -363,6 +365,14 @@ func WriteStatus(w io.Writer, st Status) {
 	fmt.Fprintf(w, "connections: %d active, %d accepted, %d refused (%d loops); %d HTTP requests\n\n",
 		c.Active, c.Accepted, c.Refused, c.LoopRefused, c.Requests)
 	WriteClusters(w, st.Clusters, st.Now)
+}
+
+// reinstalled notes how often vanished rules were put back, if ever.
+func reinstalled(n uint64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (reinstalled %d %s after they vanished)", n, plural(int(n), "time", "times"))
 }
 
 func ports(ps []uint16) string {

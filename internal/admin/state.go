@@ -21,10 +21,16 @@ const (
 type Rules struct {
 	// Managed is false when no ports are configured: detour installs no
 	// rules and serves whatever reaches its listeners.
-	Managed   bool     `json:"managed"`
-	Installed bool     `json:"installed"`
-	Table     string   `json:"table,omitempty"` // "inet detour"
-	Ports     []uint16 `json:"ports,omitempty"`
+	Managed   bool `json:"managed"`
+	Installed bool `json:"installed"`
+	// Drained: SIGTERM (or a reload that dropped every port) took away
+	// what diverts new connections; what the open ones need stays.
+	Drained bool `json:"drained,omitempty"`
+	// Reinstalled counts the times the run found part of its rules gone
+	// (a firewall's flush) and put them back.
+	Reinstalled uint64   `json:"reinstalled,omitempty"`
+	Table       string   `json:"table,omitempty"` // "inet detour"
+	Ports       []uint16 `json:"ports,omitempty"`
 }
 
 // State is what the daemon tells the admin endpoint about itself. It is
@@ -62,11 +68,19 @@ func (s *State) SetListeners(addrs []string) {
 	s.mu.Unlock()
 }
 
-// SetRules records the rules' state.
+// SetRules records the rules' state; the reinstall count stays.
 func (s *State) SetRules(r Rules) {
 	r.Ports = slices.Clone(r.Ports)
 	s.mu.Lock()
+	r.Reinstalled = s.rules.Reinstalled
 	s.rules = r
+	s.mu.Unlock()
+}
+
+// RulesReinstalled counts one reinstall of rules that had vanished.
+func (s *State) RulesReinstalled() {
+	s.mu.Lock()
+	s.rules.Reinstalled++
 	s.mu.Unlock()
 }
 
@@ -80,7 +94,9 @@ var (
 	descReady = prometheus.NewDesc("detour_ready",
 		"1 when every listener is serving and the rules are installed; 0 while starting or draining.", nil, nil)
 	descRules = prometheus.NewDesc("detour_rules_installed",
-		"1 while detour's interception rules are installed, 0 when they are not (or none are configured).", nil, nil)
+		"1 while detour's interception rules are installed and divert new connections; 0 when they are not, are found missing, are drained (SIGTERM), or none are configured.", nil, nil)
+	descReinstalled = prometheus.NewDesc("detour_rules_reinstalled_total",
+		"Times detour found part of its interception rules gone (a firewall's flush) and put them back.", nil, nil)
 	descListeners = prometheus.NewDesc("detour_listeners",
 		"Listeners serving intercepted connections.", nil, nil)
 )
@@ -89,6 +105,7 @@ var (
 func (s *State) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descReady
 	ch <- descRules
+	ch <- descReinstalled
 	ch <- descListeners
 }
 
@@ -97,6 +114,7 @@ func (s *State) Collect(ch chan<- prometheus.Metric) {
 	phase, _, lns, rules := s.snapshot()
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, b2f(phase == Ready))
 	ch <- prometheus.MustNewConstMetric(descRules, prometheus.GaugeValue, b2f(rules.Installed))
+	ch <- prometheus.MustNewConstMetric(descReinstalled, prometheus.CounterValue, float64(rules.Reinstalled))
 	ch <- prometheus.MustNewConstMetric(descListeners, prometheus.GaugeValue, float64(len(lns)))
 }
 

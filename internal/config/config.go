@@ -91,6 +91,9 @@ type Intercept struct {
 	TProxyMark   uint32   `yaml:"tproxy_mark"`
 	RouteTable   int      `yaml:"route_table"`
 	TableName    string   `yaml:"table_name"`
+	// CheckInterval is how often a run checks that its rules are still
+	// installed and puts back what vanished (a firewall's flush).
+	CheckInterval Duration `yaml:"check_interval"`
 
 	DestinationPrefixes []netip.Prefix `yaml:"-"`
 }
@@ -549,7 +552,7 @@ func (i *Intercept) finish(mode string) error {
 	if err := intercept.CheckTableName(i.TableName); err != nil {
 		return fmt.Errorf("intercept.table_name: %w", err)
 	}
-	return nil
+	return positive("intercept.check_interval", &i.CheckInterval, intercept.DefaultCheckInterval)
 }
 
 func (h *HTTP) finish() error {

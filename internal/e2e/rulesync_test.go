@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/lab"
+)
+
+// TestRulesCleanFindsCustomPolicy: `rules show` and `rules clean` without
+// flags find the policy routing of `rules apply --route-table 200
+// --tproxy-mark 0x5`, and clean leaves the namespace as it was (before,
+// `fwmark 0x5 lookup 200` and table 200's local routes stayed).
+func TestRulesCleanFindsCustomPolicy(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxcrc")
+	before := snapshot(t, n.Router)
+	if out, err := detourCmd(t, n.Router, "rules", "apply", "--intercept-port", "80", "--route-table", "200", "--tproxy-mark", "0x5"); err != nil {
+		t.Fatalf("rules apply: %v\n%s", err, out)
+	}
+	show, err := detourCmd(t, n.Router, "rules", "show")
+	for _, want := range []string{"ip rule add fwmark 0x5 lookup 200", "ip -6 route add local ::/0 dev lo table 200"} {
+		if err != nil || !strings.Contains(show, want) {
+			t.Errorf("rules show without flags lacks %q (%v):\n%s", want, err, show)
+		}
+	}
+	if out, err := detourCmd(t, n.Router, "rules", "clean"); err != nil {
+		t.Fatalf("rules clean: %v\n%s", err, out)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("rules clean without flags left:\n%s\nwant:\n%s", after, before)
+	}
+}
+
+// TestKilledRunOtherPolicyReplaced: a run with another mark and route
+// table, over a SIGKILLed default run's rules, removes the killed run's
+// `fwmark 0x1 lookup 100` and its routes; its own clean exit leaves
+// nothing.
+func TestKilledRunOtherPolicyReplaced(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxckp")
+	before := snapshot(t, n.Router)
+	d, err := lab.StartDetour(context.Background(), n.Router, detourBin, []string{"--mode", "tproxy", "--intercept-port", "80", "--admin", "off"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Kill()
+	d2 := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", "80", "--admin", "off", "--route-table", "200", "--tproxy-mark", "0x5")
+	waitLog(t, d2.Output, "replacing rules already installed", 1)
+	s := snapshot(t, n.Router)
+	if strings.Contains(s, "lookup 100") || strings.Contains(s, "table 100") || strings.Count(s, "from all fwmark 0x5 lookup 200") != 2 {
+		t.Fatalf("want only the second run's policy routing (fwmark 0x5 lookup 200, v4 and v6):\n%s", s)
+	}
+	if err := d2.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("left after the second run's clean exit:\n%s\nwant:\n%s", after, before)
+	}
+}
+
+// TestRulesReinstalledAfterFlush: `nft flush ruleset` (a firewall reload)
+// under a running detour. A SIGHUP notices and reinstalls; so does the
+// periodic check, which also reports the rules missing (rules_installed 0,
+// status "not installed") while it cannot put them back, and counts each
+// reinstall in detour_rules_reinstalled_total.
+func TestRulesReinstalledAfterFlush(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxcfl")
+	startServers(t, n.Server)
+	file, write := configFile(t)
+	conf := "mode: tproxy\nprotocol: tcp\nadmin: " + obsAdmin + "\nintercept: {ports: [7004], check_interval: %s}\n"
+	write(strings.Replace(conf, "%s", "1h", 1))
+	d := startDetour(t, n.Router, "-c", file)
+	c := obsClient(n.Router)
+	whoami := func() string {
+		conn := dial(t, n.Client, n.ServerIP4, portWhoAmI)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		return string(b)
+	}
+	router := "198.18.2.1"
+	if got := whoami(); got != router {
+		t.Fatalf("server saw %q, want the router (intercepted)", got)
+	}
+	flush := func() {
+		if out, err := n.Router.Command(context.Background(), "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+			t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+		}
+	}
+
+	// SIGHUP: the configuration is unchanged, the rules are not.
+	flush()
+	if got := whoami(); got != n.ClientIP4.String() {
+		t.Fatalf("after the flush the server saw %q, want the client (bypassed)", got)
+	}
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "rules reinstalled", 1)
+	if out := d.Output(); !strings.Contains(out, `missing="table inet detour"`) || !strings.Contains(out, "checked_on=SIGHUP") {
+		t.Errorf("the warning does not name what vanished and when it was seen:\n%s", out)
+	}
+	if got := whoami(); got != router {
+		t.Fatalf("after SIGHUP the server saw %q, want the router", got)
+	}
+	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 1, "detour_rules_reinstalled_total": 1})
+
+	// The periodic check, which a reload shortens. While the rules cannot
+	// be put back (a foreign default route in table 100 makes the install
+	// fail), they are reported missing.
+	write(strings.Replace(conf, "%s", "200ms", 1))
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "configuration reloaded", 1)
+	flush()
+	for _, args := range [][]string{{"route", "flush", "table", "100"}, {"route", "add", "unreachable", "default", "table", "100"}} {
+		if out, err := n.Router.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 0, "detour_rules_reinstalled_total": 1})
+	waitLog(t, d.Output, "checked_on=\"periodic check\"", 1)
+	if out, err := detourCmd(t, n.Router, "status"); err != nil || !strings.Contains(out, "rules:       not installed") {
+		t.Errorf("detour status while the rules are missing: %v\n%s", err, out)
+	}
+	if out, err := n.Router.Command(context.Background(), "ip", "route", "del", "unreachable", "default", "table", "100").CombinedOutput(); err != nil {
+		t.Fatalf("ip route del: %v\n%s", err, out)
+	}
+	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 1, "detour_rules_reinstalled_total": 2})
+	if got := whoami(); got != router {
+		t.Fatalf("after the periodic check the server saw %q, want the router", got)
+	}
+	if out, err := detourCmd(t, n.Router, "status"); err != nil || !strings.Contains(out, "rules:       installed, table inet detour, ports 7004 (reinstalled 2 times") {
+		t.Errorf("detour status after the reinstalls: %v\n%s", err, out)
+	}
+}
+
+// TestDrainShowsRulesDrained: after SIGTERM, while a connection drains,
+// `detour status` says the rules are drained and detour_rules_installed is
+// 0; they no longer divert new connections. The drain itself does not get
+// them reinstalled by the periodic check.
+func TestDrainShowsRulesDrained(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxcdr")
+	startServers(t, n.Server)
+	file, write := configFile(t)
+	write("mode: tproxy\nprotocol: tcp\nadmin: " + obsAdmin + "\ndrain_timeout: 20s\nintercept: {ports: [7002], check_interval: 100ms}\n")
+	d := startDetour(t, n.Router, "-c", file)
+	c := obsClient(n.Router)
+	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 1})
+	conn := obsBanner(t, n) // keeps the drain going
+	syscall.Kill(d.Pid(), syscall.SIGTERM)
+	waitLog(t, d.Output, "shutting down: draining connections", 1)
+	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 0, "detour_ready": 0})
+	out, err := detourCmd(t, n.Router, "status")
+	if err != nil || !strings.Contains(out, "rules:       drained, table inet detour") {
+		t.Errorf("detour status while draining: %v\n%s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond) // three check intervals
+	if strings.Contains(d.Output(), "reinstall") {
+		t.Errorf("rules reinstalled during the drain:\n%s", d.Output())
+	}
+	obsFinishBanner(t, conn)
+	select {
+	case <-d.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("detour still running 10s after its last connection ended")
+	}
+}
