@@ -67,7 +67,7 @@ func TestKilledRunLeftoversRemovedByNextRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second run did not start over the leftovers: %v", err)
 	}
-	if s := snapshot(t, n.Router); strings.Count(s, "table inet detour") != 1 || strings.Count(s, "lookup 100") != 2 {
+	if s := snapshot(t, n.Router); strings.Count(s, "table inet detour") != 1 || strings.Count(s, "from all fwmark 0x1 lookup 100") != 2 {
 		t.Fatalf("second run should hold exactly one copy of the rules:\n%s", s)
 	}
 	if err := d2.Stop(); err != nil {
