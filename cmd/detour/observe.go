@@ -17,6 +17,7 @@ import (
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/metrics"
 	"github.com/detour-proxy/detour/internal/proxy"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 )
 
 // observability is one run's metrics, access log and admin endpoint.
@@ -46,6 +47,7 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		Registry:       reg,
 		Hosts:          o.hosts,
 		Open:           o.open,
+		L4Bytes:        tcpproxy.Moved,
 		PerClientHosts: cfg.Upstream.SpoofSource,
 		Expire:         max(time.Duration(cfg.HTTP.CleanupInterval), metrics.DefaultExpire),
 	})

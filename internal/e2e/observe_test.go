@@ -263,7 +263,14 @@ func TestObserve(t *testing.T) {
 		t.Fatalf("GET to a refused port: %s, want 503", resp.Status)
 	}
 	for i := 0; i < M; i++ {
-		obsFinishBanner(t, obsBanner(t, n))
+		conn := obsBanner(t, n)
+		if i == 0 { // an open connection's bytes count before it ends
+			obsWaitMetrics(t, adm, map[string]float64{
+				`detour_tcp_bytes_total{direction=received}`:        22,
+				`detour_tcp_connections_total{flag=-,protocol=tcp}`: 0,
+			})
+		}
+		obsFinishBanner(t, conn)
 	}
 	// A silent L4 client to the refused port: reset (UF).
 	obsRefused(t, n.Client, netip.AddrPortFrom(n.ServerIP4, portClosed))
@@ -453,7 +460,7 @@ func TestObserve(t *testing.T) {
 		switch {
 		case r.Kind == "http" && r.Status == 200:
 			http200++
-			if r.Flags != "-" || r.Method != "GET" || r.Path != "/get" || r.Dst != server+":80" || r.OrigDst != server+":80" ||
+			if r.Flags != "-" || r.Method != "GET" || !strings.HasPrefix(r.Path, "/get?i=") || r.Dst != server+":80" || r.OrigDst != server+":80" ||
 				!strings.HasPrefix(r.Client, n.ClientIP4.String()+":") || r.RequestID == "" || r.Protocol != "HTTP/1.1" ||
 				r.Authority != server || r.Received == 0 || r.UpstreamMS <= 0 || r.DurationMS < r.UpstreamMS {
 				t.Errorf("HTTP 200 record: %+v", r)

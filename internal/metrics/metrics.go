@@ -67,6 +67,11 @@ type Options struct {
 	// Hosts lists the original-destination cluster's live hosts; it is
 	// called at scrape time. Nil means no L7 hosts.
 	Hosts func() []httpproxy.HostInfo
+	// L4Bytes returns the bytes L4 connections have forwarded so far, open
+	// ones included (tcpproxy.Moved); called at scrape time. Nil counts
+	// ended connections' bytes from the events instead, so a long
+	// connection shows none until it ends.
+	L4Bytes func() (sent, received uint64)
 	// Open is the number of downstream connections being handled
 	// (proxy.Server.Open); called at scrape time. Nil counts them from the
 	// events instead, which misses connections refused without an event.
@@ -218,12 +223,24 @@ func New(o Options) (*Metrics, error) {
 			m.l4ConnsC[[2]string{p, f}] = m.l4Conns.WithLabelValues(p, f)
 		}
 	}
-	l4Bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "detour_tcp_bytes_total",
-		Help: "Bytes forwarded by ended L4 connections: sent is client to server, received server to client.",
-	}, []string{"direction"})
-	add(l4Bytes)
-	m.l4Sent, m.l4Received = l4Bytes.WithLabelValues("sent"), l4Bytes.WithLabelValues("received")
+	if o.L4Bytes != nil {
+		const help = "Bytes forwarded by L4 connections, counted as they move: sent is client to server, received server to client."
+		for i, dir := range []string{"sent", "received"} {
+			add(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "detour_tcp_bytes_total", Help: help, ConstLabels: prometheus.Labels{"direction": dir},
+			}, func() float64 {
+				sent, received := o.L4Bytes()
+				return float64([2]uint64{sent, received}[i])
+			}))
+		}
+	} else {
+		l4Bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "detour_tcp_bytes_total",
+			Help: "Bytes forwarded by ended L4 connections: sent is client to server, received server to client.",
+		}, []string{"direction"})
+		add(l4Bytes)
+		m.l4Sent, m.l4Received = l4Bytes.WithLabelValues("sent"), l4Bytes.WithLabelValues("received")
+	}
 	m.l4Duration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "detour_tcp_connection_duration_seconds",
 		Help:    "Lifetime of ended L4 connections that reached their upstream.",
@@ -342,8 +359,10 @@ func (m *Metrics) L4Done(rec proxy.L4Record) {
 	} else {
 		m.detected.WithLabelValues(rec.Protocol).Inc()
 	}
-	m.l4Sent.Add(float64(rec.Sent))
-	m.l4Received.Add(float64(rec.Received))
+	if m.l4Sent != nil { // else Options.L4Bytes counts them as they move
+		m.l4Sent.Add(float64(rec.Sent))
+		m.l4Received.Add(float64(rec.Received))
+	}
 
 	now := m.o.Now()
 	m.mu.Lock()

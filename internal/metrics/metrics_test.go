@@ -277,6 +277,26 @@ func TestOpenFunc(t *testing.T) {
 	want(t, values(t, reg), map[string]float64{`detour_downstream_connections_active`: 42})
 }
 
+// TestL4BytesFunc: with Options.L4Bytes the byte counters are read from it
+// at scrape time (open connections' bytes included), and an ended
+// connection's record does not add its bytes a second time.
+func TestL4BytesFunc(t *testing.T) {
+	sent, received := uint64(1000), uint64(5000)
+	m, reg, _ := newTest(t, Options{L4Bytes: func() (uint64, uint64) { return sent, received }})
+	want(t, values(t, reg), map[string]float64{
+		`detour_tcp_bytes_total{direction=sent}`:     1000,
+		`detour_tcp_bytes_total{direction=received}`: 5000,
+	})
+	rec := proxy.L4Record{OrigDst: dst22, Protocol: "tcp", Sent: 30, Received: 300}
+	m.L4Started(rec)
+	m.L4Done(rec)
+	sent, received = 1030, 5300
+	want(t, values(t, reg), map[string]float64{
+		`detour_tcp_bytes_total{direction=sent}`:     1030,
+		`detour_tcp_bytes_total{direction=received}`: 5300,
+	})
+}
+
 // TestHotPathAllocations: counting an event allocates nothing once the
 // destination exists.
 func TestHotPathAllocations(t *testing.T) {

@@ -52,6 +52,11 @@ type loop struct {
 	yield   func() // rawsys.Yield; a test counts the calls
 
 	parks atomic.Uint64 // times serve returned to Go's netpoller; tests read it
+
+	// moved counts the bytes its pairs wrote, client to upstream [0] and
+	// upstream to client [1], as they go: a metric of ended connections
+	// would not show a long one's traffic until it ends (Moved).
+	moved [2]atomic.Uint64
 }
 
 // wakeSlot marks the eventfd's events.
@@ -152,6 +157,20 @@ func loopCount(n int) int {
 		return n
 	}
 	return runtime.GOMAXPROCS(0)
+}
+
+// Moved returns the bytes every pair of the process has written so far,
+// client to upstream (sent) and upstream to client (received), open
+// connections' included.
+func Moved() (sent, received uint64) {
+	if !pairLoops.started.Load() { // the loops slice is fixed once started
+		return 0, 0
+	}
+	for _, l := range pairLoops.loops {
+		sent += l.moved[0].Load()
+		received += l.moved[1].Load()
+	}
+	return sent, received
 }
 
 // pickLoop returns the loop for a new pair.

@@ -804,3 +804,25 @@ func TestLoopSetSize(t *testing.T) {
 		t.Error("set(-1): no error")
 	}
 }
+
+// TestMovedCountsOpenConnections checks that Moved counts bytes as the
+// pairs write them, while the connection is still open, in the right
+// direction.
+func TestMovedCountsOpenConnections(t *testing.T) {
+	client, server, _ := harness(t, Options{})
+	sent0, recv0 := Moved()
+	up, down := make([]byte, 300<<10), make([]byte, 700<<10)
+	go client.Write(up)
+	if _, err := io.ReadFull(server, up); err != nil {
+		t.Fatal(err)
+	}
+	go server.Write(down)
+	if _, err := io.ReadFull(client, down); err != nil {
+		t.Fatal(err)
+	}
+	// At least: a pair another test left may still be finishing.
+	sent, recv := Moved()
+	if sent-sent0 < uint64(len(up)) || recv-recv0 < uint64(len(down)) {
+		t.Errorf("Moved grew by %d sent, %d received with the connection open; want %d, %d", sent-sent0, recv-recv0, len(up), len(down))
+	}
+}

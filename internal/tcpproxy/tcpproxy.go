@@ -136,7 +136,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 		longLived: o.OnLongLived, longAfter: o.LongLivedAfter}
 	p.c.m, p.u.m = p, p
 	p.up = flow{p: p, src: &p.c, dst: &p.u, from: "client"}
-	p.down = flow{p: p, src: &p.u, dst: &p.c, from: "upstream"}
+	p.down = flow{p: p, src: &p.u, dst: &p.c, from: "upstream", dir: 1}
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
@@ -272,6 +272,7 @@ type flow struct {
 	inPipe   int     // bytes in pipe
 	bulk     bool    // the last read filled the buffer: splice what follows
 	done     bool    // EOF passed on
+	dir      int     // 0 client to upstream, 1 back: the index in loop.moved
 	n        int64   // bytes written to dst
 	err      error   // the error that ended the pair, if it was this flow's
 }
@@ -475,6 +476,7 @@ func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 		return 0, false
 	}
 	f.n += int64(n)
+	l.moved[f.dir].Add(uint64(n))
 	return n, true
 }
 
