@@ -287,6 +287,7 @@ func (l *Logger) HTTP(i httpproxy.RequestInfo) {
 	e.ms("duration_ms", i.Duration)
 	e.ms("upstream_ms", i.UpstreamTime)
 	e.bool("reused", i.Reused)
+	e.str("details", i.Details)
 	l.finish(e)
 }
 

@@ -1055,6 +1055,7 @@ func (fc *fastConn) localFailure(info *RequestInfo, err error, closeConn bool) {
 // localReply answers from detour itself, with the fields of
 // Proxy.localReply and the Date net/http adds to those.
 func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeConn bool) {
+	info.Details = replyDetails(msg)
 	b := fc.p.pools.bufs.Get().(*fastBuf)
 	defer fc.p.pools.bufs.Put(b)
 	out := append(b[:0], "HTTP/1.1 "...)

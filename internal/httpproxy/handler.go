@@ -67,6 +67,11 @@ type RequestInfo struct {
 	UpstreamTime time.Duration // request sent upstream to response headers; 0 without a response
 	Reused       bool          // served on a pooled upstream connection
 	BodyBytes    int64         // response body bytes written to the client
+	// Details says why detour answered itself or ended the request
+	// ("connection refused", "upstream request timeout", "invalid host
+	// field", as Envoy's %RESPONSE_CODE_DETAILS%); empty for a response
+	// the upstream gave.
+	Details string
 }
 
 // Header names.
@@ -404,7 +409,7 @@ func (p *Proxy) reportHeaderTimeout(client, origDst netip.AddrPort, start time.T
 		"timeout", timeout, "head_bytes", held, "flags", RequestHeaderTimeout)
 	if p.o.OnRequest != nil {
 		p.o.OnRequest(RequestInfo{Start: start, Client: client, OrigDst: origDst, Dst: origDst,
-			Flags: RequestHeaderTimeout, Duration: time.Since(start)})
+			Flags: RequestHeaderTimeout, Duration: time.Since(start), Details: "request header timeout"})
 	}
 }
 
@@ -421,6 +426,7 @@ func resetReason(err error) string {
 
 // localReply answers from detour itself with a short text body.
 func (p *Proxy) localReply(x *exchange, code int, msg string, closeConn bool) {
+	x.info.Details = replyDetails(msg)
 	h := x.rw.Header()
 	clear(h)
 	p.setServer(h, nil)
@@ -431,6 +437,13 @@ func (p *Proxy) localReply(x *exchange, code int, msg string, closeConn bool) {
 	}
 	x.rw.WriteHeader(code)
 	io.WriteString(x.rw, msg)
+}
+
+// replyDetails is a local reply's reason for the record: its body without
+// Envoy's fixed prefix.
+func replyDetails(msg string) string {
+	msg = strings.TrimPrefix(msg, msgReset)
+	return strings.TrimPrefix(msg, "invalid request: ")
 }
 
 func (p *Proxy) finish(x *exchange) {

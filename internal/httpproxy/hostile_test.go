@@ -200,7 +200,7 @@ func TestHostileRequestsRefused(t *testing.T) {
 				t.Errorf("status line %q, want %q", line, tt.status)
 			}
 			i := f.info(t)
-			if i.Flags != DownstreamProtocolError || fmt.Sprint(i.Status) != tt.status[9:12] {
+			if i.Flags != DownstreamProtocolError || fmt.Sprint(i.Status) != tt.status[9:12] || i.Details == "" || strings.HasPrefix(i.Details, "invalid request: ") {
 				t.Errorf("info %+v", i)
 			}
 			if strings.HasPrefix(tt.name, "chunk") && !bodyCut[tt.name] && (i.Method != "POST" || i.Path != "/" || i.Proto != "HTTP/1.1") {

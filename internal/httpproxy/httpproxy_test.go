@@ -74,7 +74,7 @@ func TestForwardedHeaders(t *testing.T) {
 		t.Errorf("service time %q: %v", res.Header.Get("X-Detour-Upstream-Service-Time"), err)
 	}
 	i := f.info(t)
-	if i.Status != 200 || i.Flags != 0 || i.Flags.String() != "-" || i.Host != "example.test" || i.Dst != up.addrPort() {
+	if i.Status != 200 || i.Details != "" || i.Flags != 0 || i.Flags.String() != "-" || i.Host != "example.test" || i.Dst != up.addrPort() {
 		t.Errorf("info %+v", i)
 	}
 }
@@ -197,7 +197,7 @@ func TestConnectRefused(t *testing.T) {
 			if s := res.Header.Get("Server"); s != "detour" {
 				t.Errorf("Server %q", s)
 			}
-			if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure {
+			if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure || i.Details != "connection refused" {
 				t.Errorf("info %+v", i)
 			}
 			if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 || h[0].Connects != 0 {
@@ -214,7 +214,7 @@ func TestRouteTimeout(t *testing.T) {
 	if res.StatusCode != 504 || body != "upstream request timeout" {
 		t.Errorf("%d %q", res.StatusCode, body)
 	}
-	if i := f.info(t); i.Flags != UpstreamTimeout {
+	if i := f.info(t); i.Flags != UpstreamTimeout || i.Details != "upstream request timeout" {
 		t.Errorf("flags %v", i.Flags)
 	}
 }
