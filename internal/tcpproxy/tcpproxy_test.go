@@ -168,6 +168,30 @@ func TestIdleTimeoutClosesQuietPair(t *testing.T) {
 	}
 }
 
+// TestIdleTimeoutOnTime: a pair whose last byte moved at T closes at T +
+// the idle timeout, not before and not much after: the sampling's grain
+// is a sixteenth of it, at most 1.125 × late. With a quarter, a byte just
+// after the fourth sample (as here) closed it 1.24 × late.
+func TestIdleTimeoutOnTime(t *testing.T) {
+	const idle = 4 * time.Second
+	client, server, done := harness(t, Options{IdleTimeout: idle})
+	time.Sleep(idle/4 + 50*time.Millisecond) // just after a sample, either way
+	client.Write([]byte{'x'})
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(server, b); err != nil {
+		t.Fatal(err)
+	}
+	server.Write(b)
+	if _, err := io.ReadFull(client, b); err != nil {
+		t.Fatal(err)
+	}
+	last := time.Now()
+	r := waitResult(t, done)
+	if took := time.Since(last); r.End != EndIdle || took < idle || took > idle*19/16 {
+		t.Fatalf("end %q %v after the last byte; want idle timeout after %v to %v", r.End, took, idle, idle*19/16)
+	}
+}
+
 func TestIdleTimeoutSparesSlowButActiveTransfer(t *testing.T) {
 	client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
 	// One byte every 100ms for a full second: never idle for 300ms.
