@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
@@ -187,6 +189,9 @@ func (s *Server) failDial(log *connLog, c *listen.Conn, rec *L4Record, err error
 // dialFailed logs and records a failed upstream connect whose client was
 // reset.
 func (s *Server) dialFailed(log *connLog, c *listen.Conn, rec *L4Record, err error) {
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		s.outOfDescriptors()
+	}
 	reason := upstream.Classify(err)
 	log.get().Info("upstream connect failed; closing client", "dst", c.OrigDst, "reason", reason, "err", err)
 	rec.End, rec.Flags, rec.Duration = string(reason), "UF", time.Since(rec.Start)

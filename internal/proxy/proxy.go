@@ -62,8 +62,9 @@ type Options struct {
 	// so it can be long: it only decides for clients that are slow to
 	// send their first bytes, as Envoy's listener filter timeout does.
 	SniffTimeout time.Duration
-	// MaxConns bounds concurrent connections; past it new ones are closed
-	// at once (Refused "limit"). Zero means no limit.
+	// MaxConns bounds concurrent connections: at it, accepting pauses and
+	// new clients wait in the listen backlog (Refused "limit" counts the
+	// pauses). Zero means no limit.
 	MaxConns int
 	// Observer receives connection events for metrics and access logs.
 	Observer Observer
@@ -79,7 +80,8 @@ type Observer interface {
 	// Accepted is called for every accepted connection.
 	Accepted(mode listen.Mode)
 	// Refused is called when a connection is closed before forwarding:
-	// reason is "loop", "not intercepted" or "limit". A loop refusal is
+	// reason is "loop", "not intercepted", or "limit" (accepting paused at
+	// MaxConns, once per pause: those clients wait). A loop refusal is
 	// followed by L4Done with Flags "LR", so access logs can name it.
 	Refused(reason string)
 	// L4Started is called when an L4 connection's upstream is connected
@@ -121,6 +123,14 @@ type Server struct {
 	open  atomic.Int64 // connections being handled
 	conns sync.WaitGroup
 
+	// The accept loops hold back while MaxConns are open or descriptors
+	// ran out (waitForRoom).
+	freed    chan struct{} // a connection ended: a full server may accept again
+	fdsMu    sync.Mutex
+	fds      acceptBackoff // after connects that failed for want of descriptors
+	fdsUntil atomic.Int64  // unix ns: accept nothing before
+	warns    warnLimiter   // per-connection warnings, at most one per interval each
+
 	// connCtx is canceled when the drain period ends, cutting what is left
 	// of auto mode's sniffing and dialing; live cuts the L4 connections
 	// (and protocol tcp's dials), without registering each one on a
@@ -143,7 +153,7 @@ func New(o Options) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cancelCtx: cancel, pipes: tcpproxy.NewPipes(),
-		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{})}
+		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{}), freed: make(chan struct{}, 1)}
 	s.Update(o)
 	for _, l := range o.Listeners {
 		s.lns[l.Addr()] = l
@@ -281,6 +291,7 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 	defer s.acceptDone.Done()
 	var backoff acceptBackoff
 	for {
+		s.waitForRoom()
 		// The settings when the wait began serve the connection: protocol
 		// tcp takes it as a bare descriptor, which only L4 can serve.
 		o := s.cur.Load()
@@ -294,7 +305,10 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		if errors.Is(err, listen.ErrNotIntercepted) {
 			s.obs.Accepted(l.Mode())
 			s.obs.Refused("not intercepted")
-			s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?", "client", c.Client, "listener", l.Addr())
+			if ok, more := s.warns.allow(warnNotIntercepted, time.Now()); ok {
+				s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?",
+					"client", c.Client, "listener", l.Addr(), "more_since_last_warning", more)
+			}
 			continue
 		}
 		if err != nil {
@@ -312,15 +326,52 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		if cur := s.cur.Load(); cur != o && (cur.Protocol == ProtocolTCP) == (o.Protocol == ProtocolTCP) {
 			o = cur
 		}
-		if limit := o.MaxConns; limit > 0 && s.open.Load() >= int64(limit) {
-			s.obs.Refused("limit")
-			s.log.Warn("connection limit reached; closing new connection", "limit", limit, "client", c.Client, "original_dst", c.OrigDst)
-			c.Close()
-			continue
-		}
 		s.open.Add(1)
 		s.conns.Add(1)
 		go s.handle(o, c)
+	}
+}
+
+// waitForRoom holds an accept loop back while MaxConns connections are
+// open, and for a while after a connect failed for want of descriptors
+// (each connection needs two; an accept needs one, so every client
+// accepted then would be lost). The clients wait in the listen backlog
+// meanwhile, as under HAProxy's maxconn, instead of being accepted only
+// to be closed.
+func (s *Server) waitForRoom() {
+	for paused := false; !s.closing.Load(); {
+		if wait := time.Until(time.Unix(0, s.fdsUntil.Load())); wait > 0 {
+			time.Sleep(min(wait, 100*time.Millisecond))
+			continue
+		}
+		limit := s.cur.Load().MaxConns
+		if limit <= 0 || s.open.Load() < int64(limit) {
+			return
+		}
+		if !paused {
+			paused = true
+			s.obs.Refused("limit") // counts the pauses, not the clients: they wait
+		}
+		if ok, more := s.warns.allow(warnLimit, time.Now()); ok {
+			s.log.Warn("connection limit reached; new connections wait in the listen backlog", "limit", limit, "times_since_last_warning", more)
+		}
+		select { // a release, or a reload that raised the limit
+		case <-s.freed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// outOfDescriptors holds the accept loops back after a connect failed
+// with EMFILE or ENFILE, doubling the pause while failures go on.
+func (s *Server) outOfDescriptors() {
+	s.fdsMu.Lock()
+	now := time.Now()
+	wait := s.fds.fail(now)
+	s.fdsUntil.Store(now.Add(wait).UnixNano())
+	s.fdsMu.Unlock()
+	if ok, more := s.warns.allow(warnDescriptors, now); ok {
+		s.log.Error("out of file descriptors: accepting paused; raise the limit (ulimit -n, LimitNOFILE) or lower max_connections", "pause", wait, "times_since_last_warning", more)
 	}
 }
 
@@ -385,6 +436,10 @@ func stackSink(*[5 << 10]byte) {}
 func (s *Server) release() {
 	s.open.Add(-1)
 	s.conns.Done()
+	select {
+	case s.freed <- struct{}{}:
+	default:
+	}
 }
 
 // route reports whether the connection was handed to an L4 copy that
@@ -396,8 +451,10 @@ func (s *Server) route(o *Options, c *listen.Conn) bool {
 	}
 
 	if s.IsSelf(c.OrigDst) {
-		log.get().Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
-			"client", c.Client, "original_dst", c.OrigDst)
+		if ok, more := s.warns.allow(warnLoop, time.Now()); ok || log.debug {
+			log.get().Warn("refused a connection to detour's own listener (loop); exempt detour's traffic or don't dial the proxy port directly",
+				"client", c.Client, "original_dst", c.OrigDst, "more_since_last_warning", more)
+		}
 		s.obs.Refused("loop")
 		c.Reset()
 		s.obs.L4Done(L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",

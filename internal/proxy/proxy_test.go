@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -166,41 +167,102 @@ func TestSelfAddrsRefreshWhileScanned(t *testing.T) {
 	wg.Wait()
 }
 
-// TestMaxConnsClosesNewConnections: past the limit a new connection is
-// closed at once and counted.
-func TestMaxConnsClosesNewConnections(t *testing.T) {
+// TestMaxConnsPausesAccepting: at the limit a new client is not accepted
+// (it waits in the listen backlog, as under HAProxy's maxconn) and the
+// pause is counted; once a connection ends it is accepted and served (here
+// by the loop guard, since it dialed the listener itself).
+func TestMaxConnsPausesAccepting(t *testing.T) {
 	n, ln := nsTProxyListener(t, "limit")
 	obs := &limitObserver{}
 	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}),
 		Protocol: ProtocolTCP, Observer: obs, MaxConns: 2})
+	var held atomic.Int64 // both slots taken, as by two long-lived connections
+	hold := func(n int64) { held.Add(n); srv.open.Add(n); srv.conns.Add(int(n)) }
+	end := func() { held.Add(-1); srv.release() }
+	hold(2)
 	go srv.Serve()
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-
-	srv.open.Add(2) // both slots taken, as by two long-lived connections
-	c, err := n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
-	if err == nil {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err == nil {
-			t.Fatal("connection past the limit was not closed")
+	t.Cleanup(func() {
+		for held.Load() > 0 {
+			end()
 		}
-		c.Close()
+		srv.Shutdown(context.Background())
+	})
+
+	c, err := n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err) // the kernel completes the handshake: the backlog
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read at the limit: %v; want it to wait (not accepted, not closed)", err)
 	}
 	if obs.limited.Load() != 1 || obs.loops.Load() != 0 {
-		t.Fatalf("limit refusals = %d, loop refusals = %d; want 1 and 0 (the limit acts before the loop guard)",
-			obs.limited.Load(), obs.loops.Load())
+		t.Fatalf("limit pauses = %d, loop refusals = %d; want 1 and 0", obs.limited.Load(), obs.loops.Load())
 	}
-	srv.open.Add(-2)
-	c, err = n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
-	if err == nil {
-		io.ReadAll(c)
-		c.Close()
+	end() // one of the two ends
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after a slot freed: %v; want the loop guard's reset", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for obs.loops.Load() != 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	// The loop guard's refusal took the freed slot while it ran: a second
+	// pause may have begun meanwhile.
+	if obs.loops.Load() != 1 || obs.limited.Load() < 1 {
+		t.Fatalf("after a slot freed: loops %d, limit pauses %d; want 1 and at least 1", obs.loops.Load(), obs.limited.Load())
 	}
-	if obs.loops.Load() != 1 || obs.limited.Load() != 1 {
-		t.Fatalf("below the limit the connection must reach the loop guard: loops %d, limited %d", obs.loops.Load(), obs.limited.Load())
+}
+
+// TestOutOfDescriptorsPausesAccepting: after connects failed for want of
+// descriptors, the accept loops pause (doubling up to a second) and a new
+// client waits in the backlog instead of being accepted and lost; after
+// the pause it is served (here by the loop guard).
+func TestOutOfDescriptorsPausesAccepting(t *testing.T) {
+	n, ln := nsTProxyListener(t, "nofd")
+	obs := &limitObserver{}
+	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}),
+		Protocol: ProtocolTCP, Observer: obs})
+	for range 8 { // failures in a row: 5 ms doubling to 640 ms
+		srv.outOfDescriptors()
+	}
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	c, err := n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) || obs.loops.Load() != 0 {
+		t.Fatalf("read during the pause: %v (loop refusals %d); want it to wait in the backlog", err, obs.loops.Load())
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) || obs.loops.Load() != 1 {
+		t.Fatalf("read after the pause: %v (loop refusals %d); want the loop guard's reset", err, obs.loops.Load())
+	}
+}
+
+// TestWarnLimiter: one warning per kind per interval; the next one says
+// how many were held back.
+func TestWarnLimiter(t *testing.T) {
+	var w warnLimiter
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		kind     warnKind
+		at       time.Duration
+		ok       bool
+		wantMore int
+	}{
+		{warnLoop, 0, true, 0},
+		{warnLoop, time.Second, false, 0},
+		{warnLoop, 2 * time.Second, false, 0},
+		{warnLimit, 2 * time.Second, true, 0}, // another kind has its own turn
+		{warnLoop, warnEvery, true, 2},
+		{warnLoop, warnEvery + time.Second, false, 0},
+	}
+	for i, s := range steps {
+		if ok, more := w.allow(s.kind, t0.Add(s.at)); ok != s.ok || more != s.wantMore {
+			t.Errorf("step %d: allow = %v, %d; want %v, %d", i, ok, more, s.ok, s.wantMore)
+		}
 	}
 }
 
