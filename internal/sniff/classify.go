@@ -48,9 +48,9 @@ const maxMethodLen = 24
 // space arrived, TLS once a ClientHello record header arrived, Unknown
 // otherwise.
 //
-// HTTP/1.x is recognised strictly by its request line, "token SP target SP
-// HTTP/1.d": a method token of RFC 9110 characters, a request-target of
-// visible characters, and the version. HTTP/0.9, leading empty lines and
+// HTTP/1.x is recognised strictly by its request line, "method SP target
+// SP HTTP/1.d": a known method (methods), a request-target of visible
+// characters, and the version. HTTP/0.9, leading empty lines and
 // lowercase "http/1.1" are Unknown; net/http would reject them too.
 func Classify(b []byte) (r Result, final bool) {
 	switch {
@@ -90,6 +90,32 @@ func classifyTLS(b []byte) (Result, bool) {
 
 var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
+// methods are the methods a request line may start with: IANA's HTTP
+// method registry, and the unregistered ones in wide use (PURGE; UPnP's
+// M-SEARCH, NOTIFY, SUBSCRIBE, UNSUBSCRIBE; SOURCE), as Envoy's HTTP
+// inspector knows them. A client whose first bytes begin none of them is
+// not HTTP at once: a protocol that sends a short word and waits ("ping")
+// would otherwise wait for the sniffing timeout.
+var methods = []string{
+	"ACL", "BASELINE-CONTROL", "BIND", "CHECKIN", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET", "HEAD",
+	"LABEL", "LINK", "LOCK", "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MKREDIRECTREF",
+	"MKWORKSPACE", "MOVE", "NOTIFY", "OPTIONS", "ORDERPATCH", "PATCH", "POST", "PRI", "PROPFIND",
+	"PROPPATCH", "PURGE", "PUT", "QUERY", "REBIND", "REPORT", "SEARCH", "SOURCE", "SUBSCRIBE", "TRACE",
+	"UNBIND", "UNCHECKOUT", "UNLINK", "UNLOCK", "UNSUBSCRIBE", "UPDATE", "UPDATEREDIRECTREF",
+	"VERSION-CONTROL",
+}
+
+// methodPrefix reports whether b is a method of methods, or (whole false)
+// the beginning of one.
+func methodPrefix(b []byte, whole bool) bool {
+	for _, m := range methods {
+		if whole && string(b) == m || !whole && len(b) <= len(m) && string(b) == m[:len(b)] {
+			return true
+		}
+	}
+	return false
+}
+
 func classifyHTTP1(b []byte) (Result, bool) {
 	unknown := Result{Protocol: Unknown}
 	// Method token.
@@ -101,9 +127,9 @@ func classifyHTTP1(b []byte) (Result, bool) {
 		return unknown, true
 	}
 	if i == len(b) {
-		return unknown, false
+		return unknown, !methodPrefix(b, false)
 	}
-	if b[i] != ' ' {
+	if b[i] != ' ' || !methodPrefix(b[:i], true) {
 		return unknown, true
 	}
 	guess := unknown

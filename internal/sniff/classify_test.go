@@ -33,14 +33,20 @@ func TestClassify(t *testing.T) {
 		{"HEAD http://a/ HTTP/1.0\r\n", HTTP1, true},
 		{"OPTIONS * HTTP/1.1\r\n", HTTP1, true},
 		{"CONNECT a:443 HTTP/1.1\r\n", HTTP1, true},
-		{"PROPFIND /dav HTTP/1.1\r\n", HTTP1, true}, // any token method
-		{"PROPFIND /dav", Unknown, false},           // not known: no guess
+		{"PROPFIND /dav HTTP/1.1\r\n", HTTP1, true}, // a registered method
+		{"M-SEARCH * HTTP/1.1\r\n", HTTP1, true},
+		{"PROPF", Unknown, false},
+		{"x", Unknown, true},                  // begins no method: not HTTP at once
+		{"ping", Unknown, true},               // a word, then a wait: no sniffing timeout
+		{"PI", Unknown, true},                 // P could be; PI cannot
+		{"FOO / HTTP/1.1\r\n", Unknown, true}, // an unknown method goes to L4, as Envoy's inspector sends it
+		{"PROPFIND /dav", Unknown, false},     // not known: no guess
 		{"GET / HTTP/2.0\r\n", Unknown, true},
 		{"GET / http/1.1\r\n", Unknown, true},
 		{"GET  / HTTP/1.1\r\n", Unknown, true}, // empty target
 		{"GET /\r\n", Unknown, true},           // HTTP/0.9
 		{"GET /a\x00b HTTP/1.1", Unknown, true},
-		{"get / HTTP/1.1\r\n", HTTP1, true}, // a token, though no server knows it
+		{"get / HTTP/1.1\r\n", Unknown, true}, // methods are case-sensitive
 		{"\r\nGET / HTTP/1.1\r\n", Unknown, true},
 		{"SSH-2.0-OpenSSH_9.6\r\n", Unknown, true},
 		{"AVERYLONGMETHODNAMEINDEEDXX / HTTP/1.1", Unknown, true},
