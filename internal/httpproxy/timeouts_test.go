@@ -317,7 +317,7 @@ func TestFirstRequestStartsWhenSniffed(t *testing.T) {
 				}
 				pre.Conn = c
 			}
-			server, client := tcpPair(t)
+			client, server := rawTCPPair(t)
 			go f.p.ServeConn(server, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), pre)
 			br := bufio.NewReader(client)
 			for i, want := range []int{tt.firstStatus, 200} {
@@ -335,25 +335,4 @@ func TestFirstRequestStartsWhenSniffed(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tcpPair returns both ends of a loopback TCP connection, closed when the
-// test ends.
-func tcpPair(t *testing.T) (server, client *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return server, client
 }

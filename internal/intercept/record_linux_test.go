@@ -1,37 +1,11 @@
 package intercept
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/detour-proxy/detour/internal/ns"
 )
-
-// fxcNS is newNS with a name of its own ("fxc-..."), for the tests of the
-// recorded policy routing and of Ensure.
-func fxcNS(t *testing.T) *ns.NS {
-	t.Helper()
-	needKernel(t)
-	name := fmt.Sprintf("fxc-%s-%d", regexp.MustCompile(`[^a-zA-Z0-9]+`).ReplaceAllString(t.Name(), "-"), os.Getpid())
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	n, err := ns.New(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("remove namespace: %v", err)
-		}
-	})
-	return n
-}
 
 // tempOwnerDir points OwnerDir at a directory of the test's own.
 func tempOwnerDir(t *testing.T) {
@@ -63,7 +37,7 @@ func TestKernelCleanAndShowFindRecordedPolicy(t *testing.T) {
 		{"mark_only", tproxyOpts(0x5, 0, "")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n := fxcNS(t)
+			n := newNS(t)
 			before := snapshot(t, n)
 			o := inNS(tc.opts, n)
 			if err := Apply(o); err != nil {
@@ -106,7 +80,7 @@ func TestKernelApplyReplacesRecordedPolicy(t *testing.T) {
 		{"tproxy_then_redirect", tproxyOpts(0x5, 200, ""), Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n := fxcNS(t)
+			n := newNS(t)
 			before := snapshot(t, n)
 			if err := Apply(inNS(tc.first, n)); err != nil {
 				t.Fatal(err)
@@ -148,7 +122,7 @@ func TestKernelApplyReplacesRecordedPolicy(t *testing.T) {
 // route table and mark: it is that detour's too.
 func TestKernelCleanLeavesHeldPolicy(t *testing.T) {
 	tempOwnerDir(t)
-	n := fxcNS(t)
+	n := newNS(t)
 	if err := Apply(inNS(tproxyOpts(0x5, 200, ""), n)); err != nil { // the killed run's
 		t.Fatal(err)
 	}
@@ -201,7 +175,7 @@ func TestKernelEnsure(t *testing.T) {
 			[][]string{{"nft", "flush", "ruleset"}}, []string{"table inet detour"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n := fxcNS(t)
+			n := newNS(t)
 			o := inNS(tc.opts, n)
 			if err := Apply(o); err != nil {
 				t.Fatal(err)
