@@ -271,7 +271,10 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // Its Sniffed time is the first request's start.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
 	preDialed, dialErr := pre.Conn, pre.Err
-	first := &firstStart{at: pre.Sniffed}
+	var first *firstStart // nil: every request starts when its head is read
+	if !pre.Sniffed.IsZero() {
+		first = &firstStart{at: pre.Sniffed}
+	}
 	if preDialed != nil {
 		key := p.hostKey(unmap(client), unmap(origDst))
 		if p.hosts.addPreDialed(key, preDialed) {
