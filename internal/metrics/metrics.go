@@ -143,11 +143,13 @@ type Destination struct {
 	LastUsed    time.Time
 }
 
-// NewRegistry returns a registry with the Go runtime and process
-// collectors, ready for New.
+// NewRegistry returns a registry with the Go runtime, process and build
+// information collectors (go_build_info names the module version, as
+// `detour version` does), ready for New.
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector())
 	return r
 }
 

@@ -114,6 +114,13 @@ func TestNewRegistryHasRuntimeCollectors(t *testing.T) {
 			t.Errorf("%s missing from NewRegistry's metrics", name)
 		}
 	}
+	buildInfo := false
+	for k := range got {
+		buildInfo = buildInfo || strings.HasPrefix(k, "go_build_info{")
+	}
+	if !buildInfo {
+		t.Error("go_build_info missing from NewRegistry's metrics")
+	}
 	// Two Metrics can't share one registry: duplicate names are an error.
 	if _, err := New(Options{Registry: reg}); err == nil {
 		t.Error("second New on the same registry succeeded")
