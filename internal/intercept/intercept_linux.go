@@ -14,7 +14,14 @@ import (
 // that run used another mark or route table: the table records them). The
 // nftables table is swapped in one atomic batch; the policy routing follows.
 // If the policy routing fails, everything is removed again.
-func Apply(o Options) error {
+func Apply(o Options) error { return apply(o, true) }
+
+// apply installs o's rules. When the policy routing fails, cleanOnFail
+// removes everything (Apply: a start leaves nothing half made); Ensure
+// keeps what it could install, since half the rules still divert more
+// than none (IPv6 disabled under a running detour fails only its IPv6
+// route).
+func apply(o Options, cleanOnFail bool) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
@@ -29,7 +36,11 @@ func Apply(o Options) error {
 		return fmt.Errorf("intercept: install table inet %s: %w%s", o.TableName, err, hint(err))
 	}
 	if err := applyPolicy(o, rs, prev); err != nil {
-		return errors.Join(fmt.Errorf("intercept: policy routing: %w%s", err, hint(err)), Clean(o))
+		err = fmt.Errorf("intercept: policy routing: %w%s", err, hint(err))
+		if cleanOnFail {
+			err = errors.Join(err, Clean(o))
+		}
+		return err
 	}
 	return nil
 }
@@ -221,7 +232,7 @@ func Ensure(o Options) (missing []string, err error) {
 	if err != nil || len(missing) == 0 {
 		return missing, err
 	}
-	return missing, Apply(o)
+	return missing, apply(o, false)
 }
 
 func read(o Options) (ruleset, error) {
@@ -257,6 +268,8 @@ func hint(err error) string {
 	switch {
 	case errors.Is(err, unix.EPERM):
 		return " (this needs root or CAP_NET_ADMIN)"
+	case errors.Is(err, unix.EACCES): // what the kernel says to an IPv6 route with IPv6 off
+		return " (is IPv6 disabled on lo? sysctl net.ipv6.conf.lo.disable_ipv6)"
 	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EAFNOSUPPORT):
 		return " (the kernel may lack an nftables feature or module; run `detour check`)"
 	}

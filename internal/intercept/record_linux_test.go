@@ -202,3 +202,27 @@ func TestKernelEnsure(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelEnsureKeepsWhatWorks: when IPv6 is disabled on lo under an
+// install, Ensure cannot put the IPv6 local route back; it reports the
+// failure and leaves the table and the IPv4 policy routing in place, so
+// IPv4 is still diverted (a failed reinstall used to remove everything).
+func TestKernelEnsureKeepsWhatWorks(t *testing.T) {
+	tempOwnerDir(t)
+	n := newNS(t)
+	o := inNS(tproxyOpts(0, 0, ""), n)
+	if err := Apply(o); err != nil {
+		t.Fatal(err)
+	}
+	run(t, n, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
+	missing, err := Ensure(o)
+	if err == nil || !slices.Contains(missing, "ip -6 route add local ::/0 dev lo table 100") {
+		t.Fatalf("Ensure with IPv6 disabled = %q, %v; want the IPv6 route missing and an error", missing, err)
+	}
+	after := snapshot(t, n)
+	for _, want := range []string{"table inet detour", "fwmark 0x1 lookup 100", "local default dev lo"} {
+		if !strings.Contains(after, want) {
+			t.Errorf("after the failed reinstall, %q is gone:\n%s", want, after)
+		}
+	}
+}
