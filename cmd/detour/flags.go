@@ -77,7 +77,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.headerTimeout, "header-timeout", 0, "HTTP: close a client whose request headers take longer than this (slowloris; flag HT) (default 10s)")
 		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a client whose response write stays blocked this long: it stopped reading (flag SI) (default 5m)")
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
-		fs.IntVar(&f.maxConns, "max-connections", 0, "close new connections past this many open ones (default 0: no limit)")
+		fs.IntVar(&f.maxConns, "max-connections", 0, "at this many open connections, stop accepting: new clients wait in the listen backlog (default 0: no limit)")
 		fs.IntVar(&f.loops, "tcp-loops", 0, "epoll loops carrying L4 connections (default 0: one per CPU); a restart changes it")
 		fs.IntVar(&f.nice, "nice", 0, "scheduling priority of every detour thread, -20 (runs first) to 19; below 0 needs root; a restart changes it (default 0: as started)")
 		fs.BoolVar(&f.useOrigDstHeader, "use-original-dst-header", false, "HTTP: route to the ip:port in x-detour-original-dst-host")

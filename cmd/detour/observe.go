@@ -179,6 +179,7 @@ type observer struct{ *observability }
 
 func (o observer) Accepted(m listen.Mode)     { o.metrics.Accepted(m) }
 func (o observer) Refused(reason string)      { o.metrics.Refused(reason) }
+func (o observer) Paused(reason string)       { o.metrics.Paused(reason) }
 func (o observer) L4Started(r proxy.L4Record) { o.metrics.L4Started(r) }
 func (o observer) L4Done(r proxy.L4Record) {
 	o.metrics.L4Done(r)

@@ -234,7 +234,7 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	if len(cfg.Intercept.Ports) == 0 {
 		if d.rules == nil && d.owner == nil {
 			if there, _ := intercept.Installed(o); there {
-				d.log.Warn("rules of this table are installed, by `detour rules apply` or a killed run; this run installs none and leaves them (`detour rules clean` removes them)", "table", "inet "+o.TableName)
+				d.log.Warn("rules of this table are installed, by `detour rules apply`, a killed run or a detour still running; this run installs none and leaves them (`detour rules clean` removes them unless a running detour owns them)", "table", "inet "+o.TableName)
 			}
 		}
 		// The open connections still need part of the rules (see
@@ -284,7 +284,7 @@ func (d *daemon) ensureRules(why string) {
 	missing, err := intercept.Ensure(*d.rules)
 	if len(missing) > 0 {
 		d.obs.rules(d.cfg, false)
-		d.log.Warn("rules vanished; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
+		d.log.Warn("rules vanished or changed under detour; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
 	}
 	if err != nil {
 		d.log.Error("rules check failed; traffic may bypass detour until the next check", "checked_on", why, "err", err)

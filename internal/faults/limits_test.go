@@ -69,12 +69,12 @@ func TestFDExhaustion(t *testing.T) {
 	const window = 3 * time.Second
 	time.Sleep(window)
 	cpu, accepts := cpuTime(t, pid)-cpu0, d.log.count("accept failed")-lines0
-	t.Logf("while exhausted: %v of CPU and %d failed accepts logged in %v", cpu, accepts, window)
+	t.Logf("while exhausted: %v of CPU and %d 'accept failed' lines in %v", cpu, accepts, window)
 	if cpu > 300*time.Millisecond {
 		t.Errorf("detour used %v of CPU in %v with its fds exhausted: a busy loop", cpu, window)
 	}
-	if accepts > 50 {
-		t.Errorf("%d failed accepts in %v: the backoff does not slow the loop", accepts, window)
+	if accepts > 1 { // one line per 10 s; the CPU bound above shows the backoff
+		t.Errorf("%d 'accept failed' lines in %v: the error is not rate-limited", accepts, window)
 	}
 	select {
 	case <-d.Done():

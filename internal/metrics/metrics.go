@@ -55,7 +55,8 @@ const (
 var (
 	l4Protocols = []string{"tcp", "tls"}
 	l4Flags     = []string{noFlags, "UF", "UC", "DC", "SI", "DT", "LR"}
-	refusals    = []string{"loop", "not intercepted", "limit"}
+	refusals    = []string{"loop", "not intercepted"}
+	pauses      = []string{"limit", "descriptors"}
 	modes       = []listen.Mode{listen.ModeTProxy, listen.ModeRedirect}
 	codeClasses = []string{"none", "1xx", "2xx", "3xx", "4xx", "5xx", "other"}
 )
@@ -96,6 +97,7 @@ type Metrics struct {
 	acceptedC map[listen.Mode]prometheus.Counter
 	active    prometheus.Gauge // only without Options.Open
 	refused   *prometheus.CounterVec
+	paused    *prometheus.CounterVec
 	refusedC  map[string]prometheus.Counter
 	detected  *prometheus.CounterVec
 	detectedC map[string]prometheus.Counter
@@ -192,8 +194,16 @@ func New(o Options) (*Metrics, error) {
 	}
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_downstream_refused_total",
-		Help: "Connections closed before forwarding, by reason: loop (the loop guard), not intercepted, limit.",
+		Help: "Connections closed before forwarding, by reason: loop (the loop guard), not intercepted.",
 	}, []string{"reason"})
+	m.paused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "detour_downstream_accept_paused_total",
+		Help: "Times accepting paused, the clients waiting in the listen backlog: limit (max_connections open), descriptors (they ran out).",
+	}, []string{"reason"})
+	add(m.paused)
+	for _, r := range pauses {
+		m.paused.WithLabelValues(r)
+	}
 	add(m.refused)
 	m.refusedC = make(map[string]prometheus.Counter)
 	for _, r := range refusals {
@@ -324,6 +334,9 @@ func (m *Metrics) Refused(reason string) {
 		m.active.Dec()
 	}
 }
+
+// Paused implements proxy.Observer.
+func (m *Metrics) Paused(reason string) { m.paused.WithLabelValues(reason).Inc() }
 
 // L4Started implements proxy.Observer.
 func (m *Metrics) L4Started(rec proxy.L4Record) {
@@ -490,7 +503,7 @@ func (m *Metrics) Destinations() []Destination {
 type Summary struct {
 	Accepted    uint64 `json:"accepted"`     // downstream connections accepted
 	Active      int64  `json:"active"`       // being handled now
-	Refused     uint64 `json:"refused"`      // closed before forwarding (loop, not intercepted, limit)
+	Refused     uint64 `json:"refused"`      // closed before forwarding (loop, not intercepted)
 	LoopRefused uint64 `json:"loop_refused"` // of which by the loop guard
 	Requests    uint64 `json:"http_requests"`
 }

@@ -137,6 +137,8 @@ func TestL4AndRefusals(t *testing.T) {
 	}
 	m.Refused("not intercepted")
 	m.Refused("loop")
+	m.Paused("limit") // not a connection: the clients wait
+	m.Paused("limit")
 	m.L4Done(proxy.L4Record{OrigDst: dst22, Protocol: "tcp", Flags: "LR", End: "loop refused"})
 	for i, fl := range []string{"", "", "DC"} {
 		rec := proxy.L4Record{ID: "C" + string(rune('1'+i)), OrigDst: dst22, Protocol: "tls", ConnectDuration: time.Millisecond}
@@ -161,7 +163,8 @@ func TestL4AndRefusals(t *testing.T) {
 		`detour_downstream_connections_active`:                                0,
 		`detour_downstream_refused_total{reason=loop}`:                        1,
 		`detour_downstream_refused_total{reason=not intercepted}`:             1,
-		`detour_downstream_refused_total{reason=limit}`:                       0,
+		`detour_downstream_accept_paused_total{reason=limit}`:                 2,
+		`detour_downstream_accept_paused_total{reason=descriptors}`:           0,
 		`detour_downstream_protocol_total{protocol=tls}`:                      3,
 		`detour_downstream_protocol_total{protocol=tcp}`:                      2,
 		`detour_downstream_protocol_total{protocol=http}`:                     0,

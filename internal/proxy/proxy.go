@@ -63,8 +63,8 @@ type Options struct {
 	// send their first bytes, as Envoy's listener filter timeout does.
 	SniffTimeout time.Duration
 	// MaxConns bounds concurrent connections: at it, accepting pauses and
-	// new clients wait in the listen backlog (Refused "limit" counts the
-	// pauses). Zero means no limit.
+	// new clients wait in the listen backlog (Observer.Paused "limit").
+	// Zero means no limit.
 	MaxConns int
 	// Observer receives connection events for metrics and access logs.
 	Observer Observer
@@ -80,10 +80,13 @@ type Observer interface {
 	// Accepted is called for every accepted connection.
 	Accepted(mode listen.Mode)
 	// Refused is called when a connection is closed before forwarding:
-	// reason is "loop", "not intercepted", or "limit" (accepting paused at
-	// MaxConns, once per pause: those clients wait). A loop refusal is
+	// reason is "loop" or "not intercepted". A loop refusal is
 	// followed by L4Done with Flags "LR", so access logs can name it.
 	Refused(reason string)
+	// Paused is called when an accept loop stops accepting for a while,
+	// clients waiting in the listen backlog meanwhile: reason is "limit"
+	// (MaxConns open) or "descriptors" (a connect ran out of them).
+	Paused(reason string)
 	// L4Started is called when an L4 connection's upstream is connected
 	// and copying begins; rec has no byte counts or end yet. Every
 	// L4Started is followed by one L4Done for the same rec.ID.
@@ -316,7 +319,9 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 				return
 			}
 			wait := backoff.fail(time.Now())
-			s.log.Error("accept failed; backing off", "listener", l.Addr(), "err", err, "backoff", wait)
+			if ok, more := s.warns.allow(warnAccept, time.Now()); ok {
+				s.log.Error("accept failed; backing off", "listener", l.Addr(), "err", err, "backoff", wait, "more_since_last_warning", more)
+			}
 			time.Sleep(wait)
 			continue
 		}
@@ -350,10 +355,10 @@ func (s *Server) waitForRoom() {
 		}
 		if !paused {
 			paused = true
-			s.obs.Refused("limit") // counts the pauses, not the clients: they wait
+			s.obs.Paused("limit")
 		}
 		if ok, more := s.warns.allow(warnLimit, time.Now()); ok {
-			s.log.Warn("connection limit reached; new connections wait in the listen backlog", "limit", limit, "times_since_last_warning", more)
+			s.log.Warn("connection limit reached; new connections wait in the listen backlog", "limit", limit, "more_since_last_warning", more)
 		}
 		select { // a release, or a reload that raised the limit
 		case <-s.freed:
@@ -370,8 +375,9 @@ func (s *Server) outOfDescriptors() {
 	wait := s.fds.fail(now)
 	s.fdsUntil.Store(now.Add(wait).UnixNano())
 	s.fdsMu.Unlock()
+	s.obs.Paused("descriptors")
 	if ok, more := s.warns.allow(warnDescriptors, now); ok {
-		s.log.Error("out of file descriptors: accepting paused; raise the limit (ulimit -n, LimitNOFILE) or lower max_connections", "pause", wait, "times_since_last_warning", more)
+		s.log.Error("out of file descriptors: accepting paused; raise the limit (ulimit -n, LimitNOFILE) or lower max_connections", "pause", wait, "more_since_last_warning", more)
 	}
 }
 
@@ -642,5 +648,6 @@ type nopObserver struct{}
 
 func (nopObserver) Accepted(listen.Mode) {}
 func (nopObserver) Refused(string)       {}
+func (nopObserver) Paused(string)        {}
 func (nopObserver) L4Started(L4Record)   {}
 func (nopObserver) L4Done(L4Record)      {}

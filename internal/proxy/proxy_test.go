@@ -271,11 +271,10 @@ type limitObserver struct {
 	limited atomic.Int64
 }
 
-func (o *limitObserver) Refused(reason string) {
+func (o *limitObserver) Paused(reason string) {
 	if reason == "limit" {
 		o.limited.Add(1)
 	}
-	o.countingObserver.Refused(reason)
 }
 
 func TestAcceptBackoff(t *testing.T) {

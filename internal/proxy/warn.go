@@ -13,6 +13,7 @@ const (
 	warnNotIntercepted                 // a connection with no original destination
 	warnLimit                          // accepting paused at MaxConns
 	warnDescriptors                    // accepting paused: descriptors ran out
+	warnAccept                         // accept itself failed (EMFILE and the like)
 	warnKinds
 )
 
