@@ -77,6 +77,11 @@ type daemon struct {
 	owner  *intercept.Owner   // holds what the rules use (table; route table and mark), from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
+
+	// The rules check's error while it keeps failing the same way, and
+	// when it was last logged: once a minute, not at every check.
+	rulesErr   string
+	rulesErrAt time.Time
 }
 
 // run is the daemon's whole life: listeners, rules, serve, reload on
@@ -282,14 +287,21 @@ func (d *daemon) ensureRules(why string) {
 		return
 	}
 	missing, err := intercept.Ensure(*d.rules)
+	repeat := err != nil && err.Error() == d.rulesErr && time.Since(d.rulesErrAt) < time.Minute
 	if len(missing) > 0 {
 		d.obs.rules(d.cfg, false)
-		d.log.Warn("rules vanished or changed under detour; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
+		if !repeat {
+			d.log.Warn("rules vanished or changed under detour; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
+		}
 	}
 	if err != nil {
-		d.log.Error("rules check failed; traffic may bypass detour until the next check", "checked_on", why, "err", err)
+		if !repeat {
+			d.log.Error("rules check failed; traffic may bypass detour until a check succeeds (logged once a minute while it fails the same way)", "checked_on", why, "err", err)
+			d.rulesErr, d.rulesErrAt = err.Error(), time.Now()
+		}
 		return
 	}
+	d.rulesErr = ""
 	if len(missing) > 0 {
 		d.obs.state.RulesReinstalled()
 		d.obs.rules(d.cfg, true)

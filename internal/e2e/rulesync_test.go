@@ -126,6 +126,11 @@ func TestRulesReinstalledAfterFlush(t *testing.T) {
 	if out, err := detourCmd(t, n.Router, "status"); err != nil || !strings.Contains(out, "rules:       not installed") {
 		t.Errorf("detour status while the rules are missing: %v\n%s", err, out)
 	}
+	// Failing every 200 ms the same way, it says so once a minute.
+	time.Sleep(time.Second)
+	if got := strings.Count(d.Output(), "rules check failed"); got != 1 {
+		t.Errorf("%d 'rules check failed' lines in a second of checks every 200 ms, want 1", got)
+	}
 	if out, err := n.Router.Command(context.Background(), "ip", "route", "del", "unreachable", "default", "table", "100").CombinedOutput(); err != nil {
 		t.Fatalf("ip route del: %v\n%s", err, out)
 	}
