@@ -399,7 +399,7 @@ func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v)
 // policyProbe adds `ip rule fwmark 1 lookup 100` and the local default
 // route through lo in table 100, as tproxy needs.
 func policyProbe(fd int, v6 bool) error {
-	h, err := netlink.NewHandleAt(netns.NsHandle(fd))
+	h, err := netlink.NewHandleAt(netns.NsHandle(fd), unix.NETLINK_ROUTE) // one socket, not one per family
 	if err != nil {
 		return err
 	}

@@ -23,10 +23,14 @@ type policy struct {
 func openPolicy(o Options) (*policy, error) {
 	var h *netlink.Handle
 	var err error
+	// Only the routing family: a handle opens one socket per family it is
+	// given (all three by default), and when a later one fails (EMFILE,
+	// with descriptors exhausted) it returns without closing the earlier
+	// ones, a socket leaked at every periodic rules check.
 	if o.NetNSFd != 0 {
-		h, err = netlink.NewHandleAt(netns.NsHandle(o.NetNSFd))
+		h, err = netlink.NewHandleAt(netns.NsHandle(o.NetNSFd), unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, err

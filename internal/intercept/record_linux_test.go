@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -224,5 +225,35 @@ func TestKernelEnsureKeepsWhatWorks(t *testing.T) {
 		if !strings.Contains(after, want) {
 			t.Errorf("after the failed reinstall, %q is gone:\n%s", want, after)
 		}
+	}
+}
+
+// TestOpenPolicyOneSocket: the policy routing's netlink handle opens one
+// socket (the routing family), not one per family: the library leaks the
+// earlier ones when a later one fails, which with descriptors exhausted
+// leaked a socket at every periodic rules check.
+func TestOpenPolicyOneSocket(t *testing.T) {
+	n := newNS(t)
+	sockets := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for _, e := range ents {
+			if dst, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(dst, "socket:") {
+				k++
+			}
+		}
+		return k
+	}
+	before := sockets()
+	p, err := openPolicy(inNS(tproxyOpts(0, 0, ""), n).withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if got := sockets() - before; got != 1 {
+		t.Errorf("openPolicy holds %d sockets, want 1", got)
 	}
 }

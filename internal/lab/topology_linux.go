@@ -396,7 +396,7 @@ func (t topology) describe(id string) string {
 }
 
 func withHandle(n *ns.NS, fn func(h *netlink.Handle) error) error {
-	h, err := netlink.NewHandleAt(n.Handle())
+	h, err := netlink.NewHandleAt(n.Handle(), unix.NETLINK_ROUTE) // one socket, not one per family
 	if err != nil {
 		return fmt.Errorf("netlink handle in %s: %w", n.Name, err)
 	}
