@@ -138,13 +138,11 @@ func (o *observability) listening(lns []*listen.Listener) {
 	o.state.SetListeners(addrs)
 }
 
-func (o *observability) rules(cfg *config.Config, installed bool) {
-	o.state.SetRules(admin.Rules{Managed: true, Installed: installed, Table: "inet " + cfg.Intercept.TableName, Ports: cfg.Intercept.Ports})
-}
-
-// rulesDrained records that the rules no longer divert new connections.
-func (o *observability) rulesDrained(cfg *config.Config) {
-	o.state.SetRules(admin.Rules{Managed: true, Drained: true, Table: "inet " + cfg.Intercept.TableName, Ports: cfg.Intercept.Ports})
+// rules records the state of the run's rules, r's Installed or Drained
+// (neither: found missing); the table and ports are cfg's.
+func (o *observability) rules(cfg *config.Config, r admin.Rules) {
+	r.Managed, r.Table, r.Ports = true, "inet "+cfg.Intercept.TableName, cfg.Intercept.Ports
+	o.state.SetRules(r)
 }
 
 // onRequest is httpproxy's OnRequest: metrics, then the access log.

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
@@ -177,7 +178,7 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 		if err := intercept.Drain(*d.rules); err != nil {
 			log.Warn("draining with the rules in place: new connections may be refused until they are removed", "err", err)
 		} else {
-			d.obs.rulesDrained(d.cfg)
+			d.obs.rules(d.cfg, admin.Rules{Drained: true})
 		}
 	}
 	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(d.cfg.Drain))
@@ -251,7 +252,7 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 		if err := intercept.Drain(*d.rules); err != nil {
 			return fmt.Errorf("stop diverting: %w", err)
 		}
-		d.obs.rulesDrained(cfg)
+		d.obs.rules(cfg, admin.Rules{Drained: true})
 		d.log.Info("rules no longer divert new connections; what the open ones need stays until exit", "table", "inet "+o.TableName)
 		return nil
 	}
@@ -275,7 +276,7 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	}
 	d.rules = &o
 	d.log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+o.TableName)
-	d.obs.rules(cfg, true)
+	d.obs.rules(cfg, admin.Rules{Installed: true})
 	return nil
 }
 
@@ -289,7 +290,7 @@ func (d *daemon) ensureRules(why string) {
 	missing, err := intercept.Ensure(*d.rules)
 	repeat := err != nil && err.Error() == d.rulesErr && time.Since(d.rulesErrAt) < time.Minute
 	if len(missing) > 0 {
-		d.obs.rules(d.cfg, false)
+		d.obs.rules(d.cfg, admin.Rules{})
 		if !repeat {
 			d.log.Warn("rules vanished or changed under detour; reinstalling them", "checked_on", why, "missing", strings.Join(missing, "; "), "table", "inet "+d.rules.TableName)
 		}
@@ -304,7 +305,7 @@ func (d *daemon) ensureRules(why string) {
 	d.rulesErr = ""
 	if len(missing) > 0 {
 		d.obs.state.RulesReinstalled()
-		d.obs.rules(d.cfg, true)
+		d.obs.rules(d.cfg, admin.Rules{Installed: true})
 		d.log.Info("rules reinstalled", "table", "inet "+d.rules.TableName)
 	}
 }
@@ -317,7 +318,7 @@ func (d *daemon) cleanRules() error {
 		return fmt.Errorf("remove rules: %w", err)
 	}
 	d.rules = nil
-	d.obs.rules(d.cfg, false)
+	d.obs.rules(d.cfg, admin.Rules{})
 	d.log.Info("rules removed")
 	return nil
 }

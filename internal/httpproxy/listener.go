@@ -219,7 +219,7 @@ type firstStart struct {
 
 // take returns the first request's start once, and the time now after.
 func (f *firstStart) take() time.Time {
-	if f == nil || f.at.IsZero() || f.used.Swap(true) {
+	if f == nil || f.used.Swap(true) { // nil: ServeConn had no sniffed time
 		return time.Now()
 	}
 	return f.at

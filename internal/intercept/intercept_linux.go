@@ -56,6 +56,12 @@ func recordedPairs(c *nftables.Conn, o Options) []policyPair {
 	if err != nil {
 		return nil
 	}
+	return stalePairs(rs, o)
+}
+
+// stalePairs is the policy routing the table rs records, when it is not
+// o's own.
+func stalePairs(rs ruleset, o Options) []policyPair {
 	if p, ok := recordedPolicy(rs); ok && p != o.ownPair() {
 		return []policyPair{p}
 	}
@@ -248,10 +254,7 @@ func read(o Options) (ruleset, error) {
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: read table inet %s: %w%s", o.TableName, err, hint(err))
 	}
-	pairs := []policyPair{o.ownPair()}
-	if p, ok := recordedPolicy(rs); ok && p != o.ownPair() {
-		pairs = append(pairs, p)
-	}
+	pairs := append([]policyPair{o.ownPair()}, stalePairs(rs, o)...)
 	p, err := openPolicy(o)
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: policy routing: %w", err)

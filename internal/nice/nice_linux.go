@@ -22,7 +22,7 @@ func Set(n int) error {
 	}
 	set := map[int]bool{}
 	for {
-		tids, err := threads()
+		tids, err := Threads(os.Getpid())
 		if err != nil {
 			return err
 		}
@@ -66,13 +66,7 @@ func Of(pid, tid int) (int, error) {
 
 // Threads returns the thread ids of process pid.
 func Threads(pid int) ([]int, error) {
-	return tasks(fmt.Sprintf("/proc/%d/task", pid))
-}
-
-func threads() ([]int, error) { return tasks("/proc/self/task") }
-
-func tasks(dir string) ([]int, error) {
-	ents, err := os.ReadDir(dir)
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"net"
 	"syscall"
 	"time"
 
@@ -57,13 +56,14 @@ func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, pre upstream.
 // bytes after the upstream connect failed.
 const dialFailGrace = 200 * time.Millisecond
 
+// dialed is a connect made for a connection: what L7 gets of it (the
+// connection or its error, and when the sniff that ran meanwhile ended),
+// and what only the sniff needs.
 type dialed struct {
-	up      *net.TCPConn
-	err     error
-	dur     time.Duration
-	sniffed time.Time   // when the sniff ended: the client's first bytes, or its silence, or a banner
-	spoke   bool        // the server sent bytes before the client: a banner
-	grace   *time.Timer // after a failed connect: ends the sniff soon
+	upstream.PreDial
+	dur   time.Duration
+	spoke bool        // the server sent bytes before the client: a banner
+	grace *time.Timer // after a failed connect: ends the sniff soon
 }
 
 // sniffAuto tells L7 from L4 by a connection's first bytes. Bytes
@@ -92,22 +92,22 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 	dialc := make(chan dialed, 1)
 	go func() {
 		d := s.dial(o, c)
-		if d.err != nil {
+		if d.Err != nil {
 			// An HTTP client gets a 503 only if its request is seen, and it
 			// sends it right after connecting: wait a moment for it, not
 			// the whole sniffing timeout.
 			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
-		} else if sniff.WaitReadable(sniffCtx, d.up) == nil {
+		} else if sniff.WaitReadable(sniffCtx, d.Conn) == nil {
 			d.spoke = true
 			stopSniff()
 		}
-		dialc <- d // after WaitReadable cleared its deadline on d.up
+		dialc <- d // after WaitReadable cleared its deadline on d.Conn
 	}()
 	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
 	sniffed := time.Now()
 	stopSniff() // ends the wait for a banner
 	d := <-dialc
-	d.sniffed = sniffed
+	d.Sniffed = sniffed
 	if d.grace != nil {
 		d.grace.Stop()
 	}
@@ -124,7 +124,7 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 func (s *Server) dial(o *Options, c *listen.Conn) dialed {
 	start := time.Now()
 	up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
-	return dialed{up: up, err: err, dur: time.Since(start)}
+	return dialed{PreDial: upstream.PreDial{Conn: up, Err: err}, dur: time.Since(start)}
 }
 
 // forwardSniffed sends a sniffed connection to L7 or L4; d is the connect
@@ -141,12 +141,12 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 			return false
 		}
 		// When the connect failed, L7 answers the first request 503 with
-		// d.err's reason instead of waiting for a second connect. A pooled
+		// d.Err's reason instead of waiting for a second connect. A pooled
 		// connection gets its keep-alive now, as L7's own dials do.
-		if d.up != nil {
-			_ = upstream.EnableKeepAlive(d.up)
+		if d.Conn != nil {
+			_ = upstream.EnableKeepAlive(d.Conn)
 		}
-		s.serveL7(o, log, c, upstream.PreDial{Conn: d.up, Err: d.err, Sniffed: d.sniffed})
+		s.serveL7(o, log, c, d.PreDial)
 		return false
 	}
 	if log.debug && err != nil && res.N == 0 {
@@ -161,15 +161,15 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		dd := s.dial(o, c)
 		d = &dd
 	}
-	if d.err != nil {
-		s.failDial(log, c, &rec, d.err)
+	if d.Err != nil {
+		s.failDial(log, c, &rec, d.Err)
 		return false
 	}
 	rec.ConnectDuration = d.dur
 	if log.debug {
-		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.up.LocalAddr(), "connect_time", d.dur)
+		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.Conn.LocalAddr(), "connect_time", d.dur)
 	}
-	return s.forwardL4(o, log, c, d.up, rec)
+	return s.forwardL4(o, log, c, d.Conn, rec)
 }
 
 func l4ProtocolName(p sniff.Protocol) string {

@@ -131,7 +131,7 @@ type Server struct {
 	freed    chan struct{} // a connection ended: a full server may accept again
 	fdsMu    sync.Mutex
 	fds      acceptBackoff // after connects that failed for want of descriptors
-	fdsUntil atomic.Int64  // unix ns: accept nothing before
+	fdsUntil atomic.Int64  // unix ns: accept nothing before; 0 when no pause is set
 	warns    warnLimiter   // per-connection warnings, at most one per interval each
 
 	// connCtx is canceled when the drain period ends, cutting what is left
@@ -345,9 +345,12 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 // to be closed.
 func (s *Server) waitForRoom() {
 	for paused := false; !s.closing.Load(); {
-		if wait := time.Until(time.Unix(0, s.fdsUntil.Load())); wait > 0 {
-			time.Sleep(min(wait, 100*time.Millisecond))
-			continue
+		if until := s.fdsUntil.Load(); until != 0 { // read the clock only after a pause was set
+			if wait := time.Until(time.Unix(0, until)); wait > 0 {
+				time.Sleep(min(wait, 100*time.Millisecond))
+				continue
+			}
+			s.fdsUntil.CompareAndSwap(until, 0)
 		}
 		limit := s.cur.Load().MaxConns
 		if limit <= 0 || s.open.Load() < int64(limit) {
