@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -411,5 +415,32 @@ func TestUserArgs(t *testing.T) {
 		if got := strings.Join(o.userArgs(specOf(tc.config)), " "); got != tc.want {
 			t.Errorf("userArgs(%s) = %q, want %q", tc.config, got, tc.want)
 		}
+	}
+}
+
+// TestFirstErrorKeepsTheFirst: errors of different types, from several
+// goroutines, keep the first one and never panic (as atomic.Value did).
+func TestFirstErrorKeepsTheFirst(t *testing.T) {
+	var f firstError
+	if f.get() != nil {
+		t.Fatal("an empty firstError holds an error")
+	}
+	first := errors.New("first")
+	f.set(first)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				f.set(&net.OpError{Op: "read", Err: io.EOF})
+			} else {
+				f.set(fmt.Errorf("wrapped: %w", io.ErrUnexpectedEOF))
+			}
+		}()
+	}
+	wg.Wait()
+	if got := f.get(); got != first {
+		t.Errorf("got %v, want the first error", got)
 	}
 }

@@ -321,7 +321,7 @@ func (b *bench) runIdle(ctx context.Context, s *Sample, p proxyProc) error {
 	// One request on each, in parallel, so that L4 and L7 proxies alike
 	// hold an upstream (or pooled) connection and a served client.
 	var next, bad atomic.Int64
-	var firstErr atomic.Value
+	var firstErr firstError
 	var wg sync.WaitGroup
 	req := []byte("GET / HTTP/1.1\r\nHost: " + b.tn.ServerIP4.String() + "\r\nUser-Agent: detour-bench-idle\r\n\r\n")
 	for w := 0; w < 64; w++ {
@@ -335,7 +335,7 @@ func (b *bench) runIdle(ctx context.Context, s *Sample, p proxyProc) error {
 				}
 				if err := oneRequest(conns[i], req); err != nil {
 					bad.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.set(err)
 				}
 			}
 		}()
@@ -345,7 +345,7 @@ func (b *bench) runIdle(ctx context.Context, s *Sample, p proxyProc) error {
 	ok := int64(len(conns)) - bad.Load()
 	s.Metrics[mIdleConns] = float64(ok)
 	if bad.Load() > 0 {
-		s.Notes = append(s.Notes, fmt.Sprintf("%d requests failed (first: %v)", bad.Load(), firstErr.Load()))
+		s.Notes = append(s.Notes, fmt.Sprintf("%d requests failed (first: %v)", bad.Load(), firstErr.get()))
 	}
 	if ok*100 < int64(n)*99 {
 		return fmt.Errorf("idle: only %d of %d connections served a request", ok, n)
@@ -363,6 +363,21 @@ func (b *bench) runIdle(ctx context.Context, s *Sample, p proxyProc) error {
 	s.Checks = append(s.Checks, fmt.Sprintf("proxy holds %d fds for %d idle conns", st.FDs, ok))
 	if b.profiling(s.Config) {
 		b.memProfiles(ctx, s)
+	}
+	return nil
+}
+
+// firstError keeps the first error set by any of several goroutines. (An
+// atomic.Value panics when a later error has another type than the one it
+// holds: a proxy that died mid-workload failed requests with two kinds of
+// error, the panic ended the run, and its lab was left behind.)
+type firstError struct{ p atomic.Pointer[error] }
+
+func (f *firstError) set(err error) { f.p.CompareAndSwap(nil, &err) }
+
+func (f *firstError) get() error {
+	if p := f.p.Load(); p != nil {
+		return *p
 	}
 	return nil
 }
