@@ -14,7 +14,7 @@ import (
 // newL7 builds the HTTP side from the config. isSelf is the loop guard, so
 // a request steered by header to detour's own address is refused too.
 // onRequest (metrics, access log) is told about every finished request.
-func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func(netip.AddrPort) bool, onRequest func(httpproxy.RequestInfo)) (*httpproxy.Proxy, error) {
+func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func(netip.AddrPort) bool, onRequest func(*httpproxy.RequestInfo)) (*httpproxy.Proxy, error) {
 	h := cfg.HTTP
 	return httpproxy.New(httpproxy.Options{
 		Dialer:                d,

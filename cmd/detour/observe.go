@@ -146,7 +146,7 @@ func (o *observability) rules(cfg *config.Config, r admin.Rules) {
 }
 
 // onRequest is httpproxy's OnRequest: metrics, then the access log.
-func (o *observability) onRequest(i httpproxy.RequestInfo) {
+func (o *observability) onRequest(i *httpproxy.RequestInfo) {
 	o.metrics.Request(i)
 	o.alog.HTTP(i)
 }

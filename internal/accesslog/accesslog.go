@@ -267,7 +267,7 @@ func (l *Logger) L4(r proxy.L4Record) {
 }
 
 // HTTP logs one request; it has httpproxy.Options.OnRequest's signature.
-func (l *Logger) HTTP(i httpproxy.RequestInfo) {
+func (l *Logger) HTTP(i *httpproxy.RequestInfo) {
 	if l == nil {
 		return
 	}

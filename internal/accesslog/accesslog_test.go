@@ -59,7 +59,7 @@ func open(t *testing.T, format Format) (*Logger, *buffer) {
 func TestText(t *testing.T) {
 	l, out := open(t, FormatText)
 	l.L4(l4rec)
-	l.HTTP(httpInfo)
+	l.HTTP(&httpInfo)
 	l.L4(proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
 		Protocol: "tcp", End: "loop refused", Flags: "LR"})
 	want := `time=2026-11-22T00:51:50.123Z kind=tcp id=C7 client=198.18.1.2:40312 original_dst=198.18.2.2:443 protocol=tls sni=example.com sent=517 received=4096 duration_ms=1500 connect_ms=0.226 end="upstream reset" flags=UC
@@ -79,7 +79,7 @@ func TestJSON(t *testing.T) {
 	i.Path = "/a b\"c\\d\n\x00\xff/é"
 	i.Status = 503
 	i.Details = "connection refused"
-	l.HTTP(i)
+	l.HTTP(&i)
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d lines:\n%s", len(lines), out.String())
@@ -108,7 +108,7 @@ func TestTextQuotesUnsafeValues(t *testing.T) {
 	i := httpInfo
 	i.Path = "/x y=1\n"
 	i.Host = ""
-	l.HTTP(i)
+	l.HTTP(&i)
 	got := out.String()
 	if !strings.Contains(got, ` path="/x y=1\n" `) || !strings.Contains(got, " authority=- ") {
 		t.Errorf("unsafe values not quoted: %s", got)
@@ -125,7 +125,7 @@ func TestOffAndNil(t *testing.T) {
 			t.Fatalf("Open(%q) = %v, %v; want nil, nil", p, l, err)
 		}
 		l.L4(l4rec) // no panic
-		l.HTTP(httpInfo)
+		l.HTTP(&httpInfo)
 		if l.Reopen() != nil || l.Close() != nil || l.Path() != PathOff {
 			t.Fatal("nil logger methods")
 		}
@@ -157,12 +157,12 @@ func TestFileReopen(t *testing.T) {
 	if err := l.Reopen(); err != nil {
 		t.Fatal(err)
 	}
-	l.HTTP(httpInfo)
-	l.HTTP(httpInfo)
+	l.HTTP(&httpInfo)
+	l.HTTP(&httpInfo)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	l.HTTP(httpInfo) // after Close: dropped
+	l.HTTP(&httpInfo) // after Close: dropped
 	if err := l.Reopen(); err == nil {
 		t.Error("Reopen after Close succeeded")
 	}
@@ -212,7 +212,7 @@ func TestConcurrentRecordsStayWhole(t *testing.T) {
 			for i := 0; i < 200; i++ {
 				r := httpInfo
 				r.RequestID = strconv.Itoa(g*1000 + i)
-				l.HTTP(r)
+				l.HTTP(&r)
 			}
 		}()
 	}
@@ -247,8 +247,8 @@ func TestNoAllocationsPerRecord(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.HTTP(httpInfo)
-		if n := testing.AllocsPerRun(200, func() { l.HTTP(httpInfo); l.L4(l4rec) }); n != 0 {
+		l.HTTP(&httpInfo)
+		if n := testing.AllocsPerRun(200, func() { l.HTTP(&httpInfo); l.L4(l4rec) }); n != 0 {
 			t.Errorf("%s: %v allocations per record pair, want 0", f, n)
 		}
 		l.Close()
@@ -281,7 +281,7 @@ func BenchmarkHTTPRecord(b *testing.B) {
 			defer l.Close()
 			b.ReportAllocs()
 			for b.Loop() {
-				l.HTTP(httpInfo)
+				l.HTTP(&httpInfo)
 			}
 		})
 	}

@@ -45,45 +45,46 @@ const (
 	fieldFallback                    // leave the request to net/http
 )
 
-// parseFastHead parses the head at the start of b (which holds the whole
+// parseFastHead parses into h the head at the start of b (which holds the whole
 // head, final CRLF included, at b[:end]) if it is in the fast path's
 // strict subset: an HTTP/1.1 origin-form request of a common method,
 // CRLF line ends, token field names, printable ASCII values, one valid
 // Host, at most one plain Content-Length, and none of the fields that
 // change framing or the connection (Transfer-Encoding, Upgrade, Expect,
 // TE, Trailer, or a Connection option other than close and keep-alive).
-// Anything else — malformed requests included — returns ok == false and
+// Anything else — malformed requests included — returns false and
 // goes to the net/http path, whose guard answers or forwards it. So the
 // fast path never refuses; it only declines.
-func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSteering bool) (h fastHead, ok bool) {
+func parseFastHead(h *fastHead, b []byte, end, maxHead, maxFields int, steering string, useSteering bool) bool {
+	*h = fastHead{}
 	if end > maxHead {
-		return h, false
+		return false
 	}
 	h.size = end
 	line, rest, ok := cutLine(b[:end])
 	if !ok || !h.requestLine(line) {
-		return h, false
+		return false
 	}
 	hosts, clens := 0, 0
 	for len(rest) > 2 { // the final CRLF remains
 		start := end - len(rest)
 		line, rest, ok = cutLine(rest)
 		if !ok {
-			return h, false
+			return false
 		}
 		h.fields++
 		name, value, ok := splitField(line)
 		if !ok || h.fields > maxFields {
-			return h, false
+			return false
 		}
 		switch fastFieldAction(name, steering, useSteering) {
 		case fieldFallback:
-			return h, false
+			return false
 		case fieldCopy:
 			continue
 		case fieldDrop:
 			if h.nDrops == maxDrops {
-				return h, false
+				return false
 			}
 			h.drops[h.nDrops] = span{int32(start), int32(end - len(rest)), equalFold(name, "x-forwarded-for")}
 			h.nDrops++
@@ -93,19 +94,19 @@ func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSt
 		case equalFold(name, "host"):
 			hosts++
 			if !validFastHost(value) {
-				return h, false
+				return false
 			}
 			h.host = value
 		case equalFold(name, "content-length"):
 			clens++
 			n, ok := parseContentLength(value)
 			if !ok {
-				return h, false
+				return false
 			}
 			h.clen = n
 		case equalFold(name, "connection"):
 			if !h.connectionOptions(value) {
-				return h, false
+				return false
 			}
 		case equalFold(name, "x-request-id"):
 			if h.reqID == nil {
@@ -115,7 +116,7 @@ func parseFastHead(b []byte, end, maxHead, maxFields int, steering string, useSt
 			h.xff = append(h.xff, value)
 		}
 	}
-	return h, hosts == 1 && clens <= 1
+	return hosts == 1 && clens <= 1
 }
 
 // fastFieldAction classifies a field name. Connection, X-Request-Id and

@@ -201,7 +201,8 @@ func BenchmarkFastHead(b *testing.B) {
 	b.SetBytes(int64(len(head)))
 	b.ReportAllocs()
 	for b.Loop() {
-		h, ok := parseFastHead(fc.in[:fc.w], len(head), p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
+		var h fastHead
+		ok := parseFastHead(&h, fc.in[:fc.w], len(head), p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
 		if !ok {
 			b.Fatal("declined")
 		}

@@ -208,7 +208,8 @@ func FuzzFastHead(f *testing.F) {
 			return
 		}
 		end += 4
-		h, ok := parseFastHead(data, end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
+		var h fastHead
+		ok := parseFastHead(&h, data, end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false)
 		if !ok {
 			return
 		}

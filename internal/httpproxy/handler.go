@@ -408,7 +408,7 @@ func (p *Proxy) reportHeaderTimeout(client, origDst netip.AddrPort, start time.T
 	p.log.Info("request header timeout; closing the client connection", "client", client, "dst", origDst,
 		"timeout", timeout, "head_bytes", held, "flags", RequestHeaderTimeout)
 	if p.o.OnRequest != nil {
-		p.o.OnRequest(RequestInfo{Start: start, Client: client, OrigDst: origDst, Dst: origDst,
+		p.o.OnRequest(&RequestInfo{Start: start, Client: client, OrigDst: origDst, Dst: origDst,
 			Flags: RequestHeaderTimeout, Duration: time.Since(start), Details: "request header timeout"})
 	}
 }

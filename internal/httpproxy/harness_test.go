@@ -35,9 +35,9 @@ func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 	if o.Logger == nil {
 		o.Logger = panicCatcher(t)
 	}
-	o.OnRequest = func(i RequestInfo) {
+	o.OnRequest = func(i *RequestInfo) {
 		select {
-		case f.infos <- i:
+		case f.infos <- *i:
 		default:
 		}
 	}

@@ -126,8 +126,11 @@ type Options struct {
 	// Logger receives debug events and upstream errors; nil discards.
 	Logger *slog.Logger
 	// OnRequest, if set, is called once per request when it is done, on
-	// the request's goroutine: keep it quick (metrics, access logs).
-	OnRequest func(RequestInfo)
+	// the request's goroutine: keep it quick (metrics, access logs). The
+	// record is the proxy's own, reused after the call: copy what is kept.
+	// (A pointer, not a copy, because an idle connection's goroutine keeps
+	// the stack its deepest request needed, this call included.)
+	OnRequest func(*RequestInfo)
 	// DisableLoops keeps every fast-path connection on its own goroutine
 	// between requests, instead of letting the epoll loops serve its
 	// keep-alive requests (onloop_linux.go).
@@ -292,6 +295,13 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 			c = &replayConn{TCPConn: tc, pending: rest}
 		}
 	}
+	p.serveConnNetHTTP(c, client, origDst, first, dialErr)
+}
+
+// serveConnNetHTTP serves c on the net/http path until it is done. A
+// function of its own so that ServeConn's frame, beneath every fast-path
+// request of the connection, stays small.
+func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error) {
 	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
 		clientIP: unmap(client).Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),

@@ -398,7 +398,7 @@ func (m *Metrics) L4Done(rec proxy.L4Record) {
 }
 
 // Request is httpproxy's OnRequest: it counts one finished request.
-func (m *Metrics) Request(i httpproxy.RequestInfo) {
+func (m *Metrics) Request(i *httpproxy.RequestInfo) {
 	class := 0
 	if i.Status > 0 {
 		class = min(i.Status/100, 6)
@@ -429,16 +429,16 @@ func (m *Metrics) Request(i httpproxy.RequestInfo) {
 }
 
 // L7 wraps the HTTP side so that its downstream connections are counted.
-func (m *Metrics) L7(next proxy.L7) proxy.L7 { return l7{next, m} }
+func (m *Metrics) L7(next proxy.L7) proxy.L7 { return &l7{next, m} }
 
 type l7 struct {
 	next proxy.L7
 	m    *Metrics
 }
 
-func (w l7) Pooled(client, origDst netip.AddrPort) bool { return w.next.Pooled(client, origDst) }
+func (w *l7) Pooled(client, origDst netip.AddrPort) bool { return w.next.Pooled(client, origDst) }
 
-func (w l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
+func (w *l7) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
 	w.m.detectedC["http"].Inc()
 	w.m.httpConns.Inc()
 	defer func() {

@@ -220,7 +220,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		{Status: 0, Dst: dst80, Flags: httpproxy.DownstreamClosed | httpproxy.UpstreamClosed, Duration: time.Millisecond},
 		{Status: 508, Dst: dst80, Flags: httpproxy.LoopRefused},
 	} {
-		m.Request(i)
+		m.Request(&i)
 	}
 	var inner fakeL7
 	m.L7(&inner).ServeConn(nil, client, dst80, upstream.PreDial{})
@@ -317,7 +317,7 @@ func TestHotPathAllocations(t *testing.T) {
 	m.L4Done(rec)
 	if n := testing.AllocsPerRun(100, func() {
 		m.Accepted(listen.ModeTProxy)
-		m.Request(ri)
+		m.Request(&ri)
 		m.L4Started(rec)
 		m.L4Done(rec)
 	}); n != 0 {
@@ -334,7 +334,7 @@ func BenchmarkRequest(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Request(ri)
+			m.Request(&ri)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -11,18 +12,14 @@ import (
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
-// forward picks L4 or L7 for a connection that passed the loop guard. It
-// reports whether an L4 copy took the connection over (see handle).
-func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) bool {
+// forward picks L4 or L7 for a connection that passed the loop guard: an
+// L4 copy starts here, L7 is left to handle.
+func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) routed {
 	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
 	switch o.Protocol {
 	case ProtocolHTTP:
-		s.serveL7(o, log, c, upstream.PreDial{})
-		return false
+		return routed{next: toL7, log: log}
 	case ProtocolAuto:
-		// Sniffing returns before the connection is served, so that the
-		// served connection's goroutine keeps no sniffing frame on its
-		// stack (presizeStack's 8 KiB would not hold L7 beneath it).
 		res, d, err := s.sniffAuto(o, log, c)
 		return s.forwardSniffed(o, log, c, rec, res, err, d)
 	default:
@@ -48,8 +45,16 @@ func (s *Server) l7(o *Options) L7 {
 func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, pre upstream.PreDial) {
 	s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, pre)
 	if log.debug {
-		log.get().Debug("closed", "client", c.Client, "forwarded", "L7")
+		log.closedL7(c.Client)
 	}
+}
+
+// closedL7 logs the end of an L7 connection; out of line, so that its
+// arguments take no room beneath every request of the connection.
+//
+//go:noinline
+func (l *connLog) closedL7(client netip.AddrPort) {
+	l.get().Debug("closed", "client", client, "forwarded", "L7")
 }
 
 // dialFailGrace is how long auto mode still waits for a client's first
@@ -130,15 +135,14 @@ func (s *Server) dial(o *Options, c *listen.Conn) dialed {
 // forwardSniffed sends a sniffed connection to L7 or L4; d is the connect
 // made while sniffing, or nil if none was (L7 then uses its pool or dials,
 // L4 dials now). err is the sniff's.
-func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4Record, res sniff.Result, err error, d *dialed) bool {
+func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4Record, res sniff.Result, err error, d *dialed) routed {
 	switch res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:
 		if log.debug {
 			log.get().Debug("sniffed", "protocol", res.Protocol, "forwarding", "L7")
 		}
 		if d == nil {
-			s.serveL7(o, log, c, upstream.PreDial{})
-			return false
+			return routed{next: toL7, log: log}
 		}
 		// When the connect failed, L7 answers the first request 503 with
 		// d.Err's reason instead of waiting for a second connect. A pooled
@@ -146,8 +150,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		if d.Conn != nil {
 			_ = upstream.EnableKeepAlive(d.Conn)
 		}
-		s.serveL7(o, log, c, d.PreDial)
-		return false
+		return routed{next: toL7, log: log, pre: d.PreDial}
 	}
 	if log.debug && err != nil && res.N == 0 {
 		// The client closed (or failed) before sending anything: nothing to forward.
@@ -163,7 +166,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 	}
 	if d.Err != nil {
 		s.failDial(log, c, &rec, d.Err)
-		return false
+		return routed{}
 	}
 	rec.ConnectDuration = d.dur
 	if log.debug {

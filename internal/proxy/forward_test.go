@@ -37,6 +37,13 @@ func (l *recordingL7) ServeConn(c net.Conn, _, origDst netip.AddrPort, pre upstr
 	l.got <- servedConn{origDst, pre.Conn, pre.Err, pre.Sniffed}
 }
 
+// handleAccepted runs c's path as the accept loop does.
+func handleAccepted(s *Server, c *listen.Conn) {
+	s.open.Add(1) // released when the connection is done
+	s.conns.Add(1)
+	s.handle(s.cur.Load(), c)
+}
+
 // listenLoopback returns a listener on a free loopback port, closed when
 // the test ends.
 func listenLoopback(t *testing.T) *net.TCPListener {
@@ -100,8 +107,8 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 		cli, srv := connect(t, ln)
 		io.WriteString(cli, req)
 		waitQueued(t, srv, len(req))
-		c := &listen.Conn{TCPConn: srv, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
-		go s.forward(s.cur.Load(), newConnLog(s.log, 1), c)
+		c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+		go handleAccepted(s, c)
 		select {
 		case got := <-l7.got:
 			var de *upstream.DialError
@@ -146,13 +153,7 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 			io.WriteString(cli, tc.first)
 			waitQueued(t, srv, len(tc.first))
 			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
-			s.open.Add(1) // as accept does: an L4 copy releases it
-			s.conns.Add(1)
-			go func() {
-				if !s.forward(s.cur.Load(), newConnLog(s.log, 1), c) {
-					s.release()
-				}
-			}()
+			go handleAccepted(s, c)
 			accept := func() net.Conn {
 				t.Helper()
 				up.SetDeadline(time.Now().Add(5 * time.Second))

@@ -416,14 +416,42 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 // and its deep stack (dial, logging) are not kept for the connection's
 // lifetime. With protocol tcp the connection is a bare descriptor
 // (listen.Listener.AcceptRaw): no net.TCPConn is made for either side.
+//
+// L7 is served from here, once route and the sniffing have returned: an
+// idle HTTP connection keeps its goroutine and its stack, which stays at
+// 8 KiB only while the deepest request path (serving, then the metrics and
+// the access log) fits in it beneath this frame; with route's, forward's
+// and the sniff's frames below it, it grew to 16 KiB (auto mode's idle
+// memory, bench/RESULTS.md 2026-12-05 session 15; TestIdleHTTPStacks).
 func (s *Server) handle(o *Options, c *listen.Conn) {
 	if c.TCPConn != nil { // Go's dial (auto mode) or L7 lies ahead; a bare descriptor's way stays shallow
 		presizeStack()
 	}
-	if !s.route(o, c) {
-		s.release()
+	r := s.route(o, c)
+	switch r.next {
+	case copying:
+		return // the copy releases it
+	case toL7:
+		s.serveL7(o, r.log, c, r.pre)
 	}
+	s.release()
 }
+
+// routed is what route decided for a connection.
+type routed struct {
+	next next
+	log  *connLog
+	pre  upstream.PreDial // toL7: the connect made while sniffing, if any
+}
+
+// next is where a routed connection goes.
+type next uint8
+
+const (
+	finished next = iota // refused, or its connect failed: release it
+	copying              // an L4 copy took it over and releases it
+	toL7                 // the HTTP side serves it (handle)
+)
 
 // presizeStack grows the calling goroutine's stack to 8 KiB, enough for
 // the dial or the observers, while the goroutine is still shallow. A goroutine starts with
@@ -451,9 +479,9 @@ func (s *Server) release() {
 	}
 }
 
-// route reports whether the connection was handed to an L4 copy that
-// releases it.
-func (s *Server) route(o *Options, c *listen.Conn) bool {
+// route refuses a connection to detour itself and picks L4 or L7 for the
+// others.
+func (s *Server) route(o *Options, c *listen.Conn) routed {
 	log := newConnLog(s.log, s.ids.Add(1))
 	if log.debug {
 		log.get().Debug("accepted", "client", c.Client, "original_dst", c.OrigDst, "learned_by", c.How)
@@ -468,7 +496,7 @@ func (s *Server) route(o *Options, c *listen.Conn) bool {
 		c.Reset()
 		s.obs.L4Done(L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
 			End: "loop refused", Flags: "LR"})
-		return false
+		return routed{}
 	}
 	return s.forward(o, log, c)
 }
@@ -502,9 +530,9 @@ func (l *connLog) get() *slog.Logger {
 // pre-dialed upstream up, or of protocol tcp's bare descriptor (c.FD,
 // up nil) to a connect that completes on tcpproxy's loop (NewConnecting),
 // so no goroutine waits for it and no net.TCPConn is built for either
-// side. It reports whether the copy started (and will release the
+// side. It returns copying when the copy started (and will release the
 // connection).
-func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) bool {
+func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) routed {
 	to := o.TCP
 	to.Pipes = s.pipes
 	to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
@@ -524,7 +552,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		fd, err := o.Dialer.Start(c.Client, c.OrigDst)
 		if err != nil {
 			s.failDial(log, c, &rec, err)
-			return false
+			return routed{}
 		}
 		to.ConnectTimeout = o.Dialer.Options().ConnectTimeout
 		to.OnConnected = func(fd int, d time.Duration) { // on the loop
@@ -554,7 +582,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		}
 		s.release()
 	})
-	return true
+	return routed{next: copying}
 }
 
 // keepAliveAfter is how long an L4 connection lasts before its upstream socket gets TCP keep-alive (upstream.KeepAlive:

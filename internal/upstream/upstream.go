@@ -49,6 +49,11 @@ type Options struct {
 // Dialer opens upstream TCP connections. It is safe for concurrent use.
 type Dialer struct {
 	opts Options
+	// Go's dialers, with and without keep-alive, built once: a
+	// net.Dialer is a few hundred bytes, and a connect made on an HTTP
+	// connection's goroutine is the deepest point of its stack, which the
+	// goroutine keeps while the connection idles.
+	keep, noKeep net.Dialer
 }
 
 // New returns a Dialer for o.
@@ -56,7 +61,10 @@ func New(o Options) *Dialer {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
-	return &Dialer{opts: o}
+	d := &Dialer{opts: o}
+	d.keep = net.Dialer{Timeout: o.ConnectTimeout, Control: d.control, KeepAliveConfig: KeepAlive}
+	d.noKeep = net.Dialer{Timeout: o.ConnectTimeout, Control: d.control, KeepAlive: -1}
+	return d
 }
 
 // Options returns the dialer's effective options.
@@ -65,7 +73,7 @@ func (d *Dialer) Options() Options { return d.opts }
 // Dial connects to dst. client is the downstream peer; it is used only when
 // SpoofSource is set.
 func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
-	return d.dial(ctx, client, dst, KeepAlive)
+	return d.dial(ctx, client, dst, &d.keep)
 }
 
 // DialNoKeepAlive is Dial without TCP keep-alive, for a caller that turns
@@ -73,7 +81,7 @@ func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCP
 // end within seconds, and the four setsockopts are an eighth of the
 // system calls of a new one.
 func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
-	return d.dial(ctx, client, dst, net.KeepAliveConfig{})
+	return d.dial(ctx, client, dst, &d.noKeep)
 }
 
 // KeepAlive is the TCP keep-alive of upstream sockets: a client's own
@@ -82,17 +90,9 @@ func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort
 // connection, and notice a dead server within about 2 minutes.
 var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4}
 
-func (d *Dialer) dial(ctx context.Context, client, dst netip.AddrPort, ka net.KeepAliveConfig) (*net.TCPConn, error) {
-	nd := net.Dialer{
-		Timeout:         d.opts.ConnectTimeout,
-		Control:         d.control,
-		KeepAliveConfig: ka,
-	}
-	if !ka.Enable {
-		nd.KeepAlive = -1
-	}
+func (d *Dialer) dial(ctx context.Context, client, dst netip.AddrPort, nd *net.Dialer) (*net.TCPConn, error) {
 	if d.opts.SpoofSource && client.IsValid() {
-		nd.LocalAddr = &net.TCPAddr{IP: client.Addr().Unmap().AsSlice()}
+		return d.dialFrom(ctx, client, dst, nd)
 	}
 	network := "tcp4"
 	if dst.Addr().Unmap().Is6() {
@@ -103,6 +103,14 @@ func (d *Dialer) dial(ctx context.Context, client, dst netip.AddrPort, ka net.Ke
 		return nil, &DialError{Dst: dst, Reason: Classify(err), Err: err}
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// dialFrom connects from the client's address (SpoofSource) with a copy
+// of nd.
+func (d *Dialer) dialFrom(ctx context.Context, client, dst netip.AddrPort, nd *net.Dialer) (*net.TCPConn, error) {
+	from := *nd
+	from.LocalAddr = &net.TCPAddr{IP: client.Addr().Unmap().AsSlice()}
+	return d.dial(ctx, netip.AddrPort{}, dst, &from)
 }
 
 // DialError is a failed upstream connect with its reason.
