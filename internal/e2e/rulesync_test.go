@@ -111,18 +111,19 @@ func TestRulesReinstalledAfterFlush(t *testing.T) {
 
 	// The periodic check, which a reload shortens. While the rules cannot
 	// be put back (a foreign default route in table 100 makes the install
-	// fail), they are reported missing.
-	write(strings.Replace(conf, "%s", "200ms", 1))
-	syscall.Kill(d.Pid(), syscall.SIGHUP)
-	waitLog(t, d.Output, "configuration reloaded", 1)
+	// fail), they are reported missing. They are broken before the reload,
+	// whose own check (a SIGHUP checks too) would otherwise race the flush.
 	flush()
 	for _, args := range [][]string{{"route", "flush", "table", "100"}, {"route", "add", "unreachable", "default", "table", "100"}} {
 		if out, err := n.Router.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v\n%s", args, err, out)
 		}
 	}
+	write(strings.Replace(conf, "%s", "200ms", 1))
+	syscall.Kill(d.Pid(), syscall.SIGHUP)
+	waitLog(t, d.Output, "configuration reloaded", 2)
 	obsWaitMetrics(t, c, map[string]float64{"detour_rules_installed": 0, "detour_rules_reinstalled_total": 1})
-	waitLog(t, d.Output, "checked_on=\"periodic check\"", 1)
+	waitLog(t, d.Output, "rules check failed", 1)
 	if out, err := detourCmd(t, n.Router, "status"); err != nil || !strings.Contains(out, "rules:       not installed") {
 		t.Errorf("detour status while the rules are missing: %v\n%s", err, out)
 	}
@@ -131,6 +132,8 @@ func TestRulesReinstalledAfterFlush(t *testing.T) {
 	if got := strings.Count(d.Output(), "rules check failed"); got != 1 {
 		t.Errorf("%d 'rules check failed' lines in a second of checks every 200 ms, want 1", got)
 	}
+	// No signal from here on: what puts the rules back is the periodic
+	// check.
 	if out, err := n.Router.Command(context.Background(), "ip", "route", "del", "unreachable", "default", "table", "100").CombinedOutput(); err != nil {
 		t.Fatalf("ip route del: %v\n%s", err, out)
 	}
