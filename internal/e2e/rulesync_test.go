@@ -65,9 +65,9 @@ func TestKilledRunOtherPolicyReplaced(t *testing.T) {
 
 // TestRulesReinstalledAfterFlush: `nft flush ruleset` (a firewall reload)
 // under a running detour. A SIGHUP notices and reinstalls; so does the
-// periodic check, which also reports the rules missing (rules_installed 0,
-// status "not installed") while it cannot put them back, and counts each
-// reinstall in detour_rules_reinstalled_total.
+// periodic check. While they cannot be put back, the rules are reported
+// missing (rules_installed 0, status "not installed") and the failure is
+// logged once; each reinstall counts in detour_rules_reinstalled_total.
 func TestRulesReinstalledAfterFlush(t *testing.T) {
 	needRoot(t)
 	n := tproxyNet(t, "fxcfl")

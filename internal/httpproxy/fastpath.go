@@ -197,8 +197,7 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 			return fc.handOver(), true
 		}
 		x := fc.takeRequest()
-		var ok bool
-		ok = parseFastHead(&x.h, fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
+		ok := parseFastHead(&x.h, fc.in[fc.r:fc.w], end, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
 		if !ok {
 			fc.dropRequest()
 			return fc.handOver(), true

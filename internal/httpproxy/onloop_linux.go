@@ -385,8 +385,7 @@ func (fc *fastConn) startOnLoop() (started, whole bool) {
 		return false, false
 	}
 	x := fc.takeRequest()
-	var ok bool
-	ok = parseFastHead(&x.h, fc.in[fc.r:fc.w], end+4, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
+	ok := parseFastHead(&x.h, fc.in[fc.r:fc.w], end+4, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader)
 	if !ok || x.h.clen > int64(fc.w-fc.r-x.h.size) {
 		fc.dropRequest()
 		return false, false

@@ -132,9 +132,9 @@ func (s *Server) dial(o *Options, c *listen.Conn) dialed {
 	return dialed{PreDial: upstream.PreDial{Conn: up, Err: err}, dur: time.Since(start)}
 }
 
-// forwardSniffed sends a sniffed connection to L7 or L4; d is the connect
-// made while sniffing, or nil if none was (L7 then uses its pool or dials,
-// L4 dials now). err is the sniff's.
+// forwardSniffed starts the L4 copy of a sniffed connection, or leaves it
+// to handle for L7; d is the connect made while sniffing, or nil if none
+// was (L7 then uses its pool or dials, L4 dials now). err is the sniff's.
 func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4Record, res sniff.Result, err error, d *dialed) routed {
 	switch res.Protocol {
 	case sniff.HTTP1, sniff.HTTP2:

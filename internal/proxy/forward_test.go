@@ -44,6 +44,24 @@ func handleAccepted(s *Server, c *listen.Conn) {
 	s.handle(s.cur.Load(), c)
 }
 
+// waitReleased waits until the connections s counted were released: the
+// count goes back to 0 (a second release would take it below, or panic in
+// the WaitGroup).
+func waitReleased(t *testing.T, s *Server) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for n := s.open.Load(); n != 0; n = s.open.Load() {
+		if n < 0 || time.Now().After(deadline) {
+			t.Fatalf("%d connections open once served; want 0", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // a second release would come at once
+	if n := s.open.Load(); n != 0 {
+		t.Fatalf("%d connections open after they were released; want 0 (released twice?)", n)
+	}
+}
+
 // listenLoopback returns a listener on a free loopback port, closed when
 // the test ends.
 func listenLoopback(t *testing.T) *net.TCPListener {
@@ -118,6 +136,7 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%q: not handed to L7", req[:3])
 		}
+		waitReleased(t, s)
 		cli.Close()
 	}
 }
@@ -179,6 +198,9 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 				if _, err := io.ReadFull(uc, b); err != nil || string(b) != want {
 					t.Fatalf("upstream read %q, %v; want %q", b, err, want)
 				}
+				cli.Close() // the copy ends, and releases the connection
+				uc.Close()
+				waitReleased(t, s)
 				return
 			}
 			select {
@@ -193,6 +215,7 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("not handed to L7")
 			}
+			waitReleased(t, s)
 			if !tc.wantPreDialed {
 				// A connect made while sniffing would be in the backlog by
 				// now (L7 is handed the connection only after it finished).

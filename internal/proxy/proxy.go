@@ -417,11 +417,11 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 // lifetime. With protocol tcp the connection is a bare descriptor
 // (listen.Listener.AcceptRaw): no net.TCPConn is made for either side.
 //
-// L7 is served from here, once route and the sniffing have returned: an
+// L7 is served from here, once route has returned what it decided: an
 // idle HTTP connection keeps its goroutine and its stack, which stays at
 // 8 KiB only while the deepest request path (serving, then the metrics and
 // the access log) fits in it beneath this frame; with route's, forward's
-// and the sniff's frames below it, it grew to 16 KiB (auto mode's idle
+// and forwardSniffed's frames below it, it grew to 16 KiB (auto mode's idle
 // memory, bench/RESULTS.md 2026-12-05 session 15; TestIdleHTTPStacks).
 func (s *Server) handle(o *Options, c *listen.Conn) {
 	if c.TCPConn != nil { // Go's dial (auto mode) or L7 lies ahead; a bare descriptor's way stays shallow
