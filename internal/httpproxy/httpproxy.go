@@ -273,13 +273,14 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // reason (flag UF) without dialing again; later requests dial as usual.
 // Its Sniffed time is the first request's start.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
+	client, origDst = unmap(client), unmap(origDst)
 	preDialed, dialErr := pre.Conn, pre.Err
 	var first *firstStart // nil: every request starts when its head is read
 	if !pre.Sniffed.IsZero() {
 		first = &firstStart{at: pre.Sniffed}
 	}
 	if preDialed != nil {
-		key := p.hostKey(unmap(client), unmap(origDst))
+		key := p.hostKey(client, origDst)
 		if p.hosts.addPreDialed(key, preDialed) {
 			defer p.hosts.dropPreDialed(key, preDialed)
 		} else { // closed: the client is turned away below
@@ -287,7 +288,7 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver := p.serveConnFast(tc, unmap(client), unmap(origDst), first)
+		rest, handOver := p.serveConnFast(tc, client, origDst, first)
 		if !handOver {
 			return
 		}
@@ -300,10 +301,10 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 
 // serveConnNetHTTP serves c on the net/http path until it is done. A
 // function of its own so that ServeConn's frame, beneath every fast-path
-// request of the connection, stays small.
+// request of the connection, stays small. client and origDst are unmapped.
 func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error) {
-	dc := &downConn{Conn: c, client: unmap(client), origDst: unmap(origDst), done: make(chan struct{}),
-		clientIP: unmap(client).Addr().String(),
+	dc := &downConn{Conn: c, client: client, origDst: origDst, done: make(chan struct{}),
+		clientIP: client.Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
 		p:        p,
 		start:    time.Now(),

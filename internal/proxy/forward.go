@@ -15,16 +15,17 @@ import (
 // forward picks L4 or L7 for a connection that passed the loop guard: an
 // L4 copy starts here, L7 is left to handle.
 func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) routed {
-	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
-	switch o.Protocol {
-	case ProtocolHTTP:
+	if o.Protocol == ProtocolHTTP {
 		return routed{next: toL7, log: log}
-	case ProtocolAuto:
+	}
+	// The record of a connection that may go to L4 starts at its accept,
+	// before any sniffing.
+	rec := L4Record{ID: log.id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp"}
+	if o.Protocol == ProtocolAuto {
 		res, d, err := s.sniffAuto(o, log, c)
 		return s.forwardSniffed(o, log, c, rec, res, err, d)
-	default:
-		return s.forwardL4(o, log, c, nil, rec)
 	}
+	return s.forwardL4(o, log, c, nil, rec)
 }
 
 // l7 is the HTTP side a connection goes to: the current one. A reload
