@@ -417,9 +417,9 @@ func (fc *fastConn) begin(x *request) {
 	h := &x.h
 	x.info = RequestInfo{
 		Start: fc.first.take(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
-		Proto: "HTTP/1.1", Method: h.method, Host: string(h.host), Path: string(h.target),
-		RequestID: requestID(string(h.reqID)),
+		Proto: "HTTP/1.1", Method: h.method,
 	}
+	x.info.Host, x.info.Path, x.info.RequestID = requestStrings(h.host, h.target, h.reqID)
 	x.hst = p.hosts.acquire(fc.key)
 	x.headBuf = p.pools.bufs.Get().(*fastBuf)
 	x.out = fc.requestHead(x.headBuf[:0], h, x.info.RequestID)
@@ -433,6 +433,30 @@ func (fc *fastConn) begin(x *request) {
 	x.keepAfterError = !h.closeConn && h.clen == x.inBody
 	x.rh = p.pools.heads.Get().(*respHead)
 	x.sent, x.unsent = time.Time{}, nil
+}
+
+// requestStrings returns a request's host, target and x-request-id (the
+// client's when sane, a new UUID otherwise) as strings cut from one
+// allocation: the record outlives the buffer the head was read into, and
+// one string costs a third of three. Out of line, so that its buffers are
+// not part of the frames beneath every request (internal/proxy's
+// presizeStack).
+//
+//go:noinline
+func requestStrings(host, target, clientID []byte) (string, string, string) {
+	var uuid [36]byte
+	id := clientID
+	if !saneRequestID(id) {
+		newUUID(&uuid)
+		id = uuid[:]
+	}
+	var b strings.Builder
+	b.Grow(len(host) + len(target) + len(id))
+	b.Write(host)
+	b.Write(target)
+	b.Write(id)
+	s := b.String()
+	return s[:len(host)], s[len(host) : len(host)+len(target)], s[len(host)+len(target):]
 }
 
 // end releases what begin took, and x itself.

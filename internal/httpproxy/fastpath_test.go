@@ -316,3 +316,35 @@ func TestFailedExchangeWithUnreadBodyCloses(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestStrings checks the request record's strings: the parts they
+// were cut from, the client's id kept only when sane, and one allocation
+// for the three.
+func TestRequestStrings(t *testing.T) {
+	uuidV4 := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	for _, tt := range []struct {
+		host, target, id string
+		keep             bool
+	}{
+		{"a.example", "/x?y=1", "0f8fad5b-d9cb-469f-a165-70867728950e", true},
+		{"b.example:8080", "*", "abc123_trace.1", true},
+		{"", "/", "", false},
+		{"c", "/c", "bad id", false},
+		{"d", "/d", strings.Repeat("x", 129), false},
+	} {
+		host, target, id := requestStrings([]byte(tt.host), []byte(tt.target), []byte(tt.id))
+		if host != tt.host || target != tt.target {
+			t.Errorf("%q %q: got %q %q", tt.host, tt.target, host, target)
+		}
+		switch {
+		case tt.keep && id != tt.id:
+			t.Errorf("id %q: got %q, want it kept", tt.id, id)
+		case !tt.keep && !uuidV4.MatchString(id):
+			t.Errorf("id %q: got %q, want a new UUID v4", tt.id, id)
+		}
+	}
+	h, p := []byte("a.example"), []byte("/index.html")
+	if n := testing.AllocsPerRun(100, func() { requestStrings(h, p, nil) }); n != 1 {
+		t.Errorf("%v allocations, want 1", n)
+	}
+}

@@ -459,25 +459,31 @@ func (p *Proxy) finish(x *exchange) {
 // requestID keeps a client's x-request-id (its first value, v) when it is
 // a sane token (a UUID, a hex or base64 id) and makes a UUID v4 otherwise.
 func requestID(v string) string {
+	if saneRequestID(v) {
+		return v
+	}
+	var id [36]byte
+	newUUID(&id)
+	return string(id[:])
+}
+
+// saneRequestID reports whether a client's x-request-id may be kept: 1 to
+// 128 characters of a UUID, a hex or a base64 id.
+func saneRequestID[T string | []byte](v T) bool {
 	ok := len(v) > 0 && len(v) <= 128
 	for i := 0; ok && i < len(v); i++ {
 		c := v[i]
 		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.:+/=", c) >= 0
 	}
-	if ok {
-		return v
-	}
-	return newUUID()
+	return ok
 }
 
-// newUUID returns a random (version 4) UUID in its text form, with one
-// allocation (the string); crypto/rand keeps the array on the stack.
-func newUUID() string {
+// newUUID writes a random (version 4) UUID in its text form into s.
+func newUUID(s *[36]byte) {
 	var u [16]byte
 	rand.Read(u[:])
 	u[6] = u[6]&0x0f | 0x40 // version 4
 	u[8] = u[8]&0x3f | 0x80 // RFC 9562 variant
-	var s [36]byte
 	hex.Encode(s[0:8], u[0:4])
 	s[8] = '-'
 	hex.Encode(s[9:13], u[4:6])
@@ -487,7 +493,6 @@ func newUUID() string {
 	hex.Encode(s[19:23], u[8:10])
 	s[23] = '-'
 	hex.Encode(s[24:], u[10:])
-	return string(s[:])
 }
 
 // headerSize is the size of an HTTP/2 request's head in HTTP/1.1 wire

@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -917,5 +918,49 @@ func TestPooled(t *testing.T) {
 			answered(r2)
 			eventually(t, "the connection back in the pool", pooled)
 		})
+	}
+}
+
+// BenchmarkProxyRequestRaw is BenchmarkProxyRequest with a client and an
+// upstream that reuse their buffers and allocate nothing per request, so
+// that allocs/op counts the proxy's own allocations.
+func BenchmarkProxyRequestRaw(b *testing.B) {
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+	dst := rawUpstream(b, func(c net.Conn) {
+		c.SetDeadline(time.Time{})
+		buf := make([]byte, 4096)
+		n := 0
+		for {
+			m, err := c.Read(buf[n:])
+			if err != nil {
+				return
+			}
+			n += m
+			if bytes.HasSuffix(buf[:n], []byte("\r\n\r\n")) {
+				n = 0
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+			}
+		}
+	})
+	f := newFront(b, Options{Logger: slog.New(slog.DiscardHandler)}, dst)
+	c, _ := f.raw(b)
+	c.SetDeadline(time.Time{})
+	req := []byte("GET /bench HTTP/1.1\r\nHost: a.example\r\nUser-Agent: bench\r\n\r\n")
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for !bytes.HasSuffix(buf[:n], []byte("\r\n\r\nok")) {
+			m, err := c.Read(buf[n:])
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += m
+		}
 	}
 }
