@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/check"
@@ -13,7 +14,8 @@ import (
 	"github.com/detour-proxy/detour/internal/intercept"
 )
 
-const checkHelp = `Usage: detour check [--mode tproxy|redirect] [--router] [--listen ADDR]...
+const checkHelp = `Usage: detour check [-c detour.yaml] [--mode tproxy|redirect] [--router]
+                    [--listen ADDR]... [interception flags, as for run]
 
 Reports whether this kernel, these privileges and this network namespace
 allow the mode: nftables and its tproxy, socket, fib, nat and meta
@@ -25,46 +27,97 @@ defaults, or --listen) can bind. Nothing changes. Every failing line says
 how to fix it; a warn line is something run works around (IPv4 only, for
 one). Exit 1 when run would fail in the mode.
 
+With -c or an interception flag (--intercept-port, --intercept-dst,
+--intercept-iface, --exclude-uid, --tproxy-mark, --route-table,
+--upstream-mark, --table-name), check reads the configuration as run
+would (an error in it exits 2, naming the key), checks its mode and
+listeners, installs and removes exactly the rules it would install in the
+throwaway namespace, and looks up its interfaces here. Without them it
+checks both modes, or --mode, with a generic rule set.
+
 Examples:
   detour check --mode tproxy --router   # also reads net.ipv4.ip_forward
   detour check --mode redirect --listen 127.0.0.1:4999
+  detour check -c /etc/detour.yaml      # this configuration's mode, listeners and rules
 
 Flags:
 `
 
+// configuredFlags are check's flags that make it check a configuration
+// rather than what a mode needs in general.
+var configuredFlags = []string{"c", "intercept-port", "intercept-dst", "intercept-iface", "exclude-uid", "tproxy-mark", "route-table", "upstream-mark", "table-name"}
+
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	mode := fs.String("mode", "", "tproxy or redirect (default: both)")
-	router := fs.Bool("router", false, "tproxy on a router: also check IP forwarding")
-	var addrs listFlag
-	fs.Var(&addrs, "listen", "listener ip:port run will use, repeatable (default: run's defaults for the mode)")
-	setUsage(fs, checkHelp)
-	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
+	f := newConfigFlags("check", stderr, false)
+	router := f.fs.Bool("router", false, "tproxy on a router: also check IP forwarding")
+	setUsage(f.fs, checkHelp)
+	if code, ok := parseFlagsOnly(f.fs, args, stdout, stderr); !ok {
 		return code
 	}
-	if *mode != "" && *mode != "tproxy" && *mode != "redirect" {
-		fmt.Fprintf(stderr, "detour check: --mode %q (use tproxy or redirect)\n", *mode)
+	var o check.Options
+	var err error
+	if flagSet(f.fs, configuredFlags...) {
+		o, err = configuredCheck(f)
+	} else {
+		o, err = modeCheck(f.mode, f.listen)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "detour check: %v\n", err)
 		return exitUsage
 	}
-	o := check.Options{Mode: intercept.Mode(*mode), Router: *router}
-	for _, m := range []intercept.Mode{intercept.ModeTProxy, intercept.ModeRedirect} {
-		if *mode != "" && intercept.Mode(*mode) != m {
-			continue
-		}
-		ls, err := checkListeners(m, addrs)
-		if err != nil {
-			fmt.Fprintf(stderr, "detour check: %v\n", err)
-			return exitUsage
-		}
-		o.Listeners = append(o.Listeners, ls...)
-	}
+	o.Router = *router
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if !check.Print(stdout, check.Run(ctx, o)) {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// flagSet reports whether any of the named flags was given.
+func flagSet(fs *flag.FlagSet, names ...string) bool {
+	set := false
+	fs.Visit(func(fl *flag.Flag) { set = set || slices.Contains(names, fl.Name) })
+	return set
+}
+
+// configuredCheck checks what run would do with f's file and flags: its
+// mode, its listeners and, when it has ports, its rules.
+func configuredCheck(f *configFlags) (check.Options, error) {
+	cfg, err := f.load()
+	if err != nil {
+		return check.Options{}, err
+	}
+	m := intercept.Mode(cfg.Mode)
+	o := check.Options{Mode: m}
+	for _, a := range cfg.ListenAddrs {
+		o.Listeners = append(o.Listeners, check.Listener{Mode: m, Addr: a, Default: cfg.ListenDefault})
+	}
+	if len(cfg.Intercept.Ports) > 0 {
+		rules := interceptOptions(cfg)
+		o.Rules = &rules
+	}
+	return o, nil
+}
+
+// modeCheck checks what mode needs (both modes when it is empty), with
+// the given listeners or run's defaults.
+func modeCheck(mode string, addrs []string) (check.Options, error) {
+	if mode != "" && mode != "tproxy" && mode != "redirect" {
+		return check.Options{}, fmt.Errorf("--mode %q (use tproxy or redirect)", mode)
+	}
+	o := check.Options{Mode: intercept.Mode(mode)}
+	for _, m := range []intercept.Mode{intercept.ModeTProxy, intercept.ModeRedirect} {
+		if mode != "" && intercept.Mode(mode) != m {
+			continue
+		}
+		ls, err := checkListeners(m, addrs)
+		if err != nil {
+			return check.Options{}, err
+		}
+		o.Listeners = append(o.Listeners, ls...)
+	}
+	return o, nil
 }
 
 // checkListeners are the listeners run would open in mode m: the given

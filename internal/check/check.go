@@ -40,6 +40,12 @@ type Options struct {
 	// Listeners are the addresses run would open; each is tried (bound,
 	// never listened on) in the namespace check runs in.
 	Listeners []Listener
+	// Rules, when set, are the rules run would install (a configuration's
+	// ports, destinations, interfaces, uids, marks and table): the rules
+	// probe installs and removes exactly these in the throwaway namespace,
+	// in place of a generic set, and each of their interfaces is looked up
+	// in the namespace check runs in.
+	Rules *intercept.Options
 }
 
 // Listener is an address run would listen on in Mode. Default marks one of

@@ -40,7 +40,7 @@ type probe struct {
 // probes are the kernel probes; with noV6 (the namespace check runs in has
 // no IPv6, so run listens on IPv4 only) detour's rules are probed as run
 // would install them there, IPv4 only.
-func probes(noV6 bool) []probe {
+func probes(noV6 bool, rules *intercept.Options) []probe {
 	filterPre := chainSpec{nftables.ChainTypeFilter, nftables.ChainHookPrerouting, *nftables.ChainPriorityMangle}
 	filterOut := chainSpec{nftables.ChainTypeFilter, nftables.ChainHookOutput, *nftables.ChainPriorityFilter}
 	natOut := chainSpec{nftables.ChainTypeNAT, nftables.ChainHookOutput, *nftables.ChainPriorityNATDest}
@@ -92,10 +92,8 @@ func probes(noV6 bool) []probe {
 			func(_ context.Context, fd int) error { return policyProbe(fd, false) }},
 		{"policy routing IPv6 (ip -6 rule fwmark, local route)", intercept.ModeTProxy, true, "the kernel needs CONFIG_IPV6_MULTIPLE_TABLES, and IPv6 enabled",
 			func(_ context.Context, fd int) error { return policyProbe(fd, true) }},
-		{"detour tproxy rules install and remove", intercept.ModeTProxy, false, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
-			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeTProxy, noV6) }},
-		{"detour redirect rules install and remove", intercept.ModeRedirect, false, "see the failing checks above; `detour rules apply --dry-run` prints the rules",
-			func(_ context.Context, fd int) error { return rulesProbe(fd, intercept.ModeRedirect, noV6) }},
+		rulesCheck(intercept.ModeTProxy, noV6, rules),
+		rulesCheck(intercept.ModeRedirect, noV6, rules),
 		{"SO_ORIGINAL_DST (IPv4, real redirect)", intercept.ModeRedirect, false, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT)",
 			func(ctx context.Context, fd int) error { return origDstProbe(ctx, fd, false) }},
 		{"IP6T_SO_ORIGINAL_DST (IPv6, real redirect)", intercept.ModeRedirect, true, "modprobe nf_conntrack nf_nat (CONFIG_NF_CONNTRACK, CONFIG_NF_NAT, IPv6 enabled)",
@@ -118,13 +116,16 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	rs = append(rs, result("SO_MARK socket option", setsockopt(unix.AF_INET, unix.SOL_SOCKET, unix.SO_MARK, 2), fixRoot))
 	rs = append(rs, namespaceChecks(here, o.Listeners)...)
+	if o.Rules != nil {
+		rs = append(rs, interfaceChecks(o.Rules.Interfaces)...)
+	}
 
 	fd, err := newProbeNS()
 	rs = append(rs, result("throwaway network namespace for the probes", err, "run detour check as root (creating a network namespace needs CAP_SYS_ADMIN)"))
 	if err == nil {
 		defer unix.Close(fd)
 	}
-	for _, p := range probes(noV6) {
+	for _, p := range probes(noV6, o.Rules) {
 		if p.mode != "" && !o.wants(p.mode) {
 			continue
 		}
@@ -422,6 +423,46 @@ func policyProbe(fd int, v6 bool) error {
 		return fmt.Errorf("ip route add local %s dev lo table 100: %w", dst, err)
 	}
 	return nil
+}
+
+// rulesCheck is the probe of detour's complete ruleset for mode: the
+// configuration's rules when they are for that mode, a generic set with
+// every kind of match otherwise.
+func rulesCheck(mode intercept.Mode, noV6 bool, rules *intercept.Options) probe {
+	p := probe{name: "detour " + string(mode) + " rules install and remove", mode: mode,
+		fix: "see the failing checks above; `detour rules apply --dry-run` prints the rules"}
+	if rules == nil || rules.Mode != mode {
+		p.run = func(_ context.Context, fd int) error { return rulesProbe(fd, mode, noV6) }
+		return p
+	}
+	p.name += " (as configured)"
+	p.fix = "see the failing checks above; `detour rules apply --dry-run` with the same -c and flags prints the rules"
+	p.run = func(_ context.Context, fd int) error {
+		o := *rules
+		o.NetNSFd = fd
+		if err := intercept.Apply(o); err != nil {
+			return err
+		}
+		return intercept.Clean(o)
+	}
+	return p
+}
+
+// interfaceChecks look the configured interfaces up where check runs. The
+// rules match an interface by name, so a missing one is no error for run,
+// but nothing is intercepted on it until it appears: a warning.
+func interfaceChecks(names []string) []Result {
+	var rs []Result
+	for _, name := range names {
+		r := Result{Name: "interface " + name + " (this network namespace)", OK: true, Detail: "present"}
+		if _, err := net.InterfaceByName(name); err != nil {
+			r = Result{Name: r.Name, Warn: true,
+				Detail: "not found; the rules match it by name, so nothing arriving on it is intercepted until it exists",
+				Fix:    "check intercept.interfaces (--intercept-iface) against `ip link`"}
+		}
+		rs = append(rs, r)
+	}
+	return rs
 }
 
 // rulesProbe installs and removes detour's complete ruleset for a mode.

@@ -3,6 +3,7 @@ package check
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -136,5 +137,61 @@ func TestProbeFailureIsReported(t *testing.T) {
 	// A sysctl that does not have the wanted value fails with a sysctl fix.
 	if r := sysctlIs("net.ipv4.ip_forward", "7", "why"); r.OK || r.Fix != "sysctl -w net.ipv4.ip_forward=7 (and persist it in /etc/sysctl.d/)" {
 		t.Errorf("sysctlIs = %+v", r)
+	}
+}
+
+// TestRunConfiguredRules: with Options.Rules, the rules probe installs
+// those rules (so a set the kernel or the rules package refuses fails the
+// check where the generic set passes), and the configured interfaces are
+// looked up where Run runs.
+func TestRunConfiguredRules(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
+	}
+	hostRules := hostState(t)
+	redirect := intercept.Options{Mode: intercept.ModeRedirect, Ports: []uint16{80, 8080},
+		Interfaces: []string{"lo", "dt-nosuch0"}, ExcludeUIDs: []uint32{0},
+		ListenV4: netip.MustParseAddrPort("0.0.0.0:4999"), TableName: "detour_cfg_probe"}
+	refused := intercept.Options{Mode: intercept.ModeTProxy, Ports: []uint16{0},
+		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001")}
+	tests := []struct {
+		name     string
+		rules    intercept.Options
+		wantOK   bool
+		wantText string // in the rules result's detail
+		ifaces   map[string]bool
+	}{
+		{"redirect with interfaces", redirect, true, "", map[string]bool{"lo": true, "dt-nosuch0": false}},
+		{"refused", refused, false, "Ports contains 0", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := Run(t.Context(), Options{Mode: tt.rules.Mode, Rules: &tt.rules})
+			var b bytes.Buffer
+			Print(&b, rs)
+			byName := map[string]Result{}
+			for _, r := range rs {
+				byName[r.Name] = r
+			}
+			name := "detour " + string(tt.rules.Mode) + " rules install and remove"
+			r, ok := byName[name+" (as configured)"]
+			switch {
+			case !ok:
+				t.Fatalf("no %q line:\n%s", name+" (as configured)", b.String())
+			case byName[name].Name != "":
+				t.Errorf("the generic rules were probed too:\n%s", b.String())
+			case r.OK != tt.wantOK || !strings.Contains(r.Detail, tt.wantText):
+				t.Errorf("rules result %+v, want OK %v with %q", r, tt.wantOK, tt.wantText)
+			}
+			for iface, present := range tt.ifaces {
+				r := byName["interface "+iface+" (this network namespace)"]
+				if r.Name == "" || r.OK != present || r.Warn == present {
+					t.Errorf("interface %s: %+v, want OK %v (else a warning)", iface, r, present)
+				}
+			}
+		})
+	}
+	if after := hostState(t); after != hostRules {
+		t.Errorf("Run changed the host's rules or routes\n--- before\n%s--- after\n%s", hostRules, after)
 	}
 }

@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -97,4 +99,62 @@ func detourExit(t *testing.T, n *ns.NS, args ...string) (string, int) {
 	}
 	t.Fatalf("detour %v: %v\n%s", args, err, out)
 	return "", 0
+}
+
+// TestCheckReadsTheConfiguration: `detour check -c FILE` (or interception
+// flags) checks that configuration's mode, listeners, rules and
+// interfaces, and an error in it exits 2 naming the key, as run does.
+func TestCheckReadsTheConfiguration(t *testing.T) {
+	needRoot(t)
+	n, err := ns.New(newID("fxchk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	dir := t.TempDir()
+	file := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gateway := file("gateway.yaml", "mode: redirect\nintercept:\n  ports: [80]\n  interfaces: [dt-nosuch0]\n")
+	typo := file("typo.yaml", "mode: redirect\nintercept:\n  portz: [80]\n")
+	tests := []struct {
+		name      string
+		args      []string
+		wantCode  int
+		want, not []string
+	}{
+		{"file", []string{"-c", gateway}, 0,
+			[]string{"ok    detour redirect rules install and remove (as configured)", "ok    listen 0.0.0.0:4999 (redirect)",
+				"warn  interface dt-nosuch0 (this network namespace): not found"},
+			[]string{"tproxy", "127.0.0.1:4999"}},
+		{"flags", []string{"--mode", "tproxy", "--intercept-port", "80", "--listen", "127.0.0.1:15001"}, 0,
+			[]string{"ok    detour tproxy rules install and remove (as configured)", "ok    listen 127.0.0.1:15001 (tproxy)"},
+			[]string{"redirect", "[::]:15001"}},
+		{"typo", []string{"-c", typo}, 2, []string{"intercept.portz is not a key"}, []string{"ok "}},
+		{"no configuration", []string{"--mode", "redirect"}, 0,
+			[]string{"ok    detour redirect rules install and remove\n", "ok    listen 127.0.0.1:4999 (redirect)"},
+			[]string{"as configured", "tproxy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := detourExit(t, n, append([]string{"check"}, tt.args...)...)
+			if code != tt.wantCode {
+				t.Errorf("exit %d, want %d:\n%s", code, tt.wantCode, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("no %q in:\n%s", w, out)
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(out, w) {
+					t.Errorf("%q in:\n%s", w, out)
+				}
+			}
+		})
+	}
 }
