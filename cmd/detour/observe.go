@@ -86,9 +86,14 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 	return o, nil
 }
 
-// setConfig records cfg for /config.
+// setConfig records cfg for /config, with the defaults it leaves to run
+// time filled in: tcp.loops shows the loops that run, not 0.
 func (o *observability) setConfig(cfg *config.Config) {
-	yml, err := cfg.Marshal()
+	shown := *cfg
+	if shown.TCP.Loops == 0 {
+		shown.TCP.Loops = tcpproxy.Loops()
+	}
+	yml, err := shown.Marshal()
 	if err != nil {
 		yml = []byte("# " + err.Error() + "\n")
 	}

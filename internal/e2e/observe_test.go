@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -402,7 +403,7 @@ func TestObserve(t *testing.T) {
 		t.Errorf("/clusters text: %d\n%s", code, body)
 	}
 	if code, body, _ := obsGet(adm, obsAdmin, "/config"); code != 200 || !strings.Contains(body, "access_log_format: json") ||
-		!strings.Contains(body, "admin: "+obsAdmin) {
+		!strings.Contains(body, "admin: "+obsAdmin) || !regexp.MustCompile(`\n +loops: [1-9][0-9]*\n`).MatchString(body) {
 		t.Errorf("/config: %d\n%s", code, body)
 	}
 
