@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -825,4 +826,66 @@ func TestMovedCountsOpenConnections(t *testing.T) {
 	if sent-sent0 < uint64(len(up)) || recv-recv0 < uint64(len(down)) {
 		t.Errorf("Moved grew by %d sent, %d received with the connection open; want %d, %d", sent-sent0, recv-recv0, len(up), len(down))
 	}
+}
+
+// TestBulkSetsNotSentLowat: a flow that fills the copy buffer gives its
+// destination socket bulkNotSentLowat; a flow of small bursts, and the
+// other direction, leave the kernel's default.
+func TestBulkSetsNotSentLowat(t *testing.T) {
+	const big = 1 << 20
+	tests := []struct {
+		name                 string
+		up, down             int // bytes the client sends, then the server
+		wantUpLow, wantDnLow bool
+	}{
+		{"small bursts", 100, 100, false, false},
+		{"upload", big, 100, true, false},
+		{"download", 100, big, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server, _ := harness(t, Options{})
+			move := func(from, to *net.TCPConn, n int) {
+				go from.Write(make([]byte, n))
+				if _, err := io.CopyN(io.Discard, to, int64(n)); err != nil {
+					t.Fatalf("moving %d bytes: %v", n, err)
+				}
+			}
+			move(client, server, tt.up)
+			move(server, client, tt.down)
+			// The proxy's sockets: the one whose peer is the server's
+			// listener, and the one whose peer is the client.
+			upFD, downFD := socketWithPeer(t, server.LocalAddr().String()), socketWithPeer(t, client.LocalAddr().String())
+			for _, s := range []struct {
+				name string
+				fd   int
+				want bool
+			}{{"upstream", upFD, tt.wantUpLow}, {"client", downFD, tt.wantDnLow}} {
+				v, err := unix.GetsockoptInt(s.fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (v == bulkNotSentLowat) != s.want {
+					t.Errorf("%s socket: TCP_NOTSENT_LOWAT %d, want %d: %v", s.name, v, bulkNotSentLowat, s.want)
+				}
+			}
+		})
+	}
+}
+
+// socketWithPeer finds this process's socket connected to peer.
+func socketWithPeer(t *testing.T, peer string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err == nil && peerOf(fd) == peer {
+			return fd
+		}
+	}
+	t.Fatalf("no socket connected to %s", peer)
+	return -1
 }

@@ -255,6 +255,20 @@ const copyBufSize = 16 << 10
 // is full; the bytes are read into the loop's own buffer.
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
+// bulkNotSentLowat is the TCP_NOTSENT_LOWAT a flow's destination socket
+// gets when the flow first fills the copy buffer (a bulk transfer; a
+// connection that only ever sends small bursts never pays the system
+// call). The socket then takes more only while less than 64 KiB of it
+// waits unsent, where autotuning would queue megabytes, so the loop
+// splices in smaller steps as the peer's ACKs drain it. In the lab the
+// sender's retransmissions, nearly all spurious (the veth path reorders
+// segments), fell 4–5 × and the transfers moved more for the same CPU
+// per byte: one stream 1.07 ×, four 1.05 ×, in five rounds against the
+// build without it (bench/RESULTS.md, 2026-12-05, session 16). It bounds
+// what waits in the socket, not what is in flight: a long path is not
+// slowed.
+const bulkNotSentLowat = 64 << 10
+
 // turnBudget is how many copy steps (a read, a write or a splice) a pair
 // takes in one turn before the loop serves other events: a bulk transfer
 // whose source never runs dry must not hold up the loop's other
@@ -271,6 +285,7 @@ type flow struct {
 	pipe     *pipe   // held while a bulk burst is spliced
 	inPipe   int     // bytes in pipe
 	bulk     bool    // the last read filled the buffer: splice what follows
+	lowat    bool    // dst got bulkNotSentLowat
 	done     bool    // EOF passed on
 	dir      int     // 0 client to upstream, 1 back: the index in loop.moved
 	n        int64   // bytes written to dst
@@ -378,6 +393,11 @@ func (f *flow) readBurst(l *loop) bool {
 	}
 	if n == len(l.buf) {
 		f.bulk = true
+		if !f.lowat {
+			f.lowat = true
+			// Best effort: without it the transfer only goes as before.
+			rawsys.SetsockoptInt(f.dst.fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, bulkNotSentLowat)
+		}
 	} else if !f.src.hup {
 		f.src.readable = false
 	}
