@@ -431,20 +431,13 @@ func policyProbe(fd int, v6 bool) error {
 func rulesCheck(mode intercept.Mode, noV6 bool, rules *intercept.Options) probe {
 	p := probe{name: "detour " + string(mode) + " rules install and remove", mode: mode,
 		fix: "see the failing checks above; `detour rules apply --dry-run` prints the rules"}
-	if rules == nil || rules.Mode != mode {
-		p.run = func(_ context.Context, fd int) error { return rulesProbe(fd, mode, noV6) }
-		return p
+	o := genericRules(mode, noV6)
+	if rules != nil && rules.Mode == mode {
+		o = *rules
+		p.name += " (as configured)"
+		p.fix = "see the failing checks above; `detour rules apply --dry-run` with the same -c and flags prints the rules"
 	}
-	p.name += " (as configured)"
-	p.fix = "see the failing checks above; `detour rules apply --dry-run` with the same -c and flags prints the rules"
-	p.run = func(_ context.Context, fd int) error {
-		o := *rules
-		o.NetNSFd = fd
-		if err := intercept.Apply(o); err != nil {
-			return err
-		}
-		return intercept.Clean(o)
-	}
+	p.run = func(_ context.Context, fd int) error { return installAndRemove(fd, o) }
 	return p
 }
 
@@ -465,10 +458,10 @@ func interfaceChecks(names []string) []Result {
 	return rs
 }
 
-// rulesProbe installs and removes detour's complete ruleset for a mode.
-func rulesProbe(fd int, mode intercept.Mode, noV6 bool) error {
+// genericRules is a complete ruleset for mode with every kind of match.
+func genericRules(mode intercept.Mode, noV6 bool) intercept.Options {
 	o := intercept.Options{
-		Mode: mode, Ports: []uint16{80, 443}, NetNSFd: fd,
+		Mode: mode, Ports: []uint16{80, 443},
 		Destinations: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
 		Interfaces:   []string{"eth0"},
 		ListenV4:     netip.MustParseAddrPort("0.0.0.0:15001"), ListenV6: netip.MustParseAddrPort("[::]:15001"),
@@ -480,6 +473,12 @@ func rulesProbe(fd int, mode intercept.Mode, noV6 bool) error {
 	if noV6 {
 		o.ListenV6, o.Destinations = netip.AddrPort{}, o.Destinations[:1]
 	}
+	return o
+}
+
+// installAndRemove installs rules o in the namespace fd and removes them.
+func installAndRemove(fd int, o intercept.Options) error {
+	o.NetNSFd = fd
 	if err := intercept.Apply(o); err != nil {
 		return err
 	}
