@@ -32,8 +32,10 @@ With -c or an interception flag (--intercept-port, --intercept-dst,
 --upstream-mark, --table-name), check reads the configuration as run
 would (an error in it exits 2, naming the key), checks its mode and
 listeners, installs and removes exactly the rules it would install in the
-throwaway namespace, and looks up its interfaces here. Without them it
-checks both modes, or --mode, with a generic rule set.
+throwaway namespace (a generic set when it has no ports: run installs
+none then), and looks up its interfaces here; interfaces make it a router
+or gateway, so IP forwarding is checked as with --router. Without them
+it checks both modes, or --mode, with a generic rule set.
 
 Examples:
   detour check --mode tproxy --router   # also reads net.ipv4.ip_forward
@@ -49,7 +51,7 @@ var configuredFlags = []string{"c", "intercept-port", "intercept-dst", "intercep
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("check", stderr, false)
-	router := f.fs.Bool("router", false, "tproxy on a router: also check IP forwarding")
+	router := f.fs.Bool("router", false, "detour runs on a router or NAT gateway: also check IP forwarding (implied by a configuration with interfaces)")
 	setUsage(f.fs, checkHelp)
 	if code, ok := parseFlagsOnly(f.fs, args, stdout, stderr); !ok {
 		return code
@@ -65,7 +67,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "detour check: %v\n", err)
 		return exitUsage
 	}
-	o.Router = *router
+	o.Router = o.Router || *router
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if !check.Print(stdout, check.Run(ctx, o)) {
@@ -82,14 +84,15 @@ func flagSet(fs *flag.FlagSet, names ...string) bool {
 }
 
 // configuredCheck checks what run would do with f's file and flags: its
-// mode, its listeners and, when it has ports, its rules.
+// mode, its listeners and, when it has ports, its rules. Interfaces to
+// intercept on make it a router or gateway, whose forwarding is checked.
 func configuredCheck(f *configFlags) (check.Options, error) {
 	cfg, err := f.load()
 	if err != nil {
 		return check.Options{}, err
 	}
 	m := intercept.Mode(cfg.Mode)
-	o := check.Options{Mode: m}
+	o := check.Options{Mode: m, Router: len(cfg.Intercept.Interfaces) > 0}
 	for _, a := range cfg.ListenAddrs {
 		o.Listeners = append(o.Listeners, check.Listener{Mode: m, Addr: a, Default: cfg.ListenDefault})
 	}

@@ -35,8 +35,10 @@ type Result struct {
 
 // Options selects the checks. An empty Mode checks what both modes need.
 type Options struct {
-	Mode   intercept.Mode
-	Router bool // tproxy on a router: also check the host forwards packets
+	Mode intercept.Mode
+	// Router: detour runs on a router or NAT gateway (either mode), so
+	// also check that the host forwards packets.
+	Router bool
 	// Listeners are the addresses run would open; each is tried (bound,
 	// never listened on) in the namespace check runs in.
 	Listeners []Listener

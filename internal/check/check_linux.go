@@ -141,7 +141,7 @@ func Run(ctx context.Context, o Options) []Result {
 		}
 	}
 
-	if o.Mode == intercept.ModeTProxy && o.Router {
+	if o.Router {
 		// IPv6 forwarding is a warning: an IPv4-only router works without it.
 		why := "IPv6 clients are not routed (fine on an IPv4-only router)"
 		if noV6 {
@@ -476,14 +476,29 @@ func genericRules(mode intercept.Mode, noV6 bool) intercept.Options {
 	return o
 }
 
-// installAndRemove installs rules o in the namespace fd and removes them.
+// installAndRemove installs rules o in the namespace fd, checks that
+// they read back whole, and removes them.
 func installAndRemove(fd int, o intercept.Options) error {
 	o.NetNSFd = fd
 	if err := intercept.Apply(o); err != nil {
 		return err
 	}
-	return intercept.Clean(o)
+	missing, err := intercept.Missing(o)
+	if err == nil && len(missing) > 0 {
+		err = fmt.Errorf("installed, but reading them back misses %s", strings.Join(missing, ", "))
+	}
+	if installed != nil {
+		installed(o)
+	}
+	if cerr := intercept.Clean(o); err == nil {
+		err = cerr
+	}
+	return err
 }
+
+// installed, when set, sees each ruleset installAndRemove installed
+// before it is removed: tests read it back from the probe namespace.
+var installed func(intercept.Options)
 
 // origDstProbe redirects a real connection inside the probe namespace and
 // reads its original destination back, as the redirect listener does.

@@ -75,11 +75,16 @@ func TestRunRouter(t *testing.T) {
 	if found != 2 {
 		t.Errorf("found %d forwarding checks, want 2", found)
 	}
-	if rs := Run(t.Context(), Options{Mode: intercept.ModeRedirect, Router: true}); len(rs) > 0 {
-		for _, r := range rs {
+	// A NAT gateway (redirect) forwards too; without Router no mode checks it.
+	for _, o := range []Options{{Mode: intercept.ModeRedirect, Router: true}, {Mode: intercept.ModeTProxy}} {
+		found := 0
+		for _, r := range Run(t.Context(), o) {
 			if strings.Contains(r.Name, "forward") {
-				t.Errorf("redirect mode checked %s", r.Name)
+				found++
 			}
+		}
+		if want := map[bool]int{true: 2, false: 0}[o.Router]; found != want {
+			t.Errorf("%+v: %d forwarding checks, want %d", o, found, want)
 		}
 	}
 }
@@ -164,8 +169,18 @@ func TestRunConfiguredRules(t *testing.T) {
 		{"redirect with interfaces", redirect, true, "", map[string]bool{"lo": true, "dt-nosuch0": false}},
 		{"refused", refused, false, "Ports contains 0", nil},
 	}
+	var shown []string
+	installed = func(o intercept.Options) {
+		text, err := intercept.Show(o)
+		if err != nil {
+			text = err.Error()
+		}
+		shown = append(shown, text)
+	}
+	t.Cleanup(func() { installed = nil })
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			shown = nil
 			rs := Run(t.Context(), Options{Mode: tt.rules.Mode, Rules: &tt.rules})
 			var b bytes.Buffer
 			Print(&b, rs)
@@ -182,6 +197,15 @@ func TestRunConfiguredRules(t *testing.T) {
 				t.Errorf("the generic rules were probed too:\n%s", b.String())
 			case r.OK != tt.wantOK || !strings.Contains(r.Detail, tt.wantText):
 				t.Errorf("rules result %+v, want OK %v with %q", r, tt.wantOK, tt.wantText)
+			}
+			// What was installed is the configuration's, not the generic set.
+			if tt.wantOK {
+				text := strings.Join(shown, "")
+				for _, w := range []string{"table inet " + tt.rules.TableName, `"dt-nosuch0"`, "8080", "skuid 0"} {
+					if !strings.Contains(text, w) {
+						t.Errorf("installed rules lack %q:\n%s", w, text)
+					}
+				}
 			}
 			for iface, present := range tt.ifaces {
 				r := byName["interface "+iface+" (this network namespace)"]

@@ -121,26 +121,37 @@ func TestCheckReadsTheConfiguration(t *testing.T) {
 	}
 	gateway := file("gateway.yaml", "mode: redirect\nintercept:\n  ports: [80]\n  interfaces: [dt-nosuch0]\n")
 	typo := file("typo.yaml", "mode: redirect\nintercept:\n  portz: [80]\n")
+	noPorts := file("noports.yaml", "mode: tproxy\n")
 	tests := []struct {
 		name      string
+		forward   string // net.ipv4.ip_forward in the namespace
 		args      []string
 		wantCode  int
 		want, not []string
 	}{
-		{"file", []string{"-c", gateway}, 0,
+		{"file", "1", []string{"-c", gateway}, 0,
 			[]string{"ok    detour redirect rules install and remove (as configured)", "ok    listen 0.0.0.0:4999 (redirect)",
-				"warn  interface dt-nosuch0 (this network namespace): not found"},
+				"warn  interface dt-nosuch0 (this network namespace): not found", "ok    net.ipv4.ip_forward"},
 			[]string{"tproxy", "127.0.0.1:4999"}},
-		{"flags", []string{"--mode", "tproxy", "--intercept-port", "80", "--listen", "127.0.0.1:15001"}, 0,
+		// Interfaces make it a gateway, which must forward.
+		{"file, gateway not forwarding", "0", []string{"-c", gateway}, 1,
+			[]string{"FAIL  net.ipv4.ip_forward"}, nil},
+		{"flags", "0", []string{"--mode", "tproxy", "--intercept-port", "80", "--listen", "127.0.0.1:15001"}, 0,
 			[]string{"ok    detour tproxy rules install and remove (as configured)", "ok    listen 127.0.0.1:15001 (tproxy)"},
-			[]string{"redirect", "[::]:15001"}},
-		{"typo", []string{"-c", typo}, 2, []string{"intercept.portz is not a key"}, []string{"ok "}},
-		{"no configuration", []string{"--mode", "redirect"}, 0,
+			[]string{"redirect", "[::]:15001", "forward"}},
+		// No ports: run installs no rules, so the generic set is probed.
+		{"file without ports", "0", []string{"-c", noPorts}, 0,
+			[]string{"ok    detour tproxy rules install and remove\n"}, []string{"as configured", "redirect"}},
+		{"typo", "0", []string{"-c", typo}, 2, []string{"intercept.portz is not a key"}, []string{"ok "}},
+		{"no configuration", "0", []string{"--mode", "redirect"}, 0,
 			[]string{"ok    detour redirect rules install and remove\n", "ok    listen 127.0.0.1:4999 (redirect)"},
 			[]string{"as configured", "tproxy"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if err := n.Sysctl("net.ipv4.ip_forward", tt.forward); err != nil {
+				t.Fatal(err)
+			}
 			out, code := detourExit(t, n, append([]string{"check"}, tt.args...)...)
 			if code != tt.wantCode {
 				t.Errorf("exit %d, want %d:\n%s", code, tt.wantCode, out)
