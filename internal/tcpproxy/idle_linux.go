@@ -130,3 +130,14 @@ func isReset(fd int) bool {
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
 	return err == nil && ti.State == unix.BPF_TCP_CLOSE
 }
+
+// socketEmpty reports whether a socket holds no byte: none unread, none
+// unsent and none in flight unacknowledged. An error counts as not empty.
+func socketEmpty(fd int) bool {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
+	if err != nil || ti.Unacked > 0 || ti.Notsent_bytes > 0 {
+		return false
+	}
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n == 0
+}

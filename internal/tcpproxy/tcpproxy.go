@@ -236,15 +236,31 @@ func (p *Pair) runTask(l *loop, k taskKind) {
 	case taskTimer:
 		switch p.watch.check() {
 		case EndIdle:
+			quiet := p.quiet()
 			if p.log != nil {
-				p.log.Debug("idle timeout", "timeout", p.idle)
+				p.log.Debug("idle timeout", "timeout", p.idle, "reset", !quiet)
 			}
-			p.abort(l, EndIdle)
+			p.finish(l, EndIdle, !quiet)
 		case EndConnectFailed:
 			p.up.err = fmt.Errorf("connect: %w after %v", os.ErrDeadlineExceeded, p.connectTimeout)
 			p.abort(l, EndConnectFailed)
 		}
 	}
+}
+
+// quiet reports whether nothing waits anywhere in the pair: no bytes held
+// by either flow, and none unread, unsent or unacknowledged in either
+// socket. An idle timeout then closes both sides with a FIN, as HAProxy
+// and Envoy close an idle connection; a pair whose transfer stalled (a
+// peer stopped reading, so bytes wait) is reset instead, which frees what
+// waits at once rather than leaving it queued behind a FIN.
+func (p *Pair) quiet() bool {
+	for _, f := range [2]*flow{&p.up, &p.down} {
+		if len(f.pend) > 0 || f.inPipe > 0 {
+			return false
+		}
+	}
+	return socketEmpty(p.c.fd) && socketEmpty(p.u.fd)
 }
 
 // copyBufSize is the largest burst copied through a buffer; a burst that

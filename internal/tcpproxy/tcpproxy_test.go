@@ -156,16 +156,44 @@ func TestUpstreamResetResetsClient(t *testing.T) {
 	}
 }
 
-func TestIdleTimeoutClosesQuietPair(t *testing.T) {
-	client, _, done := harness(t, Options{IdleTimeout: 200 * time.Millisecond})
-	r := waitResult(t, done)
-	if r.End != EndIdle {
-		t.Fatalf("end = %s, want idle timeout", r.End)
-	}
-	client.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := client.Read(make([]byte, 1)); err == nil {
-		t.Fatal("client still open after idle timeout")
-	}
+// TestIdleTimeoutClose: an idle pair with nothing queued is closed with a
+// FIN both ways (a clean EOF), as HAProxy and Envoy close one; a pair whose
+// transfer stalled behind a client that stopped reading is reset, so the
+// server's blocked write fails at once.
+func TestIdleTimeoutClose(t *testing.T) {
+	t.Run("quiet", func(t *testing.T) {
+		client, server, done := harness(t, Options{IdleTimeout: 200 * time.Millisecond})
+		if r := waitResult(t, done); r.End != EndIdle {
+			t.Fatalf("end = %s, want idle timeout", r.End)
+		}
+		for name, c := range map[string]*net.TCPConn{"client": client, "server": server} {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+				t.Errorf("%s read: %v, want a clean EOF (FIN)", name, err)
+			}
+		}
+	})
+	t.Run("stalled", func(t *testing.T) {
+		client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := server.Write(make([]byte, 64<<20)) // the client never reads
+			wrote <- err
+		}()
+		if r := waitResult(t, done); r.End != EndIdle {
+			t.Fatalf("end = %s, want idle timeout", r.End)
+		}
+		err := receive(t, wrote, "the server's blocked write")
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+			t.Errorf("server write: %v, want a reset", err)
+		}
+		// The client gets what reached its socket, then the reset (a FIN
+		// would deliver what detour still held and end cleanly).
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, client); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client read: %v, want a reset", err)
+		}
+	})
 }
 
 // TestIdleTimeoutOnTime: a pair whose last byte moved at T closes at T +
