@@ -8,7 +8,7 @@ import (
 )
 
 // idleWatch is a pair's one timer. It samples both sockets' kernel byte
-// counters every idleSamples-th of the idle timeout and aborts the pair
+// counters every idleSamples-th of the idle timeout and ends the pair
 // once none moved for the whole timeout (no per-read work), and it runs the
 // pair's OnLongLived once the pair has lasted LongLivedAfter. The timer
 // only posts a task: the work runs on the pair's loop, which owns the
@@ -131,11 +131,14 @@ func isReset(fd int) bool {
 	return err == nil && ti.State == unix.BPF_TCP_CLOSE
 }
 
-// socketEmpty reports whether a socket holds no byte: none unread, none
-// unsent and none in flight unacknowledged. An error counts as not empty.
+// socketEmpty reports whether a connected socket holds no byte: none
+// unread, none unsent and none in flight unacknowledged. An error, or a
+// socket the kernel closed (a reset or a refused connect whose event is
+// still queued), counts as not empty: the pair is then reset, as it would
+// be once that event were handled.
 func socketEmpty(fd int) bool {
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.SOL_TCP, unix.TCP_INFO)
-	if err != nil || ti.Unacked > 0 || ti.Notsent_bytes > 0 {
+	if err != nil || ti.State == unix.BPF_TCP_CLOSE || ti.Unacked > 0 || ti.Notsent_bytes > 0 {
 		return false
 	}
 	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)

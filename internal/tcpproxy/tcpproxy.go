@@ -248,15 +248,17 @@ func (p *Pair) runTask(l *loop, k taskKind) {
 	}
 }
 
-// quiet reports whether nothing waits anywhere in the pair: no bytes held
-// by either flow, and none unread, unsent or unacknowledged in either
-// socket. An idle timeout then closes both sides with a FIN, as HAProxy
-// and Envoy close an idle connection; a pair whose transfer stalled (a
-// peer stopped reading, so bytes wait) is reset instead, which frees what
-// waits at once rather than leaving it queued behind a FIN.
+// quiet reports whether the pair is open both ways and nothing waits
+// anywhere in it: no bytes held by either flow, and none unread, unsent or
+// unacknowledged in either socket. An idle timeout then closes both sides
+// with a FIN, as HAProxy and Envoy close an idle connection. A pair whose
+// transfer stalled (a peer stopped reading, so bytes wait) is reset
+// instead, which frees what waits at once rather than leaving it queued
+// behind a FIN; so is a half-closed one, whose peer that may still send
+// already had its FIN and would learn of the end only at its next write.
 func (p *Pair) quiet() bool {
 	for _, f := range [2]*flow{&p.up, &p.down} {
-		if len(f.pend) > 0 || f.inPipe > 0 {
+		if f.done || len(f.pend) > 0 || f.inPipe > 0 {
 			return false
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // harness runs a server on loopback and a proxy in front of it, and returns
@@ -171,6 +173,34 @@ func TestIdleTimeoutClose(t *testing.T) {
 			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 				t.Errorf("%s read: %v, want a clean EOF (FIN)", name, err)
 			}
+		}
+	})
+	t.Run("half-closed", func(t *testing.T) {
+		client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
+		client.CloseWrite()
+		server.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := server.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("server read: %v, want the client's FIN", err)
+		}
+		if r := waitResult(t, done); r.End != EndIdle {
+			t.Fatalf("end = %s, want idle timeout", r.End)
+		}
+		// The server had its FIN already: only a reset tells it the
+		// pair ended (a close would leave it in CLOSE_WAIT).
+		rc, err := server.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		state := uint8(0)
+		for deadline := time.Now().Add(3 * time.Second); state != unix.BPF_TCP_CLOSE && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			rc.Control(func(fd uintptr) {
+				if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
+					state = ti.State
+				}
+			})
+		}
+		if state != unix.BPF_TCP_CLOSE {
+			t.Errorf("server socket in TCP state %d, want CLOSE (reset)", state)
 		}
 	})
 	t.Run("stalled", func(t *testing.T) {
