@@ -45,10 +45,6 @@ Examples:
 Flags:
 `
 
-// configuredFlags are check's flags that make it check a configuration
-// rather than what a mode needs in general.
-var configuredFlags = []string{"c", "intercept-port", "intercept-dst", "intercept-iface", "exclude-uid", "tproxy-mark", "route-table", "upstream-mark", "table-name"}
-
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("check", stderr, false)
 	router := f.fs.Bool("router", false, "detour runs on a router or NAT gateway: also check IP forwarding (implied by a configuration with interfaces)")
@@ -58,7 +54,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	var o check.Options
 	var err error
-	if flagSet(f.fs, configuredFlags...) {
+	if flagSetBut(f.fs, "mode", "listen", "router") {
 		o, err = configuredCheck(f)
 	} else {
 		o, err = modeCheck(f.mode, f.listen)
@@ -76,10 +72,13 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// flagSet reports whether any of the named flags was given.
-func flagSet(fs *flag.FlagSet, names ...string) bool {
+// flagSetBut reports whether a flag other than the named ones was given:
+// for check, -c or one of the interception flags it shares with run and
+// rules, which make it check that configuration rather than what a mode
+// needs in general.
+func flagSetBut(fs *flag.FlagSet, names ...string) bool {
 	set := false
-	fs.Visit(func(fl *flag.Flag) { set = set || slices.Contains(names, fl.Name) })
+	fs.Visit(func(fl *flag.Flag) { set = set || !slices.Contains(names, fl.Name) })
 	return set
 }
 

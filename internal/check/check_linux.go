@@ -431,11 +431,13 @@ func policyProbe(fd int, v6 bool) error {
 func rulesCheck(mode intercept.Mode, noV6 bool, rules *intercept.Options) probe {
 	p := probe{name: "detour " + string(mode) + " rules install and remove", mode: mode,
 		fix: "see the failing checks above; `detour rules apply --dry-run` prints the rules"}
-	o := genericRules(mode, noV6)
+	var o intercept.Options
 	if rules != nil && rules.Mode == mode {
 		o = *rules
 		p.name += " (as configured)"
 		p.fix = "see the failing checks above; `detour rules apply --dry-run` with the same -c and flags prints the rules"
+	} else {
+		o = genericRules(mode, noV6)
 	}
 	p.run = func(_ context.Context, fd int) error { return installAndRemove(fd, o) }
 	return p
