@@ -13,8 +13,9 @@ import (
 
 // newL7 builds the HTTP side from the config. isSelf is the loop guard, so
 // a request steered by header to detour's own address is refused too.
-// onRequest (metrics, access log) is told about every finished request.
-func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func(netip.AddrPort) bool, onRequest func(*httpproxy.RequestInfo)) (*httpproxy.Proxy, error) {
+// obs (metrics, access log) is told about every finished request and
+// every upstream connect.
+func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func(netip.AddrPort) bool, obs *observability) (*httpproxy.Proxy, error) {
 	h := cfg.HTTP
 	return httpproxy.New(httpproxy.Options{
 		Dialer:                d,
@@ -35,7 +36,8 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		MaxIdleConnsPerHost:   h.MaxIdleConnsPerHost,
 		IsSelf:                isSelf,
 		Logger:                log,
-		OnRequest:             onRequest,
+		OnRequest:             obs.onRequest,
+		OnConnect:             obs.metrics.L7Connect,
 	})
 }
 

@@ -62,7 +62,7 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 	dialer := newDialer(next)
 	var l7 *httpproxy.Proxy
 	if !reflect.DeepEqual(d.cfg.HTTP, next.HTTP) || d.cfg.Upstream != next.Upstream {
-		if l7, err = newL7(next, dialer, d.log, d.isSelf, d.obs.onRequest); err != nil {
+		if l7, err = newL7(next, dialer, d.log, d.isSelf, d.obs); err != nil {
 			closeNew(lns, cur)
 			return err
 		}

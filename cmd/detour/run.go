@@ -136,7 +136,7 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 	}()
 
 	dialer := newDialer(cfg)
-	if d.l7, err = newL7(cfg, dialer, log, d.isSelf, d.obs.onRequest); err != nil {
+	if d.l7, err = newL7(cfg, dialer, log, d.isSelf, d.obs); err != nil {
 		return err
 	}
 	d.srv = proxy.New(proxy.Options{Listeners: lns, Observer: observer{d.obs}, Logger: log})

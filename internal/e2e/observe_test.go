@@ -49,7 +49,7 @@ func obsGet(c *http.Client, addr, path string) (int, string, error) {
 }
 
 // obsScrape parses /metrics with expfmt into "name{l1=v1,l2=v2}" ->
-// value; labels sorted by name, histograms as name_count.
+// value; labels sorted by name, histograms as name_count{...}.
 func obsScrape(c *http.Client, addr string) (map[string]float64, error) {
 	code, body, err := obsGet(c, addr, "/metrics")
 	if err != nil {
@@ -71,17 +71,18 @@ func obsScrape(c *http.Client, addr string) (map[string]float64, error) {
 				ls = append(ls, l.GetName()+"="+l.GetValue())
 			}
 			sort.Strings(ls)
-			key := name
+			labels := ""
 			if len(ls) > 0 {
-				key += "{" + strings.Join(ls, ",") + "}"
+				labels = "{" + strings.Join(ls, ",") + "}"
 			}
+			key := name + labels
 			switch {
 			case m.Counter != nil:
 				out[key] = m.GetCounter().GetValue()
 			case m.Gauge != nil:
 				out[key] = m.GetGauge().GetValue()
 			case m.Histogram != nil:
-				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
+				out[name+"_count"+labels] = float64(m.GetHistogram().GetSampleCount()) // as the text format names it
 			case m.Untyped != nil:
 				out[key] = m.GetUntyped().GetValue()
 			}
@@ -325,7 +326,7 @@ func TestObserve(t *testing.T) {
 		`detour_tcp_bytes_total{direction=sent}`:                                3 * M,
 		`detour_tcp_bytes_total{direction=received}`:                            25 * M,
 		`detour_tcp_connection_duration_seconds_count`:                          M,
-		`detour_upstream_connect_duration_seconds_count`:                        M,
+		`detour_upstream_connect_duration_seconds_count{layer=l4}`:              M,
 		`detour_http_requests_total{code_class=2xx}`:                            N,
 		`detour_http_requests_total{code_class=5xx}`:                            1,
 		`detour_http_requests_total{code_class=4xx}`:                            0,
@@ -362,6 +363,11 @@ func TestObserve(t *testing.T) {
 	connects := got[`detour_upstream_connections_total{host=198.18.2.2:80,layer=l7}`]
 	if connects < 1 || connects+reused < N || reused > N-1 {
 		t.Errorf(":80: %v connections opened, %v requests reused one; want every one of %d requests served by either", connects, reused, N)
+	}
+	// Every upstream connection the cluster opened had its connect timed
+	// (:7003's failed, so none there).
+	if timed := got[`detour_upstream_connect_duration_seconds_count{layer=l7}`]; timed != connects {
+		t.Errorf("l7 connect times: %v observed, want one per upstream connection opened (%v)", timed, connects)
 	}
 	// A loop serves only requests on a kept (reused) upstream connection.
 	if onLoop, ok := got[`detour_upstream_loop_requests_total{host=198.18.2.2:80}`]; !ok || onLoop > reused {

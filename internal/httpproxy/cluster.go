@@ -78,7 +78,7 @@ type host struct {
 	lastUsed  time.Time
 	active    int
 	requests  uint64
-	preDialed []*net.TCPConn
+	preDialed []preConn
 	links     []*upLink // the fast path's idle connections, oldest first
 
 	open, inUse                atomic.Int64
@@ -169,16 +169,23 @@ func (c *cluster) hasIdle(k hostKey) bool {
 	return h != nil && h.open.Load()-h.inUse.Load()-h.kept.Load() > 0
 }
 
+// preConn is a connection made while its client was sniffed, waiting
+// for the host's first request, with the time its connect took.
+type preConn struct {
+	conn *net.TCPConn
+	took time.Duration
+}
+
 // addPreDialed keeps conn for k's first request. It reports false, and
 // the caller closes conn, once the cluster is closed.
-func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) bool {
+func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn, took time.Duration) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return false
 	}
 	h := c.getLocked(k)
-	h.preDialed = append(h.preDialed, conn)
+	h.preDialed = append(h.preDialed, preConn{conn, took})
 	h.lastUsed = time.Now()
 	return true
 }
@@ -191,15 +198,15 @@ func (c *cluster) addPreDialed(k hostKey, conn *net.TCPConn) bool {
 func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 	c.mu.Lock()
 	h := c.hosts[k]
-	found := false
+	var found preConn
 	if h != nil {
-		if i := slices.Index(h.preDialed, conn); i >= 0 {
+		if i := slices.IndexFunc(h.preDialed, func(d preConn) bool { return d.conn == conn }); i >= 0 {
+			found = h.preDialed[i]
 			h.preDialed = slices.Delete(h.preDialed, i, i+1)
-			found = true
 		}
 	}
 	c.mu.Unlock()
-	if !found {
+	if found.conn == nil {
 		return
 	}
 	l := newUpLink(conn, h)
@@ -207,7 +214,7 @@ func (c *cluster) dropPreDialed(k hostKey, conn *net.TCPConn) {
 		conn.Close()
 		return
 	}
-	h.opened()
+	h.opened(found.took)
 	c.putLink(l) // or closes it
 }
 
@@ -227,13 +234,14 @@ func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 func (h *host) connect(ctx context.Context) (*net.TCPConn, error) {
 	log := h.c.p.log
 	h.c.mu.Lock()
-	var conn *net.TCPConn
+	var pre preConn
 	if n := len(h.preDialed); n > 0 {
-		conn, h.preDialed = h.preDialed[n-1], h.preDialed[:n-1]
+		pre, h.preDialed = h.preDialed[n-1], h.preDialed[:n-1]
 	}
 	h.c.mu.Unlock()
-	preDialed := conn != nil
+	conn, took := pre.conn, pre.took
 	if conn == nil {
+		start := time.Now()
 		var err error
 		conn, err = h.c.p.o.Dialer.Dial(ctx, netip.AddrPortFrom(h.key.client, 0), h.key.dst)
 		if err != nil {
@@ -242,19 +250,24 @@ func (h *host) connect(ctx context.Context) (*net.TCPConn, error) {
 			}
 			return nil, err
 		}
+		took = time.Since(start)
 	}
-	h.opened()
+	h.opened(took)
 	if h.c.p.debug() {
-		log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", preDialed)
+		log.Debug("new upstream connection", "host", h.key, "local", conn.LocalAddr(), "pre_dialed", pre.conn != nil)
 	}
 	return conn, nil
 }
 
-// opened counts a connection to the host made and open; closing it
-// (upLink.close, upConn.Close) counts it closed.
-func (h *host) opened() {
+// opened counts a connection to the host made and open, and reports its
+// connect time (OnConnect); closing it (upLink.close, upConn.Close)
+// counts it closed.
+func (h *host) opened(took time.Duration) {
 	h.connects.Add(1)
 	h.open.Add(1)
+	if f := h.c.p.o.OnConnect; f != nil {
+		f(took)
+	}
 }
 
 // linkTrustedFor is how long a pooled connection is reused without first
@@ -345,10 +358,10 @@ func (c *upConn) Close() error {
 }
 
 // closeIdle drops the host's idle and pre-dialed connections.
-func (h *host) closeIdle(preDialed []*net.TCPConn, links []*upLink) {
+func (h *host) closeIdle(pre []preConn, links []*upLink) {
 	h.tr.CloseIdleConnections()
-	for _, c := range preDialed {
-		c.Close()
+	for _, d := range pre {
+		d.conn.Close()
 	}
 	for _, l := range links {
 		l.close()
@@ -381,7 +394,7 @@ func (c *cluster) sweep(cutoff time.Time) {
 
 	c.mu.Lock()
 	var stale []*host
-	var conns [][]*net.TCPConn
+	var conns [][]preConn
 	var links [][]*upLink
 	var expired []*upLink
 	linkCutoff := time.Now().Add(-upstreamIdleTimeout)

@@ -131,6 +131,11 @@ type Options struct {
 	// (A pointer, not a copy, because an idle connection's goroutine keeps
 	// the stack its deepest request needed, this call included.)
 	OnRequest func(*RequestInfo)
+	// OnConnect, if set, is called with the connect time of every upstream
+	// connection the cluster opens: each one it dials, and a pre-dialed
+	// one (auto mode's, made while sniffing) when a request or the pool
+	// takes it. Keep it quick (a histogram).
+	OnConnect func(time.Duration)
 	// DisableLoops keeps every fast-path connection on its own goroutine
 	// between requests, instead of letting the epoll loops serve its
 	// keep-alive requests (onloop_linux.go).
@@ -271,7 +276,8 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // pool is full). Its Err, why that connect failed, answers the
 // connection's first request, if it goes to origDst, with a 503 with that
 // reason (flag UF) without dialing again; later requests dial as usual.
-// Its Sniffed time is the first request's start.
+// Its Sniffed time is the first request's start; its Took goes to
+// OnConnect.
 func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
 	client, origDst = unmap(client), unmap(origDst)
 	preDialed, dialErr := pre.Conn, pre.Err
@@ -281,7 +287,7 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 	}
 	if preDialed != nil {
 		key := p.hostKey(client, origDst)
-		if p.hosts.addPreDialed(key, preDialed) {
+		if p.hosts.addPreDialed(key, preDialed, pre.Took) {
 			defer p.hosts.dropPreDialed(key, preDialed)
 		} else { // closed: the client is turned away below
 			preDialed.Close()

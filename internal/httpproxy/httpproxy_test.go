@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -697,6 +698,58 @@ func TestPreDialedAfterClose(t *testing.T) {
 	}
 	if h := f.p.Hosts(); len(h) != 0 {
 		t.Errorf("hosts after close: %+v", h)
+	}
+}
+
+// TestOnConnect: every upstream connection the cluster dials has its
+// connect time reported once, on both paths; a pre-dialed one reports
+// the time its dialer measured; a refused connect reports nothing.
+func TestOnConnect(t *testing.T) {
+	ok := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	for _, tc := range []struct {
+		name      string
+		fast      bool
+		dst       netip.AddrPort
+		preDialed time.Duration // > 0: ServeConn gets a connection made this long
+		want      int
+	}{
+		{"dialed, fast path", true, ok.addrPort(), 0, 1},
+		{"dialed, net/http", false, ok.addrPort(), 0, 1},
+		{"refused", true, closedPort(t), 0, 0},
+		{"pre-dialed", true, ok.addrPort(), 7 * time.Millisecond, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var got []time.Duration
+			f := newFront(t, Options{DisableFastPath: !tc.fast, OnConnect: func(d time.Duration) {
+				mu.Lock()
+				got = append(got, d)
+				mu.Unlock()
+			}}, tc.dst)
+			if tc.preDialed > 0 {
+				pre, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(tc.dst))
+				if err != nil {
+					t.Fatal(err)
+				}
+				a, b := net.Pipe()
+				go f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), tc.dst, upstream.PreDial{Conn: pre, Took: tc.preDialed})
+				fmt.Fprint(b, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+				readResponse(t, bufio.NewReader(b), "GET")
+				b.Close()
+			} else {
+				get(t, f.client(), "http://a/")
+				get(t, f.client(), "http://a/") // pooled: no second connect
+			}
+			f.info(t)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(got) != tc.want {
+				t.Fatalf("OnConnect called %d times (%v), want %d", len(got), got, tc.want)
+			}
+			if tc.want == 1 && (got[0] <= 0 || got[0] > 2*time.Second || tc.preDialed > 0 && got[0] != tc.preDialed) {
+				t.Errorf("connect time %v", got[0])
+			}
+		})
 	}
 }
 

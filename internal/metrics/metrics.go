@@ -108,7 +108,7 @@ type Metrics struct {
 	l4Sent     prometheus.Counter
 	l4Received prometheus.Counter
 	l4Duration prometheus.Histogram
-	connectDur prometheus.Histogram
+	connectDur [2]prometheus.Observer // by layer: l4, l7
 
 	requests     [7]prometheus.Counter // by codeClasses
 	requestFlags [8]prometheus.Counter // by bit of httpproxy.Flags; nil for bits without a name
@@ -259,12 +259,13 @@ func New(o Options) (*Metrics, error) {
 		Buckets: []float64{.001, .01, .1, 1, 10, 60, 300, 1800, 3600, 6 * 3600},
 	})
 	add(m.l4Duration)
-	m.connectDur = prometheus.NewHistogram(prometheus.HistogramOpts{
+	connectDur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "detour_upstream_connect_duration_seconds",
-		Help:    "Time to connect L4 upstream connections.",
+		Help:    "Time to connect upstream connections, by layer: l4 per L4 connection, l7 per connection the cluster opens.",
 		Buckets: latencyBuckets,
-	})
-	add(m.connectDur)
+	}, []string{"layer"})
+	add(connectDur)
+	m.connectDur = [2]prometheus.Observer{connectDur.WithLabelValues("l4"), connectDur.WithLabelValues("l7")}
 
 	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_http_requests_total",
@@ -348,9 +349,13 @@ func (m *Metrics) L4Started(rec proxy.L4Record) {
 	d.lastUsed = now
 	m.mu.Unlock()
 	if rec.ConnectDuration > 0 {
-		m.connectDur.Observe(rec.ConnectDuration.Seconds())
+		m.connectDur[0].Observe(rec.ConnectDuration.Seconds())
 	}
 }
+
+// L7Connect is httpproxy's OnConnect: one upstream connection of the
+// cluster, connected in d.
+func (m *Metrics) L7Connect(d time.Duration) { m.connectDur[1].Observe(d.Seconds()) }
 
 // L4Done implements proxy.Observer.
 func (m *Metrics) L4Done(rec proxy.L4Record) {

@@ -46,18 +46,19 @@ func values(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
 				ls = append(ls, l.GetName()+"="+l.GetValue())
 			}
 			sort.Strings(ls)
-			key := mf.GetName()
+			labels := ""
 			if len(ls) > 0 {
-				key += "{" + strings.Join(ls, ",") + "}"
+				labels = "{" + strings.Join(ls, ",") + "}"
 			}
+			key := mf.GetName() + labels
 			switch mf.GetType() {
 			case dto.MetricType_COUNTER:
 				out[key] = m.GetCounter().GetValue()
 			case dto.MetricType_GAUGE:
 				out[key] = m.GetGauge().GetValue()
-			case dto.MetricType_HISTOGRAM:
-				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
-				out[key+"_sum"] = m.GetHistogram().GetSampleSum()
+			case dto.MetricType_HISTOGRAM: // as the text format names them
+				out[mf.GetName()+"_count"+labels] = float64(m.GetHistogram().GetSampleCount())
+				out[mf.GetName()+"_sum"+labels] = m.GetHistogram().GetSampleSum()
 			}
 		}
 	}
@@ -175,7 +176,8 @@ func TestL4AndRefusals(t *testing.T) {
 		`detour_tcp_bytes_total{direction=sent}`:                              30,
 		`detour_tcp_bytes_total{direction=received}`:                          300,
 		`detour_tcp_connection_duration_seconds_count`:                        3,
-		`detour_upstream_connect_duration_seconds_count`:                      3,
+		`detour_upstream_connect_duration_seconds_count{layer=l4}`:            3,
+		`detour_upstream_connect_duration_seconds_count{layer=l7}`:            0,
 		`detour_upstream_connections_total{host=198.18.2.2:22,layer=l4}`:      3,
 		`detour_upstream_connections_active{host=198.18.2.2:22,layer=l4}`:     0,
 		`detour_upstream_connect_failures_total{host=198.18.2.2:22,layer=l4}`: 0,
@@ -222,6 +224,8 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 	} {
 		m.Request(&i)
 	}
+	m.L7Connect(3 * time.Millisecond)
+	m.L7Connect(time.Millisecond)
 	var inner fakeL7
 	m.L7(&inner).ServeConn(nil, client, dst80, upstream.PreDial{})
 	if inner.n != 1 {
@@ -245,6 +249,9 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		`detour_http_response_flags_total{flag=LR}`:                             1,
 		`detour_http_request_duration_seconds_count`:                            7,
 		`detour_http_upstream_duration_seconds_count`:                           3,
+		`detour_upstream_connect_duration_seconds_count{layer=l7}`:              2,
+		`detour_upstream_connect_duration_seconds_sum{layer=l7}`:                0.004,
+		`detour_upstream_connect_duration_seconds_count{layer=l4}`:              0,
 		`detour_http_response_body_bytes_total`:                                 183,
 		`detour_downstream_protocol_total{protocol=http}`:                       1,
 		`detour_http_connections_active`:                                        0,

@@ -67,7 +67,6 @@ const dialFailGrace = 200 * time.Millisecond
 // and what only the sniff needs.
 type dialed struct {
 	upstream.PreDial
-	dur   time.Duration
 	spoke bool        // the server sent bytes before the client: a banner
 	grace *time.Timer // after a failed connect: ends the sniff soon
 }
@@ -130,7 +129,7 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 func (s *Server) dial(o *Options, c *listen.Conn) dialed {
 	start := time.Now()
 	up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
-	return dialed{PreDial: upstream.PreDial{Conn: up, Err: err}, dur: time.Since(start)}
+	return dialed{PreDial: upstream.PreDial{Conn: up, Err: err, Took: time.Since(start)}}
 }
 
 // forwardSniffed starts the L4 copy of a sniffed connection, or leaves it
@@ -169,9 +168,9 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		s.failDial(log, c, &rec, d.Err)
 		return routed{}
 	}
-	rec.ConnectDuration = d.dur
+	rec.ConnectDuration = d.Took
 	if log.debug {
-		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.Conn.LocalAddr(), "connect_time", d.dur)
+		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.Conn.LocalAddr(), "connect_time", d.Took)
 	}
 	return s.forwardL4(o, log, c, d.Conn, rec)
 }

@@ -25,8 +25,9 @@ import (
 // while its first bytes were sniffed (auto mode), handed to the HTTP side
 // with the connection. The zero value means none was made.
 type PreDial struct {
-	Conn *net.TCPConn // the open connection; nil if the connect failed
-	Err  error        // why the connect failed
+	Conn *net.TCPConn  // the open connection; nil if the connect failed
+	Err  error         // why the connect failed
+	Took time.Duration // how long the connect took (Conn set)
 	// Sniffed is when the client's first bytes were seen. The connection's
 	// first request began then: waiting for the connect counts in its
 	// duration.
