@@ -270,15 +270,15 @@ func (h *host) opened(took time.Duration) {
 	}
 }
 
-// linkTrustedFor is how long a pooled connection is reused without first
-// checking that the upstream has not closed it (a non-blocking peek).
-// Servers close idle keep-alive connections after seconds (nginx 75 s,
-// Node.js 5 s), and a request that meets such a close anyway is retried
-// when it is safe (fastConn.forward).
-const linkTrustedFor = time.Second
-
 // takeLink returns the host's most recently pooled fast-path connection
-// that the upstream has not closed, if any.
+// that the upstream has neither closed nor sent bytes on since its last
+// response, if any. Every connection is checked (a non-blocking peek),
+// however recently it was pooled: bytes an upstream sent after a response
+// (a body on a HEAD, 204 or 304 response, more body than its
+// Content-Length said) would be read as the next request's response, on
+// the same host's pool that other clients share. net/http's Transport
+// notices such bytes at once ("Unsolicited response received on idle
+// HTTP channel") and closes the connection, as Envoy and HAProxy do.
 func (c *cluster) takeLink(h *host) *upLink {
 	for {
 		c.mu.Lock()
@@ -291,7 +291,7 @@ func (c *cluster) takeLink(h *host) *upLink {
 		h.links[n-1] = nil
 		h.links = h.links[:n-1]
 		c.mu.Unlock()
-		if time.Since(l.since) < linkTrustedFor || l.alive() {
+		if l.alive() {
 			return l
 		}
 		l.close()

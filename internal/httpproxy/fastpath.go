@@ -777,11 +777,15 @@ func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
 func (fc *fastConn) link(h *host) (*upLink, error) {
 	p := fc.p
 	if l := fc.unpin(); l != nil {
-		if l.h == h {
+		switch {
+		case l.h != h:
+			p.hosts.putLink(l)
+		case l.alive(): // as takeLink checks a pooled one
 			l.reuse()
 			return l, nil
+		default:
+			l.close()
 		}
-		p.hosts.putLink(l)
 	}
 	if l := p.hosts.takeLink(h); l != nil {
 		l.reuse()
