@@ -403,6 +403,7 @@ type request struct {
 	inBody         int64     // len(body)
 	replayable     bool      // may be sent again on a fresh connection
 	keepAfterError bool      // the client connection may go on after a failed exchange
+	early          bool      // the upstream answered before it took the whole body: neither connection goes on
 	rh             *respHead // the response head, when parsed in place (res == nil)
 
 	// Set when the loop sent the request and handed it back unfinished.
@@ -432,7 +433,7 @@ func (fc *fastConn) begin(x *request) {
 	// client's stream: the connection cannot carry another request.
 	x.keepAfterError = !h.closeConn && h.clen == x.inBody
 	x.rh = p.pools.heads.Get().(*respHead)
-	x.sent, x.unsent = time.Time{}, nil
+	x.sent, x.unsent, x.early = time.Time{}, nil, false
 }
 
 // requestStrings returns a request's host, target and x-request-id (the
@@ -550,6 +551,9 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		return x.keepAfterError
 	}
 	info.UpstreamTime = time.Since(x.sent)
+	if x.early {
+		h.closeConn = true // the rest of the body is still in the client's stream: Connection: close
+	}
 	keep, upOK := fc.relay(up, br, res, x.rh, h, info)
 	if len(up.raw.ahead) > 0 || up.raw.aheadErr != nil { // bytes a loop read past the response
 		upOK = false
@@ -559,7 +563,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 	if res != nil {
 		upCloses = res.Close
 	}
-	return fc.done(x, up, keep, upOK && !upCloses)
+	return fc.done(x, up, keep, upOK && !upCloses && !x.early)
 }
 
 // sendOn notes that x goes out on up now.
@@ -610,6 +614,7 @@ var errNoResponse = errors.New("no response")
 func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reader, res *http.Response, err error) {
 	p := fc.p
 	h, head, body, inBody, rh := &x.h, x.out, x.body, x.inBody, x.rh
+	var werr error // writing the request failed
 	// A head alone fits the free send buffer of a keep-alive connection:
 	// only a body can block the write.
 	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 && !sent {
@@ -629,10 +634,22 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		}
 	case rest > 0:
 		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
-			return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
+			werr = fmt.Errorf("%w: %w", errNoResponse, err)
+		} else if err := fc.copyBody(up.conn, rest); err != nil {
+			if errors.Is(err, errClientBody) {
+				return nil, nil, err
+			}
+			werr = err
 		}
-		if err := fc.copyBody(up.conn, rest); err != nil {
-			return nil, nil, err
+		if werr != nil {
+			if ne, ok := errors.AsType[net.Error](werr); ok && ne.Timeout() {
+				return nil, nil, werr // the upstream stopped reading: no answer to wait for
+			}
+			// The upstream stopped taking the body, as a server that
+			// answers early (413, 401) and closes does (RFC 9112, 9.3):
+			// relay its answer if it sent one, then close the client
+			// connection, whose body is still unread.
+			x.early = true
 		}
 		if rt := p.o.RouteTimeout; rt > 0 {
 			up.conn.SetReadDeadline(time.Now().Add(rt))
@@ -662,6 +679,9 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		res, err := http.ReadResponse(br, req)
 		if err != nil {
 			fc.p.pools.readers.Put(br)
+			if werr != nil {
+				return nil, nil, werr // no early answer: the write's error, as before
+			}
 			if up.lim.n == maxResponseHead && n1xx == 0 {
 				err = fmt.Errorf("%w: %w", errNoResponse, err)
 			}

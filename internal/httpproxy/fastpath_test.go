@@ -390,3 +390,58 @@ func TestUnsolicitedBytesNotReadAsResponse(t *testing.T) {
 		})
 	}
 }
+
+// TestEarlyResponseRelayed: an upstream that answers before it has read
+// the request body (413, 401) and then closes or resets the connection,
+// which fails the rest of the body's upload, has its answer relayed with
+// Connection: close (RFC 9112, 9.3; Envoy and HAProxy relay it), not
+// replaced by a 503. An upstream that closes without an answer still gets
+// 503 UC. (The net/http path relays the early answer only when the
+// Transport's reader sees it before its writer's error: not always.)
+func TestEarlyResponseRelayed(t *testing.T) {
+	const answer = "HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
+	for _, tt := range []struct {
+		name       string
+		answer     string
+		reset      bool
+		wantStatus int
+		wantBody   string
+		wantFlags  Flags
+	}{
+		{"answer, close", answer, false, 413, "too big!", 0},
+		{"answer, reset", answer, true, 413, "too big!", 0},
+		{"no answer", "", false, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection reset", UpstreamClosed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn) {
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, tt.answer)
+				if tt.reset {
+					c.(*net.TCPConn).SetLinger(0)
+				}
+			}) // closed with the body unread: the kernel resets the connection
+			f := newFront(t, Options{}, up)
+			c, br := f.raw(t)
+			go func() {
+				fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+				chunk := make([]byte, 64<<10)
+				for range 1024 {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			res, body := readResponse(t, br, "POST")
+			if res.StatusCode != tt.wantStatus || body != tt.wantBody || !res.Close {
+				t.Fatalf("got %d %q (close %v), want %d %q with Connection: close", res.StatusCode, body, res.Close, tt.wantStatus, tt.wantBody)
+			}
+			if i := f.info(t); i.Status != tt.wantStatus || i.Flags != tt.wantFlags {
+				t.Errorf("recorded %d %v, want %d %v", i.Status, i.Flags, tt.wantStatus, tt.wantFlags)
+			}
+			expectEOF(t, br)
+		})
+	}
+}
