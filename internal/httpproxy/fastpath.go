@@ -947,7 +947,9 @@ func (fc *fastConn) responseHead(out []byte, res *http.Response, h *fastHead, up
 	out = appendServiceTime(out, upTime)
 	switch {
 	case bodiless(h.method, res.StatusCode):
-		if v := res.Header["Content-Length"]; len(v) > 0 {
+		// A HEAD or 304 response may say its representation's length; a
+		// 204 says none (RFC 9110, 8.6).
+		if v := res.Header["Content-Length"]; len(v) > 0 && res.StatusCode != http.StatusNoContent {
 			out = append(append(append(out, "Content-Length: "...), v[0]...), "\r\n"...)
 		}
 	case res.ContentLength < 0:

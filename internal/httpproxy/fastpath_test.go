@@ -104,6 +104,9 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 			"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\nX-T: v\r\n\r\n"},
 		{"204", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"},
 		{"304", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 304 Not Modified\r\nEtag: \"x\"\r\n\r\n"},
+		// RFC 9110, 8.6: no Content-Length in a 204 (net/http's writer drops it).
+		{"204 with Content-Length", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 204 No Content\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"},
+		{"204 with Content-Length, read by http.ReadResponse", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 204 No Content\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n"},
 		{"close-delimited response", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-B: 2\r\n\r\nbody until close"},
 		{"response hop-by-hop fields", "GET / HTTP/1.1\r\nHost: a\r\nx-lower: v\r\n\r\n",
 			"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nk"},

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"math"
+	"net/http"
 	"strconv"
 	"time"
 )
@@ -314,7 +315,7 @@ func (fc *fastConn) fastResponseHead(out, head []byte, rh *respHead, h *fastHead
 	case !bodiless(h.method, rh.status):
 		out = strconv.AppendInt(append(out, "Content-Length: "...), rh.clen, 10)
 		out = append(out, "\r\n"...)
-	case rh.clen >= 0:
+	case rh.clen >= 0 && rh.status != http.StatusNoContent: // RFC 9110, 8.6: none in a 204
 		out = append(append(append(out, "Content-Length: "...), rh.clenVal.of(head)...), "\r\n"...)
 	}
 	return fc.endHead(out, h)
