@@ -311,6 +311,34 @@ func TestFailedExchangeWithUnreadBodyCloses(t *testing.T) {
 	}
 }
 
+// TestRefusedBodyLingers: a connection closed while the client is still
+// sending a body detour will not read (its upstream refused) ends with a
+// FIN after the 503, and the rest of the body is drained, not answered
+// with a reset that could destroy the 503 before the client reads it
+// (RFC 9112 9.6), on both paths.
+func TestRefusedBodyLingers(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
+			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+			c, br := f.raw(t)
+			chunk := strings.Repeat("b", 64<<10)
+			fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", 1<<20, chunk)
+			res, _ := readResponse(t, br, "POST")
+			if res.StatusCode != 503 || !res.Close {
+				t.Fatalf("%d close=%v, want 503 close=true", res.StatusCode, res.Close)
+			}
+			for range 4 { // the client goes on sending, as one that has not read the answer yet
+				if _, err := io.WriteString(c, chunk); err != nil {
+					t.Fatalf("write after the answer: %v (want the proxy to drain)", err)
+				}
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after the answer: %v, want EOF (a FIN, not a reset)", err)
+			}
+		})
+	}
+}
+
 // TestRequestStrings checks the request record's strings: the parts they
 // were cut from, the client's id kept only when sane, and one allocation
 // for the three.

@@ -34,3 +34,14 @@ func drain(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.Copy(io.Discard, io.LimitReader(c, lingerBytes))
 }
+
+// closeLingering closes the fast path's client connection, lingering as
+// downConn.Close does when the client's bytes are still unread: buffered
+// says detour holds some it read and will not use.
+func closeLingering(c *net.TCPConn, buffered bool) {
+	if buffered || unreadInput(c) {
+		c.CloseWrite()
+		drain(c)
+	}
+	c.Close()
+}
