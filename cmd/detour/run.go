@@ -54,6 +54,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "detour run: %v\n", err)
 		return exitUsage
 	}
+	// A log reader that goes away (`detour run 2>&1 | head`, a logger
+	// that dies) must not kill detour by SIGPIPE with its rules still
+	// diverting traffic into closed listeners: writes then fail, and
+	// detour serves on, as nginx and HAProxy do.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"io"
 	"net/netip"
+	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -120,5 +124,72 @@ func TestDrainTimeoutCutsLongConnections(t *testing.T) {
 	}
 	if after := snapshot(t, n.Router); after != before {
 		t.Fatalf("rules left after drain:\n%s", after)
+	}
+}
+
+// TestClosedLogPipeKeepsRunning: when whatever reads detour's log goes away
+// (`detour run 2>&1 | head`), detour keeps serving with its rules and
+// still removes them on SIGTERM, instead of dying of SIGPIPE at its next
+// log line and leaving rules that divert into closed listeners.
+func TestClosedLogPipeKeepsRunning(t *testing.T) {
+	needRoot(t)
+	n := redirectNet(t, "pipe")
+	startServers(t, n.Server)
+	before := snapshot(t, n.Host)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := n.Host.Command(context.Background(), detourBin, "run", "--mode", "redirect",
+		"--intercept-port", interceptPorts, "--protocol", "tcp", "--admin", "off")
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	waited, err := ns.StartPinned(cmd)
+	w.Close()
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	exited := false
+	t.Cleanup(func() {
+		if !exited {
+			cmd.Process.Kill()
+			<-waited
+		}
+	})
+	sc := bufio.NewScanner(r)
+	for sc.Scan() && !strings.Contains(sc.Text(), "msg=ready") {
+	}
+	r.Close() // the log's reader goes away
+	// Each of these writes log lines into the broken pipe.
+	for i := 0; i < 3; i++ {
+		cmd.Process.Signal(syscall.SIGHUP)
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-waited:
+		exited = true
+		t.Fatalf("detour died once its log pipe was closed (%v); namespace now:\n%s", err, snapshot(t, n.Host))
+	case <-time.After(300 * time.Millisecond):
+	}
+	conn := dial(t, n.Host, n.ServerIP4, portBanner)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	banner := make([]byte, len("220 detour-e2e ready\r\n"))
+	if _, err := io.ReadFull(conn, banner); err != nil {
+		t.Fatalf("no banner through detour after its log pipe closed: %v", err)
+	}
+	conn.Close()
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-waited:
+		exited = true
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no exit within 20s of SIGTERM")
+	}
+	if after := snapshot(t, n.Host); after != before {
+		t.Fatalf("rules left after SIGTERM:\n%s", after)
 	}
 }
