@@ -88,7 +88,7 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 		d.drains.Add(1)
 		go func() { // its connections finish on the old settings
 			defer d.drains.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			ctx, cancel := context.WithTimeout(d.hard, drain)
 			defer cancel()
 			old.Shutdown(ctx)
 			old.Close()

@@ -59,12 +59,35 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// diverting traffic into closed listeners: writes then fail, and
 	// detour serves on, as nginx and HAProxy do.
 	signal.Ignore(syscall.SIGPIPE)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM starts the drain; a second one cuts it
+	// short (what is still open is closed, flag DT), so an operator who
+	// cannot wait drain_timeout has a way out that still removes the
+	// rules: SIGKILL leaves them.
+	stopSig := make(chan os.Signal, 2)
+	signal.Notify(stopSig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(stopSig)
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	hard, stopHard := context.WithCancel(context.Background())
+	defer stopHard()
+	go func() {
+		select {
+		case <-stopSig:
+		case <-hard.Done():
+			return
+		}
+		stop()
+		select {
+		case <-stopSig:
+		case <-hard.Done():
+			return
+		}
+		stopHard()
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := run(ctx, cfg, f.load, hup, stderr); err != nil {
+	if err := run(ctx, hard, cfg, f.load, hup, stderr); err != nil {
 		fmt.Fprintf(stderr, "detour run: %v\n", err)
 		return exitFailure
 	}
@@ -83,6 +106,7 @@ type daemon struct {
 	owner  *intercept.Owner   // holds what the rules use (table; route table and mark), from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
+	hard   context.Context    // done: stop draining now (a second SIGINT or SIGTERM)
 
 	// The rules check's error while it keeps failing the same way, and
 	// when it was last logged: once a minute, not at every check.
@@ -91,9 +115,10 @@ type daemon struct {
 }
 
 // run is the daemon's whole life: listeners, rules, serve, reload on
-// SIGHUP, drain, clean.
-func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
-	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar)}
+// SIGHUP, drain, clean. ctx ends serving and starts the drain; hard, done
+// too, ends the drain at once.
+func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
+	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), hard: hard}
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
@@ -186,8 +211,8 @@ func run(ctx context.Context, cfg *config.Config, reread func() (*config.Config,
 			d.obs.rules(d.cfg, admin.Rules{Drained: true})
 		}
 	}
-	log.Info("shutting down: draining connections", "drain_timeout", time.Duration(d.cfg.Drain))
-	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.Drain))
+	log.Info("shutting down: draining connections (a second SIGINT or SIGTERM ends the drain now)", "drain_timeout", time.Duration(d.cfg.Drain))
+	drainCtx, cancel := context.WithTimeout(hard, time.Duration(d.cfg.Drain))
 	defer cancel()
 	// The HTTP side closes idle keep-alive connections and waits for
 	// requests in flight while the accept loops stop and L4 streams finish.

@@ -193,3 +193,41 @@ func TestClosedLogPipeKeepsRunning(t *testing.T) {
 		t.Fatalf("rules left after SIGTERM:\n%s", after)
 	}
 }
+
+// TestSecondSignalEndsDrain: a second SIGTERM during a long drain closes
+// what is still open, removes the rules and exits 0 at once, so stopping
+// early never needs SIGKILL (which leaves the rules).
+func TestSecondSignalEndsDrain(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "d2")
+	startServers(t, n.Server)
+	before := snapshot(t, n.Router)
+	d := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts,
+		"--protocol", "tcp", "--admin", "off", "--drain-timeout", "1h")
+	conn := dial(t, n.Client, n.ServerIP4, portBanner)
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n")))
+
+	syscall.Kill(d.Pid(), syscall.SIGTERM)
+	waitLog(t, d.Output, "shutting down: draining connections", 1)
+	select {
+	case <-d.Done():
+		t.Fatal("detour exited with a connection open and 1h of drain left")
+	case <-time.After(300 * time.Millisecond):
+	}
+	syscall.Kill(d.Pid(), syscall.SIGTERM)
+	select {
+	case <-d.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("detour still draining 10s after a second SIGTERM")
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatalf("exit status: %v", err)
+	}
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection still open after the drain was cut short")
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("rules left after the drain was cut short:\n%s", after)
+	}
+}
