@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -455,6 +456,29 @@ func (c *Config) checkListenFamilies() error {
 		for _, a := range []netip.AddrPort{v4, v6} {
 			if a.IsValid() && a.Addr().IsLoopback() {
 				return fmt.Errorf("listen: %s is on loopback, but intercept.interfaces redirects the gateway's connections to the interface's own address; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, a.Port(), a.Port())
+			}
+			if a.IsValid() && !a.Addr().IsUnspecified() {
+				return fmt.Errorf("listen: %s: with intercept.interfaces, REDIRECT sends the gateway's connections to each interface's own address and local ones to loopback; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, a.Port(), a.Port())
+			}
+		}
+	}
+	if c.Mode == "redirect" {
+		// REDIRECT sends a local connection to the loopback address
+		// (127.0.0.1, ::1) at the port of the family's first listener,
+		// whatever address that listener has: something must listen there.
+		for _, a := range []netip.AddrPort{v4, v6} {
+			if !a.IsValid() {
+				continue
+			}
+			lo := netip.IPv6Loopback()
+			if a.Addr().Is4() {
+				lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+			}
+			if !slices.ContainsFunc(c.ListenAddrs, func(l netip.AddrPort) bool {
+				return l.Port() == a.Port() && (l.Addr() == lo || l.Addr().IsUnspecified() && l.Addr().Is4() == lo.Is4())
+			}) {
+				return fmt.Errorf("listen: %s: REDIRECT sends local connections to %s, where detour would not listen, and refuses them; listen on %s or on the unspecified address",
+					a, netip.AddrPortFrom(lo, a.Port()), netip.AddrPortFrom(lo, a.Port()))
 			}
 		}
 	}
