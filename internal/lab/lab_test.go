@@ -495,6 +495,53 @@ while :; do sleep 0.05; done`)
 	checkNoLeftovers(t, id, before)
 }
 
+// TestRunCancelledInLastStep: a Ctrl-C during a walkthrough's last step
+// (`detour status`, which the walkthrough otherwise goes on without) still
+// ends the lab as interrupted: an error (exit 1, not 0), and no next lab.
+func TestRunCancelledInLastStep(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []string{"", "redirect"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			t.Parallel()
+			id := testID("cs" + mode[:min(len(mode), 1)])
+			before := hostLinks(t)
+			bin := fakeDetour(t, `if [ "$1" = rules ]; then echo "table inet detour { } # fake"; exit 0; fi
+if [ "$1" = status ]; then exec sleep 30; fi
+trap 'exit 0' TERM
+echo 'level=INFO msg=ready' >&2
+while :; do sleep 0.05; done`)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var out syncBuffer
+			done := make(chan error, 1)
+			go func() { done <- Run(ctx, Options{Mode: mode, Binary: bin, Out: &out, ID: id, GoClient: true}) }()
+			deadline := time.Now().Add(60 * time.Second)
+			for !strings.Contains(out.String(), "what detour's admin endpoint") && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !strings.Contains(out.String(), "what detour's admin endpoint") {
+				cancel()
+				<-done
+				t.Fatalf("the walkthrough never reached its admin step:\n%s", out.String())
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Run = %v, want context.Canceled", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return 30s after cancel")
+			}
+			t.Logf("output:\n%s", out.String())
+			if mode == "" && strings.Contains(out.String(), "redirect lab") {
+				t.Error("went on to the redirect lab after cancel")
+			}
+			checkNoLeftovers(t, id, before)
+		})
+	}
+}
+
 // TestRunWithDetourBinary runs the walkthrough with the real detour, built
 // from cmd/detour (or $DETOUR_BINARY).
 func TestRunWithDetourBinary(t *testing.T) {

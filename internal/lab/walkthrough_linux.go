@@ -110,6 +110,11 @@ func Run(ctx context.Context, o Options) error {
 		} else {
 			err = w.redirect(ctx)
 		}
+		if err == nil && ctx.Err() != nil {
+			// Interrupted in a step that goes on without what it could not
+			// show (the admin endpoint's view): still an interruption.
+			err = ctx.Err()
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				fmt.Fprintf(o.Out, "\ninterrupted (%v)\n", context.Cause(ctx))
