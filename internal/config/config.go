@@ -576,8 +576,19 @@ func (i *Intercept) finish(mode string) error {
 	if err := intercept.CheckTableName(i.TableName); err != nil {
 		return fmt.Errorf("intercept.table_name: %w", err)
 	}
-	return positive("intercept.check_interval", &i.CheckInterval, intercept.DefaultCheckInterval)
+	if err := positive("intercept.check_interval", &i.CheckInterval, intercept.DefaultCheckInterval); err != nil {
+		return err
+	}
+	// Each check reads the table and the policy routing over netlink; a
+	// tiny interval makes that a busy loop (1ns: a whole CPU).
+	if time.Duration(i.CheckInterval) < MinCheckInterval {
+		return fmt.Errorf("intercept.check_interval: %v is too short; give at least %v (default %v)", time.Duration(i.CheckInterval), MinCheckInterval, intercept.DefaultCheckInterval)
+	}
+	return nil
 }
+
+// MinCheckInterval bounds intercept.check_interval from below.
+const MinCheckInterval = 100 * time.Millisecond
 
 func (h *HTTP) finish() error {
 	if err := positive("http.cleanup_interval", &h.CleanupInterval, 5*time.Second); err != nil {

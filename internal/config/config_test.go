@@ -140,6 +140,8 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "redirect on the unspecified address", yaml: "mode: redirect\nlisten: ['0.0.0.0:4999', '[::]:4999']\nintercept: {ports: [80]}"},
 		{name: "redirect on any address without ports", yaml: "mode: redirect\nlisten: ['198.18.9.1:4999']"},
 		{name: "gateway redirect on one address", yaml: "mode: redirect\nlisten: ['198.18.9.1:4999']\nintercept: {ports: [80], interfaces: [lan0]}", wantErr: "listen on the unspecified address"},
+		{name: "check interval too short", yaml: "intercept: {check_interval: 1ns}", wantErr: "intercept.check_interval: 1ns is too short"},
+		{name: "check interval at its minimum", yaml: "intercept: {check_interval: 100ms}"},
 		{name: "bad original dst header", yaml: "http: {original_dst_header: 'x dst'}", wantErr: "http.original_dst_header"},
 		{name: "server header with a line break", yaml: "http: {server_header: \"detour\\r\\nx-evil: 1\"}", wantErr: "http.server_header"},
 		{name: "server header with spaces", yaml: "http: {server_header: 'detour 1.0 (lab)'}"},
