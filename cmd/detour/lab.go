@@ -51,6 +51,12 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "detour lab: unexpected argument %q (the one argument is the network: tproxy or redirect)\n", fs.Arg(0))
 		return exitUsage
 	}
+	if *id != "" {
+		if err := lab.CheckID(*id); err != nil {
+			fmt.Fprintf(stderr, "detour lab: --id: %v\n", err)
+			return exitUsage
+		}
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(stderr, "detour lab: needs root to create network namespaces (run it with sudo)")
 		return exitFailure

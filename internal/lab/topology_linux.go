@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -181,8 +180,6 @@ func NamespaceNames(mode, id string) []string {
 }
 
 func nsName(id, suffix string) string { return "dt-" + id + "-" + suffix }
-
-var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,40}$`)
 
 // topology is a lab network: namespaces, the veth pairs between them, the
 // addresses and default routes on each end, and per-namespace sysctls.

@@ -67,8 +67,8 @@ func Run(ctx context.Context, o Options) error {
 	if o.ID == "" {
 		o.ID = strconv.Itoa(os.Getpid())
 	}
-	if !validID.MatchString(o.ID) {
-		return fmt.Errorf("lab id %q: use 1-40 letters, digits, '.', '_' or '-'", o.ID)
+	if err := CheckID(o.ID); err != nil {
+		return err
 	}
 	var modes []string
 	switch o.Mode {
