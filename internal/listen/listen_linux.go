@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,41 @@ func Listen(o Options) (*Listener, error) {
 	}
 	tl := ln.(*net.TCPListener)
 	return &Listener{ln: tl, mode: o.Mode, addr: addrPort(tl.Addr())}, nil
+}
+
+// deferAcceptSeconds is TCP_DEFER_ACCEPT's value when on: the kernel
+// hands over a connection when its first bytes arrive, and one whose
+// client stays silent after about a second (a retransmitted SYN-ACK and
+// the client's next ACK), so a silent client still meets the header
+// timeout instead of waiting in the kernel.
+const deferAcceptSeconds = 1
+
+// SetDeferAccept turns TCP_DEFER_ACCEPT on or off for connections the
+// listener accepts from now on: on, an accepted connection of a protocol
+// whose client speaks first (HTTP) comes with its request already
+// queued, so the first read finds it instead of waiting for it (HAProxy's
+// "defer-accept", nginx's "deferred"). It must stay off where the server
+// may speak first (SSH, SMTP banners): their clients send nothing until
+// then.
+func (l *Listener) SetDeferAccept(on bool) error {
+	rc, err := l.ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	v := 0
+	if on {
+		v = deferAcceptSeconds
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, v)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("setsockopt TCP_DEFER_ACCEPT", serr)
+	}
+	return nil
 }
 
 // setTransparent makes a tproxy listener's socket transparent.

@@ -2,6 +2,7 @@ package listen
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -87,6 +88,67 @@ func TestAcceptRaw(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("AcceptRaw still waiting after Close")
+			}
+		})
+	}
+}
+
+// TestSetDeferAccept: with TCP_DEFER_ACCEPT on, a client that connected
+// but sent nothing is not accepted yet, and is once its first bytes come,
+// which the first read then finds; off, a connection is accepted at once.
+// The option reads back as set.
+func TestSetDeferAccept(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("on=%v", on), func(t *testing.T) {
+			ln, err := Listen(Options{Mode: ModeRedirect, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			if err := ln.SetDeferAccept(on); err != nil {
+				t.Fatal(err)
+			}
+			rc, err := ln.ln.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v int
+			rc.Control(func(fd uintptr) { v, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT) })
+			if err != nil || (v > 0) != on {
+				t.Fatalf("TCP_DEFER_ACCEPT reads %d (%v), want set=%v", v, err, on)
+			}
+
+			cli, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			// Well inside the kernel's one-second deferral.
+			ln.ln.SetDeadline(time.Now().Add(200 * time.Millisecond))
+			c, err := ln.ln.AcceptTCP()
+			if accepted := err == nil; accepted == on {
+				t.Fatalf("silent client accepted: %v (err %v), want %v", accepted, err, !on)
+			}
+			if !on {
+				c.Close()
+				return
+			}
+			cli.Write([]byte("GET"))
+			ln.ln.SetDeadline(time.Now().Add(5 * time.Second))
+			if c, err = ln.ln.AcceptTCP(); err != nil {
+				t.Fatalf("client that sent its first bytes: %v", err)
+			}
+			defer c.Close()
+			// The bytes are queued already: a read that must not wait finds them.
+			crc, err := c.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b [8]byte
+			n := 0
+			crc.Control(func(fd uintptr) { n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_DONTWAIT) })
+			if n < 0 || string(b[:max(n, 0)]) != "GET" {
+				t.Errorf("first read %q, %v; want the queued bytes", b[:max(n, 0)], err)
 			}
 		})
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/ns"
 	"github.com/detour-proxy/detour/internal/upstream"
@@ -331,5 +333,58 @@ func TestCutList(t *testing.T) {
 	l.remove(&d)
 	if l.head.next != &l.head || l.head.prev != &l.head {
 		t.Fatal("list not empty after removing every entry")
+	}
+}
+
+// TestDeferAcceptFollowsProtocol: the listeners defer accepting until the
+// client's first bytes (TCP_DEFER_ACCEPT) with protocol http only: a
+// client of auto or tcp may be waiting for its server's banner. A reload
+// that changes the protocol changes it on every listener, and a listener
+// added later gets the current setting.
+func TestDeferAcceptFollowsProtocol(t *testing.T) {
+	newLn := func() *listen.Listener {
+		ln, err := listen.Listen(listen.Options{Mode: listen.ModeRedirect, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+	deferred := func(ln *listen.Listener) bool {
+		rc, err := ln.TCPListener().SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := 0
+		rc.Control(func(fd uintptr) { v, err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v > 0
+	}
+	a := newLn()
+	s := New(Options{Listeners: []*listen.Listener{a}, Protocol: ProtocolHTTP})
+	defer s.Shutdown(context.Background())
+	b := newLn()
+	for i, step := range []struct {
+		do   func()
+		want bool
+	}{
+		{func() {}, true},
+		{func() { s.Update(Options{Protocol: ProtocolAuto}) }, false},
+		{func() { s.Update(Options{Protocol: ProtocolHTTP}) }, true},
+		{func() { s.SetListeners([]*listen.Listener{a, b}) }, true},
+		{func() { s.Update(Options{Protocol: ProtocolTCP}) }, false},
+		{func() { s.Update(Options{}) }, false}, // auto, the default
+	} {
+		step.do()
+		for _, ln := range s.Listeners() {
+			if got := deferred(ln); got != step.want {
+				t.Errorf("step %d: %v deferred %v, want %v", i, ln.Addr(), got, step.want)
+			}
+		}
+	}
+	if len(s.Listeners()) != 2 {
+		t.Errorf("%d listeners, want 2", len(s.Listeners()))
 	}
 }
