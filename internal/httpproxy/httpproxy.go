@@ -351,7 +351,7 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, fi
 	defer p.untrackFast(fc)
 	rest, handOver = p.serveFast(fc)
 	if !handOver {
-		closeLingering(c, fc.w > fc.r)
+		closeLingering(c, fc.fd, fc.w > fc.r)
 	}
 	return rest, handOver
 }

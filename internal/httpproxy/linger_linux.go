@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // Bounds of a lingering close.
@@ -23,7 +23,7 @@ func unreadInput(c syscall.Conn) bool {
 	}
 	n := 0
 	rc.Control(func(fd uintptr) {
-		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		n, _ = rawsys.InQueue(int(fd))
 	})
 	return n > 0
 }
@@ -37,9 +37,18 @@ func drain(c net.Conn) {
 
 // closeLingering closes the fast path's client connection, lingering as
 // downConn.Close does when the client's bytes are still unread: buffered
-// says detour holds some it read and will not use.
-func closeLingering(c *net.TCPConn, buffered bool) {
-	if buffered || unreadInput(c) {
+// says detour holds some it read and will not use. fd is c's descriptor
+// (-1: unknown), asked directly: the caller owns c, and a closure for
+// RawConn.Control would cost allocations on every connection.
+func closeLingering(c *net.TCPConn, fd int, buffered bool) {
+	unread := false
+	if fd >= 0 {
+		n, _ := rawsys.InQueue(fd)
+		unread = n > 0
+	} else {
+		unread = unreadInput(c)
+	}
+	if buffered || unread {
 		c.CloseWrite()
 		drain(c)
 	}

@@ -187,3 +187,25 @@ func SetLinger0(fd int) error {
 	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
 	return errno(e)
 }
+
+// Peek is recv(2) with MSG_PEEK and MSG_DONTWAIT into b (not empty): it
+// copies the bytes waiting unread without taking them, returns 0 once the
+// peer's FIN is all that is left, and EAGAIN when neither. Unlike
+// unix.Recvfrom it decodes no address, so it allocates nothing.
+func Peek(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, errno(e)
+	}
+	return int(n), nil
+}
+
+// InQueue is ioctl(2) SIOCINQ: the bytes in a TCP socket's receive queue.
+func InQueue(fd int) (int, error) {
+	var n int32
+	_, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCINQ, uintptr(unsafe.Pointer(&n)))
+	if e != 0 {
+		return 0, errno(e)
+	}
+	return int(n), nil
+}

@@ -1423,3 +1423,56 @@ func checkSockFlags(t *testing.T, fd, flags int) {
 		t.Errorf("FD_CLOEXEC set = %v; want %v", got, want)
 	}
 }
+
+// TestPeekAndInQueue: on a connected TCP socket, Peek tells nothing
+// waiting (EAGAIN) from bytes (copied, left in place) and from the peer's
+// FIN (0); InQueue counts the bytes unread. Neither allocates.
+func TestPeekAndInQueue(t *testing.T) {
+	tests := []struct {
+		name     string
+		send     string
+		fin      bool
+		wantPeek string
+		wantErr  error
+		wantQ    int
+	}{
+		{"nothing", "", false, "", unix.EAGAIN, 0},
+		{"bytes", "hello", false, "hel", nil, 5},
+		{"bytes then FIN", "hi", true, "hi", nil, 2},
+		{"FIN", "", true, "", nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, peer := tcpPair(t)
+			if tt.send != "" {
+				if _, err := unix.Write(peer, []byte(tt.send)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.fin {
+				unix.Shutdown(peer, unix.SHUT_WR)
+			}
+			if tt.send != "" || tt.fin {
+				waitFor(t, a, unix.POLLIN)
+			}
+			var b [3]byte
+			for range 2 { // a peek leaves the bytes in place
+				if n, err := Peek(a, b[:]); string(b[:n]) != tt.wantPeek || err != tt.wantErr {
+					t.Fatalf("Peek = %q, %v; want %q, %v", b[:n], err, tt.wantPeek, tt.wantErr)
+				}
+			}
+			if n, err := InQueue(a); n != tt.wantQ || err != nil {
+				t.Fatalf("InQueue = %d, %v; want %d, nil", n, err, tt.wantQ)
+			}
+			if allocs := testing.AllocsPerRun(10, func() { Peek(a, b[:]); InQueue(a) }); allocs != 0 {
+				t.Errorf("%v allocations", allocs)
+			}
+		})
+	}
+	if _, err := Peek(-1, make([]byte, 1)); err != unix.EBADF {
+		t.Errorf("Peek(-1) = %v; want EBADF", err)
+	}
+	if _, err := InQueue(-1); err != unix.EBADF {
+		t.Errorf("InQueue(-1) = %v; want EBADF", err)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // MaxPeek is the most Sniff looks at: one full TLS record, enough for any
@@ -175,7 +177,7 @@ func Now(c *net.TCPConn) (res Result, final bool) {
 // when the peer closed.
 func peekQueued(fd uintptr, buf []byte) (int, error) {
 	for {
-		n, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		n, err := rawsys.Peek(int(fd), buf)
 		if err != unix.EINTR {
 			return n, err
 		}

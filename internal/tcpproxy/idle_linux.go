@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // idleWatch is a pair's one timer. It samples both sockets' kernel byte
@@ -141,6 +143,6 @@ func socketEmpty(fd int) bool {
 	if err != nil || ti.State == unix.BPF_TCP_CLOSE || ti.Unacked > 0 || ti.Notsent_bytes > 0 {
 		return false
 	}
-	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	n, err := rawsys.InQueue(fd)
 	return err == nil && n == 0
 }
