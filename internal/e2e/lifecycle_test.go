@@ -97,33 +97,54 @@ func TestSIGTERMDrainsThenCleans(t *testing.T) {
 	}
 }
 
-// TestDrainTimeoutCutsLongConnections: connections still open when the
-// drain period ends are closed, and detour still cleans up and exits 0.
-func TestDrainTimeoutCutsLongConnections(t *testing.T) {
+// TestDrainCutShort: connections still open when the drain period ends,
+// or when a second SIGTERM ends a long drain at once (so stopping early
+// never needs SIGKILL, which leaves the rules), are closed, and detour
+// still removes its rules and exits 0.
+func TestDrainCutShort(t *testing.T) {
 	needRoot(t)
-	n := tproxyNet(t, "dt")
-	startServers(t, n.Server)
-	before := snapshot(t, n.Router)
-	d := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts,
-		"--protocol", "tcp", "--admin", "off", "--drain-timeout", "1s")
-	conn := dial(t, n.Client, n.ServerIP4, portBanner)
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n")))
+	for _, tc := range []struct {
+		name, tag, drain string
+		second           bool // a second SIGTERM once the drain began
+	}{
+		{"drain timeout", "dt", "1s", false},
+		{"second signal", "d2", "1h", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tproxyNet(t, tc.tag)
+			startServers(t, n.Server)
+			before := snapshot(t, n.Router)
+			d := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts,
+				"--protocol", "tcp", "--admin", "off", "--drain-timeout", tc.drain)
+			conn := dial(t, n.Client, n.ServerIP4, portBanner)
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n")))
 
-	syscall.Kill(d.Pid(), syscall.SIGTERM)
-	select {
-	case <-d.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("detour still running 10s after SIGTERM with a 1s drain period")
-	}
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit status: %v", err)
-	}
-	if _, err := conn.Read(make([]byte, 1)); err == nil {
-		t.Fatal("connection still open after the drain period")
-	}
-	if after := snapshot(t, n.Router); after != before {
-		t.Fatalf("rules left after drain:\n%s", after)
+			syscall.Kill(d.Pid(), syscall.SIGTERM)
+			if tc.second {
+				waitLog(t, d.Output, "shutting down: draining connections", 1)
+				select {
+				case <-d.Done():
+					t.Fatal("detour exited with a connection open and 1h of drain left")
+				case <-time.After(300 * time.Millisecond):
+				}
+				syscall.Kill(d.Pid(), syscall.SIGTERM)
+			}
+			select {
+			case <-d.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatalf("detour still running 10s after SIGTERM (drain %s, second signal %v)", tc.drain, tc.second)
+			}
+			if err := d.Stop(); err != nil {
+				t.Fatalf("exit status: %v", err)
+			}
+			if _, err := conn.Read(make([]byte, 1)); err == nil {
+				t.Fatal("connection still open after the drain was cut short")
+			}
+			if after := snapshot(t, n.Router); after != before {
+				t.Fatalf("rules left after the drain was cut short:\n%s", after)
+			}
+		})
 	}
 }
 
@@ -191,43 +212,5 @@ func TestClosedLogPipeKeepsRunning(t *testing.T) {
 	}
 	if after := snapshot(t, n.Host); after != before {
 		t.Fatalf("rules left after SIGTERM:\n%s", after)
-	}
-}
-
-// TestSecondSignalEndsDrain: a second SIGTERM during a long drain closes
-// what is still open, removes the rules and exits 0 at once, so stopping
-// early never needs SIGKILL (which leaves the rules).
-func TestSecondSignalEndsDrain(t *testing.T) {
-	needRoot(t)
-	n := tproxyNet(t, "d2")
-	startServers(t, n.Server)
-	before := snapshot(t, n.Router)
-	d := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", interceptPorts,
-		"--protocol", "tcp", "--admin", "off", "--drain-timeout", "1h")
-	conn := dial(t, n.Client, n.ServerIP4, portBanner)
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	io.ReadFull(conn, make([]byte, len("220 detour-e2e ready\r\n")))
-
-	syscall.Kill(d.Pid(), syscall.SIGTERM)
-	waitLog(t, d.Output, "shutting down: draining connections", 1)
-	select {
-	case <-d.Done():
-		t.Fatal("detour exited with a connection open and 1h of drain left")
-	case <-time.After(300 * time.Millisecond):
-	}
-	syscall.Kill(d.Pid(), syscall.SIGTERM)
-	select {
-	case <-d.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("detour still draining 10s after a second SIGTERM")
-	}
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit status: %v", err)
-	}
-	if _, err := conn.Read(make([]byte, 1)); err == nil {
-		t.Fatal("connection still open after the drain was cut short")
-	}
-	if after := snapshot(t, n.Router); after != before {
-		t.Fatalf("rules left after the drain was cut short:\n%s", after)
 	}
 }

@@ -476,15 +476,7 @@ while :; do sleep 0.05; done`)
 	for !strings.Contains(out.String(), "the rules detour installed") && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Run = %v, want context.Canceled", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return 30s after cancel")
-	}
+	cancelAndWait(t, cancel, done)
 	t.Logf("output:\n%s", out.String())
 	if !strings.Contains(out.String(), "cleaning up the tproxy lab") {
 		t.Error("no cleanup step after cancel")
@@ -524,15 +516,7 @@ while :; do sleep 0.05; done`)
 				<-done
 				t.Fatalf("the walkthrough never reached its admin step:\n%s", out.String())
 			}
-			cancel()
-			select {
-			case err := <-done:
-				if !errors.Is(err, context.Canceled) {
-					t.Errorf("Run = %v, want context.Canceled", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("Run did not return 30s after cancel")
-			}
+			cancelAndWait(t, cancel, done)
 			t.Logf("output:\n%s", out.String())
 			if mode == "" && strings.Contains(out.String(), "redirect lab") {
 				t.Error("went on to the redirect lab after cancel")
@@ -626,5 +610,20 @@ func TestShownBinary(t *testing.T) {
 		if got := (&walk{o: Options{Binary: tc.bin}}).shownBinary(); got != tc.want {
 			t.Errorf("shownBinary(%q) = %q, want %q", tc.bin, got, tc.want)
 		}
+	}
+}
+
+// cancelAndWait cancels a Run and waits for it to return
+// context.Canceled.
+func cancelAndWait(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return 30s after cancel")
 	}
 }
