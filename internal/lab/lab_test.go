@@ -467,11 +467,7 @@ func TestRunCancelledMidway(t *testing.T) {
 trap 'exit 0' TERM
 echo 'level=INFO msg=ready' >&2
 while :; do sleep 0.05; done`)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{Binary: bin, Out: &out, ID: id, GoClient: true}) }()
+	cancel, out, done := startRun(t, Options{Binary: bin, ID: id, GoClient: true})
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "the rules detour installed") && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -502,11 +498,7 @@ if [ "$1" = status ]; then exec sleep 30; fi
 trap 'exit 0' TERM
 echo 'level=INFO msg=ready' >&2
 while :; do sleep 0.05; done`)
-			ctx, cancel := context.WithCancel(t.Context())
-			defer cancel()
-			var out syncBuffer
-			done := make(chan error, 1)
-			go func() { done <- Run(ctx, Options{Mode: mode, Binary: bin, Out: &out, ID: id, GoClient: true}) }()
+			cancel, out, done := startRun(t, Options{Mode: mode, Binary: bin, ID: id, GoClient: true})
 			deadline := time.Now().Add(60 * time.Second)
 			for !strings.Contains(out.String(), "what detour's admin endpoint") && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
@@ -611,6 +603,18 @@ func TestShownBinary(t *testing.T) {
 			t.Errorf("shownBinary(%q) = %q, want %q", tc.bin, got, tc.want)
 		}
 	}
+}
+
+// startRun runs the lab with o in the background, its output in out;
+// done gets Run's result.
+func startRun(t *testing.T, o Options) (cancel context.CancelFunc, out *syncBuffer, done <-chan error) {
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	out = &syncBuffer{}
+	o.Out = out
+	ch := make(chan error, 1)
+	go func() { ch <- Run(ctx, o) }()
+	return cancel, out, ch
 }
 
 // cancelAndWait cancels a Run and waits for it to return
