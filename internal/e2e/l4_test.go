@@ -138,7 +138,12 @@ func runL4Checks(t *testing.T, c l4Case, dst, wantSrc netip.Addr) {
 			t.Fatalf("banner: %v", err)
 		}
 		// Sniffing waits up to 15s for a silent client; the banner must not.
-		if d := time.Since(start); d > 500*time.Millisecond {
+		// The bound only has to tell that wait apart: 500ms, as it was,
+		// also counted the dial and the pre-dial on a 2-CPU machine busy
+		// with the rest of the suite. (TCP_DEFER_ACCEPT, which would hold
+		// a banner ~1s, is checked off in auto and tcp mode by
+		// internal/proxy's TestDeferAcceptFollowsProtocol.)
+		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("banner took %v; it must not wait for a sniffing timeout", d)
 		}
 		conn.Write([]byte("EHLO x\r\n"))
