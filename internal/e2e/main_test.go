@@ -17,7 +17,7 @@ import (
 var detourBin string
 
 // ids makes namespace names unique across this package's parallel tests;
-// the pid keeps them unique across packages and runs.
+// the pid keeps them unique across packages and concurrent runs.
 var ids atomic.Int64
 
 func TestMain(m *testing.M) {
@@ -46,9 +46,12 @@ func needRoot(t *testing.T) {
 	}
 }
 
-// newID returns a short id for namespace names: "e<pid%1000><n>".
+// newID returns an id for namespace names: "<tag><pid>-<n>". The whole
+// pid and the separator keep two concurrent runs apart: with pid%1000 and
+// no separator, pid 1012's third id and pid 2001's twenty-third were both
+// "<tag>123".
 func newID(tag string) string {
-	return fmt.Sprintf("%s%d%d", tag, os.Getpid()%1000, ids.Add(1))
+	return fmt.Sprintf("%s%d-%d", tag, os.Getpid(), ids.Add(1))
 }
 
 func tproxyNet(t *testing.T, tag string) *lab.TProxyNet {

@@ -70,9 +70,10 @@ func needRoot(t *testing.T) {
 	}
 }
 
-// newID returns a short unique lab id: "f<pid%1000>n<n>".
+// newID returns a unique lab id: "f<pid>n<n>" (the whole pid: with
+// pid%1000, two concurrent runs whose pids differ by 1000 collided).
 func newID() string {
-	return fmt.Sprintf("f%dn%d", os.Getpid()%1000, ids.Add(1))
+	return fmt.Sprintf("f%dn%d", os.Getpid(), ids.Add(1))
 }
 
 // newLab builds a TPROXY lab (client → router → server) removed when the
