@@ -19,7 +19,7 @@ import (
 	"github.com/detour-proxy/detour/internal/config"
 )
 
-const statusHelp = `Usage: detour status [--admin ADDR] [--watch] [--json]
+const statusHelp = `Usage: detour status [--admin ADDR] [--watch [--interval D]] [--json]
 
 Shows what a running detour is doing, read from its admin endpoint: phase,
 listeners, rules, connection totals, the live hosts of the

@@ -82,6 +82,25 @@ func servedOnLoop(p *Proxy) (n uint64) {
 	return n
 }
 
+// onLoopNow counts the fast-path connections a loop serves now.
+func onLoopNow(p *Proxy) (n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fc := range p.fast {
+		if fc.ol.w.Load() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// waitOnLoop waits until a loop serves the connection that toLoop sent
+// there (its goroutine registers it after the last response went out).
+func waitOnLoop(t *testing.T, p *Proxy) {
+	t.Helper()
+	eventually(t, "the connection on a loop", func() bool { return onLoopNow(p) == 1 })
+}
+
 // inFlight counts the fast-path connections that name an upstream
 // connection as carrying their request (fastConn.cur), which abort closes.
 func inFlight(p *Proxy) (n int) {
@@ -186,7 +205,9 @@ func handsBack(t *testing.T, steps []string, method string, want []string, wantO
 			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
 			c, br := f.raw(t)
 			toLoop(t, c, br)
-			time.Sleep(50 * time.Millisecond) // on the loop
+			if !disable {
+				waitOnLoop(t, f.p)
+			}
 			for i, s := range steps {
 				if i > 0 {
 					time.Sleep(100 * time.Millisecond)
@@ -407,7 +428,7 @@ func TestLoopClientCloses(t *testing.T) {
 			f := newFront(t, Options{}, up.addrPort())
 			c, br := f.raw(t)
 			toLoop(t, c, br)
-			time.Sleep(50 * time.Millisecond) // on the loop
+			waitOnLoop(t, f.p)
 			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", tc.path)
 			res, body := readResponse(t, br, "GET")
 			if res.StatusCode != 200 || body != "ok" || !res.Close {

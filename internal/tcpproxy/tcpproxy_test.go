@@ -229,9 +229,10 @@ func TestIdleTimeoutClose(t *testing.T) {
 // TestIdleTimeoutOnTime: a pair whose last byte moved at T closes at T +
 // the idle timeout, not before and not much after: the sampling's grain
 // is a sixteenth of it, at most 1.125 × late. With a quarter, a byte just
-// after the fourth sample (as here) closed it 1.24 × late.
+// after the fourth sample (as here) closed it 1.24 × late; the bound,
+// 1.2 ×, catches that and leaves a loaded machine's late timer 450 ms.
 func TestIdleTimeoutOnTime(t *testing.T) {
-	const idle = 4 * time.Second
+	const idle = 6 * time.Second
 	client, server, done := harness(t, Options{IdleTimeout: idle})
 	time.Sleep(idle/4 + 50*time.Millisecond) // just after a sample, either way
 	client.Write([]byte{'x'})
@@ -239,14 +240,14 @@ func TestIdleTimeoutOnTime(t *testing.T) {
 	if _, err := io.ReadFull(server, b); err != nil {
 		t.Fatal(err)
 	}
+	last := time.Now() // before the last byte moves through the pair
 	server.Write(b)
 	if _, err := io.ReadFull(client, b); err != nil {
 		t.Fatal(err)
 	}
-	last := time.Now()
 	r := waitResult(t, done)
-	if took := time.Since(last); r.End != EndIdle || took < idle || took > idle*19/16 {
-		t.Fatalf("end %q %v after the last byte; want idle timeout after %v to %v", r.End, took, idle, idle*19/16)
+	if took := time.Since(last); r.End != EndIdle || took < idle || took > idle*6/5 {
+		t.Fatalf("end %q %v after the last byte; want idle timeout after %v to %v", r.End, took, idle, idle*6/5)
 	}
 }
 
