@@ -73,6 +73,11 @@ type endpoint struct {
 	writable bool // the socket took the last write whole
 	hup      bool // an event said FIN, hang-up or error: read until EOF
 	errored  bool // an event said EPOLLERR
+	// urgent: an event said EPOLLPRI (TCP urgent data, as telnet's and
+	// FTP's ABOR send). A read or splice stops short at the urgent mark
+	// with bytes queued behind it, which bring no new event: read until
+	// EAGAIN.
+	urgent bool
 }
 
 type taskKind uint8
@@ -374,6 +379,9 @@ func (ep *endpoint) note(ev uint32) {
 	if ev&unix.EPOLLERR != 0 {
 		ep.errored = true
 	}
+	if ev&unix.EPOLLPRI != 0 {
+		ep.readable, ep.urgent = true, true
+	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		ep.writable = true
 	}
@@ -389,7 +397,7 @@ func (l *loop) register(a, b *endpoint) error {
 	for i, ep := range eps {
 		l.alloc(ep)
 		ev := unix.EpollEvent{
-			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+			Events: unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
 			Fd:     ep.slot,
 			Pad:    int32(ep.gen),
 		}

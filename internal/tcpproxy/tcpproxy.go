@@ -400,7 +400,7 @@ func (f *flow) readBurst(l *loop) bool {
 	case err == unix.EINTR:
 		return true
 	case err == unix.EAGAIN:
-		f.src.readable = false
+		f.src.readable, f.src.urgent = false, false
 		return false
 	case err != nil:
 		f.p.fail(l, f, os.NewSyscallError("read", err))
@@ -416,7 +416,7 @@ func (f *flow) readBurst(l *loop) bool {
 			// Best effort: without it the transfer only goes as before.
 			rawsys.SetsockoptInt(f.dst.fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, bulkNotSentLowat)
 		}
-	} else if !f.src.hup {
+	} else if !f.src.hup && !f.src.urgent { // urgent: the read may have stopped at the mark
 		f.src.readable = false
 	}
 	w := 0
@@ -474,6 +474,9 @@ func (f *flow) fillPipe(l *loop) bool {
 		f.p.pipes.put(f.pipe) // empty: the queue was (or EOF is next)
 		f.pipe, f.bulk = nil, false
 		if err == unix.EAGAIN {
+			if f.src.urgent {
+				return true // a splice stops at the urgent mark; a read passes it
+			}
 			f.src.readable = false
 			return false
 		}
