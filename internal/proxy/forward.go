@@ -102,9 +102,19 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 			// sends it right after connecting: wait a moment for it, not
 			// the whole sniffing timeout.
 			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
-		} else if sniff.WaitReadable(sniffCtx, d.Conn) == nil {
+		} else if err := sniff.WaitReadable(sniffCtx, d.Conn); err == nil {
 			d.spoke = true
 			stopSniff()
+		} else if sniffCtx.Err() == nil {
+			// The upstream failed (a reset) before either side spoke. The
+			// peek took the socket's error: an L4 copy would see a FIN
+			// and pass it on as a half-close, after the client's bytes or
+			// the sniffing timeout. Treat it as a failed connect: the
+			// client is reset, or an HTTP request seen within the grace
+			// answered 503.
+			d.Conn.Close()
+			d.PreDial = upstream.PreDial{Err: &upstream.DialError{Dst: c.OrigDst, Reason: upstream.Classify(err), Err: err}, Took: d.Took}
+			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
 		}
 		dialc <- d // after WaitReadable cleared its deadline on d.Conn
 	}()

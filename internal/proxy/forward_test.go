@@ -228,3 +228,53 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 		})
 	}
 }
+
+// doneObserver passes on every L4Done.
+type doneObserver struct {
+	nopObserver
+	done chan L4Record
+}
+
+func (o *doneObserver) L4Done(rec L4Record) { o.done <- rec }
+
+// TestAutoUpstreamResetWhileSniffing: a destination that resets the
+// connection made while a silent client is sniffed (a server whose accept
+// queue overflowed, a port-knocking filter) resets the client at once, as
+// protocol tcp would, and is recorded as an upstream failure. The peek
+// that watches for a banner takes the socket's error; before, the client
+// waited the whole sniffing timeout and then got a FIN (the L4 copy read
+// EOF from the dead socket), and the connection stayed half open.
+func TestAutoUpstreamResetWhileSniffing(t *testing.T) {
+	ln, up := listenLoopback(t), listenLoopback(t)
+	dst := up.Addr().(*net.TCPAddr).AddrPort()
+	obs := &doneObserver{done: make(chan L4Record, 1)}
+	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+		HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+	cli, srv := connect(t, ln)
+	c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+	go handleAccepted(s, c)
+	up.SetDeadline(time.Now().Add(5 * time.Second))
+	uc, err := up.AcceptTCP()
+	if err != nil {
+		t.Fatalf("no upstream connection: %v", err)
+	}
+	uc.SetLinger(0)
+	uc.Close() // a reset
+	start := time.Now()
+	cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := cli.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("client read: %v after %v; want a reset", err, time.Since(start))
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("client reset after %v; want it within the grace for a request (%v), not the sniffing timeout", d, dialFailGrace)
+	}
+	select {
+	case rec := <-obs.done:
+		if rec.Flags != "UF" || rec.End != string(upstream.ReasonReset) {
+			t.Errorf("recorded %+v; want flags UF, end %q", rec, upstream.ReasonReset)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no L4Done")
+	}
+	waitReleased(t, s)
+}
