@@ -461,8 +461,11 @@ func (f *flow) fillPipe(l *loop) bool {
 	if f.pipe == nil {
 		pp, err := f.p.pipes.get()
 		if err != nil {
-			f.p.fail(l, f, err)
-			return false
+			// Out of descriptors (EMFILE, ENFILE) or pipe memory: copy
+			// through the buffer instead, rather than end a connection
+			// that works (HAProxy's splicing falls back the same way).
+			f.bulk = false
+			return true
 		}
 		f.pipe = pp
 	}

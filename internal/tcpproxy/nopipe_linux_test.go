@@ -1,0 +1,77 @@
+package tcpproxy
+
+import (
+	"bytes"
+	"io"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestBulkWithoutPipesStillCopies (not parallel: it lowers the process's
+// descriptor limit for a moment): when no pipe can be made for a bulk
+// burst (the process is out of descriptors, as near its limit under load),
+// the burst is copied through the buffer instead; before, the pair was
+// reset after its first 16 KiB.
+func TestBulkWithoutPipesStillCopies(t *testing.T) {
+	client, server, done := harness(t, Options{}) // nil Pipes: every burst makes a pipe
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(probe)
+	low := lim
+	low.Cur = uint64(probe) + 64 // room above the descriptors in use, then filled
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fill []int
+	release := func() {
+		for _, fd := range fill {
+			unix.Close(fd)
+		}
+		fill = nil
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	defer release()
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			break
+		}
+		fill = append(fill, fd)
+	}
+	if canPipe() {
+		t.Fatal("a pipe could still be made")
+	}
+
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	go func() { client.Write(payload); client.CloseWrite() }()
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("server got %d of %d bytes, then %v", len(got), len(payload), err)
+	}
+	release()
+	server.Close()
+	if r := waitResult(t, done); r.End != EndClosed || r.Sent != int64(len(payload)) {
+		t.Fatalf("result %+v, want closed with %d bytes sent", r, len(payload))
+	}
+}
+
+// canPipe reports whether a pipe can be made now.
+func canPipe() bool {
+	var fds [2]int
+	if unix.Pipe2(fds[:], unix.O_CLOEXEC) != nil {
+		return false
+	}
+	unix.Close(fds[0])
+	unix.Close(fds[1])
+	return true
+}
