@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/sniff"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -167,6 +169,21 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		log.get().Debug("client closed before sending", "err", err)
 	}
 	rec.Protocol, rec.SNI = l4ProtocolName(res.Protocol), res.SNI
+	var serr *os.SyscallError
+	if res.N == 0 && errors.As(err, &serr) {
+		// The client reset before sending a byte. The peek took the
+		// socket's error, so an L4 copy would read a plain EOF and pass it
+		// on as a FIN: reset the connection made meanwhile instead, and
+		// make none.
+		c.Reset()
+		if d != nil && d.Conn != nil {
+			d.Conn.SetLinger(0)
+			d.Conn.Close()
+		}
+		s.obs.L4Started(rec)
+		s.l4Done(log, rec, tcpproxy.Result{End: tcpproxy.EndDownstreamErr, Err: err})
+		return routed{}
+	}
 	if log.debug {
 		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
 	}

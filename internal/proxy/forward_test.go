@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -277,4 +278,50 @@ func TestAutoUpstreamResetWhileSniffing(t *testing.T) {
 		t.Fatal("no L4Done")
 	}
 	waitReleased(t, s)
+}
+
+// TestAutoClientResetWhileSniffing: a client that resets while it is
+// sniffed (nothing sent, or a prefix that decides nothing) gets its reset
+// passed on to the connection made meanwhile, at once, and is recorded
+// as a downstream reset. Before, a reset before the first byte reached the
+// upstream as a FIN (the sniff's peek took the socket's error, and the L4
+// copy read a plain EOF) and the pair stayed half open; a reset after a
+// partial prefix was noticed only at the sniffing timeout.
+func TestAutoClientResetWhileSniffing(t *testing.T) {
+	ln, up := listenLoopback(t), listenLoopback(t)
+	dst := up.Addr().(*net.TCPAddr).AddrPort()
+	for _, first := range []string{"", "GE"} {
+		t.Run("sent "+strconv.Quote(first), func(t *testing.T) {
+			obs := &doneObserver{done: make(chan L4Record, 1)}
+			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+				HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+			cli, srv := connect(t, ln)
+			io.WriteString(cli, first)
+			waitQueued(t, srv, len(first))
+			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+			go handleAccepted(s, c)
+			up.SetDeadline(time.Now().Add(5 * time.Second))
+			uc, err := up.AcceptTCP() // the connect made while sniffing
+			if err != nil {
+				t.Fatalf("no upstream connection: %v", err)
+			}
+			defer uc.Close()
+			cli.SetLinger(0)
+			cli.Close()
+			uc.SetReadDeadline(time.Now().Add(3 * time.Second))
+			b, err := io.ReadAll(uc)
+			if string(b) != first || !errors.Is(err, unix.ECONNRESET) {
+				t.Fatalf("upstream read %q, %v; want %q, then a reset", b, err, first)
+			}
+			select {
+			case rec := <-obs.done:
+				if rec.Flags != "DC" || rec.Sent != int64(len(first)) {
+					t.Errorf("recorded %+v; want flags DC, %d bytes sent", rec, len(first))
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no L4Done")
+			}
+			waitReleased(t, s)
+		})
+	}
 }

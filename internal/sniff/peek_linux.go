@@ -202,8 +202,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// peerClosed reports whether the peer's FIN has arrived (CLOSE_WAIT), so no
-// more bytes will follow the queued ones.
+// peerClosed reports whether the peer's FIN has arrived (CLOSE_WAIT) or it
+// reset the connection (CLOSE: a peek returns the queued bytes before the
+// error), so no more bytes will follow the queued ones.
 func peerClosed(c *net.TCPConn) bool {
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -212,7 +213,7 @@ func peerClosed(c *net.TCPConn) bool {
 	closed := false
 	rc.Control(func(fd uintptr) {
 		ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO)
-		closed = err == nil && ti.State == unix.BPF_TCP_CLOSE_WAIT
+		closed = err == nil && (ti.State == unix.BPF_TCP_CLOSE_WAIT || ti.State == unix.BPF_TCP_CLOSE)
 	})
 	return closed
 }

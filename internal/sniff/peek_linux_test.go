@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -128,6 +129,32 @@ func TestSniffPartialThenHalfClose(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("waited %v although the client had closed", d)
+	}
+}
+
+// TestSniffPartialThenReset: a client that resets after a partial prefix
+// sends nothing more either; a peek still returns the queued bytes (the
+// error comes after them), so Sniff must look at the socket's state, or it
+// waits maxWait (sniff_timeout, 15 s) with the pre-dialed upstream
+// connection held open.
+func TestSniffPartialThenReset(t *testing.T) {
+	a, c := pair(t)
+	c.Write([]byte("GE"))
+	time.Sleep(10 * time.Millisecond) // queued before the reset
+	c.SetLinger(0)
+	c.Close()
+	start := time.Now()
+	r, err := Sniff(context.Background(), a, 5*time.Second)
+	if err != nil || r.Protocol != Unknown || r.N != 2 {
+		t.Fatalf("Sniff = %+v, %v", r, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("waited %v although the client had reset", d)
+	}
+	// The bytes, then the reset, are still there for the copy that follows.
+	b, err := io.ReadAll(a)
+	if string(b) != "GE" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read %q, %v after Sniff; want GE, then the reset", b, err)
 	}
 }
 
