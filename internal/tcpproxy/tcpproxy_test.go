@@ -175,8 +175,10 @@ func TestIdleTimeoutClose(t *testing.T) {
 			}
 		}
 	})
+	// The half-close and the stall must be in place before the timeout
+	// fires: 2 s leaves a loaded machine time to run the test's goroutines.
 	t.Run("half-closed", func(t *testing.T) {
-		client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
+		client, server, done := harness(t, Options{IdleTimeout: 2 * time.Second})
 		client.CloseWrite()
 		server.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := server.Read(make([]byte, 1)); err != io.EOF {
@@ -204,7 +206,10 @@ func TestIdleTimeoutClose(t *testing.T) {
 		}
 	})
 	t.Run("stalled", func(t *testing.T) {
-		client, server, done := harness(t, Options{IdleTimeout: 300 * time.Millisecond})
+		client, server, done := harness(t, Options{IdleTimeout: 2 * time.Second})
+		if _, err := server.Write(make([]byte, 64<<10)); err != nil { // moving before the timeout fires
+			t.Fatal(err)
+		}
 		wrote := make(chan error, 1)
 		go func() {
 			_, err := server.Write(make([]byte, 64<<20)) // the client never reads
