@@ -586,6 +586,13 @@ func (fc *fastConn) sendOff(x *request) {
 // whether the client connection may carry another request.
 func (fc *fastConn) done(x *request, up *upLink, keep, reusable bool) bool {
 	fc.sendOff(x)
+	if fc.gone.Load() {
+		// watchClient saw the client reset and closed up, maybe after the
+		// body had all been copied (between the last write and stop):
+		// its descriptor is closed, and alive and the loops would use a
+		// number the kernel may have given to another socket.
+		keep, reusable = false, false
+	}
 	keep = keep && !x.h.closeConn
 	if reusable {
 		fc.keepLink(up, keep)

@@ -476,3 +476,48 @@ func TestEarlyResponseRelayed(t *testing.T) {
 		})
 	}
 }
+
+// TestClientResetLinkNotKept: when watchClient saw the client reset, it
+// closed the upstream connection; if the body had already been copied
+// whole (the reset came between the last write and stop), the exchange
+// looks successful, yet the link must not be pooled or kept: its
+// descriptor is closed, and alive and the loops use the raw number, which
+// the kernel may have given to another socket by then.
+func TestClientResetLinkNotKept(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p, err := New(Options{Dialer: newFrontDialer()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	h := p.hosts.acquire(hostKey{dst: ln.Addr().(*net.TCPAddr).AddrPort()})
+	defer p.hosts.release(h)
+	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.open.Add(1)
+	up := newUpLink(conn, h)
+	fc := &fastConn{p: p, heads: loopAfter, fd: -1}
+	x := &request{hst: h}
+	fc.sendOn(x, up)
+	// What watchClient does on a client reset.
+	fc.gone.Store(true)
+	up.conn.Close()
+	if keep := fc.done(x, up, true, true); keep {
+		t.Error("client connection kept after its reset")
+	}
+	p.hosts.mu.Lock()
+	pooled := len(h.links)
+	p.hosts.mu.Unlock()
+	if pooled != 0 || fc.pin != nil {
+		t.Errorf("closed upstream connection kept: %d pooled, pinned %v", pooled, fc.pin != nil)
+	}
+	if n := h.open.Load(); n != 0 {
+		t.Errorf("host counts %d open connections, want 0", n)
+	}
+}
