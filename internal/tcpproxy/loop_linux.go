@@ -110,7 +110,6 @@ type loopSet struct {
 	want    int // 0: one per CPU Go runs on
 	started atomic.Bool
 	loops   []*loop
-	err     error
 	turn    atomic.Uint32
 }
 
@@ -185,29 +184,35 @@ func pickLoop() (*loop, error) { return pairLoops.pick() }
 // use.
 func (s *loopSet) pick() (*loop, error) {
 	if !s.started.Load() {
-		s.start()
-	}
-	if len(s.loops) == 0 {
-		return nil, s.err
+		if err := s.start(); err != nil {
+			return nil, err
+		}
 	}
 	return s.loops[s.turn.Add(1)%uint32(len(s.loops))], nil
 }
 
-func (s *loopSet) start() {
+// start makes the set's loops. When not even one can be made (the
+// process is out of descriptors, say), the set stays unstarted and the
+// next pair tries again: giving up for good would fail every L4
+// connection until a restart. When some could, the set runs with those.
+func (s *loopSet) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started.Load() {
-		return
+		return nil
 	}
 	for range loopCount(s.want) {
 		l, err := newLoop(rawsys.Yield)
 		if err != nil {
-			s.err = err
+			if len(s.loops) == 0 {
+				return err
+			}
 			break
 		}
 		s.loops = append(s.loops, l)
 	}
 	s.started.Store(true)
+	return nil
 }
 
 // newLoop starts a loop whose thread calls yield before it parks.
