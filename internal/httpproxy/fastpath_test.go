@@ -213,27 +213,36 @@ func BenchmarkFastHead(b *testing.B) {
 	}
 }
 
+// hostWithLink makes a proxy, a host of its cluster for a loopback
+// listener, and an open upstream connection to it, counted open, not
+// pooled; all go when the test ends.
+func hostWithLink(tb testing.TB) (*Proxy, *host, *upLink) {
+	tb.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	p, err := New(Options{Dialer: newFrontDialer()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	h := p.hosts.acquire(hostKey{dst: ln.Addr().(*net.TCPAddr).AddrPort()})
+	tb.Cleanup(func() { p.hosts.release(h) })
+	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.open.Add(1)
+	return p, h, newUpLink(conn, h)
+}
+
 // BenchmarkLinkPool measures taking a pooled upstream connection, with
 // the liveness check every one gets, and putting it back.
 func BenchmarkLinkPool(b *testing.B) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	p, err := New(Options{Dialer: newFrontDialer()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-	h := p.hosts.acquire(hostKey{dst: ln.Addr().(*net.TCPAddr).AddrPort()})
-	defer p.hosts.release(h)
-	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		b.Fatal(err)
-	}
-	h.open.Add(1)
-	p.hosts.putLink(newUpLink(conn, h))
+	p, h, l := hostWithLink(b)
+	p.hosts.putLink(l)
 	b.ReportAllocs()
 	for b.Loop() {
 		l := p.hosts.takeLink(h)
@@ -484,24 +493,7 @@ func TestEarlyResponseRelayed(t *testing.T) {
 // descriptor is closed, and alive and the loops use the raw number, which
 // the kernel may have given to another socket by then.
 func TestClientResetLinkNotKept(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	p, err := New(Options{Dialer: newFrontDialer()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	h := p.hosts.acquire(hostKey{dst: ln.Addr().(*net.TCPAddr).AddrPort()})
-	defer p.hosts.release(h)
-	conn, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.open.Add(1)
-	up := newUpLink(conn, h)
+	p, h, up := hostWithLink(t)
 	fc := &fastConn{p: p, heads: loopAfter, fd: -1}
 	x := &request{hst: h}
 	fc.sendOn(x, up)
