@@ -838,20 +838,12 @@ func (l *upLink) reuse() {
 // upstream neither closed it nor sent anything unasked. The caller owns
 // the link (out of the pool), so nothing closes its descriptor meanwhile:
 // the peek uses it directly, without a closure for RawConn.Control, which
-// would cost two allocations per request taken from the pool.
+// would cost two allocations per request taken from the pool. A link
+// whose descriptor is unknown (-1) fails the peek (EBADF): not reused.
 func (l *upLink) alive() bool {
-	if l.fd >= 0 {
-		var b [1]byte
-		_, err := rawsys.Peek(l.fd, b[:])
-		return err == unix.EAGAIN
-	}
-	ok := false
-	l.rc.Control(func(fd uintptr) {
-		var b [1]byte
-		_, err := rawsys.Peek(int(fd), b[:])
-		ok = err == unix.EAGAIN
-	})
-	return ok
+	var b [1]byte
+	_, err := rawsys.Peek(l.fd, b[:])
+	return err == unix.EAGAIN
 }
 
 func newUpLink(conn *net.TCPConn, h *host) *upLink {

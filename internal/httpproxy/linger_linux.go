@@ -37,18 +37,12 @@ func drain(c net.Conn) {
 
 // closeLingering closes the fast path's client connection, lingering as
 // downConn.Close does when the client's bytes are still unread: buffered
-// says detour holds some it read and will not use. fd is c's descriptor
-// (-1: unknown), asked directly: the caller owns c, and a closure for
-// RawConn.Control would cost allocations on every connection.
+// says detour holds some it read and will not use. fd is c's descriptor,
+// asked directly: the caller owns c, and a closure for RawConn.Control
+// would cost allocations on every connection (-1, unknown, reads as
+// nothing unread).
 func closeLingering(c *net.TCPConn, fd int, buffered bool) {
-	unread := false
-	if fd >= 0 {
-		n, _ := rawsys.InQueue(fd)
-		unread = n > 0
-	} else {
-		unread = unreadInput(c)
-	}
-	if buffered || unread {
+	if n, _ := rawsys.InQueue(fd); buffered || n > 0 {
 		c.CloseWrite()
 		drain(c)
 	}
