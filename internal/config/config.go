@@ -454,11 +454,12 @@ func (c *Config) checkListenFamilies() error {
 	}
 	if c.Mode == "redirect" && len(c.Intercept.Interfaces) > 0 {
 		for _, a := range []netip.AddrPort{v4, v6} {
-			if a.IsValid() && a.Addr().IsLoopback() {
-				return fmt.Errorf("listen: %s is on loopback, but intercept.interfaces redirects the gateway's connections to the interface's own address; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, a.Port(), a.Port())
-			}
 			if a.IsValid() && !a.Addr().IsUnspecified() {
-				return fmt.Errorf("listen: %s: with intercept.interfaces, REDIRECT sends the gateway's connections to each interface's own address and local ones to loopback; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, a.Port(), a.Port())
+				where := "on one address"
+				if a.Addr().IsLoopback() {
+					where = "on loopback"
+				}
+				return fmt.Errorf("listen: %s is %s, but intercept.interfaces redirects the gateway's connections to each interface's own address, and local ones to loopback; listen on the unspecified address (0.0.0.0:%d, [::]:%d)", a, where, a.Port(), a.Port())
 			}
 		}
 	}
