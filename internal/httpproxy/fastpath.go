@@ -113,6 +113,7 @@ type fastConn struct {
 	idleAt time.Time // when a loop gave the connection back idle: the start of its idle timeout
 	fd     int       // c's descriptor, for a loop
 	pin    *upLink   // the upstream connection kept for the next request, which a loop serves
+	pump   *bodyPump // copying the request body while the response is awaited or relayed
 	ol     onLoop    // while a loop serves the connection (onloop_linux.go)
 }
 
@@ -555,6 +556,11 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		h.closeConn = true // the rest of the body is still in the client's stream: Connection: close
 	}
 	keep, upOK := fc.relay(up, br, res, x.rh, h, info)
+	if !fc.endBody() {
+		// Answered before the upstream took the whole body, which it
+		// does not want now: the rest is still in the client's stream.
+		keep, upOK = false, false
+	}
 	if len(up.raw.ahead) > 0 || up.raw.aheadErr != nil { // bytes a loop read past the response
 		upOK = false
 	}
@@ -642,24 +648,21 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 	case rest > 0:
 		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
 			werr = fmt.Errorf("%w: %w", errNoResponse, err)
-		} else if err := fc.copyBody(up.conn, rest); err != nil {
-			if errors.Is(err, errClientBody) {
-				return nil, nil, err
-			}
-			werr = err
-		}
-		if werr != nil {
 			if ne, ok := errors.AsType[net.Error](werr); ok && ne.Timeout() {
 				return nil, nil, werr // the upstream stopped reading: no answer to wait for
 			}
-			// The upstream stopped taking the body, as a server that
+			// The upstream stopped taking the request, as a server that
 			// answers early (413, 401) and closes does (RFC 9112, 9.3):
 			// relay its answer if it sent one, then close the client
 			// connection, whose body is still unread.
 			x.early = true
-		}
-		if rt := p.o.RouteTimeout; rt > 0 {
-			up.conn.SetReadDeadline(time.Now().Add(rt))
+			if rt := p.o.RouteTimeout; rt > 0 {
+				up.conn.SetReadDeadline(time.Now().Add(rt))
+			}
+		} else {
+			// The rest of the body goes on its own goroutine while the
+			// answer is awaited here (see bodyPump).
+			fc.pump = fc.startBody(up, rest)
 		}
 	default:
 		// The whole request is here: write it and wait for the answer in
@@ -681,6 +684,10 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			// The route timeout's read deadline stays until relay reads
 			// more than br holds (or the next request sets its own).
 			up.lim.n = 1<<63 - 1
+			if err := fc.headIn(x, rh.status); err != nil {
+				fc.p.pools.readers.Put(br)
+				return nil, nil, err
+			}
 			return br, nil, nil
 		}
 		res, err := http.ReadResponse(br, req)
@@ -692,18 +699,24 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			if up.lim.n == maxResponseHead && n1xx == 0 {
 				err = fmt.Errorf("%w: %w", errNoResponse, err)
 			}
-			return nil, nil, err
+			return nil, nil, fc.bodyFailed(err)
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			up.lim.n = 1<<63 - 1 // as above
 			if res.StatusCode == http.StatusSwitchingProtocols {
 				fc.p.pools.readers.Put(br)
+				fc.endBody()
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
+			}
+			if err := fc.headIn(x, res.StatusCode); err != nil {
+				fc.p.pools.readers.Put(br)
+				return nil, nil, err
 			}
 			return br, res, nil
 		}
 		if n1xx == max1xx {
 			fc.p.pools.readers.Put(br)
+			fc.endBody()
 			return nil, nil, errors.New("too many informational responses")
 		}
 		// 100 Continue, 102, 103 Early Hints: relay and read on.
@@ -715,43 +728,23 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		fc.p.pools.bufs.Put(b)
 		if werr != nil {
 			fc.p.pools.readers.Put(br)
+			fc.endBody()
 			return nil, nil, errClientGone
 		}
 	}
 }
 
-// copyBody sends n more request body bytes from the client to dst. The
-// stream idle timeout bounds each read and write.
-func (fc *fastConn) copyBody(dst *net.TCPConn, n int64) error {
-	sit := fc.p.o.StreamIdleTimeout
-	if sit <= 0 {
-		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
-	}
-	_, rerr, werr := copyN(dst, fc.c, n, fc.p.copyBufs, func() {
-		if sit > 0 {
-			dl := time.Now().Add(sit)
-			dst.SetWriteDeadline(dl)
-			fc.c.SetReadDeadline(dl)
-		}
-	})
-	fc.c.SetReadDeadline(time.Time{})
-	switch {
-	case werr != nil:
-		return werr
-	case rerr != nil:
-		return errClientBody
-	}
-	return nil
-}
-
 // copyN copies n bytes from src to dst through a pooled buffer, calling
-// step before each read. rerr is src's error (io.ErrUnexpectedEOF when it
-// ended early), werr dst's.
-func copyN(dst io.Writer, src io.Reader, n int64, bufs *bufferPool, step func()) (copied int64, rerr, werr error) {
+// step before each read; a false step ends the copy (rerr
+// errPumpStopped). rerr is src's error (io.ErrUnexpectedEOF when it ended
+// early), werr dst's.
+func copyN(dst io.Writer, src io.Reader, n int64, bufs *bufferPool, step func() bool) (copied int64, rerr, werr error) {
 	buf := bufs.Get()
 	defer bufs.Put(buf)
 	for n > 0 {
-		step()
+		if !step() {
+			return copied, errPumpStopped, nil
+		}
 		m, err := src.Read(buf[:min(n, int64(len(buf)))])
 		if m > 0 {
 			w, err := dst.Write(buf[:m])
@@ -918,7 +911,7 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	if len(up.raw.ahead) > 0 {
 		src = &up.raw // bytes a loop read come first
 	}
-	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() {})
+	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() bool { return true })
 	stop()
 	info.BodyBytes += m
 	switch {
@@ -1048,6 +1041,9 @@ func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []by
 // DC. A FIN is no reason: a client may half-close and still read. stop
 // ends the watch.
 func (fc *fastConn) watchClient(up *upLink) (stop func()) {
+	if fc.pump != nil {
+		return func() {} // the pump reads the client, and does the same on its failure
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

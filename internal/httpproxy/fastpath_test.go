@@ -513,3 +513,139 @@ func TestClientResetLinkNotKept(t *testing.T) {
 		t.Errorf("host counts %d open connections, want 0", n)
 	}
 }
+
+// TestResponseWhileBodyStreams: an upstream may answer before it has read
+// the whole request body, and the answer must reach the client then, as
+// Envoy and Go's Transport relay it: a 413 from a server that stops
+// reading but keeps the connection open (the body's write would block
+// until the stream idle timeout), or a response streamed while the body
+// still comes (an echo: neither side finishes unless both directions
+// flow at once).
+func TestResponseWhileBodyStreams(t *testing.T) {
+	const bodySize = 32 << 20
+	// early answers 413 to the head and neither reads nor closes (until
+	// the test ends).
+	early := func(c net.Conn, release <-chan struct{}) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+		<-release
+	}
+	// echo streams the body back as it reads it.
+	echo := func(c net.Conn, _ <-chan struct{}) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", req.ContentLength)
+		io.Copy(c, req.Body)
+	}
+	for _, tt := range []struct {
+		name       string
+		upstream   func(net.Conn, <-chan struct{})
+		fast       bool
+		wantStatus int
+		wantBody   int // bytes
+		wantClose  bool
+	}{
+		{"fast path, early answer", early, true, 413, 8, true},
+		{"net/http, early answer", early, false, 413, 8, true},
+		{"fast path, echo", echo, true, 200, bodySize, false},
+		{"net/http, echo", echo, false, 200, bodySize, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			release := make(chan struct{})
+			up := rawUpstream(t, func(c net.Conn) { tt.upstream(c, release) })
+			t.Cleanup(func() { close(release) }) // before rawUpstream's, which waits for it
+			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
+			c, br := f.raw(t)
+			// Far from the stream idle timeout (5 min) that a blocked
+			// body write would wait for.
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			go func() {
+				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", bodySize)
+				chunk := make([]byte, 64<<10)
+				for range bodySize / len(chunk) {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, res.Body)
+			if err != nil || res.StatusCode != tt.wantStatus || n != int64(tt.wantBody) || res.Close != tt.wantClose {
+				t.Fatalf("got %d, %d body bytes (%v), close %v; want %d, %d bytes, close %v",
+					res.StatusCode, n, err, res.Close, tt.wantStatus, tt.wantBody, tt.wantClose)
+			}
+			if i := f.info(t); i.Status != tt.wantStatus {
+				t.Errorf("recorded %d, want %d", i.Status, tt.wantStatus)
+			}
+			if tt.wantClose {
+				expectEOF(t, br)
+			}
+		})
+	}
+}
+
+// TestUpstreamNeverTakesBody: an upstream that reads the head, then
+// neither reads the body nor answers, is given up when the body's write
+// has blocked for the stream idle timeout: 504, and the connection
+// closes (the body's rest is still in the client's stream).
+func TestUpstreamNeverTakesBody(t *testing.T) {
+	release := make(chan struct{})
+	up := rawUpstream(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			<-release
+		}
+	})
+	t.Cleanup(func() { close(release) })
+	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up)
+	c, br := f.raw(t)
+	go func() {
+		fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+		chunk := make([]byte, 64<<10)
+		for range 1024 {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	res, body := readResponse(t, br, "PUT")
+	if res.StatusCode != http.StatusGatewayTimeout || !res.Close {
+		t.Fatalf("got %d %q (close %v), want 504 with Connection: close", res.StatusCode, body, res.Close)
+	}
+	if i := f.info(t); i.Flags != UpstreamTimeout {
+		t.Errorf("flags %v, want UT", i.Flags)
+	}
+}
+
+// TestClientResetDuringEarlyResponse: a client that resets while an
+// answer that came before its body went out is being relayed is recorded
+// as gone (DC), and its body's copy ends.
+func TestClientResetDuringEarlyResponse(t *testing.T) {
+	release := make(chan struct{})
+	up := rawUpstream(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nstart")
+		<-release
+	})
+	t.Cleanup(func() { close(release) })
+	f := newFront(t, Options{}, up)
+	c, br := f.raw(t)
+	fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nfirst", 1<<20)
+	res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("got %v, %v; want the upstream's 200 while the body still comes", res, err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	if i := f.info(t); i.Flags != DownstreamClosed {
+		t.Errorf("flags %v, want DC", i.Flags)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/upstream"
@@ -101,12 +102,18 @@ type exchange struct {
 	trace httptrace.ClientTrace
 	// vals backs the one-value header slices the proxy sets (three on the
 	// request, two on the response), so setting them allocates nothing.
-	vals    [5]string
-	sent    time.Time // upstream connection obtained: the request goes out
+	vals [5]string
+	sent time.Time // upstream connection obtained: the request goes out
+	// wrote is set when the Transport has written the whole request: an
+	// error status before that refuses the body's rest.
+	wrote   atomic.Bool
 	gotConn bool
 	status  int // upstream's status, for upgrades that bypass WriteHeader
 	p       *Proxy
 }
+
+// wroteRequest is the client trace's WroteRequest.
+func (x *exchange) wroteRequest(httptrace.WroteRequestInfo) { x.wrote.Store(true) }
 
 // gotConnection is the client trace's GotConn: the request has an upstream
 // connection and goes out now. The Transport calls it again when it retries
@@ -225,6 +232,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.hosts.release(x.host)
 	}()
 	x.trace.GotConn = x.gotConnection
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		// The upstream may answer while the body still comes (an echo, a
+		// 413): the Transport sends the body as the response is relayed,
+		// and the server must not take the body's unread rest for
+		// abandoned when the head goes out.
+		http.NewResponseController(w).EnableFullDuplex()
+		x.trace.WroteRequest = x.wroteRequest
+	}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), exchangeKey{}, x), &x.trace)
 	p.rp.ServeHTTP(x.rw, r.WithContext(ctx))
 }
@@ -284,6 +299,12 @@ func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
 func (p *Proxy) modifyResponse(res *http.Response) error {
 	x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 	x.status = res.StatusCode
+	if res.StatusCode >= 400 && x.trace.WroteRequest != nil && !x.wrote.Load() {
+		// An error status before the upstream took the whole body: the
+		// client should stop sending it (RFC 9112, 9.3), and the
+		// connection cannot carry another request.
+		res.Header["Connection"] = []string{"close"}
+	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		x.dc.g.passthrough() // the connection becomes a tunnel
 	}
@@ -350,15 +371,20 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		// Nobody to answer; and a client that only half-closed must not
 		// read the empty 200 net/http would send for a silent handler.
 		panic(http.ErrAbortHandler)
+	}
+	// A body the upstream did not take whole is still (in part) in the
+	// client's stream: the connection cannot carry another request.
+	unread := x.trace.WroteRequest != nil && !x.wrote.Load()
+	switch {
 	case errors.As(err, &de):
 		x.info.Flags |= UpstreamConnectFailure
-		p.localReply(x, http.StatusServiceUnavailable, msgReset+string(de.Reason), false)
+		p.localReply(x, http.StatusServiceUnavailable, msgReset+string(de.Reason), unread)
 	case errors.As(err, &ne) && ne.Timeout():
 		x.info.Flags |= UpstreamTimeout
-		p.localReply(x, http.StatusGatewayTimeout, msgTimeout, false)
+		p.localReply(x, http.StatusGatewayTimeout, msgTimeout, unread)
 	default:
 		x.info.Flags |= UpstreamClosed
-		p.localReply(x, http.StatusServiceUnavailable, msgReset+resetReason(err), false)
+		p.localReply(x, http.StatusServiceUnavailable, msgReset+resetReason(err), unread)
 	}
 	p.log.Info("upstream error", "client", x.info.Client, "dst", x.info.Dst, "host", x.info.Host,
 		"flags", x.info.Flags, "err", err)

@@ -1,0 +1,199 @@
+package httpproxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// bodyPump copies the rest of a request body from the client to the
+// upstream on its own goroutine, so that the response is read, and
+// relayed, while the body still comes, as Envoy and Go's Transport do: an
+// upstream may answer before it has read the body (a 413 from a server
+// that then stops reading, a response streamed while the upload goes on)
+// and would otherwise wait for a body write that cannot finish.
+//
+// The route timeout starts when the body has gone out (Envoy's starts at
+// the end of the downstream request): the pump sets the response head's
+// read deadline then, unless the head is already in.
+type bodyPump struct {
+	fc   *fastConn
+	up   *upLink
+	rest int64
+
+	written  atomic.Int64 // body bytes the upstream took
+	stopping atomic.Bool  // stop interrupts the copy: its error is neither side's
+	done     chan struct{}
+	err      error // the copy's error (errClientBody: the client's side), read after done
+
+	mu       sync.Mutex
+	headSeen bool // the response head is in: the upstream's read deadline is the relay's
+}
+
+// errPumpStopped is the error of a copy that stop ended.
+var errPumpStopped = errors.New("body copy stopped")
+
+// startBody starts copying the body's last rest bytes to up.
+func (fc *fastConn) startBody(up *upLink, rest int64) *bodyPump {
+	b := &bodyPump{fc: fc, up: up, rest: rest, done: make(chan struct{})}
+	up.conn.SetReadDeadline(time.Time{}) // until the body has gone out
+	go b.run()
+	return b
+}
+
+func (b *bodyPump) run() {
+	defer close(b.done)
+	err := b.copy()
+	if b.stopping.Load() {
+		b.err = errPumpStopped
+		return
+	}
+	b.err = err
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ne, timedOut := errors.AsType[net.Error](err)
+	timedOut = timedOut && ne.Timeout()
+	switch {
+	case errors.Is(err, errClientBody):
+		// The client went away mid-body: the upstream must not take the
+		// cut body for a whole one, nor the client wait for an answer.
+		b.fc.gone.Store(true)
+		b.up.conn.Close()
+	case timedOut:
+		// The upstream stopped reading for the stream idle timeout: no
+		// answer to wait for, unless one is already in.
+		if !b.headSeen {
+			b.up.conn.SetReadDeadline(time.Unix(1, 0))
+		}
+	default:
+		// Sent, or the upstream stopped taking the body (it closed, as a
+		// server that answers early does): its answer is awaited.
+		if rt := b.fc.p.o.RouteTimeout; rt > 0 && !b.headSeen {
+			b.up.conn.SetReadDeadline(time.Now().Add(rt))
+		}
+	}
+}
+
+// copy sends the body's rest to the upstream. The stream idle timeout
+// bounds each read and write; stop's deadlines, and its flag checked
+// before each read, end it.
+func (b *bodyPump) copy() error {
+	fc, up := b.fc, b.up.conn
+	sit := fc.p.o.StreamIdleTimeout
+	if sit <= 0 {
+		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
+	}
+	_, rerr, werr := copyN(countingWriter{up, &b.written}, fc.c, b.rest, fc.p.copyBufs, func() bool {
+		if sit > 0 {
+			dl := time.Now().Add(sit)
+			up.SetWriteDeadline(dl)
+			fc.c.SetReadDeadline(dl)
+		}
+		return !b.stopping.Load()
+	})
+	fc.c.SetReadDeadline(time.Time{})
+	switch {
+	case werr != nil:
+		return werr
+	case rerr != nil:
+		return errClientBody
+	}
+	return nil
+}
+
+// headIn notes that x's final response head (status) is in, and that
+// the pump, if still copying, goes on while the response is relayed
+// (endBody ends it). An error status that came before the upstream took
+// the whole body refuses it: the response says Connection: close
+// (x.early), as RFC 9112 (9.3) has a client stop sending then. A client
+// that went away mid-body ends the exchange (errClientBody).
+func (fc *fastConn) headIn(x *request, status int) error {
+	b := fc.pump
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	b.headSeen = true
+	b.mu.Unlock()
+	if b.finishing() {
+		fc.pump = nil
+		return nil
+	}
+	select {
+	case <-b.done:
+		if errors.Is(b.err, errClientBody) {
+			fc.pump = nil
+			return b.err
+		}
+	default:
+	}
+	x.early = status >= 400
+	return nil
+}
+
+// finishing reports whether the upstream took the whole body, and then
+// waits for the pump, which ends at once.
+func (b *bodyPump) finishing() bool {
+	if b.written.Load() != b.rest {
+		return false
+	}
+	<-b.done
+	return true
+}
+
+// bodyFailed is called when no response head could be read (err): it
+// ends the pump and returns the error that explains the exchange's
+// failure: the client's going away, the upstream's refusing the body, or
+// err.
+func (fc *fastConn) bodyFailed(err error) error {
+	b := fc.pump
+	if b == nil {
+		return err
+	}
+	fc.endBody()
+	if b.err != nil && b.err != errPumpStopped {
+		return b.err
+	}
+	return err
+}
+
+// endBody ends the pump once the response has been relayed: it waits
+// for it when the upstream took the whole body, else stops it. It reports
+// whether the body went out whole (both connections may go on).
+func (fc *fastConn) endBody() (whole bool) {
+	b := fc.pump
+	if b == nil {
+		return true
+	}
+	fc.pump = nil
+	if b.finishing() {
+		return true
+	}
+	select {
+	case <-b.done:
+		return false
+	default:
+	}
+	b.stopping.Store(true)
+	past := time.Unix(1, 0)
+	fc.c.SetReadDeadline(past)
+	b.up.conn.SetWriteDeadline(past)
+	<-b.done
+	fc.c.SetReadDeadline(time.Time{})
+	return false
+}
+
+// countingWriter counts the bytes w took.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
