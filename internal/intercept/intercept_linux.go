@@ -13,7 +13,8 @@ import (
 // installed before (for example the leftovers of a crashed run, also when
 // that run used another mark or route table: the table records them). The
 // nftables table is swapped in one atomic batch; the policy routing follows.
-// If the policy routing fails, everything is removed again.
+// If the policy routing fails, everything is removed again, the replaced
+// install's policy routing included.
 func Apply(o Options) error { return apply(o, true) }
 
 // apply installs o's rules. When the policy routing fails, cleanOnFail
@@ -38,7 +39,9 @@ func apply(o Options, cleanOnFail bool) error {
 	if err := applyPolicy(o, rs, prev); err != nil {
 		err = fmt.Errorf("intercept: policy routing: %w%s", err, hint(err))
 		if cleanOnFail {
-			err = errors.Join(err, Clean(o))
+			// The table that recorded prev is gone: clean them now or
+			// nothing will find them again.
+			err = errors.Join(err, clean(o, prev))
 		}
 		return err
 	}
@@ -164,16 +167,24 @@ func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
 // Nothing else is touched, policy routing a live detour holds stays, and
 // nothing being there is success. Only Mode, TableName, TProxyMark,
 // RouteTable and NetNSFd matter.
-func Clean(o Options) error {
+func Clean(o Options) error { return clean(o, nil) }
+
+// clean is Clean, also removing the policy routing of extra: what a table
+// that is no longer there recorded.
+func clean(o Options, extra []policyPair) error {
 	if err := o.validateTarget(); err != nil {
 		return err
 	}
 	o = o.withDefaults()
 	var errs []error
-	var stale []policyPair
+	stale := slices.Clone(extra)
 	c, err := nftConn(o.NetNSFd)
 	if err == nil {
-		stale = recordedPairs(c, o)
+		for _, pp := range recordedPairs(c, o) {
+			if !slices.Contains(stale, pp) {
+				stale = append(stale, pp)
+			}
+		}
 		err = deleteTable(c, o.TableName)
 	}
 	if err != nil {

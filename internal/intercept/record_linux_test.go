@@ -257,3 +257,30 @@ func TestOpenPolicyOneSocket(t *testing.T) {
 		t.Errorf("openPolicy holds %d sockets, want 1", got)
 	}
 }
+
+// TestKernelFailedApplyRemovesRecordedPolicy: a killed run's rules with one
+// mark and route table, then an Apply with others that fails in its policy
+// routing (a foreign default route in its table): the rollback removes the
+// killed run's policy routing too. It used to leave it behind, with the
+// table that recorded it gone, so no later clean could find it.
+func TestKernelFailedApplyRemovesRecordedPolicy(t *testing.T) {
+	tempOwnerDir(t)
+	n := newNS(t)
+	run(t, n, "ip", "route", "add", "unreachable", "default", "table", "100")
+	before := snapshot(t, n)
+	if err := Apply(inNS(tproxyOpts(0x5, 200, ""), n)); err != nil { // the killed run's
+		t.Fatal(err)
+	}
+	second := inNS(tproxyOpts(0, 0, ""), n)
+	owner, err := Own(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Release()
+	if err := Apply(second); err == nil {
+		t.Fatal("Apply succeeded although table 100 has a default route of someone else")
+	}
+	if after := snapshot(t, n); after != before {
+		t.Errorf("failed Apply over a killed run's rules left\n%s\nwant\n%s", after, before)
+	}
+}
