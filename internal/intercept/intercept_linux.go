@@ -51,6 +51,17 @@ func apply(o Options, cleanOnFail bool) error {
 // ownPair is the policy routing o's tproxy rules use.
 func (o Options) ownPair() policyPair { return policyPair{o.TProxyMark, o.RouteTable} }
 
+// ownPairs is the policy routing o installs: none in redirect mode, whose
+// mark and route table are only defaults no rule of its uses, so that the
+// policy routing of a tproxy table of another name is not taken for its
+// own.
+func (o Options) ownPairs() []policyPair {
+	if o.Mode == ModeRedirect {
+		return nil
+	}
+	return []policyPair{o.ownPair()}
+}
+
 // recordedPairs returns the policy routing that the installed table of o's
 // name records, when it is not o's own: a previous install's. A table that
 // cannot be read records nothing; Apply replaces it anyway.
@@ -65,7 +76,7 @@ func recordedPairs(c *nftables.Conn, o Options) []policyPair {
 // stalePairs is the policy routing the table rs records, when it is not
 // o's own.
 func stalePairs(rs ruleset, o Options) []policyPair {
-	if p, ok := recordedPolicy(rs); ok && p != o.ownPair() {
+	if p, ok := recordedPolicy(rs); ok && !slices.Contains(o.ownPairs(), p) {
 		return []policyPair{p}
 	}
 	return nil
@@ -126,7 +137,7 @@ func applyPolicy(o Options, rs ruleset, stale []policyPair) error {
 		}
 	}
 	var errs []error
-	for _, pp := range append([]policyPair{own}, stale...) {
+	for _, pp := range append(o.ownPairs(), stale...) {
 		errs = append(errs, removePolicy(o, p, pp, rs))
 	}
 	return errors.Join(errs...)
@@ -162,8 +173,9 @@ func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
 
 // Clean removes what detour installs: the table, the `fwmark M lookup T`
 // rules (IPv4 and IPv6) and the local default routes in table T, both for
-// o's mark and table and for those the installed table records (so a plain
-// `rules clean` also removes what `rules apply --route-table 200` added).
+// o's mark and table (in tproxy mode: redirect installs no policy routing)
+// and for those the installed table records (so a plain `rules clean`
+// also removes what `rules apply --route-table 200` added).
 // Nothing else is touched, policy routing a live detour holds stays, and
 // nothing being there is success. Only Mode, TableName, TProxyMark,
 // RouteTable and NetNSFd matter.
@@ -195,7 +207,7 @@ func clean(o Options, extra []policyPair) error {
 		return errors.Join(append(errs, fmt.Errorf("intercept: policy routing: %w", err))...)
 	}
 	defer p.close()
-	for _, pp := range append([]policyPair{o.ownPair()}, stale...) {
+	for _, pp := range append(o.ownPairs(), stale...) {
 		if err := removePolicy(o, p, pp, ruleset{}); err != nil {
 			errs = append(errs, fmt.Errorf("intercept: policy routing: %w", err))
 		}
@@ -265,7 +277,7 @@ func read(o Options) (ruleset, error) {
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: read table inet %s: %w%s", o.TableName, err, hint(err))
 	}
-	pairs := append([]policyPair{o.ownPair()}, stalePairs(rs, o)...)
+	pairs := append(o.ownPairs(), stalePairs(rs, o)...)
 	p, err := openPolicy(o)
 	if err != nil {
 		return ruleset{}, fmt.Errorf("intercept: policy routing: %w", err)

@@ -284,3 +284,44 @@ func TestKernelFailedApplyRemovesRecordedPolicy(t *testing.T) {
 		t.Errorf("failed Apply over a killed run's rules left\n%s\nwant\n%s", after, before)
 	}
 }
+
+// TestKernelRedirectLeavesOthersPolicy: a redirect install has no policy
+// routing of its own, so its Apply and Clean leave alone the `fwmark 0x1
+// lookup 100` rules and routes of a tproxy table of another name (`rules
+// apply --table-name tp`, which no process holds). They used to remove
+// them, as if the default mark and route table were the redirect
+// install's, and the tproxy table went on marking packets that no route
+// delivered any more.
+func TestKernelRedirectLeavesOthersPolicy(t *testing.T) {
+	tempOwnerDir(t)
+	n := newNS(t)
+	if err := Apply(inNS(tproxyOpts(0, 0, "tp"), n)); err != nil {
+		t.Fatal(err)
+	}
+	policy := func() string {
+		return run(t, n, "ip", "rule") + run(t, n, "ip", "-6", "rule") +
+			run(t, n, "ip", "route", "show", "table", "100") + run(t, n, "ip", "-6", "route", "show", "table", "100")
+	}
+	want := policy()
+	r := inNS(Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}, n)
+	owner, err := Own(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Release()
+	if err := Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	if got := policy(); got != want {
+		t.Errorf("redirect Apply changed the tproxy table's policy routing to\n%s\nwant\n%s", got, want)
+	}
+	if shown, err := Show(r); err != nil || strings.Contains(shown, "fwmark") {
+		t.Errorf("redirect Show = %v\n%s\nwant no policy routing: it is not the redirect install's", err, shown)
+	}
+	if err := Clean(r); err != nil {
+		t.Fatal(err)
+	}
+	if got := policy(); got != want {
+		t.Errorf("redirect Clean changed the tproxy table's policy routing to\n%s\nwant\n%s", got, want)
+	}
+}
