@@ -547,6 +547,9 @@ func (i *Intercept) finish(mode string) error {
 		if p.Masked() != p {
 			return fmt.Errorf("intercept.destinations: %q has host bits set; did you mean %s?", d, p.Masked())
 		}
+		if p.Addr().Is4In6() {
+			return fmt.Errorf("intercept.destinations: %q is IPv4-mapped IPv6, which no packet carries; write it as an IPv4 CIDR", d)
+		}
 		i.DestinationPrefixes = append(i.DestinationPrefixes, p)
 	}
 	for _, p := range i.Ports {
@@ -555,8 +558,8 @@ func (i *Intercept) finish(mode string) error {
 		}
 	}
 	for _, f := range i.Interfaces {
-		if f == "" || len(f) > 15 || strings.ContainsAny(f, " /") {
-			return fmt.Errorf("intercept.interfaces: %q is not an interface name", f)
+		if err := intercept.CheckIfName(f); err != nil {
+			return fmt.Errorf("intercept.interfaces: %w", err)
 		}
 	}
 	if len(i.ExcludeUIDs) > 0 && mode != "redirect" {

@@ -91,6 +91,10 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "bad protocol", yaml: "protocol: udp", wantErr: "protocol:"},
 		{name: "bad log level", yaml: "log_level: loud", wantErr: "log_level"},
 		{name: "bad interface", yaml: "intercept: {interfaces: [a-very-long-interface-name]}", wantErr: "interfaces"},
+		{name: "wildcard interface", yaml: "intercept: {ports: [80], interfaces: ['eth*']}", wantErr: "intercept.interfaces: interface name \"eth*\""},
+		{name: "interface with a tab", yaml: "intercept: {ports: [80], interfaces: [\"a\\tb\"]}", wantErr: "intercept.interfaces: interface name \"a\\tb\""},
+		{name: "interface named ..", yaml: "intercept: {interfaces: ['..']}", wantErr: "intercept.interfaces: interface name \"..\""},
+		{name: "IPv4-mapped destination", yaml: "intercept: {ports: [80], destinations: ['::ffff:10.0.0.0/104']}", wantErr: "intercept.destinations: \"::ffff:10.0.0.0/104\""},
 		{name: "bad server header mode", yaml: "http: {server_header_mode: replace}", wantErr: "server_header_mode"},
 		{name: "http defaults", yaml: "", check: func(t *testing.T, c *Config) {
 			h := c.HTTP

@@ -129,7 +129,7 @@ func (o Options) Validate() error {
 	}
 
 	for _, name := range o.Interfaces {
-		if err := checkIfName(name); err != nil {
+		if err := CheckIfName(name); err != nil {
 			bad("intercept: Interfaces: %v", err)
 		}
 	}
@@ -157,8 +157,9 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkIfName accepts what the kernel accepts as an interface name.
-func checkIfName(name string) error {
+// CheckIfName accepts what the kernel accepts as an interface name, and
+// no wildcard.
+func CheckIfName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("empty interface name")
