@@ -302,6 +302,9 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 		if !listen.Inspect().LoopbackUp {
 			return fmt.Errorf("install rules: %w (the loopback interface lo is down: ip link set lo up)", err)
 		}
+		if errors.Is(err, syscall.EEXIST) { // the error says what is in the way; check would not see it
+			return fmt.Errorf("install rules: %w", err)
+		}
 		return fmt.Errorf("install rules: %w (try `detour check --mode %s`)", err, cfg.Mode)
 	}
 	d.rules = &o

@@ -113,6 +113,9 @@ func (p *policy) ensure(pp policyPair, v6 bool) error {
 			Family: afamily(v6), Table: pp.table, Type: unix.RTN_LOCAL, Scope: unix.RT_SCOPE_HOST,
 			Protocol: unix.RTPROT_BOOT, LinkIndex: p.lo, Dst: dst,
 		})
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("ip route add local %s dev lo table %d: %w: the table already has a default route that is not detour's; give detour an unused table (--route-table, intercept.route_table), or see `ip route show table %d`", dst, pp.table, err, pp.table)
+		}
 		if err != nil {
 			return fmt.Errorf("ip route add local %s dev lo table %d: %w", dst, pp.table, err)
 		}
