@@ -115,6 +115,7 @@ func Run(ctx context.Context, o Options) []Result {
 			v6Only(here, result("IPV6_TRANSPARENT socket option", setsockopt(unix.AF_INET6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1), fixRoot+"; if IPv6 is disabled, listen on IPv4 only")))
 	}
 	rs = append(rs, result("SO_MARK socket option", setsockopt(unix.AF_INET, unix.SOL_SOCKET, unix.SO_MARK, 2), fixRoot))
+	rs = append(rs, ownerDirCheck())
 	rs = append(rs, namespaceChecks(here, o.Listeners)...)
 	if o.Rules != nil {
 		rs = append(rs, interfaceChecks(o.Rules.Interfaces)...)
@@ -246,6 +247,12 @@ func effectiveCaps() (uint64, error) {
 		}
 	}
 	return 0, errors.New("no CapEff in /proc/self/status")
+}
+
+// ownerDirCheck: run takes a lock per table in intercept.OwnerDir (root's
+// /run/detour), which CAP_NET_ADMIN alone does not let it write.
+func ownerDirCheck() Result {
+	return result("lock directory "+intercept.OwnerDir+" (writable)", intercept.CheckOwnerDir(), intercept.OwnerDirFix())
 }
 
 // setsockopt tries an option on a plain socket that is never bound.

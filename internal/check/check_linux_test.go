@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -44,7 +45,7 @@ func TestRunAsRoot(t *testing.T) {
 					}
 				}
 			}
-			for _, n := range []string{"privileges (root or CAP_NET_ADMIN)", "nftables", "nftables meta mark", "nftables interval sets", "SO_MARK socket option"} {
+			for _, n := range []string{"privileges (root or CAP_NET_ADMIN)", "lock directory " + intercept.OwnerDir + " (writable)", "nftables", "nftables meta mark", "nftables interval sets", "SO_MARK socket option"} {
 				if !names[n] {
 					t.Errorf("mode %q: check %q missing", mode, n)
 				}
@@ -217,5 +218,33 @@ func TestRunConfiguredRules(t *testing.T) {
 	}
 	if after := hostState(t); after != hostRules {
 		t.Errorf("Run changed the host's rules or routes\n--- before\n%s--- after\n%s", hostRules, after)
+	}
+}
+
+// TestOwnerDirCheck: a detour with CAP_NET_ADMIN but not root passes every
+// other check, yet run could not take its lock in root's /run/detour:
+// check says so, with the fix.
+func TestOwnerDirCheck(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to act as another user")
+	}
+	old := intercept.OwnerDir
+	intercept.OwnerDir = t.TempDir() + "/detour"
+	t.Cleanup(func() { intercept.OwnerDir = old })
+	if r := ownerDirCheck(); !r.OK {
+		t.Fatalf("as root: %+v", r)
+	}
+	var r Result
+	done := make(chan struct{})
+	go func() { // a thread of its own, with nobody's file system ids
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		unix.Setfsgid(65534)
+		unix.Setfsuid(65534)
+		r = ownerDirCheck()
+	}()
+	<-done
+	if r.OK || !strings.Contains(r.Fix, "install -d -o USER "+intercept.OwnerDir) {
+		t.Errorf("as nobody: %+v; want a failure with the fix", r)
 	}
 }

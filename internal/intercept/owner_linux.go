@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -87,7 +88,7 @@ func own(fd int, holds []hold) (*Owner, error) {
 		return nil, fmt.Errorf("intercept: which network namespace: %w", err)
 	}
 	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
-		return nil, fmt.Errorf("intercept: %w", err)
+		return nil, fmt.Errorf("intercept: %w%s", err, ownerDirHint(err))
 	}
 	for _, h := range holds {
 		name := fmt.Sprintf("netns-%d-%s", ns, h.file)
@@ -101,11 +102,43 @@ func own(fd int, holds []hold) (*Owner, error) {
 			if errors.Is(err, ErrOwned) {
 				return nil, fmt.Errorf("intercept: %s in this network namespace is %w", h.what, err)
 			}
-			return nil, fmt.Errorf("intercept: lock %s: %w", path, err)
+			return nil, fmt.Errorf("intercept: lock %s: %w%s", path, err, ownerDirHint(err))
 		}
 		w.files = append(w.files, f)
 	}
 	return w, nil
+}
+
+// ownerDirHint says what to do when OwnerDir cannot be written: a run
+// with CAP_NET_ADMIN but not root (setcap, or systemd's
+// AmbientCapabilities) may install rules, yet /run is root's.
+func ownerDirHint(err error) string {
+	if !errors.Is(err, fs.ErrPermission) && !errors.Is(err, unix.EROFS) {
+		return ""
+	}
+	return fmt.Sprintf(" (detour keeps a lock per table in %s: %s)", OwnerDir, OwnerDirFix())
+}
+
+// OwnerDirFix says how to let a detour that is not root take its locks.
+func OwnerDirFix() string {
+	return fmt.Sprintf("run detour as root, or give its user the directory: install -d -o USER %s, or RuntimeDirectory=detour in its systemd unit", OwnerDir)
+}
+
+// CheckOwnerDir reports whether Own could take its locks: OwnerDir, or
+// where it would be made, is writable by this process. It changes nothing.
+func CheckOwnerDir() error {
+	dir := OwnerDir
+	for {
+		err := unix.Faccessat(unix.AT_FDCWD, dir, unix.W_OK|unix.X_OK, unix.AT_EACCESS)
+		if errors.Is(err, unix.ENOENT) && filepath.Dir(dir) != dir {
+			dir = filepath.Dir(dir) // made by the first Own: its parent must be writable
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s is not writable: %w", dir, err)
+		}
+		return nil
+	}
 }
 
 // lockFile takes an exclusive flock on path and writes this process's pid

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestOwn: one hold per table and network namespace, however many try;
@@ -59,5 +62,46 @@ func TestOwn(t *testing.T) {
 	again.Release()
 	if ents, _ := os.ReadDir(OwnerDir); len(ents) != 0 {
 		t.Errorf("lock files left after every release: %v", ents)
+	}
+}
+
+// asNobody runs fn on a thread of its own whose file system uid and gid are
+// nobody's, as a detour that runs with CAP_NET_ADMIN but not as root
+// (setcap, systemd's AmbientCapabilities) meets the file system.
+func asNobody(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		unix.Setfsgid(65534)
+		unix.Setfsuid(65534)
+		fn()
+	}()
+	<-done
+}
+
+// TestOwnWithoutWriteAccess: where the lock directory is root's and detour
+// is not root, Own's error and CheckOwnerDir (which `detour check` shows)
+// say what to do, instead of a bare "permission denied" that `detour
+// check`, all ok with CAP_NET_ADMIN, did not foresee.
+func TestOwnWithoutWriteAccess(t *testing.T) {
+	tempOwnerDir(t)
+	OwnerDir += "/detour"
+	a := newNS(t)
+	if err := CheckOwnerDir(); err != nil {
+		t.Fatalf("CheckOwnerDir as root: %v", err)
+	}
+	var ownErr, checkErr error
+	asNobody(func() {
+		var w *Owner
+		w, ownErr = Own(inNS(Options{}, a))
+		w.Release()
+		checkErr = CheckOwnerDir()
+	})
+	if ownErr == nil || !strings.Contains(ownErr.Error(), "install -d -o USER "+OwnerDir) {
+		t.Errorf("Own without write access to the lock directory: %v; want it to say how to give detour's user %s", ownErr, OwnerDir)
+	}
+	if checkErr == nil {
+		t.Errorf("CheckOwnerDir without write access to the lock directory: no error")
 	}
 }
