@@ -19,7 +19,8 @@ Rebuilds the two tutorials' networks in network namespaces on this machine
   tproxy    client -> router (detour, TPROXY, no NAT) -> server (httpbin)
   redirect  one host whose applications are REDIRECTed to detour -> server
 With no argument it runs both. Everything it made is removed at the end,
-on failure and on Ctrl-C. Needs root.
+on failure, on Ctrl-C and SIGTERM, and when its terminal closes (SIGHUP).
+Needs root.
 
 Examples:
   detour lab
@@ -69,7 +70,9 @@ func cmdLab(args []string, stdout, stderr io.Writer) int {
 	// A closed output pipe (`detour lab | head`) must not kill the lab
 	// before it removes what it made: writes then fail, cleanup goes on.
 	signal.Ignore(syscall.SIGPIPE)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal or ssh session must not kill the lab
+	// before it removes its namespaces.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err = lab.Run(ctx, lab.Options{Mode: mode, Binary: bin, Out: stdout, ID: *id, Keep: *keep,
 		SpoofSource: *spoof, NoIPv6: *noV6, GoClient: *goClient})
