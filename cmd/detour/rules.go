@@ -14,9 +14,11 @@ const rulesHelp = `Usage: detour rules apply|clean|show [-c detour.yaml] [flags]
           --dry-run prints them instead
   clean   remove exactly what detour installed; succeeds when nothing is there;
           also the policy routing the table records, whatever --tproxy-mark
-          and --route-table say (unless a running detour holds it)
+          and --route-table say (unless a running detour holds it); with
+          --mode redirect, only that
   show    print what is installed, in nft syntax, with the policy routes
-          (those of the flags and those the table records)
+          (in tproxy mode those of the flags; in both, those the table
+          records)
 
 Example:
   detour rules apply --mode tproxy --intercept-port 80,443 --intercept-iface eth1
