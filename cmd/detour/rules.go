@@ -75,7 +75,7 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "detour rules apply: %v\n", err)
 			return exitFailure
 		}
-		fmt.Fprintf(stdout, "installed %s rules (table inet %s); remove them with `detour rules clean`\n", o.Mode, o.TableName)
+		fmt.Fprintf(stdout, "installed %s rules (table inet %s); remove them with `%s`\n", o.Mode, o.TableName, cleanCommand(o))
 	case "clean":
 		if err := whileOwning(o, intercept.Clean); err != nil {
 			fmt.Fprintf(stderr, "detour rules clean: %v\n", err)
@@ -91,6 +91,20 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, text)
 	}
 	return exitOK
+}
+
+// cleanCommand is the command that removes what apply installed with o:
+// clean finds the mark and route table in the table, but needs its name,
+// and in redirect mode the mode, which has no policy routing of its own.
+func cleanCommand(o intercept.Options) string {
+	cmd := "detour rules clean"
+	if o.Mode == intercept.ModeRedirect {
+		cmd += " --mode redirect"
+	}
+	if o.TableName != intercept.DefaultTableName {
+		cmd += " --table-name " + o.TableName
+	}
+	return cmd
 }
 
 // whileOwning runs change on o's rules unless a running detour owns them:

@@ -168,3 +168,35 @@ func TestSecondRunLeavesTheFirstOnesRules(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesApplySaysHowToClean: the command `rules apply` prints for
+// removing its rules removes them, also in another table or mode. It
+// used to print a bare `detour rules clean`, which, for `--table-name
+// custom`, reported success and left every rule in place.
+func TestRulesApplySaysHowToClean(t *testing.T) {
+	needRoot(t)
+	for _, args := range [][]string{
+		{"--mode", "tproxy", "--intercept-port", "80", "--table-name", "custom", "--route-table", "200", "--tproxy-mark", "0x5"},
+		{"--mode", "redirect", "--intercept-port", "80", "--table-name", "custom_r"},
+	} {
+		t.Run(args[1], func(t *testing.T) {
+			n := redirectNet(t, "ac")
+			before := snapshot(t, n.Host)
+			out, err := detourCmd(t, n.Host, append([]string{"rules", "apply"}, args...)...)
+			if err != nil {
+				t.Fatalf("rules apply: %v\n%s", err, out)
+			}
+			_, advice, ok := strings.Cut(out, "remove them with `detour ")
+			advice, _, _ = strings.Cut(advice, "`")
+			if !ok || !strings.HasPrefix(advice, "rules clean") {
+				t.Fatalf("rules apply printed no `detour rules clean ...` to follow:\n%s", out)
+			}
+			if out, err := detourCmd(t, n.Host, strings.Fields(advice)...); err != nil {
+				t.Fatalf("detour %s: %v\n%s", advice, err, out)
+			}
+			if after := snapshot(t, n.Host); after != before {
+				t.Errorf("after `detour %s`, as rules apply advised:\n%s\nwant as before apply:\n%s", advice, after, before)
+			}
+		})
+	}
+}
