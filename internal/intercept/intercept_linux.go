@@ -237,9 +237,10 @@ func Installed(o Options) (bool, error) {
 
 // Missing names each part of what Apply(o) installs that the kernel no
 // longer has as Apply left it: the table, a chain, a chain's rules, a
-// policy rule or route. Someone else's `nft flush ruleset` (a firewall
-// reload) or `ip rule flush` removes them under a running detour, and
-// traffic then bypasses it without an error anywhere.
+// policy rule or route; and a chain someone added to the table. Someone
+// else's `nft flush ruleset` (a firewall reload) or `ip rule flush`
+// removes them under a running detour, and traffic then bypasses it
+// without an error anywhere.
 func Missing(o Options) ([]string, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err

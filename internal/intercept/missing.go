@@ -14,8 +14,9 @@ const DefaultCheckInterval = 5 * time.Second
 
 // missingParts names what of want got lacks or has changed, in the words of
 // Render's text: "table inet detour", "chain prerouting of table inet
-// detour", "rules of chain ...", and each policy rule or route as its ip
-// command.
+// detour", "rules of chain ...", a chain detour does not install ("chain X
+// of table inet detour (not detour's)"), and each policy rule or route as
+// its ip command.
 func missingParts(want, got ruleset) []string {
 	var out []string
 	table := "table inet " + want.table
@@ -34,6 +35,13 @@ func missingParts(want, got ruleset) []string {
 				slices.EqualFunc(gc.rules, wc.rules, func(a, b []stmt) bool { return ruleString(a) == ruleString(b) })
 			if !same {
 				out = append(out, fmt.Sprintf("rules of chain %s of %s", wc.name, table))
+			}
+		}
+		// The table is detour's own: a chain someone added to it would
+		// hook packets detour never meant to touch.
+		for _, gc := range got.chains {
+			if !slices.ContainsFunc(want.chains, func(c chain) bool { return c.name == gc.name }) {
+				out = append(out, fmt.Sprintf("chain %s of %s (not detour's)", gc.name, table))
 			}
 		}
 	}

@@ -174,6 +174,11 @@ func TestKernelEnsure(t *testing.T) {
 			[]string{"ip rule add fwmark 0x5 lookup 200", "ip -6 route add local ::/0 dev lo table 200"}},
 		{"redirect_flush", Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")},
 			[][]string{{"nft", "flush", "ruleset"}}, []string{"table inet detour"}},
+		// The table is detour's own: a chain someone adds to it (here one
+		// that drops every forwarded packet) goes with the reinstall, as a
+		// rule added to detour's chain does.
+		{"added_chain", tproxyOpts(0, 0, ""), [][]string{{"nft", "add chain inet detour extra { type filter hook forward priority 0; policy drop; }"}},
+			[]string{"chain extra of table inet detour (not detour's)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNS(t)
