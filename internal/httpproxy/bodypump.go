@@ -24,6 +24,7 @@ type bodyPump struct {
 	up   *upLink
 	rest int64
 
+	handed   atomic.Int64 // body bytes read from the client and handed to the upstream's write
 	written  atomic.Int64 // body bytes the upstream took
 	stopping atomic.Bool  // stop interrupts the copy: its error is neither side's
 	done     chan struct{}
@@ -86,7 +87,7 @@ func (b *bodyPump) copy() error {
 	if sit <= 0 {
 		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
 	}
-	_, rerr, werr := copyN(countingWriter{up, &b.written}, fc.c, b.rest, fc.p.copyBufs, func() bool {
+	_, rerr, werr := copyN(countingWriter{up, &b.handed, &b.written}, fc.c, b.rest, fc.p.copyBufs, func() bool {
 		if sit > 0 {
 			dl := time.Now().Add(sit)
 			up.SetWriteDeadline(dl)
@@ -95,6 +96,9 @@ func (b *bodyPump) copy() error {
 		return !b.stopping.Load()
 	})
 	fc.c.SetReadDeadline(time.Time{})
+	if rerr == nil && werr == nil {
+		up.SetWriteDeadline(time.Time{}) // the step's: the link may serve another request
+	}
 	switch {
 	case werr != nil:
 		return werr
@@ -104,12 +108,12 @@ func (b *bodyPump) copy() error {
 	return nil
 }
 
-// headIn notes that x's final response head (status) is in, and that
-// the pump, if still copying, goes on while the response is relayed
-// (endBody ends it). An error status that came before the upstream took
-// the whole body refuses it: the response says Connection: close
-// (x.early), as RFC 9112 (9.3) has a client stop sending then. A client
-// that went away mid-body ends the exchange (errClientBody).
+// headIn notes that x's final response head (status) is in; a pump still
+// copying goes on while the response is relayed (endBody ends it). An
+// error status while the client still sends the body refuses it: the
+// response says Connection: close (x.early), as RFC 9112 (9.3) has a
+// client stop sending then. A client that went away mid-body ends the
+// exchange (errClientBody).
 func (fc *fastConn) headIn(x *request, status int) error {
 	b := fc.pump
 	if b == nil {
@@ -118,30 +122,20 @@ func (fc *fastConn) headIn(x *request, status int) error {
 	b.mu.Lock()
 	b.headSeen = true
 	b.mu.Unlock()
-	if b.finishing() {
-		fc.pump = nil
-		return nil
-	}
 	select {
 	case <-b.done:
-		if errors.Is(b.err, errClientBody) {
+		switch {
+		case b.err == nil:
+			fc.pump = nil // the whole body went out
+			return nil
+		case errors.Is(b.err, errClientBody):
 			fc.pump = nil
 			return b.err
 		}
 	default:
 	}
-	x.early = status >= 400
+	x.early = status >= 400 && b.handed.Load() < b.rest
 	return nil
-}
-
-// finishing reports whether the upstream took the whole body, and then
-// waits for the pump, which ends at once.
-func (b *bodyPump) finishing() bool {
-	if b.written.Load() != b.rest {
-		return false
-	}
-	<-b.done
-	return true
 }
 
 // bodyFailed is called when no response head could be read (err): it
@@ -160,40 +154,49 @@ func (fc *fastConn) bodyFailed(err error) error {
 	return err
 }
 
-// endBody ends the pump once the response has been relayed: it waits
-// for it when the upstream took the whole body, else stops it. It reports
-// whether the body went out whole (both connections may go on).
-func (fc *fastConn) endBody() (whole bool) {
+// endBody ends the pump once the response has been relayed. A pump that
+// has read the whole body from the client and is writing its end (the
+// upstream answered as it took it, and the goroutine has not run since)
+// is waited for, a second at most; one that still reads the client is
+// stopped. clientClean reports that the client's stream is at a request
+// boundary, upstreamTook that the upstream took the whole body: the
+// connections that may go on.
+func (fc *fastConn) endBody() (clientClean, upstreamTook bool) {
 	b := fc.pump
 	if b == nil {
-		return true
+		return true, true
 	}
 	fc.pump = nil
-	if b.finishing() {
-		return true
-	}
 	select {
 	case <-b.done:
-		return false
 	default:
+		if b.handed.Load() == b.rest {
+			b.up.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			<-b.done
+			if b.err == nil {
+				b.up.conn.SetWriteDeadline(time.Time{}) // for the link's next request
+			}
+			break
+		}
+		b.stopping.Store(true)
+		past := time.Unix(1, 0)
+		fc.c.SetReadDeadline(past)
+		b.up.conn.SetWriteDeadline(past)
+		<-b.done
+		fc.c.SetReadDeadline(time.Time{})
 	}
-	b.stopping.Store(true)
-	past := time.Unix(1, 0)
-	fc.c.SetReadDeadline(past)
-	b.up.conn.SetWriteDeadline(past)
-	<-b.done
-	fc.c.SetReadDeadline(time.Time{})
-	return false
+	return b.handed.Load() == b.rest && !errors.Is(b.err, errClientBody), b.err == nil
 }
 
-// countingWriter counts the bytes w took.
+// countingWriter counts the bytes handed to w and those it took.
 type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
+	w               io.Writer
+	handed, written *atomic.Int64
 }
 
 func (c countingWriter) Write(p []byte) (int, error) {
+	c.handed.Add(int64(len(p)))
 	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
+	c.written.Add(int64(n))
 	return n, err
 }

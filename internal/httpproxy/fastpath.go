@@ -556,11 +556,10 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		h.closeConn = true // the rest of the body is still in the client's stream: Connection: close
 	}
 	keep, upOK := fc.relay(up, br, res, x.rh, h, info)
-	if !fc.endBody() {
-		// Answered before the upstream took the whole body, which it
-		// does not want now: the rest is still in the client's stream.
-		keep, upOK = false, false
-	}
+	// An answer that came before the upstream took the whole body: the
+	// rest may still be in the client's stream, or not in the upstream's.
+	clientClean, upstreamTook := fc.endBody()
+	keep, upOK = keep && clientClean, upOK && upstreamTook
 	if len(up.raw.ahead) > 0 || up.raw.aheadErr != nil { // bytes a loop read past the response
 		upOK = false
 	}

@@ -3,11 +3,13 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"regexp"
 	"slices"
@@ -647,5 +649,38 @@ func TestClientResetDuringEarlyResponse(t *testing.T) {
 	c.Close()
 	if i := f.info(t); i.Flags != DownstreamClosed {
 		t.Errorf("flags %v, want DC", i.Flags)
+	}
+}
+
+// TestUploadsKeepAlive: uploads whose bodies go up on the pump, answered
+// as soon as the upstream has read them (the answer often comes back
+// before the pump's last write has returned), keep both connections: one
+// client connection and one upstream connection carry them all.
+func TestUploadsKeepAlive(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	c := f.client()
+	body := make([]byte, 256<<10)
+	for i := range 20 {
+		var reused bool
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+			GotConn: func(ci httptrace.GotConnInfo) { reused = ci.Reused },
+		})
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://a/", bytes.NewReader(body))
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+		got, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(got) != fmt.Sprint(len(body)) || (i > 0 && !reused) || res.Close {
+			t.Fatalf("upload %d: %q, client connection reused %v, close %v", i, got, reused, res.Close)
+		}
+	}
+	if n := up.accepted.Load(); n != 1 {
+		t.Errorf("upstream accepted %d connections, want 1", n)
 	}
 }

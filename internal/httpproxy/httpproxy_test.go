@@ -895,6 +895,27 @@ func BenchmarkProxyRequest(b *testing.B) {
 	b.Run("proxied", func(b *testing.B) { run(b, f.client(), "http://a/") })
 	b.Run("proxied-nethttp", func(b *testing.B) { run(b, slow.client(), "http://a/") })
 	b.Run("direct", func(b *testing.B) { run(b, &http.Client{Transport: &http.Transport{}}, up.URL) })
+	// A body larger than the head's read goes up while the response is
+	// awaited (bodyPump): its cost per request.
+	sink := newUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	fs := newFront(b, Options{Logger: slog.New(slog.DiscardHandler)}, sink.addrPort())
+	body := make([]byte, 256<<10)
+	b.Run("proxied-upload-256k", func(b *testing.B) {
+		c := fs.client()
+		b.ReportAllocs()
+		b.SetBytes(int64(len(body)))
+		for b.Loop() {
+			res, err := c.Post("http://a/", "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	})
 }
 
 func TestIPv6(t *testing.T) {
