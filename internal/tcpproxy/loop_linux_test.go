@@ -261,25 +261,81 @@ func TestResetAfterHalfCloseResetsUpstream(t *testing.T) {
 
 			// The other side must see a reset, not just the FIN it already
 			// has: a RST moves its socket (CLOSE_WAIT) to CLOSE, a plain
-			// close by the proxy would leave it in CLOSE_WAIT. Polled
-			// without writing, which would draw a RST from any closed
-			// socket.
-			fd, err := ConnFD(other)
-			if err != nil {
-				t.Fatal(err)
-			}
-			deadline := time.Now().Add(5 * time.Second)
-			for !isReset(fd) {
-				if time.Now().After(deadline) {
-					t.Fatal("the other side was not reset within 5s")
+			// close by the proxy would leave it in CLOSE_WAIT.
+			waitReset(t, other)
+		})
+	}
+}
+
+// waitReset fails the test unless c is reset within 5 s: its socket in
+// the CLOSE state, which a FIN alone never brings. Polled without
+// writing, which would draw a RST from any closed socket; then a write
+// must fail.
+func waitReset(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	fd, err := ConnFD(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !isReset(fd) {
+		if time.Now().After(deadline) {
+			t.Fatal("the other side was not reset within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Write([]byte("late"))
+	if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("write after the reset = %v, want EPIPE or ECONNRESET", err)
+	}
+}
+
+// TestResetWhileOtherSideStalled: a side that resets while the proxy
+// holds bytes it sent, because the other side stopped reading, ends the
+// pair at once and resets the other side. The flow from the reset socket
+// waits for its destination then, so no read meets the error, and no
+// write fails since the other direction carries nothing: only the error
+// flag tells the loop. Before, the reset waited for the stalled side to
+// read again (until the idle timeout, if it never did), and the server
+// of an upload the client abandoned kept its connection.
+func TestResetWhileOtherSideStalled(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reset func(client, server *net.TCPConn) (resetter, stalled *net.TCPConn)
+		want  End
+	}{
+		{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }, EndDownstreamErr},
+		{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }, EndUpstreamErr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server, done := harness(t, Options{})
+			resetter, stalled := tc.reset(client, server)
+			// Write until the writes block: the proxy holds bytes for the
+			// stalled side, and every buffer on the way is full.
+			resetter.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := resetter.Write(buf); err != nil {
+					if !errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatal(err)
+					}
+					break
 				}
-				time.Sleep(5 * time.Millisecond)
 			}
-			other.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			_, err = other.Write([]byte("late"))
-			if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatalf("write after the reset = %v, want EPIPE or ECONNRESET", err)
+			resetter.SetLinger(0)
+			resetter.Close()
+
+			var r Result
+			select {
+			case r = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("a reset while the other side stalled went unnoticed for 5s")
 			}
+			if r.End != tc.want {
+				t.Errorf("end = %s, want %s", r.End, tc.want)
+			}
+			waitReset(t, stalled)
 		})
 	}
 }

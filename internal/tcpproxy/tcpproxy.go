@@ -322,14 +322,24 @@ func (p *Pair) pump(l *loop) {
 	if p.closed {
 		return
 	}
-	// A reset while nothing reads the socket (its direction is done):
-	// nothing else would notice it until the next write.
+	// A reset while nothing reads the socket (its direction is done, or
+	// waits for a peer that stopped reading to take what it holds):
+	// nothing else would notice it until the next write, or until that
+	// peer reads again.
 	switch {
-	case p.c.errored && p.up.done:
+	case p.c.errored && p.up.stalled():
 		p.fail(l, &p.up, resetError(p.c.fd))
-	case p.u.errored && p.down.done:
+	case p.u.errored && p.down.stalled():
 		p.fail(l, &p.down, resetError(p.u.fd))
 	}
+}
+
+// stalled reports that the flow does not read its source until an event
+// on its destination: it has finished, or what it holds waits for dst to
+// take more. The bytes it holds would then be lost anyway, as they would
+// be in the sender's own socket without a proxy.
+func (f *flow) stalled() bool {
+	return f.done || (len(f.pend) > 0 || f.inPipe > 0) && !f.dst.writable
 }
 
 // connected checks a connecting pair's upstream socket: it reports true
