@@ -184,6 +184,20 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		s.l4Done(log, rec, tcpproxy.Result{End: tcpproxy.EndDownstreamErr, Err: err})
 		return routed{}
 	}
+	if s.connCtx.Err() != nil {
+		// The drain period ended while the connection was sniffed: cut it,
+		// as the L4 copies are then (flag DT). Its connect did not fail;
+		// a dial now would, with the canceled context, and be recorded as
+		// a connect failure (UF) of that destination.
+		c.Reset()
+		if d != nil && d.Conn != nil {
+			d.Conn.SetLinger(0)
+			d.Conn.Close()
+		}
+		s.obs.L4Started(rec)
+		s.l4Done(log, rec, tcpproxy.Result{End: tcpproxy.EndCanceled, Err: s.connCtx.Err()})
+		return routed{}
+	}
 	if log.debug {
 		log.get().Debug("sniffed", "protocol", rec.Protocol, "sni", rec.SNI, "forwarding", "L4")
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 	"golang.org/x/sys/unix"
 )
@@ -320,6 +322,53 @@ func TestAutoClientResetWhileSniffing(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("no L4Done")
+			}
+			waitReleased(t, s)
+		})
+	}
+}
+
+// TestAutoDrainCutsSniffing: a connection still being sniffed when the
+// drain period ends is cut as an L4 copy is then: the client reset,
+// recorded with flag DT. Its connect did not fail: before, a destination
+// with a pooled HTTP connection (nothing dialed while sniffing) was dialed
+// with the drain's canceled context and recorded as a connect failure
+// (UF, "canceled"), counted against that destination.
+func TestAutoDrainCutsSniffing(t *testing.T) {
+	for _, pooled := range []bool{true, false} {
+		t.Run("pooled="+strconv.FormatBool(pooled), func(t *testing.T) {
+			ln, up := listenLoopback(t), listenLoopback(t)
+			dst := up.Addr().(*net.TCPAddr).AddrPort()
+			obs := &doneObserver{done: make(chan L4Record, 1)}
+			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+				HTTP: &recordingL7{got: make(chan servedConn, 1), pooled: pooled}, SniffTimeout: 10 * time.Second, Observer: obs})
+			cli, srv := connect(t, ln)
+			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+			s.open.Add(1) // counted before Shutdown waits for it, as the accept loop does
+			s.conns.Add(1)
+			go s.handle(s.cur.Load(), c)
+			if !pooled { // the connect made while sniffing is under way
+				up.SetDeadline(time.Now().Add(5 * time.Second))
+				uc, err := up.AcceptTCP()
+				if err != nil {
+					t.Fatalf("no upstream connection: %v", err)
+				}
+				defer uc.Close()
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // the drain period is over
+			s.Shutdown(ctx)
+			select {
+			case rec := <-obs.done:
+				if rec.Flags != "DT" || rec.End != string(tcpproxy.EndCanceled) {
+					t.Errorf("recorded %+v; want flags DT, end %q", rec, tcpproxy.EndCanceled)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no L4Done")
+			}
+			cli.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := cli.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+				t.Errorf("client read: %v; want a reset", err)
 			}
 			waitReleased(t, s)
 		})
