@@ -87,8 +87,8 @@ type dialed struct {
 // the sniff's result, the connect made meanwhile (nil if none was) and the
 // sniff's error.
 func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Result, *dialed, error) {
-	if res, final := sniff.Now(c.TCPConn); final {
-		return res, nil, nil
+	if res, final, err := sniff.Now(c.TCPConn); final || err != nil {
+		return res, nil, err // err: the client reset before a byte
 	}
 	if o.HTTP.Pooled(c.Client, c.OrigDst) { // nothing to dial, nothing to race
 		res, err := sniff.Sniff(s.connCtx, c.TCPConn, o.SniffTimeout)

@@ -328,6 +328,60 @@ func TestAutoClientResetWhileSniffing(t *testing.T) {
 	}
 }
 
+// TestAutoClientResetBeforeSniff: a client whose reset is already there
+// when auto mode first looks (it connected and aborted before sending a
+// byte: a scanner, a client's own connect timeout) is recorded as a
+// downstream reset, and nothing is dialed for it. Before, the first peek
+// (sniff.Now) took the socket's error and dropped it: the connection
+// looked like a client that half-closed, was dialed, and the upstream got
+// a FIN and a record that said "closed".
+func TestAutoClientResetBeforeSniff(t *testing.T) {
+	ln, up := listenLoopback(t), listenLoopback(t)
+	dst := up.Addr().(*net.TCPAddr).AddrPort()
+	obs := &doneObserver{done: make(chan L4Record, 1)}
+	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+		HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+	cli, srv := connect(t, ln)
+	cli.SetLinger(0)
+	cli.Close()
+	rc, err := srv.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		state := uint8(0)
+		rc.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
+				state = ti.State
+			}
+		})
+		if state == unix.BPF_TCP_CLOSE {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client's reset did not arrive within 5s")
+		}
+	}
+	c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+	go handleAccepted(s, c)
+	select {
+	case rec := <-obs.done:
+		if rec.Flags != "DC" || rec.End != string(tcpproxy.EndDownstreamErr) {
+			t.Errorf("recorded %+v; want flags DC, end %q", rec, tcpproxy.EndDownstreamErr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no L4Done")
+	}
+	// A dial would have come before the record: its connection would be
+	// queued on up by now.
+	up.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if uc, err := up.AcceptTCP(); err == nil {
+		uc.Close()
+		t.Error("the upstream was dialed for a client that had reset")
+	}
+	waitReleased(t, s)
+}
+
 // TestAutoDrainCutsSniffing: a connection still being sniffed when the
 // drain period ends is cut as an L4 copy is then: the client reset,
 // recorded with flag DT. Its connect did not fail: before, a destination

@@ -146,30 +146,37 @@ func Sniff(ctx context.Context, c *net.TCPConn, maxWait time.Duration) (Result, 
 }
 
 // Now classifies the bytes c has queued already, without waiting; final
-// reports whether they decide the protocol (Classify). With nothing queued,
-// a socket error or a prefix that is not final it returns false, and Sniff
-// is the way on. A client whose first bytes arrived with its connection is
-// so decided without a wait or a timer.
-func Now(c *net.TCPConn) (res Result, final bool) {
+// reports whether they decide the protocol (Classify). With nothing queued
+// or a prefix that is not final it returns false, and Sniff is the way on.
+// A client whose first bytes arrived with its connection is so decided
+// without a wait or a timer.
+//
+// err is the socket's error when the client reset before sending a byte:
+// the peek takes it from the socket, so a later read or splice would see
+// only an end of stream, and the caller must pass the reset on itself.
+func Now(c *net.TCPConn) (res Result, final bool, err error) {
+	res = Result{Protocol: Unknown}
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return Result{Protocol: Unknown}, false
+		return res, false, nil
 	}
 	pooled := peekBufs.Get().(*[]byte)
 	defer peekBufs.Put(pooled)
 	buf := *pooled
 	n := 0
-	rc.Control(func(fd uintptr) {
-		if m, err := peekQueued(fd, buf); err == nil {
-			n = m
-		}
-	})
-	if n == 0 {
-		return Result{Protocol: Unknown}, false
+	var perr error
+	rc.Control(func(fd uintptr) { n, perr = peekQueued(fd, buf) })
+	switch {
+	case perr == unix.EAGAIN:
+		return res, false, nil
+	case perr != nil:
+		return res, false, os.NewSyscallError("recvfrom", perr)
+	case n == 0:
+		return res, false, nil
 	}
 	res, final = Classify(buf[:n])
 	res.N = n
-	return res, final
+	return res, final, nil
 }
 
 // peekQueued copies up to len(buf) of the bytes queued on fd into buf

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair returns a connected loopback pair: the accepted side (what detour
@@ -227,7 +229,10 @@ func TestNow(t *testing.T) {
 					}
 				}
 			}
-			r, final := Now(a)
+			r, final, err := Now(a)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if final != tc.final || (final && r.Protocol != tc.want) || r.N != len(tc.sent) {
 				t.Fatalf("Now = %+v, %v; want %v, %v after %d bytes", r, final, tc.want, tc.final, len(tc.sent))
 			}
@@ -243,6 +248,38 @@ func TestNow(t *testing.T) {
 	}
 }
 
+// TestNowReportsReset: a client that reset before sending a byte makes
+// Now return the socket's error, which its peek took from the socket: a
+// later peek or read sees only an end of stream, so a caller that was not
+// told would take the reset for a close.
+func TestNowReportsReset(t *testing.T) {
+	a, c := pair(t)
+	c.SetLinger(0)
+	c.Close()
+	rc, err := a.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		state := uint8(0)
+		rc.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
+				state = ti.State
+			}
+		})
+		if state == unix.BPF_TCP_CLOSE {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reset did not arrive within 5s")
+		}
+	}
+	r, final, err := Now(a)
+	if !errors.Is(err, syscall.ECONNRESET) || final || r.N != 0 {
+		t.Fatalf("Now = %+v, %v, %v; want not final, a connection reset", r, final, err)
+	}
+}
+
 // BenchmarkNow is auto mode's decision on a request that came with its
 // connection: one non-blocking MSG_PEEK into a pooled buffer and Classify.
 // The bytes stay queued, so every iteration sees the same request.
@@ -255,7 +292,7 @@ func BenchmarkNow(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if r, final := Now(a); !final || r.Protocol != HTTP1 {
+		if r, final, _ := Now(a); !final || r.Protocol != HTTP1 {
 			b.Fatalf("Now = %+v, %v", r, final)
 		}
 	}
