@@ -295,3 +295,51 @@ func TestConnectingPairFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectingPairUpstreamResetAfterConnect: a server that accepts,
+// writes and resets before the loop has seen its connect complete (a busy
+// loop, a server that turns clients away at once) was connected: the
+// client gets what it wrote, then the reset, and the pair ends as an
+// upstream reset. SO_ERROR, read to learn how the connect ended, says
+// ECONNRESET then, not ECONNREFUSED; before, the pair took it for a failed
+// connect (EndConnectFailed, recorded as UF) and the server's bytes were
+// lost.
+func TestConnectingPairUpstreamResetAfterConnect(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	client, down := tcpPair(t)
+	defer client.Close()
+	ufd, err := upstream.New(upstream.Options{}).Start(netip.AddrPort{}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := acceptOn(t, ln)
+	const bye = "421 busy\r\n"
+	server.Write([]byte(bye))
+	server.SetLinger(0)
+	server.Close()
+	// The pair starts once the upstream socket holds the bytes and the
+	// reset: the loop sees the connect, the bytes and the error at once.
+	for deadline := time.Now().Add(5 * time.Second); !isReset(ufd); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server's reset did not arrive within 5s")
+		}
+	}
+	res := make(chan Result, 1)
+	connected := false
+	o := Options{ConnectTimeout: 5 * time.Second, OnConnected: func(int, time.Duration) { connected = true }}
+	NewConnecting(rawFD(t, down), ufd, o).Start(func(r Result) { res <- r })
+	r := waitResult(t, res)
+	if r.End != EndUpstreamErr || !connected || r.Received != int64(len(bye)) {
+		t.Errorf("result %+v (connected %v), want an upstream reset after %d bytes received", r, connected, len(bye))
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(client)
+	if string(b) != bye || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %q, %v; want %q, then a reset", b, err, bye)
+	}
+}

@@ -73,6 +73,10 @@ type endpoint struct {
 	writable bool // the socket took the last write whole
 	hup      bool // an event said FIN, hang-up or error: read until EOF
 	errored  bool // an event said EPOLLERR
+	// taken is the error of a reset that SO_ERROR took from the socket
+	// (a connect that completed, then was reset): a read now finds an end
+	// of stream after the bytes queued, and the flow fails there instead.
+	taken error
 	// urgent: an event said EPOLLPRI (TCP urgent data, as telnet's and
 	// FTP's ABOR send). A read or splice stops short at the urgent mark
 	// with bytes queued behind it, which bring no new event: read until

@@ -19,6 +19,7 @@ package tcpproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -349,9 +350,16 @@ func (p *Pair) connected(l *loop) bool {
 	switch {
 	case p.u.writable: // the connect's outcome is in
 		if err := sockError(p.u.fd, "connect"); err != nil {
-			p.up.err = err
-			p.abort(l, EndConnectFailed)
-			return false
+			if !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
+				p.up.err = err
+				p.abort(l, EndConnectFailed)
+				return false
+			}
+			// The connect completed, and the server reset the connection
+			// before the loop got here (a refused connect says
+			// ECONNREFUSED): it is an upstream reset, and what the server
+			// sent first is still queued, for the client.
+			p.u.errored, p.u.taken = true, os.NewSyscallError("read", unix.ECONNRESET)
 		}
 		p.connecting = false
 		if p.onConnected != nil {
@@ -414,6 +422,9 @@ func (f *flow) readBurst(l *loop) bool {
 		return false
 	case err != nil:
 		f.p.fail(l, f, os.NewSyscallError("read", err))
+		return false
+	case n == 0 && f.src.taken != nil: // the end of what came before a reset
+		f.p.fail(l, f, f.src.taken)
 		return false
 	case n == 0:
 		f.eof(l)
