@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
 // loopGoroutines returns the header line of every goroutine running a
@@ -949,4 +951,49 @@ func socketWithPeer(t *testing.T, peer string) int {
 	}
 	t.Fatalf("no socket connected to %s", peer)
 	return -1
+}
+
+// TestLastBytesBeforeResetWhileOtherSends: a server that answers and
+// resets while the client is still sending (an upload refused early, a
+// TLS alert) has its answer reach the client before the reset. The loop
+// finds the client's bytes and the server's answer and reset at once
+// (both queued before the pair starts): the client's bytes go first, and
+// the write that meets the reset takes its error from the socket, so the
+// answer behind it was dropped with the pair.
+func TestLastBytesBeforeResetWhileOtherSends(t *testing.T) {
+	client, down := tcpPair(t)
+	up, server := tcpPair(t)
+	t.Cleanup(func() { client.Close(); down.Close(); up.Close(); server.Close() })
+	client.Write([]byte("upload"))
+	const answer = "413 too large\r\n"
+	server.Write([]byte(answer))
+	server.SetLinger(0)
+	server.Close()
+	downFD, err := ConnFD(down)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upFD, err := ConnFD(up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if n, _ := rawsys.InQueue(downFD); n == len("upload") && isReset(upFD) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client's bytes and the server's reset did not arrive within 5s")
+		}
+	}
+	res := make(chan Result, 1)
+	New(down, up, Options{}).Start(func(r Result) { res <- r })
+	r := waitResult(t, res)
+	if r.End != EndUpstreamErr || r.Received != int64(len(answer)) {
+		t.Errorf("result %+v, want an upstream reset after %d bytes received", r, len(answer))
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(client)
+	if string(b) != answer || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %q, %v; want %q, then a reset", b, err, answer)
+	}
 }

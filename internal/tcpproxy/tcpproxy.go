@@ -537,12 +537,51 @@ func (f *flow) wrote(l *loop, n int, err error, op string) (int, bool) {
 		f.dst.writable = false
 		return 0, false
 	case err != nil:
+		// dst failed, reset most often. The write took the socket's
+		// error, which would have ended the other flow's reads of dst
+		// after the bytes dst's peer sent before its reset: deliver those
+		// first, as that flow would have.
+		f.other().salvage(l)
 		f.p.fail(l, f, os.NewSyscallError(op, err))
 		return 0, false
 	}
 	f.n += int64(n)
 	l.moved[f.dir].Add(uint64(n))
 	return n, true
+}
+
+// other is the flow the other way.
+func (f *flow) other() *flow {
+	if f == &f.p.up {
+		return &f.p.down
+	}
+	return &f.p.up
+}
+
+// salvage copies what src still holds to dst just before the pair is
+// reset: the last bytes src's peer sent before its reset, when a write
+// into src met the reset first. Best effort: only when nothing of the
+// flow waits (the bytes keep their order), and only what dst takes at
+// once; the rest is lost with the reset, as in the peer's own socket.
+func (f *flow) salvage(l *loop) {
+	if f.done || len(f.pend) > 0 || f.inPipe > 0 || !f.dst.writable {
+		return
+	}
+	for range turnBudget {
+		n, err := rawsys.Read(f.src.fd, l.buf[:])
+		if err != nil || n == 0 {
+			return
+		}
+		w, err := write(f.dst.fd, l.buf[:n])
+		if err != nil {
+			return
+		}
+		f.n += int64(w)
+		l.moved[f.dir].Add(uint64(w))
+		if w < n {
+			return
+		}
+	}
 }
 
 // eof passes a clean EOF on as a half-close, or ends the pair when the
