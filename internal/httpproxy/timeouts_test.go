@@ -61,7 +61,11 @@ func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
 		w.Header().Set("Content-Length", fmt.Sprint(size))
 		io.Copy(w, io.LimitReader(zeros{}, size))
 	}))
-	f := newFront(t, Options{StreamIdleTimeout: 200 * time.Millisecond}, up.addrPort())
+	// A second: far from the reader's pauses (25 ms), so that a loaded
+	// machine that delays the reader does not look like a stalled one,
+	// and a third of the reading's whole time (128 pauses), so that a
+	// deadline set once and not renewed would cut it.
+	f := newFront(t, Options{StreamIdleTimeout: time.Second}, up.addrPort())
 	c, br := f.raw(t)
 	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	res, err := http.ReadResponse(br, nil)
@@ -77,7 +81,7 @@ func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d bytes: %v", n, err)
 		}
-		time.Sleep(10 * time.Millisecond) // the proxy's writes block meanwhile
+		time.Sleep(25 * time.Millisecond) // the proxy's writes block meanwhile
 	}
 	t.Logf("read %d bytes in %v", n, time.Since(start).Round(time.Millisecond))
 	if n != size {
