@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
 )
@@ -76,17 +78,28 @@ func cmdOrigDst(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// printOrigDst sends a line per connection l accepts until l closes. A
+// failed accept (out of descriptors, say) is told and tried again after a
+// pause that doubles while failures go on, up to a second, as net/http's
+// server does; it used to end the listener's printing without a word.
 func printOrigDst(l *listen.Listener, lines chan<- string) {
+	var pause time.Duration
 	for {
 		c, err := l.Accept()
 		switch {
 		case errors.Is(err, listen.ErrNotIntercepted):
 			lines <- fmt.Sprintf("client %s -> no original destination (%v)", c.Client, err)
-		case err != nil:
+		case errors.Is(err, net.ErrClosed):
 			return
+		case err != nil:
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			lines <- fmt.Sprintf("accept on %s failed: %v (trying again in %v)", l.Addr(), err, pause)
+			time.Sleep(pause)
+			continue
 		default:
 			lines <- fmt.Sprintf("client %s -> original destination %s (learned by %s)", c.Client, c.OrigDst, c.How)
 			c.Close()
 		}
+		pause = 0
 	}
 }

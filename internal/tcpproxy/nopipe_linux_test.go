@@ -3,11 +3,12 @@ package tcpproxy
 import (
 	"bytes"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
 // TestBulkWithoutPipesStillCopies (not parallel: it lowers the process's
@@ -29,7 +30,7 @@ func TestBulkWithoutPipesStillCopies(t *testing.T) {
 	if _, err := io.ReadFull(server, make([]byte, 1)); err != nil {
 		t.Fatalf("first byte: %v", err)
 	}
-	release := exhaustDescriptors(t)
+	release := fdtest.Exhaust(t)
 	defer release()
 	if canPipe() {
 		t.Fatal("a pipe could still be made")
@@ -49,50 +50,12 @@ func TestBulkWithoutPipesStillCopies(t *testing.T) {
 	}
 }
 
-// exhaustDescriptors lowers the process's descriptor limit to 64 above
-// the ones in use and fills those; release (idempotent) gives them back
-// and restores the limit. Tests that call it must not run in parallel.
-func exhaustDescriptors(t *testing.T) (release func()) {
-	t.Helper()
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(probe)
-	low := lim
-	low.Cur = uint64(probe) + 64 // room above the descriptors in use, then filled
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	var fill []int
-	release = func() {
-		for _, fd := range fill {
-			unix.Close(fd)
-		}
-		fill = nil
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-	}
-	t.Cleanup(release)
-	for {
-		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			break
-		}
-		fill = append(fill, fd)
-	}
-	return release
-}
-
 // TestLoopStartRetried (not parallel: it fills the descriptor table):
 // loops that cannot be made for want of descriptors are tried again by
 // the next pair, not given up on for the life of the process.
 func TestLoopStartRetried(t *testing.T) {
 	s := loopSet{want: 1}
-	release := exhaustDescriptors(t)
+	release := fdtest.Exhaust(t)
 	if _, err := s.pick(); err == nil {
 		release()
 		t.Fatal("a loop was made with no descriptor left")
