@@ -1,10 +1,14 @@
 package httpproxy
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -126,6 +130,56 @@ func TestLoggedPathIsTheTargetAsSent(t *testing.T) {
 			if i := f.info(t); i.Path != target {
 				t.Errorf("logged path %q, want %q", i.Path, target)
 			}
+		})
+	}
+}
+
+// TestRefusedSwitchKeepsGuard: a 101 the proxy does not take — another
+// protocol than the one asked for, or a switch nobody asked for — is an
+// upstream error (503, as the fast path answers it), its upstream
+// connection is closed, and the client connection goes on behind the
+// guard: its next request is answered by the upstream, not refused as a
+// framing mismatch.
+func TestRefusedSwitchKeepsGuard(t *testing.T) {
+	var switched atomic.Int32 // upstream connections that sent a 101 and then saw EOF
+	dst := rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if up := req.Header.Get("X-Switch-To"); up != "" {
+				fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n\r\n", up)
+				if _, err := br.ReadByte(); err == io.EOF {
+					switched.Add(1)
+				}
+				return
+			}
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	f := newFront(t, Options{}, dst)
+	for i, tt := range []struct{ name, req string }{
+		{"another protocol", "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Switch-To: foo\r\n\r\n"},
+		{"no upgrade asked (chunked body: net/http path)", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Switch-To: foo\r\n\r\n0\r\n\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := f.raw(t)
+			io.WriteString(c, tt.req)
+			if res, body := readResponse(t, br, "GET"); res.StatusCode != 503 || !strings.HasSuffix(body, "protocol error") {
+				t.Fatalf("refused switch: %d %q", res.StatusCode, body)
+			}
+			if info := f.info(t); info.Flags != UpstreamClosed {
+				t.Errorf("refused switch: flags %v", info.Flags)
+			}
+			io.WriteString(c, "POST /next HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+			if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "ok" {
+				t.Fatalf("next request: %d %q", res.StatusCode, body)
+			}
+			f.info(t)
+			eventually(t, "the switched upstream connection closed", func() bool { return switched.Load() == int32(i+1) })
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/detour-proxy/detour/internal/upstream"
 )
@@ -306,6 +309,17 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		res.Header["Connection"] = []string{"close"}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
+		// ReverseProxy refuses a switch to another protocol than the one
+		// asked for only after this hook, without closing the upstream
+		// connection; and it tunnels a 101 to a request that asked for
+		// none when neither names a protocol. Refuse both here, before
+		// the guard steps aside: the client connection goes on as HTTP,
+		// and an error return closes the response's connection.
+		want, got := upgradeType(res.Request.Header), upgradeType(res.Header)
+		if want == "" || !strings.EqualFold(want, got) {
+			x.status = 0
+			return fmt.Errorf("upstream switched protocols to %q, the request asked for %q", got, want)
+		}
 		x.dc.g.passthrough() // the connection becomes a tunnel
 	}
 	if !x.sent.IsZero() {
@@ -329,6 +343,15 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		}
 	}
 	return nil
+}
+
+// upgradeType is the protocol a request or response header asks to switch
+// to, as ReverseProxy reads it: Upgrade, when Connection names it.
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }
 
 // keepsServer reports whether the upstream's Server values (upstreamSent:
