@@ -236,6 +236,18 @@ func (g *guard) headTimeout(err error) (held int, ok bool) {
 	return held, held > 0 || g.heads == 0
 }
 
+// inBody reports whether the next bytes read belong to the body (or
+// trailers) of the one request net/http is serving (or draining after its
+// handler), not to a head or to a request pipelined behind it. Called by
+// the reading goroutine.
+func (g *guard) inBody() bool {
+	switch g.st {
+	case gData, gChunk, gChunkEnd, gTrailer:
+		return !g.pass.Load() && g.inflight.Load() <= 1
+	}
+	return false
+}
+
 // passthrough makes the guard step aside: the connection is a tunnel now.
 func (g *guard) passthrough() { g.pass.Store(true) }
 

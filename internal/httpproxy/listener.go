@@ -32,17 +32,61 @@ type downConn struct {
 
 	headTimedOut bool // a header timeout was reported (read goroutine only)
 
+	// dlMu orders net/http's read deadlines against the one readBody sets
+	// and clears around a body read.
+	dlMu sync.Mutex
+
 	once sync.Once
 	done chan struct{} // closed on the first Close
 }
 
 func (c *downConn) Read(p []byte) (int, error) {
-	n, err := c.g.read(c.Conn, p)
+	var n int
+	var err error
+	if c.sw.timeout > 0 && c.g.inBody() {
+		n, err = c.readBody(p)
+	} else {
+		n, err = c.g.read(c.Conn, p)
+	}
 	if err != nil && !c.headTimedOut && c.p != nil {
 		if held, ok := c.g.headTimeout(err); ok {
 			c.headTimedOut = true
 			c.p.headerTimeout(c, held)
 		}
+	}
+	return n, err
+}
+
+// readBody reads while the guard is inside the body of the request being
+// served, which net/http reads with no deadline of its own: a client that
+// sends no byte of it for StreamIdleTimeout fails the read, as the fast
+// path's body copy does, so that a stalled upload does not hold the
+// request and its upstream connection forever (Envoy's
+// stream_idle_timeout). net/http cancels the request at the read error:
+// the upstream request is aborted, the client gets no answer (flag DC).
+// A deadline net/http set (an aborted background read) is left alone.
+func (c *downConn) readBody(p []byte) (int, error) {
+	c.dlMu.Lock()
+	own := c.g.deadline.Load() == 0
+	if own {
+		c.Conn.SetReadDeadline(time.Now().Add(c.sw.timeout))
+	}
+	c.dlMu.Unlock()
+	n, err := c.g.read(c.Conn, p)
+	if !own {
+		return n, err
+	}
+	c.dlMu.Lock()
+	ns := c.g.deadline.Load()
+	if ns == 0 {
+		c.Conn.SetReadDeadline(time.Time{})
+	} else {
+		c.Conn.SetReadDeadline(time.Unix(0, ns)) // net/http's, set meanwhile
+	}
+	c.dlMu.Unlock()
+	if ns == 0 && err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.p.log.Info("stream idle timeout: the client stopped sending its request body; closing", "client", c.client,
+			"dst", c.origDst, "timeout", c.sw.timeout)
 	}
 	return n, err
 }
@@ -53,6 +97,8 @@ func (c *downConn) Write(b []byte) (int, error) { return c.sw.Write(b) }
 // a client's FIN back (guard.waitEOF). SetDeadline and SetWriteDeadline
 // replace the stream idle deadline until the next Write.
 func (c *downConn) SetReadDeadline(t time.Time) error {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
 	err := c.Conn.SetReadDeadline(t)
 	c.g.setDeadline(t)
 	return err
@@ -60,6 +106,8 @@ func (c *downConn) SetReadDeadline(t time.Time) error {
 
 func (c *downConn) SetDeadline(t time.Time) error {
 	c.sw.wdl.Store(0)
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
 	err := c.Conn.SetDeadline(t)
 	c.g.setDeadline(t)
 	return err

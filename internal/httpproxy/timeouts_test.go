@@ -51,6 +51,69 @@ func TestStreamIdleTimeoutClosesStalledClient(t *testing.T) {
 	eventually(t, "upstream connection closed", func() bool { return up.closed.Load() == 1 })
 }
 
+// TestStreamIdleTimeoutCutsStalledBody: a client that stops sending its
+// request body is closed after StreamIdleTimeout on either path, without a
+// response, its upstream request aborted (the upstream never gets a
+// complete body) and the request flagged DC; one that sends its body
+// slowly but steadily, for longer than the timeout in all, is not cut.
+func TestStreamIdleTimeoutCutsStalledBody(t *testing.T) {
+	bodies := make(chan string, 8) // what each upstream request ended with
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			bodies <- "cut after " + fmt.Sprint(len(b))
+			return
+		}
+		bodies <- "whole " + fmt.Sprint(len(b))
+		io.WriteString(w, "ok")
+	}))
+	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up.addrPort())
+	for _, tt := range []struct{ name, req string }{
+		{"fast path, Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello"},
+		{"net/http, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+		{"net/http, HTTP/1.0 Content-Length", "POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello"},
+		{"net/http, after a fast-path request", "GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := f.raw(t)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, tt.req)
+			if strings.HasPrefix(tt.req, "GET") {
+				if res, _ := readResponse(t, br, "GET"); res.StatusCode != 200 {
+					t.Fatalf("first request: %d", res.StatusCode)
+				}
+				f.info(t)
+				<-bodies
+			}
+			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+				t.Fatalf("stalled body: read %q, %v; want the connection closed without a response", rest, err)
+			}
+			if i := f.info(t); i.Flags != DownstreamClosed || i.Status != 0 {
+				t.Errorf("info: flags %v status %d", i.Flags, i.Status)
+			}
+			if got := <-bodies; got != "cut after 5" {
+				t.Errorf("upstream body: %s", got)
+			}
+		})
+	}
+	t.Run("steady sender not cut", func(t *testing.T) {
+		slow := newFront(t, Options{StreamIdleTimeout: 2 * time.Second}, up.addrPort())
+		c, br := slow.raw(t)
+		io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+		for range 30 { // 3 s in all, one chunk every 100 ms
+			io.WriteString(c, "1\r\nx\r\n")
+			time.Sleep(100 * time.Millisecond)
+		}
+		io.WriteString(c, "0\r\n\r\n")
+		if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("response %d %q", res.StatusCode, body)
+		}
+		if got := <-bodies; got != "whole 30" {
+			t.Errorf("upstream body: %s", got)
+		}
+	})
+}
+
 // TestStreamIdleTimeoutSparesSlowReader: a client reading slowly but
 // steadily, for much longer than the timeout in all, is not cut: the
 // proxy's writes block, but none for the whole timeout, and the deadline
