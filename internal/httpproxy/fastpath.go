@@ -1120,12 +1120,17 @@ func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeCon
 	if closeConn {
 		out = append(out, "Connection: close\r\n"...)
 	}
-	out = append(append(out, "\r\n"...), msg...)
+	out = append(out, "\r\n"...)
+	body := msg
+	if info.Method == http.MethodHead {
+		body = "" // the length is said, the body not sent (RFC 9110, 9.3.2), as net/http does
+	}
+	out = append(out, body...)
 	if _, err := fc.out.Write(out); err != nil {
 		fc.clientFailed(info, err)
 		return
 	}
-	info.Status, info.BodyBytes = code, int64(len(msg))
+	info.Status, info.BodyBytes = code, int64(len(body))
 }
 
 // appendStatusLine writes an HTTP/1.1 status line; an empty reason

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -319,6 +320,46 @@ func TestFailedExchangeWithUnreadBodyCloses(t *testing.T) {
 				t.Errorf("connection closed %v (%v), want %v", closed, err, tt.wantClosed)
 			}
 		})
+	}
+}
+
+// TestLocalReplyToHead: detour's own answer to a HEAD request (503, 504)
+// says its length and sends no body (RFC 9110, 9.3.2), on both paths: a
+// body would be read by the client as the start of the next response on
+// the keep-alive connection.
+func TestLocalReplyToHead(t *testing.T) {
+	silent := rawUpstream(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
+	reset := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		c.(*net.TCPConn).SetLinger(0) // RST
+	})
+	for _, tt := range []struct {
+		name   string
+		dst    netip.AddrPort
+		status int
+	}{
+		{"connect refused", closedPort(t), 503},
+		{"route timeout", silent, 504},
+		{"reset before headers", reset, 503},
+	} {
+		for _, fast := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/fast=%v", tt.name, fast), func(t *testing.T) {
+				f := newFront(t, Options{DisableFastPath: !fast, RouteTimeout: 200 * time.Millisecond}, tt.dst)
+				c, br := f.raw(t)
+				io.WriteString(c, "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+				res, body := readResponse(t, br, "HEAD")
+				if res.StatusCode != tt.status || body != "" || res.ContentLength <= 0 {
+					t.Fatalf("HEAD: %d length %d body %q", res.StatusCode, res.ContentLength, body)
+				}
+				f.info(t)
+				// The connection carries the next request, and nothing of the
+				// HEAD answer is left to be taken for its response.
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+				if res, _ := readResponse(t, br, "GET"); res.StatusCode != tt.status {
+					t.Fatalf("next request: %d", res.StatusCode)
+				}
+			})
+		}
 	}
 }
 
