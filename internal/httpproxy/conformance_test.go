@@ -183,3 +183,38 @@ func TestRefusedSwitchKeepsGuard(t *testing.T) {
 		})
 	}
 }
+
+// TestUnsafeReasonPhraseReplaced: a reason phrase with a control byte
+// (a bare CR that a lenient client would take for a line end, a NUL),
+// which http.ReadResponse keeps, does not reach the client: the status's
+// standard text goes instead, on both paths, for final and 1xx heads.
+func TestUnsafeReasonPhraseReplaced(t *testing.T) {
+	for _, tt := range []struct{ name, resp, status string }{
+		{"bare CR", "HTTP/1.1 200 OK\rX-Injected: 1\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.1 200 OK\r\n"},
+		{"NUL", "HTTP/1.1 404 Not\x00Found\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.1 404 Not Found\r\n"},
+		{"DEL", "HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.1 200 OK\r\n"},
+		{"1xx with a bare CR", "HTTP/1.1 103 Early\rX-Injected: 1\r\nLink: <a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+			"HTTP/1.1 103 Early Hints\r\n"},
+		{"obs-text and tabs kept", "HTTP/1.1 200 Fine\tand \xe9\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.1 200 "},
+	} {
+		dst := rawUpstream(t, func(c net.Conn) {
+			http.ReadRequest(bufio.NewReader(c))
+			io.WriteString(c, tt.resp)
+		})
+		for _, fast := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/fast=%v", tt.name, fast), func(t *testing.T) {
+				f := newFront(t, Options{DisableFastPath: !fast}, dst)
+				c, br := f.raw(t)
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+				raw, _ := io.ReadAll(br)
+				if !strings.HasPrefix(string(raw), tt.status) || !strings.HasSuffix(string(raw), "\r\n\r\nok") {
+					t.Fatalf("response:\n%q", raw)
+				}
+				if head := string(raw[:len(raw)-2]); strings.Contains(strings.ReplaceAll(head, "\r\n", ""), "\r") ||
+					strings.ContainsRune(head, 0) || strings.Contains(head, "X-Injected") {
+					t.Errorf("unsafe bytes reached the client:\n%q", raw)
+				}
+			})
+		}
+	}
+}

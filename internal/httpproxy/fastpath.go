@@ -1147,9 +1147,12 @@ func appendStatusLine[S string | []byte](out []byte, code int, reason S) []byte 
 	return append(out, "\r\n"...)
 }
 
-// statusReason is the reason phrase of a Response.Status ("200 OK").
+// statusReason is the reason phrase of a Response.Status ("200 OK"), or
+// "" (the standard text goes instead) when it holds a control byte:
+// http.ReadResponse keeps one, and a bare CR forwarded in a status line
+// could end it for a lenient client, which would read the rest as a field.
 func statusReason(status string) string {
-	if len(status) > 4 {
+	if len(status) > 4 && ValidHeaderValue(status[4:]) {
 		return status[4:]
 	}
 	return ""
