@@ -1117,7 +1117,7 @@ func (fc *fastConn) localReply(info *RequestInfo, code int, msg string, closeCon
 	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
 	out = strconv.AppendInt(out, int64(len(msg)), 10)
 	out = append(out, "\r\n"...)
-	if closeConn {
+	if closeConn || fc.closing.Load() { // closing: the connection ends after this answer (Shutdown), as endHead says
 		out = append(out, "Connection: close\r\n"...)
 	}
 	out = append(out, "\r\n"...)

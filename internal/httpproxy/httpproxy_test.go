@@ -850,6 +850,42 @@ func TestShutdownWaitsForInFlight(t *testing.T) {
 	}
 }
 
+// TestShutdownLocalReplySaysClose: a fast-path request answered by detour
+// itself (here 504) while Shutdown waits for it says Connection: close, as
+// a proxied answer then does: the connection closes after it.
+func TestShutdownLocalReplySaysClose(t *testing.T) {
+	got := make(chan struct{}, 1)
+	dst := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		got <- struct{}{}
+		io.Copy(io.Discard, c) // never answers
+	})
+	f := newFront(t, Options{RouteTimeout: time.Second}, dst)
+	c, br := f.raw(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	<-got
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.p.Shutdown(ctx) }()
+	defer func() { <-shut }() // before the cleanup's Close
+	eventually(t, "shutdown begun", func() bool {
+		f.p.mu.Lock()
+		defer f.p.mu.Unlock()
+		for fc := range f.p.fast {
+			if !fc.closing.Load() {
+				return false
+			}
+		}
+		return len(f.p.fast) == 1
+	})
+	res, _ := readResponse(t, br, "GET")
+	if res.StatusCode != 504 || !res.Close {
+		t.Errorf("%d close=%v, want 504 with Connection: close", res.StatusCode, res.Close)
+	}
+	expectEOF(t, br)
+}
+
 func TestOptionsValidation(t *testing.T) {
 	for _, o := range []Options{
 		{},
