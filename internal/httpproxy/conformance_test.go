@@ -218,3 +218,33 @@ func TestUnsafeReasonPhraseReplaced(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CPrefaceOnlyFirst: the HTTP/2 prior-knowledge preface starts h2c
+// only as a connection's first bytes (RFC 9113, 3.3); after a request,
+// "PRI * HTTP/2.0" is an HTTP/1 request line with an unsupported version,
+// answered 505 on both paths (the fast path hands the connection to
+// net/http at that head, which must not take it for a new connection's
+// preface).
+func TestH2CPrefaceOnlyFirst(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	f := newFront(t, Options{}, up.addrPort())
+	for _, tt := range []struct{ name, first string }{
+		{"after a fast-path request", "GET / HTTP/1.1\r\nHost: a\r\n\r\n"},
+		{"after a net/http request", "GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, br := f.raw(t)
+			io.WriteString(c, tt.first)
+			if res, _ := readResponse(t, br, "GET"); res.StatusCode != 200 {
+				t.Fatalf("first request: %d", res.StatusCode)
+			}
+			f.info(t)
+			io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+			res, err := http.ReadResponse(br, nil)
+			if err != nil || res.StatusCode != http.StatusHTTPVersionNotSupported {
+				t.Fatalf("preface after a request: %v %v, want 505", res, err)
+			}
+			f.info(t)
+		})
+	}
+}

@@ -128,6 +128,9 @@ type guard struct {
 	reqLine                  uint64
 	methodLen, targetLen     int
 	heads                    int // heads accepted on this connection
+	// midStream: the connection carried requests before the guard saw it
+	// (the fast path's), so its next bytes cannot be the h2c preface.
+	midStream bool
 	// headStart is where the head of the request whose body is being
 	// parsed starts in buf; below r once any byte of it was handed on.
 	// cur describes that head's request line.
@@ -535,7 +538,7 @@ func (g *guard) nextLine() (line []byte, ok, bad bool) {
 // headLine handles the next line of a request head; false when more bytes
 // are needed or the head was refused.
 func (g *guard) headLine() bool {
-	if g.first && g.heads == 0 && g.line == g.elem {
+	if g.first && g.heads == 0 && !g.midStream && g.line == g.elem {
 		// Prior-knowledge h2c: net/http looks for the 24-byte preface
 		// before any HTTP/1 parsing; so does the guard.
 		n := min(g.w-g.elem, len(h2Preface))

@@ -294,21 +294,25 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver := p.serveConnFast(tc, client, origDst, first)
+		rest, handOver, served := p.serveConnFast(tc, client, origDst, first)
 		if !handOver {
 			return
 		}
 		if len(rest) > 0 {
 			c = &replayConn{TCPConn: tc, pending: rest}
 		}
+		p.serveConnNetHTTP(c, client, origDst, first, dialErr, served)
+		return
 	}
-	p.serveConnNetHTTP(c, client, origDst, first, dialErr)
+	p.serveConnNetHTTP(c, client, origDst, first, dialErr, false)
 }
 
 // serveConnNetHTTP serves c on the net/http path until it is done. A
 // function of its own so that ServeConn's frame, beneath every fast-path
 // request of the connection, stays small. client and origDst are unmapped.
-func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error) {
+// midStream says that the fast path served requests on c before: its next
+// bytes are not the connection's first, which alone may be the h2c preface.
+func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool) {
 	dc := &downConn{Conn: c, client: client, origDst: origDst, done: make(chan struct{}),
 		clientIP: client.Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
@@ -317,6 +321,7 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 		first:    first,
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
+	dc.g.midStream = midStream
 	dc.sw.conn, dc.sw.timeout = c, p.o.StreamIdleTimeout
 	if !p.track(dc) {
 		c.Close()
@@ -332,11 +337,11 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 
 // serveConnFast serves c on the fast path until it closes (then it closes
 // c) or hands it over to net/http with the bytes it read of the next
-// request.
-func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver bool) {
+// request; served says whether it served a request before.
+func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return nil, true
+		return nil, true, false
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now(), first: first}
@@ -346,14 +351,14 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, fi
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {
 		c.Close()
-		return nil, false
+		return nil, false, false
 	}
 	defer p.untrackFast(fc)
 	rest, handOver = p.serveFast(fc)
 	if !handOver {
 		closeLingering(c, fc.fd, fc.w > fc.r)
 	}
-	return rest, handOver
+	return rest, handOver, fc.heads > 0
 }
 
 // replayConn reads pending before the connection: the bytes of a request
