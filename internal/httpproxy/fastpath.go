@@ -880,8 +880,9 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 		return true, br.Buffered() == 0
 	case n < 0: // only from http.ReadResponse
 		up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
+		defer up.conn.SetReadDeadline(time.Time{})
 		defer fc.watchClient(up)()
-		return fc.relayChunked(br, res, out, info)
+		return fc.relayChunked(br, res, out, info, up)
 	}
 	// Content-Length: what br holds goes out with the head (one write for
 	// a small response), the rest is spliced.
@@ -910,8 +911,11 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	if len(up.raw.ahead) > 0 {
 		src = &up.raw // bytes a loop read come first
 	}
-	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() bool { return true })
+	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() bool { fc.upstreamIdle(up); return true })
 	stop()
+	if fc.p.o.StreamIdleTimeout > 0 {
+		up.conn.SetReadDeadline(time.Time{}) // a pooled connection keeps no deadline
+	}
 	info.BodyBytes += m
 	switch {
 	case werr != nil:
@@ -988,10 +992,19 @@ func (fc *fastConn) endHead(out []byte, h *fastHead) []byte {
 	return append(out, "\r\n"...)
 }
 
+// upstreamIdle bounds the next read of a response body from up by
+// StreamIdleTimeout: an upstream that sends nothing for that long is cut,
+// as a client that stops reading is (Envoy's stream_idle_timeout).
+func (fc *fastConn) upstreamIdle(up *upLink) {
+	if sit := fc.p.o.StreamIdleTimeout; sit > 0 {
+		up.conn.SetReadDeadline(time.Now().Add(sit))
+	}
+}
+
 // relayChunked streams a chunked (or close-delimited) body as chunks,
 // flushing whenever the upstream has nothing more buffered, then the
 // trailers.
-func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo) (keep, upOK bool) {
+func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo, up *upLink) (keep, upOK bool) {
 	bw := fc.p.pools.writers.Get().(*bufio.Writer)
 	bw.Reset(&fc.out)
 	buf := fc.p.copyBufs.Get()
@@ -1003,6 +1016,7 @@ func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []by
 	bw.Write(head)
 	var werr error
 	for {
+		fc.upstreamIdle(up)
 		n, err := res.Body.Read(buf)
 		if n > 0 {
 			bw.WriteString(strconv.FormatInt(int64(n), 16))
@@ -1085,6 +1099,12 @@ func (fc *fastConn) clientFailed(info *RequestInfo, err error) bool {
 func (fc *fastConn) upstreamFailed(info *RequestInfo, err error) {
 	if fc.gone.Load() {
 		info.Flags |= DownstreamClosed
+		return
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) { // upstreamIdle's deadline
+		info.Flags |= StreamIdleTimeout
+		fc.p.log.Info("stream idle timeout: the upstream stopped sending the response body; closing", "client", info.Client,
+			"dst", info.Dst, "timeout", fc.p.o.StreamIdleTimeout, "sent", info.BodyBytes)
 		return
 	}
 	info.Flags |= UpstreamClosed

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -111,7 +112,9 @@ type exchange struct {
 	// error status before that refuses the body's rest.
 	wrote   atomic.Bool
 	gotConn bool
-	status  int // upstream's status, for upgrades that bypass WriteHeader
+	upc     net.Conn // the upstream connection (GotConn)
+	body    idleBody // the response body, read under StreamIdleTimeout
+	status  int      // upstream's status, for upgrades that bypass WriteHeader
 	p       *Proxy
 }
 
@@ -125,7 +128,7 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	if !x.gotConn {
 		x.host.inUse.Add(1)
 	}
-	x.sent, x.gotConn, x.info.Reused = time.Now(), true, ci.Reused
+	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if ci.Reused {
 		x.host.reuses.Add(1)
 		if x.p.debug() {
@@ -155,6 +158,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				x.info.Flags |= DownstreamClosed
 			case dc.g.bodyFailure() != "":
 				x.info.Flags |= DownstreamProtocolError
+			case x.body.timedOut:
+				x.info.Flags |= StreamIdleTimeout
+				p.log.Info("stream idle timeout: the upstream stopped sending the response body; closing", "client", dc.client,
+					"dst", x.info.Dst, "timeout", p.o.StreamIdleTimeout, "sent", x.rw.bytes)
 			case r.Context().Err() != nil:
 				// The client reset or closed: net/http noticed it first and
 				// canceled the request, so the upstream read failed before
@@ -328,6 +335,10 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	x.vals[3] = strconv.FormatInt(x.info.UpstreamTime.Milliseconds(), 10)
 	res.Header[hdrServiceTime] = x.vals[3:4:4]
 	p.setServer(res.Header, x.vals[4:5:5])
+	if sit := p.o.StreamIdleTimeout; sit > 0 && res.StatusCode != http.StatusSwitchingProtocols && x.upc != nil && res.Body != http.NoBody {
+		x.body = idleBody{ReadCloser: res.Body, conn: x.upc, timeout: sit}
+		res.Body = &x.body
+	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		// ReverseProxy next copies res.Header into the client's response
 		// value by value, an allocation per field. Hand the (already
@@ -352,6 +363,34 @@ func upgradeType(h http.Header) string {
 		return ""
 	}
 	return h.Get("Upgrade")
+}
+
+// idleBody is an upstream response body whose every read waits at most
+// timeout (StreamIdleTimeout) for the upstream: one that stops sending in
+// the middle of a body is cut, as a client that stops reading is (Envoy's
+// stream_idle_timeout). The Transport reads a body on the caller's
+// goroutine, from the connection it is alone to read meanwhile; once the
+// body ends, the deadline is cleared for the connection's next response
+// (a body closed before its end closes the connection). A response
+// without a body (http.NoBody) is not wrapped: its connection may already
+// carry another request.
+type idleBody struct {
+	io.ReadCloser
+	conn     net.Conn
+	timeout  time.Duration
+	timedOut bool
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.conn.SetReadDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			b.timedOut = true
+		}
+	}
+	return n, err
 }
 
 // keepsServer reports whether the upstream's Server values (upstreamSent:

@@ -113,7 +113,9 @@ type Options struct {
 	HeaderTimeout time.Duration
 	// StreamIdleTimeout bounds how long a write to the client may block (a
 	// client that stopped reading): the connection is closed, the
-	// upstream connection released, and the request flagged SI.
+	// upstream connection released, and the request flagged SI. It also
+	// bounds the wait for each read of a request body from the client
+	// (flag DC) and of a response body from the upstream (flag SI).
 	// Negative disables it.
 	StreamIdleTimeout time.Duration
 	// MaxIdleConnsPerHost bounds each host's pool of idle upstream

@@ -114,6 +114,75 @@ func TestStreamIdleTimeoutCutsStalledBody(t *testing.T) {
 	})
 }
 
+// TestStreamIdleTimeoutCutsStalledUpstream: an upstream that stops
+// sending its response body is cut after StreamIdleTimeout on either path
+// (Envoy's stream_idle_timeout counts either side's silence): the client
+// connection is aborted (the body never looks complete), the upstream
+// connection closed, the request flagged SI. One that sends slowly but
+// steadily, for longer than the timeout in all, is not cut.
+func TestStreamIdleTimeoutCutsStalledUpstream(t *testing.T) {
+	for _, tt := range []struct{ name, resp string }{
+		{"Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+	} {
+		for _, fast := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/fast=%v", tt.name, fast), func(t *testing.T) {
+				upGone := make(chan struct{})
+				dst := rawUpstream(t, func(c net.Conn) {
+					http.ReadRequest(bufio.NewReader(c))
+					io.WriteString(c, tt.resp)
+					io.Copy(io.Discard, c) // then nothing, until the proxy closes
+					close(upGone)
+				})
+				f := newFront(t, Options{DisableFastPath: !fast, StreamIdleTimeout: 300 * time.Millisecond}, dst)
+				c, br := f.raw(t)
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+				// The connection is cut (a buffered head may never be sent):
+				// whatever came is not a complete response.
+				raw, err := io.ReadAll(br)
+				if err != nil {
+					t.Fatalf("read %q, %v; want the connection cut", raw, err)
+				}
+				if res, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), nil); err == nil {
+					if b, err := io.ReadAll(res.Body); err == nil {
+						t.Fatalf("a complete response: %d %q", res.StatusCode, b)
+					}
+				}
+				select {
+				case <-upGone:
+				case <-time.After(10 * time.Second):
+					t.Fatal("upstream connection still open")
+				}
+				if i := f.info(t); i.Flags != StreamIdleTimeout || i.Status != 200 {
+					t.Errorf("info: flags %v status %d", i.Flags, i.Status)
+				}
+			})
+		}
+	}
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("steady upstream not cut/fast=%v", fast), func(t *testing.T) {
+			dst := rawUpstream(t, func(c net.Conn) {
+				http.ReadRequest(bufio.NewReader(c))
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+				for range 30 { // 3 s in all, a byte every 100 ms
+					time.Sleep(100 * time.Millisecond)
+					io.WriteString(c, "x")
+				}
+			})
+			f := newFront(t, Options{DisableFastPath: !fast, StreamIdleTimeout: 2 * time.Second}, dst)
+			c, br := f.raw(t)
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+			if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || len(body) != 30 {
+				t.Fatalf("response %d, %d bytes", res.StatusCode, len(body))
+			}
+			if i := f.info(t); i.Flags != 0 {
+				t.Errorf("flags %v", i.Flags)
+			}
+		})
+	}
+}
+
 // TestStreamIdleTimeoutSparesSlowReader: a client reading slowly but
 // steadily, for much longer than the timeout in all, is not cut: the
 // proxy's writes block, but none for the whole timeout, and the deadline
