@@ -100,7 +100,9 @@ type cluster struct {
 	done   chan struct{}
 	once   sync.Once
 
-	// Used by sweep only (the janitor, then close).
+	// Used by sweep only (the janitor, then close), under sweepMu: Close
+	// may come while Shutdown sweeps.
+	sweepMu  sync.Mutex
 	removed  int // hosts removed since the memory was last returned
 	lastFree time.Time
 }
@@ -443,7 +445,9 @@ func (c *cluster) close() {
 	c.mu.Unlock()
 	c.once.Do(func() { close(c.stop) })
 	<-c.done
+	c.sweepMu.Lock()
 	c.sweep(time.Now().Add(time.Hour))
+	c.sweepMu.Unlock()
 	// Hosts still busy (hijacked tunnels end on their own) keep their
 	// connections until those finish.
 }

@@ -886,6 +886,32 @@ func TestShutdownLocalReplySaysClose(t *testing.T) {
 	expectEOF(t, br)
 }
 
+// TestCloseDuringShutdown: Close while Shutdown waits for a request in
+// flight (as http.Server allows) ends both, and the two final sweeps of
+// the cluster do not race (go test -race).
+func TestCloseDuringShutdown(t *testing.T) {
+	got := make(chan struct{}, 1)
+	dst := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		got <- struct{}{}
+		io.Copy(io.Discard, c) // never answers
+	})
+	f := newFront(t, Options{}, dst)
+	c, _ := f.raw(t)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	<-got
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.p.Shutdown(ctx) }()
+	f.p.Close()
+	select {
+	case <-shut:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waiting after Close")
+	}
+}
+
 func TestOptionsValidation(t *testing.T) {
 	for _, o := range []Options{
 		{},
