@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"cmp"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -347,7 +348,8 @@ func (h *host) expireLinksLocked(cutoff time.Time) []*upLink {
 }
 
 // upConn counts open upstream connections. Embedding *net.TCPConn keeps
-// ReadFrom/WriteTo, so copies to and from it can still splice.
+// WriteTo (and ReadFrom when StreamIdleTimeout is off), so copies can
+// still splice.
 type upConn struct {
 	*net.TCPConn
 	h    *host
@@ -358,6 +360,34 @@ func (c *upConn) Close() error {
 	c.once.Do(func() { c.h.open.Add(-1) })
 	return c.TCPConn.Close()
 }
+
+// Write bounds each write by StreamIdleTimeout, as the fast path bounds
+// its writes of a request body: an upstream that stops reading a request
+// body (or a tunnel's bytes) fails the write, and the request is answered
+// 504, instead of holding the client and the connection until the
+// upstream closes. (The Transport sets no write deadline of its own.)
+func (c *upConn) Write(b []byte) (int, error) {
+	if sit := c.h.c.p.o.StreamIdleTimeout; sit > 0 {
+		c.TCPConn.SetWriteDeadline(time.Now().Add(sit))
+	}
+	return c.TCPConn.Write(b)
+}
+
+// ReadFrom copies through Write, so that each write is bounded too: the
+// Transport writes a request body with it (never from a socket it could
+// splice from).
+func (c *upConn) ReadFrom(r io.Reader) (int64, error) {
+	if c.h.c.p.o.StreamIdleTimeout <= 0 {
+		return c.TCPConn.ReadFrom(r)
+	}
+	bufs := c.h.c.p.copyBufs
+	buf := bufs.Get()
+	defer bufs.Put(buf)
+	return io.CopyBuffer(writerOnly{c}, r, buf)
+}
+
+// writerOnly hides its Writer's other methods (ReadFrom) from io.Copy.
+type writerOnly struct{ io.Writer }
 
 // closeIdle drops the host's idle and pre-dialed connections.
 func (h *host) closeIdle(pre []preConn, links []*upLink) {

@@ -183,6 +183,47 @@ func TestStreamIdleTimeoutCutsStalledUpstream(t *testing.T) {
 	}
 }
 
+// TestStreamIdleTimeoutUpstreamNotReading: an upstream that takes a
+// request head but never reads its body (nor answers) fails the upload
+// after StreamIdleTimeout on either path: 504, flag UT, instead of a
+// client and an upstream connection held until the upstream closes.
+func TestStreamIdleTimeoutUpstreamNotReading(t *testing.T) {
+	release := make(chan struct{})
+	dst := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		<-release // never reads the body, never answers
+	})
+	defer close(release)
+	for _, tt := range []struct{ name, head string }{
+		{"fast path", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"},
+		{"net/http (HTTP/1.0)", "POST / HTTP/1.0\r\nHost: a\r\nContent-Length: %d\r\n\r\n"},
+		{"net/http (chunked)", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, dst)
+			c, br := f.raw(t)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			const size = 32 << 20 // more than the sockets' buffers hold
+			go func() {
+				fmt.Fprintf(c, tt.head, size)
+				chunk := strings.Repeat("b", 64<<10)
+				for range size / len(chunk) {
+					if _, err := io.WriteString(c, chunk); err != nil {
+						return
+					}
+				}
+			}()
+			res, err := http.ReadResponse(br, nil)
+			if err != nil || res.StatusCode != http.StatusGatewayTimeout {
+				t.Fatalf("response: %v %v, want 504", res, err)
+			}
+			if i := f.info(t); i.Flags != UpstreamTimeout {
+				t.Errorf("flags %v", i.Flags)
+			}
+		})
+	}
+}
+
 // TestStreamIdleTimeoutSparesSlowReader: a client reading slowly but
 // steadily, for much longer than the timeout in all, is not cut: the
 // proxy's writes block, but none for the whole timeout, and the deadline
