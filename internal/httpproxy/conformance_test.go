@@ -248,3 +248,32 @@ func TestH2CPrefaceOnlyFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestInformationalHopByHopRemoved: a relayed 1xx (103 Early Hints) loses
+// its hop-by-hop fields and those its Connection field names, as a final
+// response does, on both paths (RFC 9110, 7.6.1).
+func TestInformationalHopByHopRemoved(t *testing.T) {
+	dst := rawUpstream(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=1\r\n"+
+			"Proxy-Connection: keep-alive\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
+			f := newFront(t, Options{DisableFastPath: !fast}, dst)
+			c, br := f.raw(t)
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+			raw, _ := io.ReadAll(br)
+			info, _, ok := strings.Cut(string(raw), "\r\n\r\n")
+			if !ok || !strings.HasPrefix(info, "HTTP/1.1 103 ") || !strings.Contains(info, "\r\nLink: </a.css>; rel=preload") {
+				t.Fatalf("response:\n%q", raw)
+			}
+			for _, k := range []string{"connection:", "x-hop:", "keep-alive:", "proxy-connection:"} {
+				if strings.Contains(strings.ToLower(info), "\r\n"+k) {
+					t.Errorf("103 carries %s\n%q", k, info)
+				}
+			}
+		})
+	}
+}

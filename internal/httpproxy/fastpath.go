@@ -1199,9 +1199,13 @@ func isHopByHop(name []byte) bool {
 }
 
 // appendHeader writes h's fields, sorted by name, less hop-by-hop fields,
-// the fields named by connOpts (the Connection header's options), and
-// Server (appendServer writes it).
+// the fields named by connOpts (the Connection header's options; nil: h's
+// own Connection field's, as for a 1xx head), and Server (appendServer
+// writes it).
 func appendHeader(out []byte, h http.Header, connOpts []string) []byte {
+	if connOpts == nil {
+		connOpts = h["Connection"]
+	}
 	var keysArr [32]string
 	keys := keysArr[:0]
 	for k := range h {

@@ -627,6 +627,20 @@ func (r *recorder) WriteHeader(code int) {
 	if code == http.StatusContinue || code < 200 && code != http.StatusSwitchingProtocols && r.http10 {
 		return
 	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// ReverseProxy relays a 1xx's fields as they came: drop the
+		// hop-by-hop ones and those its Connection names, as for a final
+		// response (and as the fast path does).
+		h := r.Header()
+		for k := range h {
+			if named(h["Connection"], k) {
+				delete(h, k)
+			}
+		}
+		for _, k := range hopByHop {
+			delete(h, k)
+		}
+	}
 	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		r.status = code
 	}
