@@ -111,6 +111,7 @@ type fastConn struct {
 
 	x      *request  // the request in flight, from fastPools.requests
 	idleAt time.Time // when a loop gave the connection back idle: the start of its idle timeout
+	headBy time.Time // when the head handed to net/http unfinished must be complete (HeaderTimeout)
 	fd     int       // c's descriptor, for a loop
 	pin    *upLink   // the upstream connection kept for the next request, which a loop serves
 	pump   *bodyPump // copying the request body while the response is awaited or relayed
@@ -252,6 +253,9 @@ func (fc *fastConn) readHead() (int, error) {
 				return i + 4, nil
 			}
 			if fc.w-fc.r == fastBufSize || !plausibleHead(fc.in[fc.r:fc.w]) {
+				if !headStart.IsZero() {
+					fc.headBy = headStart.Add(p.o.HeaderTimeout) // net/http's wait ends there too
+				}
 				return -1, nil // net/http's guard answers what it is
 			}
 		}

@@ -434,6 +434,49 @@ func TestSlowlorisHeadClosed(t *testing.T) {
 	}
 }
 
+// TestSlowlorisLargeHeadClosed: a head too large for the fast path's
+// buffer, handed to net/http once 8 KiB of it came, must still be whole
+// within HeaderTimeout of the connection's start: net/http's own header
+// timeout does not start anew at the hand-over (which gave a slow client
+// up to twice HeaderTimeout).
+func TestSlowlorisLargeHeadClosed(t *testing.T) {
+	const timeout = 2 * time.Second
+	up := newRecordingUpstream(t)
+	f := newFront(t, Options{HeaderTimeout: timeout}, up.addrPort())
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		io.ReadAll(c)
+	}()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+	time.Sleep(timeout * 9 / 10)
+	io.WriteString(c, strings.Repeat("x", 8<<10)) // the fast path hands over now
+	// Then a byte every 20 ms.
+	for i := 0; i < 1000; i++ {
+		select {
+		case <-closed:
+			i = 1000
+		case <-time.After(20 * time.Millisecond):
+			c.Write([]byte{'x'})
+		}
+	}
+	<-closed
+	// Closed at HeaderTimeout (2 s); before the fix at about twice that.
+	if d := time.Since(start); d > timeout*3/2 {
+		t.Errorf("closed after %v, want about %v", d, timeout)
+	}
+	if up.accepted.Load() != 0 {
+		t.Error("upstream reached")
+	}
+}
+
 // TestClientHalfCloseAfterRequest: a client that sends whole requests and
 // then half-closes (shuts down its sending side) gets every answer, then
 // the close; its FIN does not cancel the request in flight.

@@ -297,17 +297,17 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver, served := p.serveConnFast(tc, client, origDst, first)
+		rest, handOver, served, headBy := p.serveConnFast(tc, client, origDst, first)
 		if !handOver {
 			return
 		}
 		if len(rest) > 0 {
 			c = &replayConn{TCPConn: tc, pending: rest}
 		}
-		p.serveConnNetHTTP(c, client, origDst, first, dialErr, served)
+		p.serveConnNetHTTP(c, client, origDst, first, dialErr, served, headBy)
 		return
 	}
-	p.serveConnNetHTTP(c, client, origDst, first, dialErr, false)
+	p.serveConnNetHTTP(c, client, origDst, first, dialErr, false, time.Time{})
 }
 
 // serveConnNetHTTP serves c on the net/http path until it is done. A
@@ -315,7 +315,9 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 // request of the connection, stays small. client and origDst are unmapped.
 // midStream says that the fast path served requests on c before: its next
 // bytes are not the connection's first, which alone may be the h2c preface.
-func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool) {
+// headBy, when set, is when the head the fast path began to read must be
+// complete: net/http's header timeout would start anew.
+func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool, headBy time.Time) {
 	dc := &downConn{Conn: c, client: client, origDst: origDst, done: make(chan struct{}),
 		clientIP: client.Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
@@ -325,6 +327,9 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
 	dc.g.midStream = midStream
+	if !headBy.IsZero() {
+		dc.headBy.Store(headBy.UnixNano())
+	}
 	dc.sw.conn, dc.sw.timeout = c, p.o.StreamIdleTimeout
 	if !p.track(dc) {
 		c.Close()
@@ -340,11 +345,12 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 
 // serveConnFast serves c on the fast path until it closes (then it closes
 // c) or hands it over to net/http with the bytes it read of the next
-// request; served says whether it served a request before.
-func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool) {
+// request; served says whether it served a request before, headBy when
+// the head it hands over unfinished must be complete (zero: none).
+func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool, headBy time.Time) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return nil, true, false
+		return nil, true, false, time.Time{}
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now(), first: first}
@@ -354,14 +360,14 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, fi
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {
 		c.Close()
-		return nil, false, false
+		return nil, false, false, time.Time{}
 	}
 	defer p.untrackFast(fc)
 	rest, handOver = p.serveFast(fc)
 	if !handOver {
 		closeLingering(c, fc.fd, fc.w > fc.r)
 	}
-	return rest, handOver, fc.heads > 0
+	return rest, handOver, fc.heads > 0, fc.headBy
 }
 
 // replayConn reads pending before the connection: the bytes of a request

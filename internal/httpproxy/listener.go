@@ -36,6 +36,10 @@ type downConn struct {
 	// and clears around a body read.
 	dlMu sync.Mutex
 
+	// headBy (Unix ns; 0: none) is when the head the fast path handed over
+	// unfinished must be complete; cleared once the guard has it.
+	headBy atomic.Int64
+
 	once sync.Once
 	done chan struct{} // closed on the first Close
 }
@@ -47,6 +51,9 @@ func (c *downConn) Read(p []byte) (int, error) {
 		n, err = c.readBody(p)
 	} else {
 		n, err = c.g.read(c.Conn, p)
+	}
+	if c.headBy.Load() != 0 && (c.g.heads > 0 || c.g.st == gDone || c.g.st == gPass) {
+		c.headBy.Store(0) // the head handed over is complete (or refused)
 	}
 	if err != nil && !c.headTimedOut && c.p != nil {
 		if held, ok := c.g.headTimeout(err); ok {
@@ -97,6 +104,7 @@ func (c *downConn) Write(b []byte) (int, error) { return c.sw.Write(b) }
 // a client's FIN back (guard.waitEOF). SetDeadline and SetWriteDeadline
 // replace the stream idle deadline until the next Write.
 func (c *downConn) SetReadDeadline(t time.Time) error {
+	t = c.clampHead(t)
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	err := c.Conn.SetReadDeadline(t)
@@ -108,9 +116,23 @@ func (c *downConn) SetDeadline(t time.Time) error {
 	c.sw.wdl.Store(0)
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
-	err := c.Conn.SetDeadline(t)
-	c.g.setDeadline(t)
+	err := c.Conn.SetWriteDeadline(t)
+	if rerr := c.Conn.SetReadDeadline(c.clampHead(t)); err == nil {
+		err = rerr
+	}
+	c.g.setDeadline(c.clampHead(t))
 	return err
+}
+
+// clampHead brings a read deadline net/http sets forward to headBy while
+// the head the fast path handed over unfinished is still being read: its
+// HeaderTimeout ran from its first byte, on the fast path, and does not
+// start anew.
+func (c *downConn) clampHead(t time.Time) time.Time {
+	if by := c.headBy.Load(); by != 0 && (t.IsZero() || t.UnixNano() > by) {
+		return time.Unix(0, by)
+	}
+	return t
 }
 
 func (c *downConn) SetWriteDeadline(t time.Time) error {
