@@ -2,8 +2,10 @@ package httpproxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +60,11 @@ func (b *bodyPump) run() {
 	ne, timedOut := errors.AsType[net.Error](err)
 	timedOut = timedOut && ne.Timeout()
 	switch {
+	case errors.Is(err, errClientStalled):
+		// The client sent nothing for the stream idle timeout: the
+		// upstream must not take the cut body for a whole one; the
+		// client is answered 408 (send).
+		b.up.conn.Close()
 	case errors.Is(err, errClientBody):
 		// The client went away mid-body: the upstream must not take the
 		// cut body for a whole one, nor the client wait for an answer.
@@ -102,11 +109,18 @@ func (b *bodyPump) copy() error {
 	switch {
 	case werr != nil:
 		return werr
+	case errors.Is(rerr, os.ErrDeadlineExceeded):
+		return errClientStalled // not stop's: run looks at stopping first
 	case rerr != nil:
 		return errClientBody
 	}
 	return nil
 }
+
+// errClientStalled: the client sent no byte of its body for the stream
+// idle timeout. Like Envoy, detour answers 408 (flag SI) when no response
+// has begun.
+var errClientStalled = fmt.Errorf("%w: none of it for the stream idle timeout", errClientBody)
 
 // headIn notes that x's final response head (status) is in; a pump still
 // copying goes on while the response is relayed (endBody ends it). An

@@ -530,6 +530,16 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		}
 		fc.sendOff(x)
 		up.close()
+		if errors.Is(err, errClientStalled) {
+			// Envoy's answer to a request stream idle for
+			// stream_idle_timeout before its response began.
+			info.Flags |= StreamIdleTimeout
+			p.log.Info("stream idle timeout: the client stopped sending its request body; closing", "client", fc.client,
+				"dst", info.Dst, "timeout", p.o.StreamIdleTimeout)
+			fc.localReply(info, http.StatusRequestTimeout, "stream timeout", true)
+			p.finishFast(info)
+			return false
+		}
 		if errors.Is(err, errClientBody) || errors.Is(err, errClientGone) {
 			info.Flags |= DownstreamClosed
 			p.finishFast(info)

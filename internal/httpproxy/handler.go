@@ -33,7 +33,7 @@ const (
 	DownstreamClosed                          // DC: the client went away first
 	LoopRefused                               // LR: the destination is detour itself, or a refused loopback address
 	DownstreamProtocolError                   // DPE: the request was malformed or ambiguous and refused (400, 431, 505)
-	StreamIdleTimeout                         // SI: a write to the client made no progress for StreamIdleTimeout
+	StreamIdleTimeout                         // SI: a write to the client, or a read of a body, made no progress for StreamIdleTimeout
 	RequestHeaderTimeout                      // HT: the client's request head did not arrive within HeaderTimeout
 )
 
@@ -426,6 +426,12 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		x.info.Flags |= DownstreamProtocolError
 		p.localReply(x, http.StatusBadRequest, "invalid request: "+msg, true)
 		p.log.Info("refused request body", "client", x.info.Client, "dst", x.info.Dst, "reason", msg)
+		return
+	case x.dc.bodyStalled.Load():
+		// Envoy's answer to a request stream idle for
+		// stream_idle_timeout before its response began.
+		x.info.Flags |= StreamIdleTimeout
+		p.localReply(x, http.StatusRequestTimeout, "stream timeout", true)
 		return
 	case r.Context().Err() != nil:
 		x.info.Flags |= DownstreamClosed

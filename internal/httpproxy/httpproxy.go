@@ -115,7 +115,7 @@ type Options struct {
 	// client that stopped reading): the connection is closed, the
 	// upstream connection released, and the request flagged SI. It also
 	// bounds the wait for each read of a request body from the client
-	// (flag DC) and of a response body from the upstream (flag SI), and
+	// (408, flag SI) and of a response body from the upstream (flag SI), and
 	// each write of a request body to the upstream (504, flag UT).
 	// Negative disables it.
 	StreamIdleTimeout time.Duration

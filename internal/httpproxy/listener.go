@@ -35,6 +35,9 @@ type downConn struct {
 	// dlMu orders net/http's read deadlines against the one readBody sets
 	// and clears around a body read.
 	dlMu sync.Mutex
+	// bodyStalled: readBody's deadline cut the body (the handler answers
+	// 408, flag SI).
+	bodyStalled atomic.Bool
 
 	// headBy (Unix ns; 0: none) is when the head the fast path handed over
 	// unfinished must be complete; cleared once the guard has it.
@@ -92,6 +95,7 @@ func (c *downConn) readBody(p []byte) (int, error) {
 	}
 	c.dlMu.Unlock()
 	if ns == 0 && err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.bodyStalled.Store(true)
 		c.p.log.Info("stream idle timeout: the client stopped sending its request body; closing", "client", c.client,
 			"dst", c.origDst, "timeout", c.sw.timeout)
 	}
