@@ -215,6 +215,18 @@ func TestLoopParksInNetpoller(t *testing.T) {
 	}
 }
 
+// resetSides are the two sides a reset test resets in turn: reset picks
+// the resetting connection and the other one of a harness pair, want is
+// the pair's end.
+var resetSides = []struct {
+	name  string
+	reset func(client, server *net.TCPConn) (resetter, other *net.TCPConn)
+	want  End
+}{
+	{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }, EndDownstreamErr},
+	{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }, EndUpstreamErr},
+}
+
 // TestResetAfterHalfCloseResetsUpstream guards the EPOLLERR check for a
 // socket whose read direction is done: a side that half-closed and then
 // resets sends nothing more to read, and with no bytes flowing the other
@@ -222,14 +234,7 @@ func TestLoopParksInNetpoller(t *testing.T) {
 // pair must end at once, attributed to the side that reset, and reset the
 // other side.
 func TestResetAfterHalfCloseResetsUpstream(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		reset func(client, server *net.TCPConn) (resetter, other *net.TCPConn)
-		want  End
-	}{
-		{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }, EndDownstreamErr},
-		{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }, EndUpstreamErr},
-	} {
+	for _, tc := range resetSides {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server, done := harness(t, Options{})
 			resetter, other := tc.reset(client, server)
@@ -302,14 +307,7 @@ func waitReset(t *testing.T, c *net.TCPConn) {
 // read again (until the idle timeout, if it never did), and the server
 // of an upload the client abandoned kept its connection.
 func TestResetWhileOtherSideStalled(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		reset func(client, server *net.TCPConn) (resetter, stalled *net.TCPConn)
-		want  End
-	}{
-		{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }, EndDownstreamErr},
-		{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }, EndUpstreamErr},
-	} {
+	for _, tc := range resetSides {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server, done := harness(t, Options{})
 			resetter, stalled := tc.reset(client, server)
