@@ -1,6 +1,7 @@
-// Package fdtest is test support: it runs a process out of descriptors,
-// as a proxy under a connection flood is, so that tests can check what
-// accept, pipe and epoll do then and after.
+// Package fdtest is test support for descriptors and sockets: it runs
+// the process out of descriptors, as a proxy under a connection flood is,
+// so that tests can check what accept, pipe and epoll do then and after,
+// and it tells when a socket has been reset.
 package fdtest
 
 import (

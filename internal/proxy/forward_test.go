@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
@@ -344,23 +345,8 @@ func TestAutoClientResetBeforeSniff(t *testing.T) {
 	cli, srv := connect(t, ln)
 	cli.SetLinger(0)
 	cli.Close()
-	rc, err := srv.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		state := uint8(0)
-		rc.Control(func(fd uintptr) {
-			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
-				state = ti.State
-			}
-		})
-		if state == unix.BPF_TCP_CLOSE {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the client's reset did not arrive within 5s")
-		}
+	if !fdtest.ResetWithin(srv, 5*time.Second) {
+		t.Fatal("the client's reset did not arrive within 5s")
 	}
 	c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
 	go handleAccepted(s, c)

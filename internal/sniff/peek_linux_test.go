@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
 // pair returns a connected loopback pair: the accepted side (what detour
@@ -256,23 +256,8 @@ func TestNowReportsReset(t *testing.T) {
 	a, c := pair(t)
 	c.SetLinger(0)
 	c.Close()
-	rc, err := a.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		state := uint8(0)
-		rc.Control(func(fd uintptr) {
-			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
-				state = ti.State
-			}
-		})
-		if state == unix.BPF_TCP_CLOSE {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the reset did not arrive within 5s")
-		}
+	if !fdtest.ResetWithin(a, 5*time.Second) {
+		t.Fatal("the reset did not arrive within 5s")
 	}
 	r, final, err := Now(a)
 	if !errors.Is(err, syscall.ECONNRESET) || final || r.N != 0 {

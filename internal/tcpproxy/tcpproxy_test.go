@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
 // harness runs a server on loopback and a proxy in front of it, and returns
@@ -189,20 +189,8 @@ func TestIdleTimeoutClose(t *testing.T) {
 		}
 		// The server had its FIN already: only a reset tells it the
 		// pair ended (a close would leave it in CLOSE_WAIT).
-		rc, err := server.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		state := uint8(0)
-		for deadline := time.Now().Add(3 * time.Second); state != unix.BPF_TCP_CLOSE && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			rc.Control(func(fd uintptr) {
-				if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
-					state = ti.State
-				}
-			})
-		}
-		if state != unix.BPF_TCP_CLOSE {
-			t.Errorf("server socket in TCP state %d, want CLOSE (reset)", state)
+		if !fdtest.ResetWithin(server, 3*time.Second) {
+			t.Error("server socket not in TCP state CLOSE (reset) within 3s")
 		}
 	})
 	t.Run("stalled", func(t *testing.T) {
