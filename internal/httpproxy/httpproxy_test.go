@@ -854,20 +854,8 @@ func TestShutdownWaitsForInFlight(t *testing.T) {
 // itself (here 504) while Shutdown waits for it says Connection: close, as
 // a proxied answer then does: the connection closes after it.
 func TestShutdownLocalReplySaysClose(t *testing.T) {
-	got := make(chan struct{}, 1)
-	dst := rawUpstream(t, func(c net.Conn) {
-		http.ReadRequest(bufio.NewReader(c))
-		got <- struct{}{}
-		io.Copy(io.Discard, c) // never answers
-	})
-	f := newFront(t, Options{RouteTimeout: time.Second}, dst)
-	c, br := f.raw(t)
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-	<-got
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	shut := make(chan error, 1)
-	go func() { shut <- f.p.Shutdown(ctx) }()
+	f, _, br := silentInFlight(t, Options{RouteTimeout: time.Second})
+	shut := startShutdown(t, f)
 	defer func() { <-shut }() // before the cleanup's Close
 	eventually(t, "shutdown begun", func() bool {
 		f.p.mu.Lock()
@@ -886,24 +874,38 @@ func TestShutdownLocalReplySaysClose(t *testing.T) {
 	expectEOF(t, br)
 }
 
-// TestCloseDuringShutdown: Close while Shutdown waits for a request in
-// flight (as http.Server allows) ends both, and the two final sweeps of
-// the cluster do not race (go test -race).
-func TestCloseDuringShutdown(t *testing.T) {
+// silentInFlight starts a front whose upstream reads each request and
+// never answers, and sends it one request on a raw connection; it returns
+// once the upstream has the request.
+func silentInFlight(t *testing.T, o Options) (*front, net.Conn, *bufio.Reader) {
+	t.Helper()
 	got := make(chan struct{}, 1)
 	dst := rawUpstream(t, func(c net.Conn) {
 		http.ReadRequest(bufio.NewReader(c))
 		got <- struct{}{}
 		io.Copy(io.Discard, c) // never answers
 	})
-	f := newFront(t, Options{}, dst)
-	c, _ := f.raw(t)
+	f := newFront(t, o, dst)
+	c, br := f.raw(t)
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	<-got
+	return f, c, br
+}
+
+// startShutdown runs f's Shutdown (bounded by 10 s) and returns its result's channel.
+func startShutdown(t *testing.T, f *front) <-chan error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	shut := make(chan error, 1)
-	go func() { shut <- f.p.Shutdown(ctx) }()
+	go func() { defer cancel(); shut <- f.p.Shutdown(ctx) }()
+	return shut
+}
+
+// TestCloseDuringShutdown: Close while Shutdown waits for a request in
+// flight (as http.Server allows) ends both, and the two final sweeps of
+// the cluster do not race (go test -race).
+func TestCloseDuringShutdown(t *testing.T) {
+	f, _, _ := silentInFlight(t, Options{})
+	shut := startShutdown(t, f)
 	f.p.Close()
 	select {
 	case <-shut:
