@@ -725,3 +725,47 @@ func TestUploadsKeepAlive(t *testing.T) {
 		t.Errorf("upstream accepted %d connections, want 1", n)
 	}
 }
+
+// TestUpstreamResetMidBody: an upstream that resets the connection while
+// the request body still uploads, without an answer, gets the client a
+// 503 (UC) saying Connection: close, on both paths: the body's rest is
+// still in the client's stream. (The Transport reports its failed write
+// of the body to the client trace's WroteRequest too, with the error: the
+// body did not go out.)
+func TestUpstreamResetMidBody(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fast bool
+	}{
+		{"fast path", true},
+		{"net/http", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn) {
+				if r, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.CopyN(io.Discard, r.Body, 64<<10)
+					c.(*net.TCPConn).SetLinger(0)
+				}
+			})
+			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
+			c, br := f.raw(t)
+			go func() {
+				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+				chunk := make([]byte, 64<<10)
+				for range 1024 {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			res, _ := readResponse(t, br, "PUT")
+			if res.StatusCode != http.StatusServiceUnavailable || !res.Close {
+				t.Errorf("got %d (close %v), want 503 with Connection: close", res.StatusCode, res.Close)
+			}
+			if i := f.info(t); i.Status != http.StatusServiceUnavailable || i.Flags != UpstreamClosed {
+				t.Errorf("recorded %d %v, want 503 UC", i.Status, i.Flags)
+			}
+			expectEOF(t, br)
+		})
+	}
+}

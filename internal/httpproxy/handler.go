@@ -118,8 +118,14 @@ type exchange struct {
 	p       *Proxy
 }
 
-// wroteRequest is the client trace's WroteRequest.
-func (x *exchange) wroteRequest(httptrace.WroteRequestInfo) { x.wrote.Store(true) }
+// wroteRequest is the client trace's WroteRequest. The Transport calls
+// it when the write ended, failed too (Err): then the body did not go out
+// whole, and its rest may still be in the client's stream.
+func (x *exchange) wroteRequest(i httptrace.WroteRequestInfo) {
+	if i.Err == nil {
+		x.wrote.Store(true)
+	}
+}
 
 // gotConnection is the client trace's GotConn: the request has an upstream
 // connection and goes out now. The Transport calls it again when it retries
