@@ -1068,30 +1068,78 @@ func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []by
 // DC. A FIN is no reason: a client may half-close and still read. stop
 // ends the watch.
 func (fc *fastConn) watchClient(up *upLink) (stop func()) {
-	if fc.pump != nil {
-		return func() {} // the pump reads the client, and does the same on its failure
+	if b := fc.pump; b != nil {
+		return fc.watchAfterPump(b, up)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		fc.rc.Read(func(fd uintptr) bool {
-			var b [1]byte
-			_, err := rawsys.Peek(int(fd), b[:])
-			switch err {
-			case unix.EAGAIN:
-				return false
-			case nil, unix.EINTR:
-			default:
-				fc.gone.Store(true)
-				up.conn.Close()
-			}
-			return true
-		})
+		fc.peekClient(up)
 	}()
 	return func() {
 		fc.c.SetReadDeadline(time.Unix(1, 0))
 		<-done
 		fc.c.SetReadDeadline(time.Time{})
+	}
+}
+
+// peekClient waits until the client sends bytes, closes or fails (or the
+// read deadline passes); a failure closes up (watchClient).
+func (fc *fastConn) peekClient(up *upLink) {
+	fc.rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, err := rawsys.Peek(int(fd), b[:])
+		switch err {
+		case unix.EAGAIN:
+			return false
+		case nil, unix.EINTR:
+		default:
+			fc.gone.Store(true)
+			up.conn.Close()
+		}
+		return true
+	})
+}
+
+// watchAfterPump is watchClient while the pump b copies the request body:
+// b reads the client, and does the same on its failure; once b has ended
+// (the whole body went up while the response waits for the upstream),
+// the client is watched as watchClient does. The client's read deadline
+// is stop's to cut only then: until then it is b's.
+func (fc *fastConn) watchAfterPump(b *bodyPump, up *upLink) (stop func()) {
+	var (
+		mu       sync.Mutex
+		stopped  bool
+		watching bool // in peekClient: stop cuts its read
+	)
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-b.done:
+		case <-quit:
+			return
+		}
+		mu.Lock()
+		watching = !stopped
+		mu.Unlock()
+		if watching {
+			fc.peekClient(up)
+		}
+	}()
+	return func() {
+		mu.Lock()
+		stopped = true
+		cut := watching
+		mu.Unlock()
+		close(quit)
+		if cut {
+			fc.c.SetReadDeadline(time.Unix(1, 0))
+		}
+		<-done
+		if cut {
+			fc.c.SetReadDeadline(time.Time{})
+		}
 	}
 }
 

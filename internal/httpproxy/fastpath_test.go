@@ -769,3 +769,57 @@ func TestUpstreamResetMidBody(t *testing.T) {
 		})
 	}
 }
+
+// TestClientResetAfterBodyPumped: a client that resets after its whole
+// body went up, while the response it began to get before that waits for
+// the upstream, is seen (DC) at once, as when the body came with the head
+// (watchClient): the pump, which read the client until then, has ended.
+func TestClientResetAfterBodyPumped(t *testing.T) {
+	const bodySize = 1 << 20
+	for _, tt := range []struct {
+		name string
+		fast bool
+	}{
+		{"fast path", true},
+		{"net/http", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			taken, release := make(chan struct{}), make(chan struct{})
+			up := rawUpstream(t, func(c net.Conn) {
+				r, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				// A start net/http's server flushes too (it buffers 4 KiB).
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+				c.Write(make([]byte, 64<<10))
+				if n, _ := io.Copy(io.Discard, r.Body); n == bodySize {
+					close(taken)
+				}
+				<-release // the rest of the response never comes
+			})
+			t.Cleanup(func() { close(release) })
+			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
+			c, br := f.raw(t)
+			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nfirst", bodySize)
+			res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
+			if err != nil || res.StatusCode != 200 {
+				t.Fatalf("got %v, %v; want the upstream's 200 while the body still comes", res, err)
+			}
+			if _, err := io.ReadFull(res.Body, make([]byte, 64<<10)); err != nil {
+				t.Fatal(err)
+			}
+			c.Write(make([]byte, bodySize-len("first")))
+			select {
+			case <-taken:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream did not get the whole body")
+			}
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			if i := f.info(t); i.Flags != DownstreamClosed {
+				t.Errorf("flags %v, want DC", i.Flags)
+			}
+		})
+	}
+}
