@@ -488,12 +488,15 @@ func TestEarlyResponseRelayed(t *testing.T) {
 		answer     string
 		reset      bool
 		wantStatus int
-		wantBody   string
+		wantBody   string // a regular expression
 		wantFlags  Flags
 	}{
 		{"answer, close", answer, false, 413, "too big!", 0},
 		{"answer, reset", answer, true, 413, "too big!", 0},
-		{"no answer", "", false, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection reset", UpstreamClosed},
+		// The body's copy runs beside the wait for the answer: the reason
+		// is the one of the upstream's close that either met first, the
+		// write's reset or the read's FIN.
+		{"no answer", "", false, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection (reset|termination)", UpstreamClosed},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			up := rawUpstream(t, func(c net.Conn) {
@@ -518,7 +521,7 @@ func TestEarlyResponseRelayed(t *testing.T) {
 				}
 			}()
 			res, body := readResponse(t, br, "POST")
-			if res.StatusCode != tt.wantStatus || body != tt.wantBody || !res.Close {
+			if res.StatusCode != tt.wantStatus || !regexp.MustCompile("^"+tt.wantBody+"$").MatchString(body) || !res.Close {
 				t.Fatalf("got %d %q (close %v), want %d %q with Connection: close", res.StatusCode, body, res.Close, tt.wantStatus, tt.wantBody)
 			}
 			if i := f.info(t); i.Status != tt.wantStatus || i.Flags != tt.wantFlags {
