@@ -45,6 +45,14 @@ func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if h, ok := o.Logger.Handler().(*panicHandler); ok {
+		// net/http reports the panics it recovered on its error log,
+		// which the proxy writes at debug level: below what the catcher
+		// enables (debug logging stays off, as in production). Set
+		// before any connection is served.
+		el := slog.NewLogLogger(h, slog.LevelInfo)
+		p.srv.ErrorLog, p.rp.ErrorLog = el, el
+	}
 	f.p = p
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
