@@ -826,3 +826,36 @@ func TestClientResetAfterBodyPumped(t *testing.T) {
 		})
 	}
 }
+
+// TestBodyLeftAfterAnswer: on the net/http path, where the server runs in
+// full duplex for a request with a body, an answer that came before the
+// client sent all of a small body leaves the rest for net/http's server
+// to read and drop after the handler; the connection then carries the
+// next request. (net/http, golang.org/issue/68560, starts its background
+// read when that drop reaches the body's end, after the handler: the
+// next request's read panicked, and the connection was cut.) The fast
+// path closes the connection there instead, as its README says.
+func TestBodyLeftAfterAnswer(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			io.Copy(io.Discard, r.Body)
+		}
+	})
+	f := newFront(t, Options{DisableFastPath: true}, up)
+	c, br := f.raw(t)
+	io.WriteString(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nfirst")
+	if res, body := readResponse(t, br, "PUT"); res.StatusCode != 200 || body != "ok" || res.Close {
+		t.Fatalf("got %d %q (close %v), want 200 \"ok\" while the body still comes", res.StatusCode, body, res.Close)
+	}
+	io.WriteString(c, "-rest")
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("next request: got %d %q, want 200 \"ok\"", res.StatusCode, body)
+	}
+}

@@ -152,6 +152,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.RequestURI,
 		RequestID: requestID(r.Header.Get(hdrRequestID)),
 	}
+	var duplex *http.ResponseController // set when the server runs in full duplex
 	defer func() {
 		v := recover()
 		if v == http.ErrAbortHandler && x.info.Flags == 0 { // ReverseProxy: body copy failed mid-response
@@ -180,6 +181,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.finish(x)
 		if v != nil {
 			panic(v) // net/http aborts the connection: the client sees a truncated response
+		}
+		if duplex != nil && x.status != http.StatusSwitchingProtocols {
+			// In full duplex, net/http's server reads and drops a body's
+			// unread rest (up to 256 KiB) only after the handler, and
+			// when that reaches the body's end it starts the background
+			// read it runs while a handler works: the next request's read
+			// then panics and the connection is cut
+			// (golang.org/issue/68560). Drop it here, as the server would,
+			// after the answer went out: a client may wait for it before
+			// sending the rest.
+			duplex.Flush()
+			r.Body.Close()
 		}
 	}()
 
@@ -253,7 +266,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// 413): the Transport sends the body as the response is relayed,
 		// and the server must not take the body's unread rest for
 		// abandoned when the head goes out.
-		http.NewResponseController(w).EnableFullDuplex()
+		duplex = http.NewResponseController(w)
+		duplex.EnableFullDuplex()
 		x.trace.WroteRequest = x.wroteRequest
 	}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), exchangeKey{}, x), &x.trace)
