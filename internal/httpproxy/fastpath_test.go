@@ -859,3 +859,32 @@ func TestBodyLeftAfterAnswer(t *testing.T) {
 		t.Fatalf("next request: got %d %q, want 200 \"ok\"", res.StatusCode, body)
 	}
 }
+
+// TestErrorKeepsSmallBody: a request whose small body came whole gets
+// the 503 of a failed connect on a connection that goes on, on both
+// paths: nothing of the request is left in the client's stream (net/http
+// reads and drops up to 256 KiB of a body after the handler).
+func TestErrorKeepsSmallBody(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fast bool
+	}{
+		{"fast path", true},
+		{"net/http", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFront(t, Options{DisableFastPath: !tt.fast}, closedPort(t))
+			c, br := f.raw(t)
+			for i := range 2 {
+				io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+				res, _ := readResponse(t, br, "POST")
+				if res.StatusCode != http.StatusServiceUnavailable || res.Close {
+					t.Fatalf("request %d: got %d (close %v), want 503 without Connection: close", i, res.StatusCode, res.Close)
+				}
+				if i := f.info(t); i.Flags != UpstreamConnectFailure {
+					t.Errorf("flags %v, want UF", i.Flags)
+				}
+			}
+		})
+	}
+}

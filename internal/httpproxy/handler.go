@@ -433,6 +433,11 @@ func (p *Proxy) setServer(h http.Header, val []string) {
 	h["Server"] = val
 }
 
+// postHandlerDiscard is how much of a request body's unread rest closing
+// it reads and drops, to keep the connection (net/http's
+// maxPostHandlerReadBytes); a connection with more left is closed.
+const postHandlerDiscard = 256 << 10
+
 // proxyError answers a request that got no upstream response.
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
@@ -461,8 +466,11 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		panic(http.ErrAbortHandler)
 	}
 	// A body the upstream did not take whole is still (in part) in the
-	// client's stream: the connection cannot carry another request.
-	unread := x.trace.WroteRequest != nil && !x.wrote.Load()
+	// client's stream: the connection cannot carry another request,
+	// unless the rest is one that closing the body reads and drops after
+	// the answer (a Content-Length of at most postHandlerDiscard).
+	unread := x.trace.WroteRequest != nil && !x.wrote.Load() &&
+		(r.ContentLength < 0 || r.ContentLength > postHandlerDiscard)
 	switch {
 	case errors.As(err, &de):
 		x.info.Flags |= UpstreamConnectFailure
