@@ -152,16 +152,20 @@ func (fc *fastConn) headIn(x *request, status int) error {
 	return nil
 }
 
-// bodyFailed is called when no response head could be read (err): it
-// ends the pump and returns the error that explains the exchange's
+// bodyFailed is called when no response head for x could be read (err):
+// it ends the pump and returns the error that explains the exchange's
 // failure: the client's going away, the upstream's refusing the body, or
-// err.
-func (fc *fastConn) bodyFailed(err error) error {
+// err. A pump that read the whole body from the client leaves its stream
+// at the next request: the connection may go on after the error reply,
+// as when the body came with the head.
+func (fc *fastConn) bodyFailed(x *request, err error) error {
 	b := fc.pump
 	if b == nil {
 		return err
 	}
-	fc.endBody()
+	if clientClean, _ := fc.endBody(); clientClean && !x.h.closeConn {
+		x.keepAfterError = true
+	}
 	if b.err != nil && b.err != errPumpStopped {
 		return b.err
 	}

@@ -712,7 +712,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			if up.lim.n == maxResponseHead && n1xx == 0 {
 				err = fmt.Errorf("%w: %w", errNoResponse, err)
 			}
-			return nil, nil, fc.bodyFailed(err)
+			return nil, nil, fc.bodyFailed(x, err)
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			up.lim.n = 1<<63 - 1 // as above

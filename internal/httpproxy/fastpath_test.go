@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -884,6 +885,58 @@ func TestErrorKeepsSmallBody(t *testing.T) {
 				if i := f.info(t); i.Flags != UpstreamConnectFailure {
 					t.Errorf("flags %v, want UF", i.Flags)
 				}
+			}
+		})
+	}
+}
+
+// TestRouteTimeoutAfterBodyKeepsConnection: an upstream that took the
+// whole body, copied after the head, and never answers gets the client
+// a 504 (UT) on a connection that goes on, on both paths: nothing of the
+// request is left in the client's stream (as when the body came with the
+// head).
+func TestRouteTimeoutAfterBodyKeepsConnection(t *testing.T) {
+	const bodySize = 256 << 10
+	for _, tt := range []struct {
+		name string
+		fast bool
+	}{
+		{"fast path", true},
+		{"net/http", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var conns atomic.Int32
+			up := rawUpstream(t, func(c net.Conn) {
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					if conns.Add(1) == 1 {
+						io.Copy(io.Discard, c) // the first never answers
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			})
+			f := newFront(t, Options{DisableFastPath: !tt.fast, RouteTimeout: 300 * time.Millisecond}, up)
+			c, br := f.raw(t)
+			go func() {
+				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", bodySize)
+				c.Write(make([]byte, bodySize))
+			}()
+			res, _ := readResponse(t, br, "PUT")
+			if res.StatusCode != http.StatusGatewayTimeout || res.Close {
+				t.Fatalf("got %d (close %v), want 504 without Connection: close", res.StatusCode, res.Close)
+			}
+			if i := f.info(t); i.Flags != UpstreamTimeout {
+				t.Errorf("flags %v, want UT", i.Flags)
+			}
+			io.WriteString(c, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+			if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+				t.Fatalf("next request: got %d %q, want 200 \"ok\"", res.StatusCode, body)
 			}
 		})
 	}
