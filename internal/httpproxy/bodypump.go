@@ -122,13 +122,15 @@ func (b *bodyPump) copy() error {
 // has begun.
 var errClientStalled = fmt.Errorf("%w: none of it for the stream idle timeout", errClientBody)
 
-// headIn notes that x's final response head (status) is in; a pump still
-// copying goes on while the response is relayed (endBody ends it). An
-// error status while the client still sends the body refuses it: the
-// response says Connection: close (x.early), as RFC 9112 (9.3) has a
-// client stop sending then. A client that went away mid-body ends the
-// exchange (errClientBody).
-func (fc *fastConn) headIn(x *request, status int) error {
+// headIn notes that x's final response head (status; closes: the
+// upstream closes the connection after it) is in; a pump still copying
+// goes on while the response is relayed (endBody ends it). An error
+// status while the client still sends the body refuses it: the response
+// says Connection: close (x.early), as RFC 9112 (9.3) has a client stop
+// sending then; so does one from an upstream that closes, or that
+// stopped taking the body, which will not take its rest. A client that
+// went away mid-body ends the exchange (errClientBody).
+func (fc *fastConn) headIn(x *request, status int, closes bool) error {
 	b := fc.pump
 	if b == nil {
 		return nil
@@ -136,6 +138,7 @@ func (fc *fastConn) headIn(x *request, status int) error {
 	b.mu.Lock()
 	b.headSeen = true
 	b.mu.Unlock()
+	failed := false
 	select {
 	case <-b.done:
 		switch {
@@ -146,9 +149,10 @@ func (fc *fastConn) headIn(x *request, status int) error {
 			fc.pump = nil
 			return b.err
 		}
+		failed = true // the upstream stopped taking the body
 	default:
 	}
-	x.early = status >= 400 && b.handed.Load() < b.rest
+	x.early = (status >= 400 || closes || failed) && b.handed.Load() < b.rest
 	return nil
 }
 

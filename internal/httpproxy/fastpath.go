@@ -697,7 +697,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			// The route timeout's read deadline stays until relay reads
 			// more than br holds (or the next request sets its own).
 			up.lim.n = 1<<63 - 1
-			if err := fc.headIn(x, rh.status); err != nil {
+			if err := fc.headIn(x, rh.status, rh.close); err != nil {
 				fc.p.pools.readers.Put(br)
 				return nil, nil, err
 			}
@@ -721,7 +721,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 				fc.endBody()
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
 			}
-			if err := fc.headIn(x, res.StatusCode); err != nil {
+			if err := fc.headIn(x, res.StatusCode, res.Close); err != nil {
 				fc.p.pools.readers.Put(br)
 				return nil, nil, err
 			}

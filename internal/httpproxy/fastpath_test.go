@@ -941,3 +941,50 @@ func TestRouteTimeoutAfterBodyKeepsConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestEarlyAnswerFromClosingUpstream: an upstream that answers before it
+// has taken the body, with a status that is no error, and says it closes
+// the connection (as Go's server does for a body its handler left
+// unread) will not take the body's rest: the answer says Connection:
+// close, on both paths, as the connection closes after it. (The upstream
+// stops reading but closes only when the test ends: the net/http path
+// may answer 503 when the Transport sees its write fail first.)
+func TestEarlyAnswerFromClosingUpstream(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fast bool
+	}{
+		{"fast path", true},
+		{"net/http", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			release := make(chan struct{})
+			up := rawUpstream(t, func(c net.Conn) {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+					<-release
+				}
+			})
+			t.Cleanup(func() { close(release) }) // before rawUpstream's, which waits for it
+			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
+			c, br := f.raw(t)
+			go func() {
+				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+				chunk := make([]byte, 64<<10)
+				for range 1024 {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			res, body := readResponse(t, br, "PUT")
+			if res.StatusCode != 200 || body != "ok" || !res.Close {
+				t.Errorf("got %d %q (close %v), want 200 \"ok\" with Connection: close", res.StatusCode, body, res.Close)
+			}
+			if i := f.info(t); i.Status != 200 || i.Flags != 0 {
+				t.Errorf("recorded %d %v, want 200 -", i.Status, i.Flags)
+			}
+			expectEOF(t, br)
+		})
+	}
+}

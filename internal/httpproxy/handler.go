@@ -329,10 +329,11 @@ func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
 func (p *Proxy) modifyResponse(res *http.Response) error {
 	x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 	x.status = res.StatusCode
-	if res.StatusCode >= 400 && x.trace.WroteRequest != nil && !x.wrote.Load() {
+	if (res.StatusCode >= 400 || res.Close) && x.trace.WroteRequest != nil && !x.wrote.Load() {
 		// An error status before the upstream took the whole body: the
 		// client should stop sending it (RFC 9112, 9.3), and the
-		// connection cannot carry another request.
+		// connection cannot carry another request. So with an upstream
+		// that closes the connection: it will not take the rest.
 		res.Header["Connection"] = []string{"close"}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
