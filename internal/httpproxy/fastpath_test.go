@@ -638,38 +638,6 @@ func TestResponseWhileBodyStreams(t *testing.T) {
 	}
 }
 
-// TestUpstreamNeverTakesBody: an upstream that reads the head, then
-// neither reads the body nor answers, is given up when the body's write
-// has blocked for the stream idle timeout: 504, and the connection
-// closes (the body's rest is still in the client's stream).
-func TestUpstreamNeverTakesBody(t *testing.T) {
-	release := make(chan struct{})
-	up := rawUpstream(t, func(c net.Conn) {
-		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-			<-release
-		}
-	})
-	t.Cleanup(func() { close(release) })
-	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up)
-	c, br := f.raw(t)
-	go func() {
-		fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-		chunk := make([]byte, 64<<10)
-		for range 1024 {
-			if _, err := c.Write(chunk); err != nil {
-				return
-			}
-		}
-	}()
-	res, body := readResponse(t, br, "PUT")
-	if res.StatusCode != http.StatusGatewayTimeout || !res.Close {
-		t.Fatalf("got %d %q (close %v), want 504 with Connection: close", res.StatusCode, body, res.Close)
-	}
-	if i := f.info(t); i.Flags != UpstreamTimeout {
-		t.Errorf("flags %v, want UT", i.Flags)
-	}
-}
-
 // TestClientResetDuringEarlyResponse: a client that resets while an
 // answer that came before its body went out is being relayed is recorded
 // as gone (DC), and its body's copy ends.
