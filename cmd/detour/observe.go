@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,8 +30,10 @@ type observability struct {
 	admin   *admin.Server // nil when admin is off
 	usr1    chan os.Signal
 
-	// The effective configuration as YAML, replaced on reload.
-	configYAML atomic.Pointer[[]byte]
+	// The effective configuration, replaced on reload; /config renders
+	// it with the log level of the moment (POST /logging changes it).
+	shown atomic.Pointer[config.Config]
+	level *slog.LevelVar
 
 	// Set once the proxy exists; read at scrape time.
 	l7  atomic.Pointer[httpproxy.Proxy]
@@ -40,7 +43,7 @@ type observability struct {
 // startObservability opens the access log and starts the admin endpoint,
 // which answers /ready with 503 until ready is called.
 func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logger) (_ *observability, err error) {
-	o := &observability{log: log, state: admin.NewState()}
+	o := &observability{log: log, state: admin.NewState(), level: level}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(o.state)
 	o.metrics, err = metrics.New(metrics.Options{
@@ -93,18 +96,25 @@ func (o *observability) setConfig(cfg *config.Config) {
 	if shown.TCP.Loops == 0 {
 		shown.TCP.Loops = tcpproxy.Loops()
 	}
-	yml, err := shown.Marshal()
-	if err != nil {
-		yml = []byte("# " + err.Error() + "\n")
-	}
-	o.configYAML.Store(&yml)
+	o.shown.Store(&shown)
 }
 
+// config renders the effective configuration for /config: log_level is
+// the level in force, which POST /logging may have changed since.
 func (o *observability) config() []byte {
-	if p := o.configYAML.Load(); p != nil {
-		return *p
+	p := o.shown.Load()
+	if p == nil {
+		return nil
 	}
-	return nil
+	shown := *p
+	if o.level != nil {
+		shown.LogLevel = strings.ToLower(o.level.Level().String())
+	}
+	yml, err := shown.Marshal()
+	if err != nil {
+		return []byte("# " + err.Error() + "\n")
+	}
+	return yml
 }
 
 func (o *observability) reopenOnSignal() {
