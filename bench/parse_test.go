@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -442,5 +445,44 @@ func TestFirstErrorKeepsTheFirst(t *testing.T) {
 	wg.Wait()
 	if got := f.get(); got != first {
 		t.Errorf("got %v, want the first error", got)
+	}
+}
+
+// TestAcceptedBetween: the connections counted between two stub_status
+// reads are exactly those made in between, though each read comes on a
+// connection of its own that the counter includes.
+func TestAcceptedBetween(t *testing.T) {
+	var accepts atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "Active connections: 1 \nserver accepts handled requests\n %d %d 1 \nReading: 0 Writing: 1 Waiting: 0 \n",
+			accepts.Load(), accepts.Load())
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			accepts.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+	acc0, err := stubAccepts(client, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const made = 5
+	for range made {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	acc1, err := stubAccepts(client, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := acceptedBetween(acc0, acc1); got != made {
+		t.Errorf("acceptedBetween(%d, %d) = %d, want the %d connections made in between", acc0, acc1, got, made)
 	}
 }

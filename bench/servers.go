@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -111,10 +112,15 @@ func startNginx(ctx context.Context, n *ns.NS, dir, workers string, nofile int) 
 }
 
 // accepts returns how many connections nginx has accepted so far
-// (stub_status, asked from inside the server namespace; the asking
-// connection itself is not counted).
+// (stub_status, asked from inside the server namespace), the asking
+// connection itself included: see acceptedBetween.
 func (ng *nginx) accepts(server *ns.NS) (int64, error) {
-	resp, err := lab.HTTPClient(server).Get("http://127.0.0.1/nginx_status")
+	return stubAccepts(lab.HTTPClient(server), "http://127.0.0.1/nginx_status")
+}
+
+// stubAccepts reads the accepts counter of the stub_status page at url.
+func stubAccepts(c *http.Client, url string) (int64, error) {
+	resp, err := c.Get(url)
 	if err != nil {
 		return 0, err
 	}
@@ -129,9 +135,15 @@ func (ng *nginx) accepts(server *ns.NS) (int64, error) {
 	if len(f) < 1 {
 		return 0, fmt.Errorf("nginx_status: %q", b)
 	}
-	n, err := strconv.ParseInt(f[0], 10, 64)
-	return n - 1, err
+	return strconv.ParseInt(f[0], 10, 64)
 }
+
+// acceptedBetween is how many connections nginx accepted between two
+// accepts calls that returned acc0 and acc1. Each count includes its own
+// asking connection, so acc1 also counts the first call's: subtracting a
+// constant from every count (as this once did, to leave the asking
+// connection out) cancels in the difference and reports one too many.
+func acceptedBetween(acc0, acc1 int64) int64 { return acc1 - acc0 - 1 }
 
 // probeResult is what nginx saw of one probe request.
 type probeResult struct {

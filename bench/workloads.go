@@ -153,7 +153,7 @@ func (b *bench) runWrk(ctx context.Context, s *Sample, closeConn bool) error {
 		return err
 	}
 	if acc1, err := b.ng.accepts(b.tn.Server); err == nil && aerr == nil {
-		s.Metrics[mServerConn] = float64(acc1 - acc0)
+		s.Metrics[mServerConn] = float64(acceptedBetween(acc0, acc1))
 	}
 	r, err := parseWrk(out)
 	if err != nil {
