@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,9 @@ type Request struct {
 	Conn   int            // which connection it came on: 1 for the first one accepted, ...
 	Method string
 	URI    string
+	// XFF is the X-Forwarded-For header as received ("" without one):
+	// detour's L7 adds it, its L4 and the direct path do not.
+	XFF string
 }
 
 type connKey struct{}
@@ -93,6 +97,7 @@ func (h *HTTPBin) record(r *http.Request) {
 		Conn:   id,
 		Method: r.Method,
 		URI:    r.RequestURI,
+		XFF:    strings.Join(r.Header.Values("X-Forwarded-For"), ", "),
 	})
 }
 

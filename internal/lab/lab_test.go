@@ -395,9 +395,17 @@ func TestRunWithFakeDetour(t *testing.T) {
 			"cleaning up the tproxy lab",
 			"cleaning up the redirect lab",
 			"removing namespaces dt-" + id + "-host, dt-" + id + "-web",
+			"no X-Forwarded-For arrived", // the fake proxies nothing
 		} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("output lacks %q", want)
+			}
+		}
+		// In the redirect lab a bypass and detour's upstream connection
+		// come from the same address: nothing may say detour carried it.
+		for _, unwanted := range []string{"detour proxied", "detour's upstream connection leaves"} {
+			if strings.Contains(out.String(), unwanted) {
+				t.Errorf("output says %q, but the fake detour intercepted nothing", unwanted)
 			}
 		}
 		checkNoLeftovers(t, id, before)
@@ -543,6 +551,13 @@ func TestRunWithDetourBinary(t *testing.T) {
 	// the connection went through detour and not straight through.
 	if !strings.Contains(out.String(), "from 198.18.2.1:") {
 		t.Error("in the tproxy lab the server never saw the router's address: detour did not intercept")
+	}
+	// In the redirect lab the server sees the host's address either way;
+	// only detour's X-Forwarded-For shows that it carried the requests.
+	for _, want := range []string{"X-Forwarded-For: 198.18.3.1 arrived", "X-Forwarded-For: 2001:db8:3::1 arrived"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q: the redirect lab's requests did not go through detour's L7", want)
+		}
 	}
 	checkNoLeftovers(t, id, before)
 }

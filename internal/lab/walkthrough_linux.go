@@ -286,10 +286,11 @@ func (w *walk) redirect(ctx context.Context) error {
 		return err
 	}
 
-	seen := map[netip.Addr]string{
-		rn.HostIP4: "the host's address: detour's upstream connection leaves from the same host as the application",
-		rn.HostIP6: "the host's address: detour's upstream connection leaves from the same host as the application",
-	}
+	// The application's own connection and detour's upstream one leave
+	// from the same address: only X-Forwarded-For (see explain) tells
+	// whether detour carried the request.
+	host := "the host's address, which the application's own connections and detour's upstream ones share"
+	seen := map[netip.Addr]string{rn.HostIP4: host, rn.HostIP6: host}
 	if err := w.requests(ctx, rn.Host, "host", web, rn.ServerIP4, rn.ServerIP6, seen); err != nil {
 		return err
 	}
@@ -430,6 +431,11 @@ func (w *walk) explain(r Request, seen map[netip.Addr]string) {
 		what = "an address this lab did not expect"
 	}
 	w.sayf("server: %s %s from %s on connection #%d: %s.", r.Method, r.URI, r.Peer, r.Conn, what)
+	if r.XFF != "" {
+		w.sayf("X-Forwarded-For: %s arrived: detour proxied the request at L7 (HTTP) and named the client.", r.XFF)
+	} else {
+		w.sayf("no X-Forwarded-For arrived: the request was not proxied at L7 (detour adds one at L7; at L4, or when the connection bypasses detour, there is none).")
+	}
 }
 
 // get fetches url from inside n with curl -v (or Go's client), prints the
