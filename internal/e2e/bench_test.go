@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"io"
+	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,16 +29,36 @@ func BenchmarkAcceptToDial(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
+	// peers counts the addresses the server saw: the client's when routed
+	// directly, the router's through detour.
+	var mu sync.Mutex
+	peers := map[netip.Addr]int{}
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			peers[c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()]++
+			mu.Unlock()
 			c.Write([]byte{'!'})
 			c.Close()
 		}
 	}()
+	// onlyFrom fails the benchmark unless every connection since the
+	// last call came from want: a detour-l4 run that was not intercepted
+	// would time the direct path again.
+	onlyFrom := func(b *testing.B, want netip.Addr) {
+		mu.Lock()
+		defer mu.Unlock()
+		for a, n := range peers {
+			if a != want {
+				b.Fatalf("the server saw %d connection(s) from %s, want all from %s", n, a, want)
+			}
+		}
+		clear(peers)
+	}
 	dial := n.Client.Dialer(nil)
 	exchange := func(b *testing.B, port uint16) {
 		for b.Loop() {
@@ -51,12 +73,12 @@ func BenchmarkAcceptToDial(b *testing.B) {
 			c.Close()
 		}
 	}
-	b.Run("direct", func(b *testing.B) { exchange(b, 7020) })
+	b.Run("direct", func(b *testing.B) { exchange(b, 7020); onlyFrom(b, n.ClientIP4) })
 	d, err := lab.StartDetour(b.Context(), n.Router, detourBin, []string{"--mode", "tproxy",
 		"--intercept-port", "7020", "--protocol", "tcp", "--admin", "off", "--log-level", "warn"}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer d.Stop()
-	b.Run("detour-l4", func(b *testing.B) { exchange(b, 7020) })
+	b.Run("detour-l4", func(b *testing.B) { exchange(b, 7020); onlyFrom(b, n.RouterIP4) })
 }
