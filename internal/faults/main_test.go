@@ -98,17 +98,23 @@ func run(t *testing.T, n *ns.NS, name string, args ...string) {
 }
 
 // dropSYNs makes the server namespace silently drop TCP segments to port:
-// connects to it time out instead of being refused. The table goes with the
-// namespace.
+// connects to it time out instead of being refused. Each segment's source
+// port goes into the set synsrc first, so synAttempts can count the
+// connects made to it. The table goes with the namespace.
 func dropSYNs(t *testing.T, server *ns.NS, port int) {
 	t.Helper()
 	script := fmt.Sprintf(`table inet faults {
+	set synsrc {
+		type inet_service
+		flags dynamic
+	}
 	chain in {
 		type filter hook input priority 0; policy accept;
+		tcp dport %d add @synsrc { tcp sport }
 		tcp dport %d drop
 	}
 }
-`, port)
+`, port, port)
 	cmd := server.Command(context.Background(), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -117,6 +123,23 @@ func dropSYNs(t *testing.T, server *ns.NS, port int) {
 		}
 		t.Fatalf("nft in %s: %v\n%s", server.Name, err, out)
 	}
+}
+
+// synAttempts is how many connects reached dropSYNs' port so far: the
+// distinct source ports of the segments it dropped (a SYN retransmitted
+// keeps its port, a new connect gets another).
+func synAttempts(t *testing.T, server *ns.NS) int {
+	t.Helper()
+	out, err := server.Command(context.Background(), "nft", "list", "set", "inet", "faults", "synsrc").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list set in %s: %v\n%s", server.Name, err, out)
+	}
+	_, elems, ok := strings.Cut(string(out), "elements = {")
+	if !ok {
+		return 0
+	}
+	elems, _, _ = strings.Cut(elems, "}")
+	return len(strings.Split(elems, ","))
 }
 
 // detourRun is a running detour with its full log.
