@@ -63,10 +63,8 @@ func TestKilledRunLeftoversRemovedByNextRun(t *testing.T) {
 	if s := snapshot(t, n.Router); !strings.Contains(s, "table inet detour") {
 		t.Fatal("expected leftovers after SIGKILL")
 	}
-	d2, err := lab.StartDetour(context.Background(), n.Router, detourBin, args, nil)
-	if err != nil {
-		t.Fatalf("second run did not start over the leftovers: %v", err)
-	}
+	// startDetour: a failure below must not leave the second run going.
+	d2 := startDetour(t, n.Router, args...)
 	if s := snapshot(t, n.Router); strings.Count(s, "table inet detour") != 1 || strings.Count(s, "from all fwmark 0x1 lookup 100") != 2 {
 		t.Fatalf("second run should hold exactly one copy of the rules:\n%s", s)
 	}
