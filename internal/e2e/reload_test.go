@@ -92,7 +92,7 @@ func waitLog(t *testing.T, output func() string, want string, n int) {
 func TestReloadWhileSniffing(t *testing.T) {
 	needRoot(t)
 	n := tproxyNet(t, "hups")
-	startHTTPBin(t, n.Server)
+	web := startHTTPBin(t, n.Server)
 	file, writeFile := configFile(t)
 	write := func(server string) {
 		writeFile("mode: tproxy\nprotocol: auto\nadmin: off\nintercept: {ports: [80]}\nhttp: {server_header: " + server + "}\n")
@@ -102,7 +102,14 @@ func TestReloadWhileSniffing(t *testing.T) {
 
 	conn := dial(t, n.Client, n.ServerIP4, 80) // sniffing: no byte sent yet
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	time.Sleep(100 * time.Millisecond) // accepted, and its upstream connected while it waits
+	// Accepted, and its upstream connected while it waits: the server has
+	// the connection. (A fixed 100ms sleep let a slow accept come after
+	// the reload, and the test pass without testing it.)
+	for deadline := time.Now().Add(10 * time.Second); web.Conns() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("detour did not connect upstream for the sniffing connection within 10s")
+		}
+	}
 	write("after")
 	syscall.Kill(d.Pid(), syscall.SIGHUP)
 	waitLog(t, d.Output, "configuration reloaded", 1)
