@@ -16,11 +16,11 @@ import (
 
 var fxdIDs atomic.Int64
 
-// testNS makes a namespace named fxdck<pid><n> with lo up, removed when the
+// testNS makes a namespace named fxdck<pid>-<n> with lo up, removed when the
 // test ends.
 func testNS(t *testing.T) *ns.NS {
 	t.Helper()
-	n, err := ns.New(fmt.Sprintf("fxdck%d%d", os.Getpid()%10000, fxdIDs.Add(1)))
+	n, err := ns.New(fmt.Sprintf("fxdck%d-%d", os.Getpid(), fxdIDs.Add(1)))
 	if err != nil {
 		t.Fatal(err)
 	}
