@@ -259,21 +259,19 @@ func TestInformationalHopByHopRemoved(t *testing.T) {
 			"Proxy-Connection: keep-alive\r\nLink: </a.css>; rel=preload\r\n\r\n"+
 			"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	})
-	for _, fast := range []bool{true, false} {
-		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
-			f := newFront(t, Options{DisableFastPath: !fast}, dst)
-			c, br := f.raw(t)
-			io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-			raw, _ := io.ReadAll(br)
-			info, _, ok := strings.Cut(string(raw), "\r\n\r\n")
-			if !ok || !strings.HasPrefix(info, "HTTP/1.1 103 ") || !strings.Contains(info, "\r\nLink: </a.css>; rel=preload") {
-				t.Fatalf("response:\n%q", raw)
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		f := newFront(t, Options{DisableFastPath: !fast}, dst)
+		c, br := f.raw(t)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+		raw, _ := io.ReadAll(br)
+		info, _, ok := strings.Cut(string(raw), "\r\n\r\n")
+		if !ok || !strings.HasPrefix(info, "HTTP/1.1 103 ") || !strings.Contains(info, "\r\nLink: </a.css>; rel=preload") {
+			t.Fatalf("response:\n%q", raw)
+		}
+		for _, k := range []string{"connection:", "x-hop:", "keep-alive:", "proxy-connection:"} {
+			if strings.Contains(strings.ToLower(info), "\r\n"+k) {
+				t.Errorf("103 carries %s\n%q", k, info)
 			}
-			for _, k := range []string{"connection:", "x-hop:", "keep-alive:", "proxy-connection:"} {
-				if strings.Contains(strings.ToLower(info), "\r\n"+k) {
-					t.Errorf("103 carries %s\n%q", k, info)
-				}
-			}
-		})
-	}
+		}
+	})
 }

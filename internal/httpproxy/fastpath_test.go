@@ -370,26 +370,24 @@ func TestLocalReplyToHead(t *testing.T) {
 // with a reset that could destroy the 503 before the client reads it
 // (RFC 9112 9.6), on both paths.
 func TestRefusedBodyLingers(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
-			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
-			c, br := f.raw(t)
-			chunk := strings.Repeat("b", 64<<10)
-			fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", 1<<20, chunk)
-			res, _ := readResponse(t, br, "POST")
-			if res.StatusCode != 503 || !res.Close {
-				t.Fatalf("%d close=%v, want 503 close=true", res.StatusCode, res.Close)
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		c, br := f.raw(t)
+		chunk := strings.Repeat("b", 64<<10)
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", 1<<20, chunk)
+		res, _ := readResponse(t, br, "POST")
+		if res.StatusCode != 503 || !res.Close {
+			t.Fatalf("%d close=%v, want 503 close=true", res.StatusCode, res.Close)
+		}
+		for range 4 { // the client goes on sending, as one that has not read the answer yet
+			if _, err := io.WriteString(c, chunk); err != nil {
+				t.Fatalf("write after the answer: %v (want the proxy to drain)", err)
 			}
-			for range 4 { // the client goes on sending, as one that has not read the answer yet
-				if _, err := io.WriteString(c, chunk); err != nil {
-					t.Fatalf("write after the answer: %v (want the proxy to drain)", err)
-				}
-			}
-			if _, err := br.ReadByte(); err != io.EOF {
-				t.Fatalf("after the answer: %v, want EOF (a FIN, not a reset)", err)
-			}
-		})
-	}
+		}
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("after the answer: %v, want EOF (a FIN, not a reset)", err)
+		}
+	})
 }
 
 // TestRequestStrings checks the request record's strings: the parts they
@@ -705,41 +703,33 @@ func TestUploadsKeepAlive(t *testing.T) {
 // of the body to the client trace's WroteRequest too, with the error: the
 // body did not go out.)
 func TestUpstreamResetMidBody(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		fast bool
-	}{
-		{"fast path", true},
-		{"net/http", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			up := rawUpstream(t, func(c net.Conn) {
-				if r, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.CopyN(io.Discard, r.Body, 64<<10)
-					c.(*net.TCPConn).SetLinger(0)
-				}
-			})
-			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
-			c, br := f.raw(t)
-			go func() {
-				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-				chunk := make([]byte, 64<<10)
-				for range 1024 {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
-			res, _ := readResponse(t, br, "PUT")
-			if res.StatusCode != http.StatusServiceUnavailable || !res.Close {
-				t.Errorf("got %d (close %v), want 503 with Connection: close", res.StatusCode, res.Close)
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		up := rawUpstream(t, func(c net.Conn) {
+			if r, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				io.CopyN(io.Discard, r.Body, 64<<10)
+				c.(*net.TCPConn).SetLinger(0)
 			}
-			if i := f.info(t); i.Status != http.StatusServiceUnavailable || i.Flags != UpstreamClosed {
-				t.Errorf("recorded %d %v, want 503 UC", i.Status, i.Flags)
-			}
-			expectEOF(t, br)
 		})
-	}
+		f := newFront(t, Options{DisableFastPath: !fast}, up)
+		c, br := f.raw(t)
+		go func() {
+			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+			chunk := make([]byte, 64<<10)
+			for range 1024 {
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		res, _ := readResponse(t, br, "PUT")
+		if res.StatusCode != http.StatusServiceUnavailable || !res.Close {
+			t.Errorf("got %d (close %v), want 503 with Connection: close", res.StatusCode, res.Close)
+		}
+		if i := f.info(t); i.Status != http.StatusServiceUnavailable || i.Flags != UpstreamClosed {
+			t.Errorf("recorded %d %v, want 503 UC", i.Status, i.Flags)
+		}
+		expectEOF(t, br)
+	})
 }
 
 // TestClientResetAfterBodyPumped: a client that resets after its whole
@@ -748,52 +738,44 @@ func TestUpstreamResetMidBody(t *testing.T) {
 // (watchClient): the pump, which read the client until then, has ended.
 func TestClientResetAfterBodyPumped(t *testing.T) {
 	const bodySize = 1 << 20
-	for _, tt := range []struct {
-		name string
-		fast bool
-	}{
-		{"fast path", true},
-		{"net/http", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			taken, release := make(chan struct{}), make(chan struct{})
-			up := rawUpstream(t, func(c net.Conn) {
-				r, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				// A start net/http's server flushes too (it buffers 4 KiB).
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-				c.Write(make([]byte, 64<<10))
-				if n, _ := io.Copy(io.Discard, r.Body); n == bodySize {
-					close(taken)
-				}
-				<-release // the rest of the response never comes
-			})
-			t.Cleanup(func() { close(release) })
-			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
-			c, br := f.raw(t)
-			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nfirst", bodySize)
-			res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
-			if err != nil || res.StatusCode != 200 {
-				t.Fatalf("got %v, %v; want the upstream's 200 while the body still comes", res, err)
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		taken, release := make(chan struct{}), make(chan struct{})
+		up := rawUpstream(t, func(c net.Conn) {
+			r, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				return
 			}
-			if _, err := io.ReadFull(res.Body, make([]byte, 64<<10)); err != nil {
-				t.Fatal(err)
+			// A start net/http's server flushes too (it buffers 4 KiB).
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+			c.Write(make([]byte, 64<<10))
+			if n, _ := io.Copy(io.Discard, r.Body); n == bodySize {
+				close(taken)
 			}
-			c.Write(make([]byte, bodySize-len("first")))
-			select {
-			case <-taken:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the upstream did not get the whole body")
-			}
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
-			if i := f.info(t); i.Flags != DownstreamClosed {
-				t.Errorf("flags %v, want DC", i.Flags)
-			}
+			<-release // the rest of the response never comes
 		})
-	}
+		t.Cleanup(func() { close(release) })
+		f := newFront(t, Options{DisableFastPath: !fast}, up)
+		c, br := f.raw(t)
+		fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nfirst", bodySize)
+		res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("got %v, %v; want the upstream's 200 while the body still comes", res, err)
+		}
+		if _, err := io.ReadFull(res.Body, make([]byte, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		c.Write(make([]byte, bodySize-len("first")))
+		select {
+		case <-taken:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upstream did not get the whole body")
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		if i := f.info(t); i.Flags != DownstreamClosed {
+			t.Errorf("flags %v, want DC", i.Flags)
+		}
+	})
 }
 
 // TestBodyLeftAfterAnswer: on the net/http path, where the server runs in
@@ -834,28 +816,20 @@ func TestBodyLeftAfterAnswer(t *testing.T) {
 // paths: nothing of the request is left in the client's stream (net/http
 // reads and drops up to 256 KiB of a body after the handler).
 func TestErrorKeepsSmallBody(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		fast bool
-	}{
-		{"fast path", true},
-		{"net/http", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFront(t, Options{DisableFastPath: !tt.fast}, closedPort(t))
-			c, br := f.raw(t)
-			for i := range 2 {
-				io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-				res, _ := readResponse(t, br, "POST")
-				if res.StatusCode != http.StatusServiceUnavailable || res.Close {
-					t.Fatalf("request %d: got %d (close %v), want 503 without Connection: close", i, res.StatusCode, res.Close)
-				}
-				if i := f.info(t); i.Flags != UpstreamConnectFailure {
-					t.Errorf("flags %v, want UF", i.Flags)
-				}
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		c, br := f.raw(t)
+		for i := range 2 {
+			io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+			res, _ := readResponse(t, br, "POST")
+			if res.StatusCode != http.StatusServiceUnavailable || res.Close {
+				t.Fatalf("request %d: got %d (close %v), want 503 without Connection: close", i, res.StatusCode, res.Close)
 			}
-		})
-	}
+			if i := f.info(t); i.Flags != UpstreamConnectFailure {
+				t.Errorf("flags %v, want UF", i.Flags)
+			}
+		}
+	})
 }
 
 // TestRouteTimeoutAfterBodyKeepsConnection: an upstream that took the
@@ -865,49 +839,41 @@ func TestErrorKeepsSmallBody(t *testing.T) {
 // head).
 func TestRouteTimeoutAfterBodyKeepsConnection(t *testing.T) {
 	const bodySize = 256 << 10
-	for _, tt := range []struct {
-		name string
-		fast bool
-	}{
-		{"fast path", true},
-		{"net/http", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var conns atomic.Int32
-			up := rawUpstream(t, func(c net.Conn) {
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, r.Body)
-					if conns.Add(1) == 1 {
-						io.Copy(io.Discard, c) // the first never answers
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		var conns atomic.Int32
+		up := rawUpstream(t, func(c net.Conn) {
+			br := bufio.NewReader(c)
+			for {
+				r, err := http.ReadRequest(br)
+				if err != nil {
+					return
 				}
-			})
-			f := newFront(t, Options{DisableFastPath: !tt.fast, RouteTimeout: 300 * time.Millisecond}, up)
-			c, br := f.raw(t)
-			go func() {
-				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", bodySize)
-				c.Write(make([]byte, bodySize))
-			}()
-			res, _ := readResponse(t, br, "PUT")
-			if res.StatusCode != http.StatusGatewayTimeout || res.Close {
-				t.Fatalf("got %d (close %v), want 504 without Connection: close", res.StatusCode, res.Close)
-			}
-			if i := f.info(t); i.Flags != UpstreamTimeout {
-				t.Errorf("flags %v, want UT", i.Flags)
-			}
-			io.WriteString(c, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
-			if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
-				t.Fatalf("next request: got %d %q, want 200 \"ok\"", res.StatusCode, body)
+				io.Copy(io.Discard, r.Body)
+				if conns.Add(1) == 1 {
+					io.Copy(io.Discard, c) // the first never answers
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}
 		})
-	}
+		f := newFront(t, Options{DisableFastPath: !fast, RouteTimeout: 300 * time.Millisecond}, up)
+		c, br := f.raw(t)
+		go func() {
+			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", bodySize)
+			c.Write(make([]byte, bodySize))
+		}()
+		res, _ := readResponse(t, br, "PUT")
+		if res.StatusCode != http.StatusGatewayTimeout || res.Close {
+			t.Fatalf("got %d (close %v), want 504 without Connection: close", res.StatusCode, res.Close)
+		}
+		if i := f.info(t); i.Flags != UpstreamTimeout {
+			t.Errorf("flags %v, want UT", i.Flags)
+		}
+		io.WriteString(c, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("next request: got %d %q, want 200 \"ok\"", res.StatusCode, body)
+		}
+	})
 }
 
 // TestEarlyAnswerFromClosingUpstream: an upstream that answers before it
@@ -918,41 +884,33 @@ func TestRouteTimeoutAfterBodyKeepsConnection(t *testing.T) {
 // stops reading but closes only when the test ends: the net/http path
 // may answer 503 when the Transport sees its write fail first.)
 func TestEarlyAnswerFromClosingUpstream(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		fast bool
-	}{
-		{"fast path", true},
-		{"net/http", false},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			release := make(chan struct{})
-			up := rawUpstream(t, func(c net.Conn) {
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-					<-release
-				}
-			})
-			t.Cleanup(func() { close(release) }) // before rawUpstream's, which waits for it
-			f := newFront(t, Options{DisableFastPath: !tt.fast}, up)
-			c, br := f.raw(t)
-			go func() {
-				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-				chunk := make([]byte, 64<<10)
-				for range 1024 {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
-			res, body := readResponse(t, br, "PUT")
-			if res.StatusCode != 200 || body != "ok" || !res.Close {
-				t.Errorf("got %d %q (close %v), want 200 \"ok\" with Connection: close", res.StatusCode, body, res.Close)
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		release := make(chan struct{})
+		up := rawUpstream(t, func(c net.Conn) {
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+				<-release
 			}
-			if i := f.info(t); i.Status != 200 || i.Flags != 0 {
-				t.Errorf("recorded %d %v, want 200 -", i.Status, i.Flags)
-			}
-			expectEOF(t, br)
 		})
-	}
+		t.Cleanup(func() { close(release) }) // before rawUpstream's, which waits for it
+		f := newFront(t, Options{DisableFastPath: !fast}, up)
+		c, br := f.raw(t)
+		go func() {
+			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
+			chunk := make([]byte, 64<<10)
+			for range 1024 {
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+		res, body := readResponse(t, br, "PUT")
+		if res.StatusCode != 200 || body != "ok" || !res.Close {
+			t.Errorf("got %d %q (close %v), want 200 \"ok\" with Connection: close", res.StatusCode, body, res.Close)
+		}
+		if i := f.info(t); i.Status != 200 || i.Flags != 0 {
+			t.Errorf("recorded %d %v, want 200 -", i.Status, i.Flags)
+		}
+		expectEOF(t, br)
+	})
 }

@@ -165,6 +165,19 @@ func rawUpstream(t testing.TB, fn func(net.Conn)) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// onBothPaths runs f as two subtests: on the fast path, and on the
+// net/http path (Options.DisableFastPath).
+func onBothPaths(t *testing.T, f func(t *testing.T, fast bool)) {
+	t.Helper()
+	for _, fast := range []bool{true, false} {
+		name := "fast path"
+		if !fast {
+			name = "net/http"
+		}
+		t.Run(name, func(t *testing.T) { f(t, fast) })
+	}
+}
+
 // closedPort returns a loopback address nobody listens on.
 func closedPort(t testing.TB) netip.AddrPort {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

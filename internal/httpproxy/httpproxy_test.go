@@ -186,27 +186,25 @@ func TestStaleHostRemovedWithItsConnections(t *testing.T) {
 // TestConnectRefused: both paths answer a refused connect with Envoy's
 // 503, flag UF, and the fields of a local reply (Server, Date).
 func TestConnectRefused(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
-			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
-			res, body := get(t, f.client(), "http://a/")
-			if res.StatusCode != 503 || body != "upstream connect error or disconnect/reset before headers. reset reason: connection refused" {
-				t.Errorf("%d %q", res.StatusCode, body)
-			}
-			if d, err := http.ParseTime(res.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
-				t.Errorf("Date %q: %v", res.Header.Get("Date"), err)
-			}
-			if s := res.Header.Get("Server"); s != "detour" {
-				t.Errorf("Server %q", s)
-			}
-			if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure || i.Details != "connection refused" {
-				t.Errorf("info %+v", i)
-			}
-			if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 || h[0].Connects != 0 {
-				t.Errorf("hosts %+v", h)
-			}
-		})
-	}
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		res, body := get(t, f.client(), "http://a/")
+		if res.StatusCode != 503 || body != "upstream connect error or disconnect/reset before headers. reset reason: connection refused" {
+			t.Errorf("%d %q", res.StatusCode, body)
+		}
+		if d, err := http.ParseTime(res.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
+			t.Errorf("Date %q: %v", res.Header.Get("Date"), err)
+		}
+		if s := res.Header.Get("Server"); s != "detour" {
+			t.Errorf("Server %q", s)
+		}
+		if i := f.info(t); i.Status != 503 || i.Flags != UpstreamConnectFailure || i.Details != "connection refused" {
+			t.Errorf("info %+v", i)
+		}
+		if h := f.p.Hosts(); len(h) != 1 || h[0].ConnectFailures != 1 || h[0].Connects != 0 {
+			t.Errorf("hosts %+v", h)
+		}
+	})
 }
 
 func TestRouteTimeout(t *testing.T) {
@@ -1029,45 +1027,43 @@ func TestCurl(t *testing.T) {
 // connection in the pool (on either path), and not while that only
 // connection serves another client connection's request.
 func TestPooled(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
-			inHandler, release := make(chan struct{}), make(chan struct{})
-			up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path == "/slow" {
-					inHandler <- struct{}{}
-					<-release
-				}
-			}))
-			f := newFront(t, Options{DisableFastPath: !fast}, up.addrPort())
-			client := netip.MustParseAddrPort("127.0.0.1:40000")
-			pooled := func() bool { return f.p.Pooled(client, up.addrPort()) }
-			send := func(c net.Conn, path string) { fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path) }
-			answered := func(r *bufio.Reader) {
-				if res, _ := readResponse(t, r, "GET"); res.StatusCode != 200 {
-					t.Fatalf("status %d", res.StatusCode)
-				}
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		inHandler, release := make(chan struct{}), make(chan struct{})
+		up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				inHandler <- struct{}{}
+				<-release
 			}
-			if pooled() {
-				t.Fatal("Pooled before any request")
+		}))
+		f := newFront(t, Options{DisableFastPath: !fast}, up.addrPort())
+		client := netip.MustParseAddrPort("127.0.0.1:40000")
+		pooled := func() bool { return f.p.Pooled(client, up.addrPort()) }
+		send := func(c net.Conn, path string) { fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path) }
+		answered := func(r *bufio.Reader) {
+			if res, _ := readResponse(t, r, "GET"); res.StatusCode != 200 {
+				t.Fatalf("status %d", res.StatusCode)
 			}
-			c1, r1 := f.raw(t)
-			send(c1, "/")
-			answered(r1)
-			eventually(t, "the connection back in the pool", pooled)
-			if f.p.Pooled(client, netip.MustParseAddrPort("127.0.0.1:1")) {
-				t.Error("Pooled for a destination never used")
-			}
-			c2, r2 := f.raw(t)
-			send(c2, "/slow")
-			<-inHandler
-			if pooled() {
-				t.Error("Pooled while the only connection serves a request")
-			}
-			close(release)
-			answered(r2)
-			eventually(t, "the connection back in the pool", pooled)
-		})
-	}
+		}
+		if pooled() {
+			t.Fatal("Pooled before any request")
+		}
+		c1, r1 := f.raw(t)
+		send(c1, "/")
+		answered(r1)
+		eventually(t, "the connection back in the pool", pooled)
+		if f.p.Pooled(client, netip.MustParseAddrPort("127.0.0.1:1")) {
+			t.Error("Pooled for a destination never used")
+		}
+		c2, r2 := f.raw(t)
+		send(c2, "/slow")
+		<-inHandler
+		if pooled() {
+			t.Error("Pooled while the only connection serves a request")
+		}
+		close(release)
+		answered(r2)
+		eventually(t, "the connection back in the pool", pooled)
+	})
 }
 
 // BenchmarkProxyRequestRaw is BenchmarkProxyRequest with a client and an
