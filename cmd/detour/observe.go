@@ -97,6 +97,7 @@ func (o *observability) setConfig(cfg *config.Config) {
 		shown.TCP.Loops = tcpproxy.Loops()
 	}
 	o.shown.Store(&shown)
+	o.state.SetProtocol(cfg.Protocol) // /status: a reload may change it
 }
 
 // config renders the effective configuration for /config: log_level is

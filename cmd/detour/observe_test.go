@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -45,5 +46,36 @@ func TestConfigShowsLevelInForce(t *testing.T) {
 	resp.Body.Close()
 	if got := get(); !strings.Contains(got, "\nlog_level: debug\n") {
 		t.Errorf("/config after POST /logging?level=debug:\n%s", got)
+	}
+}
+
+// TestStatusShowsReloadedProtocol: a SIGHUP may change the protocol
+// (reload.go passes the new configuration to setConfig), and /status, which
+// `detour status` prints, must then say the protocol in force, not the one
+// detour started with.
+func TestStatusShowsReloadedProtocol(t *testing.T) {
+	cfg := &config.Config{Admin: "127.0.0.1:0", Protocol: "auto"}
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	next := *cfg
+	next.Protocol = "tcp"
+	o.setConfig(&next)
+	resp, err := http.Get("http://" + o.admin.Addr().String() + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct{ Protocol string }
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Protocol != "tcp" {
+		t.Errorf("/status protocol after a reload to protocol tcp: %q", st.Protocol)
 	}
 }

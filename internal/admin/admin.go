@@ -51,7 +51,7 @@ import (
 type Info struct {
 	Version  string
 	Mode     string // tproxy | redirect
-	Protocol string // auto | http | tcp
+	Protocol string // auto | http | tcp, at start (State.SetProtocol: since a reload)
 }
 
 // Options configures New.
@@ -265,7 +265,7 @@ func (s *Server) statusData() Status {
 	if lns == nil {
 		lns = []string{}
 	}
-	st := Status{Version: s.o.Info.Version, Phase: phase, Mode: s.o.Info.Mode, Protocol: s.o.Info.Protocol,
+	st := Status{Version: s.o.Info.Version, Phase: phase, Mode: s.o.Info.Mode, Protocol: s.o.State.protocolOr(s.o.Info.Protocol),
 		Started: since, Now: s.o.Now(), Listeners: lns, Rules: rules, Clusters: s.clusterData()}
 	if s.o.Metrics != nil {
 		st.Connections = s.o.Metrics.Summary()

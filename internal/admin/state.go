@@ -42,6 +42,7 @@ type State struct {
 	since     time.Time
 	listeners []string
 	rules     Rules
+	protocol  string // in force since a reload changed it; "" until then (Info.Protocol)
 }
 
 // NewState returns a State in phase Starting.
@@ -66,6 +67,22 @@ func (s *State) SetListeners(addrs []string) {
 	s.mu.Lock()
 	s.listeners = slices.Clone(addrs)
 	s.mu.Unlock()
+}
+
+// SetProtocol records the protocol in force: a reload may change it.
+func (s *State) SetProtocol(p string) {
+	s.mu.Lock()
+	s.protocol = p
+	s.mu.Unlock()
+}
+
+func (s *State) protocolOr(start string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.protocol != "" {
+		return s.protocol
+	}
+	return start
 }
 
 // SetRules records the rules' state; the reinstall count stays.
