@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -38,12 +40,30 @@ type observability struct {
 	// Set once the proxy exists; read at scrape time.
 	l7  atomic.Pointer[httpproxy.Proxy]
 	srv atomic.Pointer[proxy.Server]
+
+	// A reload that changes the HTTP options starts a new cluster, whose
+	// hosts count from zero while the old one drains. The per-host
+	// counters (/metrics, /clusters) are the sums over both, and what the
+	// old one's hosts had counted carries on once they are gone, so a
+	// reload never turns a counter back.
+	hostsMu sync.Mutex
+	old     []*oldL7
+	carried map[string]httpproxy.HostInfo // by HostInfo.Key: counters only
+	expire  time.Duration                 // a carried host not live again within this is forgotten
+}
+
+// oldL7 is an HTTP side replaced by a reload, draining; last is what its
+// hosts counted when they were last listed.
+type oldL7 struct {
+	p    *httpproxy.Proxy
+	last map[string]httpproxy.HostInfo
 }
 
 // startObservability opens the access log and starts the admin endpoint,
 // which answers /ready with 503 until ready is called.
 func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logger) (_ *observability, err error) {
-	o := &observability{log: log, state: admin.NewState(), level: level}
+	o := &observability{log: log, state: admin.NewState(), level: level, carried: map[string]httpproxy.HostInfo{},
+		expire: max(time.Duration(cfg.HTTP.CleanupInterval), metrics.DefaultExpire)}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(o.state)
 	o.metrics, err = metrics.New(metrics.Options{
@@ -133,10 +153,126 @@ func (o *observability) reopenOnSignal() {
 }
 
 func (o *observability) hosts() []httpproxy.HostInfo {
+	o.hostsMu.Lock()
+	defer o.hostsMu.Unlock()
+	var cur []httpproxy.HostInfo
 	if p := o.l7.Load(); p != nil {
-		return p.Hosts()
+		cur = p.Hosts()
 	}
-	return nil
+	if len(o.old) == 0 && len(o.carried) == 0 {
+		return cur
+	}
+	byKey := make(map[string]int, len(cur))
+	for i, h := range cur {
+		byKey[h.Key()] = i
+	}
+	add := func(h httpproxy.HostInfo, gauges bool) bool {
+		i, ok := byKey[h.Key()]
+		if !ok {
+			if !gauges { // a carried host not live: not listed
+				return false
+			}
+			byKey[h.Key()] = len(cur)
+			cur = append(cur, h)
+			return true
+		}
+		c := &cur[i]
+		c.Requests += h.Requests
+		c.Connects += h.Connects
+		c.Reuses += h.Reuses
+		c.OnLoop += h.OnLoop
+		c.ConnectFailures += h.ConnectFailures
+		if gauges {
+			c.Active += h.Active
+			c.Open += h.Open
+			c.Idle += h.Idle
+			if h.Created.Before(c.Created) {
+				c.Created = h.Created
+			}
+			if h.LastUsed.After(c.LastUsed) {
+				c.LastUsed = h.LastUsed
+			}
+		}
+		return true
+	}
+	for _, r := range o.old {
+		now := map[string]httpproxy.HostInfo{}
+		for _, h := range r.p.Hosts() {
+			now[h.Key()] = h
+			add(h, true)
+		}
+		for k, h := range r.last {
+			if _, ok := now[k]; !ok { // swept from the old cluster
+				o.carryLocked(h)
+			}
+		}
+		r.last = now
+	}
+	cutoff := time.Now().Add(-o.expire)
+	for k, h := range o.carried {
+		if !add(h, false) && h.LastUsed.Before(cutoff) {
+			delete(o.carried, k)
+		}
+	}
+	slices.SortFunc(cur, func(a, b httpproxy.HostInfo) int { return strings.Compare(a.Key(), b.Key()) })
+	return cur
+}
+
+// carryLocked keeps the counters of a host that a replaced cluster no
+// longer lists; o.hostsMu is held.
+func (o *observability) carryLocked(h httpproxy.HostInfo) {
+	c, ok := o.carried[h.Key()]
+	if !ok {
+		c = httpproxy.HostInfo{Dst: h.Dst, Client: h.Client}
+	}
+	c.Requests += h.Requests
+	c.Connects += h.Connects
+	c.Reuses += h.Reuses
+	c.OnLoop += h.OnLoop
+	c.ConnectFailures += h.ConnectFailures
+	c.LastUsed = time.Now() // when carried: forgotten o.expire after, unless live again
+	o.carried[h.Key()] = c
+}
+
+// replaceL7 makes next the HTTP side whose hosts are listed, and keeps
+// listing old's (draining) hosts beside them until retired.
+func (o *observability) replaceL7(old, next *httpproxy.Proxy) {
+	o.hostsMu.Lock()
+	defer o.hostsMu.Unlock()
+	r := &oldL7{p: old, last: map[string]httpproxy.HostInfo{}}
+	for _, h := range old.Hosts() {
+		r.last[h.Key()] = h
+	}
+	o.old = append(o.old, r)
+	o.l7.Store(next)
+}
+
+// retired is told that old, replaced by a reload, has finished draining:
+// its hosts' counters carry on in the current cluster's.
+func (o *observability) retired(old *httpproxy.Proxy) {
+	o.hostsMu.Lock()
+	defer o.hostsMu.Unlock()
+	for i, r := range o.old {
+		if r.p != old {
+			continue
+		}
+		final := map[string]httpproxy.HostInfo{}
+		for _, h := range old.Hosts() {
+			final[h.Key()] = h
+		}
+		for k, h := range r.last {
+			if f, ok := final[k]; ok {
+				h = f // counted on since
+			}
+			o.carryLocked(h)
+			delete(final, k)
+		}
+		for _, h := range final {
+			o.carryLocked(h)
+		}
+		o.old = slices.Delete(o.old, i, i+1)
+		return
+	}
 }
 
 func (o *observability) open() int64 {
@@ -170,7 +306,9 @@ func (o *observability) onRequest(i *httpproxy.RequestInfo) {
 // serving records the running proxy, for the metrics read at scrape time.
 func (o *observability) serving(srv *proxy.Server, l7 *httpproxy.Proxy) {
 	o.srv.Store(srv)
+	o.hostsMu.Lock()
 	o.l7.Store(l7)
+	o.hostsMu.Unlock()
 }
 
 func (o *observability) ready()    { o.state.SetPhase(admin.Ready) }

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // TestConfigShowsLevelInForce: /config is the effective configuration, so
@@ -77,5 +83,89 @@ func TestStatusShowsReloadedProtocol(t *testing.T) {
 	}
 	if st.Protocol != "tcp" {
 		t.Errorf("/status protocol after a reload to protocol tcp: %q", st.Protocol)
+	}
+}
+
+// TestReloadKeepsHostCounters: a SIGHUP that changes the HTTP options
+// starts a new cluster while the old one drains. The per-host counters
+// (detour_upstream_requests_total and the others, /clusters) must go on
+// from what they were, also once the old cluster is gone: they used to
+// start again from zero, a counter going backwards under a live series.
+func TestReloadKeepsHostCounters(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	t.Cleanup(up.Close)
+	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
+	cfg := &config.Config{Admin: "off"}
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	o, err := startObservability(cfg, new(slog.LevelVar), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	dialer := newDialer(cfg)
+	newProxy := func() (*httpproxy.Proxy, string) { // and the address that serves through it
+		p, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close(); p.Close() })
+		go func() {
+			for {
+				c, err := ln.AcceptTCP()
+				if err != nil {
+					return
+				}
+				go p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
+			}
+		}()
+		return p, ln.Addr().String()
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(addr string) {
+		t.Helper()
+		resp, err := client.Get("http://" + addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	requests := func() uint64 {
+		for _, h := range o.hosts() {
+			if h.Dst == dst {
+				return h.Requests
+			}
+		}
+		return 0
+	}
+
+	p1, addr1 := newProxy()
+	o.serving(nil, p1)
+	for range 3 {
+		get(addr1)
+	}
+	if n := requests(); n != 3 {
+		t.Fatalf("requests before the reload: %d, want 3", n)
+	}
+	p2, addr2 := newProxy()
+	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, hard: context.Background()}
+	d.replaceL7(p2)
+	if n := requests(); n != 3 {
+		t.Errorf("requests right after the reload: %d, want 3", n)
+	}
+	get(addr2)
+	if n := requests(); n != 4 {
+		t.Errorf("requests after one more on the new settings: %d, want 4", n)
+	}
+	d.drains.Wait() // the old HTTP side drained and closed
+	if n := requests(); n != 4 {
+		t.Errorf("requests once the old HTTP side is gone: %d, want 4", n)
 	}
 }

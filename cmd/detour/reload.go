@@ -83,16 +83,7 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 		}
 	}
 	if l7 != nil {
-		old, drain := d.l7, time.Duration(d.cfg.Drain)
-		d.l7 = l7
-		d.drains.Add(1)
-		go func() { // its connections finish on the old settings
-			defer d.drains.Done()
-			ctx, cancel := context.WithTimeout(d.hard, drain)
-			defer cancel()
-			old.Shutdown(ctx)
-			old.Close()
-		}()
+		d.replaceL7(l7)
 	}
 	d.srv.Update(d.proxyOptions(next, dialer))
 	d.srv.SetListeners(lns)
@@ -104,6 +95,23 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 	d.log.Info("SIGHUP: configuration reloaded", "listeners", len(lns), "rules_changed", rulesChanged,
 		"ports", next.Intercept.Ports, "protocol", next.Protocol)
 	return nil
+}
+
+// replaceL7 makes l7 the HTTP side of new connections; the old one's
+// connections finish on the old settings, for up to drain_timeout.
+func (d *daemon) replaceL7(l7 *httpproxy.Proxy) {
+	old, drain := d.l7, time.Duration(d.cfg.Drain)
+	d.l7 = l7
+	d.obs.replaceL7(old, l7) // its hosts' counters go on in the new cluster's
+	d.drains.Add(1)
+	go func() {
+		defer d.drains.Done()
+		ctx, cancel := context.WithTimeout(d.hard, drain)
+		defer cancel()
+		old.Shutdown(ctx)
+		old.Close()
+		d.obs.retired(old)
+	}()
 }
 
 // closeNew closes the listeners in lns that were not already open.
