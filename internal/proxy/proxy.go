@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
@@ -85,7 +86,8 @@ type Observer interface {
 	Refused(reason string)
 	// Paused is called when an accept loop stops accepting for a while,
 	// clients waiting in the listen backlog meanwhile: reason is "limit"
-	// (MaxConns open) or "descriptors" (a connect ran out of them).
+	// (MaxConns open) or "descriptors" (an accept or a connect ran out of
+	// them).
 	Paused(reason string)
 	// L4Started is called when an L4 connection's upstream is connected
 	// and copying begins; rec has no byte counts or end yet. Every
@@ -307,8 +309,9 @@ func (s *Server) cutConns() {
 	s.live.cutAll()
 }
 
-// acceptLoop accepts until the listener closes. Errors such as running out
-// of file descriptors back off instead of spinning.
+// acceptLoop accepts until the listener closes. Running out of file
+// descriptors pauses every loop (outOfDescriptors); other errors back off
+// instead of spinning.
 func (s *Server) acceptLoop(l *listen.Listener) {
 	defer s.acceptDone.Done()
 	var backoff acceptBackoff
@@ -336,6 +339,13 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		if err != nil {
 			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors, as a connect can be: every loop
+				// pauses (counted as such, Observer.Paused) while the
+				// client waits in the backlog.
+				s.outOfDescriptors()
+				continue
 			}
 			wait := backoff.fail(time.Now())
 			if ok, more := s.warns.allow(warnAccept, time.Now()); ok {
@@ -389,8 +399,9 @@ func (s *Server) waitForRoom() {
 	}
 }
 
-// outOfDescriptors holds the accept loops back after a connect failed
-// with EMFILE or ENFILE, doubling the pause while failures go on.
+// outOfDescriptors holds the accept loops back after an accept or a
+// connect failed with EMFILE or ENFILE, doubling the pause while failures
+// go on.
 func (s *Server) outOfDescriptors() {
 	s.fdsMu.Lock()
 	now := time.Now()

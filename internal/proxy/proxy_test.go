@@ -243,6 +243,61 @@ func TestOutOfDescriptorsPausesAccepting(t *testing.T) {
 	}
 }
 
+// TestAcceptOutOfDescriptorsCounted: an accept that fails for want of
+// descriptors pauses accepting as a connect that failed so does, and is
+// counted as such (detour_downstream_accept_paused_total{reason=
+// "descriptors"}); it used to back off unseen by the metric. Once
+// descriptors are free again the waiting client is served (here by the
+// loop guard).
+func TestAcceptOutOfDescriptorsCounted(t *testing.T) {
+	n, ln := nsTProxyListener(t, "acceptfd")
+	obs := &limitObserver{}
+	srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}),
+		Protocol: ProtocolAuto, Observer: obs})
+	c, err := n.Dialer(nil)(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	free, err := unix.Dup(0) // the lowest free descriptor: the next accept's
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(free)
+	low := lim
+	low.Cur = uint64(free)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	for deadline := time.Now().Add(2 * time.Second); obs.nofd.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	restore()
+	if obs.nofd.Load() == 0 {
+		t.Errorf("accepts failed with EMFILE, but no pause for want of descriptors was counted")
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) || obs.loops.Load() != 1 {
+		t.Fatalf("read once descriptors are free: %v (loop refusals %d); want the loop guard's reset", err, obs.loops.Load())
+	}
+}
+
 // TestWarnLimiter: one warning per kind per interval; the next one says
 // how many were held back.
 func TestWarnLimiter(t *testing.T) {
@@ -271,11 +326,15 @@ func TestWarnLimiter(t *testing.T) {
 type limitObserver struct {
 	countingObserver
 	limited atomic.Int64
+	nofd    atomic.Int64 // pauses for want of descriptors
 }
 
 func (o *limitObserver) Paused(reason string) {
-	if reason == "limit" {
+	switch reason {
+	case "limit":
 		o.limited.Add(1)
+	case "descriptors":
+		o.nofd.Add(1)
 	}
 }
 
