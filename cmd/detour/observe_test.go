@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
@@ -155,7 +156,7 @@ func TestReloadKeepsHostCounters(t *testing.T) {
 		t.Fatalf("requests before the reload: %d, want 3", n)
 	}
 	p2, addr2 := newProxy()
-	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, hard: context.Background()}
+	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: context.Background()}
 	d.replaceL7(p2)
 	if n := requests(); n != 3 {
 		t.Errorf("requests right after the reload: %d, want 3", n)
@@ -168,4 +169,69 @@ func TestReloadKeepsHostCounters(t *testing.T) {
 	if n := requests(); n != 4 {
 		t.Errorf("requests once the old HTTP side is gone: %d, want 4", n)
 	}
+}
+
+// TestReloadLetsRequestsInFlightFinish: a reload that changes the HTTP
+// options leaves the requests in flight on the old HTTP side untouched
+// (README, "Reloading"), however long they take: it used to cut them
+// drain_timeout after the reload, as if detour were stopping. Only the
+// drain at exit bounds them.
+func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "first half,")
+		w.(http.Flusher).Flush()
+		<-release
+		io.WriteString(w, "second half")
+	}))
+	t.Cleanup(up.Close)
+	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
+	cfg := &config.Config{Admin: "off", Drain: config.Duration(50 * time.Millisecond)}
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	o, err := startObservability(cfg, new(slog.LevelVar), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	dialer := newDialer(cfg)
+	p1, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p2.Close() })
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err == nil {
+			p1.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
+		}
+	}()
+	o.serving(nil, p1)
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	end, cutEnd := context.WithCancel(context.Background())
+	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: end}
+	d.replaceL7(p2)
+	time.Sleep(300 * time.Millisecond) // six times drain_timeout
+	close(release)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "first half,second half" {
+		t.Errorf("a request in flight through a reload: %q, %v; want it whole", body, err)
+	}
+	cutEnd() // the drain at exit
+	d.drains.Wait()
 }

@@ -5,9 +5,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"time"
-
-	"context"
 
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
@@ -97,18 +94,19 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 	return nil
 }
 
-// replaceL7 makes l7 the HTTP side of new connections; the old one's
-// connections finish on the old settings, for up to drain_timeout.
+// replaceL7 makes l7 the HTTP side of new connections. The old one closes
+// its idle keep-alive connections now, as HTTP allows between requests;
+// the requests in flight on it finish on the old settings, however long
+// they take (a download, an upgraded connection), as open L4 connections
+// do: only the drain at exit cuts them (d.drainEnd).
 func (d *daemon) replaceL7(l7 *httpproxy.Proxy) {
-	old, drain := d.l7, time.Duration(d.cfg.Drain)
+	old := d.l7
 	d.l7 = l7
 	d.obs.replaceL7(old, l7) // its hosts' counters go on in the new cluster's
 	d.drains.Add(1)
 	go func() {
 		defer d.drains.Done()
-		ctx, cancel := context.WithTimeout(d.hard, drain)
-		defer cancel()
-		old.Shutdown(ctx)
+		old.Shutdown(d.drainEnd)
 		old.Close()
 		d.obs.retired(old)
 	}()

@@ -106,7 +106,10 @@ type daemon struct {
 	owner  *intercept.Owner   // holds what the rules use (table; route table and mark), from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
 	drains sync.WaitGroup     // L7 proxies replaced by a reload, draining
-	hard   context.Context    // done: stop draining now (a second SIGINT or SIGTERM)
+	// drainEnd is done when the drain at exit ends (drain_timeout, or a
+	// second SIGINT or SIGTERM): what L7 proxies replaced by a reload
+	// still serve is cut then, not before.
+	drainEnd context.Context
 
 	// The rules check's error while it keeps failing the same way, and
 	// when it was last logged: once a minute, not at every check.
@@ -118,7 +121,9 @@ type daemon struct {
 // SIGHUP, drain, clean. ctx ends serving and starts the drain; hard, done
 // too, ends the drain at once.
 func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
-	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), hard: hard}
+	drainEnd, endDrain := context.WithCancel(hard)
+	defer endDrain()
+	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), drainEnd: drainEnd}
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
@@ -214,6 +219,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	log.Info("shutting down: draining connections (a second SIGINT or SIGTERM ends the drain now)", "drain_timeout", time.Duration(d.cfg.Drain))
 	drainCtx, cancel := context.WithTimeout(hard, time.Duration(d.cfg.Drain))
 	defer cancel()
+	context.AfterFunc(drainCtx, endDrain) // HTTP sides replaced by a reload are cut with the rest
 	// The HTTP side closes idle keep-alive connections and waits for
 	// requests in flight while the accept loops stop and L4 streams finish.
 	httpDrained := make(chan error, 1)
