@@ -384,6 +384,9 @@ func (m *Metrics) L4Done(rec proxy.L4Record) {
 		m.l4Received.Add(float64(rec.Received))
 	}
 
+	if rec.NoUpstream { // ended before a connect was made or failed: nothing upstream to count
+		return
+	}
 	now := m.o.Now()
 	m.mu.Lock()
 	d := m.destLocked(destKey{layer: 4, dst: unmap(rec.OrigDst)}, now)

@@ -84,6 +84,7 @@ var (
 	dst80  = netip.MustParseAddrPort("198.18.2.2:80")
 	dst22  = netip.MustParseAddrPort("198.18.2.2:22")
 	dst23  = netip.MustParseAddrPort("[::ffff:198.18.2.2]:23")
+	dst24  = netip.MustParseAddrPort("198.18.2.2:24")
 )
 
 func newTest(t *testing.T, o Options) (*Metrics, *prometheus.Registry, *clock) {
@@ -156,10 +157,14 @@ func TestL4AndRefusals(t *testing.T) {
 	}
 	m.L4Done(proxy.L4Record{OrigDst: dst23, Protocol: "tcp", Flags: "UF", End: "connection refused"})
 	m.L4Done(proxy.L4Record{OrigDst: dst23, Protocol: "tcp", Flags: "UF", End: "connect timeout"})
+	// A client that reset before anything was dialed (a scanner): no
+	// upstream connection to count, no destination listed.
+	m.Accepted(listen.ModeTProxy)
+	m.L4Done(proxy.L4Record{OrigDst: dst24, Protocol: "tcp", Flags: "DC", End: "downstream reset", NoUpstream: true})
 
 	got := values(t, reg)
 	want(t, got, map[string]float64{
-		`detour_downstream_connections_total{mode=tproxy}`:                    7,
+		`detour_downstream_connections_total{mode=tproxy}`:                    8,
 		`detour_downstream_connections_total{mode=redirect}`:                  0,
 		`detour_downstream_connections_active`:                                0,
 		`detour_downstream_refused_total{reason=loop}`:                        1,
@@ -167,10 +172,11 @@ func TestL4AndRefusals(t *testing.T) {
 		`detour_downstream_accept_paused_total{reason=limit}`:                 2,
 		`detour_downstream_accept_paused_total{reason=descriptors}`:           0,
 		`detour_downstream_protocol_total{protocol=tls}`:                      3,
-		`detour_downstream_protocol_total{protocol=tcp}`:                      2,
+		`detour_downstream_protocol_total{protocol=tcp}`:                      3,
 		`detour_downstream_protocol_total{protocol=http}`:                     0,
 		`detour_tcp_connections_total{flag=-,protocol=tls}`:                   2,
 		`detour_tcp_connections_total{flag=DC,protocol=tls}`:                  1,
+		`detour_tcp_connections_total{flag=DC,protocol=tcp}`:                  1,
 		`detour_tcp_connections_total{flag=UF,protocol=tcp}`:                  2,
 		`detour_tcp_connections_total{flag=LR,protocol=tcp}`:                  1,
 		`detour_tcp_bytes_total{direction=sent}`:                              30,
@@ -187,7 +193,7 @@ func TestL4AndRefusals(t *testing.T) {
 		`detour_cluster_hosts`:                                                0,
 	})
 	s := m.Summary()
-	if s.Accepted != 7 || s.Refused != 2 || s.LoopRefused != 1 || s.Active != 0 || s.Requests != 0 {
+	if s.Accepted != 8 || s.Refused != 2 || s.LoopRefused != 1 || s.Active != 0 || s.Requests != 0 {
 		t.Errorf("Summary = %+v", s)
 	}
 	ds := m.Destinations()

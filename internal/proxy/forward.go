@@ -176,11 +176,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		// on as a FIN: reset the connection made meanwhile instead, and
 		// make none.
 		c.Reset()
-		if d != nil && d.Conn != nil {
-			d.Conn.SetLinger(0)
-			d.Conn.Close()
-		}
-		s.obs.L4Started(rec)
+		s.closeUnused(&rec, d)
 		s.l4Done(log, rec, tcpproxy.Result{End: tcpproxy.EndDownstreamErr, Err: err})
 		return routed{}
 	}
@@ -190,11 +186,7 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		// a dial now would, with the canceled context, and be recorded as
 		// a connect failure (UF) of that destination.
 		c.Reset()
-		if d != nil && d.Conn != nil {
-			d.Conn.SetLinger(0)
-			d.Conn.Close()
-		}
-		s.obs.L4Started(rec)
+		s.closeUnused(&rec, d)
 		s.l4Done(log, rec, tcpproxy.Result{End: tcpproxy.EndCanceled, Err: s.connCtx.Err()})
 		return routed{}
 	}
@@ -214,6 +206,21 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.Conn.LocalAddr(), "connect_time", d.Took)
 	}
 	return s.forwardL4(o, log, c, d.Conn, rec)
+}
+
+// closeUnused resets the connection made while sniffing, if one was, for
+// a connection that ends before its copy: the connection was made (its
+// L4Started), and is reported closed with it; without one rec is marked
+// NoUpstream.
+func (s *Server) closeUnused(rec *L4Record, d *dialed) {
+	if d == nil || d.Conn == nil {
+		rec.NoUpstream = true
+		return
+	}
+	d.Conn.SetLinger(0)
+	d.Conn.Close()
+	rec.ConnectDuration = d.Took
+	s.obs.L4Started(*rec)
 }
 
 func l4ProtocolName(p sniff.Protocol) string {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,6 +241,67 @@ type doneObserver struct {
 }
 
 func (o *doneObserver) L4Done(rec L4Record) { o.done <- rec }
+
+// startObserver also records the L4Started calls: an upstream connection
+// made, by the contract.
+type startObserver struct {
+	doneObserver
+	started atomic.Int64
+}
+
+func (o *startObserver) L4Started(L4Record) { o.started.Add(1) }
+
+// TestL4EndedWithoutUpstream: a connection that ends before any upstream
+// connection was made (its client reset before a byte; the drain cut it
+// while sniffed for a destination with a pooled HTTP connection) is
+// recorded (DC, DT) without L4Started and marked NoUpstream, so metrics
+// count no upstream connection opened to its destination. Before, it was
+// reported as started: every scanner that connected and reset counted as
+// an upstream connection of detour_upstream_connections_total{layer="l4"}.
+func TestL4EndedWithoutUpstream(t *testing.T) {
+	ln, up := listenLoopback(t), listenLoopback(t)
+	dst := up.Addr().(*net.TCPAddr).AddrPort()
+	check := func(t *testing.T, obs *startObserver, flags string) {
+		t.Helper()
+		select {
+		case rec := <-obs.done:
+			if rec.Flags != flags || !rec.NoUpstream || obs.started.Load() != 0 {
+				t.Errorf("recorded %+v after %d L4Started; want flags %s, NoUpstream, none started", rec, obs.started.Load(), flags)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no L4Done")
+		}
+	}
+	t.Run("client reset", func(t *testing.T) {
+		obs := &startObserver{doneObserver: doneObserver{done: make(chan L4Record, 1)}}
+		s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+			HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+		cli, srv := connect(t, ln)
+		cli.SetLinger(0)
+		cli.Close()
+		if !fdtest.ResetWithin(srv, 5*time.Second) {
+			t.Fatal("the client's reset did not arrive within 5s")
+		}
+		go handleAccepted(s, &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst})
+		check(t, obs, "DC")
+		waitReleased(t, s)
+	})
+	t.Run("drain cut while sniffing", func(t *testing.T) {
+		obs := &startObserver{doneObserver: doneObserver{done: make(chan L4Record, 1)}}
+		s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+			HTTP: &recordingL7{got: make(chan servedConn, 1), pooled: true}, SniffTimeout: 10 * time.Second, Observer: obs})
+		cli, srv := connect(t, ln)
+		c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+		s.open.Add(1)
+		s.conns.Add(1)
+		go s.handle(s.cur.Load(), c)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		s.Shutdown(ctx)
+		check(t, obs, "DT")
+		waitReleased(t, s)
+	})
+}
 
 // TestAutoUpstreamResetWhileSniffing: a destination that resets the
 // connection made while a silent client is sniffed (a server whose accept

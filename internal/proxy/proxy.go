@@ -94,7 +94,8 @@ type Observer interface {
 	// L4Started is followed by one L4Done for the same rec.ID.
 	L4Started(rec L4Record)
 	// L4Done is called when an L4 connection ends (also after a failed
-	// upstream connect, Flags "UF", and a loop refusal, Flags "LR").
+	// upstream connect, Flags "UF", a loop refusal, Flags "LR", and an
+	// end before any upstream connection was made, NoUpstream).
 	L4Done(rec L4Record)
 }
 
@@ -110,6 +111,11 @@ type L4Record struct {
 	ConnectDuration time.Duration
 	End             string // tcpproxy.End or upstream failure reason
 	Flags           string // Envoy-style response flags: UF, UC, DC, ...
+	// NoUpstream: it ended before an upstream connection was made (the
+	// client reset, or the drain cut it, while it was sniffed or its
+	// connect was under way), so L4Started was not called for it, as for
+	// UF and LR.
+	NoUpstream bool
 }
 
 // Server runs the accept loops and the per-connection path.
@@ -605,9 +611,7 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		case res.End == tcpproxy.EndConnectFailed: // the loop reset the client
 			s.dialFailed(log, c, &rec, &upstream.DialError{Dst: c.OrigDst, Reason: upstream.Classify(res.Err), Err: res.Err})
 		default:
-			if !started { // the client reset, or the drain ended, during the connect
-				s.obs.L4Started(rec)
-			}
+			rec.NoUpstream = !started // the client reset, or the drain ended, during the connect
 			s.l4Done(log, rec, res)
 		}
 		s.release()
