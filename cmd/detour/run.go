@@ -224,6 +224,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	// requests in flight while the accept loops stop and L4 streams finish.
 	httpDrained := make(chan error, 1)
 	go func() { httpDrained <- d.l7.Shutdown(drainCtx) }()
+	d.obs.listening(nil) // Shutdown closes them first: none serves (detour_listeners, /status)
 	if derr := d.srv.Shutdown(drainCtx); derr != nil {
 		log.Warn(derr.Error())
 	}

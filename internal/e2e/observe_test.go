@@ -445,8 +445,12 @@ func TestObserve(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if m, err := obsScrape(adm, obsAdmin); err != nil || m["detour_ready"] != 0 || m["detour_downstream_connections_active"] != 1 {
-		t.Errorf("metrics during drain: ready %v, active %v, %v", m["detour_ready"], m["detour_downstream_connections_active"], err)
+	// The listeners are closed: none serves (Envoy's draining listeners
+	// leave total_listeners_active too).
+	if m, err := obsScrape(adm, obsAdmin); err != nil || m["detour_ready"] != 0 || m["detour_downstream_connections_active"] != 1 ||
+		m["detour_listeners"] != 0 {
+		t.Errorf("metrics during drain: ready %v, active %v, listeners %v, %v", m["detour_ready"], m["detour_downstream_connections_active"],
+			m["detour_listeners"], err)
 	}
 	obsFinishBanner(t, long)
 	select {
