@@ -189,7 +189,10 @@ func (l *Logger) write(b []byte) {
 }
 
 // Reopen flushes and reopens the file at Path, for log rotation. With
-// stdout it only flushes.
+// stdout it only flushes. Its error says the file could not be opened,
+// and the old one is still written to; records the flush could not write
+// are reported as any failed write is (Options.Logger), since the file
+// was reopened all the same.
 func (l *Logger) Reopen() error {
 	if l == nil {
 		return nil
@@ -199,18 +202,23 @@ func (l *Logger) Reopen() error {
 	if l.closed {
 		return errors.New("access log: closed")
 	}
-	err := l.bw.Flush()
-	if l.file == nil {
-		return err
+	ferr := l.bw.Flush()
+	if l.file != nil {
+		f, err := openFile(l.o.Path)
+		if err != nil {
+			if ferr != nil {
+				l.noteErr(ferr)
+			}
+			return err // keep writing to the old file
+		}
+		l.file.Close()
+		l.file = f
+		l.bw.Reset(f)
 	}
-	f, oerr := openFile(l.o.Path)
-	if oerr != nil {
-		return errors.Join(err, oerr) // keep writing to the old file
+	if ferr != nil {
+		l.noteErr(ferr)
 	}
-	l.file.Close()
-	l.file = f
-	l.bw.Reset(f)
-	return err
+	return nil
 }
 
 // Close flushes and closes the log. Later records are dropped.

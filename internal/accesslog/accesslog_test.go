@@ -3,6 +3,7 @@ package accesslog
 import (
 	"bytes"
 	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -173,6 +174,30 @@ func TestFileReopen(t *testing.T) {
 	}
 	if bytes.Count(cur, []byte("\n")) != 2 || bytes.Contains(cur, []byte(`"kind":"tcp"`)) {
 		t.Errorf("new file: %q", cur)
+	}
+}
+
+// TestReopenAfterFailedFlush: when the records buffered at a reopen cannot
+// be written (a full disk: /dev/full), the file is reopened all the same,
+// so Reopen succeeds and the lost records are reported as a failed write.
+// It used to return the write error, which detour logged as "reopening
+// the access log failed; still writing to the old file": neither was true.
+func TestReopenAfterFailedFlush(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	var logged buffer
+	l, err := Open(Options{Path: "/dev/full", FlushInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.L4(l4rec)
+	if err := l.Reopen(); err != nil {
+		t.Errorf("Reopen: %v; want nil, the file was reopened", err)
+	}
+	if !strings.Contains(logged.String(), "access log write failed") {
+		t.Errorf("the lost record was not reported: %q", logged.String())
 	}
 }
 
