@@ -490,7 +490,10 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	}
 	fc.sendOff(x)
 	p.finishFast(info)
-	ends, upCloses := r == backEnd || x.h.closeConn, rh.close
+	// Shutdown asks the connection to end after its current response
+	// (its head said so if it came in time), as send's caller does: a
+	// request pipelined behind it is not served.
+	ends, upCloses := r == backEnd || x.h.closeConn || fc.closing.Load(), rh.close
 	fc.end(x)
 	fc.ol.misses = 0
 	fc.releaseIn()
@@ -498,7 +501,7 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	switch {
 	case ends:
 		return backEnd, false
-	case upCloses || fc.closing.Load():
+	case upCloses:
 		return backIdle, false
 	}
 	ls.idle(now, &p.o)

@@ -505,3 +505,41 @@ func TestLoopClientResets(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopShutdownPipelined checks Shutdown while a request waits for its
+// response with the next one pipelined behind it: the response says
+// Connection: close and the connection ends there, on the loops as on the
+// goroutine; the pipelined request is not answered after a response that
+// said the connection closes (the client sends it again elsewhere).
+func TestLoopShutdownPipelined(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) {
+			up := loopUpstream(t)
+			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
+			c, br := f.raw(t)
+			toLoop(t, c, br)
+			if !disable {
+				waitOnLoop(t, f.p)
+			}
+			io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"+getSmall)
+			eventually(t, "the request in flight", func() bool {
+				h := f.p.Hosts()[0]
+				return h.Requests == loopAfter+1 && h.Active == 1
+			})
+			stopped := make(chan error, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				stopped <- f.p.Shutdown(ctx)
+			}()
+			res, body := readResponse(t, br, "GET")
+			if res.StatusCode != 200 || body != "late" || !res.Close {
+				t.Fatalf("%d %q, close %v; want 200 \"late\" saying Connection: close", res.StatusCode, body, res.Close)
+			}
+			expectEOF(t, br)
+			if err := <-stopped; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
