@@ -47,7 +47,7 @@ const (
 	backNone    backReason = iota // the loop keeps the connection
 	backIdle                      // between requests; in may hold the start of the next one
 	backTimeout                   // the idle timeout passed: the connection ends
-	backAwait                     // x was sent; its response is for the goroutine to read
+	backAwait                     // x was sent (or not: x.sent zero); its response is for the goroutine to read
 	backFlush                     // x's response was read whole; pending is what the client did not take
 	backEnd                       // x ended on the loop and the connection with it
 )
@@ -377,7 +377,8 @@ func (fc *fastConn) readOnLoop(w *tcpproxy.Watch) backReason {
 
 // startOnLoop begins and sends the request buffered in in, when the loop
 // takes it: a whole head in the fast path's subset with its whole body.
-// whole reports that the socket took all of it.
+// whole reports that the socket took all of it (false, with nothing sent,
+// when the kept connection's host was removed).
 func (fc *fastConn) startOnLoop() (started, whole bool) {
 	ls, p := fc.ol.st, fc.p
 	end := bytes.Index(fc.in[fc.r:fc.w], []byte("\r\n\r\n"))
@@ -393,6 +394,12 @@ func (fc *fastConn) startOnLoop() (started, whole bool) {
 	fc.heads++
 	fc.begin(x)
 	up := ls.up
+	if up.h != x.hst {
+		// The janitor removed the kept connection's host (its sweep came
+		// before the loop's timer): the request goes to the host begin
+		// made anew, on a connection of its own (resume).
+		return true, false
+	}
 	up.reuse()
 	fc.sendOn(x, up)
 	// What the socket did not take, the goroutine writes (or meets the
@@ -514,6 +521,10 @@ func (fc *fastConn) resume(x *request) bool {
 	ls := fc.ol.st
 	up := ls.up
 	ls.up = nil
+	if x.sent.IsZero() { // not sent: up's host was removed (startOnLoop)
+		up.close()
+		return fc.send(x, nil)
+	}
 	if ls.rerr != nil || ls.rn > 0 {
 		up.raw.ahead = append([]byte(nil), ls.resp[:ls.rn]...)
 		up.raw.aheadErr = ls.rerr

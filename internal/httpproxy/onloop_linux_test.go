@@ -543,3 +543,32 @@ func TestLoopShutdownPipelined(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopHostRemoved checks a connection idle on a loop whose host the
+// janitor removed (its sweep came before the loop's timer, both due a
+// cleanup interval after the last request): the next request goes to the
+// new host on a connection of its own, counted there, and the kept one,
+// which belonged to the removed host, is closed.
+func TestLoopHostRemoved(t *testing.T) {
+	up := loopUpstream(t)
+	f := newFront(t, Options{CleanupInterval: time.Hour}, up.addrPort())
+	c, br := f.raw(t)
+	toLoop(t, c, br)
+	waitOnLoop(t, f.p)
+	f.p.hosts.sweep(time.Now().Add(time.Hour)) // the janitor's, a moment after the interval
+	if hs := f.p.Hosts(); len(hs) != 0 {
+		t.Fatalf("hosts after the sweep: %+v", hs)
+	}
+	for range 3 {
+		roundTrips(t, c, br, getSmall, "GET", 1)
+	}
+	eventually(t, "the requests done", func() bool { hs := f.p.Hosts(); return len(hs) == 1 && hs[0].Active == 0 })
+	h := f.p.Hosts()[0]
+	if h.Requests != 3 || h.Connects != 1 || h.Open != 1 || h.Reuses != 2 {
+		t.Errorf("host %+v; want 3 requests on one connection of its own, open, reused twice", h)
+	}
+	eventually(t, "the removed host's connection closed", func() bool { return up.closed.Load() == 1 })
+	if n := up.accepted.Load(); n != 2 {
+		t.Errorf("upstream connections = %d, want 2", n)
+	}
+}
