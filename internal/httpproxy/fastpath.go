@@ -654,6 +654,12 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			up.conn.SetReadDeadline(x.sent.Add(rt))
 		}
 		if len(x.unsent) > 0 {
+			// The upstream did not take the whole request at once: as
+			// for a body, StreamIdleTimeout bounds the wait for it (a
+			// pooled connection may also hold an older deadline).
+			if sit := p.o.StreamIdleTimeout; sit > 0 {
+				up.conn.SetWriteDeadline(time.Now().Add(sit))
+			}
 			if _, err := up.conn.Write(x.unsent); err != nil {
 				return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
 			}

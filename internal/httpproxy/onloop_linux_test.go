@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -570,5 +571,73 @@ func TestLoopHostRemoved(t *testing.T) {
 	eventually(t, "the removed host's connection closed", func() bool { return up.closed.Load() == 1 })
 	if n := up.accepted.Load(); n != 2 {
 		t.Errorf("upstream connections = %d, want 2", n)
+	}
+}
+
+// TestLoopUnsentRequestBounded checks a request the loop could not write
+// whole (the upstream stopped reading): the goroutine writes the rest
+// under StreamIdleTimeout, as it writes a body, and answers 504 (flag UT)
+// when the upstream takes none of it, instead of waiting for ever.
+func TestLoopUnsentRequestBounded(t *testing.T) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		return nil
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	quit := make(chan struct{})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for range loopAfter {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+		<-quit // reads nothing more
+	}()
+	t.Cleanup(func() { close(quit); <-served })
+	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, ln.Addr().(*net.TCPAddr).AddrPort())
+	c, br := f.raw(t)
+	roundTrips(t, c, br, getSmall, "GET", 1)
+	// The upstream connection, pooled after the first request, sends
+	// through the kernel's least buffer from now on.
+	eventually(t, "the connection pooled", func() bool {
+		f.p.hosts.mu.Lock()
+		defer f.p.hosts.mu.Unlock()
+		for _, h := range f.p.hosts.hosts {
+			if len(h.links) == 1 {
+				syscall.SetsockoptInt(h.links[0].fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 1)
+				return true
+			}
+		}
+		return false
+	})
+	for range loopAfter - 1 {
+		roundTrips(t, c, br, getSmall, "GET", 1)
+	}
+	waitOnLoop(t, f.p)
+	body := strings.Repeat("x", 7000)
+	start := time.Now()
+	fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	res, _ := readResponse(t, br, "POST")
+	if res.StatusCode != http.StatusGatewayTimeout || time.Since(start) > 10*time.Second {
+		t.Fatalf("status %d after %v; want 504 after about 300ms", res.StatusCode, time.Since(start))
+	}
+	for range loopAfter {
+		f.info(t)
+	}
+	if i := f.info(t); i.Flags != UpstreamTimeout {
+		t.Errorf("flags %v, want UT", i.Flags)
 	}
 }
