@@ -96,6 +96,7 @@ type loopState struct {
 	rn       int
 	rerr     error  // the read that ended the response early
 	pending  []byte // backFlush: the end of the response the client did not take
+	headLeft int    // backFlush: how much of pending is the response head's end
 }
 
 // loopAfter is the number of requests a connection's goroutine serves
@@ -479,7 +480,7 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	r := backNone
 	switch {
 	case err == unix.EAGAIN: // the client reads slowly: the goroutine waits for it
-		ls.pending = rest
+		ls.pending, ls.headLeft = rest, max(len(rest)-len(body), 0)
 		r = backFlush
 	case err != nil: // the client is gone; a failed write wrote nothing, so no status reached it
 		info.Status = 0
@@ -545,11 +546,14 @@ func (fc *fastConn) flush(x *request) bool {
 	up := ls.up
 	ls.up = nil
 	keep := true
-	if _, err := fc.out.Write(ls.pending); err != nil {
+	if n, err := fc.out.Write(ls.pending); err != nil {
 		x.info.BodyBytes = 0
+		if n < ls.headLeft { // no status reached the client, as sendHead records
+			x.info.Status = 0
+		}
 		keep = fc.clientFailed(&x.info, err)
 	}
-	ls.pending = nil
+	ls.pending, ls.headLeft = nil, 0
 	return fc.done(x, up, keep, !x.rh.close && !ls.upDead)
 }
 

@@ -641,3 +641,53 @@ func TestLoopUnsentRequestBounded(t *testing.T) {
 		t.Errorf("flags %v, want UT", i.Flags)
 	}
 }
+
+// TestLoopFlushHeadCut checks a response a loop could not write whole to
+// a client that stopped reading, whose head then never went out whole
+// (a HEAD response is all head): after StreamIdleTimeout the request is
+// recorded with flag SI and status 0, since no status reached the client,
+// as on the goroutine (sendHead).
+func TestLoopFlushHeadCut(t *testing.T) {
+	up := loopUpstream(t)
+	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up.addrPort())
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		return nil
+	}}
+	c, err := d.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	toLoop(t, c, br)
+	waitOnLoop(t, f.p)
+	for range loopAfter {
+		f.info(t)
+	}
+	f.p.mu.Lock()
+	for fc := range f.p.fast {
+		syscall.SetsockoptInt(fc.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 1) // the kernel's least
+	}
+	f.p.mu.Unlock()
+	go func() { // never read: the responses fill the client's socket
+		for range 2000 {
+			if _, err := io.WriteString(c, "HEAD /small HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		i := f.info(t)
+		if i.Flags == 0 {
+			if i.Status != 200 {
+				t.Fatalf("info %+v", i)
+			}
+			continue
+		}
+		if i.Flags != StreamIdleTimeout || i.Status != 0 {
+			t.Errorf("the cut response: flags %v, status %d; want SI, 0", i.Flags, i.Status)
+		}
+		break
+	}
+}
