@@ -80,6 +80,20 @@ func listenLoopback(t *testing.T) *net.TCPListener {
 }
 
 // connect returns both ends of a new connection to ln.
+// autoServer is a protocol-auto Server for the sniffing tests: a silent
+// client is sniffed up to 10 s, and the HTTP side records what it is given
+// (pooled: it holds a pooled connection to every destination, so none is
+// dialed while sniffing).
+func autoServer(obs Observer, pooled bool) *Server {
+	return New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
+		HTTP: &recordingL7{got: make(chan servedConn, 1), pooled: pooled}, SniffTimeout: 10 * time.Second, Observer: obs})
+}
+
+// accepted is srv as a listener hands it over: cli's connection, meant for dst.
+func accepted(cli, srv *net.TCPConn, dst netip.AddrPort) *listen.Conn {
+	return &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+}
+
 func connect(t *testing.T, ln *net.TCPListener) (client, server *net.TCPConn) {
 	t.Helper()
 	client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
@@ -130,7 +144,7 @@ func TestAutoPassesFailedPreDialToL7(t *testing.T) {
 		cli, srv := connect(t, ln)
 		io.WriteString(cli, req)
 		waitQueued(t, srv, len(req))
-		c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+		c := accepted(cli, srv, dst)
 		go handleAccepted(s, c)
 		select {
 		case got := <-l7.got:
@@ -176,7 +190,7 @@ func TestAutoDialsWhileSniffingOnlyWithoutPool(t *testing.T) {
 			cli, srv := connect(t, ln)
 			io.WriteString(cli, tc.first)
 			waitQueued(t, srv, len(tc.first))
-			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+			c := accepted(cli, srv, dst)
 			go handleAccepted(s, c)
 			accept := func() net.Conn {
 				t.Helper()
@@ -274,24 +288,22 @@ func TestL4EndedWithoutUpstream(t *testing.T) {
 	}
 	t.Run("client reset", func(t *testing.T) {
 		obs := &startObserver{doneObserver: doneObserver{done: make(chan L4Record, 1)}}
-		s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-			HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+		s := autoServer(obs, false)
 		cli, srv := connect(t, ln)
 		cli.SetLinger(0)
 		cli.Close()
 		if !fdtest.ResetWithin(srv, 5*time.Second) {
 			t.Fatal("the client's reset did not arrive within 5s")
 		}
-		go handleAccepted(s, &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst})
+		go handleAccepted(s, accepted(cli, srv, dst))
 		check(t, obs, "DC")
 		waitReleased(t, s)
 	})
 	t.Run("drain cut while sniffing", func(t *testing.T) {
 		obs := &startObserver{doneObserver: doneObserver{done: make(chan L4Record, 1)}}
-		s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-			HTTP: &recordingL7{got: make(chan servedConn, 1), pooled: true}, SniffTimeout: 10 * time.Second, Observer: obs})
+		s := autoServer(obs, true)
 		cli, srv := connect(t, ln)
-		c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+		c := accepted(cli, srv, dst)
 		s.open.Add(1)
 		s.conns.Add(1)
 		go s.handle(s.cur.Load(), c)
@@ -314,10 +326,9 @@ func TestAutoUpstreamResetWhileSniffing(t *testing.T) {
 	ln, up := listenLoopback(t), listenLoopback(t)
 	dst := up.Addr().(*net.TCPAddr).AddrPort()
 	obs := &doneObserver{done: make(chan L4Record, 1)}
-	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-		HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+	s := autoServer(obs, false)
 	cli, srv := connect(t, ln)
-	c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+	c := accepted(cli, srv, dst)
 	go handleAccepted(s, c)
 	up.SetDeadline(time.Now().Add(5 * time.Second))
 	uc, err := up.AcceptTCP()
@@ -358,12 +369,11 @@ func TestAutoClientResetWhileSniffing(t *testing.T) {
 	for _, first := range []string{"", "GE"} {
 		t.Run("sent "+strconv.Quote(first), func(t *testing.T) {
 			obs := &doneObserver{done: make(chan L4Record, 1)}
-			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-				HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+			s := autoServer(obs, false)
 			cli, srv := connect(t, ln)
 			io.WriteString(cli, first)
 			waitQueued(t, srv, len(first))
-			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+			c := accepted(cli, srv, dst)
 			go handleAccepted(s, c)
 			up.SetDeadline(time.Now().Add(5 * time.Second))
 			uc, err := up.AcceptTCP() // the connect made while sniffing
@@ -402,15 +412,14 @@ func TestAutoClientResetBeforeSniff(t *testing.T) {
 	ln, up := listenLoopback(t), listenLoopback(t)
 	dst := up.Addr().(*net.TCPAddr).AddrPort()
 	obs := &doneObserver{done: make(chan L4Record, 1)}
-	s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-		HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs})
+	s := autoServer(obs, false)
 	cli, srv := connect(t, ln)
 	cli.SetLinger(0)
 	cli.Close()
 	if !fdtest.ResetWithin(srv, 5*time.Second) {
 		t.Fatal("the client's reset did not arrive within 5s")
 	}
-	c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+	c := accepted(cli, srv, dst)
 	go handleAccepted(s, c)
 	select {
 	case rec := <-obs.done:
@@ -442,10 +451,9 @@ func TestAutoDrainCutsSniffing(t *testing.T) {
 			ln, up := listenLoopback(t), listenLoopback(t)
 			dst := up.Addr().(*net.TCPAddr).AddrPort()
 			obs := &doneObserver{done: make(chan L4Record, 1)}
-			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: ProtocolAuto,
-				HTTP: &recordingL7{got: make(chan servedConn, 1), pooled: pooled}, SniffTimeout: 10 * time.Second, Observer: obs})
+			s := autoServer(obs, pooled)
 			cli, srv := connect(t, ln)
-			c := &listen.Conn{TCPConn: srv, FD: -1, Client: cli.LocalAddr().(*net.TCPAddr).AddrPort(), OrigDst: dst}
+			c := accepted(cli, srv, dst)
 			s.open.Add(1) // counted before Shutdown waits for it, as the accept loop does
 			s.conns.Add(1)
 			go s.handle(s.cur.Load(), c)
