@@ -27,7 +27,6 @@ type bodyPump struct {
 	rest int64
 
 	handed   atomic.Int64 // body bytes read from the client and handed to the upstream's write
-	written  atomic.Int64 // body bytes the upstream took
 	stopping atomic.Bool  // stop interrupts the copy: its error is neither side's
 	done     chan struct{}
 	err      error // the copy's error (errClientBody: the client's side), read after done
@@ -94,7 +93,7 @@ func (b *bodyPump) copy() error {
 	if sit <= 0 {
 		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
 	}
-	_, rerr, werr := copyN(countingWriter{up, &b.handed, &b.written}, fc.c, b.rest, fc.p.copyBufs, func() bool {
+	_, rerr, werr := copyN(handingWriter{up, &b.handed}, fc.c, b.rest, fc.p.copyBufs, func() bool {
 		if sit > 0 {
 			dl := time.Now().Add(sit)
 			up.SetWriteDeadline(dl)
@@ -210,15 +209,15 @@ func (fc *fastConn) endBody() (clientClean, upstreamTook bool) {
 	return b.handed.Load() == b.rest && !errors.Is(b.err, errClientBody), b.err == nil
 }
 
-// countingWriter counts the bytes handed to w and those it took.
-type countingWriter struct {
-	w               io.Writer
-	handed, written *atomic.Int64
+// handingWriter counts the bytes handed to w before the write: once the
+// whole body is counted, the client's stream is at the next request,
+// whatever the write then does.
+type handingWriter struct {
+	w      io.Writer
+	handed *atomic.Int64
 }
 
-func (c countingWriter) Write(p []byte) (int, error) {
+func (c handingWriter) Write(p []byte) (int, error) {
 	c.handed.Add(int64(len(p)))
-	n, err := c.w.Write(p)
-	c.written.Add(int64(n))
-	return n, err
+	return c.w.Write(p)
 }

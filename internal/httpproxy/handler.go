@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -667,13 +668,11 @@ func (r *recorder) WriteHeader(code int) {
 		// hop-by-hop ones and those its Connection names, as for a final
 		// response (and as the fast path does).
 		h := r.Header()
+		conn := h["Connection"]
 		for k := range h {
-			if named(h["Connection"], k) {
+			if slices.Contains(hopByHop, k) || named(conn, k) {
 				delete(h, k)
 			}
-		}
-		for _, k := range hopByHop {
-			delete(h, k)
 		}
 	}
 	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {

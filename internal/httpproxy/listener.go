@@ -73,7 +73,8 @@ func (c *downConn) Read(p []byte) (int, error) {
 // path's body copy does, so that a stalled upload does not hold the
 // request and its upstream connection forever (Envoy's
 // stream_idle_timeout). net/http cancels the request at the read error:
-// the upstream request is aborted, the client gets no answer (flag DC).
+// the upstream request is aborted, and the handler answers 408 (flag SI,
+// bodyStalled).
 // A deadline net/http set (an aborted background read) is left alone.
 func (c *downConn) readBody(p []byte) (int, error) {
 	c.dlMu.Lock()
@@ -121,10 +122,11 @@ func (c *downConn) SetDeadline(t time.Time) error {
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	err := c.Conn.SetWriteDeadline(t)
-	if rerr := c.Conn.SetReadDeadline(c.clampHead(t)); err == nil {
+	rt := c.clampHead(t)
+	if rerr := c.Conn.SetReadDeadline(rt); err == nil {
 		err = rerr
 	}
-	c.g.setDeadline(c.clampHead(t))
+	c.g.setDeadline(rt)
 	return err
 }
 
