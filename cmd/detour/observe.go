@@ -177,11 +177,7 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 			return true
 		}
 		c := &cur[i]
-		c.Requests += h.Requests
-		c.Connects += h.Connects
-		c.Reuses += h.Reuses
-		c.OnLoop += h.OnLoop
-		c.ConnectFailures += h.ConnectFailures
+		addCounters(c, h)
 		if gauges {
 			c.Active += h.Active
 			c.Open += h.Open
@@ -196,9 +192,8 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 		return true
 	}
 	for _, r := range o.old {
-		now := map[string]httpproxy.HostInfo{}
-		for _, h := range r.p.Hosts() {
-			now[h.Key()] = h
+		now := byHostKey(r.p.Hosts())
+		for _, h := range now {
 			add(h, true)
 		}
 		for k, h := range r.last {
@@ -218,6 +213,24 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 	return cur
 }
 
+// addCounters adds h's counters (not its gauges) to c's.
+func addCounters(c *httpproxy.HostInfo, h httpproxy.HostInfo) {
+	c.Requests += h.Requests
+	c.Connects += h.Connects
+	c.Reuses += h.Reuses
+	c.OnLoop += h.OnLoop
+	c.ConnectFailures += h.ConnectFailures
+}
+
+// byHostKey indexes hosts by HostInfo.Key.
+func byHostKey(hosts []httpproxy.HostInfo) map[string]httpproxy.HostInfo {
+	m := make(map[string]httpproxy.HostInfo, len(hosts))
+	for _, h := range hosts {
+		m[h.Key()] = h
+	}
+	return m
+}
+
 // carryLocked keeps the counters of a host that a replaced cluster no
 // longer lists; o.hostsMu is held.
 func (o *observability) carryLocked(h httpproxy.HostInfo) {
@@ -225,11 +238,7 @@ func (o *observability) carryLocked(h httpproxy.HostInfo) {
 	if !ok {
 		c = httpproxy.HostInfo{Dst: h.Dst, Client: h.Client}
 	}
-	c.Requests += h.Requests
-	c.Connects += h.Connects
-	c.Reuses += h.Reuses
-	c.OnLoop += h.OnLoop
-	c.ConnectFailures += h.ConnectFailures
+	addCounters(&c, h)
 	c.LastUsed = time.Now() // when carried: forgotten o.expire after, unless live again
 	o.carried[h.Key()] = c
 }
@@ -239,11 +248,7 @@ func (o *observability) carryLocked(h httpproxy.HostInfo) {
 func (o *observability) replaceL7(old, next *httpproxy.Proxy) {
 	o.hostsMu.Lock()
 	defer o.hostsMu.Unlock()
-	r := &oldL7{p: old, last: map[string]httpproxy.HostInfo{}}
-	for _, h := range old.Hosts() {
-		r.last[h.Key()] = h
-	}
-	o.old = append(o.old, r)
+	o.old = append(o.old, &oldL7{p: old, last: byHostKey(old.Hosts())})
 	o.l7.Store(next)
 }
 
@@ -256,10 +261,7 @@ func (o *observability) retired(old *httpproxy.Proxy) {
 		if r.p != old {
 			continue
 		}
-		final := map[string]httpproxy.HostInfo{}
-		for _, h := range old.Hosts() {
-			final[h.Key()] = h
-		}
+		final := byHostKey(old.Hosts())
 		for k, h := range r.last {
 			if f, ok := final[k]; ok {
 				h = f // counted on since
