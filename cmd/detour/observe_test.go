@@ -96,16 +96,7 @@ func TestReloadKeepsHostCounters(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
 	t.Cleanup(up.Close)
 	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
-	cfg := &config.Config{Admin: "off"}
-	if err := cfg.Finish(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
-	o, err := startObservability(cfg, new(slog.LevelVar), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.close)
+	cfg, o, log := quietObservability(t, &config.Config{Admin: "off"})
 	dialer := newDialer(cfg)
 	newProxy := func() (*httpproxy.Proxy, string) { // and the address that serves through it
 		p, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
@@ -186,16 +177,7 @@ func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
 	}))
 	t.Cleanup(up.Close)
 	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
-	cfg := &config.Config{Admin: "off", Drain: config.Duration(50 * time.Millisecond)}
-	if err := cfg.Finish(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
-	o, err := startObservability(cfg, new(slog.LevelVar), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.close)
+	cfg, o, log := quietObservability(t, &config.Config{Admin: "off", Drain: config.Duration(50 * time.Millisecond)})
 	dialer := newDialer(cfg)
 	p1, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
 	if err != nil {
@@ -234,4 +216,20 @@ func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
 	}
 	cutEnd() // the drain at exit
 	d.drains.Wait()
+}
+
+// quietObservability finishes cfg and starts its observability with a
+// logger that discards, closed when the test ends.
+func quietObservability(t *testing.T, cfg *config.Config) (*config.Config, *observability, *slog.Logger) {
+	t.Helper()
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	o, err := startObservability(cfg, new(slog.LevelVar), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	return cfg, o, log
 }
