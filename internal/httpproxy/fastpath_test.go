@@ -510,15 +510,7 @@ func TestEarlyResponseRelayed(t *testing.T) {
 			}) // closed with the body unread: the kernel resets the connection
 			f := newFront(t, Options{}, up)
 			c, br := f.raw(t)
-			go func() {
-				fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-				chunk := make([]byte, 64<<10)
-				for range 1024 {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
+			go upload(c, "POST /upload", 64<<20)
 			res, body := readResponse(t, br, "POST")
 			if res.StatusCode != tt.wantStatus || !regexp.MustCompile("^"+tt.wantBody+"$").MatchString(body) || !res.Close {
 				t.Fatalf("got %d %q (close %v), want %d %q with Connection: close", res.StatusCode, body, res.Close, tt.wantStatus, tt.wantBody)
@@ -608,15 +600,7 @@ func TestResponseWhileBodyStreams(t *testing.T) {
 			// Far from the stream idle timeout (5 min) that a blocked
 			// body write would wait for.
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			go func() {
-				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", bodySize)
-				chunk := make([]byte, 64<<10)
-				for range bodySize / len(chunk) {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
+			go upload(c, "PUT /up", bodySize)
 			res, err := http.ReadResponse(br, &http.Request{Method: "PUT"})
 			if err != nil {
 				t.Fatal(err)
@@ -712,15 +696,7 @@ func TestUpstreamResetMidBody(t *testing.T) {
 		})
 		f := newFront(t, Options{DisableFastPath: !fast}, up)
 		c, br := f.raw(t)
-		go func() {
-			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-			chunk := make([]byte, 64<<10)
-			for range 1024 {
-				if _, err := c.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
+		go upload(c, "PUT /up", 64<<20)
 		res, _ := readResponse(t, br, "PUT")
 		if res.StatusCode != http.StatusServiceUnavailable || !res.Close {
 			t.Errorf("got %d (close %v), want 503 with Connection: close", res.StatusCode, res.Close)
@@ -895,15 +871,7 @@ func TestEarlyAnswerFromClosingUpstream(t *testing.T) {
 		t.Cleanup(func() { close(release) }) // before rawUpstream's, which waits for it
 		f := newFront(t, Options{DisableFastPath: !fast}, up)
 		c, br := f.raw(t)
-		go func() {
-			fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", 64<<20)
-			chunk := make([]byte, 64<<10)
-			for range 1024 {
-				if _, err := c.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
+		go upload(c, "PUT /up", 64<<20)
 		res, body := readResponse(t, br, "PUT")
 		if res.StatusCode != 200 || body != "ok" || !res.Close {
 			t.Errorf("got %d %q (close %v), want 200 \"ok\" with Connection: close", res.StatusCode, body, res.Close)

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -163,6 +164,19 @@ func rawUpstream(t testing.TB, fn func(net.Conn)) netip.AddrPort {
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// upload sends a request (method and target, "PUT /up") with a body of
+// size zero bytes (a multiple of 64 KiB) on c, until c fails: a client
+// that goes on sending while the answer may already be on its way.
+func upload(c net.Conn, request string, size int) {
+	fmt.Fprintf(c, "%s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", request, size)
+	chunk := make([]byte, 64<<10)
+	for range size / len(chunk) {
+		if _, err := c.Write(chunk); err != nil {
+			return
+		}
+	}
 }
 
 // onBothPaths runs f as two subtests: on the fast path, and on the
