@@ -206,6 +206,10 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 		break
 	}
 
+	// No listener serves any more (detour_listeners, /status: Shutdown
+	// closes them first), told before /ready turns 503, so that an
+	// observer who sees the drain sees both.
+	d.obs.listening(nil)
 	d.obs.draining()
 	// New connections pass directly while the open ones drain (a NAT
 	// redirect would send them into the closed listeners).
@@ -224,7 +228,6 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	// requests in flight while the accept loops stop and L4 streams finish.
 	httpDrained := make(chan error, 1)
 	go func() { httpDrained <- d.l7.Shutdown(drainCtx) }()
-	d.obs.listening(nil) // Shutdown closes them first: none serves (detour_listeners, /status)
 	if derr := d.srv.Shutdown(drainCtx); derr != nil {
 		log.Warn(derr.Error())
 	}
