@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -146,6 +147,12 @@ func CheckOwnerDir() error {
 func lockFile(path string) (*os.File, error) {
 	for {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if errors.Is(err, fs.ErrPermission) {
+			if err := removeStale(path, err); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -168,6 +175,38 @@ func lockFile(path string) (*os.File, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 		return f, nil
 	}
+}
+
+// removeStale removes the lock file at path that this process may not
+// write (openErr): one a killed run of another user left, such as root's
+// in a directory given to detour's user since (install -d -o USER).
+// Removing it is what that run's Release would have done. A live holder
+// is ErrOwned, as in lockFile: an flock needs only read access. When path
+// cannot be read or removed either, the error says to remove it by hand.
+func removeStale(path string, openErr error) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return openErr // the directory is what may not be written
+	}
+	if err != nil {
+		return fmt.Errorf("%w (a run as another user left it: remove it, sudo rm %s)", openErr, path)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b, _ := io.ReadAll(f)
+			return fmt.Errorf("%w (pid %s)", ErrOwned, strings.TrimSpace(string(b)))
+		}
+		return err
+	}
+	// Held while it goes: whoever opened it before us finds, once its
+	// lock comes, that the name is no longer that file (lockFile retries).
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		var st unix.Stat_t
+		unix.Fstat(int(f.Fd()), &st)
+		return fmt.Errorf("a killed run as uid %d left it, and this user may not remove it (%v): remove it, sudo rm %s", st.Uid, errors.Unwrap(err), path)
+	}
+	return nil
 }
 
 // Release gives the holds up. Safe on nil and twice.

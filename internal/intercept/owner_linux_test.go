@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -103,5 +104,72 @@ func TestOwnWithoutWriteAccess(t *testing.T) {
 	}
 	if checkErr == nil {
 		t.Errorf("CheckOwnerDir without write access to the lock directory: no error")
+	}
+}
+
+// TestOwnReplacesAnotherUsersStaleLock: a lock file that a killed root run
+// left in a lock directory given to detour's user since (install -d -o
+// USER) is removed and taken, as that run's exit would have removed it;
+// held by a live run, it is that run's (ErrOwned, with its pid); where the
+// user may not remove it (a sticky directory of root's), the error says to
+// remove it. Before, each said only "permission denied".
+func TestOwnReplacesAnotherUsersStaleLock(t *testing.T) {
+	a := newNS(t)
+	ino, err := netnsInode(a.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		dirMode  os.FileMode
+		dirUID   int
+		liveRoot bool // a root run holds the lock
+		want     string
+	}{
+		{"stale_in_users_dir", 0o755, 65534, false, ""},
+		{"held_by_live_root_run", 0o755, 65534, true, fmt.Sprintf("owned by another detour (pid %d)", os.Getpid())},
+		{"stale_in_sticky_root_dir", 0o777 | os.ModeSticky, 0, false, "sudo rm "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tempOwnerDir(t)
+			// The test's temp directories are root's 0700: let nobody in.
+			for d := OwnerDir; d != os.TempDir(); d = filepath.Dir(d) {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Chmod(OwnerDir, tc.dirMode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(OwnerDir, tc.dirUID, tc.dirUID); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(OwnerDir, fmt.Sprintf("netns-%d-table-detour.lock", ino))
+			if tc.liveRoot {
+				w, err := Own(inNS(Options{Mode: ModeRedirect}, a))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Release()
+			} else if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var w *Owner
+			asNobody(func() { w, err = Own(inNS(Options{Mode: ModeRedirect}, a)) })
+			defer w.Release()
+			if tc.want == "" {
+				var st unix.Stat_t
+				if err != nil {
+					t.Fatalf("Own as nobody over a stale root lock: %v", err)
+				}
+				if serr := unix.Stat(path, &st); serr != nil || st.Uid != 65534 {
+					t.Errorf("lock file after Own: uid %d, %v; want nobody's new file", st.Uid, serr)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Own as nobody: %v; want an error saying %q", err, tc.want)
+			}
+		})
 	}
 }
