@@ -79,7 +79,7 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 	}
 	o.alog, err = accesslog.Open(accesslog.Options{Path: cfg.AccessLog, Format: accesslog.Format(cfg.AccessLogFormat), Logger: log})
 	if err != nil {
-		return nil, err
+		return nil, configError{fmt.Errorf("access_log (--access-log): %w (give a file detour's user may create or append to, in a directory that exists; or stdout, or off)", err)}
 	}
 	if o.alog != nil {
 		log.Info("access log", "path", cfg.AccessLog, "format", cfg.AccessLogFormat)

@@ -89,10 +89,21 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer signal.Stop(hup)
 	if err := run(ctx, hard, cfg, f.load, hup, stderr); err != nil {
 		fmt.Fprintf(stderr, "detour run: %v\n", err)
+		if errors.As(err, new(configError)) {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	return exitOK
 }
+
+// configError is a start-up failure that a value of the configuration
+// causes and only another value fixes (an access log path that cannot be
+// opened): exit 2, as for the errors f.load finds, not 1, which says that
+// something at run time went wrong.
+type configError struct{ error }
+
+func (e configError) Unwrap() error { return e.error }
 
 // daemon is one run's moving parts; reload swaps some of them.
 type daemon struct {
@@ -129,7 +140,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	log := d.log
 	if cfg.Nice != 0 {
 		if err := nice.Set(cfg.Nice); err != nil {
-			return err
+			return configError{err}
 		}
 	}
 	if err := tcpproxy.SetLoops(cfg.TCP.Loops); err != nil {
