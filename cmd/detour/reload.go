@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -40,11 +42,14 @@ func restartOnly(cur, next *config.Config) []string {
 // before the rules change and old ones close after, so diverted traffic
 // always has a socket; the rules are replaced in one atomic batch; new
 // connections get the new settings while open ones continue untouched. On
-// any error nothing changes.
-func (d *daemon) reload(reread func() (*config.Config, error)) error {
+// any error nothing changes, and nothing does once stopping is done.
+func (d *daemon) reload(stopping context.Context, reread func() (*config.Config, error)) error {
 	next, err := reread()
 	if err != nil {
 		return err
+	}
+	if stopping.Err() != nil {
+		return errStopping
 	}
 	if keys := restartOnly(d.cfg, next); len(keys) > 0 {
 		return fmt.Errorf("%s cannot change without a restart", strings.Join(keys, ", "))
@@ -63,6 +68,13 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 			closeNew(lns, cur)
 			return err
 		}
+	}
+	if stopping.Err() != nil { // the stop came while the new parts opened
+		closeNew(lns, cur)
+		if l7 != nil {
+			l7.Close()
+		}
+		return errStopping
 	}
 	rulesChanged := !reflect.DeepEqual(interceptOptions(d.cfg), interceptOptions(next))
 	if rulesChanged {
@@ -93,6 +105,11 @@ func (d *daemon) reload(reread func() (*config.Config, error)) error {
 		"ports", next.Intercept.Ports, "protocol", next.Protocol)
 	return nil
 }
+
+// errStopping is a reload's answer when the stop (SIGINT, SIGTERM) began
+// before it changed anything: the drain must not wait for it, nor find
+// rules it installed after the stop.
+var errStopping = errors.New("detour is stopping")
 
 // replaceL7 makes l7 the HTTP side of new connections. The old one closes
 // its idle keep-alive connections now, as HTTP allows between requests;

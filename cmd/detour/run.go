@@ -197,24 +197,30 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	log.Handler().Handle(context.Background(), ready)
 
 	// The rules are checked here, between signals, so a check never
-	// races a reload's install, and never runs once the drain began.
+	// races a reload's install, and never runs once the drain began. A
+	// stop goes first: select picks at random among ready cases, and a
+	// SIGHUP just before the SIGTERM would otherwise be served first,
+	// delaying the stop by a reload and installing rules it then drains.
 	check := time.NewTicker(time.Duration(d.cfg.Intercept.CheckInterval))
 	defer check.Stop()
-	for {
+	for ctx.Err() == nil {
 		select {
 		case <-hup:
-			if err := d.reload(reread); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if err := d.reload(ctx, reread); errors.Is(err, errStopping) {
+				log.Info("SIGHUP: reload abandoned: detour is stopping")
+				break
+			} else if err != nil {
 				log.Error("SIGHUP: reload rejected; still running the previous configuration", "err", err)
 			}
 			check.Reset(time.Duration(d.cfg.Intercept.CheckInterval))
-			d.ensureRules("SIGHUP")
-			continue
+			d.ensureRules(ctx, "SIGHUP")
 		case <-check.C:
-			d.ensureRules("periodic check")
-			continue
+			d.ensureRules(ctx, "periodic check")
 		case <-ctx.Done():
 		}
-		break
 	}
 
 	// No listener serves any more (detour_listeners, /status: Shutdown
@@ -336,9 +342,10 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 
 // ensureRules puts back the rules when part of them vanished under the run
 // (a firewall reload's `nft flush ruleset`): traffic would bypass detour
-// with no error anywhere. Drained rules (no ports) are left as they are.
-func (d *daemon) ensureRules(why string) {
-	if d.rules == nil || len(d.cfg.Intercept.Ports) == 0 {
+// with no error anywhere. Drained rules (no ports) are left as they are,
+// and so is everything once the stop began.
+func (d *daemon) ensureRules(stopping context.Context, why string) {
+	if d.rules == nil || len(d.cfg.Intercept.Ports) == 0 || stopping.Err() != nil {
 		return
 	}
 	missing, err := intercept.Ensure(*d.rules)
