@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/detour-proxy/detour/internal/intercept"
 )
@@ -76,6 +77,9 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 			return exitFailure
 		}
 		fmt.Fprintf(stdout, "installed %s rules (table inet %s); remove them with `%s`\n", o.Mode, o.TableName, cleanCommand(o))
+		if kept, _ := intercept.Kept(o); len(kept) > 0 {
+			fmt.Fprintf(stdout, "used, and left in place by clean, policy routing detour did not add: %s\n", strings.Join(kept, "; "))
+		}
 	case "clean":
 		if err := whileOwning(o, intercept.Clean); err != nil {
 			fmt.Fprintf(stderr, "detour rules clean: %v\n", err)

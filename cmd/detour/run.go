@@ -336,6 +336,9 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	}
 	d.rules = &o
 	d.log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+o.TableName)
+	if kept, _ := intercept.Kept(o); len(kept) > 0 {
+		d.log.Info("policy routing that was already in place is used and will be left as it is at exit: detour did not add it", "kept", strings.Join(kept, "; "))
+	}
 	d.obs.rules(cfg, admin.Rules{Installed: true})
 	return nil
 }

@@ -229,6 +229,17 @@ func Show(o Options) (string, error) {
 	return rs.String(), nil
 }
 
+// Kept names, as ip commands, the policy routing of o (and that its table
+// records) that is in place but was not added by detour: a rule or route
+// made by hand before detour ran, which Apply uses and Clean leaves.
+func Kept(o Options) ([]string, error) {
+	rs, err := read(o)
+	if err != nil {
+		return nil, err
+	}
+	return rs.keptText(), nil
+}
+
 // Installed reports whether any part of detour's interception is present.
 func Installed(o Options) (bool, error) {
 	rs, err := read(o)

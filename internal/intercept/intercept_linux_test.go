@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -272,13 +273,12 @@ func TestKernelCleanKeepsUnrelated(t *testing.T) {
 
 func TestKernelApplyAfterCrash(t *testing.T) {
 	n := newNS(t)
-	// Leftovers of an older run: a stale table with a different rule set
-	// made by hand, plus the policy routing for both families.
-	run(t, n, "nft", "add table inet detour; add chain inet detour prerouting { type filter hook prerouting priority mangle; }; add rule inet detour prerouting tcp dport 9999 drop; add chain inet detour output { type nat hook output priority -100; }")
-	run(t, n, "ip", "rule", "add", "fwmark", "0x1", "lookup", "100")
-	run(t, n, "ip", "-6", "rule", "add", "fwmark", "0x1", "lookup", "100")
-	run(t, n, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
-	run(t, n, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
+	// Leftovers of a killed run: its policy routing for both families,
+	// under a stale table with a different rule set (made by hand).
+	if err := Apply(inNS(goldenCases()[0].opts, n)); err != nil {
+		t.Fatal(err)
+	}
+	run(t, n, "nft", "delete table inet detour; add table inet detour; add chain inet detour prerouting { type filter hook prerouting priority mangle; }; add rule inet detour prerouting tcp dport 9999 drop; add chain inet detour output { type nat hook output priority -100; }")
 
 	o := inNS(goldenCases()[1].opts, n) // IPv4 only
 	if err := Apply(o); err != nil {
@@ -304,6 +304,64 @@ func TestKernelApplyAfterCrash(t *testing.T) {
 	want, _ = Render(r)
 	if shown, err := Show(r); err != nil || shown != want {
 		t.Fatalf("after switching modes, Show = %v\n%s\nwant\n%s", err, shown, want)
+	}
+}
+
+// TestKernelKeepsHandMadePolicy: the tutorials' own `ip rule add fwmark
+// 0x1 lookup 100` and local route, made before detour ran, are used as
+// they are, shown as not detour's, and still there, unchanged, after
+// Clean (also after Drain, a second Apply and an Ensure that put back
+// the IPv6 rule someone removed: that one is detour's and goes). They
+// used to be taken for detour's and removed at exit.
+func TestKernelKeepsHandMadePolicy(t *testing.T) {
+	n := newNS(t)
+	run(t, n, "ip", "rule", "add", "fwmark", "0x1", "lookup", "100")
+	run(t, n, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	run(t, n, "ip", "-6", "rule", "add", "fwmark", "0x1", "lookup", "100")
+	before := snapshot(t, n)
+	o := inNS(goldenCases()[0].opts, n) // dual stack, mark 0x1, table 100
+	if err := Apply(o); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := Kept(o)
+	want := []string{"ip rule add fwmark 0x1 lookup 100", "ip route add local 0.0.0.0/0 dev lo table 100", "ip -6 rule add fwmark 0x1 lookup 100"}
+	if err != nil || !slices.Equal(kept, want) {
+		t.Errorf("Kept = %q, %v; want %q", kept, err, want)
+	}
+	if shown, _ := Show(o); !strings.Contains(shown, "ip rule add fwmark 0x1 lookup 100\t# not detour's") ||
+		!strings.Contains(shown, "ip -6 route add local ::/0 dev lo table 100\n") {
+		t.Errorf("Show does not say which policy routing is not detour's:\n%s", shown)
+	}
+	if c := strings.Count(run(t, n, "ip", "rule"), "fwmark 0x1 lookup 100"); c != 1 {
+		t.Errorf("%d fwmark rules, want the hand-made one only", c)
+	}
+	if missing, err := Missing(o); err != nil || len(missing) > 0 {
+		t.Errorf("Missing = %q, %v; the hand-made parts serve as well", missing, err)
+	}
+	run(t, n, "ip", "-6", "rule", "del", "fwmark", "0x1", "lookup", "100")
+	if missing, err := Ensure(o); err != nil || !slices.Equal(missing, []string{"ip -6 rule add fwmark 0x1 lookup 100"}) {
+		t.Errorf("Ensure after the IPv6 rule went = %q, %v", missing, err)
+	}
+	if err := Drain(o); err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(o); err != nil {
+		t.Fatal(err)
+	}
+	if err := Clean(o); err != nil {
+		t.Fatal(err)
+	}
+	// Ensure's IPv6 rule went with Clean; the hand-made one the test
+	// removed comes back as it was, and all is as before Apply.
+	if got := run(t, n, "ip", "-6", "rule"); strings.Contains(got, "fwmark") {
+		t.Errorf("the IPv6 rule Ensure added survived Clean:\n%s", got)
+	}
+	run(t, n, "ip", "-6", "rule", "add", "fwmark", "0x1", "lookup", "100")
+	if after := snapshot(t, n); after != before {
+		t.Errorf("Clean changed what detour did not add\n--- before Apply\n%s--- after Clean\n%s", before, after)
+	}
+	if ok, err := Installed(o); ok || err != nil {
+		t.Errorf("Installed with only hand-made policy routing = %v, %v; want false", ok, err)
 	}
 }
 

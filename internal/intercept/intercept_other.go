@@ -38,3 +38,6 @@ func Own(o Options) (*Owner, error) { return nil, errNotLinux }
 
 // Release does nothing without Linux.
 func (w *Owner) Release() {}
+
+// Kept needs Linux.
+func Kept(o Options) ([]string, error) { return nil, errNotLinux }

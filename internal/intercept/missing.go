@@ -45,13 +45,14 @@ func missingParts(want, got ruleset) []string {
 			}
 		}
 	}
+	// Policy routing detour did not add serves as well as its own.
 	for _, r := range want.rules {
-		if !slices.Contains(got.rules, r) {
+		if !slices.ContainsFunc(got.rules, func(g ipRule) bool { g.kept = false; return g == r }) {
 			out = append(out, ruleset{rules: []ipRule{r}}.policyText())
 		}
 	}
 	for _, r := range want.routes {
-		if !slices.Contains(got.routes, r) {
+		if !slices.ContainsFunc(got.routes, func(g localRoute) bool { g.kept = false; return g == r }) {
 			out = append(out, ruleset{routes: []localRoute{r}}.policyText())
 		}
 	}

@@ -60,7 +60,7 @@ func (rs ruleset) policy() string {
 				if r.mask != 0xffffffff {
 					mark += fmt.Sprintf("/%#x", r.mask)
 				}
-				fmt.Fprintf(&b, "%s rule add fwmark %s lookup %d\n", ip, mark, r.table)
+				fmt.Fprintf(&b, "%s rule add fwmark %s lookup %d%s\n", ip, mark, r.table, keptNote(r.kept))
 			}
 		}
 		for _, r := range rs.routes {
@@ -69,11 +69,20 @@ func (rs ruleset) policy() string {
 				if v6 {
 					dst = "::/0"
 				}
-				fmt.Fprintf(&b, "%s route add local %s dev lo table %d\n", ip, dst, r.table)
+				fmt.Fprintf(&b, "%s route add local %s dev lo table %d%s\n", ip, dst, r.table, keptNote(r.kept))
 			}
 		}
 	}
 	return b.String()
+}
+
+// keptNote marks, in Show's text, a rule or route detour uses but did not
+// add: it was there before, and stays when detour's rules go.
+func keptNote(kept bool) string {
+	if !kept {
+		return ""
+	}
+	return "\t# not detour's: there before it, used and never removed"
 }
 
 // priorityName prints a chain priority the way nft does: by its standard

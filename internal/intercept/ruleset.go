@@ -34,12 +34,14 @@ type ipRule struct {
 	mark  uint32
 	mask  uint32
 	table int
+	kept  bool // read back: there, but not added by detour (see protoDetour)
 }
 
 // localRoute is `ip route add local 0.0.0.0/0 dev lo table table`.
 type localRoute struct {
 	v6    bool
 	table int
+	kept  bool // as ipRule's
 }
 
 // stmt is one nft statement of a rule, in the order the kernel runs them.
@@ -335,6 +337,31 @@ func sortedUnique[T interface{ ~string | ~uint16 | ~uint32 }](xs []T) []T {
 	return slices.Compact(out)
 }
 
+// empty reports whether rs holds nothing detour installed: policy routing
+// it did not add does not count.
 func (rs ruleset) empty() bool {
-	return rs.table == "" && len(rs.rules) == 0 && len(rs.routes) == 0
+	return rs.table == "" && !slices.ContainsFunc(rs.rules, func(r ipRule) bool { return !r.kept }) &&
+		!slices.ContainsFunc(rs.routes, func(r localRoute) bool { return !r.kept })
+}
+
+// keptText is the policy routing of rs that detour did not add, a line
+// per rule or route as policyText prints it.
+func (rs ruleset) keptText() []string {
+	var kept ruleset
+	for _, r := range rs.rules {
+		if r.kept {
+			r.kept = false // the command, without Show's note
+			kept.rules = append(kept.rules, r)
+		}
+	}
+	for _, r := range rs.routes {
+		if r.kept {
+			r.kept = false
+			kept.routes = append(kept.routes, r)
+		}
+	}
+	if kept.empty() {
+		return nil
+	}
+	return strings.Split(kept.policyText(), "\n")
 }
