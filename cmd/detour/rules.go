@@ -15,8 +15,9 @@ const rulesHelp = `Usage: detour rules apply|clean|show [-c detour.yaml] [flags]
           --dry-run prints them instead
   clean   remove exactly what detour installed; succeeds when nothing is there;
           also the policy routing the table records, whatever --tproxy-mark
-          and --route-table say (unless a running detour holds it); with
-          --mode redirect, only that
+          and --route-table say (unless a running detour holds it: then it
+          says so, and removes the table all the same); with --mode
+          redirect, only that
   show    print what is installed, in nft syntax, with the policy routes
           (in tproxy mode those of the flags; in both, those the table
           records)
@@ -81,11 +82,18 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "used, and left in place by clean, policy routing detour did not add: %s\n", strings.Join(kept, "; "))
 		}
 	case "clean":
-		if err := whileOwning(o, intercept.Clean); err != nil {
-			fmt.Fprintf(stderr, "detour rules clean: %v\n", err)
+		// Only the table is held throughout: the mark and route table a
+		// killed run's table shares with a live detour of another table
+		// are that one's, and stay (inUse), while the table goes.
+		inUse, err := intercept.CleanUnowned(o)
+		if err != nil {
+			fmt.Fprintf(stderr, "detour rules clean: %v\n", ownedHint(err))
 			return exitFailure
 		}
 		fmt.Fprintln(stdout, "removed detour's rules (if any)")
+		for _, p := range inUse {
+			fmt.Fprintf(stdout, "left the policy routing %s: a running detour uses it, and removes it when it exits\n", p)
+		}
 	case "show":
 		text, err := intercept.Show(o)
 		if err != nil {

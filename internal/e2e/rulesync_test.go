@@ -178,3 +178,40 @@ func TestDrainShowsRulesDrained(t *testing.T) {
 		t.Fatal("detour still running 10s after its last connection ended")
 	}
 }
+
+// TestRulesCleanBesideALiveRun: `rules clean` removes a killed run's
+// table (here `rules apply`'s) while a live detour of another table holds
+// the mark and route table both use, and leaves the live one's rules and
+// that shared policy routing as they are, saying so. It used to take the
+// mark and route table's locks up front and refuse the whole clean
+// ("route table 100 ... owned by another detour"), leaving only
+// `--mode redirect` as a way out.
+func TestRulesCleanBesideALiveRun(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxcbl")
+	before := snapshot(t, n.Router)
+	if out, err := detourCmd(t, n.Router, "rules", "apply", "--intercept-port", "81"); err != nil {
+		t.Fatalf("rules apply: %v\n%s", err, out)
+	}
+	live := startDetour(t, n.Router, "--mode", "tproxy", "--intercept-port", "80", "--admin", "off", "--protocol", "tcp",
+		"--table-name", "live", "--listen", "0.0.0.0:15011", "--listen", "[::]:15011")
+	waitLog(t, live.Output, "rules installed", 1)
+	out, err := detourCmd(t, n.Router, "rules", "clean")
+	if err != nil || !strings.Contains(out, "left the policy routing fwmark 0x1 lookup 100") {
+		t.Fatalf("rules clean beside a live run of another table: %v\n%s", err, out)
+	}
+	if s := snapshot(t, n.Router); strings.Contains(s, "table inet detour") {
+		t.Errorf("the killed run's table is still there:\n%s", s)
+	}
+	// Render prints what the live run installed; show must read it all back.
+	want, _ := detourCmd(t, n.Router, "rules", "apply", "--dry-run", "--intercept-port", "80", "--table-name", "live", "--listen", "0.0.0.0:15011", "--listen", "[::]:15011")
+	if shown, err := detourCmd(t, n.Router, "rules", "show", "--table-name", "live"); err != nil || shown != want || !strings.Contains(shown, "ip -6 route add local ::/0 dev lo table 100") {
+		t.Errorf("the live run's rules changed (%v):\n%s\nwant:\n%s", err, shown, want)
+	}
+	if err := live.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("left after the live run's exit:\n%s\nwant:\n%s", after, before)
+	}
+}

@@ -41,7 +41,8 @@ func apply(o Options, cleanOnFail bool) error {
 		if cleanOnFail {
 			// The table that recorded prev is gone: clean them now or
 			// nothing will find them again.
-			err = errors.Join(err, clean(o, prev))
+			_, cerr := clean(o, prev, true)
+			err = errors.Join(err, cerr)
 		}
 		return err
 	}
@@ -138,28 +139,30 @@ func applyPolicy(o Options, rs ruleset, stale []policyPair) error {
 	}
 	var errs []error
 	for _, pp := range append(o.ownPairs(), stale...) {
-		errs = append(errs, removePolicy(o, p, pp, rs))
+		_, err := removePolicy(o, p, pp, rs, true)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
 // removePolicy removes pp's rules and routes that rs does not have. Policy
 // routing whose mark or route table a live detour holds (see ownPolicy) is
-// in use, not left over, and stays.
-func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
+// in use, not left over, and stays: then it returns why. owning says
+// whether the caller holds Own(o).
+func removePolicy(o Options, p *policy, pp policyPair, rs ruleset, owning bool) (inUse error, err error) {
 	keepRule := func(v6 bool) bool {
 		return slices.Contains(rs.rules, ipRule{v6: v6, mark: pp.mark, mask: 0xffffffff, table: pp.table})
 	}
 	keepRoutes := func(v6 bool) bool { return slices.Contains(rs.routes, localRoute{v6: v6, table: pp.table}) }
 	if keepRule(false) && keepRule(true) && keepRoutes(false) && keepRoutes(true) {
-		return nil
+		return nil, nil
 	}
-	held, err := ownPolicy(o, pp)
+	held, err := ownPolicy(o, pp, owning)
 	if errors.Is(err, ErrOwned) {
-		return nil
+		return err, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer held.Release()
 	var errs []error
@@ -168,7 +171,7 @@ func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
 			errs = append(errs, p.remove(pp, v6, keepRoutes(v6)))
 		}
 	}
-	return errors.Join(errs...)
+	return nil, errors.Join(errs...)
 }
 
 // Clean removes what detour installs: the table, the `fwmark M lookup T`
@@ -179,13 +182,41 @@ func removePolicy(o Options, p *policy, pp policyPair, rs ruleset) error {
 // Nothing else is touched, policy routing a live detour holds stays, and
 // nothing being there is success. Only Mode, TableName, TProxyMark,
 // RouteTable and NetNSFd matter.
-func Clean(o Options) error { return clean(o, nil) }
+//
+// The caller holds Own(o) (a run at exit, `rules apply`), or nothing,
+// in a namespace of its own (`detour check`'s probes).
+func Clean(o Options) error {
+	_, err := clean(o, nil, true)
+	return err
+}
+
+// CleanUnowned is Clean for a caller that holds nothing (`rules clean`):
+// it holds o's table while it removes it, and each mark and route table
+// only while it removes that policy routing, so that a killed run's
+// leftovers are removed also while another detour, with another table,
+// holds the mark and route table they share. That policy routing is the
+// live one's, and stays: inUse says so, naming its holder. A live detour
+// that holds o's table is ErrOwned, and nothing is removed.
+func CleanUnowned(o Options) (inUse []string, err error) {
+	if err := o.validateTarget(); err != nil {
+		return nil, err
+	}
+	o = o.withDefaults()
+	w, err := own(o.NetNSFd, []hold{tableHold(o)})
+	if err != nil {
+		return nil, err
+	}
+	defer w.Release()
+	return clean(o, nil, false)
+}
 
 // clean is Clean, also removing the policy routing of extra: what a table
-// that is no longer there recorded.
-func clean(o Options, extra []policyPair) error {
+// that is no longer there recorded. owning says whether the caller holds
+// Own(o); inUse names the policy routing left because a live detour holds
+// it.
+func clean(o Options, extra []policyPair, owning bool) (inUse []string, _ error) {
 	if err := o.validateTarget(); err != nil {
-		return err
+		return nil, err
 	}
 	o = o.withDefaults()
 	var errs []error
@@ -204,15 +235,19 @@ func clean(o Options, extra []policyPair) error {
 	}
 	p, err := openPolicy(o)
 	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("intercept: policy routing: %w", err))...)
+		return nil, errors.Join(append(errs, fmt.Errorf("intercept: policy routing: %w", err))...)
 	}
 	defer p.close()
 	for _, pp := range append(o.ownPairs(), stale...) {
-		if err := removePolicy(o, p, pp, ruleset{}); err != nil {
+		owned, err := removePolicy(o, p, pp, ruleset{}, owning)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("intercept: policy routing: %w", err))
 		}
+		if owned != nil {
+			inUse = append(inUse, fmt.Sprintf("fwmark %#x lookup %d (%v)", pp.mark, pp.table, owned))
+		}
 	}
-	return errors.Join(errs...)
+	return inUse, errors.Join(errs...)
 }
 
 // Show reads back what is installed and prints it like Render does, or

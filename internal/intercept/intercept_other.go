@@ -41,3 +41,6 @@ func (w *Owner) Release() {}
 
 // Kept needs Linux.
 func Kept(o Options) ([]string, error) { return nil, errNotLinux }
+
+// CleanUnowned needs Linux.
+func CleanUnowned(o Options) ([]string, error) { return nil, errNotLinux }

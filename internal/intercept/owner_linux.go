@@ -41,12 +41,15 @@ func Own(o Options) (*Owner, error) {
 		return nil, err
 	}
 	o = o.withDefaults()
-	holds := []hold{{"table inet " + o.TableName, "table-" + o.TableName}}
+	holds := []hold{tableHold(o)}
 	if o.Mode != ModeRedirect { // tproxy, and Clean's default
 		holds = append(holds, routeHold(o.RouteTable), markHold(o.TProxyMark))
 	}
 	return own(o.NetNSFd, holds)
 }
+
+// tableHold is the hold on o's nft table.
+func tableHold(o Options) hold { return hold{"table inet " + o.TableName, "table-" + o.TableName} }
 
 // hold is one lock: what it stands for, and its file's name.
 type hold struct{ what, file string }
@@ -66,9 +69,12 @@ func markHold(mark uint32) hold {
 // of the same file even in this process, so a value Own(o) covers is not
 // taken twice. It fails with ErrOwned when a live detour holds one: that
 // policy routing is not a leftover, it is in use.
-func ownPolicy(o Options, p policyPair) (*Owner, error) {
+//
+// held says whether the caller holds Own(o); CleanUnowned holds only the
+// table, and takes every pair's holds here.
+func ownPolicy(o Options, p policyPair, held bool) (*Owner, error) {
 	var holds []hold
-	covered := o.Mode != ModeRedirect
+	covered := held && o.Mode != ModeRedirect
 	if !covered || p.table != o.RouteTable {
 		holds = append(holds, routeHold(p.table))
 	}
