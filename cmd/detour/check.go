@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/accesslog"
 	"github.com/detour-proxy/detour/internal/check"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/intercept"
@@ -33,7 +34,8 @@ With -c or an interception flag (--intercept-port, --intercept-dst,
 would (an error in it exits 2, naming the key), checks its mode and
 listeners, installs and removes exactly the rules it would install in the
 throwaway namespace (a generic set when it has no ports: run installs
-none then), and looks up its interfaces here; interfaces make it a router
+none then), looks up its interfaces here and tries its access log file
+(without creating it); interfaces make it a router
 or gateway, so IP forwarding is checked as with --router. Without them
 it checks both modes, or --mode, with a generic rule set.
 
@@ -92,6 +94,9 @@ func configuredCheck(f *configFlags) (check.Options, error) {
 	}
 	m := intercept.Mode(cfg.Mode)
 	o := check.Options{Mode: m, Router: len(cfg.Intercept.Interfaces) > 0}
+	if cfg.AccessLog != accesslog.PathOff && cfg.AccessLog != accesslog.PathStdout && cfg.AccessLog != "" {
+		o.AccessLog = cfg.AccessLog
+	}
 	for _, a := range cfg.ListenAddrs {
 		o.Listeners = append(o.Listeners, check.Listener{Mode: m, Addr: a, Default: cfg.ListenDefault})
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	// in place of a generic set, and each of their interfaces is looked up
 	// in the namespace check runs in.
 	Rules *intercept.Options
+	// AccessLog, when set, is the access log file a configuration names
+	// (not stdout or off): check says whether run could open it.
+	AccessLog string
 }
 
 // Listener is an address run would listen on in Mode. Default marks one of

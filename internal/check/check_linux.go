@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -116,6 +118,9 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	rs = append(rs, result("SO_MARK socket option", setsockopt(unix.AF_INET, unix.SOL_SOCKET, unix.SO_MARK, 2), fixRoot))
 	rs = append(rs, ownerDirCheck())
+	if o.AccessLog != "" {
+		rs = append(rs, accessLogCheck(o.AccessLog))
+	}
 	rs = append(rs, namespaceChecks(here, o.Listeners)...)
 	if o.Rules != nil {
 		rs = append(rs, interfaceChecks(o.Rules.Interfaces)...)
@@ -253,6 +258,35 @@ func effectiveCaps() (uint64, error) {
 // /run/detour), which CAP_NET_ADMIN alone does not let it write.
 func ownerDirCheck() Result {
 	return result("lock directory "+intercept.OwnerDir+" (writable)", intercept.CheckOwnerDir(), intercept.OwnerDirFix())
+}
+
+// accessLogCheck says whether run could open the access log file at path
+// for appending, creating it if need be (run exits 2 when it cannot). It
+// creates nothing: an existing file must be a writable file, a missing
+// one needs a directory it may create it in.
+func accessLogCheck(path string) Result {
+	return result("access log "+path+" (can be opened for appending)", canAppend(path),
+		"give access_log (--access-log) a file detour's user may create or append to, in a directory that exists; or stdout, or off")
+}
+
+func canAppend(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		dir := filepath.Dir(path)
+		if err := unix.Faccessat(unix.AT_FDCWD, dir, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+			return fmt.Errorf("cannot create it in %s: %w", dir, err)
+		}
+		return nil
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return errors.New("is a directory")
+	}
+	if err := unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK, unix.AT_EACCESS); err != nil {
+		return fmt.Errorf("not writable: %w", err)
+	}
+	return nil
 }
 
 // setsockopt tries an option on a plain socket that is never bound.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -246,5 +247,35 @@ func TestOwnerDirCheck(t *testing.T) {
 	<-done
 	if r.OK || !strings.Contains(r.Fix, "install -d -o USER "+intercept.OwnerDir) {
 		t.Errorf("as nobody: %+v; want a failure with the fix", r)
+	}
+}
+
+// TestAccessLogCheck: a configuration's access log that run could not
+// open (run exits 2) fails the check, with the fix; one it could open
+// passes, and the check creates nothing.
+func TestAccessLogCheck(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "existing.log")
+	if err := os.WriteFile(existing, nil, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, fail string // fail: "" passes
+	}{
+		{existing, ""},
+		{filepath.Join(dir, "new.log"), ""},
+		{filepath.Join(dir, "no-such-dir", "a.log"), "cannot create it in"},
+		{dir, "is a directory"},
+	} {
+		r := accessLogCheck(tc.path)
+		switch {
+		case tc.fail == "" && !r.OK:
+			t.Errorf("%s: %+v; want ok", tc.path, r)
+		case tc.fail != "" && (r.OK || r.Warn || !strings.Contains(r.Detail, tc.fail) || !strings.Contains(r.Fix, "--access-log")):
+			t.Errorf("%s: %+v; want a failure saying %q, with the fix", tc.path, r, tc.fail)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new.log")); err == nil {
+		t.Errorf("the check created the access log")
 	}
 }

@@ -122,6 +122,8 @@ func TestCheckReadsTheConfiguration(t *testing.T) {
 	gateway := file("gateway.yaml", "mode: redirect\nintercept:\n  ports: [80]\n  interfaces: [dt-nosuch0]\n")
 	typo := file("typo.yaml", "mode: redirect\nintercept:\n  portz: [80]\n")
 	noPorts := file("noports.yaml", "mode: tproxy\n")
+	// run exits 2 for it: check must not say all is well.
+	badLog := file("badlog.yaml", "mode: redirect\naccess_log: "+filepath.Join(dir, "no-such-dir", "access.log")+"\n")
 	tests := []struct {
 		name      string
 		forward   string // net.ipv4.ip_forward in the namespace
@@ -143,6 +145,8 @@ func TestCheckReadsTheConfiguration(t *testing.T) {
 		{"file without ports", "0", []string{"-c", noPorts}, 0,
 			[]string{"ok    detour tproxy rules install and remove\n"}, []string{"as configured", "redirect"}},
 		{"typo", "0", []string{"-c", typo}, 2, []string{"intercept.portz is not a key"}, []string{"ok "}},
+		{"access log that cannot be opened", "0", []string{"-c", badLog}, 1,
+			[]string{"FAIL  access log " + filepath.Join(dir, "no-such-dir", "access.log") + " (can be opened for appending): cannot create it in", "fix: give access_log (--access-log)"}, nil},
 		{"no configuration", "0", []string{"--mode", "redirect"}, 0,
 			[]string{"ok    detour redirect rules install and remove\n", "ok    listen 127.0.0.1:4999 (redirect)"},
 			[]string{"as configured", "tproxy"}},
