@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -336,6 +337,11 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	}
 	d.rules = &o
 	d.log.Info("rules installed", "mode", cfg.Mode, "ports", cfg.Intercept.Ports, "table", "inet "+o.TableName)
+	for _, name := range cfg.Intercept.Interfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			d.log.Warn("interface not found in this network namespace: the rules match it by name, so nothing arriving on it is intercepted until it exists (check intercept.interfaces, --intercept-iface, against `ip link`)", "interface", name)
+		}
+	}
 	if kept, _ := intercept.Kept(o); len(kept) > 0 {
 		d.log.Info("policy routing that was already in place is used and will be left as it is at exit: detour did not add it", "kept", strings.Join(kept, "; "))
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"syscall"
@@ -213,5 +214,50 @@ func TestRulesCleanBesideALiveRun(t *testing.T) {
 	}
 	if after := snapshot(t, n.Router); after != before {
 		t.Fatalf("left after the live run's exit:\n%s\nwant:\n%s", after, before)
+	}
+}
+
+// TestInterfaceThatAppearsLater: `--intercept-iface` naming an interface
+// that does not exist yet is logged as such at start (it used to pass in
+// silence, intercepting nothing), and the rules match it by name
+// (iifname, not the index iif would hold), so once an interface of that
+// name appears, here the router's client side renamed to it, its
+// connections are intercepted, with no reinstall; renamed away, they are
+// not.
+func TestInterfaceThatAppearsLater(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxcif")
+	startServers(t, n.Server)
+	d := startDetour(t, n.Router, "--mode", "tproxy", "--protocol", "tcp", "--admin", "off",
+		"--intercept-port", fmt.Sprint(portWhoAmI), "--intercept-iface", "dt-late")
+	waitLog(t, d.Output, "ready", 1)
+	if out := d.Output(); !strings.Contains(out, `msg="interface not found in this network namespace`) || !strings.Contains(out, "interface=dt-late") {
+		t.Errorf("no warning that dt-late does not exist:\n%s", out)
+	}
+	whoami := func() string {
+		conn := dial(t, n.Client, n.ServerIP4, portWhoAmI)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		return string(b)
+	}
+	rename := func(from, to string) {
+		t.Helper()
+		for _, args := range [][]string{{"link", "set", from, "down"}, {"link", "set", from, "name", to}, {"link", "set", to, "up"}} {
+			if out, err := n.Router.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v\n%s", args, err, out)
+			}
+		}
+	}
+	if got := whoami(); got != n.ClientIP4.String() {
+		t.Fatalf("before dt-late exists the server saw %q, want the client (not intercepted)", got)
+	}
+	rename(n.RouterIfaceIn, "dt-late")
+	if got := whoami(); got != "198.18.2.1" {
+		t.Errorf("through dt-late the server saw %q, want the router (intercepted)", got)
+	}
+	rename("dt-late", n.RouterIfaceIn)
+	if got := whoami(); got != n.ClientIP4.String() {
+		t.Errorf("after dt-late went the server saw %q, want the client", got)
 	}
 }
