@@ -144,7 +144,7 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		for _, u := range f.uids {
 			n, err := strconv.ParseUint(u, 10, 32)
 			if err != nil {
-				return fmt.Errorf("--exclude-uid: %q is not a uid", u)
+				return fmt.Errorf("--exclude-uid: %q is not a uid: give the number (id -u %s), which needs no passwd entry", u, u)
 			}
 			cfg.Intercept.ExcludeUIDs = append(cfg.Intercept.ExcludeUIDs, uint32(n))
 		}

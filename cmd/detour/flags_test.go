@@ -36,6 +36,8 @@ func TestIntFlagsOverrideFile(t *testing.T) {
 		{name: "nice: flag overrides file", args: []string{"-c", file, "--nice", "-4"}, get: niceness, want: -4},
 		{name: "nice: flag back to as started", args: []string{"-c", file, "--nice", "0"}, get: niceness, want: 0},
 		{name: "nice: out of range", args: []string{"--nice", "30"}, wantErr: "nice: 30: want -20"},
+		// iptables' --uid-owner takes names; detour says how to get the number.
+		{name: "exclude-uid: a user name", args: []string{"--mode", "redirect", "--exclude-uid", "www-data"}, wantErr: "is not a uid: give the number (id -u www-data)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
