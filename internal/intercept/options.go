@@ -165,6 +165,10 @@ func CheckIfName(name string) error {
 		return errors.New("empty interface name")
 	case len(name) > 15:
 		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
+	case strings.Contains(name, ":"):
+		// iptables takes eth0:1, and matches nothing with it: the
+		// kernel names no interface so (it is an address label).
+		return fmt.Errorf("interface name %q: the kernel names no interface with a colon (%s is an address label); give the interface, %s", name, name, name[:strings.Index(name, ":")])
 	case strings.ContainsAny(name, "/ \t\n\x00"), name == ".", name == "..":
 		return fmt.Errorf("interface name %q is not a valid name", name)
 	case strings.Contains(name, "*"):

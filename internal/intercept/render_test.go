@@ -94,6 +94,7 @@ func TestValidate(t *testing.T) {
 		{"mapped dst", func(o *Options) { o.Destinations = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")} }, "IPv4-mapped"},
 		{"long iface", func(o *Options) { o.Interfaces = []string{"a-very-long-name0"} }, "longer than 15"},
 		{"wildcard iface", func(o *Options) { o.Interfaces = []string{"eth*"} }, "wildcards"},
+		{"alias iface", func(o *Options) { o.Interfaces = []string{"eth0:1"} }, "address label); give the interface, eth0"},
 		{"same marks", func(o *Options) { o.UpstreamMark = 1 }, "UpstreamMark and TProxyMark are both 0x1"},
 		{"main table", func(o *Options) { o.RouteTable = 254 }, "RouteTable 254 is reserved"},
 		{"bad table name", func(o *Options) { o.TableName = "1x" }, "TableName"},
