@@ -148,7 +148,7 @@ func TestReloadKeepsHostCounters(t *testing.T) {
 	}
 	p2, addr2 := newProxy()
 	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: context.Background()}
-	d.replaceL7(p2)
+	d.retireL7(d.replaceL7(p2))
 	if n := requests(); n != 3 {
 		t.Errorf("requests right after the reload: %d, want 3", n)
 	}
@@ -207,7 +207,7 @@ func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
 	defer resp.Body.Close()
 	end, cutEnd := context.WithCancel(context.Background())
 	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: end}
-	d.replaceL7(p2)
+	d.retireL7(d.replaceL7(p2))
 	time.Sleep(300 * time.Millisecond) // six times drain_timeout
 	close(release)
 	body, err := io.ReadAll(resp.Body)

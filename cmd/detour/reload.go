@@ -91,10 +91,17 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 			return err
 		}
 	}
+	var old *httpproxy.Proxy
 	if l7 != nil {
-		d.replaceL7(l7)
+		old = d.replaceL7(l7)
 	}
 	d.srv.Update(d.proxyOptions(next, dialer))
+	if old != nil {
+		if reloadPointed != nil {
+			reloadPointed()
+		}
+		d.retireL7(old)
+	}
 	d.srv.SetListeners(lns)
 	d.obs.serving(d.srv, d.l7)
 	d.obs.listening(lns)
@@ -111,15 +118,29 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 // rules it installed after the stop.
 var errStopping = errors.New("detour is stopping")
 
-// replaceL7 makes l7 the HTTP side of new connections. The old one closes
-// its idle keep-alive connections now, as HTTP allows between requests;
-// the requests in flight on it finish on the old settings, however long
-// they take (a download, an upgraded connection), as open L4 connections
-// do: only the drain at exit cuts them (d.drainEnd).
-func (d *daemon) replaceL7(l7 *httpproxy.Proxy) {
-	old := d.l7
+// reloadPointed, nil in production, is called by a reload that replaces
+// the HTTP side once new connections are pointed at the new one and
+// before the old one begins to shut down: a test's way into that moment.
+var reloadPointed func()
+
+// replaceL7 makes l7 the HTTP side that proxyOptions hands to the proxy
+// and returns the old one, which goes on serving until retireL7: a
+// connection routed to it before the proxy's Update would be turned away
+// by a shut-down side, so the old one must outlive that switch.
+func (d *daemon) replaceL7(l7 *httpproxy.Proxy) (old *httpproxy.Proxy) {
+	old = d.l7
 	d.l7 = l7
 	d.obs.replaceL7(old, l7) // its hosts' counters go on in the new cluster's
+	return old
+}
+
+// retireL7 shuts down old, an HTTP side no new connection is pointed at
+// any more. It closes its idle keep-alive connections now, as HTTP allows
+// between requests; the requests in flight on it finish on the old
+// settings, however long they take (a download, an upgraded connection),
+// as open L4 connections do: only the drain at exit cuts them
+// (d.drainEnd).
+func (d *daemon) retireL7(old *httpproxy.Proxy) {
 	d.drains.Add(1)
 	go func() {
 		defer d.drains.Done()
