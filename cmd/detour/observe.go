@@ -63,7 +63,7 @@ type oldL7 struct {
 // which answers /ready with 503 until ready is called.
 func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logger) (_ *observability, err error) {
 	o := &observability{log: log, state: admin.NewState(), level: level, carried: map[string]httpproxy.HostInfo{},
-		expire: max(time.Duration(cfg.HTTP.CleanupInterval), metrics.DefaultExpire)}
+		expire: expireAfter(cfg)}
 	reg := metrics.NewRegistry()
 	reg.MustRegister(o.state)
 	o.metrics, err = metrics.New(metrics.Options{
@@ -72,7 +72,7 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		Open:           o.open,
 		L4Bytes:        tcpproxy.Moved,
 		PerClientHosts: cfg.Upstream.SpoofSource,
-		Expire:         max(time.Duration(cfg.HTTP.CleanupInterval), metrics.DefaultExpire),
+		Expire:         expireAfter(cfg),
 	})
 	if err != nil {
 		return nil, err
@@ -107,6 +107,23 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		log.Info("admin endpoint", "addr", o.admin.Addr(), "try", fmt.Sprintf("detour status --admin %s", o.admin.Addr()))
 	}
 	return o, nil
+}
+
+// expireAfter is how long cfg keeps the series of a destination no longer
+// used (an L4 destination, a carried cluster host): the cluster's cleanup
+// interval, at least metrics.DefaultExpire.
+func expireAfter(cfg *config.Config) time.Duration {
+	return max(time.Duration(cfg.HTTP.CleanupInterval), metrics.DefaultExpire)
+}
+
+// setExpire makes the expiry follow cfg, a reload's: it used to stay the
+// one of the configuration detour started with.
+func (o *observability) setExpire(cfg *config.Config) {
+	d := expireAfter(cfg)
+	o.metrics.SetExpire(d)
+	o.hostsMu.Lock()
+	o.expire = d
+	o.hostsMu.Unlock()
 }
 
 // setConfig records cfg for /config, with the defaults it leaves to run

@@ -15,6 +15,8 @@ import (
 
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/metrics"
+	"github.com/detour-proxy/detour/internal/proxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -232,4 +234,54 @@ func quietObservability(t *testing.T, cfg *config.Config) (*config.Config, *obse
 	}
 	t.Cleanup(o.close)
 	return cfg, o, log
+}
+
+// TestReloadFollowsCleanupInterval: the per-destination series expire
+// after http.cleanup_interval (at least metrics.DefaultExpire), and a
+// reload that changes it changes their expiry: it used to stay the one
+// detour started with.
+func TestReloadFollowsCleanupInterval(t *testing.T) {
+	conf := func(cleanup time.Duration) *config.Config {
+		return &config.Config{Admin: "off", Mode: "redirect", Listen: []string{"127.0.0.1:0"},
+			HTTP: config.HTTP{CleanupInterval: config.Duration(cleanup)}}
+	}
+	cfg, o, log := quietObservability(t, conf(time.Minute))
+	lns, err := openListeners(cfg, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer := newDialer(cfg)
+	d := &daemon{cfg: cfg, log: log, level: new(slog.LevelVar), obs: o, drainEnd: context.Background()}
+	if d.l7, err = newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o); err != nil {
+		t.Fatal(err)
+	}
+	d.srv = proxy.New(proxy.Options{Listeners: lns, Logger: log})
+	d.srv.Update(d.proxyOptions(cfg, dialer))
+	t.Cleanup(func() {
+		for _, l := range d.srv.Listeners() {
+			l.Close()
+		}
+		d.l7.Close()
+		d.drains.Wait()
+	})
+	for _, c := range []struct {
+		cleanup, want time.Duration
+	}{
+		{time.Minute, time.Minute}, // at start
+		{10 * time.Minute, 10 * time.Minute},
+		{time.Second, metrics.DefaultExpire},
+	} {
+		if c.cleanup != time.Duration(d.cfg.HTTP.CleanupInterval) {
+			next := conf(c.cleanup)
+			if err := d.reload(func() (*config.Config, error) { return next, next.Finish() }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		o.hostsMu.Lock()
+		carried := o.expire
+		o.hostsMu.Unlock()
+		if got := o.metrics.Expire(); got != c.want || carried != c.want {
+			t.Errorf("cleanup_interval %v: series expire after %v, carried hosts after %v; want %v", c.cleanup, got, carried, c.want)
+		}
+	}
 }

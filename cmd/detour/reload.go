@@ -106,6 +106,7 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 	d.obs.serving(d.srv, d.l7)
 	d.obs.listening(lns)
 	d.obs.setConfig(next)
+	d.obs.setExpire(next)
 	d.level.UnmarshalText([]byte(next.LogLevel))
 	d.cfg = next
 	d.log.Info("SIGHUP: configuration reloaded", "listeners", len(lns), "rules_changed", rulesChanged,

@@ -312,6 +312,25 @@ func New(o Options) (*Metrics, error) {
 	return m, nil
 }
 
+// SetExpire changes Options.Expire from now on (zero: DefaultExpire): a
+// reload may change the cluster's cleanup interval, which the per-host
+// series follow.
+func (m *Metrics) SetExpire(d time.Duration) {
+	if d <= 0 {
+		d = DefaultExpire
+	}
+	m.mu.Lock()
+	m.o.Expire = d
+	m.mu.Unlock()
+}
+
+// Expire is the expiry in force (Options.Expire, or SetExpire's).
+func (m *Metrics) Expire() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.o.Expire
+}
+
 // Accepted implements proxy.Observer.
 func (m *Metrics) Accepted(mode listen.Mode) {
 	if c, ok := m.acceptedC[mode]; ok {

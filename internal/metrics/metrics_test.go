@@ -351,3 +351,31 @@ func BenchmarkRequest(b *testing.B) {
 		}
 	})
 }
+
+// TestSetExpire: a reload that changes http.cleanup_interval changes how
+// long an unused destination's series stay, both ways.
+func TestSetExpire(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		expire     time.Duration
+		after      time.Duration
+		wantListed bool
+	}{
+		{"longer keeps it", time.Minute, 30 * time.Second, true},
+		{"longer, then past it", time.Minute, time.Minute + time.Second, false},
+		{"zero is the default", 0, DefaultExpire + time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, reg, clk := newTest(t, Options{})
+			m.SetExpire(c.expire)
+			rec := proxy.L4Record{OrigDst: dst22, Protocol: "tcp"}
+			m.L4Started(rec)
+			m.L4Done(rec)
+			clk.add(c.after)
+			_, listed := values(t, reg)[`detour_upstream_connections_total{host=198.18.2.2:22,layer=l4}`]
+			if listed != c.wantListed {
+				t.Errorf("expire %v, %v later: listed %v, want %v", c.expire, c.after, listed, c.wantListed)
+			}
+		})
+	}
+}
