@@ -89,7 +89,8 @@ func (l *Listener) Close() error {
 
 // Accept waits for the next connection. When the connection has no original
 // destination, it is closed and returned together with ErrNotIntercepted so
-// the caller can log its peer; any other error comes from accept itself.
+// the caller can log it: its Client, and as OrigDst the address it was
+// dialed at (the listener's); any other error comes from accept itself.
 func (l *Listener) Accept() (*Conn, error) {
 	c, err := l.ln.AcceptTCP()
 	if err != nil {
@@ -111,7 +112,7 @@ func (l *Listener) learn(c *Conn, local netip.AddrPort, origDst func() (netip.Ad
 		if err != nil || dst == local {
 			// No NAT entry, or conntrack saw no rewrite: the client dialed
 			// the listener itself.
-			c.How = HowNotIntercepted
+			c.OrigDst, c.How = local, HowNotIntercepted // where it was dialed, for the logs
 			c.Close()
 			if err == nil {
 				return ErrNotIntercepted

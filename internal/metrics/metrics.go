@@ -54,7 +54,7 @@ const (
 // others still work, through the vector.
 var (
 	l4Protocols = []string{"tcp", "tls"}
-	l4Flags     = []string{noFlags, "UF", "UC", "DC", "SI", "DT", "LR"}
+	l4Flags     = []string{noFlags, "UF", "UC", "DC", "SI", "DT", "LR", "NR"}
 	refusals    = []string{"loop", "not intercepted"}
 	pauses      = []string{"limit", "descriptors"}
 	modes       = []listen.Mode{listen.ModeTProxy, listen.ModeRedirect}
@@ -350,9 +350,7 @@ func (m *Metrics) Refused(reason string) {
 	} else {
 		m.refused.WithLabelValues(reason).Inc()
 	}
-	if m.active != nil && reason != "loop" { // a loop refusal ends with L4Done
-		m.active.Dec()
-	}
+	// A refusal ends with L4Done, which counts the connection as ended.
 }
 
 // Paused implements proxy.Observer.
@@ -390,7 +388,7 @@ func (m *Metrics) L4Done(rec proxy.L4Record) {
 	} else {
 		m.l4Conns.WithLabelValues(rec.Protocol, flag).Inc()
 	}
-	if flag == "LR" { // refused by the loop guard: no protocol, no upstream
+	if flag == "LR" || flag == "NR" { // refused (loop, not intercepted): no protocol, no upstream
 		return
 	}
 	if c, ok := m.detectedC[rec.Protocol]; ok {

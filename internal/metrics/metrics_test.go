@@ -138,6 +138,7 @@ func TestL4AndRefusals(t *testing.T) {
 		m.Accepted(listen.ModeTProxy)
 	}
 	m.Refused("not intercepted")
+	m.L4Done(proxy.L4Record{OrigDst: dst22, Protocol: "tcp", Flags: "NR", End: "not intercepted", NoUpstream: true})
 	m.Refused("loop")
 	m.Paused("limit") // not a connection: the clients wait
 	m.Paused("limit")
@@ -179,6 +180,7 @@ func TestL4AndRefusals(t *testing.T) {
 		`detour_tcp_connections_total{flag=DC,protocol=tcp}`:                  1,
 		`detour_tcp_connections_total{flag=UF,protocol=tcp}`:                  2,
 		`detour_tcp_connections_total{flag=LR,protocol=tcp}`:                  1,
+		`detour_tcp_connections_total{flag=NR,protocol=tcp}`:                  1,
 		`detour_tcp_bytes_total{direction=sent}`:                              30,
 		`detour_tcp_bytes_total{direction=received}`:                          300,
 		`detour_tcp_connection_duration_seconds_count`:                        3,

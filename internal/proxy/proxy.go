@@ -81,8 +81,8 @@ type Observer interface {
 	// Accepted is called for every accepted connection.
 	Accepted(mode listen.Mode)
 	// Refused is called when a connection is closed before forwarding:
-	// reason is "loop" or "not intercepted". A loop refusal is
-	// followed by L4Done with Flags "LR", so access logs can name it.
+	// reason is "loop" or "not intercepted". It is followed by L4Done
+	// with Flags "LR" or "NR", so access logs can name it.
 	Refused(reason string)
 	// Paused is called when an accept loop stops accepting for a while,
 	// clients waiting in the listen backlog meanwhile: reason is "limit"
@@ -94,8 +94,9 @@ type Observer interface {
 	// L4Started is followed by one L4Done for the same rec.ID.
 	L4Started(rec L4Record)
 	// L4Done is called when an L4 connection ends (also after a failed
-	// upstream connect, Flags "UF", a loop refusal, Flags "LR", and an
-	// end before any upstream connection was made, NoUpstream).
+	// upstream connect, Flags "UF", a loop refusal, Flags "LR", a
+	// connection that was not intercepted, Flags "NR", and an end before
+	// any upstream connection was made, NoUpstream).
 	L4Done(rec L4Record)
 }
 
@@ -334,12 +335,7 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 			c, err = l.Accept()
 		}
 		if errors.Is(err, listen.ErrNotIntercepted) {
-			s.obs.Accepted(l.Mode())
-			s.obs.Refused("not intercepted")
-			if ok, more := s.warns.allow(warnNotIntercepted, time.Now()); ok {
-				s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?",
-					"client", c.Client, "listener", l.Addr(), "more_since_last_warning", more)
-			}
+			s.notIntercepted(l, c)
 			continue
 		}
 		if err != nil {
@@ -370,6 +366,24 @@ func (s *Server) acceptLoop(l *listen.Listener) {
 		s.conns.Add(1)
 		go s.handle(o, c)
 	}
+}
+
+// notIntercepted accounts for c, a connection that reached listener l
+// without an interception rule (no original destination), which Accept
+// closed: counted, warned about now and then, and, as the loop guard's
+// refusals are, recorded with an end and a flag (NR: no route, as Envoy
+// names a connection no filter chain takes), so that the access log has
+// every connection detour closed.
+func (s *Server) notIntercepted(l *listen.Listener, c *listen.Conn) {
+	s.obs.Accepted(l.Mode())
+	s.obs.Refused("not intercepted")
+	id := "C" + strconv.FormatUint(s.ids.Add(1), 10)
+	if ok, more := s.warns.allow(warnNotIntercepted, time.Now()); ok {
+		s.log.Warn("closed a connection that was not redirected (no original destination); is the listener reachable directly?",
+			"conn", id, "client", c.Client, "listener", l.Addr(), "more_since_last_warning", more)
+	}
+	s.obs.L4Done(L4Record{ID: id, Start: time.Now(), Client: c.Client, OrigDst: c.OrigDst, Protocol: "tcp",
+		End: "not intercepted", Flags: "NR", NoUpstream: true})
 }
 
 // waitForRoom holds an accept loop back while MaxConns connections are

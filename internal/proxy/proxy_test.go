@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -445,5 +446,76 @@ func TestDeferAcceptFollowsProtocol(t *testing.T) {
 	}
 	if len(s.Listeners()) != 2 {
 		t.Errorf("%d listeners, want 2", len(s.Listeners()))
+	}
+}
+
+// recordingObserver keeps the refusals and the ended connections.
+type recordingObserver struct {
+	nopObserver
+	mu      sync.Mutex
+	refused []string
+	done    []L4Record
+}
+
+func (o *recordingObserver) Refused(reason string) {
+	o.mu.Lock()
+	o.refused = append(o.refused, reason)
+	o.mu.Unlock()
+}
+
+func (o *recordingObserver) L4Done(rec L4Record) {
+	o.mu.Lock()
+	o.done = append(o.done, rec)
+	o.mu.Unlock()
+}
+
+// TestNotInterceptedIsRecorded: a connection that reaches the listener
+// without an interception rule is closed, and, like a loop refusal, ends
+// with a record (L4Done, flag NR) naming the client and the address it
+// dialed, so the access log has it: it used to be only counted.
+func TestNotInterceptedIsRecorded(t *testing.T) {
+	for _, p := range []Protocol{ProtocolAuto, ProtocolTCP} { // Accept and AcceptRaw
+		t.Run(string(p), func(t *testing.T) {
+			ln, err := listen.Listen(listen.Options{Mode: listen.ModeRedirect, Addr: netip.MustParseAddrPort("127.0.0.1:0")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			obs := &recordingObserver{}
+			srv := New(Options{Listeners: []*listen.Listener{ln}, Dialer: upstream.New(upstream.Options{}), Protocol: p, Observer: obs})
+			go srv.Serve()
+			t.Cleanup(func() { srv.Shutdown(context.Background()) })
+
+			c, err := net.Dial("tcp", ln.Addr().String()) // no NAT rule: no original destination
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatalf("read %d bytes from a connection that was not intercepted; want it closed", n)
+			}
+			client := netip.MustParseAddrPort(c.LocalAddr().String())
+			var done []L4Record
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				obs.mu.Lock()
+				done = slices.Clone(obs.done)
+				obs.mu.Unlock()
+				if len(done) > 0 {
+					break
+				}
+			}
+			if len(done) != 1 {
+				t.Fatalf("records of a connection that was not intercepted: %+v, want one", done)
+			}
+			r := done[0]
+			if r.Flags != "NR" || r.End != "not intercepted" || !r.NoUpstream || r.Client != client || r.OrigDst != ln.Addr() || r.ID == "" || r.Start.IsZero() {
+				t.Errorf("record %+v; want flag NR, end %q, NoUpstream, client %v, original_dst %v, an id and a start", r, "not intercepted", client, ln.Addr())
+			}
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			if !slices.Equal(obs.refused, []string{"not intercepted"}) {
+				t.Errorf("refusals %q, want one, not intercepted", obs.refused)
+			}
+		})
 	}
 }
