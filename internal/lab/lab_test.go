@@ -542,10 +542,18 @@ func TestRunWithDetourBinary(t *testing.T) {
 	id := testID("e2e")
 	before := hostLinks(t)
 	var out syncBuffer
-	err := Run(t.Context(), Options{Binary: bin, Out: &out, ID: id, GoClient: true})
+	err := Run(t.Context(), Options{Binary: bin, Out: &out, ID: id, GoClient: true, ExtraArgs: []string{"--cleanup-interval", "7s"}})
 	t.Logf("output:\n%s", out.String())
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Each lab's admin step shows its three requests counted, and names
+	// the cleanup interval detour runs with (it used to say 5s whatever).
+	if n := strings.Count(out.String(), "; 3 HTTP requests"); n != 2 {
+		t.Errorf("`detour status` showed 3 HTTP requests counted in %d labs, want 2", n)
+	}
+	if n := strings.Count(out.String(), "A host unused for 7s is removed"); n != 2 {
+		t.Errorf("the admin step named --cleanup-interval 7s in %d labs, want 2", n)
 	}
 	// Without --spoof-source the server must see the router: proof that
 	// the connection went through detour and not straight through.

@@ -421,7 +421,11 @@ func (w *walk) requests(ctx context.Context, client *ns.NS, who string, web *HTT
 	} else {
 		w.sayf("a new server connection (#%d; request 1 came on #%d): no upstream connection was reused.", again.Conn, first.Conn)
 	}
-	w.showAdmin(ctx)
+	sent := uint64(2) // request 1 and the pooling one
+	if !w.o.NoIPv6 {
+		sent++
+	}
+	w.showAdmin(ctx, sent)
 	return nil
 }
 
