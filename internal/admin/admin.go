@@ -32,10 +32,13 @@ import (
 	"html/template"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -116,19 +119,19 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{o: o, mux: http.NewServeMux()}
 	m := s.mux
-	m.HandleFunc("GET /{$}", s.index)
-	m.HandleFunc("GET /ready", s.ready)
+	m.HandleFunc("GET /{$}", takes(s.index))
+	m.HandleFunc("GET /ready", takes(s.ready))
 	if o.Gatherer != nil {
-		m.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
+		m.HandleFunc("GET /metrics", takes(promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
-		}))
+		}).ServeHTTP))
 	}
-	m.HandleFunc("GET /clusters", s.clusters)
-	m.HandleFunc("GET /status", s.status)
-	m.HandleFunc("GET /config", s.config)
+	m.HandleFunc("GET /clusters", takes(s.clusters, "format"))
+	m.HandleFunc("GET /status", takes(s.status))
+	m.HandleFunc("GET /config", takes(s.config))
 	if o.Level != nil {
-		m.HandleFunc("GET /logging", s.getLogging)
-		m.HandleFunc("POST /logging", s.setLogging)
+		m.HandleFunc("GET /logging", takes(s.getLogging, "level")) // to say that GET does not change it
+		m.HandleFunc("POST /logging", takes(s.setLogging, "level"))
 	}
 	m.HandleFunc("/debug/pprof/", pprof.Index)
 	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -136,6 +139,43 @@ func New(o Options) (*Server, error) {
 	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return s, nil
+}
+
+// takes refuses with 400 a request whose query has a parameter the
+// endpoint does not take, one given twice, or bad escapes: a typo
+// (?fromat=json) or a parameter of Envoy's admin (?filter=, ?usedonly)
+// would otherwise be ignored in silence, and the answer taken for what
+// was asked.
+func takes(h http.HandlerFunc, params ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			if msg := checkQuery(r.URL.RawQuery, params); msg != "" {
+				http.Error(w, r.URL.Path+": "+msg, http.StatusBadRequest)
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+// checkQuery says what is wrong with raw for an endpoint that takes
+// params, or "" when nothing is.
+func checkQuery(raw string, params []string) string {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return fmt.Sprintf("query %q: %v", raw, err)
+	}
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		switch {
+		case !slices.Contains(params, k) && len(params) == 0:
+			return fmt.Sprintf("unknown query parameter %q: this endpoint takes none", k)
+		case !slices.Contains(params, k):
+			return fmt.Sprintf("unknown query parameter %q: this endpoint takes %s", k, strings.Join(params, ", "))
+		case len(q[k]) > 1:
+			return fmt.Sprintf("query parameter %q given %d times: give it once", k, len(q[k]))
+		}
+	}
+	return ""
 }
 
 // ServeHTTP serves the admin endpoints.

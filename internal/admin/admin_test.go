@@ -307,3 +307,41 @@ func TestAge(t *testing.T) {
 		t.Error("Age of the zero time")
 	}
 }
+
+// TestQueryParameters: a parameter an endpoint does not take, one given
+// twice, or a malformed query is refused with a 400 that names it; they
+// used to be ignored, so /clusters?fromat=json answered the text table
+// and /logging?level=info&level=debug set the first level in silence.
+func TestQueryParameters(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		method, target string
+		code           int
+		says           string // in the body of a 400
+	}{
+		{"GET", "/ready", 503, ""},
+		{"GET", "/ready?", 503, ""},
+		{"GET", "/ready?verbose=1", 400, `unknown query parameter "verbose": this endpoint takes none`},
+		{"GET", "/metrics?filter=detour", 400, `unknown query parameter "filter"`},
+		{"GET", "/metrics", 200, ""},
+		{"GET", "/?x", 400, `"x"`},
+		{"GET", "/status?pretty", 400, `"pretty"`},
+		{"GET", "/config?format=json", 400, `"format"`},
+		{"GET", "/clusters?format=json", 200, ""},
+		{"GET", "/clusters?fromat=json", 400, `unknown query parameter "fromat": this endpoint takes format`},
+		{"GET", "/clusters?format=json&format=text", 400, `query parameter "format" given 2 times: give it once`},
+		{"GET", "/clusters?format=%zz", 400, "invalid URL escape"},
+		{"GET", "/logging?verbose", 400, `"verbose"`},
+		{"POST", "/logging?level=warn&level=debug", 400, `"level" given 2 times`},
+		{"POST", "/logging?level=warn&x=1", 400, `unknown query parameter "x": this endpoint takes level`},
+		{"GET", "/debug/pprof/goroutine?debug=1", 200, ""}, // Go's own handlers, with their own parameters
+	} {
+		code, body, _ := f.do(t, c.method, c.target)
+		if code != c.code || !strings.Contains(body, c.says) {
+			t.Errorf("%s %s: %d %q; want %d saying %q", c.method, c.target, code, body, c.code, c.says)
+		}
+	}
+	if f.level.Level() != slog.LevelInfo {
+		t.Errorf("the level changed to %v through refused requests", f.level.Level())
+	}
+}
