@@ -133,11 +133,14 @@ func New(o Options) (*Server, error) {
 		m.HandleFunc("GET /logging", takes(s.getLogging, "level")) // to say that GET does not change it
 		m.HandleFunc("POST /logging", takes(s.setLogging, "level"))
 	}
-	m.HandleFunc("/debug/pprof/", pprof.Index)
-	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Go's handlers take any method; only GET reads a profile (and POST
+	// /debug/pprof/symbol, which `go tool pprof` sends addresses with).
+	m.HandleFunc("GET /debug/pprof/", pprof.Index)
+	m.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return s, nil
 }
 

@@ -345,3 +345,38 @@ func TestQueryParameters(t *testing.T) {
 		t.Errorf("the level changed to %v through refused requests", f.level.Level())
 	}
 }
+
+// TestMethods: every endpoint answers the methods it lists (HEAD with
+// GET) and 405 with Allow to the others; Go's pprof handlers used to
+// answer any method.
+func TestMethods(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetPhase(Ready)
+	for _, c := range []struct {
+		method, target string
+		code           int
+		allow          string
+	}{
+		{"GET", "/", 200, ""},
+		{"HEAD", "/ready", 200, ""},
+		{"POST", "/", 405, "GET, HEAD"},
+		{"DELETE", "/ready", 405, "GET, HEAD"},
+		{"OPTIONS", "/metrics", 405, "GET, HEAD"},
+		{"PUT", "/clusters", 405, "GET, HEAD"},
+		{"POST", "/status", 405, "GET, HEAD"},
+		{"PATCH", "/config", 405, "GET, HEAD"},
+		{"DELETE", "/logging?level=debug", 405, "GET, HEAD, POST"},
+		{"HEAD", "/debug/pprof/", 200, ""},
+		{"POST", "/debug/pprof/", 405, "GET, HEAD"},
+		{"DELETE", "/debug/pprof/cmdline", 405, "GET, HEAD"},
+		{"POST", "/debug/pprof/profile?seconds=1", 405, "GET, HEAD"},
+		{"PUT", "/debug/pprof/trace", 405, "GET, HEAD"},
+		{"POST", "/debug/pprof/symbol", 200, ""},
+		{"POST", "/debug/pprof/heap", 405, "GET, HEAD"},
+	} {
+		code, _, h := f.do(t, c.method, c.target)
+		if code != c.code || h.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d, Allow %q; want %d, Allow %q", c.method, c.target, code, h.Get("Allow"), c.code, c.allow)
+		}
+	}
+}
