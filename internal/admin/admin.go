@@ -354,10 +354,15 @@ func (s *Server) getLogging(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "log level: %s\n", strings.ToLower(s.o.Level.Level().String()))
 }
 
+// levels are the levels POST /logging sets: log_level's. slog would
+// also take offsets (warn-2 is info+2), which /config would then show as
+// a log_level no configuration file accepts.
+var levels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
 func (s *Server) setLogging(w http.ResponseWriter, r *http.Request) {
 	v := r.URL.Query().Get("level")
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(v)); err != nil || v == "" {
+	l, ok := levels[strings.ToLower(v)]
+	if !ok {
 		http.Error(w, fmt.Sprintf("level %q: use debug, info, warn or error, as in POST /logging?level=debug", v), http.StatusBadRequest)
 		return
 	}

@@ -380,3 +380,29 @@ func TestMethods(t *testing.T) {
 		}
 	}
 }
+
+// TestLoggingLevels: POST /logging sets only the levels log_level names
+// (any case); slog's offsets (warn-2, which is info+2) used to be taken,
+// and /config then showed a log_level no configuration file accepts.
+func TestLoggingLevels(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		level string
+		code  int
+		want  slog.Level
+	}{
+		{"debug", 200, slog.LevelDebug},
+		{"WARN", 200, slog.LevelWarn},
+		{"warn-2", 400, slog.LevelWarn},
+		{"info%2B1", 400, slog.LevelWarn},
+		{"4", 400, slog.LevelWarn},
+		{"error", 200, slog.LevelError},
+		{"", 400, slog.LevelError},
+		{"info", 200, slog.LevelInfo},
+	} {
+		code, body, _ := f.do(t, "POST", "/logging?level="+c.level)
+		if code != c.code || f.level.Level() != c.want {
+			t.Errorf("POST /logging?level=%s: %d %q, level %v; want %d, level %v", c.level, code, body, f.level.Level(), c.code, c.want)
+		}
+	}
+}
