@@ -45,6 +45,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/metrics"
@@ -184,6 +185,17 @@ func checkQuery(raw string, params []string) string {
 // ServeHTTP serves the admin endpoints.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// The admin endpoint's bounds. Its connections take descriptors from the
+// proxy's own limit, so any local process could have starved the proxy
+// by opening them and keeping them idle (there was no idle timeout):
+// beyond maxConns, new ones wait in the listen backlog; idle ones close
+// after IdleTimeout. Its requests are small: heads beyond maxHeaderBytes
+// get 431 (net/http's default allowed 1 MiB).
+const (
+	maxConns       = 64
+	maxHeaderBytes = 64 << 10
+)
+
 // Start listens on Options.Addr and serves in the background.
 func (s *Server) Start() error {
 	ln, err := net.Listen("tcp", s.o.Addr.String())
@@ -194,8 +206,12 @@ func (s *Server) Start() error {
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelDebug),
 	}
+	ln = netutil.LimitListener(ln, maxConns)
 	go s.srv.Serve(ln)
 	return nil
 }

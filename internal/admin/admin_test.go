@@ -1,9 +1,12 @@
 package admin
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -404,5 +407,60 @@ func TestLoggingLevels(t *testing.T) {
 		if code != c.code || f.level.Level() != c.want {
 			t.Errorf("POST /logging?level=%s: %d %q, level %v; want %d, level %v", c.level, code, body, f.level.Level(), c.code, c.want)
 		}
+	}
+}
+
+// TestConnectionBounds: the endpoint holds at most maxConns connections
+// (the others wait in the listen backlog), so idle connections from any
+// local process cannot take the descriptors the proxy needs; it used to
+// accept every one. A head beyond maxHeaderBytes gets 431.
+func TestConnectionBounds(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetPhase(Ready)
+	if err := f.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer f.srv.Close()
+	addr := f.srv.Addr().String()
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	get := func(c net.Conn, wait time.Duration) (string, error) {
+		c.SetReadDeadline(time.Now().Add(wait))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+
+	held := make([]net.Conn, maxConns)
+	for i := range held {
+		held[i] = dial()
+	}
+	// Once the held ones are accepted (one answered request proves it for
+	// the last), one more is not served while they stay.
+	if _, err := io.WriteString(held[maxConns-1], "GET /ready HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := get(held[maxConns-1], 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("held connection %d: %q, %v", maxConns, line, err)
+	}
+	extra := dial()
+	io.WriteString(extra, "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if line, err := get(extra, 500*time.Millisecond); err == nil {
+		t.Fatalf("connection %d was served while %d others were open: %q", maxConns+1, maxConns, line)
+	}
+	held[0].Close()
+	if line, err := get(extra, 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("connection %d once one closed: %q, %v; want it served", maxConns+1, line, err)
+	}
+
+	big := held[1]
+	fmt.Fprintf(big, "GET /ready HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", maxHeaderBytes+8<<10)) // net/http allows 4 KiB more
+	if line, err := get(big, 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 431") {
+		t.Errorf("a %d KiB head: %q, %v; want 431", maxHeaderBytes>>10+8, line, err)
 	}
 }
