@@ -20,7 +20,9 @@
 //	GET  /debug/pprof/     Go profiles
 //
 // The endpoint reveals traffic and changes the log level, so it listens on
-// loopback unless Options.AllowRemote says otherwise.
+// loopback unless Options.AllowRemote says otherwise, and refuses what a
+// browser's web page could send it: cross-origin POSTs, and (on loopback)
+// requests under a DNS name.
 package admin
 
 import (
@@ -88,6 +90,7 @@ type Options struct {
 type Server struct {
 	o   Options
 	mux *http.ServeMux
+	h   http.Handler // mux, behind the cross-origin check
 	srv *http.Server
 	ln  net.Listener
 }
@@ -142,6 +145,9 @@ func New(o Options) (*Server, error) {
 	m.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	m.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
 	m.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// A web page in a browser on this host may send requests here: a
+	// cross-origin POST (/logging) is refused with 403.
+	s.h = http.NewCrossOriginProtection().Handler(m)
 	return s, nil
 }
 
@@ -183,7 +189,33 @@ func checkQuery(raw string, params []string) string {
 }
 
 // ServeHTTP serves the admin endpoints.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.o.AllowRemote && !addressedByIP(r.Host) {
+		http.Error(w, fmt.Sprintf("Host %q: this admin endpoint answers requests addressed to an IP address or localhost "+
+			"(a DNS name that points here would let any web page read it: DNS rebinding); use http://%s/", r.Host, s.Addr()), http.StatusForbidden)
+		return
+	}
+	s.h.ServeHTTP(w, r)
+}
+
+// addressedByIP reports whether a request's Host names an IP address or
+// localhost (or is empty, as HTTP/1.0 allows), as a request meant for a
+// loopback endpoint does. A page of a site whose DNS name the attacker
+// points at 127.0.0.1 after it loaded (DNS rebinding) is same-origin to
+// its own name, so the browser lets it read the answers; its requests
+// carry that name.
+func addressedByIP(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if host == "" || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	_, err := netip.ParseAddr(host)
+	return err == nil
+}
 
 // The admin endpoint's bounds. Its connections take descriptors from the
 // proxy's own limit, so any local process could have starved the proxy

@@ -72,7 +72,9 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) do(t *testing.T, method, target string) (int, string, http.Header) {
 	t.Helper()
 	w := httptest.NewRecorder()
-	f.srv.ServeHTTP(w, httptest.NewRequest(method, target, nil))
+	r := httptest.NewRequest(method, target, nil)
+	r.Host = "127.0.0.1:9901"
+	f.srv.ServeHTTP(w, r)
 	return w.Code, w.Body.String(), w.Header()
 }
 
@@ -442,14 +444,14 @@ func TestConnectionBounds(t *testing.T) {
 	}
 	// Once the held ones are accepted (one answered request proves it for
 	// the last), one more is not served while they stay.
-	if _, err := io.WriteString(held[maxConns-1], "GET /ready HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(held[maxConns-1], "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	if line, err := get(held[maxConns-1], 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
 		t.Fatalf("held connection %d: %q, %v", maxConns, line, err)
 	}
 	extra := dial()
-	io.WriteString(extra, "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	io.WriteString(extra, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 	if line, err := get(extra, 500*time.Millisecond); err == nil {
 		t.Fatalf("connection %d was served while %d others were open: %q", maxConns+1, maxConns, line)
 	}
@@ -459,8 +461,65 @@ func TestConnectionBounds(t *testing.T) {
 	}
 
 	big := held[1]
-	fmt.Fprintf(big, "GET /ready HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", maxHeaderBytes+8<<10)) // net/http allows 4 KiB more
+	fmt.Fprintf(big, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", maxHeaderBytes+8<<10)) // net/http allows 4 KiB more
 	if line, err := get(big, 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 431") {
 		t.Errorf("a %d KiB head: %q, %v; want 431", maxHeaderBytes>>10+8, line, err)
+	}
+}
+
+// TestBrowserRequests: a web page open in a browser on detour's host may
+// send requests to the loopback endpoint. A cross-origin POST (which a
+// browser sends without asking) must not change the log level, and a
+// request under a DNS name (DNS rebinding: the page's own name, pointed
+// at 127.0.0.1 after it loaded, so the browser lets it read the answer)
+// must not read traffic; both used to be served. Tools (curl, detour
+// status, Prometheus) send neither an Origin nor a DNS name.
+func TestBrowserRequests(t *testing.T) {
+	f := newFixture(t)
+	do := func(method, target, host string, hdr map[string]string) int {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(method, target, nil)
+		r.Host = host
+		for k, v := range hdr {
+			r.Header.Set(k, v)
+		}
+		f.srv.ServeHTTP(w, r)
+		return w.Code
+	}
+	for _, c := range []struct {
+		name, method, target, host string
+		hdr                        map[string]string
+		code                       int
+	}{
+		{"curl", "POST", "/logging?level=warn", "127.0.0.1:9901", nil, 200},
+		{"same origin", "POST", "/logging?level=warn", "127.0.0.1:9901", map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1:9901"}, 200},
+		{"cross-site fetch", "POST", "/logging?level=debug", "127.0.0.1:9901", map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"foreign origin", "POST", "/logging?level=debug", "127.0.0.1:9901", map[string]string{"Origin": "http://evil.example"}, 403},
+		{"rebound name", "GET", "/clusters", "evil.example:9901", nil, 403},
+		{"rebound name, POST", "POST", "/logging?level=debug", "evil.example:9901", nil, 403},
+		{"localhost", "GET", "/clusters", "localhost:9901", nil, 200},
+		{"IPv6", "GET", "/clusters", "[::1]:9901", nil, 200},
+		{"no port", "GET", "/clusters", "127.0.0.1", nil, 200},
+		{"HTTP/1.0 without Host", "GET", "/clusters", "", nil, 200},
+	} {
+		if code := do(c.method, c.target, c.host, c.hdr); code != c.code {
+			t.Errorf("%s: %s %s (Host %q): %d, want %d", c.name, c.method, c.target, c.host, code, c.code)
+		}
+	}
+	if f.level.Level() != slog.LevelWarn {
+		t.Errorf("level %v after the refused requests; want warn, the last one allowed", f.level.Level())
+	}
+
+	// With --admin-allow-remote the endpoint is meant to be reached by name.
+	remote, err := New(Options{Addr: netip.MustParseAddrPort("0.0.0.0:0"), AllowRemote: true, State: NewState()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/ready", nil)
+	r.Host = "router.example:9901"
+	remote.ServeHTTP(w, r)
+	if w.Code != 503 {
+		t.Errorf("allow-remote, by name: %d, want 503 (starting)", w.Code)
 	}
 }
