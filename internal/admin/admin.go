@@ -12,7 +12,7 @@
 //
 //	GET  /                 HTML index: the endpoints and the current hosts
 //	GET  /ready            200 "ready", or 503 "starting" / "draining"
-//	GET  /metrics          Prometheus text format
+//	GET  /metrics          Prometheus text format (also /stats/prometheus, Envoy's path)
 //	GET  /clusters         hosts and L4 destinations as a text table; ?format=json
 //	GET  /status           JSON for `detour status`: phase, listeners, rules, totals, hosts
 //	GET  /config           the effective configuration (YAML)
@@ -126,9 +126,11 @@ func New(o Options) (*Server, error) {
 	m.HandleFunc("GET /{$}", takes(s.index))
 	m.HandleFunc("GET /ready", takes(s.ready))
 	if o.Gatherer != nil {
-		m.HandleFunc("GET /metrics", takes(promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
+		prom := takes(promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
-		}).ServeHTTP))
+		}).ServeHTTP)
+		m.HandleFunc("GET /metrics", prom)
+		m.HandleFunc("GET /stats/prometheus", prom) // Envoy's path: scrape configs written for Envoy work
 	}
 	m.HandleFunc("GET /clusters", takes(s.clusters, "format"))
 	m.HandleFunc("GET /status", takes(s.status))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -521,5 +522,42 @@ func TestBrowserRequests(t *testing.T) {
 	remote.ServeHTTP(w, r)
 	if w.Code != 503 {
 		t.Errorf("allow-remote, by name: %d, want 503 (starting)", w.Code)
+	}
+}
+
+// TestPrometheusExposition: /metrics, and /stats/prometheus where
+// Envoy's scrape configs look (it used to be 404), are valid Prometheus
+// text exposition, every detour family with a help line and a type, and
+// counters named _total.
+func TestPrometheusExposition(t *testing.T) {
+	f := newFixture(t)
+	f.m.Request(&httpproxy.RequestInfo{Dst: netip.MustParseAddrPort("198.18.2.2:80"), Status: 200})
+	for _, path := range []string{"/metrics", "/stats/prometheus"} {
+		code, body, h := f.do(t, "GET", path)
+		if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/plain; version=0.0.4") {
+			t.Fatalf("%s: %d %q", path, code, h.Get("Content-Type"))
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("%s does not parse: %v", path, err)
+		}
+		if len(fams) < 20 {
+			t.Errorf("%s: %d families, want detour's 20 and more", path, len(fams))
+		}
+		for name, fam := range fams {
+			if !strings.HasPrefix(name, "detour_") || !model.IsValidLegacyMetricName(name) {
+				t.Errorf("%s: family %q: want a detour_ name in the legacy charset", path, name)
+			}
+			if fam.GetHelp() == "" || strings.Contains(fam.GetHelp(), "\n") {
+				t.Errorf("%s: %s has help %q", path, name, fam.GetHelp())
+			}
+			if fam.GetType() == dto.MetricType_COUNTER && !strings.HasSuffix(name, "_total") {
+				t.Errorf("%s: counter %s not named _total", path, name)
+			}
+			if n := strings.Count(body, "# TYPE "+name+" "); n != 1 {
+				t.Errorf("%s: %d TYPE lines for %s", path, n, name)
+			}
+		}
 	}
 }
