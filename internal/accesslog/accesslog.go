@@ -16,7 +16,7 @@
 // "-" for an empty value):
 //
 //	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
-//	http: time kind=http request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused
+//	http: time kind=http request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused details
 package accesslog
 
 import (
@@ -252,8 +252,8 @@ func (l *Logger) Path() string {
 	return l.o.Path
 }
 
-// L4 logs one L4 connection, also one refused by the loop guard (flag LR)
-// or whose upstream connect failed (UF).
+// L4 logs one L4 connection, also one refused by the loop guard (flag
+// LR) or as not intercepted (NR), or whose upstream connect failed (UF).
 func (l *Logger) L4(r proxy.L4Record) {
 	if l == nil {
 		return
