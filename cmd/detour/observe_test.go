@@ -273,7 +273,7 @@ func TestReloadFollowsCleanupInterval(t *testing.T) {
 	} {
 		if c.cleanup != time.Duration(d.cfg.HTTP.CleanupInterval) {
 			next := conf(c.cleanup)
-			if err := d.reload(func() (*config.Config, error) { return next, next.Finish() }); err != nil {
+			if err := d.reload(context.Background(), func() (*config.Config, error) { return next, next.Finish() }); err != nil {
 				t.Fatal(err)
 			}
 		}
