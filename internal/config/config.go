@@ -141,7 +141,9 @@ type HTTP struct {
 	// HeaderTimeout bounds reading a request's head (slowloris).
 	HeaderTimeout Duration `yaml:"header_timeout"`
 	// StreamIdleTimeout: a client whose response write stays blocked this
-	// long (it stopped reading) is closed.
+	// long (it stopped reading) is closed; so is a request or response
+	// body with no byte from its sender for this long (see
+	// httpproxy.Options.StreamIdleTimeout).
 	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
 	// DisableFastPath serves every request with net/http and ReverseProxy
 	// instead of forwarding common HTTP/1.1 requests on the fast path.

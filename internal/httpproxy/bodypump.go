@@ -85,17 +85,17 @@ func (b *bodyPump) run() {
 }
 
 // copy sends the body's rest to the upstream. The stream idle timeout
-// bounds each read and write; stop's deadlines, and its flag checked
-// before each read, end it.
+// bounds each read and write (one idleDeadline for both: they renew
+// together); stop's deadlines, and its flag checked before each read, end
+// it.
 func (b *bodyPump) copy() error {
 	fc, up := b.fc, b.up.conn
-	sit := fc.p.o.StreamIdleTimeout
-	if sit <= 0 {
+	idle := idleDeadline{timeout: fc.p.o.StreamIdleTimeout}
+	if idle.timeout <= 0 {
 		fc.c.SetReadDeadline(time.Time{}) // the head's deadline does not bound the body
 	}
 	_, rerr, werr := copyN(handingWriter{up, &b.handed}, fc.c, b.rest, fc.p.copyBufs, func() bool {
-		if sit > 0 {
-			dl := time.Now().Add(sit)
+		if dl, ok := idle.due(); ok {
 			up.SetWriteDeadline(dl)
 			fc.c.SetReadDeadline(dl)
 		}

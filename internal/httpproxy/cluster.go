@@ -229,7 +229,9 @@ func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{TCPConn: conn, h: h}, nil
+	c := &upConn{TCPConn: conn, h: h}
+	c.idle.timeout = h.c.p.o.StreamIdleTimeout
+	return c, nil
 }
 
 // connect returns a pre-dialed connection if one is waiting, else a new
@@ -353,6 +355,7 @@ func (h *host) expireLinksLocked(cutoff time.Time) []*upLink {
 type upConn struct {
 	*net.TCPConn
 	h    *host
+	idle idleDeadline // the write deadline (Write); nothing else sets one
 	once sync.Once
 }
 
@@ -367,9 +370,7 @@ func (c *upConn) Close() error {
 // 504, instead of holding the client and the connection until the
 // upstream closes. (The Transport sets no write deadline of its own.)
 func (c *upConn) Write(b []byte) (int, error) {
-	if sit := c.h.c.p.o.StreamIdleTimeout; sit > 0 {
-		c.TCPConn.SetWriteDeadline(time.Now().Add(sit))
-	}
+	c.idle.write(c.TCPConn)
 	return c.TCPConn.Write(b)
 }
 
@@ -377,7 +378,7 @@ func (c *upConn) Write(b []byte) (int, error) {
 // Transport writes a request body with it (never from a socket it could
 // splice from).
 func (c *upConn) ReadFrom(r io.Reader) (int64, error) {
-	if c.h.c.p.o.StreamIdleTimeout <= 0 {
+	if c.idle.timeout <= 0 {
 		return c.TCPConn.ReadFrom(r)
 	}
 	bufs := c.h.c.p.copyBufs

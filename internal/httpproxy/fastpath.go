@@ -899,10 +899,11 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 		}
 		return true, br.Buffered() == 0
 	case n < 0: // only from http.ReadResponse
-		up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
+		var idle idleDeadline
+		fc.upstreamIdle(up, &idle) // the route timeout does not cut bodies
 		defer up.conn.SetReadDeadline(time.Time{})
 		defer fc.watchClient(up)()
-		return fc.relayChunked(br, res, out, info, up)
+		return fc.relayChunked(br, res, out, info, up, &idle)
 	}
 	// Content-Length: what br holds goes out with the head (one write for
 	// a small response), the rest is spliced.
@@ -925,15 +926,16 @@ func (fc *fastConn) relay(up *upLink, br *bufio.Reader, res *http.Response, rh *
 	if rest == 0 {
 		return true, br.Buffered() == 0
 	}
-	up.conn.SetReadDeadline(time.Time{}) // the route timeout does not cut bodies
+	var idle idleDeadline
+	fc.upstreamIdle(up, &idle) // the route timeout does not cut bodies
 	stop := fc.watchClient(up)
 	var src io.Reader = up.conn // spliced
 	if len(up.raw.ahead) > 0 {
 		src = &up.raw // bytes a loop read come first
 	}
-	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() bool { fc.upstreamIdle(up); return true })
+	m, rerr, werr := copyN(&fc.out, src, rest, fc.p.copyBufs, func() bool { idle.read(up.conn); return true })
 	stop()
-	if fc.p.o.StreamIdleTimeout > 0 {
+	if idle.timeout > 0 {
 		up.conn.SetReadDeadline(time.Time{}) // a pooled connection keeps no deadline
 	}
 	info.BodyBytes += m
@@ -1012,19 +1014,25 @@ func (fc *fastConn) endHead(out []byte, h *fastHead) []byte {
 	return append(out, "\r\n"...)
 }
 
-// upstreamIdle bounds the next read of a response body from up by
-// StreamIdleTimeout: an upstream that sends nothing for that long is cut,
-// as a client that stops reading is (Envoy's stream_idle_timeout).
-func (fc *fastConn) upstreamIdle(up *upLink) {
-	if sit := fc.p.o.StreamIdleTimeout; sit > 0 {
-		up.conn.SetReadDeadline(time.Now().Add(sit))
+// upstreamIdle makes idle what bounds each read of a response body from
+// up by StreamIdleTimeout: an upstream that sends nothing for that long
+// is cut, as a client that stops reading is (Envoy's
+// stream_idle_timeout). It replaces up's read deadline (the route
+// timeout's) at once: with idle's first one, or none when the timeout is
+// off.
+func (fc *fastConn) upstreamIdle(up *upLink, idle *idleDeadline) {
+	idle.timeout = fc.p.o.StreamIdleTimeout
+	if dl, ok := idle.due(); ok {
+		up.conn.SetReadDeadline(dl)
+	} else {
+		up.conn.SetReadDeadline(time.Time{})
 	}
 }
 
 // relayChunked streams a chunked (or close-delimited) body as chunks,
 // flushing whenever the upstream has nothing more buffered, then the
 // trailers.
-func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo, up *upLink) (keep, upOK bool) {
+func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []byte, info *RequestInfo, up *upLink, idle *idleDeadline) (keep, upOK bool) {
 	bw := fc.p.pools.writers.Get().(*bufio.Writer)
 	bw.Reset(&fc.out)
 	buf := fc.p.copyBufs.Get()
@@ -1036,7 +1044,7 @@ func (fc *fastConn) relayChunked(br *bufio.Reader, res *http.Response, head []by
 	bw.Write(head)
 	var werr error
 	for {
-		fc.upstreamIdle(up)
+		idle.read(up.conn)
 		n, err := res.Body.Read(buf)
 		if n > 0 {
 			bw.WriteString(strconv.FormatInt(int64(n), 16))

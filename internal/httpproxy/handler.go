@@ -358,7 +358,8 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	res.Header[hdrServiceTime] = x.vals[3:4:4]
 	p.setServer(res.Header, x.vals[4:5:5])
 	if sit := p.o.StreamIdleTimeout; sit > 0 && res.StatusCode != http.StatusSwitchingProtocols && x.upc != nil && res.Body != http.NoBody {
-		x.body = idleBody{ReadCloser: res.Body, conn: x.upc, timeout: sit}
+		x.body.ReadCloser, x.body.conn = res.Body, x.upc
+		x.body.idle.timeout = sit
 		res.Body = &x.body
 	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
@@ -388,26 +389,28 @@ func upgradeType(h http.Header) string {
 }
 
 // idleBody is an upstream response body whose every read waits at most
-// timeout (StreamIdleTimeout) for the upstream: one that stops sending in
-// the middle of a body is cut, as a client that stops reading is (Envoy's
-// stream_idle_timeout). The Transport reads a body on the caller's
-// goroutine, from the connection it is alone to read meanwhile; once the
-// body ends, the deadline is cleared for the connection's next response
-// (a body closed before its end closes the connection). A response
+// the stream idle timeout (idle) for the upstream: one that stops sending
+// in the middle of a body is cut, as a client that stops reading is
+// (Envoy's stream_idle_timeout). The Transport reads a body on the
+// caller's goroutine, from the connection it is alone to read meanwhile,
+// so the deadline may stay set from one read to the next; once the body
+// ends, it is cleared for the connection's next response (a body closed
+// before its end closes the connection). A response
 // without a body (http.NoBody) is not wrapped: its connection may already
 // carry another request.
 type idleBody struct {
 	io.ReadCloser
 	conn     net.Conn
-	timeout  time.Duration
+	idle     idleDeadline // conn's read deadline
 	timedOut bool
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
-	b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	b.idle.read(b.conn)
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
 		b.conn.SetReadDeadline(time.Time{})
+		b.idle.forget()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			b.timedOut = true
 		}

@@ -116,8 +116,9 @@ type Options struct {
 	// upstream connection released, and the request flagged SI. It also
 	// bounds the wait for each read of a request body from the client
 	// (408, flag SI) and of a response body from the upstream (flag SI), and
-	// each write of a request body to the upstream (504, flag UT).
-	// Negative disables it.
+	// each write of a request body to the upstream (504, flag UT). Its
+	// deadlines are renewed lazily (idleDeadline): a stall is cut after
+	// 7/8 to all of it. Negative disables it.
 	StreamIdleTimeout time.Duration
 	// MaxIdleConnsPerHost bounds each host's pool of idle upstream
 	// connections.
@@ -330,7 +331,8 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 	if !headBy.IsZero() {
 		dc.headBy.Store(headBy.UnixNano())
 	}
-	dc.sw.conn, dc.sw.timeout = c, p.o.StreamIdleTimeout
+	dc.sw.conn, dc.sw.idle.timeout = c, p.o.StreamIdleTimeout
+	dc.bodyIdle.timeout = p.o.StreamIdleTimeout
 	if !p.track(dc) {
 		c.Close()
 		return
@@ -355,7 +357,7 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, fi
 	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now(), first: first}
 	fc.fd, _ = tcpproxy.ConnFD(c) // -1 on failure: no loop for it
-	fc.out.conn, fc.out.timeout = c, p.o.StreamIdleTimeout
+	fc.out.conn, fc.out.idle.timeout = c, p.o.StreamIdleTimeout
 	fc.out.raw.init(rc)
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {

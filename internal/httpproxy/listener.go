@@ -28,7 +28,8 @@ type downConn struct {
 	dialErr     error
 	dialErrUsed atomic.Bool
 
-	sw streamWriter // writes to the client, under the stream idle timeout
+	sw       streamWriter // writes to the client, under the stream idle timeout
+	bodyIdle idleDeadline // the read deadline of a request body (readBody)
 
 	headTimedOut bool // a header timeout was reported (read goroutine only)
 
@@ -50,9 +51,12 @@ type downConn struct {
 func (c *downConn) Read(p []byte) (int, error) {
 	var n int
 	var err error
-	if c.sw.timeout > 0 && c.g.inBody() {
+	if c.bodyIdle.timeout > 0 && c.g.inBody() {
 		n, err = c.readBody(p)
 	} else {
+		if c.bodyIdle.armed() { // the body ended, or the stream became a tunnel
+			c.endBodyIdle()
+		}
 		n, err = c.g.read(c.Conn, p)
 	}
 	if c.headBy.Load() != 0 && (c.g.heads > 0 || c.g.st == gDone || c.g.st == gPass) {
@@ -69,38 +73,50 @@ func (c *downConn) Read(p []byte) (int, error) {
 
 // readBody reads while the guard is inside the body of the request being
 // served, which net/http reads with no deadline of its own: a client that
-// sends no byte of it for StreamIdleTimeout fails the read, as the fast
-// path's body copy does, so that a stalled upload does not hold the
-// request and its upstream connection forever (Envoy's
+// sends no byte of it for StreamIdleTimeout (bodyIdle) fails the read, as
+// the fast path's body copy does, so that a stalled upload does not hold
+// the request and its upstream connection forever (Envoy's
 // stream_idle_timeout). net/http cancels the request at the read error:
 // the upstream request is aborted, and the handler answers 408 (flag SI,
-// bodyStalled).
-// A deadline net/http set (an aborted background read) is left alone.
+// bodyStalled). The deadline stays set from one read of the body to the
+// next (it is renewed lazily) and is cleared once the body has ended or a
+// read failed. A deadline net/http set (an aborted background read) is
+// left alone.
 func (c *downConn) readBody(p []byte) (int, error) {
 	c.dlMu.Lock()
 	own := c.g.deadline.Load() == 0
 	if own {
-		c.Conn.SetReadDeadline(time.Now().Add(c.sw.timeout))
+		c.bodyIdle.read(c.Conn)
 	}
 	c.dlMu.Unlock()
 	n, err := c.g.read(c.Conn, p)
-	if !own {
+	if !own || err == nil && c.g.inBody() {
 		return n, err
 	}
-	c.dlMu.Lock()
-	ns := c.g.deadline.Load()
-	if ns == 0 {
-		c.Conn.SetReadDeadline(time.Time{})
-	} else {
-		c.Conn.SetReadDeadline(time.Unix(0, ns)) // net/http's, set meanwhile
-	}
-	c.dlMu.Unlock()
+	ns := c.endBodyIdle()
 	if ns == 0 && err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		c.bodyStalled.Store(true)
 		c.p.log.Info("stream idle timeout: the client stopped sending its request body; closing", "client", c.client,
-			"dst", c.origDst, "timeout", c.sw.timeout)
+			"dst", c.origDst, "timeout", c.bodyIdle.timeout)
 	}
 	return n, err
+}
+
+// endBodyIdle puts back the read deadline net/http set (none, or one it
+// set meanwhile), which readBody's replaced, and returns it (Unix ns).
+func (c *downConn) endBodyIdle() (ns int64) {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	ns = c.g.deadline.Load()
+	if c.bodyIdle.armed() {
+		c.bodyIdle.forget()
+		if ns == 0 {
+			c.Conn.SetReadDeadline(time.Time{})
+		} else {
+			c.Conn.SetReadDeadline(time.Unix(0, ns)) // net/http's, set meanwhile
+		}
+	}
+	return ns
 }
 
 func (c *downConn) Write(b []byte) (int, error) { return c.sw.Write(b) }
@@ -114,11 +130,12 @@ func (c *downConn) SetReadDeadline(t time.Time) error {
 	defer c.dlMu.Unlock()
 	err := c.Conn.SetReadDeadline(t)
 	c.g.setDeadline(t)
+	c.bodyIdle.forget()
 	return err
 }
 
 func (c *downConn) SetDeadline(t time.Time) error {
-	c.sw.wdl.Store(0)
+	c.sw.idle.forget()
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	err := c.Conn.SetWriteDeadline(t)
@@ -127,6 +144,7 @@ func (c *downConn) SetDeadline(t time.Time) error {
 		err = rerr
 	}
 	c.g.setDeadline(rt)
+	c.bodyIdle.forget()
 	return err
 }
 
@@ -142,7 +160,7 @@ func (c *downConn) clampHead(t time.Time) time.Time {
 }
 
 func (c *downConn) SetWriteDeadline(t time.Time) error {
-	c.sw.wdl.Store(0)
+	c.sw.idle.forget()
 	return c.Conn.SetWriteDeadline(t)
 }
 
@@ -231,24 +249,20 @@ func (memAddr) Network() string { return "memory" }
 func (memAddr) String() string  { return "detour-l7" }
 
 // streamWriter writes to a client and fails when one write takes longer
-// than timeout (the client stopped reading): such a client must not hold
-// its response, and the upstream connection behind it, forever. A
-// timed-out write is not retried even if it wrote some bytes: those went
-// out at its start, into the socket buffer, before it blocked. The
-// deadline is renewed when less than 7/8 of it is left, not on every
-// write, so a write may fail after 7/8 of timeout.
+// than the stream idle timeout (idle; the client stopped reading): such a
+// client must not hold its response, and the upstream connection behind
+// it, forever. A timed-out write is not retried even if
+// it wrote some bytes: those went out at its start, into the socket
+// buffer, before it blocked.
 type streamWriter struct {
 	conn     net.Conn
-	raw      rawWriter     // writes to conn without Go's syscall bookkeeping, once initialised (the fast path)
-	timeout  time.Duration // 0: none
-	wdl      atomic.Int64  // the deadline set, Unix ns; 0: none known
+	raw      rawWriter    // writes to conn without Go's syscall bookkeeping, once initialised (the fast path)
+	idle     idleDeadline // conn's write deadline
 	timedOut atomic.Bool
 }
 
 func (w *streamWriter) Write(b []byte) (int, error) {
-	if w.timeout > 0 {
-		w.renew()
-	}
+	w.idle.write(w.conn)
 	var n int
 	var err error
 	if w.raw.rc != nil {
@@ -256,24 +270,10 @@ func (w *streamWriter) Write(b []byte) (int, error) {
 	} else {
 		n, err = w.conn.Write(b)
 	}
-	if w.timeout > 0 {
+	if w.idle.timeout > 0 {
 		w.note(err)
 	}
 	return n, err
-}
-
-// renew sets the write deadline again when less than 7/8 of it is left.
-func (w *streamWriter) renew() {
-	d := w.timeout
-	if d <= 0 {
-		return
-	}
-	now := time.Now()
-	if dl := w.wdl.Load(); dl == 0 || dl-now.UnixNano() < int64(d-d/8) {
-		dl = now.Add(d).UnixNano()
-		w.wdl.Store(dl)
-		w.conn.SetWriteDeadline(time.Unix(0, dl))
-	}
 }
 
 // note records a write error that was the deadline expiring.

@@ -269,6 +269,53 @@ func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
 	}
 }
 
+// TestStreamIdleTimeoutLeavesNoDeadline: the stream idle deadlines stay
+// set between the reads and writes of a body (they are renewed lazily),
+// so each must be gone once its body is: a keep-alive connection, on
+// either side, that idles longer than StreamIdleTimeout after uploads and
+// downloads still serves the next request, on the same upstream
+// connections.
+func TestStreamIdleTimeoutLeavesNoDeadline(t *testing.T) {
+	const size = 256 << 10 // more than one read and write of each body
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
+			if r.URL.Path == "/cl" {
+				w.Header().Set("Content-Length", fmt.Sprint(size))
+			}
+			w.Header().Set("X-Got", fmt.Sprint(n))
+			io.Copy(w, io.LimitReader(zeros{}, size)) // chunked for /chunked
+		}))
+		const sit = 200 * time.Millisecond
+		f := newFront(t, Options{StreamIdleTimeout: sit, DisableFastPath: !fast}, up.addrPort())
+		c, br := f.raw(t)
+		body := strings.Repeat("x", size)
+		var opened int32 // upstream connections after the first round
+		for i := range 2 {
+			for _, req := range []string{
+				fmt.Sprintf("POST /cl HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", size, body),
+				fmt.Sprintf("POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", size, body),
+			} {
+				time.Sleep(3 * sit) // every deadline set so far has passed
+				io.WriteString(c, req)
+				res, got := readResponse(t, br, "POST")
+				if res.StatusCode != 200 || len(got) != size || res.Header.Get("X-Got") != fmt.Sprint(size) {
+					t.Fatalf("round %d, %s: %d, %d bytes, upstream got %s", i, req[:14], res.StatusCode, len(got), res.Header.Get("X-Got"))
+				}
+				if info := f.info(t); info.Flags != 0 {
+					t.Fatalf("round %d, %s: flags %v", i, req[:14], info.Flags)
+				}
+			}
+			if i == 0 {
+				opened = up.accepted.Load() // the fast path's and the Transport's (chunked)
+			}
+		}
+		if n := up.accepted.Load(); n != opened {
+			t.Errorf("%d upstream connections after the second round, %d after the first: not reused after an idle pause", n, opened)
+		}
+	})
+}
+
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
