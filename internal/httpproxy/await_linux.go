@@ -7,12 +7,12 @@ import (
 )
 
 // sendAwait writes a whole request (head, then body, which may be empty)
-// to up and waits until up has something to read (or its read deadline
+// to l and waits until l has something to read (or its read deadline
 // passes, or it is closed: the read that follows reports those).
 //
 // Written the usual way — write, then read — the first read nearly always
 // finds the response not there yet and returns EAGAIN before the goroutine
-// parks. Here the write runs inside a raw read of up, after Go's poller
+// parks. Here the write runs inside a raw read of l, after Go's poller
 // has been told to keep the next readiness edge for this reader: a
 // response that arrives even before the wait begins still wakes it, so
 // the wait needs no read, and the next read finds the response. One
@@ -23,15 +23,15 @@ import (
 //
 // When the socket takes only part of the bytes, the rest is written with
 // an ordinary (waiting) write after the raw read has returned.
-func (up *upLink) sendAwait(head, body []byte) error {
-	a := &up.await
+func (l *upLink) sendAwait(head, body []byte) error {
+	a := &l.await
 	if a.fn == nil {
 		a.fn = a.step // bound once per connection: no allocation per request
 	}
 	a.bufs, a.err, a.wrote = [2][]byte{head, body}, nil, false
 	// An error of the wait itself (a deadline, a close) is left to the
 	// read that follows, which reports it as it would have without this.
-	up.rc.Read(a.fn)
+	l.rc.Read(a.fn)
 	bufs, err := a.bufs, a.err
 	a.bufs = [2][]byte{} // keep no reference to the caller's buffers
 	if err != nil {
@@ -39,7 +39,7 @@ func (up *upLink) sendAwait(head, body []byte) error {
 	}
 	for _, b := range bufs { // what the socket did not take at once
 		if len(b) > 0 {
-			if _, err := up.conn.Write(b); err != nil {
+			if _, err := l.conn.Write(b); err != nil {
 				return err
 			}
 		}
