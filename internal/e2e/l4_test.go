@@ -16,7 +16,6 @@ import (
 // l4Case is one deployment under test: where clients dial from, where the
 // servers live, and what source address the server should see.
 type l4Case struct {
-	name       string
 	client     *ns.NS
 	servers    *testServers
 	dst4, dst6 netip.Addr
