@@ -110,7 +110,7 @@ func Open(o Options) (*Logger, error) {
 	}
 	l := &Logger{o: o, json: o.Format == FormatJSON, stop: make(chan struct{}), done: make(chan struct{})}
 	l.pool.New = func() any { b := make([]byte, 0, 512); return &b }
-	var w io.Writer = o.Stdout
+	w := o.Stdout
 	if o.Path != PathStdout {
 		f, err := openFile(o.Path)
 		if err != nil {
