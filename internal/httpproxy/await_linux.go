@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,8 +23,12 @@ import (
 // the request with a reset, which wakes the wait like any other edge.
 //
 // When the socket takes only part of the bytes, the rest is written with
-// an ordinary (waiting) write after the raw read has returned.
-func (l *upLink) sendAwait(head, body []byte) error {
+// an ordinary (waiting) write after the raw read has returned, which idle
+// (StreamIdleTimeout; 0: none) bounds as it bounds a body's writes: the
+// connection's write deadline is set for it, not left as an earlier
+// request on the pooled connection set it (long passed, it would fail the
+// write at once). A whole write, the usual case, sets no deadline.
+func (l *upLink) sendAwait(head, body []byte, idle time.Duration) error {
 	a := &l.await
 	if a.fn == nil {
 		a.fn = a.step // bound once per connection: no allocation per request
@@ -37,7 +42,10 @@ func (l *upLink) sendAwait(head, body []byte) error {
 	if err != nil {
 		return err
 	}
-	for _, b := range bufs { // what the socket did not take at once
+	if len(bufs[0])+len(bufs[1]) > 0 { // the socket did not take it all at once
+		l.conn.SetWriteDeadline(deadline(time.Now(), idle))
+	}
+	for _, b := range bufs {
 		if len(b) > 0 {
 			if _, err := l.conn.Write(b); err != nil {
 				return err

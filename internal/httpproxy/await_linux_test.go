@@ -72,7 +72,7 @@ func TestSendAwait(t *testing.T) {
 				srv.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
 			}()
 			up.conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a lost edge fails, not hangs
-			if err := up.sendAwait(tt.head, tt.body); err != nil {
+			if err := up.sendAwait(tt.head, tt.body, 0); err != nil {
 				t.Fatalf("sendAwait: %v", err)
 			}
 			if !tt.smallBuf && !answered.Load() {
@@ -95,7 +95,7 @@ func TestSendAwait(t *testing.T) {
 func TestSendAwaitDeadline(t *testing.T) {
 	up, srv := awaitPair(t)
 	up.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if err := up.sendAwait([]byte("GET / HTTP/1.1\r\n\r\n"), nil); err != nil {
+	if err := up.sendAwait([]byte("GET / HTTP/1.1\r\n\r\n"), nil, 0); err != nil {
 		t.Fatalf("sendAwait: %v", err)
 	}
 	_, err := up.conn.Read(make([]byte, 1))
@@ -113,11 +113,62 @@ func TestSendAwaitClosedPeer(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // the FIN arrives before the request is written
 	up.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	start := time.Now()
-	err := up.sendAwait([]byte("GET / HTTP/1.1\r\n\r\n"), nil)
+	err := up.sendAwait([]byte("GET / HTTP/1.1\r\n\r\n"), nil, 0)
 	if err == nil {
 		_, err = up.conn.Read(make([]byte, 1))
 	}
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("got %v after %v, want EOF or a reset well before the deadline", err, time.Since(start))
+	}
+}
+
+// TestSendAwaitPartialWriteBounded: the rest of a partial write (a small
+// send buffer) is bounded by the stream idle timeout, and only by it: a
+// write deadline an earlier request left on the pooled connection, long
+// passed, does not fail it at once, and a server that stopped reading
+// fails it after the timeout instead of holding it forever.
+func TestSendAwaitPartialWriteBounded(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 256<<10) // more than the socket takes at once
+	for _, tt := range []struct {
+		name    string
+		stale   bool          // an earlier request's write deadline, passed, is on the connection
+		reads   bool          // the server reads the request (else: stopped reading)
+		sit     time.Duration // far longer than the reading takes on a loaded machine, or short
+		wantErr bool
+	}{
+		{"stale deadline, server reads", true, true, time.Minute, false},
+		{"server stopped reading", false, false, 300 * time.Millisecond, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up, srv := awaitPair(t)
+			up.rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4096) })
+			if tt.stale {
+				up.conn.SetWriteDeadline(time.Now().Add(-time.Minute))
+			}
+			up.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if tt.reads {
+				go func() {
+					if _, err := io.CopyN(io.Discard, srv, int64(len(big))+2); err == nil {
+						srv.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+					}
+				}()
+			}
+			done := make(chan error, 1)
+			go func() { done <- up.sendAwait([]byte("\r\n"), big, tt.sit) }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				up.conn.Close() // ends the write
+				<-done
+				t.Fatal("the rest of the write still blocked 10s after the server stopped reading")
+			}
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("sendAwait: %v, want an error: %v", err, tt.wantErr)
+			}
+			if tt.wantErr && !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("sendAwait: %v, want the stream idle deadline", err)
+			}
+		})
 	}
 }

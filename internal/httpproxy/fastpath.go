@@ -641,11 +641,6 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 	p := fc.p
 	h, head, body, inBody, rh := &x.h, x.out, x.body, x.inBody, x.rh
 	var werr error // writing the request failed
-	// A head alone fits the free send buffer of a keep-alive connection:
-	// only a body can block the write.
-	if sit := p.o.StreamIdleTimeout; sit > 0 && h.clen > 0 && !sent {
-		up.conn.SetWriteDeadline(time.Now().Add(sit))
-	}
 	switch rest := h.clen - inBody; {
 	case sent:
 		// By the loop, which may have read the start of the response
@@ -665,6 +660,9 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			}
 		}
 	case rest > 0:
+		if sit := p.o.StreamIdleTimeout; sit > 0 { // the upstream may not take the body
+			up.conn.SetWriteDeadline(time.Now().Add(sit))
+		}
 		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
 			werr = fmt.Errorf("%w: %w", errNoResponse, err)
 			if ne, ok := errors.AsType[net.Error](werr); ok && ne.Timeout() {
@@ -689,7 +687,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		if rt := p.o.RouteTimeout; rt > 0 {
 			up.conn.SetReadDeadline(time.Now().Add(rt))
 		}
-		if err := up.sendAwait(head, body); err != nil {
+		if err := up.sendAwait(head, body, p.o.StreamIdleTimeout); err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
 		}
 	}

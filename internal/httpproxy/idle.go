@@ -17,9 +17,10 @@ import (
 //
 // It only knows the deadlines it set: whoever sets or clears the same
 // deadline another way calls forget, and the next renewal sets it anew.
-// A zero timeout disables it. (A single write bounded once, the fast
-// path's write of a request with the body bytes that came with its head,
-// sets its deadline the whole timeout ahead: within the same bound.)
+// A zero timeout disables it. (A single write bounded once — the fast
+// path's write of a request head with the body bytes that came with it,
+// or of the rest of a request the socket did not take at once — sets its
+// deadline the whole timeout ahead: within the same bound.)
 type idleDeadline struct {
 	timeout time.Duration
 	at      atomic.Int64 // the deadline set last, as a monoTime; 0: none known
