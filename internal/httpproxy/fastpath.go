@@ -120,14 +120,23 @@ type fastConn struct {
 
 // abort closes the client connection and the upstream one in use. A
 // loop serving the connection is asked to hand it back first: only the
-// connection's goroutine closes its sockets.
+// connection's goroutine closes its sockets then. The upstream connection
+// is taken out of cur, so that the goroutine knows it was closed (sendOff)
+// and never pools it: a closed link's descriptor number may already be
+// another socket's when alive or a loop would use it. ol.mu orders abort
+// against entering a loop.
 func (fc *fastConn) abort() {
 	fc.closing.Store(true)
-	if fc.ol.abort() {
+	ol := &fc.ol
+	ol.mu.Lock()
+	defer ol.mu.Unlock()
+	ol.aborted.Store(true)
+	if w := ol.w.Load(); w != nil {
+		w.Wake()
 		return
 	}
 	fc.c.Close()
-	if l := fc.cur.Load(); l != nil {
+	if l := fc.cur.Swap(nil); l != nil {
 		l.conn.Close()
 	}
 }
@@ -513,8 +522,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 	)
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 && sentOn != nil {
-			up = sentOn
-			fc.cur.Store(up)
+			up = sentOn // in cur since the loop sent x (or taken by abort)
 		} else {
 			up, err = fc.link(hst)
 			if err != nil {
@@ -594,18 +602,22 @@ func (fc *fastConn) sendOn(x *request, up *upLink) {
 }
 
 // sendOff notes that x no longer occupies its upstream connection: the
-// inverse of sendOn.
-func (fc *fastConn) sendOff(x *request) {
+// inverse of sendOn. It reports false when abort took the connection
+// (and closed it) first: then it must not be reused.
+func (fc *fastConn) sendOff(x *request) (ours bool) {
 	x.hst.inUse.Add(-1)
-	fc.cur.Store(nil)
+	return fc.cur.Swap(nil) != nil
 }
 
 // done ends x, whose response went to the client (or failed to): up is
 // kept or pooled when reusable, else closed, and x is recorded. It reports
 // whether the client connection may carry another request.
 func (fc *fastConn) done(x *request, up *upLink, keep, reusable bool) bool {
-	fc.sendOff(x)
-	if fc.gone.Load() {
+	if h := fc.p.hooks.beforeDone; h != nil {
+		h(fc)
+	}
+	if !fc.sendOff(x) || fc.gone.Load() {
+		// abort took up and closed it as the response ended, or
 		// watchClient saw the client reset and closed up, maybe after the
 		// body had all been copied (between the last write and stop):
 		// its descriptor is closed, and alive and the loops would use a

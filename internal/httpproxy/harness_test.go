@@ -29,6 +29,13 @@ type front struct {
 
 func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 	t.Helper()
+	return newHookedFront(t, o, dst, testHooks{})
+}
+
+// newHookedFront is newFront with test hooks, set before any connection
+// is served.
+func newHookedFront(t testing.TB, o Options, dst netip.AddrPort, hooks testHooks) *front {
+	t.Helper()
 	f := &front{infos: make(chan RequestInfo, 1024)}
 	if o.Dialer == nil {
 		o.Dialer = upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second})
@@ -54,6 +61,7 @@ func newFront(t testing.TB, o Options, dst netip.AddrPort) *front {
 		el := slog.NewLogLogger(h, slog.LevelInfo)
 		p.srv.ErrorLog, p.rp.ErrorLog = el, el
 	}
+	p.hooks = hooks
 	f.p = p
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

@@ -171,6 +171,14 @@ type Proxy struct {
 	live   map[*downConn]struct{}
 	fast   map[*fastConn]struct{}
 	wg     sync.WaitGroup // ServeConn calls in progress
+
+	hooks testHooks
+}
+
+// testHooks let tests open race windows deterministically; all nil in
+// production.
+type testHooks struct {
+	beforeDone func(*fastConn) // done, before it takes the request's upstream connection back from cur
 }
 
 // New validates o, fills in defaults and starts the internal server.

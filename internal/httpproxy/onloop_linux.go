@@ -238,19 +238,6 @@ func (fc *fastConn) runOnLoop() backReason {
 	return r
 }
 
-// abort asks a loop serving the connection to hand it back, and reports
-// whether one was: the goroutine then closes the sockets.
-func (ol *onLoop) abort() bool {
-	ol.mu.Lock()
-	ol.aborted.Store(true)
-	w := ol.w.Load()
-	ol.mu.Unlock()
-	if w != nil {
-		w.Wake()
-	}
-	return w != nil
-}
-
 // wake makes a loop serving the connection look at it (closing).
 func (ol *onLoop) wake() {
 	if w := ol.w.Load(); w != nil {
