@@ -124,7 +124,8 @@ type fastConn struct {
 // is taken out of cur, so that the goroutine knows it was closed (sendOff)
 // and never pools it: a closed link's descriptor number may already be
 // another socket's when alive or a loop would use it. ol.mu orders abort
-// against entering a loop.
+// against entering a loop and against the lingering close's raw call on
+// c's descriptor (lingers).
 func (fc *fastConn) abort() {
 	fc.closing.Store(true)
 	ol := &fc.ol

@@ -179,6 +179,7 @@ type Proxy struct {
 // production.
 type testHooks struct {
 	beforeDone func(*fastConn) // done, before it takes the request's upstream connection back from cur
+	inQueue    func(*fastConn) // the lingering close, right before it asks c's descriptor for unread bytes
 }
 
 // New validates o, fills in defaults and starts the internal server.
@@ -375,7 +376,7 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, fi
 	defer p.untrackFast(fc)
 	rest, handOver = p.serveFast(fc)
 	if !handOver {
-		closeLingering(c, fc.fd, fc.w > fc.r)
+		fc.closeLingering()
 	}
 	return rest, handOver, fc.heads > 0, fc.headBy
 }

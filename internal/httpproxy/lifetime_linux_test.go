@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -52,4 +53,69 @@ func TestAbortAtResponseEndNotPooled(t *testing.T) {
 		t.Errorf("hosts %+v; want one, with no connection open", hs)
 	}
 	eventually(t, "the upstream connection closed", func() bool { return up.closed.Load() == 1 })
+}
+
+// idleFast waits until the one fast-path connection waits for a request
+// on its goroutine.
+func idleFast(t *testing.T, p *Proxy) {
+	t.Helper()
+	eventually(t, "the connection idle on its goroutine", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for fc := range p.fast {
+			return fc.idle.Load()
+		}
+		return false
+	})
+}
+
+// TestLingerAsksOpenSocketOnly checks that the lingering close asks the
+// client socket's descriptor for unread bytes only while the socket is
+// open: after Close's abort closed it (on the goroutine), or after the
+// goroutine closed it for abort (a loop's hand-back), the number may be
+// another socket's. A client that closes itself is asked, open.
+func TestLingerAsksOpenSocketOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		requests  int
+		close     bool // the proxy's Close ends the connection, not the client
+		wantAsked bool
+	}{
+		{"client closes", 1, false, true},
+		{"Close, idle on the goroutine", 1, true, false},
+		{"Close, idle on a loop", loopAfter, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked, askedClosed atomic.Int32
+			up := loopUpstream(t)
+			f := newHookedFront(t, Options{}, up.addrPort(), testHooks{inQueue: func(fc *fastConn) {
+				asked.Add(1)
+				if fc.rc.Control(func(uintptr) {}) != nil {
+					askedClosed.Add(1)
+				}
+			}})
+			c, br := f.raw(t)
+			for range tc.requests {
+				roundTrips(t, c, br, getSmall, "GET", 1)
+			}
+			if tc.requests >= loopAfter {
+				waitOnLoop(t, f.p)
+			} else {
+				idleFast(t, f.p)
+			}
+			if tc.close {
+				f.p.Close()
+				expectEOF(t, br)
+			} else {
+				c.Close()
+			}
+			eventually(t, "the client connection done", func() bool { return fastConns(f.p) == 0 })
+			if n := askedClosed.Load(); n != 0 {
+				t.Errorf("asked a closed socket's descriptor %d times", n)
+			}
+			if got := asked.Load() > 0; got != tc.wantAsked {
+				t.Errorf("asked: %v, want %v", got, tc.wantAsked)
+			}
+		})
+	}
 }

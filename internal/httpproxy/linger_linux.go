@@ -36,15 +36,37 @@ func drain(c net.Conn) {
 }
 
 // closeLingering closes the fast path's client connection, lingering as
-// downConn.Close does when the client's bytes are still unread: buffered
-// says detour holds some it read and will not use. fd is c's descriptor,
-// asked directly: the caller owns c, and a closure for RawConn.Control
-// would cost allocations on every connection (-1, unknown, reads as
-// nothing unread).
-func closeLingering(c *net.TCPConn, fd int, buffered bool) {
-	if n, _ := rawsys.InQueue(fd); buffered || n > 0 {
-		c.CloseWrite()
-		drain(c)
+// downConn.Close does when the client's bytes are still unread.
+func (fc *fastConn) closeLingering() {
+	if fc.lingers() {
+		fc.c.CloseWrite()
+		drain(fc.c)
 	}
-	c.Close()
+	fc.c.Close()
+}
+
+// lingers reports whether client bytes are still unread: some detour read
+// and will not use, or some in the socket. The socket is asked through its
+// descriptor directly (a closure for RawConn.Control would cost
+// allocations on every connection), under ol.mu, as abort closes c under
+// it: a socket abort closed (or the goroutine, for abort, after a loop's
+// hand-back) is not asked, since its number may be another socket's by
+// now, and is not lingered on.
+func (fc *fastConn) lingers() bool {
+	ol := &fc.ol
+	ol.mu.Lock()
+	defer ol.mu.Unlock()
+	switch {
+	case ol.aborted.Load():
+		return false
+	case fc.w > fc.r:
+		return true
+	case fc.fd < 0: // unknown: nothing unread
+		return false
+	}
+	if h := fc.p.hooks.inQueue; h != nil {
+		h(fc)
+	}
+	n, _ := rawsys.InQueue(fc.fd)
+	return n > 0
 }

@@ -63,7 +63,7 @@ const (
 // allocated when the connection first goes to a loop, so that a
 // connection that never does costs nothing more.
 type onLoop struct {
-	mu      sync.Mutex // orders abort against entering the loop
+	mu      sync.Mutex // orders abort against entering the loop and against lingers' raw call on fc.fd
 	w       atomic.Pointer[tcpproxy.Watch]
 	aborted atomic.Bool // by abort; set under mu
 	st      *loopState
