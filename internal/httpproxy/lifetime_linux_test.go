@@ -1,8 +1,15 @@
 package httpproxy
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -117,5 +124,49 @@ func TestLingerAsksOpenSocketOnly(t *testing.T) {
 				t.Errorf("asked: %v, want %v", got, tc.wantAsked)
 			}
 		})
+	}
+}
+
+// TestLoopPartialWriteNotCounted checks that a response a loop could
+// write only in part (the client reads slowly), whose end the goroutine
+// wrote, is not counted as served by a loop (OnLoop), while one the loop
+// wrote whole is.
+func TestLoopPartialWriteNotCounted(t *testing.T) {
+	body := strings.Repeat("x", 7600) // the response fits the loop's buffer, not the sockets'
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/mid" {
+			w.Header().Set("Content-Length", fmt.Sprint(len(body))) // not chunked
+			io.WriteString(w, body)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	f := newFront(t, Options{}, up.addrPort())
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		return nil
+	}}
+	c, err := d.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	toLoop(t, c, br)
+	waitOnLoop(t, f.p)
+	roundTrips(t, c, br, getSmall, "GET", 1) // on the loop, whole
+	f.p.mu.Lock()
+	for fc := range f.p.fast {
+		syscall.SetsockoptInt(fc.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 1) // the kernel's least
+	}
+	f.p.mu.Unlock()
+	io.WriteString(c, "GET /mid HTTP/1.1\r\nHost: a\r\n\r\n")
+	// Not read yet: the loop hands the rest of the response to the goroutine.
+	eventually(t, "the response handed back unwritten", func() bool { return onLoopNow(f.p) == 0 })
+	if got := roundTrips(t, c, br, "", "GET", 1); got[0] != body {
+		t.Fatalf("echo: %d bytes", len(got[0]))
+	}
+	if n := servedOnLoop(f.p); n != 1 {
+		t.Errorf("requests a loop served whole = %d, want 1", n)
 	}
 }

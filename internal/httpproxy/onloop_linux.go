@@ -462,7 +462,6 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	ob := p.pools.bufs.Get().(*fastBuf)
 	out := fc.fastResponseHead(ob[:0], ls.resp[:rh.size], rh, &x.h, info.UpstreamTime)
 	body := ls.resp[rh.size:total]
-	x.hst.onLoop.Add(1) // before the client can see the response
 	rest, err := writeRest(fc.fd, out, body)
 	r := backNone
 	switch {
@@ -476,6 +475,12 @@ func (fc *fastConn) respondOnLoop(total int, blen int64) (backReason, bool) {
 	}
 	if r != backEnd {
 		info.BodyBytes = blen // what flush did not write, it takes back
+	}
+	if r != backFlush {
+		// Served whole: counted once written (the count is a Prometheus
+		// counter, which must never go down), not the response that the
+		// goroutine finishes.
+		x.hst.onLoop.Add(1)
 	}
 	p.pools.bufs.Put(ob)
 	p.pools.bufs.Put(ls.resp)
