@@ -531,7 +531,19 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 				fc.localFailure(info, err, !x.keepAfterError)
 				return x.keepAfterError
 			}
+			if h := p.hooks.beforeSendOn; h != nil {
+				h(fc)
+			}
 			fc.sendOn(x, up)
+			if fc.ol.aborted.Load() {
+				// abort came before up was in cur (while it was dialed,
+				// say) and did not close it: closed here, the exchange
+				// fails at once instead of waiting up to RouteTimeout for
+				// an answer nobody reads, holding Close. abort sets
+				// aborted before it takes cur: one sees the other. (Not
+				// in sendOn: on a loop, only the goroutine closes.)
+				up.conn.Close()
+			}
 		}
 		br, res, err = fc.exchange(up, x, attempt == 0 && sentOn != nil)
 		if err == nil {

@@ -70,6 +70,27 @@ func TestAbortAtResponseEndNotPooled(t *testing.T) {
 	eventually(t, "the upstream connection closed", func() bool { return up.closed.Load() == 1 })
 }
 
+// TestAbortBeforeSendEndsAtOnce checks Close's abort coming while a
+// request's upstream connection is made, before it is in cur, where abort
+// closes it (the window opened by a hook): the request must not go on
+// waiting for the upstream's answer (here never, and RouteTimeout is an
+// hour), holding Close and its connection.
+func TestAbortBeforeSendEndsAtOnce(t *testing.T) {
+	up := loopUpstream(t)
+	var once sync.Once
+	f := newHookedFront(t, Options{RouteTimeout: time.Hour}, up.addrPort(), testHooks{
+		beforeSendOn: func(fc *fastConn) { once.Do(fc.abort) },
+	})
+	c, br := f.raw(t)
+	io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+	expectEOF(t, br)
+	eventually(t, "the client connection done", func() bool { return fastConns(f.p) == 0 })
+	eventually(t, "the upstream connection closed", func() bool { return up.closed.Load() == 1 })
+	if hs := f.p.Hosts(); len(hs) != 1 || hs[0].Open != 0 || hs[0].Active != 0 {
+		t.Errorf("hosts %+v; want one, with nothing open or in flight", hs)
+	}
+}
+
 // idleFast waits until the one fast-path connection waits for a request
 // on its goroutine.
 func idleFast(t *testing.T, p *Proxy) {
