@@ -132,9 +132,10 @@ type HTTP struct {
 	MaxRequestHeaderKiB  int      `yaml:"max_request_header_kib"`
 	// MaxRequestHeaders bounds a request's header field lines (431).
 	MaxRequestHeaders int `yaml:"max_request_headers"`
-	// MaxIdleConnsPerHost bounds each host's idle upstream connections:
-	// those pooled, and those kept by client connections that the epoll
-	// loops serve.
+	// MaxIdleConnsPerHost bounds, each on its own, a host's idle upstream
+	// connections in the fast path's pool and in net/http's, and the
+	// connections kept by client connections that the epoll loops serve:
+	// up to three times as many in all.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
 	// AllowLoopback lets the steering header name a loopback address.
 	AllowLoopback bool `yaml:"allow_loopback"`

@@ -120,8 +120,10 @@ type Options struct {
 	// deadlines are renewed lazily (idleDeadline): a stall is cut after
 	// 7/8 to all of it. Negative disables it.
 	StreamIdleTimeout time.Duration
-	// MaxIdleConnsPerHost bounds each host's pool of idle upstream
-	// connections.
+	// MaxIdleConnsPerHost bounds, each on its own, a host's idle
+	// upstream connections in the fast path's pool and in the
+	// Transport's (net/http path), and the connections kept by client
+	// connections that the loops serve (host.kept).
 	MaxIdleConnsPerHost int
 	// IsSelf reports whether a destination is one of detour's own
 	// listeners; such requests are refused with 508 (flag LR) instead of
