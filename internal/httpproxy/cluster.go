@@ -416,7 +416,8 @@ func (c *cluster) janitor() {
 	}
 }
 
-// sweep removes hosts with nothing in flight and unused since cutoff.
+// sweep removes hosts with nothing in flight and unused since cutoff;
+// once the cluster is closed, every host.
 func (c *cluster) sweep(cutoff time.Time) {
 	c.mu.Lock()
 	left := len(c.hosts)
@@ -432,7 +433,7 @@ func (c *cluster) sweep(cutoff time.Time) {
 	var expired []*upLink
 	linkCutoff := time.Now().Add(-upstreamIdleTimeout)
 	for k, h := range c.hosts {
-		if h.active == 0 && !h.lastUsed.After(cutoff) {
+		if c.closed || h.active == 0 && !h.lastUsed.After(cutoff) {
 			delete(c.hosts, k)
 			stale = append(stale, h)
 			conns = append(conns, h.preDialed)
@@ -469,7 +470,8 @@ func (c *cluster) releaseMemory(now time.Time, hosts int) {
 	freeOSMemory()
 }
 
-// close stops the janitor and drops every host's idle connections.
+// close stops the janitor and removes every host, closing its idle
+// connections.
 func (c *cluster) close() {
 	c.mu.Lock()
 	c.closed = true
@@ -479,8 +481,13 @@ func (c *cluster) close() {
 	c.sweepMu.Lock()
 	c.sweep(time.Now().Add(time.Hour))
 	c.sweepMu.Unlock()
-	// Hosts still busy (hijacked tunnels end on their own) keep their
-	// connections until those finish.
+	// Hosts still busy (a tunnel, a net/http handler whose client Close
+	// cut) are removed too, with their idle connections: no janitor would
+	// remove them once idle, and a pooled connection nobody reads would
+	// stay open for the life of the process. The connections in use are
+	// closed when their requests end (putLink; the Transport closes those
+	// that become idle after CloseIdleConnections, or after its idle
+	// timeout one that a later request of the handler pooled).
 }
 
 // Hosts lists the cluster's live hosts, ordered by key.

@@ -91,6 +91,31 @@ func TestAbortBeforeSendEndsAtOnce(t *testing.T) {
 	}
 }
 
+// TestCloseDropsBusyHostsIdleConns checks that Close closes the idle
+// connections of a host with a request still in flight (a net/http
+// handler whose client Close cut may run on a moment after Close's wait
+// ends): nothing would close them later, no janitor runs any more, and a
+// pooled connection nobody reads stays open, past the upstream's close,
+// for the life of the process.
+func TestCloseDropsBusyHostsIdleConns(t *testing.T) {
+	up := loopUpstream(t)
+	f := newFront(t, Options{}, up.addrPort())
+	c, br := f.raw(t)
+	roundTrips(t, c, br, getSmall, "GET", 1)
+	c.Close()
+	eventually(t, "the upstream connection pooled", func() bool {
+		hs := f.p.Hosts()
+		return len(hs) == 1 && hs[0].Active == 0 && hs[0].Idle == 1 && fastConns(f.p) == 0
+	})
+	h := f.p.hosts.acquire(f.p.hostKey(netip.AddrPort{}, up.addrPort())) // a request in flight
+	f.p.Close()
+	f.p.hosts.release(h)
+	eventually(t, "the pooled connection closed", func() bool { return up.closed.Load() == 1 })
+	if n := h.open.Load(); n != 0 {
+		t.Errorf("host's open connections = %d, want 0", n)
+	}
+}
+
 // idleFast waits until the one fast-path connection waits for a request
 // on its goroutine.
 func idleFast(t *testing.T, p *Proxy) {
