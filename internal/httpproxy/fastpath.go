@@ -761,7 +761,14 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			fc.endBody()
 			return nil, nil, errors.New("too many informational responses")
 		}
-		// 100 Continue, 102, 103 Early Hints: relay and read on.
+		if res.StatusCode == http.StatusContinue {
+			// The fast path takes no Expect request, so this 100 answers
+			// nothing the client asked: dropped, as on the net/http path
+			// (recorder.WriteHeader) and as Envoy drops an upstream's 100
+			// unless proxy_100_continue is set.
+			continue
+		}
+		// 102, 103 Early Hints: relay and read on.
 		b := fc.p.pools.bufs.Get().(*fastBuf)
 		out := appendStatusLine(b[:0], res.StatusCode, statusReason(res.Status))
 		out = appendHeader(out, res.Header, nil)
