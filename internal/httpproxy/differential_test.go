@@ -273,6 +273,7 @@ func diffCases() []diffCase {
 		{name: "Content-Length and chunked", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"},
 		{name: "close-delimited", req: get, resp: "HTTP/1.1 200 OK\r\nX-B: 2\r\n\r\nbody until close", closeAfter: true},
 		{name: "chunked with trailers", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3;e=1\r\nabc\r\n0\r\nX-T: v\r\n\r\n"},
+		{name: "Content-Length cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", closeAfter: true},
 		{name: "chunked cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly this\r\n", closeAfter: true},
 		{name: "head cut", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Len", closeAfter: true},
 		{name: "duplicate Content-Length", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"},

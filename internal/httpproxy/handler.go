@@ -178,6 +178,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			default:
 				x.info.Flags |= UpstreamClosed
 			}
+			if x.info.Flags&(UpstreamClosed|StreamIdleTimeout) != 0 && x.rw.writeErr == nil && !dc.sw.timedOut.Load() {
+				x.rw.flushCut()
+			}
 		}
 		p.finish(x)
 		if v != nil {
@@ -705,6 +708,20 @@ func (r *recorder) Write(b []byte) (int, error) {
 		r.writeErr = err
 	}
 	return n, err
+}
+
+// flushCut sends the client what the handler wrote of a response whose
+// upstream failed in the middle of its body, before net/http aborts the
+// connection: net/http's server holds up to a few KiB (head included) in
+// its buffers, and an abort drops them, so a short response cut by the
+// upstream reached the client as nothing at all while the record said
+// 200. Flushed, the client reads the head and the cut body, then the
+// close, as on the fast path and from Envoy, which sends the head on as
+// soon as it has it; the record's 200 UC is then what the client saw.
+func (r *recorder) flushCut() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok && r.status != 0 {
+		f.Flush()
+	}
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
