@@ -357,6 +357,50 @@ type upConn struct {
 	h    *host
 	idle idleDeadline // the write deadline (Write); nothing else sets one
 	once sync.Once
+	// The check of each response head (Read): armed when a request goes
+	// out (expectHead), then run by the Transport's read loop, the
+	// connection's only reader.
+	armed    atomic.Bool
+	scanning bool
+	scan     headScan
+	cut      error // what the next Read returns
+}
+
+// expectHead arms the check of the next response head: a request goes
+// out on c.
+func (c *upConn) expectHead() { c.armed.Store(true) }
+
+// Read is the Transport's read. While a response head is expected it
+// follows the head (headScan). A final head with both Content-Length and
+// Transfer-Encoding is returned without its last byte, and the next read
+// fails with errFramingConflict: http.ReadResponse fails inside the head,
+// so the Transport neither retries the request (its first byte came) nor
+// keeps the connection, and the client gets 503 UC (protocol error), as
+// on the fast path. Body bytes pass unscanned.
+func (c *upConn) Read(p []byte) (int, error) {
+	if c.cut != nil {
+		return 0, c.cut
+	}
+	n, err := c.TCPConn.Read(p)
+	if c.armed.Load() && c.armed.Swap(false) {
+		c.scan, c.scanning = headScan{}, true
+	}
+	if !c.scanning || n == 0 {
+		return n, err
+	}
+	end := c.scan.feed(p[:n])
+	if end < 0 {
+		return n, err
+	}
+	c.scanning = false
+	if !c.scan.conflict {
+		return n, err
+	}
+	c.cut = errFramingConflict
+	if end == 0 {
+		return 0, c.cut
+	}
+	return end, nil
 }
 
 func (c *upConn) Close() error {

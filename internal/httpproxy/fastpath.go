@@ -163,6 +163,9 @@ type limitedReader struct {
 	r   io.Reader
 	n   int64
 	err error
+	// scan, when set, sees every byte read (the heads http.ReadResponse
+	// reads: exchange).
+	scan *headScan
 }
 
 var errResponseHeadTooLarge = errors.New("response head too large")
@@ -180,6 +183,9 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	l.err = err
+	if l.scan != nil && l.scan.feed(p[:n]) >= 0 {
+		l.scan = nil
+	}
 	return n, err
 }
 
@@ -420,6 +426,7 @@ type request struct {
 	keepAfterError bool      // the client connection may go on after a failed exchange
 	early          bool      // the upstream answered before it took the whole body: neither connection goes on
 	rh             *respHead // the response head, when parsed in place (res == nil)
+	scan           headScan  // the framing of a head http.ReadResponse reads
 
 	// Set when the loop sent the request and handed it back unfinished.
 	sent   time.Time
@@ -732,7 +739,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			}
 			return br, nil, nil
 		}
-		res, err := http.ReadResponse(br, req)
+		res, err := fc.readResponse(br, up, x)
 		if err != nil {
 			fc.p.pools.readers.Put(br)
 			if werr != nil {
@@ -749,6 +756,11 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 				fc.p.pools.readers.Put(br)
 				fc.endBody()
 				return nil, nil, errors.New("upstream switched protocols without an upgrade request")
+			}
+			if x.scan.conflict {
+				fc.p.pools.readers.Put(br)
+				fc.endBody()
+				return nil, nil, errFramingConflict
 			}
 			if err := fc.headIn(x, res.StatusCode, res.Close); err != nil {
 				fc.p.pools.readers.Put(br)
@@ -781,6 +793,21 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			return nil, nil, errClientGone
 		}
 	}
+}
+
+// readResponse reads the response head at br's start, one that
+// peekResponse declined, with http.ReadResponse; x.scan follows the same
+// bytes (those br holds, then those read through up.lim), to tell a head
+// with both Content-Length and Transfer-Encoding (errFramingConflict),
+// which http.ReadResponse takes without a trace.
+func (fc *fastConn) readResponse(br *bufio.Reader, up *upLink, x *request) (*http.Response, error) {
+	x.scan = headScan{}
+	buffered, _ := br.Peek(br.Buffered())
+	if x.scan.feed(buffered) < 0 {
+		up.lim.scan = &x.scan
+		defer func() { up.lim.scan = nil }()
+	}
+	return http.ReadResponse(br, &fc.req)
 }
 
 // copyN copies n bytes from src to dst through a pooled buffer, calling

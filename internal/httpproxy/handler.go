@@ -136,6 +136,9 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 		x.host.inUse.Add(1)
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
+	if uc, ok := ci.Conn.(*upConn); ok {
+		uc.expectHead()
+	}
 	if ci.Reused {
 		x.host.reuses.Add(1)
 		if x.p.debug() {

@@ -1,0 +1,166 @@
+package httpproxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestHeadScan: the final head's end and its framing conflict, whatever
+// the reads' boundaries.
+func TestHeadScan(t *testing.T) {
+	const body = "3\r\nabc\r\n0\r\n\r\n"
+	tests := []struct {
+		name, heads string // heads, then bytes that must not be scanned
+		conflict    bool
+	}{
+		{"Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false},
+		{"both", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"both, lower case, other order", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nX-A: 1\r\ncontent-length:3\r\n\r\n", true},
+		{"both, bare LF", "HTTP/1.1 200 OK\nContent-Length: 3\nTransfer-Encoding: chunked\n\n", true},
+		{"space before the colon: not the field", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding : chunked\r\n\r\n", false},
+		{"names as values", "HTTP/1.1 200 OK\r\nX-A: Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false},
+		{"both in a 1xx only", "HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false},
+		{"1xx, then both", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true},
+		{"101: the tunnel follows", "HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stream := tt.heads + body + "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+			for split := 0; split <= len(stream); split++ {
+				var s headScan
+				end := s.feed([]byte(stream[:split]))
+				if end < 0 {
+					if e := s.feed([]byte(stream[split:])); e >= 0 {
+						end = split + e
+					}
+				}
+				if end != len(tt.heads)-1 || !s.done || s.conflict != tt.conflict {
+					t.Fatalf("split at %d: end %d done %v conflict %v, want end %d conflict %v",
+						split, end, s.done, s.conflict, len(tt.heads)-1, tt.conflict)
+				}
+			}
+		})
+	}
+}
+
+// TestResponseFramingConflictRefused: a response with both Content-Length
+// and Transfer-Encoding is refused as a protocol error on both paths (503
+// UC), its upstream connection closed, the request not sent again — on a
+// fresh connection and on a reused one, with a 1xx first, and with the
+// head arriving a few bytes at a time.
+func TestResponseFramingConflictRefused(t *testing.T) {
+	const bad = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+	tests := []struct {
+		name  string
+		resp  string
+		split bool
+	}{
+		{"in one write", bad, false},
+		{"after a 1xx", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + bad, false},
+		{"a few bytes at a time", bad, true},
+	}
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				var conns, bads atomic.Int32
+				dst := rawUpstream(t, func(c net.Conn) {
+					conns.Add(1)
+					br := bufio.NewReader(c)
+					for {
+						r, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						if r.URL.Path != "/bad" {
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+							continue
+						}
+						bads.Add(1)
+						for i := 0; i < len(tt.resp); i += 5 {
+							if !tt.split {
+								io.WriteString(c, tt.resp)
+								break
+							}
+							io.WriteString(c, tt.resp[i:min(i+5, len(tt.resp))])
+							time.Sleep(time.Millisecond) // a read each, most often
+						}
+					}
+				})
+				f := newFront(t, Options{DisableFastPath: !fast}, dst)
+				c, br := f.raw(t)
+				for i, path := range []string{"/ok", "/bad", "/ok", "/bad"} {
+					fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path)
+					res, body := readResponse(t, br, "GET")
+					for res.StatusCode < 200 {
+						res, body = readResponse(t, br, "GET")
+					}
+					info := f.info(t)
+					if path == "/ok" {
+						if res.StatusCode != 200 || body != "ok" {
+							t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
+						}
+						continue
+					}
+					if res.StatusCode != 503 || !strings.HasSuffix(body, "reset reason: protocol error") || info.Flags != UpstreamClosed || info.Status != 503 {
+						t.Fatalf("request %d: %d %q, record %d %v; want 503 protocol error, 503 UC", i, res.StatusCode, body, info.Status, info.Flags)
+					}
+				}
+				// /ok and /bad on the first connection, then on a second:
+				// each refused response closed its connection, and neither
+				// was sent twice.
+				if n, b := conns.Load(), bads.Load(); n != 2 || b != 2 {
+					t.Errorf("upstream connections %d, /bad requests %d; want 2 and 2", n, b)
+				}
+			})
+		}
+	})
+}
+
+// TestUpConnCutsAtHead: what the Transport's reads return around a head
+// that the check acts on: after a head with conflicting framing, the read
+// stops before the head's last byte and the next fails.
+func TestUpConnCutsAtHead(t *testing.T) {
+	const (
+		conflict = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+		five     = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+	)
+	tests := []struct {
+		name, resp string
+		reads      []int   // the lengths each read returns
+		errs       []error // and their errors
+	}{
+		{"200 and its body", five + "hello", []int{len(five) + 5}, []error{nil}},
+		{"conflicting framing", conflict + "3\r\nabc\r\n0\r\n\r\n", []int{len(conflict) - 1, 0}, []error{nil, errFramingConflict}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := rawUpstream(t, func(c net.Conn) {
+				io.WriteString(c, tt.resp)
+				io.Copy(io.Discard, c)
+			})
+			tc, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc.Close()
+			c := &upConn{TCPConn: tc}
+			c.expectHead()
+			buf := make([]byte, 4096)
+			// One small write on loopback: one segment, one read.
+			for i, want := range tt.reads {
+				n, err := c.Read(buf)
+				if n != want || err != tt.errs[i] {
+					t.Fatalf("read %d: %d %v, want %d %v", i, n, err, want, tt.errs[i])
+				}
+			}
+		})
+	}
+}
