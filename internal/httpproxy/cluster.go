@@ -360,15 +360,27 @@ type upConn struct {
 	// The check of each response head (Read): armed when a request goes
 	// out (expectHead), then run by the Transport's read loop, the
 	// connection's only reader.
-	armed    atomic.Bool
+	armed    atomic.Uint32 // armHead, armHeadHEAD
 	scanning bool
+	headReq  bool // the request is a HEAD
 	scan     headScan
 	cut      error // what the next Read returns
 }
 
+const (
+	armHead     = 1 + iota // a request goes out
+	armHeadHEAD            // a HEAD request goes out
+)
+
 // expectHead arms the check of the next response head: a request goes
-// out on c.
-func (c *upConn) expectHead() { c.armed.Store(true) }
+// out on c, a HEAD one if head.
+func (c *upConn) expectHead(head bool) {
+	if head {
+		c.armed.Store(armHeadHEAD)
+	} else {
+		c.armed.Store(armHead)
+	}
+}
 
 // Read is the Transport's read. While a response head is expected it
 // follows the head (headScan). A final head with both Content-Length and
@@ -376,14 +388,19 @@ func (c *upConn) expectHead() { c.armed.Store(true) }
 // fails with errFramingConflict: http.ReadResponse fails inside the head,
 // so the Transport neither retries the request (its first byte came) nor
 // keeps the connection, and the client gets 503 UC (protocol error), as
-// on the fast path. Body bytes pass unscanned.
+// on the fast path. Bytes that came with a head that ends its response
+// (a 204 with a body) are dropped with an EOF: the Transport relays the
+// response and closes the connection, where it would have pooled it
+// and, when the next request won the race with its read loop, read them
+// as that request's response (the fast path's pool checks a connection
+// for such bytes before it reuses it). Body bytes pass unscanned.
 func (c *upConn) Read(p []byte) (int, error) {
 	if c.cut != nil {
 		return 0, c.cut
 	}
 	n, err := c.TCPConn.Read(p)
-	if c.armed.Load() && c.armed.Swap(false) {
-		c.scan, c.scanning = headScan{}, true
+	if a := c.armed.Load(); a != 0 && c.armed.CompareAndSwap(a, 0) {
+		c.scan, c.scanning, c.headReq = headScan{}, true, a == armHeadHEAD
 	}
 	if !c.scanning || n == 0 {
 		return n, err
@@ -393,14 +410,18 @@ func (c *upConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	c.scanning = false
-	if !c.scan.conflict {
-		return n, err
+	switch {
+	case c.scan.conflict:
+		c.cut = errFramingConflict
+		if end == 0 {
+			return 0, c.cut
+		}
+		return end, nil
+	case end+1 < n && c.scan.bodiless(c.headReq):
+		c.cut = io.EOF
+		return end + 1, io.EOF
 	}
-	c.cut = errFramingConflict
-	if end == 0 {
-		return 0, c.cut
-	}
-	return end, nil
+	return n, err
 }
 
 func (c *upConn) Close() error {

@@ -26,8 +26,18 @@ type headScan struct {
 	info     bool     // the head is a 1xx one
 	status   int      // the head's status code (0 if none could be read)
 	cl, te   bool     // the head has a Content-Length, a Transfer-Encoding field
+	zeroLen  bool     // its (first) Content-Length is 0
 	done     bool     // the final head has ended
 	conflict bool     // ... with both fields
+}
+
+// bodiless reports whether the final head, to a request of method HEAD
+// when head is set, ends its response: a 204, a 304, a response to HEAD,
+// or a Content-Length of 0 without Transfer-Encoding (RFC 9112, 6.3).
+// Bytes after it are not part of the response. (Not after a 101: they
+// are the tunnel's.)
+func (s *headScan) bodiless(head bool) bool {
+	return s.done && s.status >= 200 && (head || s.status == 204 || s.status == 304 || s.zeroLen && !s.te)
 }
 
 // feed scans b, the next bytes from the upstream. It returns the offset
@@ -79,6 +89,9 @@ func (s *headScan) endLine() bool {
 		s.done, s.conflict = true, s.cl && s.te
 		return true
 	case hasPrefix(l, "content-length:"):
+		if !s.cl {
+			s.zeroLen = n <= len(s.line) && isZero(l[len("content-length:"):])
+		}
 		s.cl = true
 	case hasPrefix(l, "transfer-encoding:"):
 		s.te = true
@@ -88,4 +101,19 @@ func (s *headScan) endLine() bool {
 
 func hasPrefix(l []byte, prefix string) bool {
 	return len(l) >= len(prefix) && string(l[:len(prefix)]) == prefix
+}
+
+// isZero reports whether a field value (with its OWS and CR) is "0".
+func isZero(v []byte) bool {
+	zero := false
+	for _, c := range v {
+		switch {
+		case c == '0' && !zero:
+			zero = true
+		case c == ' ' || c == '\t' || c == '\r':
+		default:
+			return false
+		}
+	}
+	return zero
 }

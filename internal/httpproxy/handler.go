@@ -137,7 +137,7 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if uc, ok := ci.Conn.(*upConn); ok {
-		uc.expectHead()
+		uc.expectHead(x.info.Method == http.MethodHead)
 	}
 	if ci.Reused {
 		x.host.reuses.Add(1)
