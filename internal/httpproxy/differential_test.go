@@ -264,6 +264,7 @@ func diffCases() []diffCase {
 
 		// The upstream's side; the client sends a GET.
 		{name: "1xx before the final status", req: get, resp: "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + diffOK},
+		{name: "ten 1xx", req: get, resp: strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 10) + diffOK},
 		{name: "unsolicited 100 Continue", req: get, resp: "HTTP/1.1 100 Continue\r\n\r\n" + diffOK},
 		{name: "204 with a body", req: get, resp: "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\nstray"},
 		{name: "204 with Content-Length", req: get, resp: "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nstray"},

@@ -48,9 +48,6 @@ const fastBufSize = 8 << 10
 // default MaxResponseHeaderBytes does.
 const maxResponseHead = 10 << 20
 
-// max1xx bounds the informational responses relayed before the final one.
-const max1xx = 5
-
 // fastBuf is a read buffer for client bytes or an outgoing head.
 type fastBuf [fastBufSize]byte
 
@@ -768,11 +765,6 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			}
 			return br, res, nil
 		}
-		if n1xx == max1xx {
-			fc.p.pools.readers.Put(br)
-			fc.endBody()
-			return nil, nil, errors.New("too many informational responses")
-		}
 		if res.StatusCode == http.StatusContinue {
 			// The fast path takes no Expect request, so this 100 answers
 			// nothing the client asked: dropped, as on the net/http path
@@ -780,7 +772,10 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			// unless proxy_100_continue is set.
 			continue
 		}
-		// 102, 103 Early Hints: relay and read on.
+		// 102, 103 Early Hints: relay and read on, as many as come (RFC
+		// 9110, 15.2: a proxy forwards them; net/http's Transport, under
+		// ReverseProxy's trace, counts none either): up.lim bounds the
+		// heads' bytes together, RouteTimeout their time.
 		b := fc.p.pools.bufs.Get().(*fastBuf)
 		out := appendStatusLine(b[:0], res.StatusCode, statusReason(res.Status))
 		out = appendHeader(out, res.Header, nil)
