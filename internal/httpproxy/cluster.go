@@ -364,6 +364,8 @@ type upConn struct {
 	scanning bool
 	headReq  bool // the request is a HEAD
 	scan     headScan
+	rest     int64 // body bytes the response has yet to send, when bounded
+	bounded  bool
 	cut      error // what the next Read returns
 }
 
@@ -388,22 +390,23 @@ func (c *upConn) expectHead(head bool) {
 // fails with errFramingConflict: http.ReadResponse fails inside the head,
 // so the Transport neither retries the request (its first byte came) nor
 // keeps the connection, and the client gets 503 UC (protocol error), as
-// on the fast path. Bytes that came with a head that ends its response
-// (a 204 with a body) are dropped with an EOF: the Transport relays the
-// response and closes the connection, where it would have pooled it
-// and, when the next request won the race with its read loop, read them
-// as that request's response (the fast path's pool checks a connection
-// for such bytes before it reuses it). Body bytes pass unscanned.
+// on the fast path. Bytes after the response's end, when its head tells
+// where that is (bodyLen: a 204's body, bytes after a Content-Length
+// body), are dropped with an EOF: the Transport relays the response and
+// closes the connection, where it would have pooled it and, when the
+// next request won the race with its read loop, read them as that
+// request's response (the fast path's pool peeks a connection for such
+// bytes before it reuses it). Body bytes are counted, not scanned.
 func (c *upConn) Read(p []byte) (int, error) {
 	if c.cut != nil {
 		return 0, c.cut
 	}
 	n, err := c.TCPConn.Read(p)
 	if a := c.armed.Load(); a != 0 && c.armed.CompareAndSwap(a, 0) {
-		c.scan, c.scanning, c.headReq = headScan{}, true, a == armHeadHEAD
+		c.scan, c.scanning, c.headReq, c.bounded = headScan{}, true, a == armHeadHEAD, false
 	}
 	if !c.scanning || n == 0 {
-		return n, err
+		return c.bound(0, n, err)
 	}
 	end := c.scan.feed(p[:n])
 	if end < 0 {
@@ -417,10 +420,26 @@ func (c *upConn) Read(p []byte) (int, error) {
 			return 0, c.cut
 		}
 		return end, nil
-	case end+1 < n && c.scan.bodiless(c.headReq):
-		c.cut = io.EOF
-		return end + 1, io.EOF
 	}
+	c.rest = c.scan.bodyLen(c.headReq)
+	c.bounded = c.rest >= 0
+	return c.bound(end+1, n, err)
+}
+
+// bound counts p[from:n], body bytes a read returned, against the
+// response's known length: the bytes past it are dropped, and the read
+// says EOF (see Read).
+func (c *upConn) bound(from, n int, err error) (int, error) {
+	if !c.bounded {
+		return n, err
+	}
+	body := int64(n - from)
+	if body > c.rest {
+		c.bounded, c.cut = false, io.EOF
+		return from + int(c.rest), io.EOF
+	}
+	c.rest -= body
+	c.bounded = c.rest > 0
 	return n, err
 }
 

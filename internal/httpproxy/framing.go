@@ -17,8 +17,9 @@ var errFramingConflict = errors.New("upstream response has both Content-Length a
 // headScan follows the response heads an upstream sends for one request
 // (1xx ones, then the final one), a byte at a time and across reads, to
 // see what http.ReadResponse hides: a final head with both Content-Length
-// and Transfer-Encoding. Field names are matched as net/textproto reads
-// them (case-insensitive, the colon right after the name).
+// and Transfer-Encoding; and, for upConn, where the response ends
+// (bodyLen). Field names are matched as net/textproto reads them
+// (case-insensitive, the colon right after the name).
 type headScan struct {
 	line     [32]byte // the current line's first bytes, lower-cased
 	n        int      // bytes of the current line so far
@@ -26,18 +27,26 @@ type headScan struct {
 	info     bool     // the head is a 1xx one
 	status   int      // the head's status code (0 if none could be read)
 	cl, te   bool     // the head has a Content-Length, a Transfer-Encoding field
-	zeroLen  bool     // its (first) Content-Length is 0
+	clen     int64    // its (first) Content-Length; -1 if none could be read
 	done     bool     // the final head has ended
 	conflict bool     // ... with both fields
 }
 
-// bodiless reports whether the final head, to a request of method HEAD
-// when head is set, ends its response: a 204, a 304, a response to HEAD,
-// or a Content-Length of 0 without Transfer-Encoding (RFC 9112, 6.3).
-// Bytes after it are not part of the response. (Not after a 101: they
-// are the tunnel's.)
-func (s *headScan) bodiless(head bool) bool {
-	return s.done && s.status >= 200 && (head || s.status == 204 || s.status == 304 || s.zeroLen && !s.te)
+// bodyLen is the length of the body after the final head, to a request
+// of method HEAD when head is set, when the head tells it (RFC 9112,
+// 6.3): 0 for a 204, a 304 or a response to HEAD, the Content-Length
+// without Transfer-Encoding; else -1 (chunked, close-delimited, a 101's
+// tunnel). Bytes after that length are not part of the response.
+func (s *headScan) bodyLen(head bool) int64 {
+	switch {
+	case !s.done || s.status < 200:
+		return -1
+	case head || s.status == 204 || s.status == 304:
+		return 0
+	case s.te:
+		return -1
+	}
+	return s.clen
 }
 
 // feed scans b, the next bytes from the upstream. It returns the offset
@@ -77,6 +86,7 @@ func (s *headScan) endLine() bool {
 	switch {
 	case !s.inHead: // the status line: "HTTP/1.1 1xx ..."
 		s.inHead = true
+		s.clen = -1
 		if len(l) >= 12 && isDigit(l[9]) && isDigit(l[10]) && isDigit(l[11]) {
 			s.status = int(l[9]-'0')*100 + int(l[10]-'0')*10 + int(l[11]-'0')
 		}
@@ -89,8 +99,14 @@ func (s *headScan) endLine() bool {
 		s.done, s.conflict = true, s.cl && s.te
 		return true
 	case hasPrefix(l, "content-length:"):
-		if !s.cl {
-			s.zeroLen = n <= len(s.line) && isZero(l[len("content-length:"):])
+		if !s.cl && n <= len(s.line) {
+			v := l[len("content-length:"):]
+			if len(v) > 0 && v[len(v)-1] == '\r' {
+				v = v[:len(v)-1]
+			}
+			if v, ok := parseContentLength(trimOWS(v)); ok {
+				s.clen = v
+			}
 		}
 		s.cl = true
 	case hasPrefix(l, "transfer-encoding:"):
@@ -101,19 +117,4 @@ func (s *headScan) endLine() bool {
 
 func hasPrefix(l []byte, prefix string) bool {
 	return len(l) >= len(prefix) && string(l[:len(prefix)]) == prefix
-}
-
-// isZero reports whether a field value (with its OWS and CR) is "0".
-func isZero(v []byte) bool {
-	zero := false
-	for _, c := range v {
-		switch {
-		case c == '0' && !zero:
-			zero = true
-		case c == ' ' || c == '\t' || c == '\r':
-		default:
-			return false
-		}
-	}
-	return zero
 }

@@ -17,24 +17,25 @@ import (
 func TestHeadScan(t *testing.T) {
 	const body = "3\r\nabc\r\n0\r\n\r\n"
 	tests := []struct {
-		name, heads        string // heads, then bytes that must not be scanned
-		conflict, bodiless bool   // bodiless: to a GET
+		name, heads string // heads, then bytes that must not be scanned
+		conflict    bool
+		bodyLen     int64 // to a GET
 	}{
-		{"Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, false},
-		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, false},
-		{"both", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, false},
-		{"both, lower case, other order", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nX-A: 1\r\ncontent-length:3\r\n\r\n", true, false},
-		{"both, bare LF", "HTTP/1.1 200 OK\nContent-Length: 3\nTransfer-Encoding: chunked\n\n", true, false},
-		{"space before the colon: not the field", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding : chunked\r\n\r\n", false, false},
-		{"names as values", "HTTP/1.1 200 OK\r\nX-A: Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false, false},
-		{"both in a 1xx only", "HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, false},
-		{"1xx, then both", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, false},
-		{"204", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false, true},
-		{"304 with a length", "HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", false, true},
-		{"Content-Length 0", "HTTP/1.1 200 OK\r\nContent-Length:  0 \r\n\r\n", false, true},
-		{"Content-Length 00", "HTTP/1.1 200 OK\r\nContent-Length: 00\r\n\r\n", false, false},
-		{"Content-Length 0, long line", "HTTP/1.1 200 OK\r\nContent-Length: 0       1\r\n\r\n", false, false},
-		{"101: the tunnel follows", "HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", false, false},
+		{"Content-Length", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, 3},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, -1},
+		{"both", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, -1},
+		{"both, lower case, other order", "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nX-A: 1\r\ncontent-length:3\r\n\r\n", true, -1},
+		{"both, bare LF", "HTTP/1.1 200 OK\nContent-Length: 3\nTransfer-Encoding: chunked\n\n", true, -1},
+		{"space before the colon: not the field", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding : chunked\r\n\r\n", false, 3},
+		{"names as values", "HTTP/1.1 200 OK\r\nX-A: Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false, -1},
+		{"both in a 1xx only", "HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, 3},
+		{"1xx, then both", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, -1},
+		{"204", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false, 0},
+		{"304 with a length", "HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", false, 0},
+		{"Content-Length 0", "HTTP/1.1 200 OK\r\nContent-Length:  0 \r\n\r\n", false, 0},
+		{"Content-Length 00", "HTTP/1.1 200 OK\r\nContent-Length: 00\r\n\r\n", false, 0},
+		{"Content-Length 0, long line", "HTTP/1.1 200 OK\r\nContent-Length: 0       1\r\n\r\n", false, -1},
+		{"101: the tunnel follows", "HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n", false, -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,9 +48,9 @@ func TestHeadScan(t *testing.T) {
 						end = split + e
 					}
 				}
-				if end != len(tt.heads)-1 || !s.done || s.conflict != tt.conflict || s.bodiless(false) != tt.bodiless || !s.bodiless(true) && s.status != 101 {
-					t.Fatalf("split at %d: end %d done %v conflict %v bodiless %v, want end %d conflict %v bodiless %v",
-						split, end, s.done, s.conflict, s.bodiless(false), len(tt.heads)-1, tt.conflict, tt.bodiless)
+				if end != len(tt.heads)-1 || !s.done || s.conflict != tt.conflict || s.bodyLen(false) != tt.bodyLen || s.bodyLen(true) != 0 && s.status != 101 {
+					t.Fatalf("split at %d: end %d done %v conflict %v body %d, want end %d conflict %v body %d",
+						split, end, s.done, s.conflict, s.bodyLen(false), len(tt.heads)-1, tt.conflict, tt.bodyLen)
 				}
 			}
 		})
@@ -130,11 +131,11 @@ func TestResponseFramingConflictRefused(t *testing.T) {
 }
 
 // TestUpConnCutsAtHead: what the Transport's reads return around a head
-// that the check acts on. After a head that ends its response, the bytes
-// that came with it are dropped and the read says EOF: the Transport then
-// does not pool the connection (it saw EOF), where it would have, and a
-// next request could have read them as its response (TestPathsAgree's
-// "204 with a body" sometimes did, under -race). After a head with
+// that the check acts on. Bytes after the response's end (a 204's body,
+// what follows a Content-Length body) are dropped and the read says EOF:
+// the Transport then does not pool the connection (it saw EOF), where it
+// would have, and a next request could have read them as its response
+// (TestPathsAgree's "204 with a body" sometimes did, under -race). After a head with
 // conflicting framing, the read stops before the head's last byte and
 // the next fails.
 func TestUpConnCutsAtHead(t *testing.T) {
@@ -142,6 +143,7 @@ func TestUpConnCutsAtHead(t *testing.T) {
 		conflict = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
 		no       = "HTTP/1.1 204 No Content\r\n\r\n"
 		five     = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+		chunked  = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 	)
 	tests := []struct {
 		name, resp string
@@ -152,6 +154,8 @@ func TestUpConnCutsAtHead(t *testing.T) {
 		{"204 and stray bytes", no + "stray", false, []int{len(no), 0}, []error{io.EOF, io.EOF}},
 		{"HEAD and stray bytes", five + "stray", true, []int{len(five), 0}, []error{io.EOF, io.EOF}},
 		{"200 and its body", five + "hello", false, []int{len(five) + 5}, []error{nil}},
+		{"200, its body and more", five + "hello" + "HTTP/1.1 200 OK\r\n", false, []int{len(five) + 5, 0}, []error{io.EOF, io.EOF}},
+		{"chunked: not counted", chunked + "0\r\n\r\nmore", false, []int{len(chunked) + 9}, []error{nil}},
 		{"204 alone", no, false, []int{len(no)}, []error{nil}},
 		{"conflicting framing", conflict + "3\r\nabc\r\n0\r\n\r\n", false, []int{len(conflict) - 1, 0}, []error{nil, errFramingConflict}},
 	}
