@@ -3,12 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"syscall"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/rawsys"
 	"github.com/detour-proxy/detour/internal/sniff"
 	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
@@ -64,11 +66,13 @@ func (l *connLog) closedL7(client netip.AddrPort) {
 // bytes after the upstream connect failed.
 const dialFailGrace = 200 * time.Millisecond
 
-// dialed is a connect made for a connection: what L7 gets of it (the
-// connection or its error, and when the sniff that ran meanwhile ended),
-// and what only the sniff needs.
+// dialed is a connect made for a connection: the socket or the error,
+// how long it took and when the sniff that ran meanwhile ended (what L7
+// gets of it, pre), and what only the sniff and L4 need.
 type dialed struct {
-	upstream.PreDial
+	up    *os.File // the connected socket (upstream.Dialer.Connect); nil if the connect failed
+	reset error    // the reset the connect's outcome took from up (the server wrote and reset at once)
+	pre   upstream.PreDial
 	spoke bool        // the server sent bytes before the client: a banner
 	grace *time.Timer // after a failed connect: ends the sniff soon
 }
@@ -99,12 +103,12 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 	dialc := make(chan dialed, 1)
 	go func() {
 		d := s.dial(o, c)
-		if d.Err != nil {
+		if d.pre.Err != nil {
 			// An HTTP client gets a 503 only if its request is seen, and it
 			// sends it right after connecting: wait a moment for it, not
 			// the whole sniffing timeout.
 			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
-		} else if err := sniff.WaitReadable(sniffCtx, d.Conn); err == nil {
+		} else if err := waitBanner(sniffCtx, &d); err == nil {
 			d.spoke = true
 			stopSniff()
 		} else if sniffCtx.Err() == nil {
@@ -114,17 +118,18 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 			// the sniffing timeout. Treat it as a failed connect: the
 			// client is reset, or an HTTP request seen within the grace
 			// answered 503.
-			d.Conn.Close()
-			d.PreDial = upstream.PreDial{Err: &upstream.DialError{Dst: c.OrigDst, Reason: upstream.Classify(err), Err: err}, Took: d.Took}
+			d.up.Close()
+			d.up, d.reset = nil, nil
+			d.pre.Err = &upstream.DialError{Dst: c.OrigDst, Reason: upstream.Classify(err), Err: err}
 			d.grace = time.AfterFunc(min(dialFailGrace, o.SniffTimeout), stopSniff)
 		}
-		dialc <- d // after WaitReadable cleared its deadline on d.Conn
+		dialc <- d // after WaitReadable cleared its deadline on d.up
 	}()
 	res, err := sniff.Sniff(sniffCtx, c.TCPConn, o.SniffTimeout)
 	sniffed := time.Now()
 	stopSniff() // ends the wait for a banner
 	d := <-dialc
-	d.Sniffed = sniffed
+	d.pre.Sniffed = sniffed
 	if d.grace != nil {
 		d.grace.Stop()
 	}
@@ -137,11 +142,52 @@ func (s *Server) sniffAuto(o *Options, log *connLog, c *listen.Conn) (sniff.Resu
 	return res, &d, err
 }
 
-// dial connects to the connection's original destination.
+// dial connects to the connection's original destination, as the L4
+// loop does (upstream.Dialer.Connect): a server that accepts, writes and
+// resets at once was connected, and its bytes reach the client.
 func (s *Server) dial(o *Options, c *listen.Conn) dialed {
 	start := time.Now()
-	up, err := o.Dialer.DialNoKeepAlive(s.connCtx, c.Client, c.OrigDst)
-	return dialed{PreDial: upstream.PreDial{Conn: up, Err: err, Took: time.Since(start)}}
+	up, reset, err := o.Dialer.Connect(s.connCtx, c.Client, c.OrigDst)
+	return dialed{up: up, reset: reset, pre: upstream.PreDial{Err: err, Took: time.Since(start)}}
+}
+
+// waitBanner returns nil once the server of d's open connection sent
+// bytes or closed, before the client spoke (ctx ends the wait). A server
+// that reset the connection as it connected (d.reset) spoke if it sent
+// bytes first; without any it failed, with d.reset.
+func waitBanner(ctx context.Context, d *dialed) error {
+	if d.reset == nil {
+		return sniff.WaitReadable(ctx, d.up)
+	}
+	var b [1]byte
+	if n, _ := sniff.Peek(ctx, d.up, b[:]); n > 0 {
+		return nil
+	}
+	return d.reset
+}
+
+// forL7 is the connect d as L7 takes it: a *net.TCPConn with keep-alive,
+// as L7's own dials make, or the error. A server that wrote and reset at
+// once is no HTTP server: a failed connect.
+func (d *dialed) forL7(dst netip.AddrPort) upstream.PreDial {
+	pre := d.pre
+	if d.up == nil {
+		return pre
+	}
+	if d.reset != nil {
+		d.up.Close()
+		pre.Err = &upstream.DialError{Dst: dst, Reason: upstream.ReasonReset, Err: d.reset}
+		return pre
+	}
+	nc, err := net.FileConn(d.up) // a second descriptor, in Go's poller
+	d.up.Close()
+	if err != nil {
+		pre.Err = &upstream.DialError{Dst: dst, Reason: upstream.Classify(err), Err: err}
+		return pre
+	}
+	pre.Conn = nc.(*net.TCPConn)
+	_ = upstream.EnableKeepAlive(pre.Conn)
+	return pre
 }
 
 // forwardSniffed starts the L4 copy of a sniffed connection, or leaves it
@@ -157,12 +203,8 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 			return routed{next: toL7, log: log}
 		}
 		// When the connect failed, L7 answers the first request 503 with
-		// d.Err's reason instead of waiting for a second connect. A pooled
-		// connection gets its keep-alive now, as L7's own dials do.
-		if d.Conn != nil {
-			_ = upstream.EnableKeepAlive(d.Conn)
-		}
-		return routed{next: toL7, log: log, pre: d.PreDial}
+		// its reason instead of waiting for a second connect.
+		return routed{next: toL7, log: log, pre: d.forL7(c.OrigDst)}
 	}
 	if log.debug && err != nil && res.N == 0 {
 		// The client closed (or failed) before sending anything: nothing to forward.
@@ -197,15 +239,15 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		dd := s.dial(o, c)
 		d = &dd
 	}
-	if d.Err != nil {
-		s.failDial(log, c, &rec, d.Err)
+	if d.pre.Err != nil {
+		s.failDial(log, c, &rec, d.pre.Err)
 		return routed{}
 	}
-	rec.ConnectDuration = d.Took
+	rec.ConnectDuration = d.pre.Took
 	if log.debug {
-		log.get().Debug("upstream connected", "dst", c.OrigDst, "local", d.Conn.LocalAddr(), "connect_time", d.Took)
+		log.connected(c.OrigDst, d.up, d.pre.Took)
 	}
-	return s.forwardL4(o, log, c, d.Conn, rec)
+	return s.forwardL4(o, log, c, d, rec)
 }
 
 // closeUnused resets the connection made while sniffing, if one was, for
@@ -213,14 +255,25 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 // L4Started), and is reported closed with it; without one rec is marked
 // NoUpstream.
 func (s *Server) closeUnused(rec *L4Record, d *dialed) {
-	if d == nil || d.Conn == nil {
+	if d == nil || d.up == nil {
 		rec.NoUpstream = true
 		return
 	}
-	d.Conn.SetLinger(0)
-	d.Conn.Close()
-	rec.ConnectDuration = d.Took
+	if fd, err := tcpproxy.ConnFD(d.up); err == nil {
+		rawsys.SetLinger0(fd)
+	}
+	d.up.Close()
+	rec.ConnectDuration = d.pre.Took
 	s.obs.L4Started(*rec)
+}
+
+// connected logs an upstream connect made while sniffing.
+func (l *connLog) connected(dst netip.AddrPort, up *os.File, took time.Duration) {
+	var local netip.AddrPort
+	if fd, err := tcpproxy.ConnFD(up); err == nil {
+		local, _ = listen.LocalAddr(fd)
+	}
+	l.get().Debug("upstream connected", "dst", dst, "local", local, "connect_time", took)
 }
 
 func l4ProtocolName(p sniff.Protocol) string {

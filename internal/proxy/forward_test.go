@@ -3,16 +3,21 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/listen"
+	"github.com/detour-proxy/detour/internal/rawsys"
 	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 	"golang.org/x/sys/unix"
@@ -483,4 +488,129 @@ func TestAutoDrainCutsSniffing(t *testing.T) {
 			waitReleased(t, s)
 		})
 	}
+}
+
+// TestAutoUpstreamWritesAndResetsAsItConnects: a server that accepts,
+// writes and resets before auto mode's connect has looked at its outcome
+// (a busy proxy, a server that turns clients away at once) was connected:
+// the client gets what the server wrote, then the reset, and the
+// connection is recorded as an upstream reset (UC), as protocol tcp's
+// loop records it. Before, the connect was Go's dial, which read SO_ERROR
+// (ECONNRESET by then), failed and closed the socket: the client was
+// reset without the bytes and the record said UF.
+//
+// The order is made certain: the server's accept queue is full, so the
+// connect's SYN is dropped and resent after 1 s; with one processor, the
+// test's goroutine holds it in raw system calls (which never hand it
+// over) from before the resent SYN until the server's reset is sent, so
+// the connect's goroutine can look only after.
+func TestAutoUpstreamWritesAndResetsAsItConnects(t *testing.T) {
+	ln := listenLoopback(t)
+	lfd, dst := blockingFullListener(t)
+	obs := &doneObserver{done: make(chan L4Record, 1)}
+	s := autoServer(obs, false)
+	cli, srv := connect(t, ln)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	go handleAccepted(s, accepted(cli, srv, dst))
+	waitSynSent(t, dst) // the connect's first SYN is sent, and dropped
+	const bye = "421 busy\r\n"
+	if err := acceptWriteReset(lfd, bye); err != nil {
+		t.Fatal(err)
+	}
+	cli.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(cli)
+	if string(b) != bye || !errors.Is(err, unix.ECONNRESET) {
+		t.Errorf("client read %q, %v; want %q, then a reset", b, err, bye)
+	}
+	select {
+	case rec := <-obs.done:
+		if rec.Flags != "UC" || rec.Received != int64(len(bye)) {
+			t.Errorf("recorded %+v; want flags UC after %d bytes received", rec, len(bye))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no L4Done")
+	}
+	waitReleased(t, s)
+}
+
+// waitSynSent waits until a socket of this network namespace is
+// connecting to dst (SYN_SENT in /proc/net/tcp).
+func waitSynSent(t *testing.T, dst netip.AddrPort) {
+	t.Helper()
+	want := fmt.Sprintf(":%04X 02 ", dst.Port()) // the remote address's port, then the state
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 3 && strings.Contains(" "+f[2]+" "+f[3]+" ", want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connect to %v under way after 10s", dst)
+		}
+	}
+}
+
+// blockingFullListener is a blocking loopback listener (accepts wait up
+// to 5 s) whose accept queue is full: the kernel drops new SYNs until the
+// queued connection is accepted.
+func blockingFullListener(t *testing.T) (int, netip.AddrPort) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // room for one queued connection
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	filler, err := net.DialTimeout("tcp4", dst.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return fd, dst
+}
+
+// acceptWriteReset takes the filler off lfd's queue, then accepts the
+// next connection, writes msg and resets it, all in raw system calls: the
+// goroutine keeps its processor throughout.
+func acceptWriteReset(lfd int, msg string) error {
+	var sa [128]byte
+	accept := func() (int, error) {
+		for {
+			fd, _, err := rawsys.Accept4(lfd, sa[:], unix.SOCK_CLOEXEC)
+			if err != unix.EINTR { // SO_RCVTIMEO: a signal is not restarted
+				return fd, err
+			}
+		}
+	}
+	filler, err := accept()
+	if err != nil {
+		return fmt.Errorf("accept the filler: %w", err)
+	}
+	rawsys.Close(filler)
+	fd, err := accept()
+	if err != nil {
+		return fmt.Errorf("accept the upstream connection: %w", err)
+	}
+	defer rawsys.Close(fd)
+	if _, err := rawsys.Write(fd, []byte(msg)); err != nil {
+		return err
+	}
+	return rawsys.SetLinger0(fd)
 }

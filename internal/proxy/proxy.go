@@ -474,7 +474,7 @@ func (b *acceptBackoff) fail(now time.Time) time.Duration {
 // and forwardSniffed's frames below it, it grew to 16 KiB (auto mode's idle
 // memory, bench/RESULTS.md 2026-12-05 session 15; TestIdleHTTPStacks).
 func (s *Server) handle(o *Options, c *listen.Conn) {
-	if c.TCPConn != nil { // Go's dial (auto mode) or L7 lies ahead; a bare descriptor's way stays shallow
+	if c.TCPConn != nil { // auto mode's connect or L7 lies ahead; a bare descriptor's way stays shallow
 		presizeStack()
 	}
 	r := s.route(o, c)
@@ -576,13 +576,13 @@ func (l *connLog) get() *slog.Logger {
 	return l.l
 }
 
-// forwardL4 starts the copy: of auto mode's connection (c.TCPConn) to its
-// pre-dialed upstream up, or of protocol tcp's bare descriptor (c.FD,
-// up nil) to a connect that completes on tcpproxy's loop (NewConnecting),
+// forwardL4 starts the copy: of auto mode's connection (c.TCPConn) to the
+// upstream connection d made, or of protocol tcp's bare descriptor (c.FD,
+// d nil) to a connect that completes on tcpproxy's loop (NewConnecting),
 // so no goroutine waits for it and no net.TCPConn is built for either
 // side. It returns copying when the copy started (and will release the
 // connection).
-func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCPConn, rec L4Record) routed {
+func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, d *dialed, rec L4Record) routed {
 	to := o.TCP
 	to.Pipes = s.pipes
 	to.OnLongLived, to.LongLivedAfter = setUpstreamKeepAlive, keepAliveAfter
@@ -591,9 +591,10 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, up *net.TCP
 		to.Logger = log.get()
 	}
 	var p *tcpproxy.Pair
-	started := up != nil // L4Started was called
-	if up != nil {
-		p = tcpproxy.New(c.TCPConn, up, to)
+	started := d != nil // L4Started was called
+	if d != nil {
+		to.UpstreamReset = d.reset
+		p = tcpproxy.New(c.TCPConn, d.up, to)
 		s.obs.L4Started(rec)
 	} else {
 		if log.debug {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +19,13 @@ import (
 // ClientHello that fits a record, and for long HTTP request lines.
 const MaxPeek = 5 + 1<<14
 
+// Conn is a socket Peek waits on: a *net.TCPConn, or the *os.File of a
+// socket in Go's poller (upstream.Dialer.Connect's).
+type Conn interface {
+	SyscallConn() (syscall.RawConn, error)
+	SetReadDeadline(time.Time) error
+}
+
 // Peek waits until c has bytes queued or the peer closed, then copies up to
 // len(buf) queued bytes into buf without consuming them (MSG_PEEK): a later
 // read or splice still returns them. The wait goes through the netpoller, so
@@ -28,7 +36,7 @@ const MaxPeek = 5 + 1<<14
 // Peek interrupts itself by setting a read deadline in the past; it clears
 // the deadline again only if it set it, so a caller's own read deadline also
 // bounds the wait.
-func Peek(ctx context.Context, c *net.TCPConn, buf []byte) (n int, err error) {
+func Peek(ctx context.Context, c Conn, buf []byte) (n int, err error) {
 	if len(buf) == 0 {
 		return 0, errors.New("sniff: Peek with an empty buffer")
 	}
@@ -60,7 +68,7 @@ func Peek(ctx context.Context, c *net.TCPConn, buf []byte) (n int, err error) {
 // WaitReadable returns nil once a read on c would not block: bytes are
 // queued or the peer closed. Nothing is consumed. The engine uses it on a
 // pre-dialed upstream connection to notice a server that speaks first.
-func WaitReadable(ctx context.Context, c *net.TCPConn) error {
+func WaitReadable(ctx context.Context, c Conn) error {
 	var b [1]byte
 	_, err := Peek(ctx, c, b[:])
 	if err == io.EOF {
@@ -70,7 +78,7 @@ func WaitReadable(ctx context.Context, c *net.TCPConn) error {
 }
 
 // interruptRead makes a pending read on c return when ctx ends.
-func interruptRead(ctx context.Context, c *net.TCPConn) (release func()) {
+func interruptRead(ctx context.Context, c Conn) (release func()) {
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		c.SetReadDeadline(time.Unix(1, 0))

@@ -19,17 +19,19 @@ package tcpproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-proxy/detour/internal/rawsys"
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // DefaultIdleTimeout closes connections that moved no byte for this long.
@@ -71,6 +73,12 @@ type Options struct {
 	// has completed, before a byte is copied, with how long it took. It
 	// must not block.
 	OnConnected func(upstreamFD int, connectTime time.Duration)
+	// UpstreamReset is, for New, the reset that reading how the upstream's
+	// connect ended took from its socket (upstream.Dialer.Connect): the
+	// server accepted, wrote and reset at once. The client gets what the
+	// server sent, then the reset, and the pair ends as an upstream reset,
+	// as NewConnecting's pairs do.
+	UpstreamReset error
 }
 
 // Result reports what a proxied connection did.
@@ -101,7 +109,7 @@ func Proxy(ctx context.Context, client, upstream *net.TCPConn, o Options) Result
 //	p.Start(func(r tcpproxy.Result) { ... }) // returns at once
 //	p.Cancel()                                // on shutdown: ends it with EndCanceled
 type Pair struct {
-	client, upstream *net.TCPConn // owners of the sockets, closed by the loop; nil for NewConnecting, whose pair owns c.fd and u.fd
+	client, upstream Conn         // owners of the sockets, closed by the loop; nil for NewConnecting, whose pair owns c.fd and u.fd
 	log              *slog.Logger // nil: no debug events
 	idle             time.Duration
 	pipes            *Pipes
@@ -128,8 +136,15 @@ type Pair struct {
 	queued   bool // in loop.again
 }
 
+// Conn is a socket New's pair takes over: a *net.TCPConn, or an *os.File
+// of a socket (upstream.Dialer.Connect's), in Go's poller either way.
+type Conn interface {
+	syscall.Conn
+	io.Closer
+}
+
 // New prepares a pair of connections for Start.
-func New(client, upstream *net.TCPConn, o Options) *Pair {
+func New(client, upstream Conn, o Options) *Pair {
 	if o.IdleTimeout == 0 {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
@@ -138,6 +153,7 @@ func New(client, upstream *net.TCPConn, o Options) *Pair {
 	p.c.m, p.u.m = p, p
 	p.up = flow{p: p, src: &p.c, dst: &p.u, from: "client"}
 	p.down = flow{p: p, src: &p.u, dst: &p.c, from: "upstream", dir: 1}
+	p.u.takeReset(o.UpstreamReset)
 	if o.Logger != nil && o.Logger.Enabled(context.Background(), slog.LevelDebug) {
 		p.log = o.Logger
 	}
@@ -349,18 +365,16 @@ func (f *flow) stalled() bool {
 func (p *Pair) connected(l *loop) bool {
 	switch {
 	case p.u.writable: // the connect's outcome is in
-		if err := sockError(p.u.fd, "connect"); err != nil {
-			if !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
-				p.up.err = err
-				p.abort(l, EndConnectFailed)
-				return false
-			}
-			// The connect completed, and the server reset the connection
-			// before the loop got here (a refused connect says
-			// ECONNREFUSED): it is an upstream reset, and what the server
-			// sent first is still queued, for the client.
-			p.u.errored, p.u.taken = true, os.NewSyscallError("read", unix.ECONNRESET)
+		reset, err := upstream.ConnectOutcome(p.u.fd)
+		if err != nil {
+			p.up.err = err
+			p.abort(l, EndConnectFailed)
+			return false
 		}
+		// A reset: the connect completed, and the server reset the
+		// connection before the loop got here. It is an upstream reset,
+		// and what the server sent first is still queued, for the client.
+		p.u.takeReset(reset)
 		p.connecting = false
 		if p.onConnected != nil {
 			p.onConnected(p.u.fd, time.Since(p.connStart))
@@ -370,6 +384,15 @@ func (p *Pair) connected(l *loop) bool {
 		p.fail(l, &p.up, resetError(p.c.fd))
 	}
 	return false
+}
+
+// takeReset notes a reset that SO_ERROR took from the socket (nil: none):
+// a read finds an end of stream after the bytes queued, and the flow
+// fails there instead of passing a FIN on.
+func (ep *endpoint) takeReset(reset error) {
+	if reset != nil {
+		ep.errored, ep.taken = true, reset
+	}
 }
 
 // pump runs one direction until it must wait for an event, it ends, or
@@ -686,9 +709,11 @@ func (p *Pair) closeSockets(reset bool) {
 		}
 		return
 	}
-	for _, c := range [2]*net.TCPConn{p.client, p.upstream} {
+	for _, c := range [2]Conn{p.client, p.upstream} {
 		if reset {
-			c.SetLinger(0)
+			if fd, err := ConnFD(c); err == nil {
+				rawsys.SetLinger0(fd)
+			}
 		}
 		c.Close()
 	}

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -108,6 +109,83 @@ func (d *Dialer) start(fd int, client, dst netip.AddrPort, is6 bool) error {
 	}
 }
 
+// Connect is Start, then a wait in Go's poller for the connect's outcome,
+// read as tcpproxy's loop reads it (ConnectOutcome): for a caller that
+// watches the upstream while it decides where the connection goes (auto
+// mode's connect while it sniffs). Go's own dial reads SO_ERROR too and
+// fails on a reset, closing the socket: a server that accepts, writes and
+// resets before the dial looks would lose its bytes and count as a failed
+// connect, where the loop delivers them. f is the connected socket, in Go's
+// poller, and the caller's to close; reset is not nil when the server
+// reset it already (ConnectOutcome): f still holds what it sent.
+func (d *Dialer) Connect(ctx context.Context, client, dst netip.AddrPort) (f *os.File, reset, err error) {
+	fd, err := d.Start(client, dst)
+	if err != nil {
+		return nil, nil, err
+	}
+	f = os.NewFile(uintptr(fd), "tcp") // non-blocking: it goes into Go's poller
+	reset, err = d.await(ctx, f)
+	if err != nil {
+		f.Close()
+		return nil, nil, &DialError{Dst: dst, Reason: Classify(err), Err: err}
+	}
+	return f, reset, nil
+}
+
+// await waits until f's connect has an outcome, the connect timeout
+// passes or ctx ends.
+func (d *Dialer) await(ctx context.Context, f *os.File) (reset, err error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	f.SetWriteDeadline(time.Now().Add(d.opts.ConnectTimeout))
+	stop := context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var cerr error
+	// Called at once (the connect may be done: the poller's readiness from
+	// registering the socket is cleared before the first call), then each
+	// time the socket turns writable.
+	werr := rc.Write(func(fd uintptr) bool {
+		reset, cerr = ConnectOutcome(int(fd))
+		if cerr != nil || reset != nil {
+			return true
+		}
+		// No error: the connect is done once the socket has a peer; before
+		// that it is still under way (or the poller woke spuriously).
+		_, perr := unix.Getpeername(int(fd))
+		return perr == nil
+	})
+	switch {
+	case werr != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case werr != nil:
+		return nil, fmt.Errorf("connect: %w", werr)
+	}
+	return reset, cerr
+}
+
+// ConnectOutcome reads how the non-blocking connect of fd (Start) ended,
+// once the socket turned writable: nil when it is connected, or the
+// connect's error. SO_ERROR ECONNRESET (or EPIPE) means the connect
+// completed and the server reset the connection before anyone looked (a
+// refused connect says ECONNREFUSED): the socket was connected, what the
+// server sent first is still queued, and reset is the error SO_ERROR took
+// from it, which a read after those bytes now reports as an end of stream
+// instead.
+func ConnectOutcome(fd int) (reset, err error) {
+	n, err := rawsys.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	switch {
+	case err != nil:
+		return nil, os.NewSyscallError("getsockopt", err)
+	case n == 0:
+		return nil, nil
+	case syscall.Errno(n) == unix.ECONNRESET, syscall.Errno(n) == unix.EPIPE:
+		return os.NewSyscallError("read", unix.ECONNRESET), nil
+	}
+	return nil, os.NewSyscallError("connect", syscall.Errno(n))
+}
+
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	if a.Addr().Is4() {
 		return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
@@ -115,7 +193,11 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
 }
 
-// EnableKeepAlive gives a connection from DialNoKeepAlive what Dial sets.
+// EnableKeepAlive gives a connection without keep-alive (Connect's, or
+// Start's, made a net.TCPConn) what Dial sets: most L4 connections end
+// within seconds, and the four setsockopts are an eighth of the system
+// calls of a new one, so they are set only where a connection lasts or is
+// pooled.
 func EnableKeepAlive(c *net.TCPConn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 )
 
 // keepAliveOpts reads the socket's keep-alive settings.
-func keepAliveOpts(t *testing.T, c *net.TCPConn) [4]int {
+func keepAliveOpts(t *testing.T, c syscall.Conn) [4]int {
 	t.Helper()
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -35,8 +36,8 @@ func keepAliveOpts(t *testing.T, c *net.TCPConn) [4]int {
 	return got
 }
 
-// TestKeepAlive: Dial's sockets carry KeepAlive at once; DialNoKeepAlive's
-// carry none until EnableKeepAlive gives them the same settings.
+// TestKeepAlive: Dial's sockets carry KeepAlive at once; Connect's carry
+// none until EnableKeepAlive gives them the same settings.
 func TestKeepAlive(t *testing.T) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -65,18 +66,23 @@ func TestKeepAlive(t *testing.T) {
 		t.Errorf("Dial: keep-alive (on, idle, interval, count) = %v, want %v", got, want)
 	}
 
-	c2, err := d.DialNoKeepAlive(context.Background(), netip.AddrPort{}, dst)
+	f, reset, err := d.Connect(context.Background(), netip.AddrPort{}, dst)
+	if err != nil || reset != nil {
+		t.Fatal(err, reset)
+	}
+	defer f.Close()
+	if got := keepAliveOpts(t, f); got[0] != 0 {
+		t.Errorf("Connect: SO_KEEPALIVE = %d, want 0", got[0])
+	}
+	nc, err := net.FileConn(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
-	if got := keepAliveOpts(t, c2); got[0] != 0 {
-		t.Errorf("DialNoKeepAlive: SO_KEEPALIVE = %d, want 0", got[0])
-	}
-	if err := EnableKeepAlive(c2); err != nil {
+	defer nc.Close()
+	if err := EnableKeepAlive(nc.(*net.TCPConn)); err != nil {
 		t.Fatal(err)
 	}
-	if got := keepAliveOpts(t, c2); got != want {
+	if got := keepAliveOpts(t, f); got != want {
 		t.Errorf("after EnableKeepAlive: keep-alive = %v, want %v", got, want)
 	}
 }

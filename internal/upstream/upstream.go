@@ -50,11 +50,11 @@ type Options struct {
 // Dialer opens upstream TCP connections. It is safe for concurrent use.
 type Dialer struct {
 	opts Options
-	// Go's dialers, with and without keep-alive, built once: a
-	// net.Dialer is a few hundred bytes, and a connect made on an HTTP
-	// connection's goroutine is the deepest point of its stack, which the
-	// goroutine keeps while the connection idles.
-	keep, noKeep net.Dialer
+	// Go's dialer, built once: a net.Dialer is a few hundred bytes, and
+	// a connect made on an HTTP connection's goroutine is the deepest
+	// point of its stack, which the goroutine keeps while the connection
+	// idles.
+	keep net.Dialer
 }
 
 // New returns a Dialer for o.
@@ -64,7 +64,6 @@ func New(o Options) *Dialer {
 	}
 	d := &Dialer{opts: o}
 	d.keep = net.Dialer{Timeout: o.ConnectTimeout, Control: d.control, KeepAliveConfig: KeepAlive}
-	d.noKeep = net.Dialer{Timeout: o.ConnectTimeout, Control: d.control, KeepAlive: -1}
 	return d
 }
 
@@ -75,14 +74,6 @@ func (d *Dialer) Options() Options { return d.opts }
 // SpoofSource is set.
 func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
 	return d.dial(ctx, client, dst, &d.keep)
-}
-
-// DialNoKeepAlive is Dial without TCP keep-alive, for a caller that turns
-// it on (EnableKeepAlive) only on connections that last: most L4 connections
-// end within seconds, and the four setsockopts are an eighth of the
-// system calls of a new one.
-func (d *Dialer) DialNoKeepAlive(ctx context.Context, client, dst netip.AddrPort) (*net.TCPConn, error) {
-	return d.dial(ctx, client, dst, &d.noKeep)
 }
 
 // KeepAlive is the TCP keep-alive of upstream sockets: a client's own
