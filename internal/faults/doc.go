@@ -5,7 +5,11 @@
 // response or close a pooled keep-alive connection just as it is reused;
 // clients that vanish mid-request or mid-response, half-close, trickle
 // their headers (slowloris) or never read; file descriptors exhausted;
-// 10,000 concurrent connections; 10,000 distinct original destinations.
+// 10,000 concurrent connections; 10,000 distinct original destinations;
+// and (TestL4Chaos) 160 L4 connections, 24 at a time, with half-closes
+// from either side, slow readers, client and server resets, servers that
+// reset as they accept, and 2 % of segments (a tenth of the FINs) lost at
+// random, in protocol tcp and auto.
 //
 // Every test checks three things: the affected client gets the right
 // signal (a reset, a 503 or 504, a truncated body — never a fake complete
@@ -25,4 +29,6 @@
 //	DETOUR_SOAK=1 go test -count=1 -run TestSoak -v -timeout 30m ./internal/faults
 //
 // DETOUR_SOAK_DURATION (a Go duration, default 5m) changes its length.
+// DETOUR_SOAK also makes TestL4Chaos run 4,000 connections per protocol
+// instead of 160.
 package faults
