@@ -1,7 +1,8 @@
 // Package fdtest is test support for descriptors and sockets: it runs
 // the process out of descriptors, as a proxy under a connection flood is,
 // so that tests can check what accept, pipe and epoll do then and after,
-// and it tells when a socket has been reset.
+// it tells when a socket has been reset, and it makes a listener whose
+// accept queue is full, so that a connect to it stays under way.
 package fdtest
 
 import (

@@ -506,7 +506,7 @@ func TestAutoDrainCutsSniffing(t *testing.T) {
 // the connect's goroutine can look only after.
 func TestAutoUpstreamWritesAndResetsAsItConnects(t *testing.T) {
 	ln := listenLoopback(t)
-	lfd, dst := blockingFullListener(t)
+	lfd, dst := fdtest.FullListener(t, 5*time.Second)
 	obs := &doneObserver{done: make(chan L4Record, 1)}
 	s := autoServer(obs, false)
 	cli, srv := connect(t, ln)
@@ -552,38 +552,6 @@ func waitSynSent(t *testing.T, dst netip.AddrPort) {
 			t.Fatalf("no connect to %v under way after 10s", dst)
 		}
 	}
-}
-
-// blockingFullListener is a blocking loopback listener (accepts wait up
-// to 5 s) whose accept queue is full: the kernel drops new SYNs until the
-// queued connection is accepted.
-func blockingFullListener(t *testing.T) (int, netip.AddrPort) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil { // room for one queued connection
-		t.Fatal(err)
-	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
-	filler, err := net.DialTimeout("tcp4", dst.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	return fd, dst
 }
 
 // acceptWriteReset takes the filler off lfd's queue, then accepts the

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -102,30 +103,7 @@ func TestConnectingPairClosesDescriptors(t *testing.T) {
 // then returns the next one, waiting up to 10 s.
 func fullListener(t *testing.T) (dst netip.AddrPort, accept func() *net.TCPConn) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil { // room for one queued connection
-		t.Fatal(err)
-	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
-	filler, err := net.DialTimeout("tcp4", dst.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
+	fd, dst := fdtest.FullListener(t, 10*time.Second)
 	accept = func() *net.TCPConn {
 		t.Helper()
 		// A socket with SO_RCVTIMEO is not restarted after a signal, and
