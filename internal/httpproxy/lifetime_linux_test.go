@@ -196,15 +196,7 @@ func TestLoopPartialWriteNotCounted(t *testing.T) {
 		io.WriteString(w, "ok")
 	}))
 	f := newFront(t, Options{}, up.addrPort())
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
-		return nil
-	}}
-	c, err := d.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialSmallReceiveBuffer(t, f.addr)
 	br := bufio.NewReader(c)
 	toLoop(t, c, br)
 	waitOnLoop(t, f.p)

@@ -649,15 +649,7 @@ func TestLoopUnsentRequestBounded(t *testing.T) {
 func TestLoopFlushHeadCut(t *testing.T) {
 	up := loopUpstream(t)
 	f := newFront(t, Options{StreamIdleTimeout: 300 * time.Millisecond}, up.addrPort())
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
-		return nil
-	}}
-	c, err := d.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialSmallReceiveBuffer(t, f.addr)
 	br := bufio.NewReader(c)
 	toLoop(t, c, br)
 	waitOnLoop(t, f.p)
@@ -689,4 +681,21 @@ func TestLoopFlushHeadCut(t *testing.T) {
 		}
 		break
 	}
+}
+
+// dialSmallReceiveBuffer connects to addr with the kernel's least receive
+// buffer, so that a response a client does not read soon fills it and the
+// proxy's writes stop short. The connection closes at the test's end.
+func dialSmallReceiveBuffer(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		return nil
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
