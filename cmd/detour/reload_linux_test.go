@@ -9,11 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/logbuf"
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
@@ -105,7 +105,7 @@ func reloadGapInNetns(t *testing.T) {
 	}
 	defer func() { reloadPointed = nil }()
 
-	var logs syncBuf
+	var logs logbuf.Buffer
 	ctx, stop := context.WithCancel(context.Background())
 	hard, stopHard := context.WithCancel(context.Background())
 	defer stopHard()
@@ -118,11 +118,11 @@ func reloadGapInNetns(t *testing.T) {
 			t.Errorf("run: %v", err)
 		}
 	}()
-	if !logs.waitFor("msg=ready", 1) {
+	if !logs.WaitFor("msg=ready", 1, 30*time.Second) {
 		t.Fatalf("detour never got ready:\n%s", logs.String())
 	}
 	hup <- nil
-	if !logs.waitFor("configuration reloaded", 1) {
+	if !logs.WaitFor("configuration reloaded", 1, 30*time.Second) {
 		t.Fatalf("the reload never finished:\n%s", logs.String())
 	}
 	switch {
@@ -133,33 +133,4 @@ func reloadGapInNetns(t *testing.T) {
 	case got.server != "after-reload":
 		t.Errorf("a request routed as the reload switched HTTP sides: Server %q, want the new side's %q", got.server, "after-reload")
 	}
-}
-
-// syncBuf is a log sink that tests read while detour writes it.
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// waitFor waits (generously: the machine may be loaded) until what was
-// written holds substr n times.
-func (s *syncBuf) waitFor(substr string, n int) bool {
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if strings.Count(s.String(), substr) >= n {
-			return true
-		}
-	}
-	return false
 }

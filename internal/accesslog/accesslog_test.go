@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/logbuf"
 	"github.com/detour-proxy/detour/internal/proxy"
 )
 
@@ -37,18 +38,9 @@ var (
 	}
 )
 
-// buffer is a bytes.Buffer safe for the flusher goroutine.
-type buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *buffer) Write(p []byte) (int, error) { b.mu.Lock(); defer b.mu.Unlock(); return b.b.Write(p) }
-func (b *buffer) String() string              { b.mu.Lock(); defer b.mu.Unlock(); return b.b.String() }
-
-func open(t *testing.T, format Format) (*Logger, *buffer) {
+func open(t *testing.T, format Format) (*Logger, *logbuf.Buffer) {
 	t.Helper()
-	var out buffer
+	var out logbuf.Buffer
 	l, err := Open(Options{Path: PathStdout, Format: format, Stdout: &out, FlushInterval: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +178,7 @@ func TestReopenAfterFailedFlush(t *testing.T) {
 	if _, err := os.Stat("/dev/full"); err != nil {
 		t.Skip("no /dev/full")
 	}
-	var logged buffer
+	var logged logbuf.Buffer
 	l, err := Open(Options{Path: "/dev/full", FlushInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +196,7 @@ func TestReopenAfterFailedFlush(t *testing.T) {
 // TestFlushInterval: buffered records reach the writer within the
 // interval, without Close.
 func TestFlushInterval(t *testing.T) {
-	var out buffer
+	var out logbuf.Buffer
 	l, err := Open(Options{Path: PathStdout, Stdout: &out, FlushInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +216,7 @@ func TestFlushInterval(t *testing.T) {
 }
 
 func TestConcurrentRecordsStayWhole(t *testing.T) {
-	var out buffer
+	var out logbuf.Buffer
 	l, err := Open(Options{Path: PathStdout, Format: FormatJSON, Stdout: &out, FlushInterval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

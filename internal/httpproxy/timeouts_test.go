@@ -11,11 +11,11 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/logbuf"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -325,7 +325,7 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // between requests is not.
 func TestRequestHeaderTimeoutReported(t *testing.T) {
 	up := newRecordingUpstream(t)
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f := newFront(t, Options{HeaderTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond, Logger: log}, up.addrPort())
 
@@ -366,23 +366,6 @@ func TestRequestHeaderTimeoutReported(t *testing.T) {
 	if up.accepted.Load() != 1 {
 		t.Errorf("upstream accepted %d connections", up.accepted.Load())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestPreDialErrorAnswersFirstRequest: a connect that failed while the

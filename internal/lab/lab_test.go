@@ -13,13 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/detour-proxy/detour/internal/logbuf"
 	"github.com/detour-proxy/detour/internal/ns"
 )
 
@@ -293,7 +293,7 @@ func TestStartDetour(t *testing.T) {
 	bin := fakeDetour(t, "")
 
 	t.Run("ready then Stop", func(t *testing.T) {
-		var log syncBuffer
+		var log logbuf.Buffer
 		d, err := StartDetour(t.Context(), n, bin, []string{"--mode", "tproxy"}, &log)
 		if err != nil {
 			t.Fatal(err)
@@ -377,7 +377,7 @@ func TestRunWithFakeDetour(t *testing.T) {
 	for _, goClient := range clients {
 		id := testID(fmt.Sprintf("rf%v", goClient)[:3])
 		before := hostLinks(t)
-		var out syncBuffer
+		var out logbuf.Buffer
 		err := Run(t.Context(), Options{Binary: bin, Out: &out, ID: id, GoClient: goClient})
 		t.Logf("goClient=%v output:\n%s", goClient, out.String())
 		if err != nil {
@@ -419,7 +419,7 @@ func TestRunKeepUntilCancelled(t *testing.T) {
 	before := hostLinks(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var out syncBuffer
+	var out logbuf.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Options{Mode: "tproxy", Binary: fakeDetour(t, ""), Out: &out, ID: id, Keep: true, GoClient: true, NoIPv6: true})
@@ -541,7 +541,7 @@ func TestRunWithDetourBinary(t *testing.T) {
 	}
 	id := testID("e2e")
 	before := hostLinks(t)
-	var out syncBuffer
+	var out logbuf.Buffer
 	err := Run(t.Context(), Options{Binary: bin, Out: &out, ID: id, GoClient: true, ExtraArgs: []string{"--cleanup-interval", "7s"}})
 	t.Logf("output:\n%s", out.String())
 	if err != nil {
@@ -594,23 +594,6 @@ func TestLineLog(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestShownBinary: the printed commands name a `go run` build "detour",
 // not the temporary path that is gone once the lab ends.
 func TestShownBinary(t *testing.T) {
@@ -627,10 +610,10 @@ func TestShownBinary(t *testing.T) {
 
 // startRun runs the lab with o in the background, its output in out;
 // done gets Run's result.
-func startRun(t *testing.T, o Options) (cancel context.CancelFunc, out *syncBuffer, done <-chan error) {
+func startRun(t *testing.T, o Options) (cancel context.CancelFunc, out *logbuf.Buffer, done <-chan error) {
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
-	out = &syncBuffer{}
+	out = &logbuf.Buffer{}
 	o.Out = out
 	ch := make(chan error, 1)
 	go func() { ch <- Run(ctx, o) }()
