@@ -11,6 +11,7 @@ type fastHead struct {
 	clen      int64 // 0 when absent
 	closeConn bool  // Connection: close
 	reqID     []byte
+	idemKey   bool     // Idempotency-Key or X-Idempotency-Key: the client says a replay is safe
 	xff       [][]byte // X-Forwarded-For values, in order
 	size      int      // bytes of the head, final CRLF included
 	fields    int
@@ -114,6 +115,8 @@ func parseFastHead(h *fastHead, b []byte, end, maxHead, maxFields int, steering 
 			}
 		case equalFold(name, "x-forwarded-for"):
 			h.xff = append(h.xff, value)
+		case equalFold(name, "idempotency-key"), equalFold(name, "x-idempotency-key"):
+			h.idemKey = true
 		}
 	}
 	return hosts == 1 && clens <= 1
@@ -121,8 +124,10 @@ func parseFastHead(h *fastHead, b []byte, end, maxHead, maxFields int, steering 
 
 // fastFieldAction classifies a field name. Connection, X-Request-Id and
 // X-Forwarded-For are parsed and written anew (X-Forwarded-For is copied
-// instead when the proxy leaves it). The length picks the candidates, so
-// most fields cost one comparison or none.
+// instead when the proxy leaves it); Idempotency-Key and
+// X-Idempotency-Key are parsed (their presence makes a request
+// replayable, as for Go's Transport) and forwarded. The length picks the
+// candidates, so most fields cost one comparison or none.
 func fastFieldAction(name []byte, steering string, useSteering bool) fieldAction {
 	if len(name) == len(steering) && equalFold(name, steering) {
 		if useSteering {
@@ -148,11 +153,11 @@ func fastFieldAction(name []byte, steering string, useSteering bool) fieldAction
 	case 14:
 		parse, fallback = "content-length", "http2-settings"
 	case 15:
-		drop = "x-forwarded-for"
+		drop, parse = "x-forwarded-for", "idempotency-key"
 	case 16:
 		drop = "proxy-connection"
 	case 17:
-		drop, fallback = "x-forwarded-proto", "transfer-encoding"
+		drop, fallback, parse = "x-forwarded-proto", "transfer-encoding", "x-idempotency-key"
 	case 18:
 		drop = "proxy-authenticate"
 	case 19:

@@ -447,12 +447,26 @@ func (fc *fastConn) begin(x *request) {
 	x.inBody = min(int64(fc.w-fc.r), h.clen)
 	x.body = fc.in[fc.r : fc.r+int(x.inBody)]
 	fc.r += int(x.inBody)
-	x.replayable = h.clen == 0 && (h.method == "GET" || h.method == "HEAD" || h.method == "OPTIONS")
+	x.replayable = h.clen == x.inBody && (idempotent(h.method) || h.idemKey)
 	// After a failed exchange, part of the body may still be in the
 	// client's stream: the connection cannot carry another request.
 	x.keepAfterError = !h.closeConn && h.clen == x.inBody
 	x.rh = p.pools.heads.Get().(*respHead)
 	x.sent, x.unsent, x.early = time.Time{}, nil, false
+}
+
+// idempotent reports whether a request of this method (one of
+// fastMethods) may be sent twice with the effect of once (RFC 9110,
+// 9.2.2): a request that went out and got no byte back may be replayed
+// on another connection. Go's Transport replays only the safe methods
+// (and requests with an idempotency key); RFC 9110 counts PUT and DELETE
+// as idempotent too.
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE":
+		return true
+	}
+	return false
 }
 
 // requestStrings returns a request's host, target and x-request-id (the

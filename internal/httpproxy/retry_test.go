@@ -13,11 +13,17 @@ import (
 )
 
 // closingUpstream answers HTTP/1.1 requests with "ok". On its first
-// connection it answers the first request, then reads the second one
-// whole and closes without answering: a keep-alive connection the server
-// dropped just as the proxy reused it. Every other connection answers
-// everything. seen lists "conn#:METHOD path" in arrival order.
+// connection it answers the first requests, then reads request number
+// at (from 0; 0 means 1, the second) whole and closes without answering
+// (with a reset if reset): a keep-alive connection the server dropped
+// just as the proxy reused it. Every other connection answers
+// everything. seen lists "conn#:METHOD path" (and " =body" when there is
+// one) in arrival order. head, when not nil, is closed when that
+// request's head has come.
 type closingUpstream struct {
+	at    int
+	reset bool
+	head  chan struct{}
 	conns atomic.Int32
 	mu    sync.Mutex
 	seen  []string
@@ -31,11 +37,21 @@ func (u *closingUpstream) serve(c net.Conn) {
 		if err != nil {
 			return
 		}
-		io.Copy(io.Discard, req.Body)
+		if n == 1 && i == max(u.at, 1) && u.head != nil {
+			close(u.head)
+		}
+		body, _ := io.ReadAll(req.Body)
 		u.mu.Lock()
-		u.seen = append(u.seen, fmt.Sprintf("%d:%s %s", n, req.Method, req.URL.Path))
+		if len(body) > 0 {
+			u.seen = append(u.seen, fmt.Sprintf("%d:%s %s =%s", n, req.Method, req.URL.Path, body))
+		} else {
+			u.seen = append(u.seen, fmt.Sprintf("%d:%s %s", n, req.Method, req.URL.Path))
+		}
 		u.mu.Unlock()
-		if n == 1 && i == 1 {
+		if n == 1 && i == max(u.at, 1) {
+			if u.reset {
+				c.(*net.TCPConn).SetLinger(0)
+			}
 			return // close instead of answering
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -96,7 +112,7 @@ func TestNonIdempotentRequestNotReplayed(t *testing.T) {
 	if i := f.info(t); i.Flags != UpstreamClosed || i.Status != 503 {
 		t.Errorf("info %+v", i)
 	}
-	if got, want := u.log(), "1:GET /1, 1:POST /2"; got != want {
+	if got, want := u.log(), "1:GET /1, 1:POST /2 =hello"; got != want {
 		t.Errorf("upstream saw %s, want %s", got, want)
 	}
 	// The request's record is reported before the host is released.
@@ -130,4 +146,111 @@ func TestUpstreamClosingAfterEveryResponse(t *testing.T) {
 		h := f.p.Hosts()
 		return len(h) == 1 && h[0].Active == 0 && h[0].Idle == 0
 	})
+}
+
+// retryCase is a request sent on a pooled connection the upstream closes
+// after it read the request whole, and whether the proxy may replay it.
+type retryCase struct {
+	name     string
+	head     string // request line and fields, without the final CRLF
+	body     string
+	streamed bool // the body comes after the proxy read the head
+	retried  bool
+}
+
+// sentRetryCases: what goes again after it was sent and the upstream
+// closed without a byte back — an idempotent method (RFC 9110, 9.2.2) or
+// a request with an idempotency key, whose body detour holds whole.
+var sentRetryCases = []retryCase{
+	{"GET", "GET /r HTTP/1.1\r\nHost: a", "", false, true},
+	{"HEAD", "HEAD /r HTTP/1.1\r\nHost: a", "", false, true},
+	{"OPTIONS", "OPTIONS /r HTTP/1.1\r\nHost: a", "", false, true},
+	{"DELETE", "DELETE /r HTTP/1.1\r\nHost: a", "", false, true},
+	{"PUT with a body", "PUT /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5", "hello", false, true},
+	{"POST with Idempotency-Key", "POST /r HTTP/1.1\r\nHost: a\r\nIdempotency-Key: k1\r\nContent-Length: 5", "hello", false, true},
+	{"POST with X-Idempotency-Key", "POST /r HTTP/1.1\r\nHost: a\r\nx-idempotency-key: k2", "", false, true},
+	{"POST", "POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5", "hello", false, false},
+	{"PATCH without a body", "PATCH /r HTTP/1.1\r\nHost: a", "", false, false},
+	{"PUT with a streamed body", "PUT /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5", "hello", true, false},
+}
+
+// TestRetryAfterSentOnClosedPooledConn: a request that went out whole on
+// a reused connection which the upstream then closed (FIN or reset)
+// without a byte back is replayed once on a new connection when it is
+// idempotent and its body is whole in detour, else answered 503 UC — on
+// the connection's goroutine (second request) and on a loop (fifth), as
+// Go's Transport does for GET/HEAD/OPTIONS/TRACE and idempotency keys.
+func TestRetryAfterSentOnClosedPooledConn(t *testing.T) {
+	for _, at := range []int{1, 4} {
+		for _, reset := range []bool{false, true} {
+			for _, tc := range sentRetryCases {
+				name := fmt.Sprintf("request %d/reset %v/%s", at+1, reset, tc.name)
+				t.Run(name, func(t *testing.T) {
+					u := &closingUpstream{at: at, reset: reset, head: make(chan struct{})}
+					f := newFront(t, Options{}, rawUpstream(t, u.serve))
+					checkRetry(t, f, u, tc, at, u.head)
+				})
+			}
+		}
+	}
+}
+
+// checkRetry sends at GETs, then tc, whose fate it checks: how it was
+// answered, what the upstream saw, the host's retry count. ready, when
+// not nil, is waited for before a streamed body's end is sent.
+func checkRetry(t *testing.T, f *front, u *closingUpstream, tc retryCase, at int, ready <-chan struct{}) {
+	t.Helper()
+	c, br := f.raw(t)
+	var want []string
+	for i := range at {
+		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: a\r\n\r\n", i)
+		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("GET /%d: %d %q", i, res.StatusCode, body)
+		}
+		f.info(t)
+		want = append(want, fmt.Sprintf("1:GET /%d", i))
+	}
+	if at > loopAfter {
+		eventually(t, "a loop serving the connection", func() bool { return f.p.Hosts()[0].OnLoop > 0 })
+	}
+	method, _, _ := strings.Cut(tc.head, " ")
+	clen := ""
+	if tc.body != "" && !strings.Contains(tc.head, "Content-Length") {
+		clen = fmt.Sprintf("\r\nContent-Length: %d", len(tc.body))
+	}
+	if tc.streamed {
+		fmt.Fprintf(c, "%s%s\r\n\r\n%s", tc.head, clen, tc.body[:2])
+		if ready != nil {
+			<-ready
+		}
+		io.WriteString(c, tc.body[2:])
+	} else {
+		fmt.Fprintf(c, "%s%s\r\n\r\n%s", tc.head, clen, tc.body)
+	}
+	res, body := readResponse(t, br, method)
+	i := f.info(t)
+	seen := fmt.Sprintf("%s /r", method)
+	if tc.body != "" {
+		seen += " =" + tc.body
+	}
+	want = append(want, "1:"+seen)
+	if tc.retried {
+		want = append(want, "2:"+seen)
+		if wantBody := map[bool]string{true: "", false: "ok"}[method == "HEAD"]; res.StatusCode != 200 || body != wantBody {
+			t.Errorf("%d %q; want the second connection's 200", res.StatusCode, body)
+		}
+		if i.Flags != 0 || i.Status != 200 {
+			t.Errorf("info %+v", i)
+		}
+	} else {
+		if res.StatusCode != 503 || (method != "HEAD" && !strings.HasPrefix(body, msgReset)) {
+			t.Errorf("%d %q; want 503 %s", res.StatusCode, body, msgReset)
+		}
+		if i.Flags != UpstreamClosed || i.Status != 503 {
+			t.Errorf("info %+v", i)
+		}
+	}
+	if got := u.log(); got != strings.Join(want, ", ") {
+		t.Errorf("upstream saw %s, want %s", got, strings.Join(want, ", "))
+	}
 }
