@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"fmt"
 	"os"
 	"time"
 
@@ -34,25 +35,38 @@ func (l *upLink) sendAwait(head, body []byte, idle time.Duration) error {
 		a.fn = a.step // bound once per connection: no allocation per request
 	}
 	a.bufs, a.err, a.wrote = [2][]byte{head, body}, nil, false
+	total := len(head) + len(body)
 	// An error of the wait itself (a deadline, a close) is left to the
 	// read that follows, which reports it as it would have without this.
 	l.rc.Read(a.fn)
 	bufs, err := a.bufs, a.err
 	a.bufs = [2][]byte{} // keep no reference to the caller's buffers
+	left := len(bufs[0]) + len(bufs[1])
 	if err != nil {
-		return err
+		return unsentErr(err, left == total)
 	}
-	if len(bufs[0])+len(bufs[1]) > 0 { // the socket did not take it all at once
+	if left > 0 { // the socket did not take it all at once
 		l.conn.SetWriteDeadline(deadline(time.Now(), idle))
 	}
 	for _, b := range bufs {
 		if len(b) > 0 {
-			if _, err := l.conn.Write(b); err != nil {
-				return err
+			n, err := l.conn.Write(b)
+			if err != nil {
+				return unsentErr(err, left == total && n == 0)
 			}
+			left -= n
 		}
 	}
 	return nil
+}
+
+// unsentErr marks err with errNothingSent when none of the request was
+// written.
+func unsentErr(err error, none bool) error {
+	if none {
+		return fmt.Errorf("%w: %w", errNothingSent, err)
+	}
+	return err
 }
 
 // awaiter is sendAwait's state, kept in the upLink.

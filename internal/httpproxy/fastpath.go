@@ -550,7 +550,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 				return x.keepAfterError
 			}
 			if h := p.hooks.beforeSendOn; h != nil {
-				h(fc)
+				h(fc, up)
 			}
 			fc.sendOn(x, up)
 			if fc.ol.aborted.Load() {
@@ -586,9 +586,11 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		}
 		var ne net.Error
 		timedOut := errors.As(err, &ne) && ne.Timeout()
-		// A pooled connection the upstream had closed: replay once. Not
+		// A pooled connection the upstream had closed: replay once a
+		// request it did not get, or one that is safe to get twice. Not
 		// after the route timeout, which a slow upstream would pay twice.
-		if up.reused && x.replayable && attempt == 0 && errors.Is(err, errNoResponse) && !timedOut && !fc.ol.aborted.Load() {
+		replay := x.replayable || errors.Is(err, errNothingSent)
+		if up.reused && replay && attempt == 0 && errors.Is(err, errNoResponse) && !timedOut && !fc.ol.aborted.Load() {
 			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
 			continue
 		}
@@ -675,6 +677,12 @@ var (
 // an idle keep-alive connection does: the request was not processed.
 var errNoResponse = errors.New("no response")
 
+// errNothingSent marks an exchange whose first write failed before any
+// byte of the request went out: the upstream cannot have seen it, so it
+// may be sent again whatever its method, as Go's Transport does (its
+// nothingWrittenError).
+var errNothingSent = errors.New("nothing of the request was sent")
+
 // exchange writes the request (head, buffered body, rest of the body from
 // the client) to up and reads the response head, relaying informational
 // responses. The final head is parsed in place into rh (its bytes stay in
@@ -698,7 +706,8 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			if sit := p.o.StreamIdleTimeout; sit > 0 {
 				up.conn.SetWriteDeadline(time.Now().Add(sit))
 			}
-			if _, err := up.conn.Write(x.unsent); err != nil {
+			if n, err := up.conn.Write(x.unsent); err != nil {
+				err = unsentErr(err, n == 0 && len(x.unsent) == len(head)+len(body))
 				return nil, nil, fmt.Errorf("%w: %w", errNoResponse, err)
 			}
 		}
@@ -706,10 +715,16 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		if sit := p.o.StreamIdleTimeout; sit > 0 { // the upstream may not take the body
 			up.conn.SetWriteDeadline(time.Now().Add(sit))
 		}
-		if _, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
+		if n, err := (&net.Buffers{head, body}).WriteTo(up.conn); err != nil {
 			werr = fmt.Errorf("%w: %w", errNoResponse, err)
 			if ne, ok := errors.AsType[net.Error](werr); ok && ne.Timeout() {
 				return nil, nil, werr // the upstream stopped reading: no answer to wait for
+			}
+			if n == 0 && up.reused {
+				// A pooled connection the upstream closed: nothing went
+				// out, so no answer to wait for, and the body's rest is
+				// still unread in the client's stream.
+				return nil, nil, fmt.Errorf("%w: %w: %w", errNoResponse, errNothingSent, err)
 			}
 			// The upstream stopped taking the request, as a server that
 			// answers early (413, 401) and closes does (RFC 9112, 9.3):

@@ -180,9 +180,9 @@ type Proxy struct {
 // testHooks let tests open race windows deterministically; all nil in
 // production.
 type testHooks struct {
-	beforeDone   func(*fastConn) // done, before it takes the request's upstream connection back from cur
-	inQueue      func(*fastConn) // the lingering close, right before it asks c's descriptor for unread bytes
-	beforeSendOn func(*fastConn) // send, before a new exchange's upstream connection goes into cur
+	beforeDone   func(*fastConn)          // done, before it takes the request's upstream connection back from cur
+	inQueue      func(*fastConn)          // the lingering close, right before it asks c's descriptor for unread bytes
+	beforeSendOn func(*fastConn, *upLink) // send, before a new exchange's upstream connection goes into cur
 }
 
 // New validates o, fills in defaults and starts the internal server.

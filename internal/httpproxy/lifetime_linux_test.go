@@ -79,7 +79,7 @@ func TestAbortBeforeSendEndsAtOnce(t *testing.T) {
 	up := loopUpstream(t)
 	var once sync.Once
 	f := newHookedFront(t, Options{RouteTimeout: time.Hour}, up.addrPort(), testHooks{
-		beforeSendOn: func(fc *fastConn) { once.Do(fc.abort) },
+		beforeSendOn: func(fc *fastConn, _ *upLink) { once.Do(fc.abort) },
 	})
 	c, br := f.raw(t)
 	io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
