@@ -235,6 +235,7 @@ func addCounters(c *httpproxy.HostInfo, h httpproxy.HostInfo) {
 	c.Requests += h.Requests
 	c.Connects += h.Connects
 	c.Reuses += h.Reuses
+	c.Retries += h.Retries
 	c.OnLoop += h.OnLoop
 	c.ConnectFailures += h.ConnectFailures
 }

@@ -295,6 +295,7 @@ type Host struct {
 	Idle            int       `json:"idle"`   // of which idle in the pool
 	Connects        uint64    `json:"connects"`
 	Reuses          uint64    `json:"reuses"`
+	Retries         uint64    `json:"retries"` // requests sent again after a pooled connection failed
 	OnLoop          uint64    `json:"on_loop"` // requests an epoll loop served whole
 	ConnectFailures uint64    `json:"connect_failures"`
 	Created         time.Time `json:"created"`
@@ -336,7 +337,7 @@ func (s *Server) clusterData() Clusters {
 	if s.o.Hosts != nil {
 		for _, h := range s.o.Hosts() {
 			hh := Host{Host: h.Key(), Dst: h.Dst.String(), Requests: h.Requests, Active: h.Active, Open: h.Open,
-				Idle: h.Idle, Connects: h.Connects, Reuses: h.Reuses, OnLoop: h.OnLoop, ConnectFailures: h.ConnectFailures,
+				Idle: h.Idle, Connects: h.Connects, Reuses: h.Reuses, Retries: h.Retries, OnLoop: h.OnLoop, ConnectFailures: h.ConnectFailures,
 				Created: h.Created, LastUsed: h.LastUsed}
 			if h.Client.IsValid() {
 				hh.Client = h.Client.String()
@@ -427,10 +428,10 @@ func WriteClusters(w io.Writer, c Clusters, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "original-destination cluster: %d %s\n", len(c.Hosts), plural(len(c.Hosts), "host", "hosts"))
 	if len(c.Hosts) > 0 {
-		fmt.Fprintln(tw, "HOST\tREQUESTS\tACTIVE\tOPEN\tIDLE\tCONNECTS\tREUSES\tON_LOOP\tCONNECT_FAILURES\tAGE\tLAST_USED")
+		fmt.Fprintln(tw, "HOST\tREQUESTS\tACTIVE\tOPEN\tIDLE\tCONNECTS\tREUSES\tRETRIES\tON_LOOP\tCONNECT_FAILURES\tAGE\tLAST_USED")
 		for _, h := range c.Hosts {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Host, h.Requests, h.Active, h.Open, h.Idle,
-				h.Connects, h.Reuses, h.OnLoop, h.ConnectFailures, Age(now, h.Created), Age(now, h.LastUsed)+" ago")
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Host, h.Requests, h.Active, h.Open, h.Idle,
+				h.Connects, h.Reuses, h.Retries, h.OnLoop, h.ConnectFailures, Age(now, h.Created), Age(now, h.LastUsed)+" ago")
 		}
 	}
 	tw.Flush()
@@ -527,8 +528,8 @@ var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <li><a href="debug/pprof/">/debug/pprof/</a>: Go profiles</li>
 </ul>
 <h2>Original-destination cluster: {{len .Hosts}} hosts</h2>
-{{if .Hosts}}<table><tr><th>host</th><th>requests</th><th>active</th><th>open</th><th>idle</th><th>connects</th><th>reuses</th><th>on loop</th><th>connect failures</th><th>last used</th></tr>
-{{range .Hosts}}<tr><td>{{.Name}}</td><td>{{.Requests}}</td><td>{{.Active}}</td><td>{{.Open}}</td><td>{{.Idle}}</td><td>{{.Connects}}</td><td>{{.Reuses}}</td><td>{{.OnLoop}}</td><td>{{.ConnectFailures}}</td><td>{{.LastUsedAgo}}</td></tr>
+{{if .Hosts}}<table><tr><th>host</th><th>requests</th><th>active</th><th>open</th><th>idle</th><th>connects</th><th>reuses</th><th>retries</th><th>on loop</th><th>connect failures</th><th>last used</th></tr>
+{{range .Hosts}}<tr><td>{{.Name}}</td><td>{{.Requests}}</td><td>{{.Active}}</td><td>{{.Open}}</td><td>{{.Idle}}</td><td>{{.Connects}}</td><td>{{.Reuses}}</td><td>{{.Retries}}</td><td>{{.OnLoop}}</td><td>{{.ConnectFailures}}</td><td>{{.LastUsedAgo}}</td></tr>
 {{end}}</table>{{end}}
 <h2>L4 destinations: {{len .TCPDestinations}}</h2>
 {{if .TCPDestinations}}<table><tr><th>destination</th><th>connections</th><th>active</th><th>connect failures</th><th>timeouts</th></tr>

@@ -39,7 +39,7 @@ func newFixture(t *testing.T) *fixture {
 	reg := prometheus.NewRegistry()
 	hosts := []httpproxy.HostInfo{{
 		Dst: netip.MustParseAddrPort("198.18.2.2:80"), Created: now.Add(-90 * time.Second), LastUsed: now.Add(-2 * time.Second),
-		Requests: 5, Active: 1, Open: 2, Idle: 1, Connects: 2, Reuses: 3, OnLoop: 2,
+		Requests: 5, Active: 1, Open: 2, Idle: 1, Connects: 2, Reuses: 3, Retries: 4, OnLoop: 2,
 	}, {
 		Dst: netip.MustParseAddrPort("198.18.2.2:81"), Client: netip.MustParseAddr("198.18.1.2"),
 		Created: now.Add(-time.Second), LastUsed: now.Add(-time.Second), Requests: 1, ConnectFailures: 1,
@@ -159,8 +159,8 @@ func TestClusters(t *testing.T) {
 	}
 	for _, want := range []string{
 		"original-destination cluster: 2 hosts",
-		"HOST           REQUESTS  ACTIVE  OPEN  IDLE  CONNECTS  REUSES  ON_LOOP  CONNECT_FAILURES  AGE   LAST_USED",
-		"198.18.2.2:80  5         1       2     1     2         3       2        0                 1m30s  2s ago",
+		"HOST           REQUESTS  ACTIVE  OPEN  IDLE  CONNECTS  REUSES  RETRIES  ON_LOOP  CONNECT_FAILURES  AGE   LAST_USED",
+		"198.18.2.2:80  5         1       2     1     2         3       4        2        0                 1m30s  2s ago",
 		"198.18.2.2:81/198.18.1.2",
 		"L4 destinations: 1",
 		"198.18.2.2:7002  1            1       0                 0         0s ago",

@@ -58,6 +58,7 @@ type HostInfo struct {
 	Idle            int    // open connections not carrying a request
 	Connects        uint64 // upstream connections opened (pre-dialed included)
 	Reuses          uint64 // requests served on a pooled connection
+	Retries         uint64 // requests sent again on another connection after a pooled one failed (Envoy's upstream_rq_retry)
 	OnLoop          uint64 // of which a loop served whole (onloop_linux.go)
 	ConnectFailures uint64
 }
@@ -84,6 +85,7 @@ type host struct {
 
 	open, inUse                atomic.Int64
 	connects, reuses, failures atomic.Uint64
+	retries                    atomic.Uint64 // requests sent again after a pooled connection failed
 	onLoop                     atomic.Uint64 // requests a loop served whole
 	kept                       atomic.Int64  // connections kept by client connections for a loop (fastConn.pin)
 }
@@ -586,7 +588,7 @@ func (p *Proxy) Hosts() []HostInfo {
 			Created: h.created, LastUsed: h.lastUsed,
 			Requests: h.requests, Active: h.active,
 			Open: int(open), Idle: int(max(open-inUse, 0)),
-			Connects: h.connects.Load(), Reuses: h.reuses.Load(), OnLoop: h.onLoop.Load(), ConnectFailures: h.failures.Load(),
+			Connects: h.connects.Load(), Reuses: h.reuses.Load(), Retries: h.retries.Load(), OnLoop: h.onLoop.Load(), ConnectFailures: h.failures.Load(),
 		})
 	}
 	c.mu.Unlock()

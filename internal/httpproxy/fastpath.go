@@ -592,6 +592,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		replay := x.replayable || errors.Is(err, errNothingSent)
 		if up.reused && replay && attempt == 0 && errors.Is(err, errNoResponse) && !timedOut && !fc.ol.aborted.Load() {
 			p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", hst.key, "err", err)
+			hst.retries.Add(1)
 			continue
 		}
 		switch {

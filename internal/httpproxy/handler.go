@@ -134,6 +134,8 @@ func (x *exchange) wroteRequest(i httptrace.WroteRequestInfo) {
 func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	if !x.gotConn {
 		x.host.inUse.Add(1)
+	} else {
+		x.host.retries.Add(1) // the Transport replays the request
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if uc, ok := ci.Conn.(*upConn); ok {

@@ -97,6 +97,18 @@ func TestIdempotentRequestRetriedOnClosedPooledConn(t *testing.T) {
 	}
 }
 
+// TestRetryCounted: both paths count a replay on the host (Envoy's
+// upstream_rq_retry), and only a replay.
+func TestRetryCounted(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableFastPath %v", disable), func(t *testing.T) {
+			u := &closingUpstream{head: make(chan struct{})}
+			f := newFront(t, Options{DisableFastPath: disable}, rawUpstream(t, u.serve))
+			checkRetry(t, f, u, sentRetryCases[0], 1, u.head)
+		})
+	}
+}
+
 // TestNonIdempotentRequestNotReplayed: the same failure under a POST with
 // a body is answered 503 (UC) and the upstream sees the POST only once.
 func TestNonIdempotentRequestNotReplayed(t *testing.T) {
@@ -265,6 +277,13 @@ func checkRetryOf(t *testing.T, f *front, u *closingUpstream, tc retryCase, at i
 	}
 	if got := u.log(); got != strings.Join(want, ", ") {
 		t.Errorf("upstream saw %s, want %s", got, strings.Join(want, ", "))
+	}
+	wantRetries := uint64(0)
+	if tc.retried {
+		wantRetries = 1
+	}
+	if h := f.p.Hosts(); len(h) != 1 || h[0].Retries != wantRetries {
+		t.Errorf("hosts %+v; want %d retries", h, wantRetries)
 	}
 }
 

@@ -592,6 +592,8 @@ var (
 		"Idle pooled upstream connections, per cluster host.", []string{"host"}, nil)
 	descUpReused = prometheus.NewDesc("detour_upstream_reused_total",
 		"HTTP requests served on a pooled (reused) upstream connection, per cluster host.", []string{"host"}, nil)
+	descUpRetries = prometheus.NewDesc("detour_upstream_retries_total",
+		"HTTP requests sent again on another upstream connection after a pooled one failed before any response byte (Envoy's upstream_rq_retry), per cluster host.", []string{"host"}, nil)
 	descUpOnLoop = prometheus.NewDesc("detour_upstream_loop_requests_total",
 		"HTTP keep-alive requests an epoll loop served whole, per cluster host.", []string{"host"}, nil)
 	descUpFailures = prometheus.NewDesc("detour_upstream_connect_failures_total",
@@ -606,7 +608,7 @@ var (
 
 func (hostCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHosts, descUpCreated, descUpActive, descUpIdle, descUpReused,
-		descUpOnLoop, descUpFailures, descUpTimeouts, descUpRequests, descUpRequestsActive} {
+		descUpRetries, descUpOnLoop, descUpFailures, descUpTimeouts, descUpRequests, descUpRequestsActive} {
 		ch <- d
 	}
 }
@@ -650,6 +652,7 @@ func (c hostCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descUpActive, gauge, float64(h.Open), key, LayerL7)
 		ch <- prometheus.MustNewConstMetric(descUpIdle, gauge, float64(h.Idle), key)
 		ch <- prometheus.MustNewConstMetric(descUpReused, counter, float64(h.Reuses), key)
+		ch <- prometheus.MustNewConstMetric(descUpRetries, counter, float64(h.Retries), key)
 		ch <- prometheus.MustNewConstMetric(descUpOnLoop, counter, float64(h.OnLoop), key)
 		ch <- prometheus.MustNewConstMetric(descUpFailures, counter, float64(h.ConnectFailures), key, LayerL7)
 		ch <- prometheus.MustNewConstMetric(descUpTimeouts, counter, float64(timeouts[i]), key, LayerL7)

@@ -217,7 +217,7 @@ func TestL4AndRefusals(t *testing.T) {
 
 func TestHTTPRequestsAndHosts(t *testing.T) {
 	hosts := []httpproxy.HostInfo{
-		{Dst: dst80, Requests: 5, Active: 1, Open: 2, Idle: 1, Connects: 2, Reuses: 3, OnLoop: 2},
+		{Dst: dst80, Requests: 5, Active: 1, Open: 2, Idle: 1, Connects: 2, Reuses: 3, Retries: 4, OnLoop: 2},
 		{Dst: netip.MustParseAddrPort("198.18.2.2:7003"), Requests: 1, ConnectFailures: 1},
 	}
 	m, reg, _ := newTest(t, Options{Hosts: func() []httpproxy.HostInfo { return hosts }})
@@ -270,6 +270,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		`detour_upstream_connections_active{host=198.18.2.2:80,layer=l7}`:       2,
 		`detour_upstream_connections_idle{host=198.18.2.2:80}`:                  1,
 		`detour_upstream_reused_total{host=198.18.2.2:80}`:                      3,
+		`detour_upstream_retries_total{host=198.18.2.2:80}`:                     4,
 		`detour_upstream_loop_requests_total{host=198.18.2.2:80}`:               2,
 		`detour_upstream_timeouts_total{host=198.18.2.2:80,layer=l7}`:           1,
 		`detour_upstream_timeouts_total{host=198.18.2.2:7003,layer=l7}`:         0,
