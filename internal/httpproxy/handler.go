@@ -113,9 +113,11 @@ type exchange struct {
 	// error status before that refuses the body's rest.
 	wrote   atomic.Bool
 	gotConn bool
-	upc     net.Conn // the upstream connection (GotConn)
-	body    idleBody // the response body, read under StreamIdleTimeout
-	status  int      // upstream's status, for upgrades that bypass WriteHeader
+	conns   int         // GotConn calls: 2 once the Transport replayed the request
+	gotByte atomic.Bool // a response byte came (traced only for replayAfterSent's requests)
+	upc     net.Conn    // the upstream connection (GotConn)
+	body    idleBody    // the response body, read under StreamIdleTimeout
+	status  int         // upstream's status, for upgrades that bypass WriteHeader
 	p       *Proxy
 }
 
@@ -132,6 +134,7 @@ func (x *exchange) wroteRequest(i httptrace.WroteRequestInfo) {
 // connection and goes out now. The Transport calls it again when it retries
 // on another connection; the request still holds one.
 func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
+	x.conns++
 	if !x.gotConn {
 		x.host.inUse.Add(1)
 	} else {
@@ -279,6 +282,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		duplex.EnableFullDuplex()
 		x.trace.WroteRequest = x.wroteRequest
 	}
+	if replayedByUs(r) {
+		x.trace.GotFirstResponseByte = x.gotFirstByte
+	}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), exchangeKey{}, x), &x.trace)
 	p.rp.ServeHTTP(x.rw, r.WithContext(ctx))
 }
@@ -332,7 +338,38 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 
 func (p *Proxy) roundTrip(r *http.Request) (*http.Response, error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
-	return x.host.tr.RoundTrip(r)
+	res, err := x.host.tr.RoundTrip(r)
+	if err != nil && x.replayAfterSent(r, err) {
+		p.log.Debug("pooled connection closed by the upstream; retrying the request once", "host", x.host.key, "err", err)
+		res, err = x.host.tr.RoundTrip(r)
+	}
+	return res, err
+}
+
+// replayedByUs reports whether a request is one the Transport does not
+// replay after it went out on a pooled connection that closed unanswered,
+// but the fast path does: a PUT or DELETE without a body or an
+// idempotency key (the Transport replays only GET, HEAD, OPTIONS and
+// TRACE, and requests with a key, those without a body or with GetBody;
+// RFC 9110, 9.2.2 counts PUT and DELETE as idempotent too).
+func replayedByUs(r *http.Request) bool {
+	return r.ContentLength == 0 && (r.Method == http.MethodPut || r.Method == http.MethodDelete) &&
+		r.Header["Idempotency-Key"] == nil && r.Header["X-Idempotency-Key"] == nil
+}
+
+// gotFirstByte is the client trace's GotFirstResponseByte, set
+// for replayedByUs's requests only.
+func (x *exchange) gotFirstByte() { x.gotByte.Store(true) }
+
+// replayAfterSent reports whether r, which failed with err, is sent once
+// more, as the fast path would: one of replayedByUs's requests, on the
+// only connection it had, a reused one, which failed before a byte of the
+// response came, neither by a timeout (RouteTimeout: a slow upstream
+// would get it twice) nor because the client went.
+func (x *exchange) replayAfterSent(r *http.Request, err error) bool {
+	var ne net.Error
+	return replayedByUs(r) && r.Body == nil && x.conns == 1 && x.info.Reused && !x.gotByte.Load() &&
+		!(errors.As(err, &ne) && ne.Timeout()) && r.Context().Err() == nil
 }
 
 func (p *Proxy) modifyResponse(res *http.Response) error {

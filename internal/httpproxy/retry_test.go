@@ -25,12 +25,13 @@ import (
 // one) in arrival order. head, when not nil, is closed when that
 // request's head has come.
 type closingUpstream struct {
-	at    int
-	reset bool
-	head  chan struct{}
-	conns atomic.Int32
-	mu    sync.Mutex
-	seen  []string
+	at      int
+	reset   bool
+	head    chan struct{}
+	partial string // written before the close
+	conns   atomic.Int32
+	mu      sync.Mutex
+	seen    []string
 }
 
 func (u *closingUpstream) serve(c net.Conn) {
@@ -53,6 +54,7 @@ func (u *closingUpstream) serve(c net.Conn) {
 		}
 		u.mu.Unlock()
 		if n == 1 && i == max(u.at, 1) {
+			io.WriteString(c, u.partial)
 			if u.reset {
 				c.(*net.TCPConn).SetLinger(0)
 			}
@@ -106,6 +108,21 @@ func TestRetryCounted(t *testing.T) {
 			f := newFront(t, Options{DisableFastPath: disable}, rawUpstream(t, u.serve))
 			checkRetry(t, f, u, sentRetryCases[0], 1, u.head)
 		})
+	}
+}
+
+// TestNoRetryAfterResponseByte: once a byte of the response came, the
+// upstream acted on the request: an idempotent one is not replayed either,
+// on both paths; the client gets 503 UC.
+func TestNoRetryAfterResponseByte(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		for _, method := range []string{"GET", "PUT", "DELETE"} {
+			t.Run(fmt.Sprintf("DisableFastPath %v/%s", disable, method), func(t *testing.T) {
+				u := &closingUpstream{partial: "HTTP/1.1 2", head: make(chan struct{})}
+				f := newFront(t, Options{DisableFastPath: disable}, rawUpstream(t, u.serve))
+				checkRetry(t, f, u, retryCase{name: method, head: method + " /r HTTP/1.1\r\nHost: a"}, 1, u.head)
+			})
+		}
 	}
 }
 
@@ -182,6 +199,7 @@ var sentRetryCases = []retryCase{
 	{"HEAD", "HEAD /r HTTP/1.1\r\nHost: a", "", false, true},
 	{"OPTIONS", "OPTIONS /r HTTP/1.1\r\nHost: a", "", false, true},
 	{"DELETE", "DELETE /r HTTP/1.1\r\nHost: a", "", false, true},
+	{"PUT without a body", "PUT /r HTTP/1.1\r\nHost: a", "", false, true},
 	{"PUT with a body", "PUT /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5", "hello", false, true},
 	{"POST with Idempotency-Key", "POST /r HTTP/1.1\r\nHost: a\r\nIdempotency-Key: k1\r\nContent-Length: 5", "hello", false, true},
 	{"POST with X-Idempotency-Key", "POST /r HTTP/1.1\r\nHost: a\r\nx-idempotency-key: k2", "", false, true},
@@ -345,4 +363,20 @@ func awaitReset(t *testing.T, up *upLink) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Error("no reset came to the pooled connection")
+}
+
+// TestRetryAfterSentOnClosedPooledConnNetHTTP: the net/http path replays
+// what the fast path does, but a request with a body, which it streams
+// from the client and cannot send again.
+func TestRetryAfterSentOnClosedPooledConnNetHTTP(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		for _, tc := range sentRetryCases {
+			tc.retried = tc.retried && tc.body == ""
+			t.Run(fmt.Sprintf("reset %v/%s", reset, tc.name), func(t *testing.T) {
+				u := &closingUpstream{reset: reset, head: make(chan struct{})}
+				f := newFront(t, Options{DisableFastPath: true}, rawUpstream(t, u.serve))
+				checkRetry(t, f, u, tc, 1, u.head)
+			})
+		}
+	}
 }
