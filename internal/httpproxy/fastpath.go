@@ -543,7 +543,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		if attempt == 0 && sentOn != nil {
 			up = sentOn // in cur since the loop sent x (or taken by abort)
 		} else {
-			up, err = fc.link(hst)
+			up, err = fc.link(hst, attempt > 0)
 			if err != nil {
 				info.Flags |= UpstreamConnectFailure
 				fc.localFailure(info, err, !x.keepAfterError)
@@ -894,9 +894,15 @@ func (fc *fastConn) requestHead(out []byte, h *fastHead, reqID string) []byte {
 }
 
 // link returns an upstream connection to the host: a pooled one, the
-// pre-dialed one, or a new one.
-func (fc *fastConn) link(h *host) (*upLink, error) {
+// pre-dialed one, or a new one — always a new one when fresh (a replay:
+// the upstream that closed one pooled connection unseen by the pool's
+// check may have closed the others the same way, as a restarting server
+// or a common idle timeout does).
+func (fc *fastConn) link(h *host, fresh bool) (*upLink, error) {
 	p := fc.p
+	if fresh {
+		return fc.dial(h)
+	}
 	if l := fc.unpin(); l != nil {
 		switch {
 		case l.h != h:
@@ -915,6 +921,11 @@ func (fc *fastConn) link(h *host) (*upLink, error) {
 		}
 		return l, nil
 	}
+	return fc.dial(h)
+}
+
+// dial opens a new upstream connection to h.
+func (fc *fastConn) dial(h *host) (*upLink, error) {
 	conn, err := h.connect(context.Background())
 	if err != nil {
 		return nil, err

@@ -380,3 +380,69 @@ func TestRetryAfterSentOnClosedPooledConnNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryOnNewConnection: the replay goes out on a new connection, not
+// on another pooled one, which the upstream may have closed the same way
+// unseen (a restart, a common idle timeout): here it resets both pooled
+// connections as each is about to carry the request.
+func TestRetryOnNewConnection(t *testing.T) {
+	u := &closingUpstream{at: 1 << 30}
+	var (
+		mu    sync.Mutex
+		conns = map[string]net.Conn{} // by the proxy's address
+		both  = make(chan struct{})
+		n     atomic.Int32
+	)
+	dst := rawUpstream(t, func(c net.Conn) {
+		mu.Lock()
+		conns[c.RemoteAddr().String()] = c
+		mu.Unlock()
+		switch n.Add(1) {
+		case 1:
+			<-both // answer only once the second request has a connection too
+		case 2:
+			close(both)
+		}
+		u.serve(c)
+	})
+	var sends atomic.Int32
+	f := newHookedFront(t, Options{}, dst, testHooks{
+		beforeSendOn: func(_ *fastConn, up *upLink) {
+			if sends.Add(1) < 3 || !up.reused {
+				return
+			}
+			mu.Lock()
+			c := conns[up.conn.LocalAddr().String()]
+			mu.Unlock()
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			awaitReset(t, up)
+		},
+	})
+	// Two requests at once leave two connections in the pool.
+	c1, br1 := f.raw(t)
+	c2, br2 := f.raw(t)
+	io.WriteString(c1, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+	io.WriteString(c2, "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+	for _, br := range []*bufio.Reader{br1, br2} {
+		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("GET: %d %q", res.StatusCode, body)
+		}
+		f.info(t)
+	}
+	eventually(t, "two pooled connections", func() bool {
+		h := f.p.Hosts()
+		return len(h) == 1 && h[0].Idle == 2
+	})
+	io.WriteString(c1, "POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+	res, body := readResponse(t, br1, "POST")
+	if res.StatusCode != 200 || body != "ok" {
+		t.Errorf("POST: %d %q; want the new connection's 200", res.StatusCode, body)
+	}
+	if i := f.info(t); i.Reused || i.Status != 200 {
+		t.Errorf("info %+v; want a new connection's 200", i)
+	}
+	if h := f.p.Hosts(); len(h) != 1 || h[0].Connects != 3 || h[0].Retries != 1 {
+		t.Errorf("hosts %+v; want 3 connects, 1 retry", h)
+	}
+}
