@@ -47,7 +47,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/netutil"
 
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/metrics"
@@ -93,6 +92,7 @@ type Server struct {
 	h   http.Handler // mux, behind the cross-origin check
 	srv *http.Server
 	ln  net.Listener
+	lim *connLimit // ln, bounded: maxConns
 }
 
 // CheckAddr refuses a non-loopback address unless allowRemote.
@@ -222,7 +222,8 @@ func addressedByIP(hostport string) bool {
 // The admin endpoint's bounds. Its connections take descriptors from the
 // proxy's own limit, so any local process could have starved the proxy
 // by opening them and keeping them idle (there was no idle timeout):
-// beyond maxConns, new ones wait in the listen backlog; idle ones close
+// beyond maxConns, a new one closes the connection idle longest, or, when
+// none is idle, waits in the listen backlog (connLimit); idle ones close
 // after IdleTimeout. Its requests are small: heads beyond maxHeaderBytes
 // get 431 (net/http's default allowed 1 MiB).
 const (
@@ -245,8 +246,9 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelDebug),
 	}
-	ln = netutil.LimitListener(ln, maxConns)
-	go s.srv.Serve(ln)
+	s.lim = newConnLimit(ln, maxConns)
+	s.srv.ConnState = s.lim.connState
+	go s.srv.Serve(s.lim)
 	return nil
 }
 

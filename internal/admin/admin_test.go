@@ -414,9 +414,10 @@ func TestLoggingLevels(t *testing.T) {
 }
 
 // TestConnectionBounds: the endpoint holds at most maxConns connections
-// (the others wait in the listen backlog), so idle connections from any
-// local process cannot take the descriptors the proxy needs; it used to
-// accept every one. A head beyond maxHeaderBytes gets 431.
+// (while none is idle between requests, the others wait in the listen
+// backlog), so connections from any local process cannot take the
+// descriptors the proxy needs; it used to accept every one. A head beyond
+// maxHeaderBytes gets 431.
 func TestConnectionBounds(t *testing.T) {
 	f := newFixture(t)
 	f.state.SetPhase(Ready)
@@ -443,13 +444,12 @@ func TestConnectionBounds(t *testing.T) {
 	for i := range held {
 		held[i] = dial()
 	}
-	// Once the held ones are accepted (one answered request proves it for
-	// the last), one more is not served while they stay.
-	if _, err := io.WriteString(held[maxConns-1], "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := get(held[maxConns-1], 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
-		t.Fatalf("held connection %d: %q, %v", maxConns, line, err)
+	// Once the held ones are accepted (none has sent a request: none is
+	// idle), one more is not served while they stay.
+	for deadline := time.Now().Add(30 * time.Second); f.srv.lim.count() < maxConns; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connections accepted after 30s", f.srv.lim.count(), maxConns)
+		}
 	}
 	extra := dial()
 	io.WriteString(extra, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -465,6 +465,67 @@ func TestConnectionBounds(t *testing.T) {
 	fmt.Fprintf(big, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", maxHeaderBytes+8<<10)) // net/http allows 4 KiB more
 	if line, err := get(big, 30*time.Second); err != nil || !strings.HasPrefix(line, "HTTP/1.1 431") {
 		t.Errorf("a %d KiB head: %q, %v; want 431", maxHeaderBytes>>10+8, line, err)
+	}
+}
+
+// TestIdleConnectionsMakeRoom: when maxConns keep-alive connections are
+// idle between requests, a new connection closes the one idle longest and
+// is served at once. Before, it waited in the backlog until one of them
+// closed: a local process that kept maxConns connections idle, with a
+// request each under the 2-minute idle timeout, held off /ready probes,
+// scrapes and detour status for as long as it liked.
+func TestIdleConnectionsMakeRoom(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetPhase(Ready)
+	if err := f.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer f.srv.Close()
+	addr := f.srv.Addr().String()
+	get := func(c net.Conn, r *bufio.Reader) (*http.Response, error) {
+		c.SetDeadline(time.Now().Add(30 * time.Second)) // far below the idle timeout it would wait for
+		if _, err := io.WriteString(c, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp, err
+	}
+	type held struct {
+		c net.Conn
+		r *bufio.Reader
+	}
+	hs := make([]held, maxConns)
+	for i := range hs {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		hs[i] = held{c, bufio.NewReader(c)}
+		if resp, err := get(c, hs[i].r); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("held connection %d: %v, %v", i+1, resp, err)
+		}
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if resp, err := get(c, bufio.NewReader(c)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("connection %d while %d were idle: %v, %v; want it served", maxConns+1, maxConns, resp, err)
+	}
+	// The one idle longest made the room.
+	hs[0].c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := hs[0].r.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the connection idle longest: read %d, %v; want it closed (EOF)", n, err)
+	}
+	if n := f.srv.lim.count(); n > maxConns {
+		t.Errorf("%d connections open, more than %d", n, maxConns)
 	}
 }
 
