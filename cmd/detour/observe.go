@@ -209,7 +209,7 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 		return true
 	}
 	for _, r := range o.old {
-		now := byHostKey(r.p.Hosts())
+		now := byHostKey(r.p.HostTotals())
 		for _, h := range now {
 			add(h, true)
 		}
@@ -266,7 +266,7 @@ func (o *observability) carryLocked(h httpproxy.HostInfo) {
 func (o *observability) replaceL7(old, next *httpproxy.Proxy) {
 	o.hostsMu.Lock()
 	defer o.hostsMu.Unlock()
-	o.old = append(o.old, &oldL7{p: old, last: byHostKey(old.Hosts())})
+	o.old = append(o.old, &oldL7{p: old, last: byHostKey(old.HostTotals())})
 	o.l7.Store(next)
 }
 
@@ -279,7 +279,7 @@ func (o *observability) retired(old *httpproxy.Proxy) {
 		if r.p != old {
 			continue
 		}
-		final := byHostKey(old.Hosts())
+		final := byHostKey(old.HostTotals()) // its hosts are gone: what they counted
 		for k, h := range r.last {
 			if f, ok := final[k]; ok {
 				h = f // counted on since

@@ -99,9 +99,14 @@ type cluster struct {
 	// closed: close has begun; no connection joins the cluster after it,
 	// as nothing would close it.
 	closed bool
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
+	// gone, once Shutdown or Close began (retiring), adds up the counters
+	// of the hosts removed since, which HostTotals goes on listing: a
+	// reload's bookkeeping reads a retired side's hosts after its close,
+	// and their counts since its last look would otherwise be lost.
+	gone map[hostKey]HostInfo
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
 
 	// Used by sweep only (the janitor, then close), under sweepMu: Close
 	// may come while Shutdown sweeps.
@@ -520,6 +525,11 @@ func (c *cluster) sweep(cutoff time.Time) {
 	linkCutoff := time.Now().Add(-upstreamIdleTimeout)
 	for k, h := range c.hosts {
 		if c.closed || h.active == 0 && !h.lastUsed.After(cutoff) {
+			if c.gone != nil {
+				g := c.gone[k]
+				g.add(h.info())
+				c.gone[k] = g
+			}
 			delete(c.hosts, k)
 			stale = append(stale, h)
 			conns = append(conns, h.preDialed)
@@ -576,20 +586,73 @@ func (c *cluster) close() {
 	// timeout one that a later request of the handler pooled).
 }
 
+// retiring makes the cluster keep the counters of the hosts it removes
+// from now on (gone): Shutdown or Close began.
+func (c *cluster) retiring() {
+	c.mu.Lock()
+	if c.gone == nil {
+		c.gone = make(map[hostKey]HostInfo)
+	}
+	c.mu.Unlock()
+}
+
+// info is h as Hosts lists it; c.mu is held.
+func (h *host) info() HostInfo {
+	open, inUse := h.open.Load(), h.inUse.Load()
+	return HostInfo{
+		Dst: h.key.dst, Client: h.key.client,
+		Created: h.created, LastUsed: h.lastUsed,
+		Requests: h.requests, Active: h.active,
+		Open: int(open), Idle: int(max(open-inUse, 0)),
+		Connects: h.connects.Load(), Reuses: h.reuses.Load(), Retries: h.retries.Load(), OnLoop: h.onLoop.Load(), ConnectFailures: h.failures.Load(),
+	}
+}
+
+// add adds the counters of a removed instance of the same host, h, to
+// g: its counts, its first creation, its last use.
+func (g *HostInfo) add(h HostInfo) {
+	if g.Created.IsZero() {
+		*g = HostInfo{Dst: h.Dst, Client: h.Client, Created: h.Created}
+	}
+	g.Requests += h.Requests
+	g.Connects += h.Connects
+	g.Reuses += h.Reuses
+	g.Retries += h.Retries
+	g.OnLoop += h.OnLoop
+	g.ConnectFailures += h.ConnectFailures
+	if h.Created.Before(g.Created) {
+		g.Created = h.Created
+	}
+	if h.LastUsed.After(g.LastUsed) {
+		g.LastUsed = h.LastUsed
+	}
+}
+
 // Hosts lists the cluster's live hosts, ordered by key.
-func (p *Proxy) Hosts() []HostInfo {
+func (p *Proxy) Hosts() []HostInfo { return p.hostList(false) }
+
+// HostTotals is Hosts and, once Shutdown or Close began, the hosts
+// removed since, with what they counted: all a side retired by a reload
+// counted, read once it closed (which removes every host).
+func (p *Proxy) HostTotals() []HostInfo { return p.hostList(true) }
+
+func (p *Proxy) hostList(withGone bool) []HostInfo {
 	c := p.hosts
 	c.mu.Lock()
 	out := make([]HostInfo, 0, len(c.hosts))
 	for _, h := range c.hosts {
-		open, inUse := h.open.Load(), h.inUse.Load()
-		out = append(out, HostInfo{
-			Dst: h.key.dst, Client: h.key.client,
-			Created: h.created, LastUsed: h.lastUsed,
-			Requests: h.requests, Active: h.active,
-			Open: int(open), Idle: int(max(open-inUse, 0)),
-			Connects: h.connects.Load(), Reuses: h.reuses.Load(), Retries: h.retries.Load(), OnLoop: h.onLoop.Load(), ConnectFailures: h.failures.Load(),
-		})
+		out = append(out, h.info())
+	}
+	for k, g := range c.gone {
+		if !withGone {
+			break
+		}
+		if h, ok := c.hosts[k]; ok { // removed, then made again
+			i := slices.IndexFunc(out, func(o HostInfo) bool { return o.Dst == h.key.dst && o.Client == h.key.client })
+			out[i].add(g)
+			continue
+		}
+		out = append(out, g)
 	}
 	c.mu.Unlock()
 	slices.SortFunc(out, func(a, b HostInfo) int { return cmp.Compare(a.Key(), b.Key()) })

@@ -459,6 +459,7 @@ func (p *Proxy) closeLive() {
 // end; whatever is left then is closed. Idle upstream connections are
 // closed and the janitor stops.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.hosts.retiring()
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
@@ -483,6 +484,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 
 // Close closes every connection at once, downstream and upstream.
 func (p *Proxy) Close() error {
+	p.hosts.retiring()
 	p.closeLive()
 	err := p.srv.Close()
 	<-p.served

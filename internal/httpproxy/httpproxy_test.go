@@ -847,6 +847,11 @@ func TestShutdownWaitsForInFlight(t *testing.T) {
 	if len(f.p.Hosts()) != 0 {
 		t.Error("hosts left after shutdown")
 	}
+	// What the removed host counted stays readable (a reload's retired
+	// side is read after its close).
+	if h := f.p.HostTotals(); len(h) != 1 || h[0].Requests != 1 || h[0].Connects != 1 || h[0].Active != 0 {
+		t.Errorf("HostTotals after shutdown: %+v; want the host, 1 request, 1 connect", h)
+	}
 }
 
 // TestShutdownLocalReplySaysClose: a fast-path request answered by detour
