@@ -94,6 +94,12 @@ func cmdRules(args []string, stdout, stderr io.Writer) int {
 		for _, p := range inUse {
 			fmt.Fprintf(stdout, "left the policy routing %s: a running detour uses it, and removes it when it exits\n", p)
 		}
+		// Policy routing without detour's proto 222 stays: made by hand,
+		// or a leftover of a detour older than that marking, which looks
+		// the same. Only the user can tell which; say what stays.
+		if kept, _ := intercept.Kept(o); len(kept) > 0 {
+			fmt.Fprintf(stdout, "left policy routing detour did not add (made by hand, or by a detour older than its proto 222 marking: if it is a leftover, delete it with ip rule del / ip route del): %s\n", strings.Join(kept, "; "))
+		}
 	case "show":
 		text, err := intercept.Show(o)
 		if err != nil {

@@ -37,6 +37,37 @@ func TestRulesCleanFindsCustomPolicy(t *testing.T) {
 	}
 }
 
+// TestRulesCleanNamesWhatItLeaves: `rules clean` over policy routing
+// detour did not mark as its own (made by hand, or left by a killed
+// detour older than the proto 222 marking, which looks the same) leaves
+// it, and says so, naming each rule and route; it used to say only
+// "removed detour's rules (if any)", as if nothing were left.
+func TestRulesCleanNamesWhatItLeaves(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "fxckl")
+	for _, args := range [][]string{
+		{"rule", "add", "fwmark", "0x1", "lookup", "100"},
+		{"route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100"},
+	} {
+		if out, err := n.Router.Command(context.Background(), "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	before := snapshot(t, n.Router)
+	out, err := detourCmd(t, n.Router, "rules", "clean")
+	if err != nil {
+		t.Fatalf("rules clean: %v\n%s", err, out)
+	}
+	for _, want := range []string{"left policy routing detour did not add", "ip rule add fwmark 0x1 lookup 100", "ip route add local 0.0.0.0/0 dev lo table 100"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rules clean does not say %q:\n%s", want, out)
+		}
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Errorf("rules clean removed what detour did not add:\n%s\nwant:\n%s", after, before)
+	}
+}
+
 // TestKilledRunOtherPolicyReplaced: a run with another mark and route
 // table, over a SIGKILLed default run's rules, removes the killed run's
 // `fwmark 0x1 lookup 100` and its routes; its own clean exit leaves
