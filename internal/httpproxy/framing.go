@@ -19,7 +19,9 @@ var errFramingConflict = errors.New("upstream response has both Content-Length a
 // see what http.ReadResponse hides: a final head with both Content-Length
 // and Transfer-Encoding; and, for upConn, where the response ends
 // (bodyLen). Field names are matched as net/textproto reads them
-// (case-insensitive, the colon right after the name).
+// (case-insensitive, the colon right after the name), the status code as
+// http.ReadResponse reads it (after any number of spaces): a 1xx head
+// taken for a final one would hide the real final head.
 type headScan struct {
 	line     [32]byte // the current line's first bytes, lower-cased
 	n        int      // bytes of the current line so far
@@ -63,6 +65,9 @@ func (s *headScan) feed(b []byte) int {
 			}
 			continue
 		}
+		if c == ' ' && s.n == len("HTTP/1.1 ") && !s.inHead {
+			continue // http.ReadResponse trims the spaces before the status code
+		}
 		if s.n < len(s.line) {
 			if 'A' <= c && c <= 'Z' {
 				c += 'a' - 'A'
@@ -84,7 +89,7 @@ func (s *headScan) endLine() bool {
 	}
 	l := s.line[:min(n, len(s.line))]
 	switch {
-	case !s.inHead: // the status line: "HTTP/1.1 1xx ..."
+	case !s.inHead: // the status line: "HTTP/1.1 1xx ...", less any spaces before the code (feed)
 		s.inHead = true
 		s.clen = -1
 		if len(l) >= 12 && isDigit(l[9]) && isDigit(l[10]) && isDigit(l[11]) {

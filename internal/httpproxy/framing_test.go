@@ -30,6 +30,9 @@ func TestHeadScan(t *testing.T) {
 		{"names as values", "HTTP/1.1 200 OK\r\nX-A: Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false, -1},
 		{"both in a 1xx only", "HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, 3},
 		{"1xx, then both", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, -1},
+		// http.ReadResponse trims the spaces before the status code.
+		{"1xx with spaces before its code, then both", "HTTP/1.1  103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", true, -1},
+		{"204 with spaces before its code", "HTTP/1.1" + strings.Repeat(" ", 40) + "204 No Content\r\nX-A: 1\r\n\r\n", false, 0},
 		{"204", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false, 0},
 		{"304 with a length", "HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", false, 0},
 		{"Content-Length 0", "HTTP/1.1 200 OK\r\nContent-Length:  0 \r\n\r\n", false, 0},
@@ -71,6 +74,7 @@ func TestResponseFramingConflictRefused(t *testing.T) {
 	}{
 		{"in one write", bad, false},
 		{"after a 1xx", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + bad, false},
+		{"after a 1xx with two spaces before its code", "HTTP/1.1  103 Early Hints\r\nLink: </a>\r\n\r\n" + bad, false},
 		{"a few bytes at a time", bad, true},
 	}
 	onBothPaths(t, func(t *testing.T, fast bool) {
@@ -144,6 +148,7 @@ func TestUpConnCutsAtHead(t *testing.T) {
 		no       = "HTTP/1.1 204 No Content\r\n\r\n"
 		five     = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
 		chunked  = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+		spaced   = "HTTP/1.1   204 No Content\r\n\r\n" // http.ReadResponse trims the spaces
 	)
 	tests := []struct {
 		name, resp string
@@ -157,6 +162,7 @@ func TestUpConnCutsAtHead(t *testing.T) {
 		{"200, its body and more", five + "hello" + "HTTP/1.1 200 OK\r\n", false, []int{len(five) + 5, 0}, []error{io.EOF, io.EOF}},
 		{"chunked: not counted", chunked + "0\r\n\r\nmore", false, []int{len(chunked) + 9}, []error{nil}},
 		{"204 alone", no, false, []int{len(no)}, []error{nil}},
+		{"204, spaces before its code, stray bytes", spaced + "stray", false, []int{len(spaced), 0}, []error{io.EOF, io.EOF}},
 		{"conflicting framing", conflict + "3\r\nabc\r\n0\r\n\r\n", false, []int{len(conflict) - 1, 0}, []error{nil, errFramingConflict}},
 	}
 	for _, tt := range tests {
