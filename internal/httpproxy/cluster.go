@@ -236,7 +236,7 @@ func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{TCPConn: conn, h: h}
+	c := &upConn{TCPConn: conn, h: h, wake: make(chan struct{}, 1)}
 	c.idle.timeout = h.c.p.o.StreamIdleTimeout
 	return c, nil
 }
@@ -374,6 +374,51 @@ type upConn struct {
 	rest     int64 // body bytes the response has yet to send, when bounded
 	bounded  bool
 	cut      error // what the next Read returns
+	// Where the read loop is, for awaitReader.
+	reading atomic.Bool   // a Read is in progress
+	closed  atomic.Bool   // Close was called
+	waiter  atomic.Bool   // awaitReader waits: Read and Close wake it
+	wake    chan struct{} // awaitReader's wake-up (buffered 1)
+}
+
+// readerWait bounds awaitReader's wait; the read loop's next step after
+// a response is a read, or the close, so it is never expected to run out.
+const readerWait = time.Second
+
+// awaitReader waits, before a request goes out on c pooled, until the
+// Transport's read loop has gone back to reading c (or c is closed).
+// After a response the read loop pools c, then peeks at its buffer: a
+// read means the buffer is empty; bytes still in it (ones the upstream
+// sent after a chunked body, in the read that ended it: upConn counts
+// only Content-Length bodies) make it close c, since no response is
+// expected. A request that went out first would be expected, and those
+// bytes read as its response. Not waiting costs nothing: the read loop
+// is nearly always back in its read long before c is taken again.
+func (c *upConn) awaitReader() {
+	if c.reading.Load() || c.closed.Load() {
+		return
+	}
+	c.waiter.Store(true) // then Read and Close see it, or the loop below sees them
+	defer c.waiter.Store(false)
+	t := time.NewTimer(readerWait)
+	defer t.Stop()
+	for !c.reading.Load() && !c.closed.Load() {
+		select {
+		case <-c.wake:
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// wakeWaiter wakes awaitReader, if it waits.
+func (c *upConn) wakeWaiter() {
+	if c.waiter.Load() {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 const (
@@ -408,7 +453,10 @@ func (c *upConn) Read(p []byte) (int, error) {
 	if c.cut != nil {
 		return 0, c.cut
 	}
+	c.reading.Store(true)
+	c.wakeWaiter()
 	n, err := c.TCPConn.Read(p)
+	c.reading.Store(false)
 	if a := c.armed.Load(); a != 0 && c.armed.CompareAndSwap(a, 0) {
 		c.scan, c.scanning, c.headReq, c.bounded = headScan{}, true, a == armHeadHEAD, false
 	}
@@ -452,7 +500,10 @@ func (c *upConn) bound(from, n int, err error) (int, error) {
 
 func (c *upConn) Close() error {
 	c.once.Do(func() { c.h.open.Add(-1) })
-	return c.TCPConn.Close()
+	err := c.TCPConn.Close()
+	c.closed.Store(true)
+	c.wakeWaiter()
+	return err
 }
 
 // Write bounds each write by StreamIdleTimeout, as the fast path bounds

@@ -142,6 +142,9 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if uc, ok := ci.Conn.(*upConn); ok {
+		if ci.Reused {
+			uc.awaitReader()
+		}
 		uc.expectHead(x.info.Method == http.MethodHead)
 	}
 	if ci.Reused {
