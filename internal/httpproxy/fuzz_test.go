@@ -353,3 +353,65 @@ func FuzzFastResponseHead(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHeadScan checks headScan against http.ReadResponse read as the
+// Transport reads it (1xx heads skipped, 101 final): where Go's final head
+// ends, headScan's does, whatever the split of the bytes into two reads;
+// and when headScan says how long the body is (bodyLen, what upConn
+// counts to drop the bytes past it), Go's response takes no byte more.
+func FuzzHeadScan(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nstray",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"HTTP/1.1  103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 007\r\n\r\n",
+		"HTTP/1.0 200 OK\nContent-Length: 2\n\nokmore",
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\ntunnel",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\nX-A: a\r\n b\r\n\r\nokok",
+		"HTTP/1.1 200 OK\r\nContent-Length :5\r\n\r\nhello",
+	} {
+		f.Add([]byte(s), uint16(len(s)/2), false)
+		f.Add([]byte(s), uint16(0), true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, split uint16, head bool) {
+		req := &http.Request{Method: "GET"}
+		if head {
+			req.Method = "HEAD"
+		}
+		sr := bytes.NewReader(data)
+		br := bufio.NewReader(sr)
+		consumed := func() int { return len(data) - sr.Len() - br.Buffered() }
+		var res *http.Response
+		for {
+			var err error
+			if res, err = http.ReadResponse(br, req); err != nil {
+				return // Go refuses it: the connection closes whatever headScan says
+			}
+			if res.StatusCode < 100 || res.StatusCode > 199 || res.StatusCode == 101 {
+				break
+			}
+		}
+		headEnd := consumed()
+		var s headScan
+		at := int(split) % (len(data) + 1)
+		end := s.feed(data[:at])
+		if end < 0 {
+			if e := s.feed(data[at:]); e >= 0 {
+				end = at + e
+			}
+		}
+		if end != headEnd-1 {
+			t.Fatalf("headScan ends the final head at %d, http.ReadResponse at %d (status %d)", end, headEnd-1, res.StatusCode)
+		}
+		n := s.bodyLen(head)
+		if n < 0 || s.conflict {
+			return // not counted, or refused
+		}
+		_, err := io.Copy(io.Discard, res.Body)
+		if got := consumed() - headEnd; got > int(n) || err == nil && got != int(n) {
+			t.Fatalf("the body took %d bytes (err %v); headScan counts %d", got, err, n)
+		}
+	})
+}
