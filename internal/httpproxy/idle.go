@@ -11,9 +11,12 @@ import (
 // progress for the timeout. Setting a deadline before every operation
 // would reset the runtime's timer each time; idleDeadline sets one only
 // when less than 7/8 of the timeout is left of the deadline it set last.
-// So an operation always starts with at least 7/8 of the timeout ahead of
+// So an operation it is asked about starts with at least 7/8 of it ahead of
 // it, and one that blocks fails after 7/8 to all of the timeout — the
-// bound on every stream idle timeout of the proxy, whichever side stalls.
+// bound on every stream idle timeout of the proxy, whichever side stalls
+// — but for an operation that shares the deadline of the one before it
+// without a renewal in between (bodyPump.copy's write upstream of what
+// its read returned): it has what that one left.
 //
 // It only knows the deadlines it set: whoever sets or clears the same
 // deadline another way calls forget, and the next renewal sets it anew.
