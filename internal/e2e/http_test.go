@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -245,11 +246,22 @@ func TestHTTPKeepAliveOnLoops(t *testing.T) {
 		}
 		c.CloseIdleConnections()
 	}
-	got, err := obsScrape(obsClient(l.net.Router), obsAdmin)
-	if err != nil {
-		t.Fatal(err)
+	// A loop counts a request once its response is written whole, which
+	// can come a moment after the client read it: scrape until both
+	// counts are in (or the wait is over), then check them.
+	hosts := []string{"198.18.2.2:80", "[2001:db8:2::2]:80"}
+	var got map[string]float64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if got, err = obsScrape(obsClient(l.net.Router), obsAdmin); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(hosts, func(h string) bool { return got[`detour_upstream_loop_requests_total{host=`+h+`}`] < requests-2 }) ||
+			time.Now().After(deadline) {
+			break
+		}
 	}
-	for _, host := range []string{"198.18.2.2:80", "[2001:db8:2::2]:80"} {
+	for _, host := range hosts {
 		if n := got[`detour_upstream_loop_requests_total{host=`+host+`}`]; n != requests-2 {
 			t.Errorf("%s: %v requests served on a loop, want %d", host, n, requests-2)
 		}
