@@ -194,17 +194,12 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 			return true
 		}
 		c := &cur[i]
-		addCounters(c, h)
+		c.AddCounters(h)
 		if gauges {
 			c.Active += h.Active
 			c.Open += h.Open
 			c.Idle += h.Idle
-			if h.Created.Before(c.Created) {
-				c.Created = h.Created
-			}
-			if h.LastUsed.After(c.LastUsed) {
-				c.LastUsed = h.LastUsed
-			}
+			c.Span(h)
 		}
 		return true
 	}
@@ -230,16 +225,6 @@ func (o *observability) hosts() []httpproxy.HostInfo {
 	return cur
 }
 
-// addCounters adds h's counters (not its gauges) to c's.
-func addCounters(c *httpproxy.HostInfo, h httpproxy.HostInfo) {
-	c.Requests += h.Requests
-	c.Connects += h.Connects
-	c.Reuses += h.Reuses
-	c.Retries += h.Retries
-	c.OnLoop += h.OnLoop
-	c.ConnectFailures += h.ConnectFailures
-}
-
 // byHostKey indexes hosts by HostInfo.Key.
 func byHostKey(hosts []httpproxy.HostInfo) map[string]httpproxy.HostInfo {
 	m := make(map[string]httpproxy.HostInfo, len(hosts))
@@ -256,7 +241,7 @@ func (o *observability) carryLocked(h httpproxy.HostInfo) {
 	if !ok {
 		c = httpproxy.HostInfo{Dst: h.Dst, Client: h.Client}
 	}
-	addCounters(&c, h)
+	c.AddCounters(h)
 	c.LastUsed = time.Now() // when carried: forgotten o.expire after, unless live again
 	o.carried[h.Key()] = c
 }

@@ -665,12 +665,25 @@ func (g *HostInfo) add(h HostInfo) {
 	if g.Created.IsZero() {
 		*g = HostInfo{Dst: h.Dst, Client: h.Client, Created: h.Created}
 	}
+	g.AddCounters(h)
+	g.Span(h)
+}
+
+// AddCounters adds h's counters (not its gauges) to g's: what two
+// instances of one host (a removed and a new one, or those of a cluster a
+// reload replaced and of its successor) counted together.
+func (g *HostInfo) AddCounters(h HostInfo) {
 	g.Requests += h.Requests
 	g.Connects += h.Connects
 	g.Reuses += h.Reuses
 	g.Retries += h.Retries
 	g.OnLoop += h.OnLoop
 	g.ConnectFailures += h.ConnectFailures
+}
+
+// Span widens g's lifetime to cover h's: the earlier creation, the later
+// last use.
+func (g *HostInfo) Span(h HostInfo) {
 	if h.Created.Before(g.Created) {
 		g.Created = h.Created
 	}
