@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/httpproxy"
-	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 // TestReloadKeepsCountsOfRequestsInFlight: what a request in flight on the
@@ -34,20 +32,6 @@ func TestReloadKeepsCountsOfRequestsInFlight(t *testing.T) {
 		t.Cleanup(func() { p.Close() })
 		return p
 	}
-	serve := func(p *httpproxy.Proxy) string { // the address that serves through p, for one connection
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			c, err := ln.AcceptTCP()
-			if err == nil {
-				p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
-			}
-		}()
-		return ln.Addr().String()
-	}
 	get := func(addr string) <-chan error {
 		got := make(chan error, 1)
 		go func() {
@@ -62,7 +46,7 @@ func TestReloadKeepsCountsOfRequestsInFlight(t *testing.T) {
 	}
 	p1, p2 := newProxy(), newProxy()
 	o.serving(nil, p1)
-	got := get(serve(p1))
+	got := get(serveOne(t, p1, dst))
 	// The request is in flight (its host is active) while its connect waits.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
 		if hs := p1.Hosts(); len(hs) == 1 && hs[0].Active == 1 {
@@ -75,8 +59,8 @@ func TestReloadKeepsCountsOfRequestsInFlight(t *testing.T) {
 	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: context.Background()}
 	d.retireL7(d.replaceL7(p2))
 	<-got
-	d.drains.Wait()  // the old side drained and closed
-	<-get(serve(p2)) // the host is live again: it lists what it counted before too
+	d.drains.Wait()             // the old side drained and closed
+	<-get(serveOne(t, p2, dst)) // the host is live again: it lists what it counted before too
 	var failures, requests uint64
 	for _, h := range o.hosts() {
 		if h.Dst == dst {

@@ -190,19 +190,9 @@ func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p2.Close() })
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.AcceptTCP()
-		if err == nil {
-			p1.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
-		}
-	}()
+	addr := serveOne(t, p1, dst)
 	o.serving(nil, p1)
-	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	resp, err := http.Get("http://" + addr + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,4 +274,22 @@ func TestReloadFollowsCleanupInterval(t *testing.T) {
 			t.Errorf("cleanup_interval %v: series expire after %v, carried hosts after %v; want %v", c.cleanup, got, carried, c.want)
 		}
 	}
+}
+
+// serveOne returns an address whose first connection p serves, as if
+// intercepted on its way to dst.
+func serveOne(t *testing.T, p *httpproxy.Proxy, dst netip.AddrPort) string {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err == nil {
+			p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
+		}
+	}()
+	return ln.Addr().String()
 }
