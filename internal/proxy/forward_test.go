@@ -261,6 +261,18 @@ type doneObserver struct {
 
 func (o *doneObserver) L4Done(rec L4Record) { o.done <- rec }
 
+// next is the next L4Done's record; the test fails if none comes within d.
+func (o *doneObserver) next(t *testing.T, d time.Duration) L4Record {
+	t.Helper()
+	select {
+	case rec := <-o.done:
+		return rec
+	case <-time.After(d):
+		t.Fatal("no L4Done")
+		return L4Record{}
+	}
+}
+
 // startObserver also records the L4Started calls: an upstream connection
 // made, by the contract.
 type startObserver struct {
@@ -282,13 +294,9 @@ func TestL4EndedWithoutUpstream(t *testing.T) {
 	dst := up.Addr().(*net.TCPAddr).AddrPort()
 	check := func(t *testing.T, obs *startObserver, flags string) {
 		t.Helper()
-		select {
-		case rec := <-obs.done:
-			if rec.Flags != flags || !rec.NoUpstream || obs.started.Load() != 0 {
-				t.Errorf("recorded %+v after %d L4Started; want flags %s, NoUpstream, none started", rec, obs.started.Load(), flags)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("no L4Done")
+		rec := obs.next(t, 5*time.Second)
+		if rec.Flags != flags || !rec.NoUpstream || obs.started.Load() != 0 {
+			t.Errorf("recorded %+v after %d L4Started; want flags %s, NoUpstream, none started", rec, obs.started.Load(), flags)
 		}
 	}
 	t.Run("client reset", func(t *testing.T) {
@@ -350,13 +358,9 @@ func TestAutoUpstreamResetWhileSniffing(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("client reset after %v; want it within the grace for a request (%v), not the sniffing timeout", d, dialFailGrace)
 	}
-	select {
-	case rec := <-obs.done:
-		if rec.Flags != "UF" || rec.End != string(upstream.ReasonReset) {
-			t.Errorf("recorded %+v; want flags UF, end %q", rec, upstream.ReasonReset)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no L4Done")
+	rec := obs.next(t, 5*time.Second)
+	if rec.Flags != "UF" || rec.End != string(upstream.ReasonReset) {
+		t.Errorf("recorded %+v; want flags UF, end %q", rec, upstream.ReasonReset)
 	}
 	waitReleased(t, s)
 }
@@ -393,13 +397,9 @@ func TestAutoClientResetWhileSniffing(t *testing.T) {
 			if string(b) != first || !errors.Is(err, unix.ECONNRESET) {
 				t.Fatalf("upstream read %q, %v; want %q, then a reset", b, err, first)
 			}
-			select {
-			case rec := <-obs.done:
-				if rec.Flags != "DC" || rec.Sent != int64(len(first)) {
-					t.Errorf("recorded %+v; want flags DC, %d bytes sent", rec, len(first))
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("no L4Done")
+			rec := obs.next(t, 5*time.Second)
+			if rec.Flags != "DC" || rec.Sent != int64(len(first)) {
+				t.Errorf("recorded %+v; want flags DC, %d bytes sent", rec, len(first))
 			}
 			waitReleased(t, s)
 		})
@@ -426,13 +426,9 @@ func TestAutoClientResetBeforeSniff(t *testing.T) {
 	}
 	c := accepted(cli, srv, dst)
 	go handleAccepted(s, c)
-	select {
-	case rec := <-obs.done:
-		if rec.Flags != "DC" || rec.End != string(tcpproxy.EndDownstreamErr) {
-			t.Errorf("recorded %+v; want flags DC, end %q", rec, tcpproxy.EndDownstreamErr)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no L4Done")
+	rec := obs.next(t, 5*time.Second)
+	if rec.Flags != "DC" || rec.End != string(tcpproxy.EndDownstreamErr) {
+		t.Errorf("recorded %+v; want flags DC, end %q", rec, tcpproxy.EndDownstreamErr)
 	}
 	// A dial would have come before the record: its connection would be
 	// queued on up by now.
@@ -473,13 +469,9 @@ func TestAutoDrainCutsSniffing(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel() // the drain period is over
 			s.Shutdown(ctx)
-			select {
-			case rec := <-obs.done:
-				if rec.Flags != "DT" || rec.End != string(tcpproxy.EndCanceled) {
-					t.Errorf("recorded %+v; want flags DT, end %q", rec, tcpproxy.EndCanceled)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("no L4Done")
+			rec := obs.next(t, 5*time.Second)
+			if rec.Flags != "DT" || rec.End != string(tcpproxy.EndCanceled) {
+				t.Errorf("recorded %+v; want flags DT, end %q", rec, tcpproxy.EndCanceled)
 			}
 			cli.SetReadDeadline(time.Now().Add(5 * time.Second))
 			if _, err := cli.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
@@ -522,13 +514,9 @@ func TestAutoUpstreamWritesAndResetsAsItConnects(t *testing.T) {
 	if string(b) != bye || !errors.Is(err, unix.ECONNRESET) {
 		t.Errorf("client read %q, %v; want %q, then a reset", b, err, bye)
 	}
-	select {
-	case rec := <-obs.done:
-		if rec.Flags != "UC" || rec.Received != int64(len(bye)) {
-			t.Errorf("recorded %+v; want flags UC after %d bytes received", rec, len(bye))
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no L4Done")
+	rec := obs.next(t, 10*time.Second)
+	if rec.Flags != "UC" || rec.Received != int64(len(bye)) {
+		t.Errorf("recorded %+v; want flags UC after %d bytes received", rec, len(bye))
 	}
 	waitReleased(t, s)
 }
