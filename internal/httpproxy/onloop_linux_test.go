@@ -486,24 +486,22 @@ func TestLoopKeptBounded(t *testing.T) {
 // 0, since no status reached the client (as Envoy's %RESPONSE_CODE% and
 // net/http's path say), on the loops as on the goroutine.
 func TestLoopClientResets(t *testing.T) {
-	for _, disable := range []bool{false, true} {
-		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) {
-			up := loopUpstream(t)
-			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
-			c, br := f.raw(t)
-			toLoop(t, c, br)
-			for range loopAfter {
-				f.info(t)
-			}
-			io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-			time.Sleep(50 * time.Millisecond)
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close() // a reset
-			if i := f.info(t); i.Flags != DownstreamClosed || i.Status != 0 || i.Path != "/slow" {
-				t.Errorf("info %+v, want flag DC, status 0", i)
-			}
-		})
-	}
+	withAndWithoutLoops(t, func(t *testing.T, disable bool) {
+		up := loopUpstream(t)
+		f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
+		c, br := f.raw(t)
+		toLoop(t, c, br)
+		for range loopAfter {
+			f.info(t)
+		}
+		io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // a reset
+		if i := f.info(t); i.Flags != DownstreamClosed || i.Status != 0 || i.Path != "/slow" {
+			t.Errorf("info %+v, want flag DC, status 0", i)
+		}
+	})
 }
 
 // TestLoopShutdownPipelined checks Shutdown while a request waits for its
@@ -512,36 +510,34 @@ func TestLoopClientResets(t *testing.T) {
 // goroutine; the pipelined request is not answered after a response that
 // said the connection closes (the client sends it again elsewhere).
 func TestLoopShutdownPipelined(t *testing.T) {
-	for _, disable := range []bool{false, true} {
-		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) {
-			up := loopUpstream(t)
-			f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
-			c, br := f.raw(t)
-			toLoop(t, c, br)
-			if !disable {
-				waitOnLoop(t, f.p)
-			}
-			io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"+getSmall)
-			eventually(t, "the request in flight", func() bool {
-				h := f.p.Hosts()[0]
-				return h.Requests == loopAfter+1 && h.Active == 1
-			})
-			stopped := make(chan error, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				stopped <- f.p.Shutdown(ctx)
-			}()
-			res, body := readResponse(t, br, "GET")
-			if res.StatusCode != 200 || body != "late" || !res.Close {
-				t.Fatalf("%d %q, close %v; want 200 \"late\" saying Connection: close", res.StatusCode, body, res.Close)
-			}
-			expectEOF(t, br)
-			if err := <-stopped; err != nil {
-				t.Fatal(err)
-			}
+	withAndWithoutLoops(t, func(t *testing.T, disable bool) {
+		up := loopUpstream(t)
+		f := newFront(t, Options{DisableLoops: disable}, up.addrPort())
+		c, br := f.raw(t)
+		toLoop(t, c, br)
+		if !disable {
+			waitOnLoop(t, f.p)
+		}
+		io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"+getSmall)
+		eventually(t, "the request in flight", func() bool {
+			h := f.p.Hosts()[0]
+			return h.Requests == loopAfter+1 && h.Active == 1
 		})
-	}
+		stopped := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stopped <- f.p.Shutdown(ctx)
+		}()
+		res, body := readResponse(t, br, "GET")
+		if res.StatusCode != 200 || body != "late" || !res.Close {
+			t.Fatalf("%d %q, close %v; want 200 \"late\" saying Connection: close", res.StatusCode, body, res.Close)
+		}
+		expectEOF(t, br)
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // TestLoopHostRemoved checks a connection idle on a loop whose host the
@@ -698,4 +694,13 @@ func dialSmallReceiveBuffer(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// withAndWithoutLoops runs f with the loops (disable false) and with
+// every request on its connection's goroutine (DisableLoops).
+func withAndWithoutLoops(t *testing.T, f func(t *testing.T, disable bool)) {
+	t.Helper()
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) { f(t, disable) })
+	}
 }

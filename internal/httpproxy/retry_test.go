@@ -102,28 +102,26 @@ func TestIdempotentRequestRetriedOnClosedPooledConn(t *testing.T) {
 // TestRetryCounted: both paths count a replay on the host (Envoy's
 // upstream_rq_retry), and only a replay.
 func TestRetryCounted(t *testing.T) {
-	for _, disable := range []bool{false, true} {
-		t.Run(fmt.Sprintf("DisableFastPath %v", disable), func(t *testing.T) {
-			u := &closingUpstream{head: make(chan struct{})}
-			f := newFront(t, Options{DisableFastPath: disable}, rawUpstream(t, u.serve))
-			checkRetry(t, f, u, sentRetryCases[0], 1, u.head)
-		})
-	}
+	onBothPaths(t, func(t *testing.T, fast bool) {
+		u := &closingUpstream{head: make(chan struct{})}
+		f := newFront(t, Options{DisableFastPath: !fast}, rawUpstream(t, u.serve))
+		checkRetry(t, f, u, sentRetryCases[0], 1, u.head)
+	})
 }
 
 // TestNoRetryAfterResponseByte: once a byte of the response came, the
 // upstream acted on the request: an idempotent one is not replayed either,
 // on both paths; the client gets 503 UC.
 func TestNoRetryAfterResponseByte(t *testing.T) {
-	for _, disable := range []bool{false, true} {
+	onBothPaths(t, func(t *testing.T, fast bool) {
 		for _, method := range []string{"GET", "PUT", "DELETE"} {
-			t.Run(fmt.Sprintf("DisableFastPath %v/%s", disable, method), func(t *testing.T) {
+			t.Run(method, func(t *testing.T) {
 				u := &closingUpstream{partial: "HTTP/1.1 2", head: make(chan struct{})}
-				f := newFront(t, Options{DisableFastPath: disable}, rawUpstream(t, u.serve))
+				f := newFront(t, Options{DisableFastPath: !fast}, rawUpstream(t, u.serve))
 				checkRetry(t, f, u, retryCase{name: method, head: method + " /r HTTP/1.1\r\nHost: a"}, 1, u.head)
 			})
 		}
-	}
+	})
 }
 
 // TestNonIdempotentRequestNotReplayed: the same failure under a POST with
