@@ -34,6 +34,17 @@ type fixture struct {
 	m     *metrics.Metrics
 }
 
+// start serves f's endpoint on its loopback address, which it returns,
+// until the test ends.
+func (f *fixture) start(t *testing.T) string {
+	t.Helper()
+	if err := f.srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.srv.Close() })
+	return f.srv.Addr().String()
+}
+
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -270,12 +281,9 @@ func TestConfigLoggingIndexPprof(t *testing.T) {
 
 func TestStartServesOnLoopback(t *testing.T) {
 	f := newFixture(t)
-	if err := f.srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer f.srv.Close()
+	addr := f.start(t)
 	f.state.SetPhase(Ready)
-	resp, err := http.Get("http://" + f.srv.Addr().String() + "/ready")
+	resp, err := http.Get("http://" + addr + "/ready")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,11 +429,7 @@ func TestLoggingLevels(t *testing.T) {
 func TestConnectionBounds(t *testing.T) {
 	f := newFixture(t)
 	f.state.SetPhase(Ready)
-	if err := f.srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer f.srv.Close()
-	addr := f.srv.Addr().String()
+	addr := f.start(t)
 	dial := func() net.Conn {
 		t.Helper()
 		c, err := net.Dial("tcp", addr)
@@ -477,11 +481,7 @@ func TestConnectionBounds(t *testing.T) {
 func TestIdleConnectionsMakeRoom(t *testing.T) {
 	f := newFixture(t)
 	f.state.SetPhase(Ready)
-	if err := f.srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer f.srv.Close()
-	addr := f.srv.Addr().String()
+	addr := f.start(t)
 	get := func(c net.Conn, r *bufio.Reader) (*http.Response, error) {
 		c.SetDeadline(time.Now().Add(30 * time.Second)) // far below the idle timeout it would wait for
 		if _, err := io.WriteString(c, "GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
