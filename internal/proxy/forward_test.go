@@ -392,11 +392,7 @@ func TestAutoClientResetWhileSniffing(t *testing.T) {
 			defer uc.Close()
 			cli.SetLinger(0)
 			cli.Close()
-			uc.SetReadDeadline(time.Now().Add(3 * time.Second))
-			b, err := io.ReadAll(uc)
-			if string(b) != first || !errors.Is(err, unix.ECONNRESET) {
-				t.Fatalf("upstream read %q, %v; want %q, then a reset", b, err, first)
-			}
+			readThenReset(t, "upstream", uc, first, 3*time.Second)
 			rec := obs.next(t, 5*time.Second)
 			if rec.Flags != "DC" || rec.Sent != int64(len(first)) {
 				t.Errorf("recorded %+v; want flags DC, %d bytes sent", rec, len(first))
@@ -509,16 +505,23 @@ func TestAutoUpstreamWritesAndResetsAsItConnects(t *testing.T) {
 	if err := acceptWriteReset(lfd, bye); err != nil {
 		t.Fatal(err)
 	}
-	cli.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(cli)
-	if string(b) != bye || !errors.Is(err, unix.ECONNRESET) {
-		t.Errorf("client read %q, %v; want %q, then a reset", b, err, bye)
-	}
+	readThenReset(t, "client", cli, bye, 10*time.Second)
 	rec := obs.next(t, 10*time.Second)
 	if rec.Flags != "UC" || rec.Received != int64(len(bye)) {
 		t.Errorf("recorded %+v; want flags UC after %d bytes received", rec, len(bye))
 	}
 	waitReleased(t, s)
+}
+
+// readThenReset reads c (the side named who) to its end, which must be
+// want and then a reset, within d.
+func readThenReset(t *testing.T, who string, c net.Conn, want string, d time.Duration) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	b, err := io.ReadAll(c)
+	if string(b) != want || !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("%s read %q, %v; want %q, then a reset", who, b, err, want)
+	}
 }
 
 // waitSynSent waits until a socket of this network namespace is
