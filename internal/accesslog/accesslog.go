@@ -1,6 +1,6 @@
 // Package accesslog writes one record per L4 connection and per HTTP
-// request that detour forwarded (or refused), as logfmt text or JSON lines,
-// to stdout or a file. A file is reopened by Reopen (SIGUSR1 in `detour
+// request that detour forwarded (or refused), as logfmt text, JSON lines or
+// an Envoy format string, to stdout or a file. A file is reopened by Reopen (SIGUSR1 in `detour
 // run`), so logrotate can move it away.
 //
 //	l, err := accesslog.Open(accesslog.Options{Path: "/var/log/detour/access.log", Format: accesslog.FormatJSON})
@@ -17,6 +17,9 @@
 //
 //	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
 //	http: time kind=http request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused details
+//
+// An Envoy format string (FormatEnvoy, or any Format with a %OPERATOR%) is
+// compiled by Open, and each record is its operators' values in place.
 package accesslog
 
 import (
@@ -34,6 +37,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/detour-proxy/detour/internal/accesslog/envoyfmt"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/proxy"
 )
@@ -44,7 +48,35 @@ type Format string
 const (
 	FormatText Format = "text" // logfmt: key=value pairs, one record a line
 	FormatJSON Format = "json" // one JSON object a line
+	// FormatEnvoy is Envoy's default format string (envoyfmt.Default).
+	// Any other value with a %OPERATOR% in it is an Envoy format string.
+	FormatEnvoy Format = "envoy"
 )
+
+// CheckFormat reports whether f is a format Open takes: text, json, envoy
+// or an Envoy format string that compiles.
+func CheckFormat(f Format) error {
+	_, err := compileFormat(f)
+	return err
+}
+
+// compileFormat returns f's compiled Envoy format, nil for text and json.
+func compileFormat(f Format) (envoyFormat, error) {
+	switch f {
+	case "", FormatText, FormatJSON:
+		return nil, nil
+	case FormatEnvoy:
+		f = envoyfmt.Default
+	}
+	ef, err := envoyfmt.Parse(string(f))
+	if errors.Is(err, envoyfmt.ErrNoOperator) {
+		return nil, fmt.Errorf("%q is not a format: use text, json, envoy or an Envoy format string (%%OPERATOR%%s and text)", string(f))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Envoy format string: %w", err)
+	}
+	return compileEnvoy(ef), nil
+}
 
 // Special Path values.
 const (
@@ -73,9 +105,10 @@ type Options struct {
 // Logger writes access log records. It is safe for concurrent use; its
 // methods do nothing on a nil *Logger.
 type Logger struct {
-	o    Options
-	json bool
-	pool sync.Pool
+	o     Options
+	json  bool
+	envoy envoyFormat // non-nil for an Envoy format string
+	pool  sync.Pool
 
 	mu     sync.Mutex
 	file   *os.File // nil for stdout
@@ -92,12 +125,12 @@ func Open(o Options) (*Logger, error) {
 	if o.Path == "" || o.Path == PathOff {
 		return nil, nil
 	}
-	switch o.Format {
-	case "":
+	if o.Format == "" {
 		o.Format = FormatText
-	case FormatText, FormatJSON:
-	default:
-		return nil, fmt.Errorf("access log format %q: use text or json", o.Format)
+	}
+	envoy, err := compileFormat(o.Format)
+	if err != nil {
+		return nil, fmt.Errorf("access log format: %w", err)
 	}
 	if o.FlushInterval == 0 {
 		o.FlushInterval = DefaultFlushInterval
@@ -108,7 +141,7 @@ func Open(o Options) (*Logger, error) {
 	if o.Stdout == nil {
 		o.Stdout = os.Stdout
 	}
-	l := &Logger{o: o, json: o.Format == FormatJSON, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Logger{o: o, json: o.Format == FormatJSON, envoy: envoy, stop: make(chan struct{}), done: make(chan struct{})}
 	l.pool.New = func() any { b := make([]byte, 0, 512); return &b }
 	w := o.Stdout
 	if o.Path != PathStdout {
@@ -258,6 +291,10 @@ func (l *Logger) L4(r proxy.L4Record) {
 	if l == nil {
 		return
 	}
+	if l.envoy != nil {
+		l.writeEnvoy(l4View(&r))
+		return
+	}
 	e := l.record(r.Start)
 	e.str("kind", "tcp")
 	e.str("id", r.ID)
@@ -277,6 +314,10 @@ func (l *Logger) L4(r proxy.L4Record) {
 // HTTP logs one request; it has httpproxy.Options.OnRequest's signature.
 func (l *Logger) HTTP(i *httpproxy.RequestInfo) {
 	if l == nil {
+		return
+	}
+	if l.envoy != nil {
+		l.writeEnvoy(httpView(i))
 		return
 	}
 	e := l.record(i.Start)

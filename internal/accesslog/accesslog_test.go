@@ -289,7 +289,7 @@ func FuzzJSONString(f *testing.F) {
 }
 
 func BenchmarkHTTPRecord(b *testing.B) {
-	for _, f := range []Format{FormatText, FormatJSON} {
+	for _, f := range []Format{FormatText, FormatJSON, FormatEnvoy} {
 		b.Run(string(f), func(b *testing.B) {
 			l, err := Open(Options{Path: PathStdout, Format: f, Stdout: discard{}, FlushInterval: time.Hour})
 			if err != nil {

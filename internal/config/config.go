@@ -23,6 +23,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/detour-proxy/detour/internal/accesslog"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/nice"
@@ -58,7 +59,7 @@ type Config struct {
 	AdminAllowRemote bool `yaml:"admin_allow_remote"`
 	// AccessLog is off, stdout, or a file path (reopened on SIGUSR1).
 	AccessLog       string   `yaml:"access_log"`
-	AccessLogFormat string   `yaml:"access_log_format"` // text | json
+	AccessLogFormat string   `yaml:"access_log_format"` // text | json | envoy | an Envoy format string
 	LogLevel        string   `yaml:"log_level"`
 	Drain           Duration `yaml:"drain_timeout"`
 	// MaxConnections bounds concurrent intercepted connections; 0 = none.
@@ -514,8 +515,8 @@ func (c *Config) finishObservability() error {
 	if c.AccessLogFormat == "" {
 		c.AccessLogFormat = "text"
 	}
-	if c.AccessLogFormat != "text" && c.AccessLogFormat != "json" {
-		return fmt.Errorf("access_log_format: %q is not a format (use text or json)", c.AccessLogFormat)
+	if err := accesslog.CheckFormat(accesslog.Format(c.AccessLogFormat)); err != nil {
+		return fmt.Errorf("access_log_format: %w", err)
 	}
 	return nil
 }

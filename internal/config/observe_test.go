@@ -19,7 +19,12 @@ func TestAdminAndAccessLogKeys(t *testing.T) {
 		{yaml: "admin: 198.18.1.1:9901\nadmin_allow_remote: true", wantAdmin: "198.18.1.1:9901", wantLog: "off", wantFormat: "text"},
 		{yaml: "access_log: stdout\naccess_log_format: json", wantAdmin: "127.0.0.1:9901", wantLog: "stdout", wantFormat: "json"},
 		{yaml: "access_log: /var/log/detour/access.log", wantAdmin: "127.0.0.1:9901", wantLog: "/var/log/detour/access.log", wantFormat: "text"},
-		{yaml: "access_log_format: xml", wantErr: "access_log_format"},
+		{yaml: "access_log_format: xml", wantErr: `access_log_format: "xml" is not a format: use text, json, envoy or an Envoy format string`},
+		{yaml: "access_log_format: envoy", wantAdmin: "127.0.0.1:9901", wantLog: "off", wantFormat: "envoy"},
+		{yaml: `access_log_format: "%START_TIME(%s)% %REQ(:PATH)% %RESPONSE_CODE%\n"`, wantAdmin: "127.0.0.1:9901", wantLog: "off",
+			wantFormat: "%START_TIME(%s)% %REQ(:PATH)% %RESPONSE_CODE%\n"},
+		{yaml: `access_log_format: "%RESPONSE_CODE% %UPSTREAM_CLUSTER%"`, wantErr: "access_log_format: Envoy format string: at offset 16: unknown operator %UPSTREAM_CLUSTER% (detour knows START_TIME,"},
+		{yaml: `access_log_format: "%REQ(:PATH"`, wantErr: "unterminated argument"},
 	} {
 		cfg, err := Parse([]byte(c.yaml))
 		if err == nil {

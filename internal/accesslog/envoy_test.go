@@ -1,0 +1,119 @@
+package accesslog
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/proxy"
+)
+
+// TestEnvoyFormat: each operator's value for an L4 and an HTTP record, as
+// the README's table says.
+func TestEnvoyFormat(t *testing.T) {
+	refused := httpInfo
+	refused.Status, refused.Flags, refused.Details = 503, httpproxy.UpstreamConnectFailure, "connection refused"
+	refused.UpstreamTime, refused.BodyBytes = 0, 91
+	loop := proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
+		Protocol: "tcp", End: "loop refused", Flags: "LR"}
+	for _, c := range []struct {
+		format, l4, http, refused, loop string
+	}{
+		{"%START_TIME%", "2026-11-22T00:51:50.123Z", "2026-11-22T00:51:50.123Z", "", ""},
+		{"%START_TIME(%s.%3f)%", "1795308710.123", "", "", ""},
+		{"%DURATION%", "1500", "2", "", "0"},
+		{"%RESPONSE_CODE%", "-", "200", "503", ""},
+		{"%RESPONSE_FLAGS%", "UC", "-", "UF", "LR"},
+		{"%RESPONSE_CODE_DETAILS%", "-", "via_upstream", "connection refused", ""},
+		{"%CONNECTION_TERMINATION_DETAILS%", "upstream reset", "-", "", "loop refused"},
+		{"%BYTES_RECEIVED% %BYTES_SENT%", "517 4096", "- 312", "- 91", "0 0"},
+		{"%PROTOCOL%", "-", "HTTP/1.1", "", ""},
+		{"%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(HOST)% %REQ(X-REQUEST-ID)%", "- - - - -", "GET /get [2001:db8:2::2] [2001:db8:2::2] 4f3c", "", ""},
+		{"%REQ(USER-AGENT)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(:PATH?USER-AGENT)%", "- - -", "- /get /get", "", ""},
+		{"%REQ(:PATH):2% %REQ(X-REQUEST-ID):10%", "- -", "/g 4f3c", "", ""},
+		{"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% %RESP(x-detour-upstream-service-time)% %RESP(SERVER)%", "- - -", "1 1 -", "- - -", ""},
+		{"%UPSTREAM_HOST% %UPSTREAM_REMOTE_ADDRESS%", "198.18.2.2:443 198.18.2.2:443", "[2001:db8:2::2]:80 [2001:db8:2::2]:80", "", "- -"},
+		{"%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_REMOTE_PORT%",
+			"198.18.1.2:40312 198.18.1.2 40312", "[2001:db8:1::2]:40000 2001:db8:1::2 40000", "", ""},
+		{"%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT%",
+			"198.18.2.2:443 198.18.2.2 443", "[2001:db8:2::2]:80 2001:db8:2::2 80", "", "198.18.1.1:15001 198.18.1.1 15001"},
+		{"%REQUESTED_SERVER_NAME% %CONNECTION_ID%", "example.com 7", "- -", "", "- 8"},
+		{"100%% %DURATION%\\n", "100% 1500", "100% 2", "", ""},
+	} {
+		l, out := open(t, Format(c.format))
+		for _, rec := range []struct {
+			write func()
+			want  string
+		}{
+			{func() { l.L4(l4rec) }, c.l4},
+			{func() { l.HTTP(&httpInfo) }, c.http},
+			{func() { l.HTTP(&refused) }, c.refused},
+			{func() { l.L4(loop) }, c.loop},
+		} {
+			if rec.want == "" {
+				continue
+			}
+			before := len(out.String())
+			rec.write()
+			if got := out.String()[before:]; got != rec.want+"\n" {
+				t.Errorf("%s: got %q, want %q", c.format, got, rec.want+"\n")
+			}
+		}
+	}
+}
+
+// TestEnvoyDefault: "envoy" is Envoy's default format; values that
+// carry control bytes are escaped, so a record stays one line.
+func TestEnvoyDefault(t *testing.T) {
+	l, out := open(t, FormatEnvoy)
+	l.HTTP(&httpInfo)
+	i := httpInfo
+	i.Path = "/a\nb"
+	l.HTTP(&i)
+	l.L4(l4rec)
+	want := `[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
+[2026-11-22T00:51:50.123Z] "GET /a\x0ab HTTP/1.1" 200 - - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
+[2026-11-22T00:51:50.123Z] "- - -" - UC 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443"
+`
+	if got := out.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestEnvoyFormatErrors(t *testing.T) {
+	for _, c := range []struct{ format, want string }{
+		{"xml", `"xml" is not a format: use text, json, envoy or an Envoy format string`},
+		{"%NOPE%", "unknown operator %NOPE% (detour knows START_TIME,"},
+		{"%REQ%", "needs a header name"},
+	} {
+		_, err := Open(Options{Path: PathStdout, Format: Format(c.format)})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an error containing %q", c.format, err, c.want)
+		}
+		if err2 := CheckFormat(Format(c.format)); err2 == nil {
+			t.Errorf("CheckFormat(%q) passed", c.format)
+		}
+	}
+	for _, f := range []Format{"", FormatText, FormatJSON, FormatEnvoy, "%DURATION%"} {
+		if err := CheckFormat(f); err != nil {
+			t.Errorf("CheckFormat(%q): %v", f, err)
+		}
+	}
+}
+
+func TestEnvoyNoAllocationsPerRecord(t *testing.T) {
+	if raceEnabled {
+		t.Skip("skipping: the race detector makes sync.Pool allocate")
+	}
+	l, err := Open(Options{Path: PathStdout, Format: FormatEnvoy, Stdout: discard{}, FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.HTTP(&httpInfo)
+	if n := testing.AllocsPerRun(200, func() { l.HTTP(&httpInfo); l.L4(l4rec) }); n != 0 {
+		t.Errorf("%v allocations per record pair, want 0", n)
+	}
+}
