@@ -13,6 +13,7 @@
 //	GET  /                 HTML index: the endpoints and the current hosts
 //	GET  /ready            200 "ready", or 503 "starting" / "draining"
 //	GET  /metrics          Prometheus text format (also /stats/prometheus, Envoy's path)
+//	GET  /stats            Envoy's plain-text stats: "name: value" lines; ?filter=RE, ?usedonly, ?format=json
 //	GET  /clusters         hosts and L4 destinations as a text table; ?format=json
 //	GET  /status           JSON for `detour status`: phase, listeners, rules, totals, hosts
 //	GET  /config           the effective configuration (YAML)
@@ -131,6 +132,7 @@ func New(o Options) (*Server, error) {
 		}).ServeHTTP)
 		m.HandleFunc("GET /metrics", prom)
 		m.HandleFunc("GET /stats/prometheus", prom) // Envoy's path: scrape configs written for Envoy work
+		m.HandleFunc("GET /stats", takes(s.stats, "filter", "format", "usedonly"))
 	}
 	m.HandleFunc("GET /clusters", takes(s.clusters, "format"))
 	m.HandleFunc("GET /status", takes(s.status))
@@ -523,6 +525,7 @@ var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <ul>
 <li><a href="ready">/ready</a>: 200 when serving with the rules installed, 503 while starting or draining</li>
 <li><a href="metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="stats">/stats</a> (<a href="stats?usedonly">used only</a>, <a href="stats?format=json">JSON</a>): the same as <code>name: value</code> lines, as Envoy's <code>/stats</code>; <code>?filter=REGEX</code></li>
 <li><a href="clusters">/clusters</a> (<a href="clusters?format=json">JSON</a>): the original-destination cluster's live hosts and the L4 destinations</li>
 <li><a href="status">/status</a>: the summary <code>detour status</code> shows, as JSON</li>
 <li><a href="config">/config</a>: the effective configuration (YAML)</li>

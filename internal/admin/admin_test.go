@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,7 +267,7 @@ func TestConfigLoggingIndexPprof(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") {
 		t.Fatalf("/: %d %s", code, h.Get("Content-Type"))
 	}
-	for _, want := range []string{`href="metrics"`, `href="clusters?format=json"`, `href="debug/pprof/"`, "<td>198.18.2.2:80</td><td>5</td>", "2s ago", "198.18.2.2:7002"} {
+	for _, want := range []string{`href="metrics"`, `href="stats"`, `href="clusters?format=json"`, `href="debug/pprof/"`, "<td>198.18.2.2:80</td><td>5</td>", "2s ago", "198.18.2.2:7002"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("index lacks %q", want)
 		}
@@ -377,6 +378,8 @@ func TestMethods(t *testing.T) {
 		{"DELETE", "/ready", 405, "GET, HEAD"},
 		{"OPTIONS", "/metrics", 405, "GET, HEAD"},
 		{"PUT", "/clusters", 405, "GET, HEAD"},
+		{"POST", "/stats", 405, "GET, HEAD"},
+		{"HEAD", "/stats", 200, ""},
 		{"POST", "/status", 405, "GET, HEAD"},
 		{"PATCH", "/config", 405, "GET, HEAD"},
 		{"DELETE", "/logging?level=debug", 405, "GET, HEAD, POST"},
@@ -619,6 +622,154 @@ func TestPrometheusExposition(t *testing.T) {
 			if n := strings.Count(body, "# TYPE "+name+" "); n != 1 {
 				t.Errorf("%s: %d TYPE lines for %s", path, n, name)
 			}
+		}
+	}
+}
+
+// TestStats: GET /stats answers Envoy's plain-text stats, one sorted
+// "name: value" line per series with the labels folded into the name,
+// and takes Envoy's filter, usedonly and format=json; it used to be 404,
+// so scripts written for Envoy's admin found nothing there.
+func TestStats(t *testing.T) {
+	f := newFixture(t)
+	f.m.Request(&httpproxy.RequestInfo{Dst: netip.MustParseAddrPort("198.18.2.2:80"), Status: 200, Duration: 250 * time.Millisecond})
+	for _, c := range []struct {
+		target   string
+		code     int
+		has      []string // lines, or text in the body of a 400
+		hasNot   []string
+		minLines int
+	}{
+		{"/stats", 200, []string{
+			"detour_downstream_connections_total.mode.tproxy: 2\n",
+			"detour_downstream_connections_total.mode.redirect: 0\n",
+			"detour_downstream_refused_total.reason.not_intercepted: 0\n", // a space in a label value
+			"detour_http_requests_total.code_class.2xx: 1\n",
+			"detour_http_request_duration_seconds_count: 1\n", // a histogram: its count and sum
+			"detour_http_request_duration_seconds_sum: 0.25\n",
+			"detour_tcp_connections_total.flag.LR.protocol.tcp: 1\n",
+			"detour_upstream_requests_total.host.198.18.2.2:81/198.18.1.2: 1\n",
+		}, []string{"_bucket", "{", ".le."}, 60},
+		{"/stats?usedonly", 200, []string{"detour_downstream_connections_total.mode.tproxy: 2\n", "detour_http_request_duration_seconds_sum: 0.25\n"},
+			[]string{": 0\n"}, 10},
+		{"/stats?usedonly=true", 200, []string{"detour_cluster_hosts: 2\n"}, []string{": 0\n"}, 10},
+		{"/stats?filter=requests_total", 200, []string{"detour_http_requests_total.code_class.5xx: 0\n", "detour_upstream_requests_total.host.198.18.2.2:80: 5\n"},
+			[]string{"detour_cluster_hosts", "detour_downstream"}, 9},
+		{"/stats?filter=^detour_upstream_.*host%5C.198%5C.18%5C.2%5C.2:80($|%5C.)&usedonly", 200, []string{
+			"detour_upstream_connections_active.host.198.18.2.2:80.layer.l7: 2\n", "detour_upstream_reused_total.host.198.18.2.2:80: 3\n",
+		}, []string{"7002", "198.18.1.2", ": 0\n"}, 7},
+		{"/stats?filter=nothing-matches", 200, nil, []string{"detour"}, 0},
+		{"/stats?filter=(", 400, []string{`filter "(": not a regular expression`, "missing closing )"}, nil, 0},
+		{"/stats?usedonly=no", 400, []string{`usedonly="no": usedonly takes no value`}, nil, 0},
+		{"/stats?format=prometheus", 400, []string{`format "prometheus": use text or json`, "/stats/prometheus"}, nil, 0},
+		{"/stats?type=Counters", 400, []string{`unknown query parameter "type": this endpoint takes filter, format, usedonly`}, nil, 0},
+		{"/stats?format=text&usedonly", 200, []string{"detour_cluster_hosts: 2\n"}, nil, 10},
+	} {
+		code, body, h := f.do(t, "GET", c.target)
+		if code != c.code {
+			t.Errorf("%s: %d %q, want %d", c.target, code, body, c.code)
+			continue
+		}
+		for _, want := range c.has {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s lacks %q:\n%s", c.target, want, body)
+			}
+		}
+		for _, not := range c.hasNot {
+			if strings.Contains(body, not) {
+				t.Errorf("%s has %q:\n%s", c.target, not, body)
+			}
+		}
+		if code != 200 {
+			continue
+		}
+		if ct := h.Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+			t.Errorf("%s: Content-Type %q", c.target, ct)
+		}
+		lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
+		if body == "" {
+			lines = nil
+		}
+		if len(lines) < c.minLines {
+			t.Errorf("%s: %d lines, want at least %d", c.target, len(lines), c.minLines)
+		}
+		var prev string
+		for _, l := range lines {
+			name, val, ok := strings.Cut(l, ": ")
+			if !ok || strings.ContainsAny(name, " \t") || strings.Contains(val, " ") {
+				t.Errorf("%s: line %q is not name: value", c.target, l)
+			}
+			if _, err := strconv.ParseFloat(val, 64); err != nil {
+				t.Errorf("%s: line %q: value %v", c.target, l, err)
+			}
+			if name <= prev {
+				t.Errorf("%s: %q after %q: not sorted, or twice", c.target, name, prev)
+			}
+			prev = name
+		}
+	}
+
+	// format=json: Envoy's {"stats":[{"name":..,"value":..}]}, the same stats.
+	code, body, h := f.do(t, "GET", "/stats?format=json&filter=tproxy|duration_seconds_sum|2xx")
+	if code != 200 || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("/stats?format=json: %d %q", code, h.Get("Content-Type"))
+	}
+	var got struct {
+		Stats []struct {
+			Name  string   `json:"name"`
+			Value *float64 `json:"value"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("/stats?format=json: %v\n%s", err, body)
+	}
+	want := map[string]float64{
+		"detour_downstream_connections_total.mode.tproxy": 2, "detour_http_requests_total.code_class.2xx": 1,
+		"detour_http_request_duration_seconds_sum": 0.25,
+	}
+	seen := 0
+	for _, s := range got.Stats {
+		if w, ok := want[s.Name]; ok {
+			seen++
+			if s.Value == nil || *s.Value != w {
+				t.Errorf("JSON %s = %v, want %v", s.Name, s.Value, w)
+			}
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("JSON has %d of %v:\n%s", seen, want, body)
+	}
+	if _, body, _ := f.do(t, "GET", "/stats?format=json&filter=nothing-matches"); squash(body) != `{ "stats": [] }` {
+		t.Errorf("JSON with nothing selected: %q, want an empty list", body)
+	}
+}
+
+// TestStatName: labels fold into the name in label order, empty values
+// left out and whitespace replaced, so one series has one stable name
+// with no space in it.
+func TestStatName(t *testing.T) {
+	lp := func(kv ...string) []*dto.LabelPair {
+		var out []*dto.LabelPair
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, &dto.LabelPair{Name: &kv[i], Value: &kv[i+1]})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		labels []*dto.LabelPair
+		want   string
+	}{
+		{"detour_ready", nil, "detour_ready"},
+		{"detour_x_total", lp("flag", "UF", "protocol", "tcp"), "detour_x_total.flag.UF.protocol.tcp"},
+		{"detour_x_total", lp("reason", "not intercepted"), "detour_x_total.reason.not_intercepted"},
+		{"detour_x_total", lp("reason", "a\tb\nc"), "detour_x_total.reason.a_b_c"},
+		{"go_build_info", lp("checksum", "", "path", "github.com/detour-proxy/detour", "version", "(devel)"),
+			"go_build_info.path.github.com/detour-proxy/detour.version.(devel)"},
+		{"detour_h", lp("host", "[2001:db8::2]:80"), "detour_h.host.[2001:db8::2]:80"},
+	} {
+		if got := statName(c.name, c.labels); got != c.want {
+			t.Errorf("statName(%s, %v) = %q, want %q", c.name, c.labels, got, c.want)
 		}
 	}
 }
