@@ -94,7 +94,7 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		o.setConfig(cfg)
 		o.admin, err = admin.New(admin.Options{
 			Addr: cfg.AdminAddr, AllowRemote: cfg.AdminAllowRemote, State: o.state, Gatherer: reg,
-			Metrics: o.metrics, Hosts: o.hosts, Config: o.config, Level: level, Logger: log,
+			Metrics: o.metrics, Hosts: o.hosts, Config: o.config, CommandLine: o.commandLine, Level: level, Logger: log,
 			Info: admin.Info{Version: buildVersion(), Mode: cfg.Mode, Protocol: cfg.Protocol},
 		})
 		if err == nil {
@@ -153,6 +153,25 @@ func (o *observability) config() []byte {
 		return []byte("# " + err.Error() + "\n")
 	}
 	return yml
+}
+
+// commandLine is /server_info's command_line_options: the configuration
+// in force (a reload's), with the log level of the moment.
+func (o *observability) commandLine() admin.CommandLine {
+	cfg := o.shown.Load()
+	if cfg == nil {
+		return admin.CommandLine{}
+	}
+	lns := make([]string, len(cfg.ListenAddrs))
+	for i, a := range cfg.ListenAddrs {
+		lns[i] = a.String()
+	}
+	cl := admin.CommandLine{Mode: cfg.Mode, Protocol: cfg.Protocol, Listeners: lns, Concurrency: cfg.TCP.Loops,
+		LogLevel: cfg.LogLevel, DrainTime: admin.Seconds(cfg.Drain)}
+	if o.level != nil {
+		cl.LogLevel = strings.ToLower(o.level.Level().String())
+	}
+	return cl
 }
 
 func (o *observability) reopenOnSignal() {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/metrics"
 	"github.com/detour-proxy/detour/internal/proxy"
+	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -292,4 +294,51 @@ func serveOne(t *testing.T, p *httpproxy.Proxy, dst netip.AddrPort) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// TestServerInfoShowsConfigInForce: /server_info's command_line_options
+// are the configuration in force: tcp.loops as the loops that run
+// (Envoy's concurrency), a reload's protocol, the log level POST /logging
+// set, drain_timeout as Envoy's drain_time.
+func TestServerInfoShowsConfigInForce(t *testing.T) {
+	cfg := &config.Config{Admin: "127.0.0.1:0", Mode: "redirect", Listen: []string{"127.0.0.1:4999"}, Protocol: "auto",
+		Drain: config.Duration(20 * time.Second)}
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	level := new(slog.LevelVar)
+	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	next := *cfg
+	next.Protocol = "tcp"
+	o.setConfig(&next)
+	level.Set(slog.LevelDebug)
+	resp, err := http.Get("http://" + o.admin.Addr().String() + "/server_info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var si struct {
+		Version string `json:"version"`
+		Opts    struct {
+			Mode, Protocol string
+			Listeners      []string
+			Concurrency    int
+			AdminAddress   string `json:"admin_address"`
+			LogLevel       string `json:"log_level"`
+			DrainTime      string `json:"drain_time"`
+		} `json:"command_line_options"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&si); err != nil {
+		t.Fatal(err)
+	}
+	op := si.Opts
+	if si.Version != buildVersion() || op.Mode != "redirect" || op.Protocol != "tcp" || fmt.Sprint(op.Listeners) != "[127.0.0.1:4999]" ||
+		op.Concurrency != tcpproxy.Loops() || op.Concurrency < 1 || op.AdminAddress != o.admin.Addr().String() ||
+		op.LogLevel != "debug" || op.DrainTime != "20s" {
+		t.Errorf("/server_info: %+v (want tcp.loops %d)", si, tcpproxy.Loops())
+	}
 }

@@ -16,6 +16,7 @@
 //	GET  /stats            Envoy's plain-text stats: "name: value" lines; ?filter=RE, ?usedonly, ?format=json
 //	GET  /clusters         hosts and L4 destinations as a text table; ?format=json
 //	GET  /status           JSON for `detour status`: phase, listeners, rules, totals, hosts
+//	GET  /server_info      Envoy's: version, state (LIVE...), uptime, command_line_options
 //	GET  /config           the effective configuration (YAML)
 //	GET  /logging          the log level; POST /logging?level=debug changes it
 //	GET  /debug/pprof/     Go profiles
@@ -82,6 +83,10 @@ type Options struct {
 	Info  Info
 	// Logger receives the admin server's own events; nil discards.
 	Logger *slog.Logger
+	// CommandLine gives /server_info's command_line_options (New fills
+	// in AdminAddress); nil shows Info's mode and protocol and State's
+	// listeners.
+	CommandLine func() CommandLine
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -136,6 +141,7 @@ func New(o Options) (*Server, error) {
 	}
 	m.HandleFunc("GET /clusters", takes(s.clusters, "format"))
 	m.HandleFunc("GET /status", takes(s.status))
+	m.HandleFunc("GET /server_info", takes(s.serverInfo)) // Envoy's
 	m.HandleFunc("GET /config", takes(s.config))
 	if o.Level != nil {
 		m.HandleFunc("GET /logging", takes(s.getLogging, "level")) // to say that GET does not change it
@@ -528,6 +534,7 @@ var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <li><a href="stats">/stats</a> (<a href="stats?usedonly">used only</a>, <a href="stats?format=json">JSON</a>): the same as <code>name: value</code> lines, as Envoy's <code>/stats</code>; <code>?filter=REGEX</code></li>
 <li><a href="clusters">/clusters</a> (<a href="clusters?format=json">JSON</a>): the original-destination cluster's live hosts and the L4 destinations</li>
 <li><a href="status">/status</a>: the summary <code>detour status</code> shows, as JSON</li>
+<li><a href="server_info">/server_info</a>: version, state, uptime and options, as Envoy's <code>/server_info</code></li>
 <li><a href="config">/config</a>: the effective configuration (YAML)</li>
 <li><a href="logging">/logging</a>: the log level; <code>curl -X POST '{{.Base}}/logging?level=debug'</code> changes it</li>
 <li><a href="debug/pprof/">/debug/pprof/</a>: Go profiles</li>

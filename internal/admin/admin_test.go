@@ -267,7 +267,7 @@ func TestConfigLoggingIndexPprof(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") {
 		t.Fatalf("/: %d %s", code, h.Get("Content-Type"))
 	}
-	for _, want := range []string{`href="metrics"`, `href="stats"`, `href="clusters?format=json"`, `href="debug/pprof/"`, "<td>198.18.2.2:80</td><td>5</td>", "2s ago", "198.18.2.2:7002"} {
+	for _, want := range []string{`href="metrics"`, `href="stats"`, `href="server_info"`, `href="clusters?format=json"`, `href="debug/pprof/"`, "<td>198.18.2.2:80</td><td>5</td>", "2s ago", "198.18.2.2:7002"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("index lacks %q", want)
 		}
@@ -341,6 +341,7 @@ func TestQueryParameters(t *testing.T) {
 		{"GET", "/metrics", 200, ""},
 		{"GET", "/?x", 400, `"x"`},
 		{"GET", "/status?pretty", 400, `"pretty"`},
+		{"GET", "/server_info?format=json", 400, `unknown query parameter "format": this endpoint takes none`},
 		{"GET", "/config?format=json", 400, `"format"`},
 		{"GET", "/clusters?format=json", 200, ""},
 		{"GET", "/clusters?fromat=json", 400, `unknown query parameter "fromat": this endpoint takes format`},
@@ -381,6 +382,7 @@ func TestMethods(t *testing.T) {
 		{"POST", "/stats", 405, "GET, HEAD"},
 		{"HEAD", "/stats", 200, ""},
 		{"POST", "/status", 405, "GET, HEAD"},
+		{"PUT", "/server_info", 405, "GET, HEAD"},
 		{"PATCH", "/config", 405, "GET, HEAD"},
 		{"DELETE", "/logging?level=debug", 405, "GET, HEAD, POST"},
 		{"HEAD", "/debug/pprof/", 200, ""},
@@ -770,6 +772,89 @@ func TestStatName(t *testing.T) {
 	} {
 		if got := statName(c.name, c.labels); got != c.want {
 			t.Errorf("statName(%s, %v) = %q, want %q", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+// TestServerInfo: GET /server_info answers Envoy's ServerInfo fields
+// (the phase as Envoy's state, uptimes as protobuf durations), where
+// Istio's tooling and scripts written for Envoy look; it used to be 404.
+func TestServerInfo(t *testing.T) {
+	f := newFixture(t)
+	f.state.SetListeners([]string{"0.0.0.0:15001"})
+	for _, c := range []struct {
+		phase Phase
+		state string
+	}{{Starting, "PRE_INITIALIZING"}, {Ready, "LIVE"}, {Draining, "DRAINING"}} {
+		f.state.SetPhase(c.phase)
+		code, body, h := f.do(t, "GET", "/server_info")
+		if code != 200 || h.Get("Content-Type") != "application/json" {
+			t.Fatalf("/server_info: %d %q", code, h.Get("Content-Type"))
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("/server_info: %v\n%s", err, body)
+		}
+		want := map[string]any{
+			"version": "v1.2.3", "state": c.state, "uptime_current_epoch": "3900s", "uptime_all_epochs": "3900s",
+			"hot_restart_version": "disabled",
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: %s = %v, want %v", c.phase, k, got[k], v)
+			}
+		}
+		opts, _ := got["command_line_options"].(map[string]any)
+		if opts["mode"] != "tproxy" || opts["protocol"] != "auto" || opts["admin_address"] != "127.0.0.1:0" ||
+			fmt.Sprint(opts["listeners"]) != "[0.0.0.0:15001]" {
+			t.Errorf("%s: command_line_options %v", c.phase, opts)
+		}
+	}
+
+	// Options.CommandLine, when given, says what is in force.
+	g, err := New(Options{Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: NewState(), Info: Info{Version: "v1"},
+		CommandLine: func() CommandLine {
+			return CommandLine{Mode: "redirect", Protocol: "http", Listeners: []string{"127.0.0.1:4999"}, Concurrency: 3,
+				LogLevel: "debug", DrainTime: Seconds(1500 * time.Millisecond)}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := (&fixture{srv: g}).start(t)
+	resp, err := http.Get("http://" + addr + "/server_info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var si struct {
+		State string `json:"state"`
+		Opts  struct {
+			Mode, Protocol string
+			AdminAddress   string `json:"admin_address"`
+			LogLevel       string `json:"log_level"`
+			DrainTime      string `json:"drain_time"`
+			Listeners      []string
+			Concurrency    int
+		} `json:"command_line_options"`
+	}
+	if err := json.Unmarshal(b, &si); err != nil {
+		t.Fatal(err)
+	}
+	o := si.Opts
+	if si.State != "PRE_INITIALIZING" || o.Mode != "redirect" || o.Protocol != "http" || o.Concurrency != 3 ||
+		o.LogLevel != "debug" || o.DrainTime != "1.5s" || o.AdminAddress != addr || len(o.Listeners) != 1 {
+		t.Errorf("/server_info with Options.CommandLine: %s", b)
+	}
+}
+
+func TestSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: `"0s"`, 12 * time.Second: `"12s"`, time.Hour + 5*time.Minute: `"3900s"`, 1500 * time.Millisecond: `"1.5s"`,
+		250 * time.Millisecond: `"0.25s"`,
+	} {
+		if b, err := json.Marshal(Seconds(d)); err != nil || string(b) != want {
+			t.Errorf("Seconds(%v) = %s, %v; want %s", d, b, err, want)
 		}
 	}
 }
