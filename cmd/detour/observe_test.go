@@ -31,7 +31,7 @@ func TestConfigShowsLevelInForce(t *testing.T) {
 	}
 	level := new(slog.LevelVar)
 	level.UnmarshalText([]byte(cfg.LogLevel))
-	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler))
+	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestStatusShowsReloadedProtocol(t *testing.T) {
 	if err := cfg.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler))
+	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func quietObservability(t *testing.T, cfg *config.Config) (*config.Config, *obse
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	o, err := startObservability(cfg, new(slog.LevelVar), log)
+	o, err := startObservability(cfg, new(slog.LevelVar), log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestServerInfoShowsConfigInForce(t *testing.T) {
 		t.Fatal(err)
 	}
 	level := new(slog.LevelVar)
-	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler))
+	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

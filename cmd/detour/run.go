@@ -30,7 +30,8 @@ const runHelp = `Usage: detour run [-c detour.yaml] [flags]
 
 Opens the listeners, installs the interception rules (when ports are given),
 forwards every intercepted connection to its original destination, and on
-SIGINT/SIGTERM drains connections and removes the rules. Rules left by a
+SIGINT/SIGTERM (or POST /quitquitquit on the admin endpoint) drains
+connections and removes the rules. Rules left by a
 run that was killed are removed at the next start. SIGHUP re-reads the
 config file (flags still override it) and applies it without dropping
 connections; SIGUSR1 reopens the access log.
@@ -133,6 +134,12 @@ type daemon struct {
 // SIGHUP, drain, clean. ctx ends serving and starts the drain; hard, done
 // too, ends the drain at once.
 func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
+	// POST /quitquitquit stops as the first SIGINT or SIGTERM does, but is
+	// no signal: the SIGTERM that Kubernetes sends after a preStop hook
+	// that posted it does not cut the drain short; a second one does.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	quit := func() { stop(errQuit) }
 	drainEnd, endDrain := context.WithCancel(hard)
 	defer endDrain()
 	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), drainEnd: drainEnd}
@@ -149,7 +156,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	}
 
 	// Metrics, access log and the admin endpoint (503 on /ready until ready).
-	d.obs, err = startObservability(cfg, d.level, log)
+	d.obs, err = startObservability(cfg, d.level, log, quit)
 	if err != nil {
 		return err
 	}
@@ -238,7 +245,11 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 			d.obs.rules(d.cfg, admin.Rules{Drained: true})
 		}
 	}
-	log.Info("shutting down: draining connections (a second SIGINT or SIGTERM ends the drain now)", "drain_timeout", time.Duration(d.cfg.Drain))
+	cut := "a second SIGINT or SIGTERM ends the drain now"
+	if context.Cause(ctx) == errQuit {
+		cut = "two SIGINT or SIGTERM end the drain now"
+	}
+	log.Info("shutting down: draining connections ("+cut+")", "drain_timeout", time.Duration(d.cfg.Drain))
 	drainCtx, cancel := context.WithTimeout(hard, time.Duration(d.cfg.Drain))
 	defer cancel()
 	context.AfterFunc(drainCtx, endDrain) // HTTP sides replaced by a reload are cut with the rest
@@ -257,6 +268,9 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	<-served
 	return nil
 }
+
+// errQuit is the cause of a stop that POST /quitquitquit began.
+var errQuit = errors.New("POST /quitquitquit")
 
 // isSelf is the L7 loop guard: detour's listeners and its admin endpoint.
 func (d *daemon) isSelf(dst netip.AddrPort) bool {

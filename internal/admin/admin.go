@@ -20,11 +20,13 @@
 //	GET  /config           the effective configuration (YAML)
 //	GET  /logging          the log level; POST /logging?level=debug changes it
 //	GET  /debug/pprof/     Go profiles
+//	POST /quitquitquit     Envoy's: stop as on SIGTERM (drain, remove the rules, exit 0)
 //
 // The endpoint reveals traffic and changes the log level, so it listens on
 // loopback unless Options.AllowRemote says otherwise, and refuses what a
-// browser's web page could send it: cross-origin POSTs, and (on loopback)
-// requests under a DNS name.
+// browser's web page could send it: cross-origin POSTs (a page must not
+// change the log level, nor stop detour), and (on loopback) requests
+// under a DNS name.
 package admin
 
 import (
@@ -87,6 +89,9 @@ type Options struct {
 	// in AdminAddress); nil shows Info's mode and protocol and State's
 	// listeners.
 	CommandLine func() CommandLine
+	// Quit stops detour as SIGTERM does, on POST /quitquitquit; nil makes
+	// that 404.
+	Quit func()
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -146,6 +151,9 @@ func New(o Options) (*Server, error) {
 	if o.Level != nil {
 		m.HandleFunc("GET /logging", takes(s.getLogging, "level")) // to say that GET does not change it
 		m.HandleFunc("POST /logging", takes(s.setLogging, "level"))
+	}
+	if o.Quit != nil {
+		m.HandleFunc("POST /quitquitquit", takes(s.quit)) // Envoy's
 	}
 	// Go's handlers take any method; only GET reads a profile (and POST
 	// /debug/pprof/symbol, which `go tool pprof` sends addresses with).
@@ -415,6 +423,19 @@ func (s *Server) getLogging(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "log level: %s\n", strings.ToLower(s.o.Level.Level().String()))
 }
 
+// quit is POST /quitquitquit, with which Istio's pilot-agent and
+// Kubernetes preStop hooks stop Envoy. The answer goes out first: the
+// stop closes this endpoint once the drain is done.
+func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Length", "3")
+	w.Header().Set("Connection", "close")
+	io.WriteString(w, "OK\n")
+	http.NewResponseController(w).Flush()
+	s.o.Logger.Info("POST /quitquitquit: stopping, as on SIGTERM", "remote", r.RemoteAddr)
+	s.o.Quit()
+}
+
 // levels are the levels POST /logging sets: log_level's. slog would
 // also take offsets (warn-2 is info+2), which /config would then show as
 // a log_level no configuration file accepts.
@@ -538,6 +559,7 @@ var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <li><a href="config">/config</a>: the effective configuration (YAML)</li>
 <li><a href="logging">/logging</a>: the log level; <code>curl -X POST '{{.Base}}/logging?level=debug'</code> changes it</li>
 <li><a href="debug/pprof/">/debug/pprof/</a>: Go profiles</li>
+{{if .Quit}}<li>/quitquitquit: <code>curl -X POST {{.Base}}/quitquitquit</code> stops detour as SIGTERM does: drain, remove the rules, exit</li>{{end}}
 </ul>
 <h2>Original-destination cluster: {{len .Hosts}} hosts</h2>
 {{if .Hosts}}<table><tr><th>host</th><th>requests</th><th>active</th><th>open</th><th>idle</th><th>connects</th><th>reuses</th><th>retries</th><th>on loop</th><th>connect failures</th><th>last used</th></tr>
@@ -560,7 +582,8 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		Status
 		Base  string
 		Hosts []hostRow
-	}{Status: st, Base: "http://" + r.Host}
+		Quit  bool
+	}{Status: st, Base: "http://" + r.Host, Quit: s.o.Quit != nil}
 	for _, h := range st.Hosts {
 		data.Hosts = append(data.Hosts, hostRow{h, h.Host, Age(st.Now, h.LastUsed) + " ago"})
 	}

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ type fixture struct {
 	state *State
 	level *slog.LevelVar
 	m     *metrics.Metrics
+	quits *atomic.Int32 // calls of Options.Quit
 }
 
 // start serves f's endpoint on its loopback address, which it returns,
@@ -71,15 +73,16 @@ func newFixture(t *testing.T) *fixture {
 	st.since = now.Add(-time.Hour - 5*time.Minute)
 	reg.MustRegister(st)
 	level := new(slog.LevelVar)
+	quits := new(atomic.Int32)
 	srv, err := New(Options{
 		Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: st, Gatherer: reg, Metrics: m, Hosts: hostsFn,
 		Config: func() []byte { return []byte("mode: tproxy\n") }, Level: level, Info: Info{Version: "v1.2.3", Mode: "tproxy", Protocol: "auto"},
-		Now: func() time.Time { return now },
+		Now: func() time.Time { return now }, Quit: func() { quits.Add(1) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{srv: srv, state: st, level: level, m: m}
+	return &fixture{srv: srv, state: st, level: level, m: m, quits: quits}
 }
 
 func (f *fixture) do(t *testing.T, method, target string) (int, string, http.Header) {
@@ -383,6 +386,8 @@ func TestMethods(t *testing.T) {
 		{"HEAD", "/stats", 200, ""},
 		{"POST", "/status", 405, "GET, HEAD"},
 		{"PUT", "/server_info", 405, "GET, HEAD"},
+		{"GET", "/quitquitquit", 405, "POST"},
+		{"HEAD", "/quitquitquit", 405, "POST"},
 		{"PATCH", "/config", 405, "GET, HEAD"},
 		{"DELETE", "/logging?level=debug", 405, "GET, HEAD, POST"},
 		{"HEAD", "/debug/pprof/", 200, ""},
@@ -564,6 +569,10 @@ func TestBrowserRequests(t *testing.T) {
 		{"foreign origin", "POST", "/logging?level=debug", "127.0.0.1:9901", map[string]string{"Origin": "http://evil.example"}, 403},
 		{"rebound name", "GET", "/clusters", "evil.example:9901", nil, 403},
 		{"rebound name, POST", "POST", "/logging?level=debug", "evil.example:9901", nil, 403},
+		{"cross-site quit", "POST", "/quitquitquit", "127.0.0.1:9901", map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"foreign origin quit", "POST", "/quitquitquit", "127.0.0.1:9901", map[string]string{"Origin": "http://evil.example"}, 403},
+		{"rebound name quit", "POST", "/quitquitquit", "evil.example:9901", nil, 403},
+		{"no-cors form quit", "POST", "/quitquitquit", "127.0.0.1:9901", map[string]string{"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:8080"}, 403},
 		{"localhost", "GET", "/clusters", "localhost:9901", nil, 200},
 		{"IPv6", "GET", "/clusters", "[::1]:9901", nil, 200},
 		{"no port", "GET", "/clusters", "127.0.0.1", nil, 200},
@@ -575,6 +584,9 @@ func TestBrowserRequests(t *testing.T) {
 	}
 	if f.level.Level() != slog.LevelWarn {
 		t.Errorf("level %v after the refused requests; want warn, the last one allowed", f.level.Level())
+	}
+	if n := f.quits.Load(); n != 0 {
+		t.Errorf("a web page's POST /quitquitquit stopped detour (%d calls of Quit)", n)
 	}
 
 	// With --admin-allow-remote the endpoint is meant to be reached by name.
@@ -856,5 +868,46 @@ func TestSeconds(t *testing.T) {
 		if b, err := json.Marshal(Seconds(d)); err != nil || string(b) != want {
 			t.Errorf("Seconds(%v) = %s, %v; want %s", d, b, err, want)
 		}
+	}
+}
+
+// TestQuitQuitQuit: POST /quitquitquit, with which Istio's pilot-agent and
+// Kubernetes preStop hooks stop Envoy, answers "OK" and then calls
+// Options.Quit; it used to be 404. Without Quit it is 404 still.
+func TestQuitQuitQuit(t *testing.T) {
+	f := newFixture(t)
+	addr := f.start(t)
+	resp, err := http.Post("http://"+addr+"/quitquitquit", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(b) != "OK\n" {
+		t.Fatalf("POST /quitquitquit: %d %q, %v; want 200 OK", resp.StatusCode, b, err)
+	}
+	// The answer goes out before Quit is called.
+	for deadline := time.Now().Add(30 * time.Second); f.quits.Load() == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	}
+	if n := f.quits.Load(); n != 1 {
+		t.Errorf("Quit called %d times, want 1", n)
+	}
+	if code, body, _ := f.do(t, "POST", "/quitquitquit?now"); code != 400 || !strings.Contains(body, `"now"`) || f.quits.Load() != 1 {
+		t.Errorf("POST /quitquitquit?now: %d %q, %d calls; want 400 and no call", code, body, f.quits.Load())
+	}
+	if _, body, _ := f.do(t, "GET", "/"); !strings.Contains(body, "/quitquitquit") {
+		t.Error("the index does not list /quitquitquit")
+	}
+
+	g, err := New(Options{Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: NewState()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("POST", "/quitquitquit", nil)
+	r.Host = "127.0.0.1:9901"
+	g.ServeHTTP(w, r)
+	if w.Code != 404 {
+		t.Errorf("POST /quitquitquit without Options.Quit: %d, want 404", w.Code)
 	}
 }
