@@ -520,6 +520,9 @@ func TestIdleConnectionsMakeRoom(t *testing.T) {
 		if resp, err := get(c, hs[i].r); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("held connection %d: %v, %v", i+1, resp, err)
 		}
+		// The server marks a connection idle after the client may have
+		// read its response: wait, so that they turn idle in order.
+		waitIdle(t, f.srv.lim, i+1)
 	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -536,6 +539,22 @@ func TestIdleConnectionsMakeRoom(t *testing.T) {
 	}
 	if n := f.srv.lim.count(); n > maxConns {
 		t.Errorf("%d connections open, more than %d", n, maxConns)
+	}
+}
+
+// waitIdle waits until n of l's connections are idle between requests.
+func waitIdle(t *testing.T, l *connLimit, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		idle := len(l.idle)
+		l.mu.Unlock()
+		if idle == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections idle, want %d", idle, n)
+		}
 	}
 }
 
