@@ -269,29 +269,41 @@ func readable(msg string) string {
 var badValue = regexp.MustCompile("^line ([0-9]+): [`\"]([^`\"]*)[`\"] is not ")
 
 // withKey names the key of the value a message is about, which yaml.v3's
-// messages leave out: "line 1: intercept.ports: `70000` is not ...".
+// messages leave out: "line 1: intercept.ports: `70000` is not ...". It
+// also puts back a value yaml.v3 cut to its first 7 bytes, and says how
+// to write one value where a list belongs, as a newcomer often does
+// (`listen: 127.0.0.1:4999`).
 func withKey(msg string, root *yaml.Node) string {
 	m := badValue.FindStringSubmatchIndex(msg)
 	if m == nil {
 		return msg
 	}
 	line, _ := strconv.Atoi(msg[m[2]:m[3]])
-	key := keyOf(root, line, msg[m[4]:m[5]], "")
+	key, n := keyOf(root, line, msg[m[4]:m[5]], "")
 	if key == "" {
 		return msg
+	}
+	msg = msg[:m[4]] + n.Value + msg[m[5]:]
+	if strings.HasSuffix(msg, " is not a list") || strings.HasSuffix(msg, " is not a list of ports") || strings.HasSuffix(msg, " is not a list of numbers") {
+		item := strconv.Quote(n.Value)
+		if n.ShortTag() == "!!int" {
+			item = n.Value
+		}
+		msg += " (one item is written [" + item + "])"
 	}
 	at := m[4] - 1 // the opening quote
 	return msg[:at] + key + ": " + msg[at:]
 }
 
 // keyOf returns the dotted key whose value (or list item) is the scalar v
-// on line, or "".
-func keyOf(n *yaml.Node, line int, v, path string) string {
+// on line, and that scalar, or "". A v that yaml.v3 cut short ("127.0.0...")
+// matches the value it was cut from.
+func keyOf(n *yaml.Node, line int, v, path string) (string, *yaml.Node) {
 	switch n.Kind {
-	case yaml.DocumentNode:
+	case yaml.DocumentNode, yaml.SequenceNode:
 		for _, c := range n.Content {
-			if k := keyOf(c, line, v, path); k != "" {
-				return k
+			if k, s := keyOf(c, line, v, path); k != "" {
+				return k, s
 			}
 		}
 	case yaml.MappingNode:
@@ -300,22 +312,23 @@ func keyOf(n *yaml.Node, line int, v, path string) string {
 			if path != "" {
 				p = path + "." + p
 			}
-			if k := keyOf(n.Content[i+1], line, v, p); k != "" {
-				return k
-			}
-		}
-	case yaml.SequenceNode:
-		for _, c := range n.Content {
-			if k := keyOf(c, line, v, path); k != "" {
-				return k
+			if k, s := keyOf(n.Content[i+1], line, v, p); k != "" {
+				return k, s
 			}
 		}
 	case yaml.ScalarNode:
-		if n.Line == line && n.Value == v && path != "" {
-			return path
+		if n.Line == line && path != "" && (n.Value == v || cutFrom(v, n.Value)) {
+			return path, n
 		}
 	}
-	return ""
+	return "", nil
+}
+
+// cutFrom reports whether v is yaml.v3's shortening of a value over 10
+// bytes: its first 7, then "...".
+func cutFrom(v, value string) bool {
+	short, ok := strings.CutSuffix(v, "...")
+	return ok && len(short) == 7 && len(value) > 10 && strings.HasPrefix(value, short)
 }
 
 func mapSlice(s []string, f func(string) string) []string {

@@ -55,6 +55,11 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "ports not a list", yaml: "intercept: {ports: 80}", wantErr: "`80` is not a list of ports"},
 		{name: "value errors name the key", yaml: "intercept:\n  tproxy_mark: -1", wantErr: "line 2: intercept.tproxy_mark: `-1` is not a number from 0 to 4294967295"},
 		{name: "a port in a list names the key", yaml: "intercept: {ports: [80, 70000]}", wantErr: "line 1: intercept.ports: `70000`"},
+		// yaml.v3 cuts values over 10 bytes to 7 and "...": the message
+		// still names the key, with the whole value.
+		{name: "one listen address for a list", yaml: "listen: 127.0.0.1:4999", wantErr: "line 1: listen: `127.0.0.1:4999` is not a list (one item is written [\"127.0.0.1:4999\"])"},
+		{name: "one port for a list", yaml: "intercept:\n  ports: 80", wantErr: "line 2: intercept.ports: `80` is not a list of ports (one item is written [80])"},
+		{name: "a long bad number names the key", yaml: "http: {max_request_headers: lotsandlots}", wantErr: "line 1: http.max_request_headers: `lotsandlots` is not a whole number"},
 		{name: "a duration without a unit names the key", yaml: "drain_timeout: 5", wantErr: `line 1: drain_timeout: "5" is not a duration`},
 		{name: "a list for a duration", yaml: "drain_timeout: [1s]", wantErr: "line 1: a duration is one value"},
 		{name: "a list for the file", yaml: "- mode: tproxy\n", wantErr: "line 1: the file must hold keys"},
