@@ -258,8 +258,13 @@ func parseFlagsOnly(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (
 // parse runs the flag set; help is exit 0, a bad flag exit 2.
 //
 // Asked for help, the usage goes to stdout, so that `detour run --help |
-// less` shows it; a bad flag's error and usage go to the set's output.
+// less` shows it. A bad flag gets one line on the set's output naming it,
+// with the flag it was likely meant to be or the form its value takes,
+// instead of flag's own error followed by the whole usage, which scrolls
+// the error out of sight.
 func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
+	errw := fs.Output()
+	fs.SetOutput(io.Discard)
 	for _, a := range args {
 		if a == "--" {
 			break
@@ -268,11 +273,123 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool
 			fs.SetOutput(stdout)
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return exitOK, false
-		}
-		return exitUsage, false
+	err := fs.Parse(args)
+	fs.SetOutput(errw)
+	if err == nil {
+		return 0, true
 	}
-	return 0, true
+	if err == flag.ErrHelp {
+		return exitOK, false
+	}
+	fmt.Fprintf(errw, "detour %s: %s (detour %s --help lists the flags)\n", fs.Name(), flagError(fs, err), fs.Name())
+	return exitUsage, false
+}
+
+// flagError says what was wrong with a flag in detour's words: flag's
+// errors name it with one dash and give "parse error" for a bad value.
+func flagError(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		near := nearestFlags(fs, name)
+		if len(near) == 0 {
+			return fmt.Sprintf("%s is not a flag", dashed(name))
+		}
+		for i, n := range near {
+			near[i] = dashed(n)
+		}
+		alts := strings.Join(near, ", ")
+		if len(near) > 1 {
+			alts = strings.Join(near[:len(near)-1], ", ") + " or " + near[len(near)-1]
+		}
+		return fmt.Sprintf("%s is not a flag; did you mean %s?", dashed(name), alts)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Sprintf("%s needs a value", dashed(name))
+	}
+	var value, name string
+	if _, e := fmt.Sscanf(msg, "invalid value %q for flag -%s", &value, &name); e != nil {
+		if _, e := fmt.Sscanf(msg, "invalid boolean value %q for -%s", &value, &name); e != nil {
+			return msg
+		}
+	}
+	name = strings.TrimSuffix(name, ":")
+	fl := fs.Lookup(name)
+	if fl == nil {
+		return msg
+	}
+	g, _ := fl.Value.(flag.Getter)
+	if g == nil {
+		return msg
+	}
+	switch g.Get().(type) {
+	case time.Duration:
+		return fmt.Sprintf("%s: %q is not a duration (like 5s, 100ms, 1m30s)", dashed(name), value)
+	case int:
+		return fmt.Sprintf("%s: %q is not a whole number", dashed(name), value)
+	case bool:
+		return fmt.Sprintf("%s: %q is not true or false (%s alone turns it on)", dashed(name), value, dashed(name))
+	}
+	return msg
+}
+
+// dashed writes a flag as its help does: -c, --mode.
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// otherNames maps what users of Envoy, HAProxy and iptables reach for to
+// detour's flag for it.
+var otherNames = map[string]string{
+	"config": "c", "config-path": "c", "f": "c",
+	"port": "intercept-port", "dport": "intercept-port", "ports": "intercept-port",
+	"on-port": "listen", "tproxy-port": "listen", "bind": "listen",
+	"uid-owner": "exclude-uid", "exclude-uids": "exclude-uid",
+	"concurrency": "tcp-loops", "nbthread": "tcp-loops", "maxconn": "max-connections",
+	"v": "log-level", "verbose": "log-level", "debug": "log-level", "l": "log-level",
+}
+
+// nearestFlags returns the flags of fs that name was likely meant to be:
+// another tool's name for one, the closest within two edits, or else
+// those it abbreviates or extends (--intercept, --keep-up).
+func nearestFlags(fs *flag.FlagSet, name string) []string {
+	if n, ok := otherNames[name]; ok && fs.Lookup(n) != nil {
+		return []string{n}
+	}
+	best, bestDist, related := "", 3, []string{}
+	fs.VisitAll(func(fl *flag.Flag) {
+		if d := editDistance(name, fl.Name); d < bestDist {
+			best, bestDist = fl.Name, d
+		}
+		if len(name) > 1 && (strings.HasPrefix(fl.Name, name) || strings.HasPrefix(name, fl.Name+"-")) {
+			related = append(related, fl.Name)
+		}
+	})
+	if best != "" {
+		return []string{best}
+	}
+	return related
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }

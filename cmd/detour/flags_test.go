@@ -61,3 +61,42 @@ func TestIntFlagsOverrideFile(t *testing.T) {
 		})
 	}
 }
+
+// TestBadFlagMessages checks that a bad flag gets one line naming it, with
+// the flag meant or the form its value takes, rather than flag's error
+// under which the whole usage scrolls it away.
+func TestBadFlagMessages(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--mod", "tproxy"}, "detour run: --mod is not a flag; did you mean --mode? (detour run --help lists the flags)\n"},
+		{[]string{"run", "--config", "detour.yaml"}, "detour run: --config is not a flag; did you mean -c? (detour run --help lists the flags)\n"},
+		{[]string{"run", "--intercept", "80"}, "detour run: --intercept is not a flag; did you mean --intercept-dst, --intercept-iface or --intercept-port? (detour run --help lists the flags)\n"},
+		{[]string{"run", "--xyzzy"}, "detour run: --xyzzy is not a flag (detour run --help lists the flags)\n"},
+		{[]string{"run", "--connect-timeout", "5"}, "detour run: --connect-timeout: \"5\" is not a duration (like 5s, 100ms, 1m30s) (detour run --help lists the flags)\n"},
+		{[]string{"run", "--max-connections", "lots"}, "detour run: --max-connections: \"lots\" is not a whole number (detour run --help lists the flags)\n"},
+		{[]string{"run", "--spoof-source=yes"}, "detour run: --spoof-source: \"yes\" is not true or false (--spoof-source alone turns it on) (detour run --help lists the flags)\n"},
+		{[]string{"run", "-c"}, "detour run: -c needs a value (detour run --help lists the flags)\n"},
+		{[]string{"rules", "show", "--dryrun"}, "detour rules: --dryrun is not a flag; did you mean --dry-run? (detour rules --help lists the flags)\n"},
+		{[]string{"check", "--routr"}, "detour check: --routr is not a flag; did you mean --router? (detour check --help lists the flags)\n"},
+		{[]string{"lab", "--keep-up"}, "detour lab: --keep-up is not a flag; did you mean --keep? (detour lab --help lists the flags)\n"},
+		{[]string{"status", "--interval", "2"}, "detour status: --interval: \"2\" is not a duration (like 5s, 100ms, 1m30s) (detour status --help lists the flags)\n"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errw strings.Builder
+			if code := dispatch(tt.args, &out, &errw); code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if errw.String() != tt.want || out.Len() != 0 {
+				t.Errorf("stderr %q, stdout %q; want stderr %q", errw.String(), out.String(), tt.want)
+			}
+		})
+	}
+	// Help still goes to stdout, whole.
+	var out, errw strings.Builder
+	if code := dispatch([]string{"run", "--help"}, &out, &errw); code != exitOK || !strings.Contains(out.String(), "-connect-timeout") || errw.Len() != 0 {
+		t.Errorf("run --help: exit %d, stdout %d bytes, stderr %q", code, out.Len(), errw.String())
+	}
+}
