@@ -40,6 +40,13 @@ func main() {
 }
 
 func dispatch(args []string, stdout, stderr io.Writer) int {
+	// What other tools take: `envoy --version`, `git help COMMAND`.
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = append([]string{"version"}, args[1:]...)
+	}
+	if len(args) == 2 && args[0] == "help" {
+		args = []string{args[1], "--help"}
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -59,7 +66,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "detour — a transparent proxy for Linux (TPROXY and REDIRECT)")
-	fmt.Fprintln(w, "\nUsage: detour COMMAND [flags]   (detour COMMAND --help for each)")
+	fmt.Fprintln(w, "\nUsage: detour COMMAND [flags]   (detour COMMAND --help, or detour help COMMAND, for each)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
