@@ -53,7 +53,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.StringVar(&f.file, "c", "", "YAML config file (flags override its keys)")
 	fs.StringVar(&f.mode, "mode", "", "interception mode: tproxy (router/gateway) or redirect (same host) (default tproxy)")
 	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999; IPv4 only where the namespace has no IPv6)")
-	fs.Var(&f.ports, "intercept-port", "destination TCP ports to intercept, comma-separated (no ports: no rules)")
+	fs.Var(&f.ports, "intercept-port", "destination TCP ports and ranges to intercept, comma-separated, like 80,8000-8100 (no ports: no rules)")
 	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
 	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces (redirect: adds a prerouting redirect for a NAT gateway)")
 	fs.Var(&f.uids, "exclude-uid", "redirect mode: never intercept sockets of these uids (the tutorial's owner match)")
@@ -129,11 +129,11 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 	case "intercept-port":
 		cfg.Intercept.Ports = nil
 		for _, p := range f.ports {
-			n, err := strconv.ParseUint(p, 10, 16)
-			if err != nil || n == 0 {
-				return fmt.Errorf("--intercept-port: %q is not a port (1-65535)", p)
+			r, err := config.ParsePortRange(p)
+			if err != nil {
+				return fmt.Errorf("--intercept-port: %w", err)
 			}
-			cfg.Intercept.Ports = append(cfg.Intercept.Ports, uint16(n))
+			cfg.Intercept.Ports = append(cfg.Intercept.Ports, r)
 		}
 	case "intercept-dst":
 		cfg.Intercept.Destinations = f.dsts
@@ -216,7 +216,7 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 func interceptOptions(cfg *config.Config) intercept.Options {
 	o := intercept.Options{
 		Mode:         intercept.Mode(cfg.Mode),
-		Ports:        cfg.Intercept.Ports,
+		Ports:        cfg.Intercept.InterceptPorts(),
 		Destinations: cfg.Intercept.DestinationPrefixes,
 		Interfaces:   cfg.Intercept.Interfaces,
 		TProxyMark:   cfg.Intercept.TProxyMark,

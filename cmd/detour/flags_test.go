@@ -100,3 +100,47 @@ func TestBadFlagMessages(t *testing.T) {
 		t.Errorf("run --help: exit %d, stdout %d bytes, stderr %q", code, out.Len(), errw.String())
 	}
 }
+
+// TestInterceptFlags checks that --intercept-port takes ports and ranges, --exclude-dst
+// CIDRs, and `rules apply --dry-run` prints the rules they make.
+func TestInterceptFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string // lines of the printed rules
+		wantErr string
+	}{
+		{name: "ranges", args: []string{"--mode", "redirect", "--listen", "127.0.0.1:4999", "--intercept-port", "80,8000-8100", "--intercept-port", "9000-9010"},
+			want: []string{"meta nfproto ipv4 tcp dport { 80, 8000-8100, 9000-9010 } redirect to :4999"}},
+		{name: "one range", args: []string{"--listen", "0.0.0.0:15001", "--intercept-port", "8000-8100"},
+			want: []string{"tcp dport 8000-8100 tproxy ip to :15001 meta mark set 0x00000001 accept"}},
+		{name: "backwards", args: []string{"--intercept-port", "80,8100-8000"}, wantErr: `--intercept-port: "8100-8000" is not a port range: it runs backwards; write 8000-8100`},
+		{name: "from zero", args: []string{"--intercept-port", "0-5"}, wantErr: `--intercept-port: "0-5" is not a port or port range: ports are 1-65535`},
+		{name: "no end", args: []string{"--intercept-port", "80-"}, wantErr: `--intercept-port: "80-" is not a port or port range (like 80 or 8000-8100)`},
+		{name: "overlap", args: []string{"--intercept-port", "8000-8100,8050"}, wantErr: "intercept.ports: 8000-8100 and 8050 overlap"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := cmdRules(append([]string{"apply", "--dry-run"}, tt.args...), &stdout, &stderr)
+			if tt.wantErr != "" {
+				if code != exitUsage || !strings.Contains(stderr.String(), tt.wantErr) {
+					t.Fatalf("exit %d, stderr %q; want exit %d with %q", code, stderr.String(), exitUsage, tt.wantErr)
+				}
+				return
+			}
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			lines := map[string]bool{}
+			for _, l := range strings.Split(stdout.String(), "\n") {
+				lines[strings.TrimSpace(l)] = true
+			}
+			for _, w := range tt.want {
+				if !lines[w] {
+					t.Errorf("missing %q in\n%s", w, stdout.String())
+				}
+			}
+		})
+	}
+}

@@ -318,8 +318,20 @@ func (o *observability) listening(lns []*listen.Listener) {
 // rules records the state of the run's rules, r's Installed or Drained
 // (neither: found missing); the table and ports are cfg's.
 func (o *observability) rules(cfg *config.Config, r admin.Rules) {
-	r.Managed, r.Table, r.Ports = true, "inet "+cfg.Intercept.TableName, cfg.Intercept.Ports
+	r.Managed, r.Table, r.Ports = true, "inet "+cfg.Intercept.TableName, expandPorts(cfg.Intercept.Ports)
 	o.state.SetRules(r)
+}
+
+// expandPorts lists every port of the ranges: the admin endpoint's status
+// takes single ports.
+func expandPorts(ranges []config.PortRange) []uint16 {
+	var out []uint16
+	for _, r := range ranges {
+		for p := int(r.First); p <= int(r.Last); p++ {
+			out = append(out, uint16(p))
+		}
+	}
+	return out
 }
 
 // onRequest is httpproxy's OnRequest: metrics, then the access log.

@@ -504,7 +504,7 @@ func interfaceChecks(names []string) []Result {
 // genericRules is a complete ruleset for mode with every kind of match.
 func genericRules(mode intercept.Mode, noV6 bool) intercept.Options {
 	o := intercept.Options{
-		Mode: mode, Ports: []uint16{80, 443},
+		Mode: mode, Ports: append(intercept.PortList(80, 443), intercept.PortRange{First: 8000, Last: 8100}),
 		Destinations: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
 		Interfaces:   []string{"eth0"},
 		ListenV4:     netip.MustParseAddrPort("0.0.0.0:15001"), ListenV6: netip.MustParseAddrPort("[::]:15001"),
@@ -562,7 +562,7 @@ func origDstProbe(ctx context.Context, fd int, v6 bool) error {
 	defer ln.Close()
 
 	const origPort = 9 // discard: nothing listens on it in the probe namespace
-	o := intercept.Options{Mode: intercept.ModeRedirect, Ports: []uint16{origPort}, NetNSFd: fd, TableName: "detour_probe_origdst"}
+	o := intercept.Options{Mode: intercept.ModeRedirect, Ports: intercept.PortList(origPort), NetNSFd: fd, TableName: "detour_probe_origdst"}
 	listen := ln.Addr().(*net.TCPAddr).AddrPort()
 	if v6 {
 		o.ListenV6 = listen

@@ -156,10 +156,10 @@ func TestRunConfiguredRules(t *testing.T) {
 		t.Skip("skipping: the kernel probes need root (CI runs this as root)")
 	}
 	hostRules := hostState(t)
-	redirect := intercept.Options{Mode: intercept.ModeRedirect, Ports: []uint16{80, 8080},
+	redirect := intercept.Options{Mode: intercept.ModeRedirect, Ports: intercept.PortList(80, 8080),
 		Interfaces: []string{"lo", "dt-nosuch0"}, ExcludeUIDs: []uint32{0},
 		ListenV4: netip.MustParseAddrPort("0.0.0.0:4999"), TableName: "detour_cfg_probe"}
-	refused := intercept.Options{Mode: intercept.ModeTProxy, Ports: []uint16{0},
+	refused := intercept.Options{Mode: intercept.ModeTProxy, Ports: intercept.PortList(0),
 		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001")}
 	tests := []struct {
 		name     string

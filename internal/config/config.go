@@ -86,18 +86,81 @@ type Config struct {
 // Intercept selects the traffic the kernel diverts to detour. With no ports
 // detour installs no rules and only serves what reaches its listeners.
 type Intercept struct {
-	Ports        []uint16 `yaml:"ports"`
-	Destinations []string `yaml:"destinations"` // CIDRs
-	Interfaces   []string `yaml:"interfaces"`
-	ExcludeUIDs  []uint32 `yaml:"exclude_uids"`
-	TProxyMark   uint32   `yaml:"tproxy_mark"`
-	RouteTable   int      `yaml:"route_table"`
-	TableName    string   `yaml:"table_name"`
+	// Ports are ports and inclusive ranges (80, "8000-8100"); a port
+	// given twice or in two ranges is an error, ranges may touch.
+	Ports        []PortRange `yaml:"ports"`
+	Destinations []string    `yaml:"destinations"` // CIDRs
+	Interfaces   []string    `yaml:"interfaces"`
+	ExcludeUIDs  []uint32    `yaml:"exclude_uids"`
+	TProxyMark   uint32      `yaml:"tproxy_mark"`
+	RouteTable   int         `yaml:"route_table"`
+	TableName    string      `yaml:"table_name"`
 	// CheckInterval is how often a run checks that its rules are still
 	// installed and puts back what vanished (a firewall's flush).
 	CheckInterval Duration `yaml:"check_interval"`
 
 	DestinationPrefixes []netip.Prefix `yaml:"-"`
+}
+
+// PortRange is an intercepted port (First == Last) or inclusive range.
+// YAML writes a port as a number and a range as "first-last", quoted or
+// not.
+type PortRange intercept.PortRange
+
+// ParsePortRange reads "80" or "8000-8100", as the flag and the file give
+// them.
+func ParsePortRange(s string) (PortRange, error) {
+	first, last, isRange := strings.Cut(s, "-")
+	if !isRange {
+		last = first
+	}
+	lo, err1 := strconv.ParseUint(first, 10, 32)
+	hi, err2 := strconv.ParseUint(last, 10, 32)
+	switch {
+	case err1 != nil || err2 != nil:
+		return PortRange{}, fmt.Errorf("%q is not a port or port range (like 80 or 8000-8100)", s)
+	case lo == 0 || hi == 0 || lo > 65535 || hi > 65535:
+		return PortRange{}, fmt.Errorf("%q is not a port or port range: ports are 1-65535", s)
+	case lo > hi:
+		return PortRange{}, fmt.Errorf("%q is not a port range: it runs backwards; write %d-%d", s, hi, lo)
+	}
+	return PortRange{uint16(lo), uint16(hi)}, nil
+}
+
+// String prints 80 or 8000-8100.
+func (r PortRange) String() string { return intercept.PortRange(r).String() }
+
+// MarshalText is String, for logs in JSON.
+func (r PortRange) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalYAML reads a port (80) or a range (8000-8100 or "8000-8100").
+func (r *PortRange) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a port is one value (like 80 or 8000-8100), not a list or keys", n.Line)
+	}
+	p, err := ParsePortRange(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*r = p
+	return nil
+}
+
+// MarshalYAML writes a port as a number and a range as "first-last".
+func (r PortRange) MarshalYAML() (any, error) {
+	if r.First == r.Last {
+		return r.First, nil
+	}
+	return r.String(), nil
+}
+
+// InterceptPorts converts the ports for the rules.
+func (i *Intercept) InterceptPorts() []intercept.PortRange {
+	out := make([]intercept.PortRange, len(i.Ports))
+	for j, r := range i.Ports {
+		out[j] = intercept.PortRange(r)
+	}
+	return out
 }
 
 // Upstream configures detour's connections to original destinations.
@@ -227,7 +290,7 @@ var sections = map[string]string{
 var kinds = map[string]string{
 	"uint16": "a number from 0 to 65535", "uint32": "a number from 0 to 4294967295",
 	"int": "a whole number", "bool": "true or false", "string": "a string",
-	"[]string": "a list", "[]uint16": "a list of ports", "[]uint32": "a list of numbers",
+	"[]string": "a list", "[]config.PortRange": "a list of ports", "[]uint32": "a list of numbers",
 }
 
 // readable rewrites one of yaml.v3's type errors in the schema's words:
@@ -551,28 +614,12 @@ func (c *Config) defaultListen() []string {
 }
 
 func (i *Intercept) finish(mode string) error {
-	i.DestinationPrefixes = nil
-	for _, d := range i.Destinations {
-		p, err := netip.ParsePrefix(d)
-		if err != nil {
-			a, aerr := netip.ParseAddr(d)
-			if aerr != nil {
-				return fmt.Errorf("intercept.destinations: %q is not a CIDR (like 198.18.2.0/24 or 2001:db8::/32)", d)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		if p.Masked() != p {
-			return fmt.Errorf("intercept.destinations: %q has host bits set; did you mean %s?", d, p.Masked())
-		}
-		if p.Addr().Is4In6() {
-			return fmt.Errorf("intercept.destinations: %q is IPv4-mapped IPv6, which no packet carries; write it as an IPv4 CIDR", d)
-		}
-		i.DestinationPrefixes = append(i.DestinationPrefixes, p)
+	var err error
+	if i.DestinationPrefixes, err = prefixes("intercept.destinations", i.Destinations); err != nil {
+		return err
 	}
-	for _, p := range i.Ports {
-		if p == 0 {
-			return fmt.Errorf("intercept.ports: 0 is not a port")
-		}
+	if err := checkPorts(i.Ports); err != nil {
+		return err
 	}
 	for _, f := range i.Interfaces {
 		if err := intercept.CheckIfName(f); err != nil {
@@ -604,6 +651,51 @@ func (i *Intercept) finish(mode string) error {
 	// tiny interval makes that a busy loop (1ns: a whole CPU).
 	if time.Duration(i.CheckInterval) < MinCheckInterval {
 		return fmt.Errorf("intercept.check_interval: %v is too short; give at least %v (default %v)", time.Duration(i.CheckInterval), MinCheckInterval, intercept.DefaultCheckInterval)
+	}
+	return nil
+}
+
+// prefixes parses CIDRs (or single addresses) of the key.
+func prefixes(key string, cidrs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, d := range cidrs {
+		p, err := netip.ParsePrefix(d)
+		if err != nil {
+			a, aerr := netip.ParseAddr(d)
+			if aerr != nil {
+				return nil, fmt.Errorf("%s: %q is not a CIDR (like 198.18.2.0/24 or 2001:db8::/32)", key, d)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Masked() != p {
+			return nil, fmt.Errorf("%s: %q has host bits set; did you mean %s?", key, d, p.Masked())
+		}
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%s: %q is IPv4-mapped IPv6, which no packet carries; write it as an IPv4 CIDR", key, d)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// checkPorts refuses a port given twice, or in two ranges: a typo more
+// often than a wish, and nft would merge them out of sight.
+func checkPorts(ports []PortRange) error {
+	for _, r := range ports {
+		if r.First == 0 || r.First > r.Last {
+			return fmt.Errorf("intercept.ports: %s is not a port or port range (1-65535, first to last)", r)
+		}
+	}
+	sorted := slices.Clone(ports)
+	slices.SortFunc(sorted, func(a, b PortRange) int { return int(a.First) - int(b.First) })
+	for j := 1; j < len(sorted); j++ {
+		a, b := sorted[j-1], sorted[j]
+		switch {
+		case a == b && a.First == a.Last:
+			return fmt.Errorf("intercept.ports: %s is given twice; give each port once", a)
+		case b.First <= a.Last:
+			return fmt.Errorf("intercept.ports: %s and %s overlap; give each port once (ranges may touch, like 8000-8099 and 8100-8200)", a, b)
+		}
 	}
 	return nil
 }

@@ -54,7 +54,22 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "unknown top-level key", yaml: "conect_timeout: 1s", wantErr: "line 1: conect_timeout is not a key"},
 		{name: "ports not a list", yaml: "intercept: {ports: 80}", wantErr: "`80` is not a list of ports"},
 		{name: "value errors name the key", yaml: "intercept:\n  tproxy_mark: -1", wantErr: "line 2: intercept.tproxy_mark: `-1` is not a number from 0 to 4294967295"},
-		{name: "a port in a list names the key", yaml: "intercept: {ports: [80, 70000]}", wantErr: "line 1: intercept.ports: `70000`"},
+		{name: "a port in a list names the key", yaml: "intercept: {ports: [80, 70000]}", wantErr: `line 1: intercept.ports: "70000" is not a port or port range: ports are 1-65535`},
+		{name: "port ranges", yaml: "intercept:\n  ports: [80, \"8000-8100\", 9000-9010, 8101-8200]", check: func(t *testing.T, c *Config) {
+			want := []PortRange{{80, 80}, {8000, 8100}, {9000, 9010}, {8101, 8200}}
+			if !slices.Equal(c.Intercept.Ports, want) {
+				t.Fatalf("ports = %v, want %v", c.Intercept.Ports, want)
+			}
+		}},
+		{name: "range backwards", yaml: "intercept:\n  ports: [8100-8000]", wantErr: `line 2: intercept.ports: "8100-8000" is not a port range: it runs backwards; write 8000-8100`},
+		{name: "range from zero", yaml: "intercept: {ports: [0-5]}", wantErr: `intercept.ports: "0-5" is not a port or port range: ports are 1-65535`},
+		{name: "range without an end", yaml: "intercept: {ports: [80-]}", wantErr: `intercept.ports: "80-" is not a port or port range (like 80 or 8000-8100)`},
+		{name: "range past 65535", yaml: "intercept: {ports: ['65000-65536']}", wantErr: "ports are 1-65535"},
+		{name: "a list for a port", yaml: "intercept: {ports: [[80]]}", wantErr: "line 1: a port is one value"},
+		{name: "port given twice", yaml: "intercept: {ports: [80, 443, 80]}", wantErr: "intercept.ports: 80 is given twice"},
+		{name: "port inside a range", yaml: "intercept: {ports: [8050, 8000-8100]}", wantErr: "intercept.ports: 8000-8100 and 8050 overlap"},
+		{name: "overlapping ranges", yaml: "intercept: {ports: [8000-8100, 8100-8200]}", wantErr: "intercept.ports: 8000-8100 and 8100-8200 overlap"},
+		{name: "same range twice", yaml: "intercept: {ports: [8000-8100, 8000-8100]}", wantErr: "8000-8100 and 8000-8100 overlap"},
 		// yaml.v3 cuts values over 10 bytes to 7 and "...": the message
 		// still names the key, with the whole value.
 		{name: "one listen address for a list", yaml: "listen: 127.0.0.1:4999", wantErr: "line 1: listen: `127.0.0.1:4999` is not a list (one item is written [\"127.0.0.1:4999\"])"},
@@ -68,7 +83,7 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "bad mode", yaml: "mode: nat", wantErr: "mode:"},
 		{name: "bad listen", yaml: "listen: [localhost]", wantErr: "listen:"},
 		{name: "port zero with rules", yaml: "listen: ['0.0.0.0:0']\nintercept: {ports: [80]}", wantErr: "fixed port"},
-		{name: "port out of range", yaml: "intercept: {ports: [70000]}", wantErr: "`70000` is not a number from 0 to 65535"},
+		{name: "port out of range", yaml: "intercept: {ports: [70000]}", wantErr: `"70000" is not a port or port range`},
 		{name: "bad cidr", yaml: "intercept: {destinations: [10.0.0.0/33]}", wantErr: "intercept.destinations"},
 		{name: "host bits", yaml: "intercept: {destinations: [198.18.2.1/24]}", wantErr: "198.18.2.0/24"},
 		{name: "marks collide", yaml: "upstream: {mark: 1}", wantErr: "upstream.mark"},
@@ -183,7 +198,7 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 }
 
 func TestMarshalRoundTrip(t *testing.T) {
-	c, _ := Parse([]byte("mode: redirect\nintercept: {ports: [80]}\ntcp: {idle_timeout: 90s}"))
+	c, _ := Parse([]byte("mode: redirect\nintercept: {ports: [80, '8000-8100']}\ntcp: {idle_timeout: 90s}"))
 	if err := c.Finish(); err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +210,12 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("re-parse of marshalled config: %v\n%s", err, b)
 	}
-	if err := c2.Finish(); err != nil || c2.TCP.IdleTimeout != c.TCP.IdleTimeout || c2.Mode != "redirect" {
+	if err := c2.Finish(); err != nil || c2.TCP.IdleTimeout != c.TCP.IdleTimeout || c2.Mode != "redirect" || !slices.Equal(c2.Intercept.Ports, c.Intercept.Ports) {
 		t.Fatalf("round trip: %v %+v", err, c2)
+	}
+	// A port is a number and a range first-last, as they are written.
+	if !strings.Contains(string(b), "ports:\n        - 80\n        - 8000-8100\n") {
+		t.Errorf("ports marshal as\n%s", b)
 	}
 }
 

@@ -4,7 +4,7 @@
 //
 //	o := intercept.Options{
 //		Mode:     intercept.ModeTProxy,
-//		Ports:    []uint16{80},
+//		Ports:    intercept.PortList(80, 443),
 //		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001"),
 //		ListenV6: netip.MustParseAddrPort("[::]:15001"),
 //	}

@@ -111,12 +111,20 @@ func edgeCases() []struct {
 		opts Options
 	}{
 		{"interval_edges", Options{
-			Mode: ModeRedirect, Ports: []uint16{80, 8080},
+			Mode: ModeRedirect, Ports: PortList(80, 8080),
 			Destinations: []netip.Prefix{pfx("0.0.0.0/8"), pfx("128.0.0.0/1"), pfx("10.0.0.0/24"), pfx("10.0.1.0/25"), pfx("::/8"), pfx("8000::/1"), pfx("fd00::1/128")},
 			ListenV4:     ap("0.0.0.0:15001"), ListenV6: ap("[::]:15002"),
 		}},
+		{"port_range_edges", Options{
+			Mode: ModeRedirect, Ports: []PortRange{{1, 10}, {65000, 65535}, {80, 80}},
+			ListenV4: ap("127.0.0.1:15001"), ListenV6: ap("[::1]:15001"),
+		}},
+		{"port_range_all", Options{
+			Mode: ModeTProxy, Ports: []PortRange{{1, 65535}},
+			ListenV4: ap("0.0.0.0:15001"),
+		}},
 		{"v6_only_custom", Options{
-			Mode: ModeTProxy, Ports: []uint16{8443},
+			Mode: ModeTProxy, Ports: PortList(8443),
 			Interfaces: []string{"eth0", "br-lan", "a"},
 			ListenV6:   ap("[fd00::1]:15001"), TProxyMark: 0x40, RouteTable: 4242, TableName: "dt_custom",
 		}},

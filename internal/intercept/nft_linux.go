@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -128,11 +129,7 @@ func (e *encoder) stmt(s stmt) ([]expr.Any, error) {
 	case matchDaddr:
 		return e.daddr(s)
 	case matchDport:
-		keys := make([][]byte, len(s.ports))
-		for i, p := range s.ports {
-			keys[i] = binary.BigEndian.AppendUint16(nil, p)
-		}
-		return e.match(payloadDport(), nftables.TypeInetService, keys)
+		return e.dport(s)
 	case matchMark:
 		return e.match(meta(expr.MetaKeyMARK), nftables.TypeMark, [][]byte{native32(s.mark)})
 	case matchSkuid:
@@ -201,26 +198,73 @@ func (e *encoder) match(load expr.Any, typ nftables.SetDatatype, keys [][]byte) 
 	return e.lookup(load, &nftables.Set{KeyType: typ}, elems)
 }
 
-// daddr matches destinations with an interval set: each range is a start
-// element and an end element one past its last address; a leading end
-// element at the zero address closes the gap before the first range.
+// dport matches ports as nft does: one port with a comparison, one range
+// with two (>= first, <= last), several ports with a set, and ranges among
+// several with an interval set.
+func (e *encoder) dport(s matchDport) ([]expr.Any, error) {
+	port := func(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
+	if len(s.ports) == 1 && s.ports[0].First != s.ports[0].Last {
+		r := s.ports[0]
+		return []expr.Any{payloadDport(),
+			&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: port(r.First)},
+			&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: port(r.Last)},
+		}, nil
+	}
+	if !slices.ContainsFunc(s.ports, func(r PortRange) bool { return r.First != r.Last }) {
+		keys := make([][]byte, len(s.ports))
+		for i, r := range s.ports {
+			keys[i] = port(r.First)
+		}
+		return e.match(payloadDport(), nftables.TypeInetService, keys)
+	}
+	var bounds []interval
+	for _, r := range s.ports {
+		b := interval{first: port(r.First)}
+		if r.Last < 0xffff {
+			b.end = port(r.Last + 1)
+		}
+		bounds = append(bounds, b)
+	}
+	return e.lookup(payloadDport(), &nftables.Set{KeyType: nftables.TypeInetService, Interval: true}, intervalElems(bounds))
+}
+
+// daddr matches destinations with an interval set.
 func (e *encoder) daddr(s matchDaddr) ([]expr.Any, error) {
 	typ, off, n := nftables.TypeIPAddr, uint32(16), uint32(4)
 	if s.v6 {
 		typ, off, n = nftables.TypeIP6Addr, 24, 16
 	}
-	var elems []nftables.SetElement
-	if len(s.ranges) > 0 && !s.ranges[0].first.IsUnspecified() {
-		elems = append(elems, nftables.SetElement{Key: make([]byte, n), IntervalEnd: true})
-	}
+	var bounds []interval
 	for _, r := range s.ranges {
-		elems = append(elems, nftables.SetElement{Key: r.first.AsSlice()})
+		b := interval{first: r.first.AsSlice()}
 		if end := r.last.Next(); end.IsValid() {
-			elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+			b.end = end.AsSlice()
 		}
+		bounds = append(bounds, b)
 	}
 	load := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
-	return e.lookup(load, &nftables.Set{KeyType: typ, Interval: true}, elems)
+	return e.lookup(load, &nftables.Set{KeyType: typ, Interval: true}, intervalElems(bounds))
+}
+
+// interval is one range of an interval set, as big-endian keys: its first
+// value and the value one past its last (nil: it runs to the maximum).
+type interval struct{ first, end []byte }
+
+// intervalElems lays sorted, disjoint ranges out as the kernel's interval
+// sets hold them: each range is a start element and an end element one
+// past it; a leading end element at zero closes the gap before the first.
+func intervalElems(rs []interval) []nftables.SetElement {
+	var elems []nftables.SetElement
+	if len(rs) > 0 && slices.ContainsFunc(rs[0].first, func(b byte) bool { return b != 0 }) {
+		elems = append(elems, nftables.SetElement{Key: make([]byte, len(rs[0].first)), IntervalEnd: true})
+	}
+	for _, r := range rs {
+		elems = append(elems, nftables.SetElement{Key: r.first})
+		if r.end != nil {
+			elems = append(elems, nftables.SetElement{Key: r.end, IntervalEnd: true})
+		}
+	}
+	return elems
 }
 
 func (e *encoder) lookup(load expr.Any, set *nftables.Set, elems []nftables.SetElement) ([]expr.Any, error) {
@@ -482,7 +526,18 @@ func decodeRule(exprs []expr.Any, elems func(set string) ([]nftables.SetElement,
 	regs := map[uint32]string{} // register -> what was loaded ("tcp dport", ...)
 	imms := map[uint32][]byte{} // register -> immediate data
 	var out []stmt
-	for _, e := range exprs {
+	next := func(i int) expr.Any {
+		if i+1 < len(exprs) {
+			return exprs[i+1]
+		}
+		return nil
+	}
+	skip := false // the expression was decoded with the one before
+	for i, e := range exprs {
+		if skip {
+			skip = false
+			continue
+		}
 		switch e := e.(type) {
 		case *expr.Meta:
 			if !e.SourceRegister {
@@ -510,6 +565,12 @@ func decodeRule(exprs []expr.Any, elems func(set string) ([]nftables.SetElement,
 			imms[e.Register] = e.Data
 			regs[e.Register] = "immediate"
 		case *expr.Cmp:
+			// A port range is `>= first` then `<= last` on the port.
+			if r, ok := portRangeCmp(regs[e.Register], e, next(i)); ok {
+				out = append(out, matchDport{[]PortRange{r}})
+				skip = true
+				continue
+			}
 			out = append(out, decodeCmp(regs[e.Register], e))
 		case *expr.Lookup:
 			out = append(out, decodeLookup(regs[e.SourceRegister], e, elems))
@@ -540,6 +601,16 @@ func decodeRule(exprs []expr.Any, elems func(set string) ([]nftables.SetElement,
 	return out
 }
 
+// portRangeCmp decodes `tcp dport FIRST-LAST` from its two comparisons.
+func portRangeCmp(src string, gte *expr.Cmp, next expr.Any) (PortRange, bool) {
+	lte, ok := next.(*expr.Cmp)
+	if !ok || src != "tcp dport" || gte.Op != expr.CmpOpGte || lte.Op != expr.CmpOpLte ||
+		lte.Register != gte.Register || len(gte.Data) != 2 || len(lte.Data) != 2 {
+		return PortRange{}, false
+	}
+	return PortRange{binary.BigEndian.Uint16(gte.Data), binary.BigEndian.Uint16(lte.Data)}, true
+}
+
 func decodeCmp(src string, e *expr.Cmp) stmt {
 	d := e.Data
 	if e.Op == expr.CmpOpNeq && src == "tcp flags & 0x17 ^ 0x00" && len(d) == 1 && d[0] == tcpFlagSYN {
@@ -560,7 +631,7 @@ func decodeCmp(src string, e *expr.Cmp) stmt {
 	case src == "meta skuid" && len(d) == 4:
 		return matchSkuid{[]uint32{binary.NativeEndian.Uint32(d)}}
 	case src == "tcp dport" && len(d) == 2:
-		return matchDport{[]uint16{binary.BigEndian.Uint16(d)}}
+		return matchDport{PortList(binary.BigEndian.Uint16(d))}
 	case src == "socket transparent" && len(d) == 1 && d[0] == 1:
 		return matchSocketTransparent{}
 	case src == "fib daddr type" && len(d) == 4 && binary.NativeEndian.Uint32(d) == rtnLocal:
@@ -582,10 +653,13 @@ func decodeLookup(src string, e *expr.Lookup, elems func(string) ([]nftables.Set
 		}
 		return s
 	case "tcp dport":
+		if slices.ContainsFunc(es, func(el nftables.SetElement) bool { return el.IntervalEnd }) {
+			return matchDport{portIntervals(es)}
+		}
 		var s matchDport
 		for _, el := range es {
 			if len(el.Key) == 2 {
-				s.ports = append(s.ports, binary.BigEndian.Uint16(el.Key))
+				s.ports = append(s.ports, PortRange{binary.BigEndian.Uint16(el.Key), binary.BigEndian.Uint16(el.Key)})
 			}
 		}
 		return s
@@ -603,48 +677,71 @@ func decodeLookup(src string, e *expr.Lookup, elems func(string) ([]nftables.Set
 	return unknown(fmt.Sprintf("%s @%s", src, e.SetName))
 }
 
-// intervals rebuilds address ranges from interval set elements: sorted by
-// key, a start element opens a range and the next end element (one past
-// the range) closes it; a range left open runs to the last address.
+// intervals rebuilds address ranges from interval set elements.
 func intervals(es []nftables.SetElement) []addrRange {
-	type elem struct {
-		addr netip.Addr
-		end  bool
-	}
-	var sorted []elem
-	for _, e := range es {
-		if a, ok := netip.AddrFromSlice(e.Key); ok {
-			sorted = append(sorted, elem{a, e.IntervalEnd})
+	var out []addrRange
+	for _, iv := range intervalsOf(es) {
+		first, ok := netip.AddrFromSlice(iv.first)
+		if !ok {
+			continue
 		}
+		last := fullRange(first.Is6()).last
+		if end, ok := netip.AddrFromSlice(iv.end); ok {
+			last = end.Prev()
+		}
+		out = append(out, addrRange{first, last})
 	}
-	slices.SortFunc(sorted, func(a, b elem) int {
-		if c := a.addr.Compare(b.addr); c != 0 {
+	return out
+}
+
+// portIntervals rebuilds port ranges from interval set elements.
+func portIntervals(es []nftables.SetElement) []PortRange {
+	var out []PortRange
+	for _, iv := range intervalsOf(es) {
+		if len(iv.first) != 2 {
+			continue
+		}
+		r := PortRange{binary.BigEndian.Uint16(iv.first), 0xffff}
+		if len(iv.end) == 2 {
+			r.Last = binary.BigEndian.Uint16(iv.end) - 1
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// intervalsOf pairs interval set elements into ranges: sorted by key, a
+// start element opens a range and the next end element (one past the
+// range) closes it; a range left open runs to the maximum (end nil).
+func intervalsOf(es []nftables.SetElement) []interval {
+	sorted := slices.Clone(es)
+	slices.SortFunc(sorted, func(a, b nftables.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
 			return c
 		}
-		if a.end == b.end {
+		if a.IntervalEnd == b.IntervalEnd {
 			return 0
 		}
-		if a.end {
+		if a.IntervalEnd {
 			return -1 // a range ending here closes before one starting here
 		}
 		return 1
 	})
-	var out []addrRange
-	var open *netip.Addr
+	var out []interval
+	var open []byte
 	for _, e := range sorted {
 		switch {
-		case !e.end:
+		case !e.IntervalEnd:
 			if open == nil {
-				a := e.addr
-				open = &a
+				open = e.Key
 			}
 		case open != nil:
-			out = append(out, addrRange{*open, e.addr.Prev()})
+			out = append(out, interval{open, e.Key})
 			open = nil
 		}
 	}
 	if open != nil {
-		out = append(out, addrRange{*open, fullRange(open.Is6()).last})
+		out = append(out, interval{open, nil})
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -20,6 +21,30 @@ const (
 	ModeRedirect Mode = "redirect"
 )
 
+// PortRange is an inclusive range of destination TCP ports; a single port
+// has First == Last.
+type PortRange struct{ First, Last uint16 }
+
+// PortList makes a single-port range of each port.
+func PortList(ports ...uint16) []PortRange {
+	out := make([]PortRange, len(ports))
+	for i, p := range ports {
+		out[i] = PortRange{p, p}
+	}
+	return out
+}
+
+// String prints the range as nft does: 80, or 8000-8100.
+func (r PortRange) String() string {
+	if r.First == r.Last {
+		return strconv.Itoa(int(r.First))
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// Contains reports whether p is in r.
+func (r PortRange) Contains(p uint16) bool { return r.First <= p && p <= r.Last }
+
 // Defaults applied to zero-valued Options fields. The mark and table are the
 // ones the TPROXY tutorials use, so hand-written docs and detour agree.
 const (
@@ -32,8 +57,10 @@ const (
 // Options describes the interception detour installs. The zero values of
 // TProxyMark, RouteTable, UpstreamMark and TableName select the defaults.
 type Options struct {
-	Mode         Mode
-	Ports        []uint16       // destination TCP ports to intercept; required
+	Mode Mode
+	// Ports are the destination TCP ports to intercept; required.
+	// Overlapping and adjacent ranges are merged, as nft merges them.
+	Ports        []PortRange
 	Destinations []netip.Prefix // destination CIDRs; empty = any (IPv4 and IPv6)
 	// Interfaces are incoming interfaces. tproxy: empty = any. redirect: if
 	// non-empty, forwarded connections arriving on them are redirected too
@@ -85,9 +112,12 @@ func (o Options) Validate() error {
 	if len(o.Ports) == 0 {
 		bad("intercept: Ports is empty; name at least one destination TCP port to intercept")
 	}
-	for _, p := range o.Ports {
-		if p == 0 {
-			bad("intercept: Ports contains 0; ports are 1-65535")
+	for _, r := range o.Ports {
+		switch {
+		case r.First == 0:
+			bad("intercept: Ports contains 0 (in %s); ports are 1-65535", r)
+		case r.First > r.Last:
+			bad("intercept: Ports range %d-%d runs backwards; write %d-%d", r.First, r.Last, r.Last, r.First)
 		}
 	}
 

@@ -17,7 +17,7 @@ func tempOwnerDir(t *testing.T) {
 
 func tproxyOpts(mark uint32, table int, name string) Options {
 	return Options{
-		Mode: ModeTProxy, Ports: []uint16{80}, TProxyMark: mark, RouteTable: table, TableName: name,
+		Mode: ModeTProxy, Ports: PortList(80), TProxyMark: mark, RouteTable: table, TableName: name,
 		ListenV4: netip.MustParseAddrPort("0.0.0.0:15001"), ListenV6: netip.MustParseAddrPort("[::]:15001"),
 	}
 }
@@ -78,7 +78,7 @@ func TestKernelApplyReplacesRecordedPolicy(t *testing.T) {
 		{"custom_then_default", tproxyOpts(0x5, 200, ""), tproxyOpts(0, 0, "")},
 		{"same_table_other_mark", tproxyOpts(0x1, 100, ""), tproxyOpts(0x5, 100, "")},
 		{"same_mark_other_table", tproxyOpts(0x1, 100, ""), tproxyOpts(0x1, 200, "")},
-		{"tproxy_then_redirect", tproxyOpts(0x5, 200, ""), Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}},
+		{"tproxy_then_redirect", tproxyOpts(0x5, 200, ""), Options{Mode: ModeRedirect, Ports: PortList(80), ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newNS(t)
@@ -172,7 +172,7 @@ func TestKernelEnsure(t *testing.T) {
 			[]string{"rules of chain prerouting of table inet detour"}},
 		{"ip_rule_and_route", tproxyOpts(0x5, 200, ""), [][]string{{"ip", "rule", "del", "fwmark", "0x5", "lookup", "200"}, {"ip", "-6", "route", "flush", "table", "200"}},
 			[]string{"ip rule add fwmark 0x5 lookup 200", "ip -6 route add local ::/0 dev lo table 200"}},
-		{"redirect_flush", Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")},
+		{"redirect_flush", Options{Mode: ModeRedirect, Ports: PortList(80), ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")},
 			[][]string{{"nft", "flush", "ruleset"}}, []string{"table inet detour"}},
 		// The table is detour's own: a chain someone adds to it (here one
 		// that drops every forwarded packet) goes with the reinstall, as a
@@ -308,7 +308,7 @@ func TestKernelRedirectLeavesOthersPolicy(t *testing.T) {
 			run(t, n, "ip", "route", "show", "table", "100") + run(t, n, "ip", "-6", "route", "show", "table", "100")
 	}
 	want := policy()
-	r := inNS(Options{Mode: ModeRedirect, Ports: []uint16{80}, ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}, n)
+	r := inNS(Options{Mode: ModeRedirect, Ports: PortList(80), ListenV4: netip.MustParseAddrPort("127.0.0.1:4999")}, n)
 	owner, err := Own(r)
 	if err != nil {
 		t.Fatal(err)

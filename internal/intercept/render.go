@@ -163,7 +163,13 @@ func stmtString(s stmt) string {
 		}
 		return ipName(s.v6, "ip", "ip6") + " daddr " + list(elems, true)
 	case matchDport:
-		return "tcp dport " + list(numbers(s.ports), len(s.ports) > 1)
+		ports := slices.Clone(s.ports)
+		slices.SortFunc(ports, func(a, b PortRange) int { return int(a.First) - int(b.First) })
+		elems := make([]string, len(ports))
+		for i, r := range ports {
+			elems[i] = r.String()
+		}
+		return "tcp dport " + list(elems, len(s.ports) > 1)
 	case matchMark:
 		return fmt.Sprintf("meta mark 0x%08x", s.mark)
 	case matchSkuid:
@@ -216,7 +222,7 @@ func list(elems []string, braces bool) string {
 	return "{ " + strings.Join(elems, ", ") + " }"
 }
 
-func numbers[T uint16 | uint32](xs []T) []string {
+func numbers(xs []uint32) []string {
 	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	out := make([]string, len(xs))

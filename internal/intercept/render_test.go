@@ -24,26 +24,38 @@ func goldenCases() []struct {
 		opts Options
 	}{
 		{"tproxy_default", Options{
-			Mode: ModeTProxy, Ports: []uint16{80},
+			Mode: ModeTProxy, Ports: PortList(80),
 			ListenV4: ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
 		}},
 		{"tproxy_cidrs_ifaces_v4", Options{
-			Mode: ModeTProxy, Ports: []uint16{443, 80, 8080, 80},
+			Mode: ModeTProxy, Ports: PortList(443, 80, 8080, 80),
 			Destinations: []netip.Prefix{pfx("10.0.0.0/9"), pfx("10.128.0.0/9"), pfx("192.168.1.7/32"), pfx("172.16.0.0/12"), pfx("10.1.2.0/24")},
 			Interfaces:   []string{"veth-lan", "eth1"},
 			ListenV4:     ap("10.0.0.1:15001"),
 		}},
 		{"redirect_uids", Options{
-			Mode: ModeRedirect, Ports: []uint16{80, 443},
+			Mode: ModeRedirect, Ports: PortList(80, 443),
 			ListenV4: ap("127.0.0.1:15001"), ListenV6: ap("[::1]:15001"),
 			ExcludeUIDs: []uint32{1000, 0},
 		}},
 		{"redirect_gateway", Options{
-			Mode: ModeRedirect, Ports: []uint16{80},
+			Mode: ModeRedirect, Ports: PortList(80),
 			Destinations: []netip.Prefix{pfx("203.0.113.0/24"), pfx("2001:db8::/32")},
 			Interfaces:   []string{"lan0"},
 			ListenV4:     ap("0.0.0.0:15001"), ListenV6: ap("[::]:15002"),
 			UpstreamMark: 0x100,
+		}},
+		{"tproxy_ranges", Options{
+			Mode:     ModeTProxy,
+			Ports:    []PortRange{{8101, 8200}, {443, 443}, {8000, 8100}, {80, 80}, {8050, 8050}},
+			ListenV4: ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
+		}},
+		{"redirect_range_gateway", Options{
+			Mode: ModeRedirect, Ports: []PortRange{{8000, 8100}},
+			Destinations: []netip.Prefix{pfx("198.18.0.0/15")},
+			Interfaces:   []string{"lan0"},
+			ListenV4:     ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
+			ExcludeUIDs: []uint32{1000},
 		}},
 	}
 }
@@ -74,7 +86,7 @@ func TestRenderGolden(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	ok := Options{Mode: ModeTProxy, Ports: []uint16{80}, ListenV4: ap("0.0.0.0:15001")}
+	ok := Options{Mode: ModeTProxy, Ports: PortList(80), ListenV4: ap("0.0.0.0:15001")}
 	tests := []struct {
 		name string
 		edit func(*Options)
@@ -85,7 +97,10 @@ func TestValidate(t *testing.T) {
 		{"no mode", func(o *Options) { o.Mode = "" }, "Mode is empty"},
 		{"bad mode", func(o *Options) { o.Mode = "nat" }, `Mode "nat" is unknown`},
 		{"no ports", func(o *Options) { o.Ports = nil }, "Ports is empty"},
-		{"port zero", func(o *Options) { o.Ports = []uint16{0} }, "Ports contains 0"},
+		{"port zero", func(o *Options) { o.Ports = PortList(0) }, "Ports contains 0"},
+		{"range from zero", func(o *Options) { o.Ports = []PortRange{{0, 5}} }, "Ports contains 0 (in 0-5)"},
+		{"range backwards", func(o *Options) { o.Ports = []PortRange{{8100, 8000}} }, "Ports range 8100-8000 runs backwards; write 8000-8100"},
+		{"range", func(o *Options) { o.Ports = []PortRange{{1, 65535}} }, ""},
 		{"no listener", func(o *Options) { o.ListenV4 = netip.AddrPort{} }, "ListenV4 and ListenV6 are both unset"},
 		{"v6 in ListenV4", func(o *Options) { o.ListenV4 = ap("[::]:1") }, "ListenV4 [::]:1 is not an IPv4"},
 		{"v4 in ListenV6", func(o *Options) { o.ListenV6 = ap("[::ffff:1.2.3.4]:1") }, "is not an IPv6"},
@@ -131,31 +146,43 @@ func TestRenderDetails(t *testing.T) {
 	}{
 		{
 			"v6 only tproxy with address",
-			Options{Mode: ModeTProxy, Ports: []uint16{80}, ListenV6: ap("[fd00::1]:15001")},
+			Options{Mode: ModeTProxy, Ports: PortList(80), ListenV6: ap("[fd00::1]:15001")},
 			[]string{"tcp dport 80 tproxy ip6 to [fd00::1]:15001 meta mark set 0x00000001 accept", "ip -6 rule add fwmark 0x1 lookup 100"},
 			[]string{"tproxy ip to", "ip rule add"},
 		},
 		{
 			"0.0.0.0/0 means any",
-			Options{Mode: ModeTProxy, Ports: []uint16{80}, Destinations: []netip.Prefix{pfx("0.0.0.0/0")}, ListenV4: ap("0.0.0.0:1")},
+			Options{Mode: ModeTProxy, Ports: PortList(80), Destinations: []netip.Prefix{pfx("0.0.0.0/0")}, ListenV4: ap("0.0.0.0:1")},
 			[]string{"tcp dport 80 tproxy ip to :1 meta mark set 0x00000001 accept"},
 			[]string{"ip daddr"},
 		},
 		{
 			"family without destinations is left alone",
-			Options{Mode: ModeRedirect, Ports: []uint16{80}, Destinations: []netip.Prefix{pfx("10.1.0.0/16")}, ListenV4: ap("0.0.0.0:1"), ListenV6: ap("[::]:1")},
+			Options{Mode: ModeRedirect, Ports: PortList(80), Destinations: []netip.Prefix{pfx("10.1.0.0/16")}, ListenV4: ap("0.0.0.0:1"), ListenV6: ap("[::]:1")},
 			[]string{"ip daddr { 10.1.0.0/16 } tcp dport 80 redirect to :1"},
 			[]string{"ipv6", "ip6"},
 		},
 		{
 			"non-CIDR merge prints a range",
-			Options{Mode: ModeRedirect, Ports: []uint16{80}, Destinations: []netip.Prefix{pfx("10.0.0.0/24"), pfx("10.0.1.0/25")}, ListenV4: ap("0.0.0.0:1")},
+			Options{Mode: ModeRedirect, Ports: PortList(80), Destinations: []netip.Prefix{pfx("10.0.0.0/24"), pfx("10.0.1.0/25")}, ListenV4: ap("0.0.0.0:1")},
 			[]string{"ip daddr { 10.0.0.0-10.0.1.127 } tcp dport 80 redirect to :1"},
 			nil,
 		},
 		{
+			"one range is a comparison, ranges among others a set",
+			Options{Mode: ModeRedirect, Ports: []PortRange{{8000, 8100}}, ListenV4: ap("127.0.0.1:1")},
+			[]string{"meta nfproto ipv4 tcp dport 8000-8100 redirect to :1"},
+			[]string{"dport {"},
+		},
+		{
+			"overlapping and adjacent ranges merge",
+			Options{Mode: ModeRedirect, Ports: []PortRange{{90, 99}, {80, 89}, {85, 85}, {443, 443}, {65000, 65535}, {65535, 65535}}, ListenV4: ap("127.0.0.1:1")},
+			[]string{"meta nfproto ipv4 tcp dport { 80-99, 443, 65000-65535 } redirect to :1"},
+			nil,
+		},
+		{
 			"custom mark, table and name",
-			Options{Mode: ModeTProxy, Ports: []uint16{80}, ListenV4: ap("0.0.0.0:1"), TProxyMark: 0x20, RouteTable: 1234, TableName: "dt2"},
+			Options{Mode: ModeTProxy, Ports: PortList(80), ListenV4: ap("0.0.0.0:1"), TProxyMark: 0x20, RouteTable: 1234, TableName: "dt2"},
 			[]string{"table inet dt2 {", "socket transparent 1 tcp flags != syn / fin,syn,rst,ack meta mark set 0x00000020 accept comment \"detour policy routing: fwmark 0x20 lookup 1234\"", "ip rule add fwmark 0x20 lookup 1234", "ip route add local 0.0.0.0/0 dev lo table 1234"},
 			nil,
 		},

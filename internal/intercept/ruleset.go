@@ -56,7 +56,8 @@ type (
 		v6     bool
 		ranges []addrRange
 	}
-	matchDport             struct{ ports []uint16 }
+	// matchDport is a comparison for one port or range, a set for more.
+	matchDport             struct{ ports []PortRange }
 	matchMark              struct{ mark uint32 }
 	matchSkuid             struct{ uids []uint32 }
 	matchSocketTransparent struct{}
@@ -149,7 +150,7 @@ const (
 // build turns validated options (with defaults applied) into the ruleset.
 func build(o Options) ruleset {
 	rs := ruleset{table: o.TableName}
-	ports := sortedUnique(o.Ports)
+	ports := mergePorts(o.Ports)
 	ifaces := sortedUnique(o.Interfaces)
 	fams := families(o)
 
@@ -214,6 +215,22 @@ func build(o Options) ruleset {
 		}
 	}
 	return rs
+}
+
+// mergePorts sorts port ranges and merges those that overlap or touch, the
+// form the kernel's interval sets require (and nft's auto-merge produces).
+func mergePorts(ports []PortRange) []PortRange {
+	rs := slices.Clone(ports)
+	slices.SortFunc(rs, func(a, b PortRange) int { return int(a.First) - int(b.First) })
+	var out []PortRange
+	for _, r := range rs {
+		if n := len(out); n > 0 && int(r.First) <= int(out[n-1].Last)+1 {
+			out[n-1].Last = max(out[n-1].Last, r.Last)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // family is one address family detour intercepts.
@@ -331,7 +348,7 @@ func (r addrRange) prefix() (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
-func sortedUnique[T interface{ ~string | ~uint16 | ~uint32 }](xs []T) []T {
+func sortedUnique[T interface{ ~string | ~uint32 }](xs []T) []T {
 	out := slices.Clone(xs)
 	slices.Sort(out)
 	return slices.Compact(out)
