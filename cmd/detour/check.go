@@ -29,7 +29,7 @@ how to fix it; a warn line is something run works around (IPv4 only, for
 one). Exit 1 when run would fail in the mode.
 
 With -c or an interception flag (--intercept-port, --intercept-dst,
---intercept-iface, --exclude-uid, --tproxy-mark, --route-table,
+--exclude-dst, --intercept-iface, --exclude-uid, --tproxy-mark, --route-table,
 --upstream-mark, --table-name), check reads the configuration as run
 would (an error in it exits 2, naming the key), checks its mode and
 listeners, installs and removes exactly the rules it would install in the

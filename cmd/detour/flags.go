@@ -32,6 +32,7 @@ type configFlags struct {
 	fs                                   *flag.FlagSet
 	file, mode                           string
 	listen, ports, dsts, ifaces, uids    listFlag
+	excludeDsts                          listFlag
 	tproxyMark, upstreamMark, routeTable string
 	tableName                            string
 	spoof                                bool
@@ -55,6 +56,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999; IPv4 only where the namespace has no IPv6)")
 	fs.Var(&f.ports, "intercept-port", "destination TCP ports and ranges to intercept, comma-separated, like 80,8000-8100 (no ports: no rules)")
 	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
+	fs.Var(&f.excludeDsts, "exclude-dst", "never intercept these destination CIDRs, comma-separated, even inside --intercept-dst")
 	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces (redirect: adds a prerouting redirect for a NAT gateway)")
 	fs.Var(&f.uids, "exclude-uid", "redirect mode: never intercept sockets of these uids (the tutorial's owner match)")
 	fs.StringVar(&f.tproxyMark, "tproxy-mark", "", "fwmark the tproxy rules set and policy routing matches (default 0x1)")
@@ -137,6 +139,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		}
 	case "intercept-dst":
 		cfg.Intercept.Destinations = f.dsts
+	case "exclude-dst":
+		cfg.Intercept.ExcludeDestinations = f.excludeDsts
 	case "intercept-iface":
 		cfg.Intercept.Interfaces = f.ifaces
 	case "exclude-uid":
@@ -215,15 +219,16 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 // interceptOptions maps the config onto the rules package's options.
 func interceptOptions(cfg *config.Config) intercept.Options {
 	o := intercept.Options{
-		Mode:         intercept.Mode(cfg.Mode),
-		Ports:        cfg.Intercept.InterceptPorts(),
-		Destinations: cfg.Intercept.DestinationPrefixes,
-		Interfaces:   cfg.Intercept.Interfaces,
-		TProxyMark:   cfg.Intercept.TProxyMark,
-		RouteTable:   cfg.Intercept.RouteTable,
-		UpstreamMark: cfg.Upstream.Mark,
-		ExcludeUIDs:  cfg.Intercept.ExcludeUIDs,
-		TableName:    cfg.Intercept.TableName,
+		Mode:                intercept.Mode(cfg.Mode),
+		Ports:               cfg.Intercept.InterceptPorts(),
+		Destinations:        cfg.Intercept.DestinationPrefixes,
+		ExcludeDestinations: cfg.Intercept.ExcludePrefixes,
+		Interfaces:          cfg.Intercept.Interfaces,
+		TProxyMark:          cfg.Intercept.TProxyMark,
+		RouteTable:          cfg.Intercept.RouteTable,
+		UpstreamMark:        cfg.Upstream.Mark,
+		ExcludeUIDs:         cfg.Intercept.ExcludeUIDs,
+		TableName:           cfg.Intercept.TableName,
 	}
 	for _, a := range cfg.ListenAddrs {
 		if a.Addr().Is4() && !o.ListenV4.IsValid() {

@@ -101,7 +101,7 @@ func TestBadFlagMessages(t *testing.T) {
 	}
 }
 
-// TestInterceptFlags checks that --intercept-port takes ports and ranges, --exclude-dst
+// TestInterceptFlags: --intercept-port takes ranges and --exclude-dst
 // CIDRs, and `rules apply --dry-run` prints the rules they make.
 func TestInterceptFlags(t *testing.T) {
 	tests := []struct {
@@ -114,10 +114,13 @@ func TestInterceptFlags(t *testing.T) {
 			want: []string{"meta nfproto ipv4 tcp dport { 80, 8000-8100, 9000-9010 } redirect to :4999"}},
 		{name: "one range", args: []string{"--listen", "0.0.0.0:15001", "--intercept-port", "8000-8100"},
 			want: []string{"tcp dport 8000-8100 tproxy ip to :15001 meta mark set 0x00000001 accept"}},
+		{name: "excluded destinations", args: []string{"--listen", "0.0.0.0:15001", "--listen", "[::]:15001", "--intercept-port", "80", "--exclude-dst", "10.0.0.0/8,fd00::/8", "--exclude-dst", "198.18.0.1"},
+			want: []string{"ip daddr { 10.0.0.0/8, 198.18.0.1 } return", "ip6 daddr { fd00::/8 } return", "tcp dport 80 tproxy ip to :15001 meta mark set 0x00000001 accept"}},
 		{name: "backwards", args: []string{"--intercept-port", "80,8100-8000"}, wantErr: `--intercept-port: "8100-8000" is not a port range: it runs backwards; write 8000-8100`},
 		{name: "from zero", args: []string{"--intercept-port", "0-5"}, wantErr: `--intercept-port: "0-5" is not a port or port range: ports are 1-65535`},
 		{name: "no end", args: []string{"--intercept-port", "80-"}, wantErr: `--intercept-port: "80-" is not a port or port range (like 80 or 8000-8100)`},
 		{name: "overlap", args: []string{"--intercept-port", "8000-8100,8050"}, wantErr: "intercept.ports: 8000-8100 and 8050 overlap"},
+		{name: "bad excluded", args: []string{"--intercept-port", "80", "--exclude-dst", "10.0.0.1/8"}, wantErr: `intercept.exclude_destinations: "10.0.0.1/8" has host bits set; did you mean 10.0.0.0/8?`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -90,16 +90,20 @@ type Intercept struct {
 	// given twice or in two ranges is an error, ranges may touch.
 	Ports        []PortRange `yaml:"ports"`
 	Destinations []string    `yaml:"destinations"` // CIDRs
-	Interfaces   []string    `yaml:"interfaces"`
-	ExcludeUIDs  []uint32    `yaml:"exclude_uids"`
-	TProxyMark   uint32      `yaml:"tproxy_mark"`
-	RouteTable   int         `yaml:"route_table"`
-	TableName    string      `yaml:"table_name"`
+	// ExcludeDestinations (CIDRs) are never intercepted, even when
+	// Destinations includes them.
+	ExcludeDestinations []string `yaml:"exclude_destinations"`
+	Interfaces          []string `yaml:"interfaces"`
+	ExcludeUIDs         []uint32 `yaml:"exclude_uids"`
+	TProxyMark          uint32   `yaml:"tproxy_mark"`
+	RouteTable          int      `yaml:"route_table"`
+	TableName           string   `yaml:"table_name"`
 	// CheckInterval is how often a run checks that its rules are still
 	// installed and puts back what vanished (a firewall's flush).
 	CheckInterval Duration `yaml:"check_interval"`
 
 	DestinationPrefixes []netip.Prefix `yaml:"-"`
+	ExcludePrefixes     []netip.Prefix `yaml:"-"`
 }
 
 // PortRange is an intercepted port (First == Last) or inclusive range.
@@ -616,6 +620,9 @@ func (c *Config) defaultListen() []string {
 func (i *Intercept) finish(mode string) error {
 	var err error
 	if i.DestinationPrefixes, err = prefixes("intercept.destinations", i.Destinations); err != nil {
+		return err
+	}
+	if i.ExcludePrefixes, err = prefixes("intercept.exclude_destinations", i.ExcludeDestinations); err != nil {
 		return err
 	}
 	if err := checkPorts(i.Ports); err != nil {

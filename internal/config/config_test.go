@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -115,6 +116,14 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "interface with a tab", yaml: "intercept: {ports: [80], interfaces: [\"a\\tb\"]}", wantErr: "intercept.interfaces: interface name \"a\\tb\""},
 		{name: "interface named ..", yaml: "intercept: {interfaces: ['..']}", wantErr: "intercept.interfaces: interface name \"..\""},
 		{name: "IPv4-mapped destination", yaml: "intercept: {ports: [80], destinations: ['::ffff:10.0.0.0/104']}", wantErr: "intercept.destinations: \"::ffff:10.0.0.0/104\""},
+		{name: "excluded destinations", yaml: "listen: ['0.0.0.0:15001']\nintercept: {ports: [80], destinations: [10.0.0.0/8], exclude_destinations: [10.1.0.0/16, 198.18.0.1, 'fd00::/8']}", check: func(t *testing.T, c *Config) {
+			if got := fmt.Sprint(c.Intercept.ExcludePrefixes); got != "[10.1.0.0/16 198.18.0.1/32 fd00::/8]" {
+				t.Fatalf("excluded prefixes = %s", got)
+			}
+		}},
+		{name: "excluded destination not a CIDR", yaml: "intercept: {exclude_destinations: [10.0.0.0/33]}", wantErr: `intercept.exclude_destinations: "10.0.0.0/33" is not a CIDR`},
+		{name: "excluded destination with host bits", yaml: "intercept: {exclude_destinations: [10.0.0.1/8]}", wantErr: "did you mean 10.0.0.0/8?"},
+		{name: "IPv4-mapped excluded destination", yaml: "intercept: {exclude_destinations: ['::ffff:10.0.0.0/104']}", wantErr: "intercept.exclude_destinations: \"::ffff:10.0.0.0/104\" is IPv4-mapped"},
 		{name: "bad server header mode", yaml: "http: {server_header_mode: replace}", wantErr: "server_header_mode"},
 		{name: "http defaults", yaml: "", check: func(t *testing.T, c *Config) {
 			h := c.HTTP

@@ -24,14 +24,15 @@ const (
 
 // TestInterceptSelection: in both deployments, connections to a port
 // inside an intercepted range (either end included) go through detour,
-// and connections to a port just outside it go direct. The server tells
-// them apart by the peer it sees: the client's own socket, or detour's;
-// detour's access log holds only the intercepted ones.
+// connections to a port just outside it go direct, and so do connections
+// to an excluded destination, even one inside --intercept-dst. The server
+// tells them apart by the peer it sees: the client's own socket, or
+// detour's; detour's access log holds only the intercepted ones.
 func TestInterceptSelection(t *testing.T) {
 	needRoot(t)
 	type setup struct {
-		client *ns.NS
-		server []netip.Addr
+		client         *ns.NS
+		excluded, kept netip.Addr // the server's excluded address, and its other one
 	}
 	for _, dep := range []struct {
 		name  string
@@ -40,17 +41,20 @@ func TestInterceptSelection(t *testing.T) {
 		{"tproxy", func(t *testing.T, logPath string) setup {
 			n := tproxyNet(t, "isel")
 			startSelServers(t, n.Server)
+			// The excluded IPv4 address is inside --intercept-dst: excluded wins.
 			startDetour(t, n.Router, "--mode", "tproxy", "--listen", "0.0.0.0:15001", "--listen", "[::]:15001",
-				"--intercept-port", selSelected,
+				"--intercept-port", selSelected, "--intercept-dst", netip.PrefixFrom(n.ServerIP4, 24).Masked().String()+","+netip.PrefixFrom(n.ServerIP6, 64).Masked().String(),
+				"--exclude-dst", netip.PrefixFrom(n.ServerIP4, 32).String(),
 				"--protocol", "tcp", "--admin", "off", "--access-log", logPath, "--access-log-format", "json")
-			return setup{n.Client, []netip.Addr{n.ServerIP4, n.ServerIP6}}
+			return setup{n.Client, n.ServerIP4, n.ServerIP6}
 		}},
 		{"redirect", func(t *testing.T, logPath string) setup {
 			n := redirectNet(t, "iselr")
 			startSelServers(t, n.Server)
 			startDetour(t, n.Host, "--mode", "redirect", "--intercept-port", selSelected,
+				"--exclude-dst", netip.PrefixFrom(n.ServerIP6, 128).String(),
 				"--protocol", "tcp", "--admin", "off", "--access-log", logPath, "--access-log-format", "json")
-			return setup{n.Host, []netip.Addr{n.ServerIP4, n.ServerIP6}}
+			return setup{n.Host, n.ServerIP6, n.ServerIP4}
 		}},
 	} {
 		t.Run(dep.name, func(t *testing.T) {
@@ -60,14 +64,14 @@ func TestInterceptSelection(t *testing.T) {
 			// Direct ones first, so that once the intercepted ones are all
 			// logged, a record of a direct one would be there too.
 			var direct, intercepted []netip.AddrPort
-			for _, a := range s.server {
-				for _, p := range []uint16{selPort - 1, selPort + 1, selFirst - 1, selLast + 1} {
-					direct = append(direct, netip.AddrPortFrom(a, p))
-				}
-				for _, p := range []uint16{selPort, selFirst, (selFirst + selLast) / 2, selLast} {
-					intercepted = append(intercepted, netip.AddrPortFrom(a, p))
-				}
+			for _, p := range []uint16{selPort, selFirst, selLast} {
+				direct = append(direct, netip.AddrPortFrom(s.excluded, p))
+				intercepted = append(intercepted, netip.AddrPortFrom(s.kept, p))
 			}
+			for _, p := range []uint16{selPort - 1, selPort + 1, selFirst - 1, selLast + 1} {
+				direct = append(direct, netip.AddrPortFrom(s.kept, p))
+			}
+			intercepted = append(intercepted, netip.AddrPortFrom(s.kept, (selFirst+selLast)/2))
 			for _, dst := range direct {
 				if via := peerSeen(t, s.client, dst); via != "" {
 					t.Errorf("%s: intercepted (the server saw %s); want it direct", dst, via)

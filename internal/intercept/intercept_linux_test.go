@@ -117,11 +117,13 @@ func edgeCases() []struct {
 		}},
 		{"port_range_edges", Options{
 			Mode: ModeRedirect, Ports: []PortRange{{1, 10}, {65000, 65535}, {80, 80}},
-			ListenV4: ap("127.0.0.1:15001"), ListenV6: ap("[::1]:15001"),
+			ExcludeDestinations: []netip.Prefix{pfx("0.0.0.0/0"), pfx("::/0")},
+			ListenV4:            ap("127.0.0.1:15001"), ListenV6: ap("[::1]:15001"),
 		}},
 		{"port_range_all", Options{
 			Mode: ModeTProxy, Ports: []PortRange{{1, 65535}},
-			ListenV4: ap("0.0.0.0:15001"),
+			ExcludeDestinations: []netip.Prefix{pfx("128.0.0.0/1"), pfx("10.0.0.0/24"), pfx("10.0.1.0/25")},
+			ListenV4:            ap("0.0.0.0:15001"),
 		}},
 		{"v6_only_custom", Options{
 			Mode: ModeTProxy, Ports: PortList(8443),

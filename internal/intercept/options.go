@@ -62,6 +62,11 @@ type Options struct {
 	// Overlapping and adjacent ranges are merged, as nft merges them.
 	Ports        []PortRange
 	Destinations []netip.Prefix // destination CIDRs; empty = any (IPv4 and IPv6)
+	// ExcludeDestinations are never diverted, even inside Destinations
+	// (iptables' `-d CIDR -j RETURN` before the REDIRECT, Istio's
+	// excludeOutboundIPRanges). Those of a family detour does not
+	// intercept need no rule and get none.
+	ExcludeDestinations []netip.Prefix
 	// Interfaces are incoming interfaces. tproxy: empty = any. redirect: if
 	// non-empty, forwarded connections arriving on them are redirected too
 	// (NAT gateway); local connections (OUTPUT) are always redirected.
@@ -155,6 +160,15 @@ func (o Options) Validate() error {
 			bad("intercept: Destinations %s is IPv4 but ListenV4 is unset", p)
 		case p.Addr().Is6() && !v6:
 			bad("intercept: Destinations %s is IPv6 but ListenV6 is unset", p)
+		}
+	}
+
+	for _, p := range o.ExcludeDestinations {
+		switch {
+		case !p.IsValid():
+			bad("intercept: ExcludeDestinations contains an invalid prefix")
+		case p.Addr().Is4In6():
+			bad("intercept: ExcludeDestinations %s is IPv4-mapped IPv6; write it as an IPv4 prefix", p)
 		}
 	}
 

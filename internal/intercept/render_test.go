@@ -45,16 +45,18 @@ func goldenCases() []struct {
 			ListenV4:     ap("0.0.0.0:15001"), ListenV6: ap("[::]:15002"),
 			UpstreamMark: 0x100,
 		}},
-		{"tproxy_ranges", Options{
-			Mode:     ModeTProxy,
-			Ports:    []PortRange{{8101, 8200}, {443, 443}, {8000, 8100}, {80, 80}, {8050, 8050}},
-			ListenV4: ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
+		{"tproxy_ranges_exclude", Options{
+			Mode:                ModeTProxy,
+			Ports:               []PortRange{{8101, 8200}, {443, 443}, {8000, 8100}, {80, 80}, {8050, 8050}},
+			ExcludeDestinations: []netip.Prefix{pfx("10.0.0.0/8"), pfx("192.168.0.0/16"), pfx("fd00::/8")},
+			ListenV4:            ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
 		}},
-		{"redirect_range_gateway", Options{
+		{"redirect_range_exclude_gateway", Options{
 			Mode: ModeRedirect, Ports: []PortRange{{8000, 8100}},
-			Destinations: []netip.Prefix{pfx("198.18.0.0/15")},
-			Interfaces:   []string{"lan0"},
-			ListenV4:     ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
+			Destinations:        []netip.Prefix{pfx("198.18.0.0/15")},
+			ExcludeDestinations: []netip.Prefix{pfx("198.18.7.0/24"), pfx("198.18.9.1/32"), pfx("2001:db8::/32")},
+			Interfaces:          []string{"lan0"},
+			ListenV4:            ap("0.0.0.0:15001"), ListenV6: ap("[::]:15001"),
 			ExcludeUIDs: []uint32{1000},
 		}},
 	}
@@ -101,6 +103,8 @@ func TestValidate(t *testing.T) {
 		{"range from zero", func(o *Options) { o.Ports = []PortRange{{0, 5}} }, "Ports contains 0 (in 0-5)"},
 		{"range backwards", func(o *Options) { o.Ports = []PortRange{{8100, 8000}} }, "Ports range 8100-8000 runs backwards; write 8000-8100"},
 		{"range", func(o *Options) { o.Ports = []PortRange{{1, 65535}} }, ""},
+		{"mapped excluded", func(o *Options) { o.ExcludeDestinations = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")} }, "ExcludeDestinations ::ffff:10.0.0.0/104 is IPv4-mapped"},
+		{"excluded v6 without v6 listener", func(o *Options) { o.ExcludeDestinations = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, ""},
 		{"no listener", func(o *Options) { o.ListenV4 = netip.AddrPort{} }, "ListenV4 and ListenV6 are both unset"},
 		{"v6 in ListenV4", func(o *Options) { o.ListenV4 = ap("[::]:1") }, "ListenV4 [::]:1 is not an IPv4"},
 		{"v4 in ListenV6", func(o *Options) { o.ListenV6 = ap("[::ffff:1.2.3.4]:1") }, "is not an IPv6"},
@@ -178,6 +182,18 @@ func TestRenderDetails(t *testing.T) {
 			"overlapping and adjacent ranges merge",
 			Options{Mode: ModeRedirect, Ports: []PortRange{{90, 99}, {80, 89}, {85, 85}, {443, 443}, {65000, 65535}, {65535, 65535}}, ListenV4: ap("127.0.0.1:1")},
 			[]string{"meta nfproto ipv4 tcp dport { 80-99, 443, 65000-65535 } redirect to :1"},
+			nil,
+		},
+		{
+			"excluded destinations of a family not intercepted get no rule",
+			Options{Mode: ModeTProxy, Ports: PortList(80), ExcludeDestinations: []netip.Prefix{pfx("fd00::/8"), pfx("10.0.0.0/8")}, ListenV4: ap("0.0.0.0:1")},
+			[]string{"ip daddr { 10.0.0.0/8 } return"},
+			[]string{"ip6", "fd00"},
+		},
+		{
+			"excluded destinations come before interception",
+			Options{Mode: ModeRedirect, Ports: PortList(80), ExcludeDestinations: []netip.Prefix{pfx("10.0.0.0/8"), pfx("fd00::/8")}, ListenV4: ap("127.0.0.1:1"), ListenV6: ap("[::1]:1")},
+			[]string{"ip daddr { 10.0.0.0/8 } return", "ip6 daddr { fd00::/8 } return"},
 			nil,
 		},
 		{

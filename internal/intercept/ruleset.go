@@ -176,6 +176,7 @@ func build(o Options) ruleset {
 		// diverting them would only add a hop (and loop if detour listens
 		// on an intercepted port).
 		pre.rules = append(pre.rules, []stmt{matchL4ProtoTCP{}, matchFibDaddrLocal{}, verdict("return")})
+		pre.rules = append(pre.rules, excludeRules(o, fams)...)
 		for _, f := range fams {
 			addr := f.listen.Addr()
 			if addr.IsUnspecified() {
@@ -198,6 +199,7 @@ func build(o Options) ruleset {
 		for _, uid := range sortedUnique(o.ExcludeUIDs) {
 			out.rules = append(out.rules, []stmt{matchSkuid{[]uint32{uid}}, verdict("return")})
 		}
+		out.rules = append(out.rules, excludeRules(o, fams)...)
 		for _, f := range fams {
 			for _, r := range matchPrefix(nil, f, true) {
 				out.rules = append(out.rules, append(r, matchDport{ports}, redirectTo{f.listen.Port()}))
@@ -206,6 +208,7 @@ func build(o Options) ruleset {
 		rs.chains = append(rs.chains, out)
 		if len(ifaces) > 0 {
 			pre := chain{name: "prerouting", kind: "nat", hook: "prerouting", priority: prioDstNAT, policy: "accept"}
+			pre.rules = append(pre.rules, excludeRules(o, fams)...)
 			for _, f := range fams {
 				for _, r := range matchPrefix(ifaces, f, true) {
 					pre.rules = append(pre.rules, append(r, matchDport{ports}, redirectTo{f.listen.Port()}))
@@ -215,6 +218,25 @@ func build(o Options) ruleset {
 		}
 	}
 	return rs
+}
+
+// excludeRules return early, before any interception rule of the chain,
+// for the excluded destinations of each intercepted family: an excluded
+// destination wins over an included one.
+func excludeRules(o Options, fams []family) [][]stmt {
+	var rules [][]stmt
+	for _, f := range fams {
+		var prefixes []netip.Prefix
+		for _, p := range o.ExcludeDestinations {
+			if p.Addr().Is6() == f.v6 {
+				prefixes = append(prefixes, p.Masked())
+			}
+		}
+		if len(prefixes) > 0 {
+			rules = append(rules, []stmt{matchNFProto{f.v6}, matchDaddr{v6: f.v6, ranges: mergeRanges(prefixes)}, verdict("return")})
+		}
+	}
+	return rules
 }
 
 // mergePorts sorts port ranges and merges those that overlap or touch, the
