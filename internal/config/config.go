@@ -158,6 +158,9 @@ func (r PortRange) MarshalYAML() (any, error) {
 	return r.String(), nil
 }
 
+// Contains reports whether port p is in r.
+func (r PortRange) Contains(p uint16) bool { return intercept.PortRange(r).Contains(p) }
+
 // InterceptPorts converts the ports for the rules.
 func (i *Intercept) InterceptPorts() []intercept.PortRange {
 	out := make([]intercept.PortRange, len(i.Ports))
@@ -165,6 +168,11 @@ func (i *Intercept) InterceptPorts() []intercept.PortRange {
 		out[j] = intercept.PortRange(r)
 	}
 	return out
+}
+
+// Intercepts reports whether p is one of the intercepted ports.
+func (i *Intercept) Intercepts(p uint16) bool {
+	return slices.ContainsFunc(i.Ports, func(r PortRange) bool { return r.Contains(p) })
 }
 
 // Upstream configures detour's connections to original destinations.
@@ -535,6 +543,13 @@ func (c *Config) checkListenFamilies() error {
 		if p.Addr().Is6() && !v6.IsValid() {
 			return fmt.Errorf("intercept.destinations: %s is IPv6, but no listen address is: add one like [::]:PORT", p)
 		}
+	}
+	// REDIRECT takes connections to the admin endpoint too when its port
+	// is intercepted (tproxy leaves the router's own addresses alone), and
+	// detour refuses them as a loop: detour status would fail.
+	if a := c.AdminAddr; c.Mode == "redirect" && a.IsValid() && c.Intercept.Intercepts(a.Port()) &&
+		!slices.ContainsFunc(c.Intercept.ExcludePrefixes, func(p netip.Prefix) bool { return p.Contains(a.Addr()) }) {
+		return fmt.Errorf("admin: %s: its port is in intercept.ports, so redirect sends connections to it (detour status, a scrape) to detour's listener, which refuses them; give the admin endpoint a port outside intercept.ports, or add its address to intercept.exclude_destinations", a)
 	}
 	if c.Mode == "redirect" && len(c.Intercept.Interfaces) > 0 {
 		for _, a := range []netip.AddrPort{v4, v6} {

@@ -70,6 +70,11 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "port given twice", yaml: "intercept: {ports: [80, 443, 80]}", wantErr: "intercept.ports: 80 is given twice"},
 		{name: "port inside a range", yaml: "intercept: {ports: [8050, 8000-8100]}", wantErr: "intercept.ports: 8000-8100 and 8050 overlap"},
 		{name: "overlapping ranges", yaml: "intercept: {ports: [8000-8100, 8100-8200]}", wantErr: "intercept.ports: 8000-8100 and 8100-8200 overlap"},
+		{name: "redirect admin port in a range", yaml: "mode: redirect\nintercept: {ports: [9000-9999]}", wantErr: "admin: 127.0.0.1:9901: its port is in intercept.ports"},
+		{name: "redirect admin port intercepted", yaml: "mode: redirect\nadmin: '[::1]:8080'\nintercept: {ports: [80, 8080]}", wantErr: "admin: [::1]:8080: its port"},
+		{name: "redirect admin address excluded", yaml: "mode: redirect\nintercept: {ports: [9000-9999], exclude_destinations: [127.0.0.0/8]}"},
+		{name: "redirect admin off", yaml: "mode: redirect\nadmin: 'off'\nintercept: {ports: [9000-9999]}"},
+		{name: "tproxy admin port in a range", yaml: "intercept: {ports: [9000-9999]}"},
 		{name: "same range twice", yaml: "intercept: {ports: [8000-8100, 8000-8100]}", wantErr: "8000-8100 and 8000-8100 overlap"},
 		// yaml.v3 cuts values over 10 bytes to 7 and "...": the message
 		// still names the key, with the whole value.
