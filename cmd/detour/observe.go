@@ -17,6 +17,7 @@ import (
 	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/metrics"
 	"github.com/detour-proxy/detour/internal/proxy"
@@ -318,18 +319,16 @@ func (o *observability) listening(lns []*listen.Listener) {
 // rules records the state of the run's rules, r's Installed or Drained
 // (neither: found missing); the table and ports are cfg's.
 func (o *observability) rules(cfg *config.Config, r admin.Rules) {
-	r.Managed, r.Table, r.Ports = true, "inet "+cfg.Intercept.TableName, expandPorts(cfg.Intercept.Ports)
+	r.Managed, r.Table, r.Ports = true, "inet "+cfg.Intercept.TableName, portStrings(cfg.Intercept.Ports)
 	o.state.SetRules(r)
 }
 
-// expandPorts lists every port of the ranges: the admin endpoint's status
-// takes single ports.
-func expandPorts(ranges []config.PortRange) []uint16 {
-	var out []uint16
-	for _, r := range ranges {
-		for p := int(r.First); p <= int(r.Last); p++ {
-			out = append(out, uint16(p))
-		}
+// portStrings writes the ports as the status shows them: "80",
+// "8000-8100" (a range stays one entry, however wide).
+func portStrings(ranges []config.PortRange) []string {
+	out := make([]string, len(ranges))
+	for i, r := range ranges {
+		out[i] = intercept.PortRange(r).String()
 	}
 	return out
 }

@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/metrics"
@@ -340,5 +342,33 @@ func TestServerInfoShowsConfigInForce(t *testing.T) {
 		op.Concurrency != tcpproxy.Loops() || op.Concurrency < 1 || op.AdminAddress != o.admin.Addr().String() ||
 		op.LogLevel != "debug" || op.DrainTime != "20s" {
 		t.Errorf("/server_info: %+v (want tcp.loops %d)", si, tcpproxy.Loops())
+	}
+}
+
+// TestStatusShowsPortRanges: /status and `detour status` list an
+// intercepted range as one entry, as the config gives it; a wide range
+// (1-65535) used to become one entry per port.
+func TestStatusShowsPortRanges(t *testing.T) {
+	cfg := &config.Config{Admin: "127.0.0.1:0", Intercept: config.Intercept{Ports: []config.PortRange{{First: 80, Last: 80}, {First: 1024, Last: 65535}}}}
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.close)
+	o.rules(cfg, admin.Rules{Installed: true})
+	resp, err := http.Get("http://" + o.admin.Addr().String() + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct{ Rules struct{ Ports []string } }
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"80", "1024-65535"}; !slices.Equal(st.Rules.Ports, want) {
+		t.Errorf("/status rules.ports = %q, want %q", st.Rules.Ports, want)
 	}
 }

@@ -19,7 +19,7 @@ func TestStatusCommand(t *testing.T) {
 	now := time.Now()
 	st := admin.Status{
 		Version: "v9", Phase: admin.Ready, Mode: "tproxy", Protocol: "auto", Started: now.Add(-time.Minute), Now: now,
-		Listeners: []string{"0.0.0.0:15001"}, Rules: admin.Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []uint16{80}},
+		Listeners: []string{"0.0.0.0:15001"}, Rules: admin.Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []string{"80"}},
 		Connections: metrics.Summary{Accepted: 7, Requests: 5},
 		Clusters:    admin.Clusters{Hosts: []admin.Host{{Host: "198.18.2.2:80", Requests: 5, Open: 1, Idle: 1, LastUsed: now}}},
 	}

@@ -505,13 +505,7 @@ func reinstalled(n uint64) string {
 	return fmt.Sprintf(" (reinstalled %d %s after they vanished)", n, plural(int(n), "time", "times"))
 }
 
-func ports(ps []uint16) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = fmt.Sprint(p)
-	}
-	return strings.Join(s, ",")
-}
+func ports(ps []string) string { return strings.Join(ps, ",") }
 
 func plural(n int, one, many string) string {
 	if n == 1 {

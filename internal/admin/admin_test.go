@@ -142,7 +142,7 @@ func TestReady(t *testing.T) {
 func TestMetricsEndpoint(t *testing.T) {
 	f := newFixture(t)
 	f.state.SetPhase(Ready)
-	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []uint16{80}})
+	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []string{"80"}})
 	f.state.SetListeners([]string{"0.0.0.0:15001", "[::]:15001"})
 	code, body, h := f.do(t, "GET", "/metrics")
 	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/plain") {
@@ -208,7 +208,7 @@ func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
 func TestStatusAndWriteStatus(t *testing.T) {
 	f := newFixture(t)
 	f.state.SetPhase(Ready)
-	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []uint16{80, 443}})
+	f.state.SetRules(Rules{Managed: true, Installed: true, Table: "inet detour", Ports: []string{"80", "443"}})
 	f.state.SetListeners([]string{"0.0.0.0:15001"})
 	_, body, _ := f.do(t, "GET", "/status")
 	var st Status

@@ -30,7 +30,7 @@ type Rules struct {
 	// (a firewall's flush) and put them back.
 	Reinstalled uint64   `json:"reinstalled,omitempty"`
 	Table       string   `json:"table,omitempty"` // "inet detour"
-	Ports       []uint16 `json:"ports,omitempty"`
+	Ports       []string `json:"ports,omitempty"` // "80", "8000-8100"
 }
 
 // State is what the daemon tells the admin endpoint about itself. It is
