@@ -162,9 +162,9 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 			return fmt.Errorf("--%s: %q is not a mark (a non-zero number like 0x1)", name, v)
 		}
 		if name == "tproxy-mark" {
-			cfg.Intercept.TProxyMark = uint32(n)
+			cfg.Intercept.TProxyMark = config.Mark(n)
 		} else {
-			cfg.Upstream.Mark = uint32(n)
+			cfg.Upstream.Mark = config.Mark(n)
 		}
 	case "route-table":
 		n, err := strconv.Atoi(f.routeTable)
@@ -224,9 +224,9 @@ func interceptOptions(cfg *config.Config) intercept.Options {
 		Destinations:        cfg.Intercept.DestinationPrefixes,
 		ExcludeDestinations: cfg.Intercept.ExcludePrefixes,
 		Interfaces:          cfg.Intercept.Interfaces,
-		TProxyMark:          cfg.Intercept.TProxyMark,
+		TProxyMark:          uint32(cfg.Intercept.TProxyMark),
 		RouteTable:          cfg.Intercept.RouteTable,
-		UpstreamMark:        cfg.Upstream.Mark,
+		UpstreamMark:        uint32(cfg.Upstream.Mark),
 		ExcludeUIDs:         cfg.Intercept.ExcludeUIDs,
 		TableName:           cfg.Intercept.TableName,
 	}

@@ -410,7 +410,7 @@ func (d *daemon) cleanRules() error {
 func newDialer(cfg *config.Config) *upstream.Dialer {
 	return upstream.New(upstream.Options{
 		ConnectTimeout: time.Duration(cfg.Upstream.ConnectTimeout),
-		Mark:           cfg.Upstream.Mark,
+		Mark:           uint32(cfg.Upstream.Mark),
 		SpoofSource:    cfg.Upstream.SpoofSource,
 	})
 }

@@ -95,7 +95,7 @@ type Intercept struct {
 	ExcludeDestinations []string `yaml:"exclude_destinations"`
 	Interfaces          []string `yaml:"interfaces"`
 	ExcludeUIDs         []uint32 `yaml:"exclude_uids"`
-	TProxyMark          uint32   `yaml:"tproxy_mark"`
+	TProxyMark          Mark     `yaml:"tproxy_mark"`
 	RouteTable          int      `yaml:"route_table"`
 	TableName           string   `yaml:"table_name"`
 	// CheckInterval is how often a run checks that its rules are still
@@ -178,7 +178,7 @@ func (i *Intercept) Intercepts(p uint16) bool {
 // Upstream configures detour's connections to original destinations.
 type Upstream struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
-	Mark           uint32   `yaml:"mark"`
+	Mark           Mark     `yaml:"mark"`
 	SpoofSource    bool     `yaml:"spoof_source"`
 }
 
@@ -242,6 +242,29 @@ const (
 	DefaultHTTPHeaderTimeout       = 10 * time.Second
 	DefaultHTTPStreamIdleTimeout   = 5 * time.Minute
 )
+
+// Mark is a firewall mark. YAML takes it as the flags do, in decimal or
+// hex, quoted or not (1, 0x1, "0x1"), and /config writes it in hex, as
+// nft and ip rule print marks.
+type Mark uint32
+
+// UnmarshalYAML reads a number in any base strconv knows (0x1, 1, 0o1).
+func (m *Mark) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a mark is one value (like 0x1), not a list or keys", n.Line)
+	}
+	v, err := strconv.ParseUint(n.Value, 0, 32)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a mark (a number from 0 to 0xffffffff, like 0x1)", n.Line, n.Value)
+	}
+	*m = Mark(v)
+	return nil
+}
+
+// MarshalYAML writes the mark in hex, unquoted.
+func (m Mark) MarshalYAML() (any, error) {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: fmt.Sprintf("0x%x", uint32(m))}, nil
+}
 
 // Duration is a time.Duration written as "5s", "1h30m" in YAML.
 type Duration time.Duration

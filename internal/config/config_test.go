@@ -54,7 +54,14 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "unknown key names it", yaml: "intercept:\n  portz: [80]", wantErr: "line 2: intercept.portz is not a key"},
 		{name: "unknown top-level key", yaml: "conect_timeout: 1s", wantErr: "line 1: conect_timeout is not a key"},
 		{name: "ports not a list", yaml: "intercept: {ports: 80}", wantErr: "`80` is not a list of ports"},
-		{name: "value errors name the key", yaml: "intercept:\n  tproxy_mark: -1", wantErr: "line 2: intercept.tproxy_mark: `-1` is not a number from 0 to 4294967295"},
+		{name: "value errors name the key", yaml: "intercept:\n  tproxy_mark: -1", wantErr: `line 2: intercept.tproxy_mark: "-1" is not a mark (a number from 0 to 0xffffffff, like 0x1)`},
+		// Marks as the flags and the README write them: hex, quoted or not.
+		{name: "marks in hex, quoted or not", yaml: "intercept: {tproxy_mark: \"0x10\"}\nupstream: {mark: 0x20}", check: func(t *testing.T, c *Config) {
+			if c.Intercept.TProxyMark != 0x10 || c.Upstream.Mark != 0x20 {
+				t.Fatalf("marks = %#x, %#x", c.Intercept.TProxyMark, c.Upstream.Mark)
+			}
+		}},
+		{name: "a mark past 32 bits", yaml: "upstream: {mark: 0x100000000}", wantErr: `line 1: upstream.mark: "0x100000000" is not a mark`},
 		{name: "a port in a list names the key", yaml: "intercept: {ports: [80, 70000]}", wantErr: `line 1: intercept.ports: "70000" is not a port or port range: ports are 1-65535`},
 		{name: "port ranges", yaml: "intercept:\n  ports: [80, \"8000-8100\", 9000-9010, 8101-8200]", check: func(t *testing.T, c *Config) {
 			want := []PortRange{{80, 80}, {8000, 8100}, {9000, 9010}, {8101, 8200}}
@@ -212,7 +219,7 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 }
 
 func TestMarshalRoundTrip(t *testing.T) {
-	c, _ := Parse([]byte("mode: redirect\nintercept: {ports: [80, '8000-8100']}\ntcp: {idle_timeout: 90s}"))
+	c, _ := Parse([]byte("mode: redirect\nintercept: {ports: [80, '8000-8100'], tproxy_mark: 0x10}\ntcp: {idle_timeout: 90s}"))
 	if err := c.Finish(); err != nil {
 		t.Fatal(err)
 	}
@@ -224,12 +231,16 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("re-parse of marshalled config: %v\n%s", err, b)
 	}
-	if err := c2.Finish(); err != nil || c2.TCP.IdleTimeout != c.TCP.IdleTimeout || c2.Mode != "redirect" || !slices.Equal(c2.Intercept.Ports, c.Intercept.Ports) {
+	if err := c2.Finish(); err != nil || c2.TCP.IdleTimeout != c.TCP.IdleTimeout || c2.Mode != "redirect" || !slices.Equal(c2.Intercept.Ports, c.Intercept.Ports) || c2.Intercept.TProxyMark != 0x10 {
 		t.Fatalf("round trip: %v %+v", err, c2)
 	}
 	// A port is a number and a range first-last, as they are written.
 	if !strings.Contains(string(b), "ports:\n        - 80\n        - 8000-8100\n") {
 		t.Errorf("ports marshal as\n%s", b)
+	}
+	// Marks in hex, as nft and ip rule print them.
+	if !strings.Contains(string(b), "tproxy_mark: 0x10\n") || !strings.Contains(string(b), "mark: 0x2\n") {
+		t.Errorf("marks marshal as\n%s", b)
 	}
 }
 
