@@ -57,7 +57,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.Var(&f.ports, "intercept-port", "destination TCP ports and ranges to intercept, comma-separated, like 80,8000-8100 (no ports: no rules)")
 	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
 	fs.Var(&f.excludeDsts, "exclude-dst", "never intercept these destination CIDRs, comma-separated, even inside --intercept-dst")
-	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces (redirect: adds a prerouting redirect for a NAT gateway)")
+	fs.Var(&f.ifaces, "intercept-iface", "only intercept traffic arriving on these interfaces, comma-separated (redirect: adds a prerouting redirect for a NAT gateway)")
 	fs.Var(&f.uids, "exclude-uid", "redirect mode: never intercept sockets of these uids (the tutorial's owner match)")
 	fs.StringVar(&f.tproxyMark, "tproxy-mark", "", "fwmark the tproxy rules set and policy routing matches (default 0x1)")
 	fs.StringVar(&f.routeTable, "route-table", "", "policy routing table for the tproxy local route (default 100)")

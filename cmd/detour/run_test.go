@@ -40,6 +40,9 @@ func TestRunConfigErrorsExit2(t *testing.T) {
 		if code != exitUsage {
 			t.Errorf("%v: exit %d, want %d (a config error); stderr %q", tc.args, code, exitUsage, stderr.String())
 		}
+		if strings.Contains(stderr.String(), "access log: open") {
+			t.Errorf("%v: stderr %q names the access log twice", tc.args, stderr.String())
+		}
 	}
 }
 

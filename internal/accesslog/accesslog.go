@@ -160,12 +160,10 @@ func Open(o Options) (*Logger, error) {
 	return l, nil
 }
 
+// openFile opens the log for appending. Its error is os's ("open PATH:
+// permission denied"): Open's caller names the setting, Reopen the log.
 func openFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("access log: %w", err)
-	}
-	return f, nil
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 }
 
 func (l *Logger) flusher() {
@@ -242,7 +240,7 @@ func (l *Logger) Reopen() error {
 			if ferr != nil {
 				l.noteErr(ferr)
 			}
-			return err // keep writing to the old file
+			return fmt.Errorf("access log: %w", err) // keep writing to the old file
 		}
 		l.file.Close()
 		l.file = f
