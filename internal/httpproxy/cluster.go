@@ -374,6 +374,9 @@ type upConn struct {
 	rest     int64 // body bytes the response has yet to send, when bounded
 	bounded  bool
 	cut      error // what the next Read returns
+	// headErr is the read error (a close, a reset) that came before the
+	// end of the response head being read; nil while none came.
+	headErr atomic.Pointer[error]
 	// Where the read loop is, for awaitReader.
 	reading atomic.Bool   // a Read is in progress
 	closed  atomic.Bool   // Close was called
@@ -441,8 +444,10 @@ func (c *upConn) expectHead(head bool) {
 // Transfer-Encoding is returned without its last byte, and the next read
 // fails with errFramingConflict: http.ReadResponse fails inside the head,
 // so the Transport neither retries the request (its first byte came) nor
-// keeps the connection, and the client gets 503 UC (protocol error), as
-// on the fast path. Bytes after the response's end, when its head tells
+// keeps the connection, and the client gets 502 UPE (protocol error), as
+// on the fast path. A read error before the head's end is kept (headErr):
+// a head cut by a close is a termination (UC), not the malformed head
+// http.ReadResponse makes of it. Bytes after the response's end, when its head tells
 // where that is (bodyLen: a 204's body, bytes after a Content-Length
 // body), are dropped with an EOF: the Transport relays the response and
 // closes the connection, where it would have pooled it and, when the
@@ -459,12 +464,16 @@ func (c *upConn) Read(p []byte) (int, error) {
 	c.reading.Store(false)
 	if a := c.armed.Load(); a != 0 && c.armed.CompareAndSwap(a, 0) {
 		c.scan, c.scanning, c.headReq, c.bounded = headScan{}, true, a == armHeadHEAD, false
+		c.headErr.Store(nil)
 	}
-	if !c.scanning || n == 0 {
+	if !c.scanning {
 		return c.bound(0, n, err)
 	}
 	end := c.scan.feed(p[:n])
 	if end < 0 {
+		if err != nil {
+			c.headErr.Store(&err)
+		}
 		return n, err
 	}
 	c.scanning = false

@@ -168,10 +168,10 @@ func TestRefusedSwitchKeepsGuard(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, br := f.raw(t)
 			io.WriteString(c, tt.req)
-			if res, body := readResponse(t, br, "GET"); res.StatusCode != 503 || !strings.HasSuffix(body, "protocol error") {
+			if res, body := readResponse(t, br, "GET"); res.StatusCode != 502 || !strings.HasSuffix(body, "protocol error") {
 				t.Fatalf("refused switch: %d %q", res.StatusCode, body)
 			}
-			if info := f.info(t); info.Flags != UpstreamClosed {
+			if info := f.info(t); info.Flags != UpstreamProtocolError {
 				t.Errorf("refused switch: flags %v", info.Flags)
 			}
 			io.WriteString(c, "POST /next HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")

@@ -31,6 +31,9 @@ type diffCase struct {
 	// in the fast path's pool, which the Transport does not share: the
 	// upstream sees one connection more than with net/http alone.
 	handOver bool
+	// want, when set, is the start of the records each path must make
+	// (status, flags, details), beyond agreeing.
+	want []string
 }
 
 // pathView is what the client, the upstream and the access log saw of one
@@ -40,7 +43,7 @@ type pathView struct {
 	followUp string   // the follow-up request's answer on the same connection, or why none
 	upstream []string // each request the upstream read
 	conns    int32    // upstream connections accepted
-	log      []string // each record: status and flags
+	log      []string // each record: status, flags and details
 }
 
 // diffFollowUp is the request sent after a case's responses, on the same
@@ -67,7 +70,7 @@ func diffUpstream(t *testing.T, tc diffCase, v *pathView, mu *sync.Mutex) func(n
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 					mu.Lock()
-					v.upstream = append(v.upstream, "unreadable: "+err.Error())
+					v.upstream = append(v.upstream, "unreadable: "+errClass(err))
 					mu.Unlock()
 				}
 				return
@@ -204,7 +207,7 @@ func viewThrough(t *testing.T, tc diffCase, fast bool) pathView {
 	for wait := 3 * time.Second; ; wait = 300 * time.Millisecond {
 		select {
 		case i := <-f.infos:
-			v.log = append(v.log, fmt.Sprintf("%d %v", i.Status, i.Flags))
+			v.log = append(v.log, strings.TrimSpace(fmt.Sprintf("%d %v %s", i.Status, i.Flags, i.Details)))
 			continue
 		case <-time.After(wait):
 		}
@@ -249,6 +252,14 @@ func readOne(br *bufio.Reader, method, upstream string, out *[]string) bool {
 func diffCases() []diffCase {
 	const get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 	long := strings.Repeat("v", 10<<10)
+	// Records of an upstream that broke HTTP (UPE: 502 before the head, a
+	// cut body after it) or closed (UC), as Envoy's.
+	var (
+		upe     = []string{"502 UPE protocol error"}
+		upeBody = []string{"200 UPE"}
+		uc      = []string{"503 UC connection termination"}
+		ucBody  = []string{"200 UC"}
+	)
 	return []diffCase{
 		// The client's side; the upstream answers diffOK.
 		{name: "GET", req: get, resp: diffOK},
@@ -294,21 +305,21 @@ func diffCases() []diffCase {
 		{name: "304 with Content-Length", req: get, resp: "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 5\r\n\r\n"},
 		{name: "304 with Content-Type", req: get, resp: "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Type: text/html\r\n\r\n"},
 		{name: "HEAD with Content-Length", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"},
-		{name: "Content-Length and chunked", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"},
+		{name: "Content-Length and chunked", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", want: upe},
 		{name: "close-delimited", req: get, resp: "HTTP/1.1 200 OK\r\nX-B: 2\r\n\r\nbody until close", closeAfter: true},
 		{name: "chunked with trailers", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3;e=1\r\nabc\r\n0\r\nX-T: v\r\n\r\n"},
-		{name: "Content-Length cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", closeAfter: true},
-		{name: "chunked cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly this\r\n", closeAfter: true},
-		{name: "head cut", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Len", closeAfter: true},
+		{name: "Content-Length cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", closeAfter: true, want: ucBody},
+		{name: "chunked cut mid-body", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly this\r\n", closeAfter: true, want: ucBody},
+		{name: "head cut", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Len", closeAfter: true, want: uc},
 		{name: "duplicate Content-Length", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"},
-		{name: "conflicting Content-Length", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"},
-		{name: "invalid status line", req: get, resp: "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"},
-		{name: "not HTTP", req: get, resp: "SSH-2.0-OpenSSH_9.6\r\n", closeAfter: true},
+		{name: "conflicting Content-Length", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", want: upe},
+		{name: "invalid status line", req: get, resp: "HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", want: upe},
+		{name: "not HTTP", req: get, resp: "SSH-2.0-OpenSSH_9.6\r\n", closeAfter: true, want: upe},
 		{name: "HTTP/1.0 response with keep-alive", req: get, resp: "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "HTTP/1.0 close-delimited", req: get, resp: "HTTP/1.0 200 OK\r\n\r\nuntil close", closeAfter: true},
 		{name: "bytes after the body", req: get, resp: diffOK + "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"},
 		{name: "HEAD answered with a body", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"},
-		{name: "bad chunk size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"},
+		{name: "bad chunk size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", want: upeBody},
 		{name: "Transfer-Encoding gzip, chunked", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"},
 		{name: "Transfer-Encoding identity", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nabc", closeAfter: true},
 		{name: "obs-fold in the response", req: get, resp: "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"},
@@ -316,10 +327,20 @@ func diffCases() []diffCase {
 		{name: "head over 4 KiB", req: get, resp: "HTTP/1.1 200 OK\r\nX-Big: " + long[:5000] + "\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "status 600", req: get, resp: "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "no reason phrase", req: get, resp: "HTTP/1.1 418\r\nContent-Length: 2\r\n\r\nok"},
-		{name: "101 without an upgrade request", req: get, resp: "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", closeAfter: true},
+		{name: "101 without an upgrade request", req: get, resp: "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", closeAfter: true, want: upe},
 		{name: "ten 1xx", req: get, resp: strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 10) + diffOK},
 		{name: "Content-Length with a sign", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"},
 		{name: "Content-Length 0 with bytes after", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nstray"},
+		{name: "malformed field line", req: get, resp: "HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 2\r\n\r\nok", want: upe},
+		{name: "Content-Length not a number", req: get, resp: "HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok", want: upe},
+		{name: "HEAD answered with a malformed head", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", want: upe},
+		{name: "1xx, then a malformed head", req: get, resp: "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nNo colon\r\n\r\n", want: upe},
+		{name: "head over 10 MiB", req: get, resp: "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("v", 10<<20) + "\r\nContent-Length: 2\r\n\r\nok", want: upe},
+		{name: "unknown Transfer-Encoding", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", closeAfter: true, want: upe},
+		{name: "bad chunk size after a chunk", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n", want: upeBody},
+		{name: "chunk longer than its size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", want: upeBody},
+		{name: "malformed trailer", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nNo colon\r\n\r\n", want: upeBody},
+		{name: "chunked cut in a chunk size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1", closeAfter: true, want: ucBody},
 		{name: "upstream closes after its answer", req: get, resp: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", closeAfter: true},
 	}
 }
@@ -352,6 +373,9 @@ func TestPathsAgree(t *testing.T) {
 			}
 			if !slices.Equal(fast.log, slow.log) {
 				t.Errorf("records: fast %v, net/http %v", fast.log, slow.log)
+			}
+			if tc.want != nil && (len(fast.log) < len(tc.want) || !slices.Equal(fast.log[:len(tc.want)], tc.want)) {
+				t.Errorf("records %q, want %q first", fast.log, tc.want)
 			}
 			if testing.Verbose() {
 				t.Logf("client %q\nfollow-up %s\nupstream %q (%d conns)\nrecords %v", fast.client, fast.followUp, fast.upstream, fast.conns, fast.log)

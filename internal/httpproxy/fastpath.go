@@ -600,8 +600,9 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 			info.Flags |= UpstreamTimeout
 			fc.localReply(info, http.StatusGatewayTimeout, msgTimeout, !x.keepAfterError)
 		default:
-			info.Flags |= UpstreamClosed
-			fc.localReply(info, http.StatusServiceUnavailable, msgReset+resetReason(err), !x.keepAfterError)
+			flag, code, reason := upstreamReset(err)
+			info.Flags |= flag
+			fc.localReply(info, code, msgReset+reason, !x.keepAfterError)
 		}
 		p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
 		p.finishFast(info)
@@ -771,6 +772,9 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			fc.p.pools.readers.Put(br)
 			if werr != nil {
 				return nil, nil, werr // no early answer: the write's error, as before
+			}
+			if up.lim.err != nil && !x.scan.done {
+				err = headCut(up.lim.err, err)
 			}
 			if up.lim.n == maxResponseHead && n1xx == 0 {
 				err = fmt.Errorf("%w: %w", errNoResponse, err)
@@ -1276,7 +1280,7 @@ func (fc *fastConn) upstreamFailed(info *RequestInfo, err error) {
 			"dst", info.Dst, "timeout", fc.p.o.StreamIdleTimeout, "sent", info.BodyBytes)
 		return
 	}
-	info.Flags |= UpstreamClosed
+	info.Flags |= upstreamCut(err)
 	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
 }
 

@@ -7,7 +7,7 @@ import "errors"
 // "ought to be handled as an error" (it may be an attempt at response
 // splitting), and its connection must not carry another message. Envoy
 // (without allow_chunked_length, its default) and nginx refuse it as a
-// protocol error; so does detour, on both paths: 503 UC ("protocol
+// protocol error; so does detour, on both paths: 502 UPE ("protocol
 // error"), as for any malformed response head, and the upstream
 // connection is closed. http.ReadResponse alone would take the chunked
 // framing, drop the Content-Length without a trace, and the connection

@@ -2,13 +2,16 @@ package httpproxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -62,8 +65,8 @@ func TestHeadScan(t *testing.T) {
 }
 
 // TestResponseFramingConflictRefused: a response with both Content-Length
-// and Transfer-Encoding is refused as a protocol error on both paths (503
-// UC), its upstream connection closed, the request not sent again — on a
+// and Transfer-Encoding is refused as a protocol error on both paths (502
+// UPE), its upstream connection closed, the request not sent again — on a
 // fresh connection and on a reused one, with a 1xx first, and with the
 // head arriving a few bytes at a time.
 func TestResponseFramingConflictRefused(t *testing.T) {
@@ -120,8 +123,8 @@ func TestResponseFramingConflictRefused(t *testing.T) {
 						}
 						continue
 					}
-					if res.StatusCode != 503 || !strings.HasSuffix(body, "reset reason: protocol error") || info.Flags != UpstreamClosed || info.Status != 503 {
-						t.Fatalf("request %d: %d %q, record %d %v; want 503 protocol error, 503 UC", i, res.StatusCode, body, info.Status, info.Flags)
+					if res.StatusCode != 502 || !strings.HasSuffix(body, "reset reason: protocol error") || info.Flags != UpstreamProtocolError || info.Status != 502 || info.Details != "protocol error" {
+						t.Fatalf("request %d: %d %q, record %d %v %q; want 502 protocol error, 502 UPE", i, res.StatusCode, body, info.Status, info.Flags, info.Details)
 					}
 				}
 				// /ok and /bad on the first connection, then on a second:
@@ -267,4 +270,63 @@ func twoRequests(addr string) error {
 		}
 	}
 	return nil
+}
+
+// TestUpstreamFailureClassified: an upstream's failure after the connect
+// is a close or reset (503 UC) or a protocol error (502 UPE), as Envoy's
+// router tells them; the errors are the ones http.ReadResponse, its body
+// readers, the Transport and the kernel return.
+func TestUpstreamFailureClassified(t *testing.T) {
+	readErr := func(resp string) error {
+		res, err := http.ReadResponse(bufio.NewReader(strings.NewReader(resp)), nil)
+		if err == nil {
+			_, err = io.ReadAll(res.Body)
+		}
+		if err == nil {
+			t.Fatalf("%q read without an error", resp)
+		}
+		return err
+	}
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	tests := []struct {
+		name   string
+		err    error
+		flag   Flags
+		code   int
+		reason string
+	}{
+		{"EOF before the head", readErr(""), UpstreamClosed, 503, "connection termination"},
+		{"reset", fmt.Errorf("net/http: HTTP/1.x transport connection broken: %w", reset), UpstreamClosed, 503, "connection reset"},
+		{"closed locally", net.ErrClosed, UpstreamClosed, 503, "connection termination"},
+		{"pooled connection closed by the server", errors.New("http: server closed idle connection"), UpstreamClosed, 503, "connection termination"},
+		{"head cut by a close", headCut(io.EOF, readErr("HTTP/1.1 200 OK\r\nContent-Len")), UpstreamClosed, 503, "connection termination"},
+		{"head cut by a reset", headCut(reset, readErr("HTTP/1.1 200 OK\r\nContent-Len")), UpstreamClosed, 503, "connection reset"},
+		{"malformed status line", readErr("HTTP/1.1 2000 OK\r\n\r\n"), UpstreamProtocolError, 502, "protocol error"},
+		{"malformed field line", readErr("HTTP/1.1 200 OK\r\nNo colon\r\n\r\n"), UpstreamProtocolError, 502, "protocol error"},
+		{"invalid Content-Length", readErr("HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok"), UpstreamProtocolError, 502, "protocol error"},
+		{"Content-Length and Transfer-Encoding", errFramingConflict, UpstreamProtocolError, 502, "protocol error"},
+		{"head too large", errResponseHeadTooLarge, UpstreamProtocolError, 502, "protocol error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			flag, code, reason := upstreamReset(tt.err)
+			if flag != tt.flag || code != tt.code || reason != tt.reason {
+				t.Errorf("upstreamReset(%v) = %v %d %q, want %v %d %q", tt.err, flag, code, reason, tt.flag, tt.code, tt.reason)
+			}
+		})
+	}
+	// In a body: a cut is UC, broken chunking UPE.
+	for _, tt := range []struct {
+		resp string
+		want Flags
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", UpstreamClosed},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", UpstreamClosed},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", UpstreamProtocolError},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", UpstreamProtocolError},
+	} {
+		if err := readErr(tt.resp); upstreamCut(err) != tt.want {
+			t.Errorf("body %q: %v, want %v (%v)", tt.resp, upstreamCut(err), tt.want, err)
+		}
+	}
 }

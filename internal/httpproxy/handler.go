@@ -25,7 +25,7 @@ import (
 )
 
 // Flags are Envoy-style response flags for access logs and metrics.
-type Flags uint8
+type Flags uint16
 
 const (
 	UpstreamConnectFailure  Flags = 1 << iota // UF: connect refused, timed out, unreachable
@@ -36,9 +36,10 @@ const (
 	DownstreamProtocolError                   // DPE: the request was malformed or ambiguous and refused (400, 431, 505)
 	StreamIdleTimeout                         // SI: a write to the client, or a read of a body, made no progress for StreamIdleTimeout
 	RequestHeaderTimeout                      // HT: the client's request head did not arrive within HeaderTimeout
+	UpstreamProtocolError                     // UPE: the upstream's response broke HTTP (its head, its framing, its chunks)
 )
 
-var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE", "SI", "HT"}
+var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE", "SI", "HT", "UPE"}
 
 // String is "-" without flags, else the codes joined by commas ("UF,DC").
 func (f Flags) String() string {
@@ -187,9 +188,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				// any write to the client did.
 				x.info.Flags |= DownstreamClosed
 			default:
-				x.info.Flags |= UpstreamClosed
+				x.info.Flags |= upstreamCut(x.body.err)
 			}
-			if x.info.Flags&(UpstreamClosed|StreamIdleTimeout) != 0 && x.rw.writeErr == nil && !dc.sw.timedOut.Load() {
+			if x.info.Flags&(UpstreamClosed|UpstreamProtocolError|StreamIdleTimeout) != 0 && x.rw.writeErr == nil && !dc.sw.timedOut.Load() {
 				x.rw.flushCut()
 			}
 		}
@@ -405,9 +406,9 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	x.vals[3] = strconv.FormatInt(x.info.UpstreamTime.Milliseconds(), 10)
 	res.Header[hdrServiceTime] = x.vals[3:4:4]
 	p.setServer(res.Header, x.vals[4:5:5])
-	if sit := p.o.StreamIdleTimeout; sit > 0 && res.StatusCode != http.StatusSwitchingProtocols && x.upc != nil && res.Body != http.NoBody {
+	if res.StatusCode != http.StatusSwitchingProtocols && x.upc != nil && res.Body != http.NoBody {
 		x.body.ReadCloser, x.body.conn = res.Body, x.upc
-		x.body.idle.timeout = sit
+		x.body.idle.timeout = p.o.StreamIdleTimeout // none when 0
 		res.Body = &x.body
 	}
 	if res.StatusCode != http.StatusSwitchingProtocols {
@@ -445,12 +446,14 @@ func upgradeType(h http.Header) string {
 // ends, it is cleared for the connection's next response (a body closed
 // before its end closes the connection). A response
 // without a body (http.NoBody) is not wrapped: its connection may already
-// carry another request.
+// carry another request. Its read error, kept, tells a body cut by a
+// close (UC) from one cut by broken chunking (UPE).
 type idleBody struct {
 	io.ReadCloser
 	conn     net.Conn
 	idle     idleDeadline // conn's read deadline
 	timedOut bool
+	err      error // the read error other than io.EOF
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
@@ -461,6 +464,9 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		b.idle.forget()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			b.timedOut = true
+		}
+		if err != io.EOF {
+			b.err = err
 		}
 	}
 	return n, err
@@ -532,8 +538,14 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		x.info.Flags |= UpstreamTimeout
 		p.localReply(x, http.StatusGatewayTimeout, msgTimeout, unread)
 	default:
-		x.info.Flags |= UpstreamClosed
-		p.localReply(x, http.StatusServiceUnavailable, msgReset+resetReason(err), unread)
+		if uc, ok := x.upc.(*upConn); ok {
+			if e := uc.headErr.Load(); e != nil {
+				err = headCut(*e, err)
+			}
+		}
+		flag, code, reason := upstreamReset(err)
+		x.info.Flags |= flag
+		p.localReply(x, code, msgReset+reason, unread)
 	}
 	p.log.Info("upstream error", "client", x.info.Client, "dst", x.info.Dst, "host", x.info.Host,
 		"flags", x.info.Flags, "err", err)
@@ -588,15 +600,59 @@ func (p *Proxy) reportHeaderTimeout(client, origDst netip.AddrPort, start time.T
 	}
 }
 
-// resetReason names a failure after the connection was made.
+// Envoy's reset reasons for a failure after the connection was made.
+const (
+	reasonTermination   = "connection termination"
+	reasonProtocolError = "protocol error"
+)
+
+// resetReason names a failure after the connection was made (not a
+// timeout): the upstream closed (EOF, also before a request went out on
+// a pooled connection: the Transport's "server closed idle connection"),
+// reset, or sent what is not HTTP/1 — a malformed status line or field,
+// a bad or conflicting Content-Length, Content-Length with
+// Transfer-Encoding, broken chunking, a head over the limit, an
+// unasked-for 101 — the errors of http.ReadResponse, of its body readers
+// and of detour's own checks, which name no common type.
 func resetReason(err error) string {
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection termination"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		strings.Contains(err.Error(), "server closed idle connection"):
+		return reasonTermination
 	case upstream.Classify(err) == upstream.ReasonReset:
 		return string(upstream.ReasonReset)
 	}
-	return "protocol error"
+	return reasonProtocolError
+}
+
+// headCut is the error of a response head the upstream's read error
+// (readErr: a close or a reset) cut before its end: that error, not the
+// one http.ReadResponse made of the partial head (a cut field line reads
+// as a malformed one), as Envoy's codec takes a close before the head's
+// end for a connection termination.
+func headCut(readErr, err error) error {
+	return fmt.Errorf("response head cut: %w (%v)", readErr, err)
+}
+
+// upstreamReset is the flag, the status and the reason of a request
+// whose upstream failed after the connection was made, before the
+// response head: as Envoy's router, 502 and UPE for a protocol error
+// (a response that is not HTTP: the gateway got an invalid response, RFC
+// 9110, 15.6.3), 503 and UC for a close or reset.
+func upstreamReset(err error) (Flags, int, string) {
+	if r := resetReason(err); r != reasonProtocolError {
+		return UpstreamClosed, http.StatusServiceUnavailable, r
+	}
+	return UpstreamProtocolError, http.StatusBadGateway, reasonProtocolError
+}
+
+// upstreamCut is the flag of a response body the upstream cut: UPE when
+// err, the body's read error, is a protocol error (bad chunking), else UC.
+func upstreamCut(err error) Flags {
+	if err != nil && resetReason(err) == reasonProtocolError {
+		return UpstreamProtocolError
+	}
+	return UpstreamClosed
 }
 
 // localReply answers from detour itself with a short text body.

@@ -110,8 +110,8 @@ type Metrics struct {
 	l4Duration prometheus.Histogram
 	connectDur [2]prometheus.Observer // by layer: l4, l7
 
-	requests     [7]prometheus.Counter // by codeClasses
-	requestFlags [8]prometheus.Counter // by bit of httpproxy.Flags; nil for bits without a name
+	requests     [7]prometheus.Counter  // by codeClasses
+	requestFlags [16]prometheus.Counter // by bit of httpproxy.Flags; nil for bits without a name
 	reqDuration  prometheus.Histogram
 	upDuration   prometheus.Histogram
 	respBytes    prometheus.Counter
@@ -277,7 +277,7 @@ func New(o Options) (*Metrics, error) {
 	}
 	flags := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "detour_http_response_flags_total",
-		Help: "HTTP requests by response flag (UF, UT, UC, DC, LR, ...; see the README). A request may count under several.",
+		Help: "HTTP requests by response flag (UF, UT, UC, UPE, DC, LR, ...; see the README). A request may count under several.",
 	}, []string{"flag"})
 	add(flags)
 	for i := range m.requestFlags {
@@ -430,7 +430,7 @@ func (m *Metrics) Request(i *httpproxy.RequestInfo) {
 	}
 	m.requests[class].Inc()
 	for f := i.Flags; f != 0; f &= f - 1 {
-		if c := m.requestFlags[bits.TrailingZeros8(uint8(f))]; c != nil {
+		if c := m.requestFlags[bits.TrailingZeros16(uint16(f))]; c != nil {
 			c.Inc()
 		}
 	}

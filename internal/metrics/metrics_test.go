@@ -229,6 +229,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		{Status: 504, Dst: dst80, Flags: httpproxy.UpstreamTimeout, Duration: time.Second, BodyBytes: 24},
 		{Status: 0, Dst: dst80, Flags: httpproxy.DownstreamClosed | httpproxy.UpstreamClosed, Duration: time.Millisecond},
 		{Status: 508, Dst: dst80, Flags: httpproxy.LoopRefused},
+		{Status: 502, Dst: dst80, Flags: httpproxy.UpstreamProtocolError},
 	} {
 		m.Request(&i)
 	}
@@ -247,7 +248,7 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 	want(t, got, map[string]float64{
 		`detour_http_requests_total{code_class=2xx}`:                            2,
 		`detour_http_requests_total{code_class=4xx}`:                            1,
-		`detour_http_requests_total{code_class=5xx}`:                            3,
+		`detour_http_requests_total{code_class=5xx}`:                            4,
 		`detour_http_requests_total{code_class=none}`:                           1,
 		`detour_http_requests_total{code_class=1xx}`:                            0,
 		`detour_http_response_flags_total{flag=UF}`:                             1,
@@ -255,7 +256,8 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		`detour_http_response_flags_total{flag=UC}`:                             1,
 		`detour_http_response_flags_total{flag=DC}`:                             1,
 		`detour_http_response_flags_total{flag=LR}`:                             1,
-		`detour_http_request_duration_seconds_count`:                            7,
+		`detour_http_response_flags_total{flag=UPE}`:                            1,
+		`detour_http_request_duration_seconds_count`:                            8,
 		`detour_http_upstream_duration_seconds_count`:                           3,
 		`detour_upstream_connect_duration_seconds_count{layer=l7}`:              2,
 		`detour_upstream_connect_duration_seconds_sum{layer=l7}`:                0.004,
@@ -277,15 +279,15 @@ func TestHTTPRequestsAndHosts(t *testing.T) {
 		`detour_upstream_connect_failures_total{host=198.18.2.2:7003,layer=l7}`: 1,
 	})
 	// Every flag httpproxy names has its series, at 0 before it is seen.
-	for i := 0; i < 8; i++ {
+	for i := 0; i < 16; i++ {
 		if name := httpproxy.Flags(1 << i).String(); name != "" {
 			if _, ok := got[`detour_http_response_flags_total{flag=`+name+`}`]; !ok {
 				t.Errorf("no series for flag %s", name)
 			}
 		}
 	}
-	if s := m.Summary(); s.Requests != 7 {
-		t.Errorf("Summary.Requests = %d, want 7", s.Requests)
+	if s := m.Summary(); s.Requests != 8 {
+		t.Errorf("Summary.Requests = %d, want 8", s.Requests)
 	}
 }
 
