@@ -34,6 +34,9 @@ type diffCase struct {
 	// want, when set, is the start of the records each path must make
 	// (status, flags, details), beyond agreeing.
 	want []string
+	// wantClient, when set, is the first response the client must read
+	// on each path.
+	wantClient string
 }
 
 // pathView is what the client, the upstream and the access log saw of one
@@ -130,14 +133,6 @@ func describeRequest(r *http.Request, body []byte, err error) string {
 func describeResponse(res *http.Response, upstream string) string {
 	h := res.Header.Clone()
 	h.Del(hdrServiceTime)
-	if res.StatusCode == http.StatusNotModified {
-		// net/http's server drops a 304's Content-Type and
-		// Content-Length before they reach the wire; the fast path
-		// forwards them, as a proxy should (RFC 9110, 8.6 and 15.4.5:
-		// a 304 may carry them, and caches ignore its length).
-		h.Del("Content-Type")
-		h.Del("Content-Length")
-	}
 	lower := strings.ToLower(upstream)
 	if !strings.Contains(lower, "\r\ndate:") {
 		h.Del("Date")
@@ -252,6 +247,11 @@ func readOne(br *bufio.Reader, method, upstream string, out *[]string) bool {
 func diffCases() []diffCase {
 	const get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 	long := strings.Repeat("v", 10<<10)
+	// The fields a 304, a 204 or a response to HEAD carries about the
+	// representation (RFC 9110, 15.4.5 and 9.3.2).
+	const validators = "Date: Sat, 05 Dec 2026 10:00:00 GMT\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n" +
+		"Expires: Sat, 05 Dec 2026 10:01:00 GMT\r\nVary: Accept-Encoding\r\nContent-Location: /r.html\r\n" +
+		"Last-Modified: Fri, 04 Dec 2026 10:00:00 GMT\r\nContent-Type: text/html\r\nX-Custom: 1\r\n"
 	// Records of an upstream that broke HTTP (UPE: 502 before the head, a
 	// cut body after it) or closed (UC), as Envoy's.
 	var (
@@ -341,8 +341,27 @@ func diffCases() []diffCase {
 		{name: "chunk longer than its size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", want: upeBody},
 		{name: "malformed trailer", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nNo colon\r\n\r\n", want: upeBody},
 		{name: "chunked cut in a chunk size", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1", closeAfter: true, want: ucBody},
+		{name: "304 with the representation's fields", req: get, resp: "HTTP/1.1 304 Not Modified\r\n" + validators + "Content-Length: 1234\r\n\r\n",
+			wantClient: "304 len=0 te=[] close=false map[" + validatorsRead("Content-Length:[1234] ") + "] body=\"\""},
+		{name: "304 without Content-Length", req: get, resp: "HTTP/1.1 304 Not Modified\r\n" + validators + "\r\n",
+			wantClient: "304 len=0 te=[] close=false map[" + validatorsRead("") + "] body=\"\""},
+		{name: "204 with fields", req: get, resp: "HTTP/1.1 204 No Content\r\n" + validators + "\r\n",
+			wantClient: "204 len=0 te=[] close=false map[" + validatorsRead("") + "] body=\"\""},
+		{name: "HEAD with the representation's fields", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 200 OK\r\n" + validators + "Content-Length: 1234\r\n\r\n",
+			wantClient: "200 len=1234 te=[] close=false map[" + validatorsRead("Content-Length:[1234] ") + "] body=\"\""},
+		{name: "HEAD to a chunked representation", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 200 OK\r\n" + validators + "Transfer-Encoding: chunked\r\n\r\n"},
+		{name: "304 to HEAD", req: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", resp: "HTTP/1.1 304 Not Modified\r\n" + validators + "Content-Length: 1234\r\n\r\n",
+			wantClient: "304 len=1234 te=[] close=false map[" + validatorsRead("Content-Length:[1234] ") + "] body=\"\""},
 		{name: "upstream closes after its answer", req: get, resp: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", closeAfter: true},
 	}
+}
+
+// validatorsRead is the client's view (describeResponse) of the fields of
+// diffCases' validators, with cl (a Content-Length, or "") among them.
+func validatorsRead(cl string) string {
+	return "Cache-Control:[max-age=60] " + cl + "Content-Location:[/r.html] Content-Type:[text/html] " +
+		"Date:[Sat, 05 Dec 2026 10:00:00 GMT] Etag:[\"v1\"] Expires:[Sat, 05 Dec 2026 10:01:00 GMT] " +
+		"Last-Modified:[Fri, 04 Dec 2026 10:00:00 GMT] Server:[detour] Vary:[Accept-Encoding] X-Custom:[1]"
 }
 
 // TestPathsAgree sends each diffCase through the fast path and through
@@ -373,6 +392,9 @@ func TestPathsAgree(t *testing.T) {
 			}
 			if !slices.Equal(fast.log, slow.log) {
 				t.Errorf("records: fast %v, net/http %v", fast.log, slow.log)
+			}
+			if tc.wantClient != "" && (len(fast.client) == 0 || fast.client[0] != tc.wantClient) {
+				t.Errorf("client read %q, want %q first", fast.client, tc.wantClient)
 			}
 			if tc.want != nil && (len(fast.log) < len(tc.want) || !slices.Equal(fast.log[:len(tc.want)], tc.want)) {
 				t.Errorf("records %q, want %q first", fast.log, tc.want)

@@ -788,7 +788,26 @@ func (r *recorder) WriteHeader(code int) {
 	if code >= 200 {
 		r.noSniff()
 	}
+	if code == http.StatusNotModified {
+		keepNotModifiedFields(r.Header())
+	}
 	r.ResponseWriter.WriteHeader(code)
+}
+
+// keepNotModifiedFields keeps a 304's Content-Type and Content-Length,
+// which net/http's server deletes before the head goes out (RFC 7232's
+// "SHOULD NOT generate" for an origin), under a spelling it does not
+// look for: field names are case-insensitive (RFC 9110, 5.1). A proxy
+// relays them as the fast path and Envoy do: RFC 9110, 15.4.5 lets a
+// 304 carry them, and its Content-Length describes the representation,
+// never a body that follows (RFC 9112, 6.3).
+func keepNotModifiedFields(h http.Header) {
+	for _, k := range [...]string{"Content-Type", "Content-Length"} {
+		if v := h[k]; len(v) > 0 {
+			delete(h, k)
+			h[strings.ToLower(k)] = v
+		}
+	}
 }
 
 // noSniff stops net/http from adding a Content-Type of its own.
