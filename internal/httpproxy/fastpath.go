@@ -781,6 +781,11 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			}
 			return nil, nil, fc.bodyFailed(x, err)
 		}
+		if res.StatusCode < 100 {
+			fc.p.pools.readers.Put(br)
+			fc.endBody()
+			return nil, nil, errStatusBelow100
+		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			up.lim.n = 1<<63 - 1 // as above
 			if res.StatusCode == http.StatusSwitchingProtocols {

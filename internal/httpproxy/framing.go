@@ -14,6 +14,13 @@ import "errors"
 // would be reused.
 var errFramingConflict = errors.New("upstream response has both Content-Length and Transfer-Encoding")
 
+// errStatusBelow100 refuses a response whose status is under 100 ("HTTP/1.1
+// 099"), which http.ReadResponse takes: RFC 9110, 15 makes 100–599 the
+// valid range. Taken for a 1xx, the fast path relayed it as a status line
+// of two digits no client reads; the net/http server panics on it. Both
+// paths refuse it as a protocol error (502 UPE) and close the connection.
+var errStatusBelow100 = errors.New("upstream response status is below 100")
+
 // headScan follows the response heads an upstream sends for one request
 // (1xx ones, then the final one), a byte at a time and across reads, to
 // see what http.ReadResponse hides: a final head with both Content-Length

@@ -386,6 +386,10 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		// that closes the connection: it will not take the rest.
 		res.Header["Connection"] = []string{"close"}
 	}
+	if res.StatusCode < 100 {
+		x.status = 0
+		return errStatusBelow100 // the error closes the response's connection
+	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// ReverseProxy refuses a switch to another protocol than the one
 		// asked for only after this hook, without closing the upstream
