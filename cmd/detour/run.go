@@ -22,6 +22,7 @@ import (
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/nice"
 	"github.com/detour-proxy/detour/internal/proxy"
+	"github.com/detour-proxy/detour/internal/sdnotify"
 	"github.com/detour-proxy/detour/internal/tcpproxy"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
@@ -128,6 +129,10 @@ type daemon struct {
 	// when it was last logged: once a minute, not at every check.
 	rulesErr   string
 	rulesErrAt time.Time
+
+	sd        *sdnotify.Notifier // systemd's notify socket (notify.go)
+	sdFailed  bool               // a notification failed and was logged
+	reloadErr error              // the last reload's rejection, for STATUS=
 }
 
 // run is the daemon's whole life: listeners, rules, serve, reload on
@@ -146,6 +151,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
+	d.startNotify()
 	if cfg.Nice != 0 {
 		if err := nice.Set(cfg.Nice); err != nil {
 			return configError{err}
@@ -199,6 +205,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	served := make(chan struct{})
 	go func() { d.srv.Serve(); close(served) }()
 	d.obs.ready()
+	d.notifyReady()
 	// Logged whatever the level: scripts and the lab wait for this line.
 	ready := slog.NewRecord(time.Now(), slog.LevelInfo, "ready", 0)
 	ready.AddAttrs(slog.Int("listeners", len(lns)), slog.String("protocol", cfg.Protocol), slog.Int("l4_loops", tcpproxy.Loops()))
@@ -211,13 +218,15 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	// delaying the stop by a reload and installing rules it then drains.
 	check := time.NewTicker(time.Duration(d.cfg.Intercept.CheckInterval))
 	defer check.Stop()
+	watchdog, stopWatchdog := d.watchdog()
+	defer stopWatchdog()
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
 			if ctx.Err() != nil {
 				break
 			}
-			if err := d.reload(ctx, reread); errors.Is(err, errStopping) {
+			if err := d.reloadNotified(ctx, reread); errors.Is(err, errStopping) {
 				log.Info("SIGHUP: reload abandoned: detour is stopping")
 				break
 			} else if err != nil {
@@ -225,12 +234,16 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 			}
 			check.Reset(time.Duration(d.cfg.Intercept.CheckInterval))
 			d.ensureRules(ctx, "SIGHUP")
+			d.notifyReady()
 		case <-check.C:
 			d.ensureRules(ctx, "periodic check")
+		case <-watchdog:
+			d.notify(sdnotify.Watchdog)
 		case <-ctx.Done():
 		}
 	}
 
+	d.notifyStopping()
 	// No listener serves any more (detour_listeners, /status: Shutdown
 	// closes them first), told before /ready turns 503, so that an
 	// observer who sees the drain sees both.

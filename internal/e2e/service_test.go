@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-proxy/detour/internal/intercept"
+	"github.com/detour-proxy/detour/internal/ns"
+)
+
+// notification is one datagram detour sent to NOTIFY_SOCKET, and what the
+// namespace looked like the moment the test read it.
+type notification struct {
+	fields   map[string]string
+	raw      string
+	at       uint64 // CLOCK_MONOTONIC µs when it was read
+	ready200 bool   // GET /ready answered 200 then
+	table    bool   // detour's nft table was installed then
+}
+
+// TestSystemdNotify: under a service manager (NOTIFY_SOCKET set, as
+// systemd sets it for Type=notify-reload), detour says READY=1 once it
+// serves with its rules installed, RELOADING=1 with MONOTONIC_USEC and
+// then READY=1 around a SIGHUP reload, WATCHDOG=1 while WATCHDOG_USEC asks
+// for it, and STOPPING=1 when SIGTERM starts the drain, then exits 0 with
+// its rules gone. The test plays systemd's part: it listens on the socket
+// and looks at the namespace as each message arrives.
+func TestSystemdNotify(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "sdn")
+	startServers(t, n.Server)
+	before := snapshot(t, n.Router)
+
+	sock := filepath.Join(t.TempDir(), "notify")
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	msgs := make(chan notification, 64)
+	go receiveNotifications(srv, n.Router, msgs)
+
+	// The child inherits the environment (this test is not parallel, so
+	// no other test's detour sees it); the watchdog asks for a ping every
+	// 200ms.
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "400000")
+	file, write := configFile(t)
+	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]}\n")
+	d := startDetour(t, n.Router, "-c", file)
+
+	// next returns the next message that is not a watchdog ping, and
+	// counts the pings.
+	pings := 0
+	next := func(what string) notification {
+		t.Helper()
+		for {
+			select {
+			case m := <-msgs:
+				if m.fields["WATCHDOG"] == "1" && len(m.fields) == 1 {
+					pings++
+					continue
+				}
+				t.Logf("notification: %q", m.raw)
+				if m.fields["STATUS"] == "" {
+					t.Errorf("%s came without a STATUS= line: %q", what, m.raw)
+				}
+				return m
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no %s notification; detour's output:\n%s", what, d.Output())
+			}
+		}
+	}
+
+	m := next("READY=1 at start")
+	if m.fields["READY"] != "1" || !m.ready200 || !m.table {
+		t.Fatalf("first notification %q (/ready 200: %v, rules installed: %v); want READY=1 once both are so", m.raw, m.ready200, m.table)
+	}
+	if want := "serving: tproxy, 2 listeners, rules installed (ports 7002)"; m.fields["STATUS"] != want {
+		t.Errorf("STATUS=%q, want %q", m.fields["STATUS"], want)
+	}
+
+	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 7004]}\n")
+	hupAt := monotonicUsec()
+	if err := syscall.Kill(d.Pid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	m = next("RELOADING=1")
+	usec, err := strconv.ParseUint(m.fields["MONOTONIC_USEC"], 10, 64)
+	if m.fields["RELOADING"] != "1" || err != nil || usec < hupAt || usec > m.at {
+		t.Fatalf("after SIGHUP: %q; want RELOADING=1 with MONOTONIC_USEC between the SIGHUP (%d) and its arrival (%d)", m.raw, hupAt, m.at)
+	}
+	m = next("READY=1 after the reload")
+	if m.fields["READY"] != "1" || !m.ready200 {
+		t.Fatalf("after RELOADING=1: %q (/ready 200: %v), want READY=1", m.raw, m.ready200)
+	}
+	if want := "serving: tproxy, 2 listeners, rules installed (ports 7002,7004)"; m.fields["STATUS"] != want {
+		t.Errorf("STATUS=%q after the reload, want %q", m.fields["STATUS"], want)
+	}
+	if got, _ := intercept.Show(intercept.Options{Mode: intercept.ModeTProxy, NetNSFd: n.Router.Fd()}); !strings.Contains(got, "7004") {
+		t.Errorf("READY=1 came before the reload's rules were installed:\n%s", got)
+	}
+	// Pings come every 200ms while detour serves; one may not have come
+	// yet on a fast run.
+	for deadline := time.After(10 * time.Second); pings == 0; {
+		select {
+		case m := <-msgs:
+			if m.fields["WATCHDOG"] != "1" || len(m.fields) != 1 {
+				t.Fatalf("unexpected notification while serving: %q", m.raw)
+			}
+			pings++
+		case <-deadline:
+			t.Fatal("no WATCHDOG=1 within 10s with WATCHDOG_USEC=400000 set")
+		}
+	}
+
+	if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	m = next("STOPPING=1")
+	if m.fields["STOPPING"] != "1" {
+		t.Fatalf("after SIGTERM: %q, want STOPPING=1", m.raw)
+	}
+	select {
+	case <-d.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("detour did not exit after SIGTERM")
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatalf("exit status: %v", err)
+	}
+	if after := snapshot(t, n.Router); after != before {
+		t.Fatalf("rules left after exit:\n%s", after)
+	}
+	select {
+	case m := <-msgs:
+		if m.fields["WATCHDOG"] != "1" {
+			t.Errorf("notification after STOPPING=1: %q", m.raw)
+		}
+	default:
+	}
+}
+
+// receiveNotifications reads datagrams until c is closed, and looks at
+// the namespace the moment each arrives.
+func receiveNotifications(c *net.UnixConn, n *ns.NS, out chan<- notification) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: n.Dialer(nil), DisableKeepAlives: true}}
+	buf := make([]byte, 4096)
+	for {
+		k, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		m := notification{raw: string(buf[:k]), at: monotonicUsec(), fields: map[string]string{}}
+		for _, line := range strings.Split(strings.TrimSuffix(m.raw, "\n"), "\n") {
+			name, value, _ := strings.Cut(line, "=")
+			m.fields[name] = value
+		}
+		if m.fields["WATCHDOG"] != "1" {
+			m.table, _ = intercept.Installed(intercept.Options{Mode: intercept.ModeTProxy, NetNSFd: n.Fd()})
+			if resp, err := client.Get("http://127.0.0.1:9901/ready"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				m.ready200 = resp.StatusCode == 200
+			}
+		}
+		out <- m
+	}
+}
+
+func monotonicUsec() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Sec)*1e6 + uint64(ts.Nsec)/1e3
+}
