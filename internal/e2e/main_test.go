@@ -78,7 +78,14 @@ func redirectNet(t *testing.T, tag string) *lab.RedirectNet {
 // is logged when the test fails.
 func startDetour(t *testing.T, n *ns.NS, args ...string) *lab.Detour {
 	t.Helper()
-	d, err := lab.StartDetour(context.Background(), n, detourBin, args, nil)
+	return startDetourBin(t, n, detourBin, args...)
+}
+
+// startDetourBin is startDetour with another binary: one that runs detour
+// the way a test needs it run.
+func startDetourBin(t *testing.T, n *ns.NS, bin string, args ...string) *lab.Detour {
+	t.Helper()
+	d, err := lab.StartDetour(context.Background(), n, bin, args, nil)
 	if err != nil {
 		t.Fatalf("start detour %v: %v", args, err)
 	}
