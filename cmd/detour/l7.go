@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
@@ -39,6 +40,56 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		OnRequest:             obs.onRequest,
 		OnConnect:             obs.metrics.L7Connect,
 	})
+}
+
+// l7Side is the HTTP side the proxy hands connections to: whichever
+// httpproxy.Proxy is current. A reload makes a new one current, then
+// shuts the old one down; a connection that loaded the old one just
+// before and reached it once its shutdown began is not taken there
+// (ServeConn's false) and goes to the current one instead, so that no
+// connection accepted is lost to a reload.
+type l7Side struct {
+	cur atomic.Pointer[httpproxy.Proxy]
+	// loaded, nil in production, is called between a connection's load
+	// of the current side and its hand-over: a test's way into that gap.
+	loaded func()
+}
+
+func newL7Side(p *httpproxy.Proxy, loaded func()) *l7Side {
+	s := &l7Side{loaded: loaded}
+	s.cur.Store(p)
+	return s
+}
+
+// ServeConn serves c on the current side. A side shut down that nothing
+// replaced (detour is stopping) takes no new connection: c, and the
+// connect made for it, are closed then.
+func (s *l7Side) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
+	for p := s.cur.Load(); ; {
+		if s.loaded != nil {
+			s.loaded()
+		}
+		if p.ServeConn(c, client, origDst, pre) {
+			return
+		}
+		next := s.cur.Load()
+		if next == p {
+			c.Close()
+			if pre.Conn != nil {
+				pre.Conn.Close()
+			}
+			return
+		}
+		p = next
+	}
+}
+
+// current is the side new connections go to.
+func (s *l7Side) current() *httpproxy.Proxy { return s.cur.Load() }
+
+// Pooled asks the current side (proxy.L7).
+func (s *l7Side) Pooled(client, origDst netip.AddrPort) bool {
+	return s.cur.Load().Pooled(client, origDst)
 }
 
 // reachesAdmin reports whether a request to dst would reach the admin

@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/httpproxy"
+	"github.com/detour-proxy/detour/internal/upstream"
 )
 
 func TestIsSelfCoversAdmin(t *testing.T) {
@@ -57,5 +64,93 @@ func TestHTTPTimeoutFlags(t *testing.T) {
 	}
 	if _, err := f.load(); err == nil {
 		t.Error("negative --header-timeout accepted")
+	}
+}
+
+// TestL7SideAfterShutdown: a connection handed to an HTTP side whose
+// shutdown began (it loaded the side just before a reload replaced it)
+// goes to the side that replaced it, with the connect made for it while
+// sniffing; when none did (detour is stopping), both are closed, not
+// left open. The retired side used to close the client without a
+// response even when a new side was there to serve it.
+func TestL7SideAfterShutdown(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
+	newSide := func(server string) *httpproxy.Proxy {
+		p, err := httpproxy.New(httpproxy.Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 5 * time.Second}), AllowLoopback: true, ServerHeader: server})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, tc := range []struct {
+		name     string
+		replaced bool
+	}{
+		{"replaced", true},
+		{"stopping", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := newSide("old")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := old.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			side := newL7Side(old, nil)
+			if tc.replaced {
+				side.cur.Store(newSide("new"))
+			}
+			client, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			client.SetDeadline(time.Now().Add(20 * time.Second))
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pre, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pre.Close()
+			io.WriteString(client, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				side.ServeConn(c, netip.MustParseAddrPort(client.LocalAddr().String()), dst, upstream.PreDial{Conn: pre})
+			}()
+			resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+			if tc.replaced {
+				if err != nil {
+					t.Fatalf("no response from the side that replaced the one shut down: %v", err)
+				}
+				resp.Body.Close()
+				if got := resp.Header.Get("Server"); got != "new" {
+					t.Errorf("answered with Server %q, want the new side's", got)
+				}
+			} else if err == nil {
+				t.Errorf("a side shut down answered %s", resp.Status)
+			}
+			select {
+			case <-served:
+			case <-time.After(20 * time.Second):
+				t.Fatal("ServeConn did not return")
+			}
+			if !tc.replaced {
+				if _, err := pre.Write([]byte("x")); err == nil {
+					t.Error("the connect made for the connection is still open")
+				}
+			}
+		})
 	}
 }

@@ -56,7 +56,7 @@ func TestReloadKeepsCountsOfRequestsInFlight(t *testing.T) {
 			t.Fatal("the request never reached the old HTTP side")
 		}
 	}
-	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: context.Background()}
+	d := &daemon{cfg: cfg, log: log, obs: o, http: newL7Side(p1, nil), drainEnd: context.Background()}
 	d.retireL7(d.replaceL7(p2))
 	<-got
 	d.drains.Wait()             // the old side drained and closed

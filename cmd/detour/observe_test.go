@@ -153,7 +153,7 @@ func TestReloadKeepsHostCounters(t *testing.T) {
 		t.Fatalf("requests before the reload: %d, want 3", n)
 	}
 	p2, addr2 := newProxy()
-	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: context.Background()}
+	d := &daemon{cfg: cfg, log: log, obs: o, http: newL7Side(p1, nil), drainEnd: context.Background()}
 	d.retireL7(d.replaceL7(p2))
 	if n := requests(); n != 3 {
 		t.Errorf("requests right after the reload: %d, want 3", n)
@@ -202,7 +202,7 @@ func TestReloadLetsRequestsInFlightFinish(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	end, cutEnd := context.WithCancel(context.Background())
-	d := &daemon{cfg: cfg, log: log, obs: o, l7: p1, drainEnd: end}
+	d := &daemon{cfg: cfg, log: log, obs: o, http: newL7Side(p1, nil), drainEnd: end}
 	d.retireL7(d.replaceL7(p2))
 	time.Sleep(300 * time.Millisecond) // six times drain_timeout
 	close(release)
@@ -246,16 +246,18 @@ func TestReloadFollowsCleanupInterval(t *testing.T) {
 	}
 	dialer := newDialer(cfg)
 	d := &daemon{cfg: cfg, log: log, level: new(slog.LevelVar), obs: o, drainEnd: context.Background()}
-	if d.l7, err = newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o); err != nil {
+	l7, err := newL7(cfg, dialer, log, func(netip.AddrPort) bool { return false }, o)
+	if err != nil {
 		t.Fatal(err)
 	}
+	d.http = newL7Side(l7, nil)
 	d.srv = proxy.New(proxy.Options{Listeners: lns, Logger: log})
 	d.srv.Update(d.proxyOptions(cfg, dialer))
 	t.Cleanup(func() {
 		for _, l := range d.srv.Listeners() {
 			l.Close()
 		}
-		d.l7.Close()
+		d.http.current().Close()
 		d.drains.Wait()
 	})
 	for _, c := range []struct {

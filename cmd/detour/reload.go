@@ -97,13 +97,13 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 	}
 	d.srv.Update(d.proxyOptions(next, dialer))
 	if old != nil {
-		if reloadPointed != nil {
-			reloadPointed()
+		if d.hooks.pointed != nil {
+			d.hooks.pointed()
 		}
 		d.retireL7(old)
 	}
 	d.srv.SetListeners(lns)
-	d.obs.serving(d.srv, d.l7)
+	d.obs.serving(d.srv, d.http.current())
 	d.obs.listening(lns)
 	d.obs.setConfig(next)
 	d.obs.setExpire(next)
@@ -119,18 +119,12 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 // rules it installed after the stop.
 var errStopping = errors.New("detour is stopping")
 
-// reloadPointed, nil in production, is called by a reload that replaces
-// the HTTP side once new connections are pointed at the new one and
-// before the old one begins to shut down: a test's way into that moment.
-var reloadPointed func()
-
-// replaceL7 makes l7 the HTTP side that proxyOptions hands to the proxy
-// and returns the old one, which goes on serving until retireL7: a
-// connection routed to it before the proxy's Update would be turned away
-// by a shut-down side, so the old one must outlive that switch.
+// replaceL7 makes l7 the HTTP side new connections go to and returns the
+// old one, which goes on serving until retireL7. A connection that loaded
+// the old one before this switch and reaches it after its shutdown began
+// is not taken there and goes to l7 (l7Side).
 func (d *daemon) replaceL7(l7 *httpproxy.Proxy) (old *httpproxy.Proxy) {
-	old = d.l7
-	d.l7 = l7
+	old = d.http.cur.Swap(l7)
 	d.obs.replaceL7(old, l7) // its hosts' counters go on in the new cluster's
 	return old
 }
@@ -148,6 +142,9 @@ func (d *daemon) retireL7(old *httpproxy.Proxy) {
 		old.Shutdown(d.drainEnd)
 		old.Close()
 		d.obs.retired(old)
+		if d.hooks.retired != nil {
+			d.hooks.retired()
+		}
 	}()
 }
 

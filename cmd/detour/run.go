@@ -17,7 +17,6 @@ import (
 
 	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
-	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/nice"
@@ -90,7 +89,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := run(ctx, hard, cfg, f.load, hup, stderr); err != nil {
+	if err := run(ctx, hard, cfg, f.load, hup, stderr, hooks{}); err != nil {
 		fmt.Fprintf(stderr, "detour run: %v\n", err)
 		if errors.As(err, new(configError)) {
 			return exitUsage
@@ -115,7 +114,8 @@ type daemon struct {
 	level  *slog.LevelVar
 	obs    *observability
 	srv    *proxy.Server
-	l7     *httpproxy.Proxy
+	http   *l7Side // the HTTP side; a reload replaces what it serves with
+	hooks  hooks
 	rules  *intercept.Options // installed rules, nil when none
 	owner  *intercept.Owner   // holds what the rules use (table; route table and mark), from the first install to exit
 	admin  netip.AddrPort     // the admin endpoint (invalid: off); a restart changes it
@@ -135,10 +135,23 @@ type daemon struct {
 	reloadErr error              // the last reload's rejection, for STATUS=
 }
 
+// hooks let tests act at moments of a run that no signal or log line
+// marks; every one is nil in production.
+type hooks struct {
+	// pointed: a reload that replaces the HTTP side pointed new
+	// connections at the new one; the old one is not yet retired.
+	pointed func()
+	// retired: an HTTP side a reload replaced is closed.
+	retired func()
+	// loaded: a connection's goroutine loaded the current HTTP side and
+	// has not yet handed the connection to it (l7Side.loaded).
+	loaded func()
+}
+
 // run is the daemon's whole life: listeners, rules, serve, reload on
 // SIGHUP, drain, clean. ctx ends serving and starts the drain; hard, done
 // too, ends the drain at once.
-func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer) (err error) {
+func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.Config, error), hup <-chan os.Signal, logw io.Writer, h hooks) (err error) {
 	// POST /quitquitquit stops as the first SIGINT or SIGTERM does, but is
 	// no signal: the SIGTERM that Kubernetes sends after a preStop hook
 	// that posted it does not cut the drain short; a second one does.
@@ -147,7 +160,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	quit := func() { stop(errQuit) }
 	drainEnd, endDrain := context.WithCancel(hard)
 	defer endDrain()
-	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), drainEnd: drainEnd}
+	d := &daemon{cfg: cfg, admin: cfg.AdminAddr, level: new(slog.LevelVar), drainEnd: drainEnd, hooks: h}
 	d.level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
@@ -196,12 +209,14 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	}()
 
 	dialer := newDialer(cfg)
-	if d.l7, err = newL7(cfg, dialer, log, d.isSelf, d.obs); err != nil {
+	l7, err := newL7(cfg, dialer, log, d.isSelf, d.obs)
+	if err != nil {
 		return err
 	}
+	d.http = newL7Side(l7, d.hooks.loaded)
 	d.srv = proxy.New(proxy.Options{Listeners: lns, Observer: observer{d.obs}, Logger: log})
 	d.srv.Update(d.proxyOptions(cfg, dialer))
-	d.obs.serving(d.srv, d.l7)
+	d.obs.serving(d.srv, d.http.current())
 	served := make(chan struct{})
 	go func() { d.srv.Serve(); close(served) }()
 	d.obs.ready()
@@ -269,14 +284,15 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	// The HTTP side closes idle keep-alive connections and waits for
 	// requests in flight while the accept loops stop and L4 streams finish.
 	httpDrained := make(chan error, 1)
-	go func() { httpDrained <- d.l7.Shutdown(drainCtx) }()
+	l7 = d.http.current()
+	go func() { httpDrained <- l7.Shutdown(drainCtx) }()
 	if derr := d.srv.Shutdown(drainCtx); derr != nil {
 		log.Warn(derr.Error())
 	}
 	if herr := <-httpDrained; herr != nil {
 		log.Warn("HTTP drain ended with requests in flight", "err", herr)
 	}
-	d.l7.Close()
+	l7.Close()
 	d.drains.Wait()
 	<-served
 	return nil
@@ -436,6 +452,6 @@ func (d *daemon) proxyOptions(cfg *config.Config, dialer *upstream.Dialer) proxy
 		MaxConns:     cfg.MaxConnections,
 		SniffTimeout: time.Duration(cfg.SniffTimeout),
 		TCP:          tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
-		HTTP:         d.obs.metrics.L7(d.l7),
+		HTTP:         d.obs.metrics.L7(d.http),
 	}
 }

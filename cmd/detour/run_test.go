@@ -62,7 +62,7 @@ func TestStopGoesBeforeReload(t *testing.T) {
 		hup := make(chan os.Signal, 1)
 		hup <- syscall.SIGHUP
 		var log bytes.Buffer
-		if err := run(ctx, ctx, cfg, reread, hup, &log); err != nil {
+		if err := run(ctx, ctx, cfg, reread, hup, &log, hooks{}); err != nil {
 			t.Fatalf("run: %v\n%s", err, log.String())
 		}
 		return log.String()

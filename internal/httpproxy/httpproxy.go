@@ -294,7 +294,14 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // reason (flag UF) without dialing again; later requests dial as usual.
 // Its Sniffed time is the first request's start; its Took goes to
 // OnConnect.
-func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) {
+//
+// It returns false at once, having done nothing with c or pre, when
+// Shutdown or Close began before the call: the caller still owns both,
+// and gives them to the Proxy that replaced p (a reload), or closes them.
+func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstream.PreDial) (taken bool) {
+	if p.isClosed() {
+		return false
+	}
 	client, origDst = unmap(client), unmap(origDst)
 	preDialed, dialErr := pre.Conn, pre.Err
 	var first *firstStart // nil: every request starts when its head is read
@@ -312,15 +319,23 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
 		rest, handOver, served, headBy := p.serveConnFast(tc, client, origDst, first)
 		if !handOver {
-			return
+			return true
 		}
 		if len(rest) > 0 {
 			c = &replayConn{TCPConn: tc, pending: rest}
 		}
 		p.serveConnNetHTTP(c, client, origDst, first, dialErr, served, headBy)
-		return
+		return true
 	}
 	p.serveConnNetHTTP(c, client, origDst, first, dialErr, false, time.Time{})
+	return true
+}
+
+// isClosed reports whether Shutdown or Close began.
+func (p *Proxy) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 // serveConnNetHTTP serves c on the net/http path until it is done. A

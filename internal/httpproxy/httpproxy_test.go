@@ -673,8 +673,9 @@ func TestStreamingResponseIsNotBuffered(t *testing.T) {
 
 // TestPreDialedAfterClose: a connection handed over with a pre-dialed
 // upstream after the proxy closed (a reload replaced it while the client
-// was being sniffed) is turned away, and so is its upstream connection,
-// which would otherwise join a cluster nobody empties.
+// was being sniffed) is not taken: ServeConn leaves both connections to
+// the caller, who gives them to the new side, and its upstream
+// connection does not join a cluster nobody empties.
 func TestPreDialedAfterClose(t *testing.T) {
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	f := newFront(t, Options{}, up.addrPort())
@@ -686,14 +687,19 @@ func TestPreDialedAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer pre.Close()
 	a, b := net.Pipe()
+	defer a.Close()
 	defer b.Close()
-	f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), upstream.PreDial{Conn: pre})
-	if _, err := b.Read(make([]byte, 1)); err == nil {
-		t.Error("the client's connection is still open")
+	if f.p.ServeConn(a, netip.MustParseAddrPort("127.0.0.1:40000"), up.addrPort(), upstream.PreDial{Conn: pre}) {
+		t.Fatal("a closed proxy took a connection")
 	}
-	if _, err := pre.Write([]byte("x")); err == nil {
-		t.Error("the pre-dialed upstream connection is still open")
+	go a.Write([]byte("x"))
+	if _, err := b.Read(make([]byte, 1)); err != nil {
+		t.Errorf("the client's connection was closed: %v", err)
+	}
+	if _, err := pre.Write([]byte("x")); err != nil {
+		t.Errorf("the pre-dialed upstream connection was closed: %v", err)
 	}
 	if h := f.p.Hosts(); len(h) != 0 {
 		t.Errorf("hosts after close: %+v", h)

@@ -32,11 +32,10 @@ func (s *Server) forward(o *Options, log *connLog, c *listen.Conn) routed {
 	return s.forwardL4(o, log, c, nil, rec)
 }
 
-// l7 is the HTTP side a connection goes to: the current one. A reload
-// that replaces it shuts the old one down at once, and a connection that
-// was accepted or sniffed under the old settings (its first bytes may take
-// up to sniff_timeout) would find it closed. The old one serves only when
-// the current settings have none (protocol tcp since).
+// l7 is the HTTP side a connection goes to: the current one. A
+// connection accepted or sniffed under older settings (its first bytes
+// may take up to sniff_timeout) goes to the HTTP side of now. The old one
+// serves only when the current settings have none (protocol tcp since).
 func (s *Server) l7(o *Options) L7 {
 	if cur := s.cur.Load(); cur.HTTP != nil {
 		return cur.HTTP
