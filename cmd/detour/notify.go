@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -77,11 +76,7 @@ func (d *daemon) serviceStatus() string {
 	rules := "no rules (no intercept ports)"
 	switch {
 	case d.rules != nil && len(d.cfg.Intercept.Ports) > 0:
-		ports := make([]string, len(d.cfg.Intercept.Ports))
-		for i, p := range d.cfg.Intercept.Ports {
-			ports[i] = strconv.Itoa(int(p))
-		}
-		rules = "rules installed (ports " + strings.Join(ports, ",") + ")"
+		rules = "rules installed (ports " + strings.Join(portStrings(d.cfg.Intercept.Ports), ",") + ")"
 	case d.rules != nil:
 		rules = "rules drained (no intercept ports)"
 	}
