@@ -74,7 +74,11 @@ func newHookedFront(t testing.TB, o Options, dst netip.AddrPort, hooks testHooks
 			if err != nil {
 				return
 			}
-			go p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{})
+			go func() {
+				if !p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst, upstream.PreDial{}) {
+					c.Close() // closed: not taken, still ours
+				}
+			}()
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); p.Close() })

@@ -18,7 +18,13 @@
 //
 //	p, err := httpproxy.New(httpproxy.Options{Dialer: upstream.New(upstream.Options{Mark: 0x2})})
 //	...
-//	go p.ServeConn(conn, client, origDst, upstream.PreDial{}) // returns when the connection is done
+//	// ServeConn returns when the connection is done, or false at once
+//	// after Shutdown/Close, leaving conn to the caller.
+//	go func() {
+//		if !p.ServeConn(conn, client, origDst, upstream.PreDial{}) {
+//			conn.Close()
+//		}
+//	}()
 package httpproxy
 
 import (

@@ -311,7 +311,9 @@ func stress(t *testing.T, d time.Duration, clients int) {
 				return
 			}
 			serving.Go(func() {
-				p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dsts[i%2], upstream.PreDial{})
+				if !p.ServeConn(c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), dsts[i%2], upstream.PreDial{}) {
+					c.Close() // shut down: not taken, still ours
+				}
 			})
 		}
 	})
