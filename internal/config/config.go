@@ -543,6 +543,25 @@ func positive(key string, d *Duration, def time.Duration) error {
 
 // checkListenFamilies checks what the rules need of the listeners: one per
 // family the destinations name, and, for a NAT gateway, not on loopback.
+// redirects reports whether redirect mode's rules would take a local
+// connection to a: its port is intercepted, its family is (a listener of
+// that family, and intercept.destinations, if any, naming one of its
+// family), a destination contains it, when destinations are given, and
+// no exclusion does. v4 and v6 are the families' first listeners.
+func (c *Config) redirects(a, v4, v6 netip.AddrPort) bool {
+	ip := a.Addr().Unmap()
+	contains := func(p netip.Prefix) bool { return p.Contains(ip) }
+	switch {
+	case !c.Intercept.Intercepts(a.Port()):
+		return false
+	case ip.Is4() && !v4.IsValid(), ip.Is6() && !v6.IsValid():
+		return false // the family has no rules
+	case len(c.Intercept.DestinationPrefixes) > 0 && !slices.ContainsFunc(c.Intercept.DestinationPrefixes, contains):
+		return false
+	}
+	return !slices.ContainsFunc(c.Intercept.ExcludePrefixes, contains)
+}
+
 func (c *Config) checkListenFamilies() error {
 	var v4, v6 netip.AddrPort
 	for _, a := range c.ListenAddrs {
@@ -567,11 +586,10 @@ func (c *Config) checkListenFamilies() error {
 			return fmt.Errorf("intercept.destinations: %s is IPv6, but no listen address is: add one like [::]:PORT", p)
 		}
 	}
-	// REDIRECT takes connections to the admin endpoint too when its port
-	// is intercepted (tproxy leaves the router's own addresses alone), and
+	// REDIRECT takes connections to the admin endpoint too when the rules
+	// match it (tproxy leaves the router's own addresses alone), and
 	// detour refuses them as a loop: detour status would fail.
-	if a := c.AdminAddr; c.Mode == "redirect" && a.IsValid() && c.Intercept.Intercepts(a.Port()) &&
-		!slices.ContainsFunc(c.Intercept.ExcludePrefixes, func(p netip.Prefix) bool { return p.Contains(a.Addr()) }) {
+	if a := c.AdminAddr; c.Mode == "redirect" && a.IsValid() && c.redirects(a, v4, v6) {
 		return fmt.Errorf("admin: %s: its port is in intercept.ports, so redirect sends connections to it (detour status, a scrape) to detour's listener, which refuses them; give the admin endpoint a port outside intercept.ports, or add its address to intercept.exclude_destinations", a)
 	}
 	if c.Mode == "redirect" && len(c.Intercept.Interfaces) > 0 {

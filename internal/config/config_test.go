@@ -82,6 +82,12 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "redirect admin address excluded", yaml: "mode: redirect\nintercept: {ports: [9000-9999], exclude_destinations: [127.0.0.0/8]}"},
 		{name: "redirect admin off", yaml: "mode: redirect\nadmin: 'off'\nintercept: {ports: [9000-9999]}"},
 		{name: "tproxy admin port in a range", yaml: "intercept: {ports: [9000-9999]}"},
+		// The rules take only the destinations named, and the families
+		// listened on: an admin address outside them is not redirected.
+		{name: "redirect admin outside destinations", yaml: "mode: redirect\nintercept: {ports: [9000-9999], destinations: [10.0.0.0/8]}"},
+		{name: "redirect admin inside destinations", yaml: "mode: redirect\nintercept: {ports: [9000-9999], destinations: [127.0.0.0/8]}", wantErr: "admin: 127.0.0.1:9901: its port"},
+		{name: "redirect admin family not listened on", yaml: "mode: redirect\nlisten: ['127.0.0.1:4999']\nadmin: '[::1]:9901'\nintercept: {ports: [9000-9999]}"},
+		{name: "redirect admin family not intercepted", yaml: "mode: redirect\nlisten: ['127.0.0.1:4999', '[::1]:4999']\nadmin: '[::1]:9901'\nintercept: {ports: [9000-9999], destinations: [10.0.0.0/8]}"},
 		{name: "same range twice", yaml: "intercept: {ports: [8000-8100, 8000-8100]}", wantErr: "8000-8100 and 8000-8100 overlap"},
 		// yaml.v3 cuts values over 10 bytes to 7 and "...": the message
 		// still names the key, with the whole value.
