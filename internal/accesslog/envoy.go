@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/detour-proxy/detour/internal/accesslog/envoyfmt"
 	"github.com/detour-proxy/detour/internal/httpproxy"
@@ -236,7 +237,7 @@ func appendValue(b []byte, s string, max int) []byte {
 		return append(b, '-')
 	}
 	if max > 0 && len(s) > max {
-		s = s[:max]
+		s = s[:cutPoint(s, max)]
 	}
 	const hex = "0123456789abcdef"
 	for i := 0; i < len(s); i++ {
@@ -247,6 +248,21 @@ func appendValue(b []byte, s string, max int) []byte {
 		}
 	}
 	return b
+}
+
+// cutPoint is where to cut s, longer than max bytes: at max, as Envoy's
+// :MAX_LEN cuts, or before the character that straddles max, so that a
+// UTF-8 value stays valid UTF-8 (half a character is a byte that log
+// pipelines replace with U+FFFD, or refuse the line for).
+func cutPoint(s string, max int) int {
+	i := max
+	for i > 0 && i > max-utf8.UTFMax && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	if r, n := utf8.DecodeRuneInString(s[i:]); r != utf8.RuneError && i+n > max {
+		return i
+	}
+	return max
 }
 
 func appendInt(b []byte, n int64, ok bool) []byte {

@@ -1,6 +1,7 @@
 package accesslog
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -79,6 +80,39 @@ func TestEnvoyDefault(t *testing.T) {
 `
 	if got := out.String(); got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestEnvoyMaxLen: %REQ(H):N% keeps at most N bytes, as Envoy's, and
+// never half a UTF-8 character: a character the cut would split goes
+// whole. Bytes that are not UTF-8 are cut where N says.
+func TestEnvoyMaxLen(t *testing.T) {
+	for _, c := range []struct {
+		path string
+		n    int
+		want string
+	}{
+		{"/get", 2, "/g"},
+		{"/get", 4, "/get"},
+		{"/get", 9, "/get"},
+		{"/h\u00e9llo", 3, "/h"},            // é is bytes 2-3
+		{"/h\u00e9llo", 4, "/h\u00e9"},      // whole
+		{"\u65e5\u672c\u8a9e", 5, "\u65e5"}, // 3 bytes each
+		{"\u65e5\u672c\u8a9e", 6, "\u65e5\u672c"},
+		{"\u65e5\u672c\u8a9e", 2, ""},
+		{"/\U0001F600x", 4, "/"}, // a 4-byte character
+		{"/\U0001F600x", 5, "/\U0001F600"},
+		{"a\xff\xfeb", 2, "a\xff"}, // not UTF-8: cut at N
+		{"a\xe6\x97b", 2, "a\xe6"}, // a truncated sequence is no character
+		{"a\n\u00e9", 3, "a\\x0a"}, // the cut comes before the escape
+	} {
+		l, out := open(t, Format(fmt.Sprintf("%%REQ(:PATH):%d%%", c.n)))
+		i := httpInfo
+		i.Path = c.path
+		l.HTTP(&i)
+		if got := out.String(); got != c.want+"\n" {
+			t.Errorf("%q cut to %d: got %q, want %q", c.path, c.n, got, c.want+"\n")
+		}
 	}
 }
 
