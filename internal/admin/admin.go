@@ -12,8 +12,8 @@
 //
 //	GET  /                 HTML index: the endpoints and the current hosts
 //	GET  /ready            200 "ready", or 503 "starting" / "draining"
-//	GET  /metrics          Prometheus text format (also /stats/prometheus, Envoy's path)
-//	GET  /stats            Envoy's plain-text stats: "name: value" lines; ?filter=RE, ?usedonly, ?format=json
+//	GET  /metrics          Prometheus text format (also /stats/prometheus, Envoy's path, with ?filter=RE, ?usedonly)
+//	GET  /stats            Envoy's plain-text stats: "name: value" lines; ?filter=RE, ?usedonly, ?format=json|prometheus
 //	GET  /clusters         hosts and L4 destinations as a text table; ?format=json
 //	GET  /status           JSON for `detour status`: phase, listeners, rules, totals, hosts
 //	GET  /server_info      Envoy's: version, state (LIVE...), uptime, command_line_options
@@ -141,7 +141,7 @@ func New(o Options) (*Server, error) {
 			ErrorLog: slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 		}).ServeHTTP)
 		m.HandleFunc("GET /metrics", prom)
-		m.HandleFunc("GET /stats/prometheus", prom) // Envoy's path: scrape configs written for Envoy work
+		m.HandleFunc("GET /stats/prometheus", takes(s.prometheus, "filter", "usedonly")) // Envoy's path: scrape configs written for Envoy work
 		m.HandleFunc("GET /stats", takes(s.stats, "filter", "format", "usedonly"))
 	}
 	m.HandleFunc("GET /clusters", takes(s.clusters, "format"))

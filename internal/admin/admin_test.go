@@ -663,6 +663,69 @@ func TestPrometheusExposition(t *testing.T) {
 // "name: value" line per series with the labels folded into the name,
 // and takes Envoy's filter, usedonly and format=json; it used to be 404,
 // so scripts written for Envoy's admin found nothing there.
+// TestStatsPrometheus: Envoy's two ways to the Prometheus text, /stats/prometheus
+// and /stats?format=prometheus (a scrape config's metrics_path /stats
+// with params format=prometheus), both with Envoy's filter and usedonly,
+// which keep a series when /stats would list one of its lines.
+func TestStatsPrometheus(t *testing.T) {
+	f := newFixture(t)
+	f.m.Request(&httpproxy.RequestInfo{Dst: netip.MustParseAddrPort("198.18.2.2:80"), Status: 200, Duration: 250 * time.Millisecond})
+	_, all, _ := f.do(t, "GET", "/metrics")
+	for _, c := range []struct {
+		target      string
+		code        int
+		has, hasNot []string
+	}{
+		{"/stats?format=prometheus", 200, []string{"# TYPE detour_downstream_connections_total counter", `detour_downstream_connections_total{mode="tproxy"} 2`,
+			`detour_downstream_connections_total{mode="redirect"} 0`, "detour_http_request_duration_seconds_bucket{le="}, nil},
+		{"/stats/prometheus?usedonly", 200, []string{`detour_downstream_connections_total{mode="tproxy"} 2`, "detour_http_request_duration_seconds_bucket{le=", "detour_http_request_duration_seconds_count 1"},
+			[]string{`{mode="redirect"} 0`, "detour_http_requests_total{code_class=\"5xx\"}"}},
+		{"/stats?format=prometheus&usedonly", 200, []string{`detour_downstream_connections_total{mode="tproxy"} 2`}, []string{`{mode="redirect"} 0`}},
+		{"/stats/prometheus?filter=downstream_connections_total%5C.mode%5C.redirect", 200, []string{`detour_downstream_connections_total{mode="redirect"} 0`},
+			[]string{`{mode="tproxy"}`, "detour_cluster_hosts", "# TYPE detour_http"}},
+		{"/stats?format=prometheus&filter=duration_seconds_count", 200, []string{"detour_http_request_duration_seconds_count 1", "detour_http_request_duration_seconds_bucket{le="},
+			[]string{"detour_downstream"}},
+		{"/stats/prometheus?filter=(", 400, []string{`filter "(": not a regular expression`}, nil},
+		{"/stats/prometheus?usedonly=no", 400, []string{`usedonly="no"`}, nil},
+		{"/stats/prometheus?format=json", 400, []string{`unknown query parameter "format"`}, nil},
+	} {
+		code, body, h := f.do(t, "GET", c.target)
+		if code != c.code {
+			t.Errorf("%s: %d %q, want %d", c.target, code, body, c.code)
+			continue
+		}
+		for _, want := range c.has {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s lacks %q:\n%s", c.target, want, body)
+			}
+		}
+		for _, not := range c.hasNot {
+			if strings.Contains(body, not) {
+				t.Errorf("%s has %q:\n%s", c.target, not, body)
+			}
+		}
+		if code == 200 && !strings.HasPrefix(h.Get("Content-Type"), "text/plain; version=0.0.4") {
+			t.Errorf("%s: Content-Type %q, want the Prometheus text format's", c.target, h.Get("Content-Type"))
+		}
+	}
+	// Unfiltered, it is /metrics.
+	if _, body, _ := f.do(t, "GET", "/stats?format=prometheus"); squashSamples(body) != squashSamples(all) {
+		t.Errorf("/stats?format=prometheus differs from /metrics:\n%s\n---\n%s", body, all)
+	}
+}
+
+// squashSamples drops the lines that change between two scrapes (the
+// process and Go runtime collectors').
+func squashSamples(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "detour_") && !strings.Contains(l, "uptime") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
 func TestStats(t *testing.T) {
 	f := newFixture(t)
 	f.m.Request(&httpproxy.RequestInfo{Dst: netip.MustParseAddrPort("198.18.2.2:80"), Status: 200, Duration: 250 * time.Millisecond})
@@ -694,7 +757,7 @@ func TestStats(t *testing.T) {
 		{"/stats?filter=nothing-matches", 200, nil, []string{"detour"}, 0},
 		{"/stats?filter=(", 400, []string{`filter "(": not a regular expression`, "missing closing )"}, nil, 0},
 		{"/stats?usedonly=no", 400, []string{`usedonly="no": usedonly takes no value`}, nil, 0},
-		{"/stats?format=prometheus", 400, []string{`format "prometheus": use text or json`, "/stats/prometheus"}, nil, 0},
+		{"/stats?format=xml", 400, []string{`format "xml": use text, json or prometheus`}, nil, 0},
 		{"/stats?type=Counters", 400, []string{`unknown query parameter "type": this endpoint takes filter, format, usedonly`}, nil, 0},
 		{"/stats?format=text&usedonly", 200, []string{"detour_cluster_hosts: 2\n"}, nil, 10},
 	} {
