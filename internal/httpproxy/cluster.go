@@ -99,6 +99,9 @@ type cluster struct {
 	// closed: close has begun; no connection joins the cluster after it,
 	// as nothing would close it.
 	closed bool
+	// draining: Shutdown began; a connection whose request ended is
+	// closed, not pooled, as no later request of this side needs it.
+	draining bool
 	// gone, once Shutdown or Close began (retiring), adds up the counters
 	// of the hosts removed since, which HostTotals goes on listing: a
 	// reload's bookkeeping reads a retired side's hosts after its close,
@@ -331,7 +334,7 @@ func (c *cluster) putLink(l *upLink) {
 	h := l.h
 	l.since = time.Now()
 	c.mu.Lock()
-	if !c.closed && c.hosts[h.key] == h && len(h.links) < c.p.o.MaxIdleConnsPerHost {
+	if !c.closed && !c.draining && c.hosts[h.key] == h && len(h.links) < c.p.o.MaxIdleConnsPerHost {
 		h.links = append(h.links, l)
 		l = nil
 	}
@@ -644,6 +647,29 @@ func (c *cluster) close() {
 	// closed when their requests end (putLink; the Transport closes those
 	// that become idle after CloseIdleConnections, or after its idle
 	// timeout one that a later request of the handler pooled).
+}
+
+// drain closes the idle connections of every host, and from now on
+// those whose requests end: the fast path's at putLink, the Transport's
+// as they become idle (CloseIdleConnections makes it close those until
+// it dials again). Shutdown began: the requests in flight are the last
+// this side serves. The hosts stay, with their counters, until close.
+func (c *cluster) drain() {
+	c.mu.Lock()
+	c.draining = true
+	hosts := make([]*host, 0, len(c.hosts))
+	var conns [][]preConn
+	var links [][]*upLink
+	for _, h := range c.hosts {
+		hosts = append(hosts, h)
+		conns = append(conns, h.preDialed)
+		links = append(links, h.links)
+		h.preDialed, h.links = nil, nil
+	}
+	c.mu.Unlock()
+	for i, h := range hosts {
+		h.closeIdle(conns[i], links[i])
+	}
 }
 
 // retiring makes the cluster keep the counters of the hosts it removes

@@ -477,13 +477,15 @@ func (p *Proxy) closeLive() {
 
 // Shutdown stops accepting connections, closes idle keep-alive ones, and
 // waits for requests in flight and upgraded tunnels to finish or ctx to
-// end; whatever is left then is closed. Idle upstream connections are
-// closed and the janitor stops.
+// end; whatever is left then is closed. Upstream connections are closed
+// once idle (at once, or when their request ends: none is pooled again)
+// and the janitor stops.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.hosts.retiring()
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	p.hosts.drain()
 	p.closeIdleFast()
 	err := p.srv.Shutdown(ctx)
 	<-p.served

@@ -1,0 +1,281 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// servingWays are the three ways a request is served: the fast path on
+// the connection's goroutine, the same on the L4 loops (from a
+// connection's third request), and net/http.
+var servingWays = []struct {
+	name string
+	o    Options
+	loop bool
+}{
+	{"goroutine", Options{DisableLoops: true}, false},
+	{"loops", Options{}, true},
+	{"net/http", Options{DisableFastPath: true}, false},
+}
+
+// hangSent is what /hang sends of its body, half of it: more than a loop
+// takes, so the goroutine relays it at once.
+const hangSent = 16 << 10
+
+// drainUpstream answers /small "ok", /hang the head and half of its body
+// and the rest never,
+// and /stream "ab": it tells got, sends the head and "a" (when early), waits
+// for release, then sends the head (when not early) and "b"; with chunked,
+// the body is chunked, else it has a Content-Length.
+func drainUpstream(t *testing.T, got chan<- string, release <-chan struct{}, early, chunked bool) *upstreamServer {
+	return newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.URL.Path:
+		default:
+		}
+		switch r.URL.Path {
+		case "/hang": // a download that never ends
+			w.Header().Set("Content-Length", strconv.Itoa(2*hangSent))
+			w.Write(make([]byte, hangSent))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		case "/stream":
+			if !chunked {
+				w.Header().Set("Content-Length", "2")
+			}
+			if early {
+				w.Write([]byte("a"))
+				w.(http.Flusher).Flush()
+			}
+			<-release
+			if !early {
+				w.Write([]byte("a"))
+				w.(http.Flusher).Flush()
+				time.Sleep(50 * time.Millisecond) // a slow body: "b" comes later
+			}
+			w.Write([]byte("b"))
+		default:
+			w.Write([]byte("ok"))
+		}
+	}))
+}
+
+// onLoops waits until n fast-path connections are served by a loop.
+func onLoops(t *testing.T, p *Proxy, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d connections on a loop", n), func() bool { return onLoopNow(p) == n })
+}
+
+// stillOpen asserts that c is open: a short read times out.
+func stillOpen(t *testing.T, what string, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	_, err := br.ReadByte()
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("%s: read %v, want it still open", what, err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+}
+
+// TestDrain checks the drain (Shutdown) on each serving way with real
+// sockets: an idle keep-alive connection and one that sent nothing yet
+// are closed at once; a request in flight finishes whole (a slow body,
+// chunked or with a Content-Length; its head sent before or after the
+// drain began), with Connection: close when its head comes after, and the
+// connection closes after it without answering the request pipelined
+// behind it; its upstream connection is closed, not pooled; a request
+// that does not finish is not cut until the drain period ends, and then
+// is.
+func TestDrain(t *testing.T) {
+	for _, way := range servingWays {
+		for _, tc := range []struct {
+			name           string
+			early, chunked bool
+		}{
+			{"head after, content-length", false, false},
+			{"head after, chunked", false, true},
+			{"head before, content-length", true, false},
+			{"head before, chunked", true, true},
+		} {
+			t.Run(way.name+"/"+tc.name, func(t *testing.T) {
+				got, release := make(chan string, 16), make(chan struct{})
+				var once sync.Once
+				t.Cleanup(func() { once.Do(func() { close(release) }) })
+				up := drainUpstream(t, got, release, tc.early, tc.chunked)
+				f := newFront(t, way.o, up.addrPort())
+
+				hang, hangR := f.raw(t)
+				if way.loop {
+					toLoop(t, hang, hangR)
+					onLoops(t, f.p, 1)
+				}
+				io.WriteString(hang, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+				hangRes, err := http.ReadResponse(hangR, &http.Request{Method: "GET"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(hangRes.Body, make([]byte, hangSent)); err != nil {
+					t.Fatal(err)
+				}
+				idle, idleR := f.raw(t)
+				roundTrips(t, idle, idleR, getSmall, "GET", 1)
+				_, freshR := f.raw(t)
+				stream, streamR := f.raw(t)
+				if way.loop {
+					toLoop(t, stream, streamR)
+					onLoops(t, f.p, 1) // hang's large response went back to its goroutine
+				}
+				io.WriteString(stream, "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"+getSmall)
+				for <-got != "/stream" {
+				}
+				eventually(t, "the requests counted", func() bool {
+					n := 0
+					for _, h := range f.p.Hosts() {
+						n += int(h.Active)
+					}
+					return n == 2
+				})
+				// Every fresh connection is being served before the drain.
+				eventually(t, "the fresh connection served", func() bool {
+					f.p.mu.Lock()
+					defer f.p.mu.Unlock()
+					return len(f.p.fast)+len(f.p.live) == 4
+				})
+
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				shut := make(chan error, 1)
+				go func() { shut <- f.p.Shutdown(ctx) }()
+
+				expectEOF(t, idleR)
+				expectEOF(t, freshR)
+				once.Do(func() { close(release) })
+				res, err := http.ReadResponse(streamR, &http.Request{Method: "GET"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !tc.early && !res.Close {
+					t.Errorf("response head %v, want Connection: close", res.Header)
+				}
+				if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ab" {
+					t.Fatalf("body %q, %v; want \"ab\" whole", b, err)
+				}
+				if res.Close {
+					expectEOF(t, streamR)
+				} else if _, err := streamR.Peek(1); err != nil {
+					if !errors.Is(err, io.EOF) {
+						t.Errorf("after the response: %v; want EOF or a whole response", err)
+					}
+				} else if next, err := http.ReadResponse(streamR, &http.Request{Method: "GET"}); err == nil {
+					// The pipelined request may be served, whole, saying close.
+					b, err := io.ReadAll(next.Body)
+					if err != nil || string(b) != "ok" || !next.Close {
+						t.Errorf("pipelined response %q %v, close %v; want \"ok\" saying Connection: close", b, err, next.Close)
+					}
+					expectEOF(t, streamR)
+				} else {
+					t.Errorf("after the response: %v; want EOF or a whole response", err)
+				}
+				eventually(t, "upstream connections but the hanging one's closed", func() bool {
+					return up.accepted.Load()-up.closed.Load() == 1
+				})
+				stillOpen(t, "the request in flight", hang, hangR)
+				select {
+				case err := <-shut:
+					t.Fatalf("Shutdown returned %v with a request in flight", err)
+				default:
+				}
+
+				cancel() // the drain period ends
+				if err := <-shut; err == nil {
+					t.Error("Shutdown returned nil; want the drain's end")
+				}
+				if _, err := io.ReadAll(hangRes.Body); err == nil {
+					t.Error("the request in flight was not cut")
+				}
+			})
+		}
+	}
+}
+
+// TestDrainBusyClient checks a client that keeps sending requests on its
+// keep-alive connection when the drain begins: it gets at most the
+// response in flight and one more, the last saying Connection: close,
+// then the connection closes, and the drain ends without waiting for
+// its period.
+func TestDrainBusyClient(t *testing.T) {
+	for _, way := range servingWays {
+		t.Run(way.name, func(t *testing.T) {
+			up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+			f := newFront(t, way.o, up.addrPort())
+			c, br := f.raw(t)
+			if way.loop {
+				toLoop(t, c, br)
+				onLoops(t, f.p, 1)
+			}
+			stop := make(chan struct{})
+			sent := make(chan int, 1)
+			go func() { // pipelines requests until the connection fails
+				n := 0
+				defer func() { sent <- n }()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if _, err := io.WriteString(c, strings.Repeat(getSmall, 4)); err != nil {
+						return
+					}
+					n += 4
+				}
+			}()
+			for range 20 {
+				roundTrips(t, c, br, "", "GET", 1)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			shut := make(chan error, 1)
+			go func() { shut <- f.p.Shutdown(ctx) }()
+			closed := false
+			for n := 0; ; n++ {
+				res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+				if err != nil {
+					if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !strings.Contains(err.Error(), "reset") {
+						t.Fatalf("response %d: %v", n, err)
+					}
+					break
+				}
+				b, err := io.ReadAll(res.Body)
+				if err != nil || string(b) != "ok" {
+					t.Fatalf("response %d: %q %v; want every response whole", n, b, err)
+				}
+				if closed {
+					t.Fatalf("response %d after one that said Connection: close", n)
+				}
+				closed = res.Close
+			}
+			close(stop)
+			<-sent
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Errorf("Shutdown: %v; want the drain done before its period", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("Shutdown still waits for a client that keeps sending")
+			}
+		})
+	}
+}
