@@ -88,6 +88,15 @@ func stillOpen(t *testing.T, what string, c net.Conn, br *bufio.Reader) {
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 }
 
+// closedSoon asserts that c closes within 3 s.
+func closedSoon(t *testing.T, what string, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if b, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("%s: read %q %v; want it closed at once", what, b, err)
+	}
+}
+
 // TestDrain checks the drain (Shutdown) on each serving way with real
 // sockets: an idle keep-alive connection and one that sent nothing yet
 // are closed at once; a request in flight finishes whole (a slow body,
@@ -130,7 +139,7 @@ func TestDrain(t *testing.T) {
 				}
 				idle, idleR := f.raw(t)
 				roundTrips(t, idle, idleR, getSmall, "GET", 1)
-				_, freshR := f.raw(t)
+				fresh, freshR := f.raw(t)
 				stream, streamR := f.raw(t)
 				if way.loop {
 					toLoop(t, stream, streamR)
@@ -158,8 +167,10 @@ func TestDrain(t *testing.T) {
 				shut := make(chan error, 1)
 				go func() { shut <- f.p.Shutdown(ctx) }()
 
-				expectEOF(t, idleR)
-				expectEOF(t, freshR)
+				// At once: well before net/http's 5 s for a connection that
+				// has not sent its first request.
+				closedSoon(t, "the idle connection", idle, idleR)
+				closedSoon(t, "the connection that sent nothing", fresh, freshR)
 				once.Do(func() { close(release) })
 				res, err := http.ReadResponse(streamR, &http.Request{Method: "GET"})
 				if err != nil {

@@ -360,6 +360,8 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 		first:    first,
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
+	_, replay := c.(*replayConn)
+	dc.begun.Store(replay || midStream)
 	dc.g.midStream = midStream
 	if !headBy.IsZero() {
 		dc.headBy.Store(headBy.UnixNano())
@@ -424,9 +426,10 @@ func (c *replayConn) Read(b []byte) (int, error) {
 func (p *Proxy) trackFast(fc *fastConn) bool { return track(p, p.fast, fc) }
 func (p *Proxy) untrackFast(fc *fastConn)    { untrack(p, p.fast, fc) }
 
-// closeIdleFast asks every fast-path connection to end after its current
-// response, and ends those waiting for a request now.
-func (p *Proxy) closeIdleFast() {
+// closeIdle asks every fast-path connection to end after its current
+// response, and ends those waiting for a request now, and the net/http
+// path's that have not begun one.
+func (p *Proxy) closeIdle() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for fc := range p.fast {
@@ -435,6 +438,13 @@ func (p *Proxy) closeIdleFast() {
 			fc.c.SetReadDeadline(time.Unix(1, 0))
 		}
 		fc.ol.wake() // a loop serving it hands it back when idle
+	}
+	// net/http closes a connection that has not sent its first request
+	// only once it is 5 s old; the fast path closes one at once.
+	for dc := range p.live {
+		if !dc.begun.Load() {
+			dc.Close()
+		}
 	}
 }
 
@@ -486,7 +496,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closed = true
 	p.mu.Unlock()
 	p.hosts.drain()
-	p.closeIdleFast()
+	p.closeIdle()
 	err := p.srv.Shutdown(ctx)
 	<-p.served
 	// Shutdown does not wait for hijacked (upgraded) connections.

@@ -40,6 +40,11 @@ type downConn struct {
 	// 408, flag SI).
 	bodyStalled atomic.Bool
 
+	// begun: a byte of a request was read (or handed over by the fast
+	// path); until then Shutdown closes the connection at once, as
+	// net/http would only after 5 s.
+	begun atomic.Bool
+
 	// headBy (Unix ns; 0: none) is when the head the fast path handed over
 	// unfinished must be complete; cleared once the guard has it.
 	headBy atomic.Int64
@@ -58,6 +63,9 @@ func (c *downConn) Read(p []byte) (int, error) {
 			c.endBodyIdle()
 		}
 		n, err = c.g.read(c.Conn, p)
+	}
+	if n > 0 && !c.begun.Load() {
+		c.begun.Store(true)
 	}
 	if c.headBy.Load() != 0 && (c.g.heads > 0 || c.g.st == gDone || c.g.st == gPass) {
 		c.headBy.Store(0) // the head handed over is complete (or refused)
