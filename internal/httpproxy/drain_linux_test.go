@@ -105,7 +105,7 @@ func closedSoon(t *testing.T, what string, c net.Conn, br *bufio.Reader) {
 // connection closes after it without answering the request pipelined
 // behind it; its upstream connection is closed, not pooled; a request
 // that does not finish is not cut until the drain period ends, and then
-// is.
+// is, recorded with flag DT.
 func TestDrain(t *testing.T) {
 	for _, way := range servingWays {
 		for _, tc := range []struct {
@@ -214,6 +214,16 @@ func TestDrain(t *testing.T) {
 				}
 				if _, err := io.ReadAll(hangRes.Body); err == nil {
 					t.Error("the request in flight was not cut")
+				}
+				var hangInfo *RequestInfo
+				for hangInfo == nil {
+					i := f.info(t)
+					if i.Path == "/hang" {
+						hangInfo = &i
+					}
+				}
+				if hangInfo.Flags != DrainTimeout {
+					t.Errorf("record of the cut request: flags %v; want DT", hangInfo.Flags)
 				}
 			})
 		}

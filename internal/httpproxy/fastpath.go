@@ -1447,8 +1447,13 @@ func (p *Proxy) finishFast(i *RequestInfo) {
 	p.report(i)
 }
 
-// report logs a finished request and hands it to OnRequest.
+// report logs a finished request and hands it to OnRequest. One that
+// failed or got no status after the drain's end cut what was open was
+// cut by it: flag DT, as the L4 connections cut then.
 func (p *Proxy) report(i *RequestInfo) {
+	if (i.Flags != 0 || i.Status == 0) && p.cut.Load() {
+		i.Flags = DrainTimeout
+	}
 	if p.debug() {
 		p.logRequest(i)
 	}

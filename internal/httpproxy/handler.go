@@ -37,9 +37,10 @@ const (
 	StreamIdleTimeout                         // SI: a write to the client, or a read of a body, made no progress for StreamIdleTimeout
 	RequestHeaderTimeout                      // HT: the client's request head did not arrive within HeaderTimeout
 	UpstreamProtocolError                     // UPE: the upstream's response broke HTTP (its head, its framing, its chunks)
+	DrainTimeout                              // DT: still open when the drain period (Shutdown's ctx) ended: cut
 )
 
-var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE", "SI", "HT", "UPE"}
+var flagNames = [...]string{"UF", "UT", "UC", "DC", "LR", "DPE", "SI", "HT", "UPE", "DT"}
 
 // String is "-" without flags, else the codes joined by commas ("UF,DC").
 func (f Flags) String() string {

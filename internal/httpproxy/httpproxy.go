@@ -38,6 +38,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/tcpproxy"
@@ -179,6 +180,10 @@ type Proxy struct {
 	live   map[*downConn]struct{}
 	fast   map[*fastConn]struct{}
 	wg     sync.WaitGroup // ServeConn calls in progress
+	// cut: the drain period ended (closeLive), cutting what was open;
+	// the records of the requests it cut say DT, not what the cut looked
+	// like from inside (DC, UC).
+	cut atomic.Bool
 
 	hooks testHooks
 }
@@ -474,6 +479,7 @@ func untrack[C comparable](p *Proxy, set map[C]struct{}, c C) {
 
 // closeLive closes every downstream connection, hijacked tunnels included.
 func (p *Proxy) closeLive() {
+	p.cut.Store(true)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
