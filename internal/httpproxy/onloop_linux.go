@@ -446,10 +446,23 @@ func (fc *fastConn) awaitStep(w *tcpproxy.Watch) (r backReason, more bool) {
 	case int64(rh.size)+blen > int64(len(ls.resp)) || ls.rn > total:
 		return backAwait, false // a larger body, or bytes past the response
 	case ls.rn < total:
+		// The head is in, the body not yet whole: the loop relays only
+		// whole responses, so it waits a moment for the rest (a head and
+		// its body often come in two segments), then leaves the response
+		// to the goroutine, which relays the head and streams the body;
+		// a body that trickles would otherwise hold the head back until
+		// it was whole or route_timeout ended it.
+		if by := time.Now().Add(loopBodyWait); ls.due.IsZero() || by.Before(ls.due) {
+			ls.due = by
+		}
 		return backNone, true
 	}
 	return fc.respondOnLoop(total, blen)
 }
+
+// loopBodyWait is how long a loop waits for the rest of a small
+// response's body once its head is in.
+const loopBodyWait = 10 * time.Millisecond
 
 // respondOnLoop sends x's response, whole in resp, to the client and ends
 // x.

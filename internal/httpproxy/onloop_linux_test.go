@@ -704,3 +704,47 @@ func withAndWithoutLoops(t *testing.T, f func(t *testing.T, disable bool)) {
 		t.Run(fmt.Sprintf("DisableLoops=%v", disable), func(t *testing.T) { f(t, disable) })
 	}
 }
+
+// TestLoopRelaysHeadOfTricklingBody: a small response whose head comes
+// at once and whose body trickles is relayed head first, also on a loop,
+// as on the goroutine and by Envoy. The loop relays only whole responses,
+// and it held the head until the body was whole or route_timeout passed.
+func TestLoopRelaysHeadOfTricklingBody(t *testing.T) {
+	withAndWithoutLoops(t, func(t *testing.T, disable bool) {
+		release := make(chan struct{})
+		up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/trickle" {
+				w.Write([]byte("ok"))
+				return
+			}
+			w.Header().Set("Content-Length", "4")
+			w.Write([]byte("ab"))
+			w.(http.Flusher).Flush()
+			select { // the rest once the client has the head
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
+			w.Write([]byte("cd"))
+		}))
+		f := newFront(t, Options{DisableLoops: disable, RouteTimeout: time.Minute}, up.addrPort())
+		c, br := f.raw(t)
+		toLoop(t, c, br)
+		if !disable {
+			waitOnLoop(t, f.p)
+		}
+		io.WriteString(c, "GET /trickle HTTP/1.1\r\nHost: a\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second)) // half the upstream's own wait
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("the head while the body trickles: %v", err)
+		}
+		close(release)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(res.Body); string(b) != "abcd" || err != nil {
+			t.Fatalf("body %q, %v", b, err)
+		}
+		if body := roundTrips(t, c, br, getSmall, "GET", 1)[0]; body != "ok" {
+			t.Fatalf("the next request: %q", body)
+		}
+	})
+}
