@@ -24,20 +24,30 @@ import (
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
-// TestConfigShowsLevelInForce: /config is the effective configuration, so
-// after POST /logging changes the level its log_level says the new one.
-func TestConfigShowsLevelInForce(t *testing.T) {
-	cfg := &config.Config{Admin: "127.0.0.1:0"}
+// observed finishes cfg and starts its observability (the admin endpoint
+// and metrics) with level, or the level cfg names when nil.
+func observed(t *testing.T, cfg *config.Config, level *slog.LevelVar) *observability {
+	t.Helper()
 	if err := cfg.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	level := new(slog.LevelVar)
-	level.UnmarshalText([]byte(cfg.LogLevel))
+	if level == nil {
+		level = new(slog.LevelVar)
+		level.UnmarshalText([]byte(cfg.LogLevel))
+	}
 	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(o.close)
+	return o
+}
+
+// TestConfigShowsLevelInForce: /config is the effective configuration, so
+// after POST /logging changes the level its log_level says the new one.
+func TestConfigShowsLevelInForce(t *testing.T) {
+	cfg := &config.Config{Admin: "127.0.0.1:0"}
+	o := observed(t, cfg, nil)
 	base := "http://" + o.admin.Addr().String()
 	get := func() string {
 		t.Helper()
@@ -68,14 +78,7 @@ func TestConfigShowsLevelInForce(t *testing.T) {
 // detour started with.
 func TestStatusShowsReloadedProtocol(t *testing.T) {
 	cfg := &config.Config{Admin: "127.0.0.1:0", Protocol: "auto"}
-	if err := cfg.Finish(); err != nil {
-		t.Fatal(err)
-	}
-	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.close)
+	o := observed(t, cfg, nil)
 	next := *cfg
 	next.Protocol = "tcp"
 	o.setConfig(&next)
@@ -307,15 +310,8 @@ func serveOne(t *testing.T, p *httpproxy.Proxy, dst netip.AddrPort) string {
 func TestServerInfoShowsConfigInForce(t *testing.T) {
 	cfg := &config.Config{Admin: "127.0.0.1:0", Mode: "redirect", Listen: []string{"127.0.0.1:4999"}, Protocol: "auto",
 		Drain: config.Duration(20 * time.Second)}
-	if err := cfg.Finish(); err != nil {
-		t.Fatal(err)
-	}
 	level := new(slog.LevelVar)
-	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.close)
+	o := observed(t, cfg, level)
 	next := *cfg
 	next.Protocol = "tcp"
 	o.setConfig(&next)
@@ -352,14 +348,7 @@ func TestServerInfoShowsConfigInForce(t *testing.T) {
 // (1-65535) used to become one entry per port.
 func TestStatusShowsPortRanges(t *testing.T) {
 	cfg := &config.Config{Admin: "127.0.0.1:0", Intercept: config.Intercept{Ports: []config.PortRange{{First: 80, Last: 80}, {First: 1024, Last: 65535}}}}
-	if err := cfg.Finish(); err != nil {
-		t.Fatal(err)
-	}
-	o, err := startObservability(cfg, new(slog.LevelVar), slog.New(slog.DiscardHandler), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.close)
+	o := observed(t, cfg, nil)
 	o.rules(cfg, admin.Rules{Installed: true})
 	resp, err := http.Get("http://" + o.admin.Addr().String() + "/status")
 	if err != nil {

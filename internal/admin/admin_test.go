@@ -694,16 +694,7 @@ func TestStatsPrometheus(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d", c.target, code, body, c.code)
 			continue
 		}
-		for _, want := range c.has {
-			if !strings.Contains(body, want) {
-				t.Errorf("%s lacks %q:\n%s", c.target, want, body)
-			}
-		}
-		for _, not := range c.hasNot {
-			if strings.Contains(body, not) {
-				t.Errorf("%s has %q:\n%s", c.target, not, body)
-			}
-		}
+		checkBody(t, c.target, body, c.has, c.hasNot)
 		if code == 200 && !strings.HasPrefix(h.Get("Content-Type"), "text/plain; version=0.0.4") {
 			t.Errorf("%s: Content-Type %q, want the Prometheus text format's", c.target, h.Get("Content-Type"))
 		}
@@ -711,6 +702,22 @@ func TestStatsPrometheus(t *testing.T) {
 	// Unfiltered, it is /metrics.
 	if _, body, _ := f.do(t, "GET", "/stats?format=prometheus"); squashSamples(body) != squashSamples(all) {
 		t.Errorf("/stats?format=prometheus differs from /metrics:\n%s\n---\n%s", body, all)
+	}
+}
+
+// checkBody checks that target's body holds each of has and none of
+// hasNot.
+func checkBody(t *testing.T, target, body string, has, hasNot []string) {
+	t.Helper()
+	for _, want := range has {
+		if !strings.Contains(body, want) {
+			t.Errorf("%s lacks %q:\n%s", target, want, body)
+		}
+	}
+	for _, not := range hasNot {
+		if strings.Contains(body, not) {
+			t.Errorf("%s has %q:\n%s", target, not, body)
+		}
 	}
 }
 
@@ -766,16 +773,7 @@ func TestStats(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d", c.target, code, body, c.code)
 			continue
 		}
-		for _, want := range c.has {
-			if !strings.Contains(body, want) {
-				t.Errorf("%s lacks %q:\n%s", c.target, want, body)
-			}
-		}
-		for _, not := range c.hasNot {
-			if strings.Contains(body, not) {
-				t.Errorf("%s has %q:\n%s", c.target, not, body)
-			}
-		}
+		checkBody(t, c.target, body, c.has, c.hasNot)
 		if code != 200 {
 			continue
 		}
