@@ -69,7 +69,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.StringVar(&f.admin, "admin", "", "admin endpoint ip:port or off (default 127.0.0.1:9901); read it with detour status")
 		fs.BoolVar(&f.adminRemote, "admin-allow-remote", false, "let --admin listen on a non-loopback address (it reveals traffic)")
 		fs.StringVar(&f.accessLog, "access-log", "", "access log: off, stdout or a file path, reopened on SIGUSR1 (default off)")
-		fs.StringVar(&f.accessLogFormat, "access-log-format", "", "access log format: text (logfmt), json, envoy (Envoy's default format) or an Envoy format string such as '%START_TIME% %REQ(:PATH)% %RESPONSE_CODE%' (default text)")
+		fs.StringVar(&f.accessLogFormat, "access-log-format", "", "access log format: text (logfmt), json, envoy (Envoy's default format), istio (Istio's) or an Envoy format string such as '%START_TIME% %REQ(:PATH)% %RESPONSE_CODE%' (default text)")
 		fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
 		fs.DurationVar(&f.connectTimeout, "connect-timeout", 0, "upstream connect timeout (default 5s)")
 		fs.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close L4 connections idle this long (default 1h)")

@@ -25,8 +25,8 @@ func TestRunConfigErrorsExit2(t *testing.T) {
 	}{
 		{[]string{"--access-log", missing}, []string{"access_log (--access-log)", "no such file or directory", "or off"}},
 		{[]string{"--access-log", t.TempDir()}, []string{"access_log (--access-log)", "is a directory"}},
-		{[]string{"--access-log", "stdout", "--access-log-format", "%START_TIME% %UPSTREAM_CLUSTER%"},
-			[]string{"access_log_format", "unknown operator %UPSTREAM_CLUSTER%", "detour knows START_TIME, DURATION"}},
+		{[]string{"--access-log", "stdout", "--access-log-format", "%START_TIME% %UPSTREAM_PEER_SUBJECT%"},
+			[]string{"access_log_format", "unknown operator %UPSTREAM_PEER_SUBJECT%", "detour knows START_TIME, DURATION"}},
 	} {
 		var stdout, stderr bytes.Buffer
 		// A listener no test binds: the run must fail before it opens.

@@ -51,10 +51,12 @@ const (
 	// FormatEnvoy is Envoy's default format string (envoyfmt.Default).
 	// Any other value with a %OPERATOR% in it is an Envoy format string.
 	FormatEnvoy Format = "envoy"
+	// FormatIstio is Istio's default text format (envoyfmt.Istio).
+	FormatIstio Format = "istio"
 )
 
-// CheckFormat reports whether f is a format Open takes: text, json, envoy
-// or an Envoy format string that compiles.
+// CheckFormat reports whether f is a format Open takes: text, json, envoy,
+// istio or an Envoy format string that compiles.
 func CheckFormat(f Format) error {
 	_, err := compileFormat(f)
 	return err
@@ -67,10 +69,12 @@ func compileFormat(f Format) (envoyFormat, error) {
 		return nil, nil
 	case FormatEnvoy:
 		f = envoyfmt.Default
+	case FormatIstio:
+		f = envoyfmt.Istio
 	}
 	ef, err := envoyfmt.Parse(string(f))
 	if errors.Is(err, envoyfmt.ErrNoOperator) {
-		return nil, fmt.Errorf("%q is not a format: use text, json, envoy or an Envoy format string (%%OPERATOR%%s and text)", string(f))
+		return nil, fmt.Errorf("%q is not a format: use text, json, envoy, istio or an Envoy format string (%%OPERATOR%%s and text)", string(f))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("Envoy format string: %w", err)

@@ -82,7 +82,14 @@ type view struct {
 	upstream       netip.AddrPort
 	client, local  netip.AddrPort
 	sni, connID    string // L4
+	// failure is why the upstream connect failed (flag UF), Envoy's
+	// %UPSTREAM_TRANSPORT_FAILURE_REASON%.
+	failure string
 }
+
+// clusterName is %UPSTREAM_CLUSTER%'s value: detour has one cluster, the
+// original-destination one (Envoy's cluster type ORIGINAL_DST).
+const clusterName = "original_dst"
 
 func l4View(r *proxy.L4Record) view {
 	v := view{
@@ -93,6 +100,9 @@ func l4View(r *proxy.L4Record) view {
 	}
 	if !hasFlag(r.Flags, "LR") && !hasFlag(r.Flags, "NR") { // else no upstream was chosen
 		v.upstream = r.OrigDst
+	}
+	if hasFlag(r.Flags, "UF") {
+		v.failure = r.End
 	}
 	return v
 }
@@ -106,6 +116,9 @@ func httpView(i *httpproxy.RequestInfo) view {
 	}
 	if i.Flags&(httpproxy.LoopRefused|httpproxy.DownstreamProtocolError|httpproxy.RequestHeaderTimeout) == 0 {
 		v.upstream = i.Dst
+	}
+	if i.Flags&httpproxy.UpstreamConnectFailure != 0 {
+		v.failure = i.Details
 	}
 	return v
 }
@@ -194,6 +207,18 @@ func (f envoyFormat) append(b []byte, v *view) []byte {
 			b = appendValue(b, v.sni, 0)
 		case envoyfmt.OpConnectionID:
 			b = appendValue(b, v.connID, 0)
+		case envoyfmt.OpUpstreamCluster:
+			if v.upstream.IsValid() {
+				b = append(b, clusterName...)
+			} else {
+				b = append(b, '-')
+			}
+		case envoyfmt.OpUpstreamTransportFailureReason:
+			b = appendValue(b, v.failure, 0)
+		case envoyfmt.OpUpstreamLocalAddress, envoyfmt.OpRouteName:
+			// Not recorded (the upstream socket's address), or not a thing
+			// detour has (routes).
+			b = append(b, '-')
 		}
 	}
 	return b

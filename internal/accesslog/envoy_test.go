@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-proxy/detour/internal/accesslog/envoyfmt"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/proxy"
 )
@@ -42,6 +43,8 @@ func TestEnvoyFormat(t *testing.T) {
 			"198.18.2.2:443 198.18.2.2 443", "[2001:db8:2::2]:80 2001:db8:2::2 80", "", "198.18.1.1:15001 198.18.1.1 15001"},
 		{"%REQUESTED_SERVER_NAME% %CONNECTION_ID%", "example.com 7", "- -", "", "- 8"},
 		{"100%% %DURATION%\\n", "100% 1500", "100% 2", "", ""},
+		{"%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", "original_dst original_dst", "original_dst original_dst", "original_dst original_dst", "- -"},
+		{"%UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_LOCAL_ADDRESS% %ROUTE_NAME%", "- - -", "- - -", "connection refused - -", "- - -"},
 	} {
 		l, out := open(t, Format(c.format))
 		for _, rec := range []struct {
@@ -83,6 +86,44 @@ func TestEnvoyDefault(t *testing.T) {
 	}
 }
 
+// TestIstioDefault: "istio" is Istio's default format, and the format as
+// older Istio releases wrote it (%UPSTREAM_CLUSTER%) works the same: every
+// operator is known, with detour's value or "-".
+func TestIstioDefault(t *testing.T) {
+	refused := httpInfo
+	refused.Status, refused.Flags, refused.Details = 503, httpproxy.UpstreamConnectFailure, "connection refused"
+	refused.UpstreamTime, refused.BodyBytes = 0, 91
+	l4uf := l4rec
+	l4uf.Protocol, l4uf.SNI, l4uf.Sent, l4uf.Received, l4uf.End, l4uf.Flags = "tcp", "", 0, 0, "connect timeout", "UF"
+	loop := proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
+		Protocol: "tcp", End: "loop refused", Flags: "LR"}
+	older := Format(strings.Replace(string(envoyfmt.Istio), "%UPSTREAM_CLUSTER_RAW%", "%UPSTREAM_CLUSTER%", 1))
+	for _, c := range []struct {
+		name  string
+		write func(*Logger)
+		want  string
+	}{
+		{"http", func(l *Logger) { l.HTTP(&httpInfo) },
+			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - via_upstream - "-" - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
+		{"http UF", func(l *Logger) { l.HTTP(&refused) },
+			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 503 UF connection refused - "connection refused" - 91 2 - "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
+		{"l4", func(l *Logger) { l.L4(l4rec) },
+			`[2026-11-22T00:51:50.123Z] "- - -" - UC - upstream reset "-" 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst - 198.18.2.2:443 198.18.1.2:40312 example.com -`},
+		{"l4 UF", func(l *Logger) { l.L4(l4uf) },
+			`[2026-11-22T00:51:50.123Z] "- - -" - UF - connect timeout "connect timeout" 0 0 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst - 198.18.2.2:443 198.18.1.2:40312 - -`},
+		{"l4 LR", func(l *Logger) { l.L4(loop) },
+			`[2026-11-22T00:51:50.123Z] "- - -" - LR - loop refused "-" 0 0 0 - "-" "-" "-" "-" "-" - - 198.18.1.1:15001 198.18.1.2:40312 - -`},
+	} {
+		for _, f := range []Format{FormatIstio, older} {
+			l, out := open(t, f)
+			c.write(l)
+			if got := out.String(); got != c.want+"\n" {
+				t.Errorf("%s, %.40q...:\ngot  %q\nwant %q", c.name, f, got, c.want+"\n")
+			}
+		}
+	}
+}
+
 // TestEnvoyMaxLen: %REQ(H):N% keeps at most N bytes, as Envoy's, and
 // never half a UTF-8 character: a character the cut would split goes
 // whole. Bytes that are not UTF-8 are cut where N says.
@@ -118,7 +159,7 @@ func TestEnvoyMaxLen(t *testing.T) {
 
 func TestEnvoyFormatErrors(t *testing.T) {
 	for _, c := range []struct{ format, want string }{
-		{"xml", `"xml" is not a format: use text, json, envoy or an Envoy format string`},
+		{"xml", `"xml" is not a format: use text, json, envoy, istio or an Envoy format string`},
 		{"%NOPE%", "unknown operator %NOPE% (detour knows START_TIME,"},
 		{"%REQ%", "needs a header name"},
 	} {
@@ -130,7 +171,7 @@ func TestEnvoyFormatErrors(t *testing.T) {
 			t.Errorf("CheckFormat(%q) passed", c.format)
 		}
 	}
-	for _, f := range []Format{"", FormatText, FormatJSON, FormatEnvoy, "%DURATION%"} {
+	for _, f := range []Format{"", FormatText, FormatJSON, FormatEnvoy, FormatIstio, "%DURATION%"} {
 		if err := CheckFormat(f); err != nil {
 			t.Errorf("CheckFormat(%q): %v", f, err)
 		}

@@ -59,7 +59,7 @@ type Config struct {
 	AdminAllowRemote bool `yaml:"admin_allow_remote"`
 	// AccessLog is off, stdout, or a file path (reopened on SIGUSR1).
 	AccessLog       string   `yaml:"access_log"`
-	AccessLogFormat string   `yaml:"access_log_format"` // text | json | envoy | an Envoy format string
+	AccessLogFormat string   `yaml:"access_log_format"` // text | json | envoy | istio | an Envoy format string
 	LogLevel        string   `yaml:"log_level"`
 	Drain           Duration `yaml:"drain_timeout"`
 	// MaxConnections bounds concurrent intercepted connections; 0 = none.

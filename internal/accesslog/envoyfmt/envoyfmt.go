@@ -20,6 +20,18 @@ const Default = `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH
 	`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" ` +
 	`"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"` + "\n"
 
+// Istio is Istio's default text format (its "Default access log format",
+// pilot's EnvoyTextLogFormat), the value access_log_format: istio stands
+// for. Older Istio releases wrote %UPSTREAM_CLUSTER% where this has
+// %UPSTREAM_CLUSTER_RAW%; both are accepted.
+const Istio = `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" ` +
+	`%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% ` +
+	`"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% ` +
+	`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" ` +
+	`"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% ` +
+	`%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% ` +
+	`%REQUESTED_SERVER_NAME% %ROUTE_NAME%` + "\n"
+
 // Op is a command operator, or OpText for literal text.
 type Op uint8
 
@@ -46,6 +58,10 @@ const (
 	OpDownstreamLocalPort
 	OpRequestedServerName
 	OpConnectionID
+	OpUpstreamCluster
+	OpUpstreamLocalAddress
+	OpUpstreamTransportFailureReason
+	OpRouteName
 )
 
 // argKind says whether an operator takes "(ARG)" and ":MAX_LEN".
@@ -88,6 +104,11 @@ var operators = []struct {
 	{"DOWNSTREAM_LOCAL_PORT", opSpec{OpDownstreamLocalPort, argNone}},
 	{"REQUESTED_SERVER_NAME", opSpec{OpRequestedServerName, argNone}},
 	{"CONNECTION_ID", opSpec{OpConnectionID, argNone}},
+	{"UPSTREAM_CLUSTER", opSpec{OpUpstreamCluster, argNone}},
+	{"UPSTREAM_CLUSTER_RAW", opSpec{OpUpstreamCluster, argNone}},
+	{"UPSTREAM_LOCAL_ADDRESS", opSpec{OpUpstreamLocalAddress, argNone}},
+	{"UPSTREAM_TRANSPORT_FAILURE_REASON", opSpec{OpUpstreamTransportFailureReason, argNone}},
+	{"ROUTE_NAME", opSpec{OpRouteName, argNone}},
 }
 
 // Operators lists the operator names detour knows.

@@ -24,6 +24,9 @@ func TestParse(t *testing.T) {
 		{"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%", Format{{Op: OpResp, Header: "x-envoy-upstream-service-time"}}},
 		{"%UPSTREAM_HOST%%CONNECTION_ID%", Format{{Op: OpUpstreamHost}, {Op: OpConnectionID}}},
 		{"%START_TIME(%s)%", Format{{Op: OpStartTime, Time: Layout{{kind: tUnix}}}}},
+		{"%UPSTREAM_CLUSTER%%UPSTREAM_CLUSTER_RAW%", Format{{Op: OpUpstreamCluster}, {Op: OpUpstreamCluster}}},
+		{"%UPSTREAM_LOCAL_ADDRESS%%UPSTREAM_TRANSPORT_FAILURE_REASON%%ROUTE_NAME%",
+			Format{{Op: OpUpstreamLocalAddress}, {Op: OpUpstreamTransportFailureReason}, {Op: OpRouteName}}},
 	} {
 		got, err := Parse(c.in)
 		if err != nil {
@@ -34,8 +37,10 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) =\n%+v\nwant\n%+v", c.in, got, c.want)
 		}
 	}
-	if _, err := Parse(Default); err != nil {
-		t.Errorf("Envoy's default format: %v", err)
+	for name, f := range map[string]string{"Envoy": Default, "Istio": Istio} {
+		if _, err := Parse(f); err != nil {
+			t.Errorf("%s's default format: %v", name, err)
+		}
 	}
 }
 
@@ -48,7 +53,7 @@ func TestParseErrors(t *testing.T) {
 		{"%DURATION% %", "offset 11: a \"%\" that starts no operator"},
 		{"50% off %DURATION%", "offset 2: a \"%\" that starts no operator (write %% for a literal percent sign)"},
 		{"%FOO%", "unknown operator %FOO% (detour knows START_TIME, DURATION,"},
-		{"%UPSTREAM_LOCAL_ADDRESS%", "unknown operator %UPSTREAM_LOCAL_ADDRESS%"},
+		{"%UPSTREAM_PEER_SUBJECT%", "unknown operator %UPSTREAM_PEER_SUBJECT%"},
 		{"%duration%", "unknown operator %duration%"},
 		{"%REQ%", "%REQ% needs a header name"},
 		{"%REQ()%", "%REQ()%: not a header name"},
