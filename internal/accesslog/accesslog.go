@@ -16,7 +16,7 @@
 // "-" for an empty value):
 //
 //	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
-//	http: time kind=http request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused details
+//	http: time kind=http id request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused details
 //
 // An Envoy format string (FormatEnvoy, or any Format with a %OPERATOR%) is
 // compiled by Open, and each record is its operators' values in place.
@@ -324,6 +324,7 @@ func (l *Logger) HTTP(i *httpproxy.RequestInfo) {
 	}
 	e := l.record(i.Start)
 	e.str("kind", "http")
+	e.connID("id", i.ConnID)
 	e.str("request_id", i.RequestID)
 	e.addr("client", i.Client)
 	e.addr("original_dst", i.OrigDst)
@@ -435,6 +436,23 @@ func (e *enc) addr(k string, ap netip.AddrPort) {
 		e.b = append(e.b, '"')
 	}
 	e.b = ap.AppendTo(e.b)
+	if e.json {
+		e.b = append(e.b, '"')
+	}
+}
+
+// connID writes a connection's id as L4 records and the debug log have
+// it (C7), appended in place; 0, none, as empty.
+func (e *enc) connID(k string, n uint64) {
+	if n == 0 {
+		e.str(k, "")
+		return
+	}
+	e.key(k)
+	if e.json {
+		e.b = append(e.b, '"')
+	}
+	e.b = strconv.AppendUint(append(e.b, 'C'), n, 10)
 	if e.json {
 		e.b = append(e.b, '"')
 	}

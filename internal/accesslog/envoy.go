@@ -82,6 +82,7 @@ type view struct {
 	upstream       netip.AddrPort
 	client, local  netip.AddrPort
 	sni, connID    string // L4
+	connN          uint64 // HTTP: the connection's number, 0 for none
 	// failure is why the upstream connect failed (flag UF), Envoy's
 	// %UPSTREAM_TRANSPORT_FAILURE_REASON%.
 	failure string
@@ -112,7 +113,7 @@ func httpView(i *httpproxy.RequestInfo) view {
 		http: true, start: i.Start, duration: i.Duration, status: i.Status, flags: i.Flags, details: i.Details,
 		sent: i.BodyBytes, proto: i.Proto, method: i.Method, path: i.Path, authority: i.Host, rid: i.RequestID,
 		upstreamTime: i.UpstreamTime, hasUpstream: i.Details == "" && i.Status > 0,
-		client: i.Client, local: i.OrigDst,
+		client: i.Client, local: i.OrigDst, connN: i.ConnID,
 	}
 	if i.Flags&(httpproxy.LoopRefused|httpproxy.DownstreamProtocolError|httpproxy.RequestHeaderTimeout) == 0 {
 		v.upstream = i.Dst
@@ -206,7 +207,11 @@ func (f envoyFormat) append(b []byte, v *view) []byte {
 		case envoyfmt.OpRequestedServerName:
 			b = appendValue(b, v.sni, 0)
 		case envoyfmt.OpConnectionID:
-			b = appendValue(b, v.connID, 0)
+			if v.connN != 0 {
+				b = strconv.AppendUint(b, v.connN, 10)
+			} else {
+				b = appendValue(b, v.connID, 0)
+			}
 		case envoyfmt.OpUpstreamCluster:
 			if v.upstream.IsValid() {
 				b = append(b, clusterName...)

@@ -41,7 +41,7 @@ func TestEnvoyFormat(t *testing.T) {
 			"198.18.1.2:40312 198.18.1.2 40312", "[2001:db8:1::2]:40000 2001:db8:1::2 40000", "", ""},
 		{"%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_PORT%",
 			"198.18.2.2:443 198.18.2.2 443", "[2001:db8:2::2]:80 2001:db8:2::2 80", "", "198.18.1.1:15001 198.18.1.1 15001"},
-		{"%REQUESTED_SERVER_NAME% %CONNECTION_ID%", "example.com 7", "- -", "", "- 8"},
+		{"%REQUESTED_SERVER_NAME% %CONNECTION_ID%", "example.com 7", "- 9", "- 9", "- 8"},
 		{"100%% %DURATION%\\n", "100% 1500", "100% 2", "", ""},
 		{"%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", "original_dst original_dst", "original_dst original_dst", "original_dst original_dst", "- -"},
 		{"%UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_LOCAL_ADDRESS% %ROUTE_NAME%", "- - -", "- - -", "connection refused - -", "- - -"},

@@ -81,6 +81,7 @@ type fastConn struct {
 	rc              syscall.RawConn
 	client, origDst netip.AddrPort
 	clientIP        string
+	id              uint64 // RequestInfo.ConnID
 	key             hostKey
 	start           time.Time
 	first           *firstStart // the first request's start, when it began before ServeConn
@@ -302,7 +303,7 @@ func (fc *fastConn) readHead() (int, error) {
 					held = fc.w - fc.r
 				}
 				timeout := p.o.HeaderTimeout
-				p.reportHeaderTimeout(fc.client, fc.origDst, headStart, timeout, held)
+				p.reportHeaderTimeout(fc.id, fc.client, fc.origDst, headStart, timeout, held)
 			}
 			return 0, err
 		}
@@ -436,7 +437,7 @@ func (fc *fastConn) begin(x *request) {
 	p := fc.p
 	h := &x.h
 	x.info = RequestInfo{
-		Start: fc.first.take(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
+		ConnID: fc.id, Start: fc.first.take(), Client: fc.client, OrigDst: fc.origDst, Dst: fc.origDst,
 		Proto: "HTTP/1.1", Method: h.method,
 	}
 	x.info.Host, x.info.Path, x.info.RequestID = requestStrings(h.host, h.target, h.reqID)

@@ -58,6 +58,10 @@ func (f Flags) String() string {
 
 // RequestInfo is what OnRequest learns about a finished request.
 type RequestInfo struct {
+	// ConnID is the client connection's number (upstream.PreDial.ConnID,
+	// 7 for C7), which joins the request to its connection's records; 0
+	// when the caller gave none.
+	ConnID    uint64
 	Start     time.Time
 	Client    netip.AddrPort
 	OrigDst   netip.AddrPort // the connection's original destination
@@ -162,7 +166,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w, http10: !r.ProtoAtLeast(1, 1)}}
 	x.rw = &x.rec
 	x.info = RequestInfo{
-		Start: dc.first.take(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
+		ConnID: dc.id, Start: dc.first.take(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
 		Proto: r.Proto, Method: r.Method, Host: r.Host, Path: r.RequestURI,
 		RequestID: requestID(r.Header.Get(hdrRequestID)),
 	}
@@ -591,16 +595,16 @@ func (p *Proxy) headerTimeout(dc *downConn, held int) {
 			start = s
 		}
 	}
-	p.reportHeaderTimeout(dc.client, dc.origDst, start, timeout, held)
+	p.reportHeaderTimeout(dc.id, dc.client, dc.origDst, start, timeout, held)
 }
 
 // reportHeaderTimeout logs and reports (flag HT, status 0) a connection
 // closed because a head begun at start did not arrive within timeout.
-func (p *Proxy) reportHeaderTimeout(client, origDst netip.AddrPort, start time.Time, timeout time.Duration, held int) {
+func (p *Proxy) reportHeaderTimeout(id uint64, client, origDst netip.AddrPort, start time.Time, timeout time.Duration, held int) {
 	p.log.Info("request header timeout; closing the client connection", "client", client, "dst", origDst,
 		"timeout", timeout, "head_bytes", held, "flags", RequestHeaderTimeout)
 	if p.o.OnRequest != nil {
-		p.o.OnRequest(&RequestInfo{Start: start, Client: client, OrigDst: origDst, Dst: origDst,
+		p.o.OnRequest(&RequestInfo{ConnID: id, Start: start, Client: client, OrigDst: origDst, Dst: origDst,
 			Flags: RequestHeaderTimeout, Duration: time.Since(start), Details: "request header timeout"})
 	}
 }

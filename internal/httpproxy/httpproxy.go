@@ -304,7 +304,7 @@ func (p *Proxy) Pooled(client, origDst netip.AddrPort) bool {
 // connection's first request, if it goes to origDst, with a 503 with that
 // reason (flag UF) without dialing again; later requests dial as usual.
 // Its Sniffed time is the first request's start; its Took goes to
-// OnConnect.
+// OnConnect; its ConnID is every request's RequestInfo.ConnID.
 //
 // It returns false at once, having done nothing with c or pre, when
 // Shutdown or Close began before the call: the caller still owns both,
@@ -328,17 +328,17 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver, served, headBy := p.serveConnFast(tc, client, origDst, first)
+		rest, handOver, served, headBy := p.serveConnFast(tc, pre.ConnID, client, origDst, first)
 		if !handOver {
 			return true
 		}
 		if len(rest) > 0 {
 			c = &replayConn{TCPConn: tc, pending: rest}
 		}
-		p.serveConnNetHTTP(c, client, origDst, first, dialErr, served, headBy)
+		p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, served, headBy)
 		return true
 	}
-	p.serveConnNetHTTP(c, client, origDst, first, dialErr, false, time.Time{})
+	p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, false, time.Time{})
 	return true
 }
 
@@ -356,8 +356,8 @@ func (p *Proxy) isClosed() bool {
 // bytes are not the connection's first, which alone may be the h2c preface.
 // headBy, when set, is when the head the fast path began to read must be
 // complete: net/http's header timeout would start anew.
-func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool, headBy time.Time) {
-	dc := &downConn{Conn: c, client: client, origDst: origDst, done: make(chan struct{}),
+func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool, headBy time.Time) {
+	dc := &downConn{Conn: c, id: id, client: client, origDst: origDst, done: make(chan struct{}),
 		clientIP: client.Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
 		p:        p,
@@ -389,12 +389,12 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, client, origDst netip.AddrPort, fir
 // c) or hands it over to net/http with the bytes it read of the next
 // request; served says whether it served a request before, headBy when
 // the head it hands over unfinished must be complete (zero: none).
-func (p *Proxy) serveConnFast(c *net.TCPConn, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool, headBy time.Time) {
+func (p *Proxy) serveConnFast(c *net.TCPConn, id uint64, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool, headBy time.Time) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, true, false, time.Time{}
 	}
-	fc := &fastConn{p: p, c: c, rc: rc, client: client, origDst: origDst, clientIP: client.Addr().String(),
+	fc := &fastConn{p: p, c: c, rc: rc, id: id, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now(), first: first}
 	fc.fd, _ = tcpproxy.ConnFD(c) // -1 on failure: no loop for it
 	fc.out.conn, fc.out.idle.timeout = c, p.o.StreamIdleTimeout

@@ -18,6 +18,7 @@ type downConn struct {
 	net.Conn
 	client, origDst netip.AddrPort
 	clientIP        string // client.Addr() as text, for X-Forwarded-For
+	id              uint64 // RequestInfo.ConnID
 	g               *guard
 	p               *Proxy
 	start           time.Time

@@ -47,6 +47,7 @@ func (s *Server) l7(o *Options) L7 {
 // requests' own log lines carry the client's address and request id; this
 // one closes the connection's story under its id.
 func (s *Server) serveL7(o *Options, log *connLog, c *listen.Conn, pre upstream.PreDial) {
+	pre.ConnID = log.n
 	s.l7(o).ServeConn(c.TCPConn, c.Client, c.OrigDst, pre)
 	if log.debug {
 		log.closedL7(c.Client)

@@ -559,13 +559,14 @@ func (s *Server) route(o *Options, c *listen.Conn) routed {
 type connLog struct {
 	base  *slog.Logger
 	id    string
+	n     uint64 // the number in id
 	debug bool
 	l     *slog.Logger
 }
 
 func newConnLog(base *slog.Logger, n uint64) *connLog {
 	var b [24]byte
-	return &connLog{base: base, id: string(strconv.AppendUint(append(b[:0], 'C'), n, 10)),
+	return &connLog{base: base, n: n, id: string(strconv.AppendUint(append(b[:0], 'C'), n, 10)),
 		debug: base.Enabled(context.Background(), slog.LevelDebug)}
 }
 

@@ -32,6 +32,11 @@ type PreDial struct {
 	// first request began then: waiting for the connect counts in its
 	// duration.
 	Sniffed time.Time
+	// ConnID is the connection's number in the access log and the debug
+	// log (7 for C7), so that its requests' records name it; 0: none.
+	// Not about the connect, but what else the caller learned of the
+	// connection travels here too.
+	ConnID uint64
 }
 
 // DefaultConnectTimeout bounds a connect when Options leaves it zero.
