@@ -311,6 +311,13 @@ func TestHTTPDrainOnSIGTERM(t *testing.T) {
 			if !regexp.MustCompile(`\bflags=\S*DT`).MatchString(hangLine) {
 				t.Errorf("access log has no flag DT for /hang:\n%s", b)
 			}
+			// detour's own log says what the access log says of it: the
+			// cut /hang is the one request here that fails.
+			for _, line := range strings.Split(d.Output(), "\n") {
+				if strings.Contains(line, "upstream error") && !strings.Contains(line, "flags=DT") {
+					t.Errorf("detour's log of the cut request: %s; want flags=DT", line)
+				}
+			}
 		})
 	}
 }

@@ -605,7 +605,7 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 			info.Flags |= flag
 			fc.localReply(info, code, msgReset+reason, !x.keepAfterError)
 		}
-		p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+		p.logUpstreamError(info, err)
 		p.finishFast(info)
 		return x.keepAfterError
 	}
@@ -1287,7 +1287,7 @@ func (fc *fastConn) upstreamFailed(info *RequestInfo, err error) {
 		return
 	}
 	info.Flags |= upstreamCut(err)
-	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+	fc.p.logUpstreamError(info, err)
 }
 
 // localFailure answers a request whose upstream connect failed.
@@ -1298,7 +1298,7 @@ func (fc *fastConn) localFailure(info *RequestInfo, err error, closeConn bool) {
 		reason = de.Reason
 	}
 	fc.localReply(info, http.StatusServiceUnavailable, msgReset+string(reason), closeConn)
-	fc.p.log.Info("upstream error", "client", info.Client, "dst", info.Dst, "host", info.Host, "flags", info.Flags, "err", err)
+	fc.p.logUpstreamError(info, err)
 	fc.p.finishFast(info)
 }
 
@@ -1442,19 +1442,31 @@ func cutComma(s string) (before, after string, found bool) {
 	return strings.Trim(before, " \t"), after, found
 }
 
+// recordFlags are the flags i's record carries: a request that failed or
+// got no status after the drain's end cut what was open was cut by it,
+// flag DT, as the L4 connections cut then.
+func (p *Proxy) recordFlags(i *RequestInfo) Flags {
+	if (i.Flags != 0 || i.Status == 0) && p.cut.Load() {
+		return DrainTimeout
+	}
+	return i.Flags
+}
+
+// logUpstreamError logs a request's upstream failure with the flags its
+// record will carry.
+func (p *Proxy) logUpstreamError(i *RequestInfo, err error) {
+	p.log.Info("upstream error", "client", i.Client, "dst", i.Dst, "host", i.Host, "flags", p.recordFlags(i), "err", err)
+}
+
 // finishFast reports a finished request of the fast path.
 func (p *Proxy) finishFast(i *RequestInfo) {
 	i.Duration = time.Since(i.Start)
 	p.report(i)
 }
 
-// report logs a finished request and hands it to OnRequest. One that
-// failed or got no status after the drain's end cut what was open was
-// cut by it: flag DT, as the L4 connections cut then.
+// report logs a finished request and hands it to OnRequest.
 func (p *Proxy) report(i *RequestInfo) {
-	if (i.Flags != 0 || i.Status == 0) && p.cut.Load() {
-		i.Flags = DrainTimeout
-	}
+	i.Flags = p.recordFlags(i)
 	if p.debug() {
 		p.logRequest(i)
 	}

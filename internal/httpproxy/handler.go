@@ -556,8 +556,7 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		x.info.Flags |= flag
 		p.localReply(x, code, msgReset+reason, unread)
 	}
-	p.log.Info("upstream error", "client", x.info.Client, "dst", x.info.Dst, "host", x.info.Host,
-		"flags", x.info.Flags, "err", err)
+	p.logUpstreamError(&x.info, err)
 }
 
 // preDialFailed answers the connection's first request when the connect to
