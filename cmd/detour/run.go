@@ -34,7 +34,9 @@ SIGINT/SIGTERM (or POST /quitquitquit on the admin endpoint) drains
 connections and removes the rules. Rules left by a
 run that was killed are removed at the next start. SIGHUP re-reads the
 config file (flags still override it) and applies it without dropping
-connections; SIGUSR1 reopens the access log.
+connections; SIGUSR1 reopens the access log. Under systemd (NOTIFY_SOCKET
+set) it reports READY=1, RELOADING=1 and STOPPING=1: see
+contrib/systemd/detour.service.
 
 Examples:
   # router: TPROXY port 80 of forwarded traffic to detour (tutorial 1)
