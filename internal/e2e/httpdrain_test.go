@@ -286,17 +286,7 @@ func TestHTTPDrainOnSIGTERM(t *testing.T) {
 				t.Errorf("/hang still open %v after SIGTERM (drain_timeout %v): %v", time.Since(term), drain, err)
 			}
 			// (e) detour exits 0 and takes its rules with it.
-			select {
-			case <-d.Done():
-			case <-time.After(15 * time.Second):
-				t.Fatal("detour still running 15s after /hang was cut")
-			}
-			if err := d.Stop(); err != nil {
-				t.Fatalf("exit status: %v", err)
-			}
-			if after := snapshot(t, n.Router); after != before {
-				t.Errorf("rules left after the drain:\n%s", after)
-			}
+			exitsClean(t, d, n.Router, before, 15*time.Second, "/hang was cut")
 
 			b, err := os.ReadFile(logPath)
 			if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/lab"
 	"github.com/detour-proxy/detour/internal/ns"
@@ -96,6 +97,24 @@ func startDetourBin(t *testing.T, n *ns.NS, bin string, args ...string) *lab.Det
 		}
 	})
 	return d
+}
+
+// exitsClean waits up to within for d to exit by itself (after what),
+// wants exit 0, and wants n's rules and routes as they were before it
+// started.
+func exitsClean(t *testing.T, d *lab.Detour, n *ns.NS, before string, within time.Duration, after string) {
+	t.Helper()
+	select {
+	case <-d.Done():
+	case <-time.After(within):
+		t.Fatalf("detour still running %v after %s", within, after)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatalf("exit status: %v", err)
+	}
+	if now := snapshot(t, n); now != before {
+		t.Fatalf("rules left after %s:\n%s", after, now)
+	}
 }
 
 // detourCmd runs the detour binary in n and returns its combined output.

@@ -91,15 +91,5 @@ func TestQuitQuitQuit(t *testing.T) {
 	}
 
 	conn.Close()
-	select {
-	case <-d.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("detour did not exit after its last connection closed")
-	}
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit status: %v", err)
-	}
-	if after := snapshot(t, n.Router); after != before {
-		t.Fatalf("rules left after /quitquitquit:\n%s", after)
-	}
+	exitsClean(t, d, n.Router, before, 10*time.Second, "its last connection closed")
 }

@@ -130,17 +130,7 @@ func TestSystemdNotify(t *testing.T) {
 	if m.fields["STOPPING"] != "1" {
 		t.Fatalf("after SIGTERM: %q, want STOPPING=1", m.raw)
 	}
-	select {
-	case <-d.Done():
-	case <-time.After(30 * time.Second):
-		t.Fatal("detour did not exit after SIGTERM")
-	}
-	if err := d.Stop(); err != nil {
-		t.Fatalf("exit status: %v", err)
-	}
-	if after := snapshot(t, n.Router); after != before {
-		t.Fatalf("rules left after exit:\n%s", after)
-	}
+	exitsClean(t, d, n.Router, before, 30*time.Second, "SIGTERM")
 	select {
 	case m := <-msgs:
 		if m.fields["WATCHDOG"] != "1" {
