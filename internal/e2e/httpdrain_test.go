@@ -224,6 +224,16 @@ func TestHTTPDrainOnSIGTERM(t *testing.T) {
 				}
 			}
 
+			// Every connection is with the HTTP side before SIGTERM: one
+			// still sniffed or on its way there when the drain begins is
+			// closed, as a connection that sent no request (under CI's
+			// load /late was, now and then).
+			conns := 3.0 // idle, slow, hang
+			if tc.fast {
+				conns++ // late
+			}
+			obsWaitMetrics(t, obsClient(n.Router), map[string]float64{"detour_http_connections_active": conns})
+
 			term := time.Now()
 			if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
 				t.Fatal(err)
