@@ -17,7 +17,6 @@ import (
 	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
-	"github.com/detour-proxy/detour/internal/intercept"
 	"github.com/detour-proxy/detour/internal/listen"
 	"github.com/detour-proxy/detour/internal/metrics"
 	"github.com/detour-proxy/detour/internal/proxy"
@@ -328,7 +327,7 @@ func (o *observability) rules(cfg *config.Config, r admin.Rules) {
 func portStrings(ranges []config.PortRange) []string {
 	out := make([]string, len(ranges))
 	for i, r := range ranges {
-		out[i] = intercept.PortRange(r).String()
+		out[i] = r.String()
 	}
 	return out
 }

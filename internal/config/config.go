@@ -541,8 +541,6 @@ func positive(key string, d *Duration, def time.Duration) error {
 	return nil
 }
 
-// checkListenFamilies checks what the rules need of the listeners: one per
-// family the destinations name, and, for a NAT gateway, not on loopback.
 // redirects reports whether redirect mode's rules would take a local
 // connection to a: its port is intercepted, its family is (a listener of
 // that family, and intercept.destinations, if any, naming one of its
@@ -562,6 +560,8 @@ func (c *Config) redirects(a, v4, v6 netip.AddrPort) bool {
 	return !slices.ContainsFunc(c.Intercept.ExcludePrefixes, contains)
 }
 
+// checkListenFamilies checks what the rules need of the listeners: one per
+// family the destinations name, and, for a NAT gateway, not on loopback.
 func (c *Config) checkListenFamilies() error {
 	var v4, v6 netip.AddrPort
 	for _, a := range c.ListenAddrs {
