@@ -544,13 +544,28 @@ func (c *upConn) ReadFrom(r io.Reader) (int64, error) {
 // writerOnly hides its Writer's other methods (ReadFrom) from io.Copy.
 type writerOnly struct{ io.Writer }
 
-// closeIdle drops the host's idle and pre-dialed connections.
-func (h *host) closeIdle(pre []preConn, links []*upLink) {
-	h.tr.CloseIdleConnections()
-	for _, d := range pre {
+// idleConns are a host's idle connections, taken out of it under c.mu
+// to be closed after (takeIdleLocked, close).
+type idleConns struct {
+	h     *host
+	pre   []preConn
+	links []*upLink
+}
+
+// takeIdleLocked takes h's pre-dialed and pooled connections; c.mu is held.
+func (h *host) takeIdleLocked() idleConns {
+	ic := idleConns{h, h.preDialed, h.links}
+	h.preDialed, h.links = nil, nil
+	return ic
+}
+
+// close closes them, and the host's Transport's idle connections.
+func (ic idleConns) close() {
+	ic.h.tr.CloseIdleConnections()
+	for _, d := range ic.pre {
 		d.conn.Close()
 	}
-	for _, l := range links {
+	for _, l := range ic.links {
 		l.close()
 	}
 }
@@ -581,9 +596,7 @@ func (c *cluster) sweep(cutoff time.Time) {
 	c.releaseMemory(time.Now(), left)
 
 	c.mu.Lock()
-	var stale []*host
-	var conns [][]preConn
-	var links [][]*upLink
+	var stale []idleConns
 	var expired []*upLink
 	linkCutoff := time.Now().Add(-upstreamIdleTimeout)
 	for k, h := range c.hosts {
@@ -594,10 +607,7 @@ func (c *cluster) sweep(cutoff time.Time) {
 				c.gone[k] = g
 			}
 			delete(c.hosts, k)
-			stale = append(stale, h)
-			conns = append(conns, h.preDialed)
-			links = append(links, h.links)
-			h.preDialed, h.links = nil, nil
+			stale = append(stale, h.takeIdleLocked())
 			continue
 		}
 		expired = append(expired, h.expireLinksLocked(linkCutoff)...)
@@ -607,9 +617,10 @@ func (c *cluster) sweep(cutoff time.Time) {
 	for _, l := range expired {
 		l.close()
 	}
-	for i, h := range stale {
+	for _, ic := range stale {
+		h := ic.h
 		c.p.log.Debug("removing stale host", "host", h.key, "idle_conns", max(h.open.Load()-h.inUse.Load(), 0))
-		h.closeIdle(conns[i], links[i])
+		ic.close()
 	}
 	c.removed += len(stale)
 }
@@ -657,18 +668,13 @@ func (c *cluster) close() {
 func (c *cluster) drain() {
 	c.mu.Lock()
 	c.draining = true
-	hosts := make([]*host, 0, len(c.hosts))
-	var conns [][]preConn
-	var links [][]*upLink
+	idle := make([]idleConns, 0, len(c.hosts))
 	for _, h := range c.hosts {
-		hosts = append(hosts, h)
-		conns = append(conns, h.preDialed)
-		links = append(links, h.links)
-		h.preDialed, h.links = nil, nil
+		idle = append(idle, h.takeIdleLocked())
 	}
 	c.mu.Unlock()
-	for i, h := range hosts {
-		h.closeIdle(conns[i], links[i])
+	for _, ic := range idle {
+		ic.close()
 	}
 }
 
