@@ -54,6 +54,17 @@ func (d *daemon) reloadNotified(stopping context.Context, reread func() (*config
 	return err
 }
 
+// notifyFailed tells `systemctl status` why run ends without having
+// served, with the error number when the error carries one; the exit
+// status says that it failed.
+func (d *daemon) notifyFailed(err error) {
+	fields := []string{sdnotify.Status("failed to start: " + err.Error())}
+	if errno := sdnotify.Errno(err); errno != "" {
+		fields = append(fields, errno)
+	}
+	d.notify(fields...)
+}
+
 // notifyStopping says that the drain began.
 func (d *daemon) notifyStopping() {
 	d.notify(sdnotify.Stopping, sdnotify.Status(fmt.Sprintf("stopping: draining connections for up to %s, then removing the rules", time.Duration(d.cfg.Drain))))
@@ -79,6 +90,9 @@ func (d *daemon) serviceStatus() string {
 		rules = "rules installed (ports " + strings.Join(portStrings(d.cfg.Intercept.Ports), ",") + ")"
 	case d.rules != nil:
 		rules = "rules drained (no intercept ports)"
+	}
+	if d.rulesErr != "" {
+		rules = "rules check failing, new connections may bypass detour: " + d.rulesErr
 	}
 	s := fmt.Sprintf("serving: %s, %d listeners, %s", d.cfg.Mode, len(d.srv.Listeners()), rules)
 	if d.reloadErr != nil {

@@ -167,6 +167,11 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	d.log = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: d.level}))
 	log := d.log
 	d.startNotify()
+	defer func() {
+		if err != nil && d.srv == nil {
+			d.notifyFailed(err)
+		}
+	}()
 	if cfg.Nice != 0 {
 		if err := nice.Set(cfg.Nice); err != nil {
 			return configError{err}
@@ -402,6 +407,12 @@ func (d *daemon) ensureRules(stopping context.Context, why string) {
 	if d.rules == nil || len(d.cfg.Intercept.Ports) == 0 || stopping.Err() != nil {
 		return
 	}
+	failing := d.rulesErr != ""
+	defer func() {
+		if (d.rulesErr != "") != failing { // systemctl status says it as the log does
+			d.notify(sdnotify.Status(d.serviceStatus()))
+		}
+	}()
 	missing, err := intercept.Ensure(*d.rules)
 	repeat := err != nil && err.Error() == d.rulesErr && time.Since(d.rulesErrAt) < time.Minute
 	if len(missing) > 0 {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -63,6 +64,9 @@ func TestSystemdNotify(t *testing.T) {
 	pings := 0
 	next := func(what string) notification {
 		t.Helper()
+		// One deadline for the wait: the pings, which keep coming, must
+		// not restart it.
+		deadline := time.After(20 * time.Second)
 		for {
 			select {
 			case m := <-msgs:
@@ -75,8 +79,8 @@ func TestSystemdNotify(t *testing.T) {
 					t.Errorf("%s came without a STATUS= line: %q", what, m.raw)
 				}
 				return m
-			case <-time.After(20 * time.Second):
-				t.Fatalf("no %s notification; detour's output:\n%s", what, d.Output())
+			case <-deadline:
+				t.Fatalf("no %s notification within 20s; detour's output:\n%s", what, d.Output())
 			}
 		}
 	}
@@ -89,7 +93,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Errorf("STATUS=%q, want %q", m.fields["STATUS"], want)
 	}
 
-	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 7004]}\n")
+	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 7004], check_interval: 200ms}\n")
 	hupAt := monotonicUsec()
 	if err := syscall.Kill(d.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -123,6 +127,25 @@ func TestSystemdNotify(t *testing.T) {
 		}
 	}
 
+	// While the periodic check cannot put vanished rules back (a foreign
+	// default route in table 100, put in place of detour's in one step,
+	// makes the install fail), STATUS= says so, and says so no more once
+	// it can.
+	if out, err := n.Router.Command(context.Background(), "ip", "route", "replace", "unreachable", "default", "table", "100").CombinedOutput(); err != nil {
+		t.Fatalf("ip route replace: %v\n%s", err, out)
+	}
+	m = next("STATUS= when the rules check fails")
+	if st := m.fields["STATUS"]; len(m.fields) != 1 || !strings.HasPrefix(st, "serving: tproxy, 2 listeners, rules check failing, new connections may bypass detour: ") {
+		t.Errorf("while the rules cannot be reinstalled: %q, want only a STATUS= saying the check fails", m.raw)
+	}
+	if out, err := n.Router.Command(context.Background(), "ip", "route", "del", "unreachable", "default", "table", "100").CombinedOutput(); err != nil {
+		t.Fatalf("ip route del: %v\n%s", err, out)
+	}
+	m = next("STATUS= when the rules are back")
+	if want := "serving: tproxy, 2 listeners, rules installed (ports 7002,7004)"; m.fields["STATUS"] != want || !m.table {
+		t.Errorf("after the check put the rules back: %q (rules installed: %v), want STATUS=%s", m.raw, m.table, want)
+	}
+
 	if err := syscall.Kill(d.Pid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +163,42 @@ func TestSystemdNotify(t *testing.T) {
 	}
 }
 
+// TestSystemdNotifyFailedStart: a run that cannot start (its admin
+// address is taken) tells the service manager why, with the error number,
+// so that `systemctl status` shows it beside the exit status.
+func TestSystemdNotifyFailedStart(t *testing.T) {
+	needRoot(t)
+	n := tproxyNet(t, "sdf")
+	taken, err := n.Router.Listen("tcp", "127.0.0.1:9901")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	sock := filepath.Join(t.TempDir(), "notify")
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+
+	out, code := detourExit(t, n.Router, "run", "--protocol", "tcp", "--intercept-port", "7002")
+	if code == 0 {
+		t.Fatalf("run with its admin address taken exited 0:\n%s", out)
+	}
+	// The datagram was queued before detour exited.
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	k, err := srv.Read(buf)
+	if err != nil {
+		t.Fatalf("no notification from a run that failed to start (%v); its output:\n%s", err, out)
+	}
+	fields := notificationFields(buf[:k])
+	if st := fields["STATUS"]; !strings.HasPrefix(st, "failed to start: ") || !strings.Contains(st, "address already in use") || fields["ERRNO"] != strconv.Itoa(int(syscall.EADDRINUSE)) || fields["READY"] != "" {
+		t.Errorf("notification %q; want STATUS=failed to start: … address already in use, ERRNO=%d, no READY=1", buf[:k], int(syscall.EADDRINUSE))
+	}
+}
+
 // receiveNotifications reads datagrams until c is closed, and looks at
 // the namespace the moment each arrives.
 func receiveNotifications(c *net.UnixConn, n *ns.NS, out chan<- notification) {
@@ -150,11 +209,7 @@ func receiveNotifications(c *net.UnixConn, n *ns.NS, out chan<- notification) {
 		if err != nil {
 			return
 		}
-		m := notification{raw: string(buf[:k]), at: monotonicUsec(), fields: map[string]string{}}
-		for _, line := range strings.Split(strings.TrimSuffix(m.raw, "\n"), "\n") {
-			name, value, _ := strings.Cut(line, "=")
-			m.fields[name] = value
-		}
+		m := notification{raw: string(buf[:k]), at: monotonicUsec(), fields: notificationFields(buf[:k])}
 		if m.fields["WATCHDOG"] != "1" {
 			m.table, _ = intercept.Installed(intercept.Options{Mode: intercept.ModeTProxy, NetNSFd: n.Fd()})
 			if resp, err := client.Get("http://127.0.0.1:9901/ready"); err == nil {
@@ -165,6 +220,16 @@ func receiveNotifications(c *net.UnixConn, n *ns.NS, out chan<- notification) {
 		}
 		out <- m
 	}
+}
+
+// notificationFields splits a datagram's NAME=value lines.
+func notificationFields(msg []byte) map[string]string {
+	fields := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
+		name, value, _ := strings.Cut(line, "=")
+		fields[name] = value
+	}
+	return fields
 }
 
 func monotonicUsec() uint64 {

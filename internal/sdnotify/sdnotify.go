@@ -1,11 +1,13 @@
 package sdnotify
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -20,6 +22,17 @@ const (
 // Status is a STATUS= field: one line that `systemctl status` shows.
 func Status(s string) string {
 	return "STATUS=" + strings.ReplaceAll(s, "\n", " ")
+}
+
+// Errno is the ERRNO= field of a failure that carries a system error
+// number (a listener's EADDRINUSE, say), which `systemctl status` shows
+// beside the exit code; "" when err carries none.
+func Errno(err error) string {
+	var no syscall.Errno
+	if !errors.As(err, &no) || no == 0 {
+		return ""
+	}
+	return "ERRNO=" + strconv.Itoa(int(no))
 }
 
 // MonotonicNow is the MONOTONIC_USEC= field systemd wants with Reloading:

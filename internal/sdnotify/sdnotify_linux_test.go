@@ -1,12 +1,14 @@
 package sdnotify
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -162,5 +164,21 @@ func TestMonotonicNow(t *testing.T) {
 	up, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
 	if s := float64(got) / 1e6; s > up+5 || s < 1 {
 		t.Errorf("MONOTONIC_USEC %d is %.0fs since boot; the uptime is %.0fs", got, s, up)
+	}
+}
+
+func TestErrno(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{errors.New("no number"), ""},
+		{fmt.Errorf("listen: %w", &os.SyscallError{Syscall: "bind", Err: syscall.EADDRINUSE}), "ERRNO=98"},
+		{syscall.Errno(0), ""},
+	} {
+		if got := Errno(tt.err); got != tt.want {
+			t.Errorf("Errno(%v) = %q, want %q", tt.err, got, tt.want)
+		}
 	}
 }
