@@ -16,7 +16,7 @@
 // "-" for an empty value):
 //
 //	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
-//	http: time kind=http id request_id client original_dst dst protocol method authority path status flags received duration_ms upstream_ms reused details
+//	http: time kind=http id request_id client original_dst dst protocol method authority path status flags sent received duration_ms upstream_ms reused details
 //
 // An Envoy format string (FormatEnvoy, or any Format with a %OPERATOR%) is
 // compiled by Open, and each record is its operators' values in place.
@@ -335,6 +335,7 @@ func (l *Logger) HTTP(i *httpproxy.RequestInfo) {
 	e.str("path", i.Path)
 	e.int("status", int64(i.Status))
 	e.str("flags", i.Flags.String())
+	e.int("sent", i.RequestBytes)
 	e.int("received", i.BodyBytes)
 	e.ms("duration_ms", i.Duration)
 	e.ms("upstream_ms", i.UpstreamTime)

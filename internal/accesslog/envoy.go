@@ -71,9 +71,9 @@ type view struct {
 	l4Flags  string          // L4
 	details  string          // HTTP: why detour answered itself
 	end      string          // L4: how it ended
-	// received and sent are Envoy's: bytes from and to the client.
+	// received and sent are Envoy's: bytes from and to the client (HTTP:
+	// the request's and the response's body bytes).
 	received, sent int64
-	hasReceived    bool
 	proto          string // HTTP
 	method, path   string
 	authority, rid string
@@ -95,7 +95,7 @@ const clusterName = "original_dst"
 func l4View(r *proxy.L4Record) view {
 	v := view{
 		start: r.Start, duration: r.Duration, l4Flags: r.Flags, end: r.End,
-		received: r.Sent, sent: r.Received, hasReceived: true,
+		received: r.Sent, sent: r.Received,
 		client: r.Client, local: r.OrigDst, sni: r.SNI,
 		connID: strings.TrimPrefix(r.ID, "C"),
 	}
@@ -111,7 +111,7 @@ func l4View(r *proxy.L4Record) view {
 func httpView(i *httpproxy.RequestInfo) view {
 	v := view{
 		http: true, start: i.Start, duration: i.Duration, status: i.Status, flags: i.Flags, details: i.Details,
-		sent: i.BodyBytes, proto: i.Proto, method: i.Method, path: i.Path, authority: i.Host, rid: i.RequestID,
+		received: i.RequestBytes, sent: i.BodyBytes, proto: i.Proto, method: i.Method, path: i.Path, authority: i.Host, rid: i.RequestID,
 		upstreamTime: i.UpstreamTime, hasUpstream: i.Details == "" && i.Status > 0,
 		client: i.Client, local: i.OrigDst, connN: i.ConnID,
 	}
@@ -183,7 +183,7 @@ func (f envoyFormat) append(b []byte, v *view) []byte {
 		case envoyfmt.OpConnectionTerminationDetails:
 			b = appendValue(b, v.end, 0)
 		case envoyfmt.OpBytesReceived:
-			b = appendInt(b, v.received, v.hasReceived)
+			b = strconv.AppendInt(b, v.received, 10)
 		case envoyfmt.OpBytesSent:
 			b = strconv.AppendInt(b, v.sent, 10)
 		case envoyfmt.OpProtocol:

@@ -17,7 +17,7 @@ import (
 func TestEnvoyFormat(t *testing.T) {
 	refused := httpInfo
 	refused.Status, refused.Flags, refused.Details = 503, httpproxy.UpstreamConnectFailure, "connection refused"
-	refused.UpstreamTime, refused.BodyBytes = 0, 91
+	refused.UpstreamTime, refused.BodyBytes, refused.RequestBytes = 0, 91, 0
 	loop := proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
 		Protocol: "tcp", End: "loop refused", Flags: "LR"}
 	for _, c := range []struct {
@@ -30,7 +30,7 @@ func TestEnvoyFormat(t *testing.T) {
 		{"%RESPONSE_FLAGS%", "UC", "-", "UF", "LR"},
 		{"%RESPONSE_CODE_DETAILS%", "-", "via_upstream", "connection refused", ""},
 		{"%CONNECTION_TERMINATION_DETAILS%", "upstream reset", "-", "", "loop refused"},
-		{"%BYTES_RECEIVED% %BYTES_SENT%", "517 4096", "- 312", "- 91", "0 0"},
+		{"%BYTES_RECEIVED% %BYTES_SENT%", "517 4096", "1234 312", "0 91", "0 0"},
 		{"%PROTOCOL%", "-", "HTTP/1.1", "", ""},
 		{"%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %REQ(HOST)% %REQ(X-REQUEST-ID)%", "- - - - -", "GET /get [2001:db8:2::2] [2001:db8:2::2] 4f3c", "", ""},
 		{"%REQ(USER-AGENT)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(:PATH?USER-AGENT)%", "- - -", "- /get /get", "", ""},
@@ -77,8 +77,8 @@ func TestEnvoyDefault(t *testing.T) {
 	i.Path = "/a\nb"
 	l.HTTP(&i)
 	l.L4(l4rec)
-	want := `[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
-[2026-11-22T00:51:50.123Z] "GET /a\x0ab HTTP/1.1" 200 - - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
+	want := `[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - 1234 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
+[2026-11-22T00:51:50.123Z] "GET /a\x0ab HTTP/1.1" 200 - 1234 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80"
 [2026-11-22T00:51:50.123Z] "- - -" - UC 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443"
 `
 	if got := out.String(); got != want {
@@ -92,7 +92,7 @@ func TestEnvoyDefault(t *testing.T) {
 func TestIstioDefault(t *testing.T) {
 	refused := httpInfo
 	refused.Status, refused.Flags, refused.Details = 503, httpproxy.UpstreamConnectFailure, "connection refused"
-	refused.UpstreamTime, refused.BodyBytes = 0, 91
+	refused.UpstreamTime, refused.BodyBytes, refused.RequestBytes = 0, 91, 0
 	l4uf := l4rec
 	l4uf.Protocol, l4uf.SNI, l4uf.Sent, l4uf.Received, l4uf.End, l4uf.Flags = "tcp", "", 0, 0, "connect timeout", "UF"
 	loop := proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
@@ -104,9 +104,9 @@ func TestIstioDefault(t *testing.T) {
 		want  string
 	}{
 		{"http", func(l *Logger) { l.HTTP(&httpInfo) },
-			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - via_upstream - "-" - 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
+			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 200 - via_upstream - "-" 1234 312 2 1 "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
 		{"http UF", func(l *Logger) { l.HTTP(&refused) },
-			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 503 UF connection refused - "connection refused" - 91 2 - "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
+			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 503 UF connection refused - "connection refused" 0 91 2 - "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
 		{"l4", func(l *Logger) { l.L4(l4rec) },
 			`[2026-11-22T00:51:50.123Z] "- - -" - UC - upstream reset "-" 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst - 198.18.2.2:443 198.18.1.2:40312 example.com -`},
 		{"l4 UF", func(l *Logger) { l.L4(l4uf) },

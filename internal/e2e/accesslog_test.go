@@ -49,7 +49,7 @@ func TestAccessLogEnvoyFormat(t *testing.T) {
 	}
 	client, q := n.ClientIP4.String(), regexp.QuoteMeta
 	want := []*regexp.Regexp{
-		regexp.MustCompile(`^GET /get\?x=1 HTTP/1\.1 200 - via_upstream - [1-9]\d* ` + q(server) + `:80 ` + q(server) + `:80 ` + q(client) +
+		regexp.MustCompile(`^GET /get\?x=1 HTTP/1\.1 200 - via_upstream 0 [1-9]\d* ` + q(server) + `:80 ` + q(server) + `:80 ` + q(client) +
 			` [0-9a-f-]{4} - \[\d{10}\.\d{3}\] \d+$`),
 		regexp.MustCompile(`^- - - - - - 3 25 ` + q(server) + `:7002 ` + q(server) + `:7002 ` + q(client) + ` - closed \[\d{10}\.\d{3}\] \d+$`),
 	}

@@ -25,6 +25,7 @@ type bodyPump struct {
 	fc   *fastConn
 	up   *upLink
 	rest int64
+	info *RequestInfo // the request's record, which ended adds the body bytes read to
 
 	handed   atomic.Int64 // body bytes read from the client and handed to the upstream's write
 	stopping atomic.Bool  // stop interrupts the copy: its error is neither side's
@@ -39,8 +40,8 @@ type bodyPump struct {
 var errPumpStopped = errors.New("body copy stopped")
 
 // startBody starts copying the body's last rest bytes to up.
-func (fc *fastConn) startBody(up *upLink, rest int64) *bodyPump {
-	b := &bodyPump{fc: fc, up: up, rest: rest, done: make(chan struct{})}
+func (fc *fastConn) startBody(up *upLink, rest int64, info *RequestInfo) *bodyPump {
+	b := &bodyPump{fc: fc, up: up, rest: rest, info: info, done: make(chan struct{})}
 	up.conn.SetReadDeadline(time.Time{}) // until the body has gone out
 	go b.run()
 	return b
@@ -142,10 +143,10 @@ func (fc *fastConn) headIn(x *request, status int, closes bool) error {
 	case <-b.done:
 		switch {
 		case b.err == nil:
-			fc.pump = nil // the whole body went out
+			fc.pumpEnded(b) // the whole body went out
 			return nil
 		case errors.Is(b.err, errClientBody):
-			fc.pump = nil
+			fc.pumpEnded(b)
 			return b.err
 		}
 		failed = true // the upstream stopped taking the body
@@ -187,7 +188,6 @@ func (fc *fastConn) endBody() (clientClean, upstreamTook bool) {
 	if b == nil {
 		return true, true
 	}
-	fc.pump = nil
 	select {
 	case <-b.done:
 	default:
@@ -206,7 +206,15 @@ func (fc *fastConn) endBody() (clientClean, upstreamTook bool) {
 		<-b.done
 		fc.c.SetReadDeadline(time.Time{})
 	}
+	fc.pumpEnded(b)
 	return b.handed.Load() == b.rest && !errors.Is(b.err, errClientBody), b.err == nil
+}
+
+// pumpEnded retires the pump b, which has ended: the body bytes it read
+// from the client join the request's record.
+func (fc *fastConn) pumpEnded(b *bodyPump) {
+	fc.pump = nil
+	b.info.RequestBytes += b.handed.Load()
 }
 
 // handingWriter counts the bytes handed to w before the write: once the

@@ -448,6 +448,7 @@ func (fc *fastConn) begin(x *request) {
 	x.inBody = min(int64(fc.w-fc.r), h.clen)
 	x.body = fc.in[fc.r : fc.r+int(x.inBody)]
 	fc.r += int(x.inBody)
+	x.info.RequestBytes = x.inBody // a body pump adds the rest it reads
 	x.replayable = h.clen == x.inBody && (idempotent(h.method) || h.idemKey)
 	// After a failed exchange, part of the body may still be in the
 	// client's stream: the connection cannot carry another request.
@@ -740,7 +741,7 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 		} else {
 			// The rest of the body goes on its own goroutine while the
 			// answer is awaited here (see bodyPump).
-			fc.pump = fc.startBody(up, rest)
+			fc.pump = fc.startBody(up, rest, &x.info)
 		}
 	default:
 		// The whole request is here: write it and wait for the answer in

@@ -79,6 +79,9 @@ type RequestInfo struct {
 	UpstreamTime time.Duration // request sent upstream to response headers; 0 without a response
 	Reused       bool          // served on a pooled upstream connection
 	BodyBytes    int64         // response body bytes written to the client
+	// RequestBytes are the request body bytes read from the client, a
+	// chunked body's decoded (as Envoy's %BYTES_RECEIVED% counts them).
+	RequestBytes int64
 	// Details says why detour answered itself or ended the request
 	// ("connection refused", "upstream request timeout", "invalid host
 	// field", as Envoy's %RESPONSE_CODE_DETAILS%); empty for a response
@@ -123,6 +126,7 @@ type exchange struct {
 	gotByte atomic.Bool // a response byte came (traced only for replayAfterSent's requests)
 	upc     net.Conn    // the upstream connection (GotConn)
 	body    idleBody    // the response body, read under StreamIdleTimeout
+	reqBody countedBody // the request body, counted for RequestBytes
 	status  int         // upstream's status, for upgrades that bypass WriteHeader
 	p       *Proxy
 }
@@ -295,7 +299,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.trace.GotFirstResponseByte = x.gotFirstByte
 	}
 	ctx := httptrace.WithClientTrace(context.WithValue(r.Context(), exchangeKey{}, x), &x.trace)
-	p.rp.ServeHTTP(x.rw, r.WithContext(ctx))
+	out := r.WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		x.reqBody.ReadCloser = r.Body
+		out.Body = &x.reqBody
+	}
+	p.rp.ServeHTTP(x.rw, out)
 }
 
 // rewrite aims the outbound request at the chosen destination and sets the
@@ -444,6 +453,20 @@ func upgradeType(h http.Header) string {
 		return ""
 	}
 	return h.Get("Upgrade")
+}
+
+// countedBody counts the request body bytes read from the client: a
+// chunked body's decoded ones, as net/http's server hands them over.
+// Atomic: the Transport's write may still read when the handler ends.
+type countedBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
 }
 
 // idleBody is an upstream response body whose every read waits at most
@@ -689,6 +712,7 @@ func (p *Proxy) finish(x *exchange) {
 	i := &x.info
 	i.Duration = time.Since(i.Start)
 	i.Status, i.BodyBytes = x.rw.status, x.rw.bytes
+	i.RequestBytes = x.reqBody.n.Load()
 	if i.Status == 0 && x.status == http.StatusSwitchingProtocols {
 		i.Status = x.status // written to the hijacked conn, not through WriteHeader
 	}
