@@ -16,7 +16,7 @@
 // "-" for an empty value):
 //
 //	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
-//	http: time kind=http id request_id client original_dst dst protocol method authority path status flags sent received duration_ms upstream_ms reused details
+//	http: time kind=http id request_id client original_dst dst upstream_local protocol method authority path status flags sent received duration_ms upstream_ms reused details
 //
 // An Envoy format string (FormatEnvoy, or any Format with a %OPERATOR%) is
 // compiled by Open, and each record is its operators' values in place.
@@ -329,6 +329,7 @@ func (l *Logger) HTTP(i *httpproxy.RequestInfo) {
 	e.addr("client", i.Client)
 	e.addr("original_dst", i.OrigDst)
 	e.addr("dst", i.Dst)
+	e.addr("upstream_local", i.UpstreamLocal)
 	e.str("protocol", i.Proto)
 	e.str("method", i.Method)
 	e.str("authority", i.Host)

@@ -36,6 +36,7 @@ var (
 		Dst: netip.MustParseAddrPort("[2001:db8:2::2]:80"), Proto: "HTTP/1.1", Method: "GET", Host: "[2001:db8:2::2]",
 		Path: "/get", RequestID: "4f3c", Status: 200, Duration: 2 * time.Millisecond,
 		UpstreamTime: 1234 * time.Microsecond, Reused: true, BodyBytes: 312, RequestBytes: 1234,
+		UpstreamLocal: netip.MustParseAddrPort("[2001:db8:1::1]:51000"),
 	}
 )
 
@@ -57,7 +58,7 @@ func TestText(t *testing.T) {
 	l.L4(proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
 		Protocol: "tcp", End: "loop refused", Flags: "LR"})
 	want := `time=2026-11-22T00:51:50.123Z kind=tcp id=C7 client=198.18.1.2:40312 original_dst=198.18.2.2:443 protocol=tls sni=example.com sent=517 received=4096 duration_ms=1500 connect_ms=0.226 end="upstream reset" flags=UC
-time=2026-11-22T00:51:50.123Z kind=http id=C9 request_id=4f3c client=[2001:db8:1::2]:40000 original_dst=[2001:db8:2::2]:80 dst=[2001:db8:2::2]:80 protocol=HTTP/1.1 method=GET authority=[2001:db8:2::2] path=/get status=200 flags=- sent=1234 received=312 duration_ms=2 upstream_ms=1.234 reused=true details=-
+time=2026-11-22T00:51:50.123Z kind=http id=C9 request_id=4f3c client=[2001:db8:1::2]:40000 original_dst=[2001:db8:2::2]:80 dst=[2001:db8:2::2]:80 upstream_local=[2001:db8:1::1]:51000 protocol=HTTP/1.1 method=GET authority=[2001:db8:2::2] path=/get status=200 flags=- sent=1234 received=312 duration_ms=2 upstream_ms=1.234 reused=true details=-
 time=2026-11-22T00:51:50.123Z kind=tcp id=C8 client=198.18.1.2:40312 original_dst=198.18.1.1:15001 protocol=tcp sni=- sent=0 received=0 duration_ms=0 connect_ms=0 end="loop refused" flags=LR
 `
 	if got := out.String(); got != want {
@@ -88,7 +89,7 @@ func TestJSON(t *testing.T) {
 	}
 	for k, v := range map[string]any{
 		"kind": "http", "path": "/a b\"c\\d\n\x00\ufffd/é", "flags": "UF,DC", "status": 503.0,
-		"client": "[2001:db8:1::2]:40000", "upstream_ms": 1.234, "reused": true, "sent": 1234.0, "received": 312.0,
+		"client": "[2001:db8:1::2]:40000", "upstream_ms": 1.234, "reused": true, "upstream_local": "[2001:db8:1::1]:51000", "sent": 1234.0, "received": 312.0,
 		"details": "connection refused",
 	} {
 		if rec[k] != v {

@@ -80,6 +80,7 @@ type view struct {
 	upstreamTime   time.Duration
 	hasUpstream    bool // HTTP: the response came from the upstream
 	upstream       netip.AddrPort
+	upstreamLocal  netip.AddrPort // HTTP: the upstream connection's local address
 	client, local  netip.AddrPort
 	sni, connID    string // L4
 	connN          uint64 // HTTP: the connection's number, 0 for none
@@ -113,7 +114,7 @@ func httpView(i *httpproxy.RequestInfo) view {
 		http: true, start: i.Start, duration: i.Duration, status: i.Status, flags: i.Flags, details: i.Details,
 		received: i.RequestBytes, sent: i.BodyBytes, proto: i.Proto, method: i.Method, path: i.Path, authority: i.Host, rid: i.RequestID,
 		upstreamTime: i.UpstreamTime, hasUpstream: i.Details == "" && i.Status > 0,
-		client: i.Client, local: i.OrigDst, connN: i.ConnID,
+		client: i.Client, local: i.OrigDst, connN: i.ConnID, upstreamLocal: i.UpstreamLocal,
 	}
 	if i.Flags&(httpproxy.LoopRefused|httpproxy.DownstreamProtocolError|httpproxy.RequestHeaderTimeout) == 0 {
 		v.upstream = i.Dst
@@ -220,10 +221,10 @@ func (f envoyFormat) append(b []byte, v *view) []byte {
 			}
 		case envoyfmt.OpUpstreamTransportFailureReason:
 			b = appendValue(b, v.failure, 0)
-		case envoyfmt.OpUpstreamLocalAddress, envoyfmt.OpRouteName:
-			// Not recorded (the upstream socket's address), or not a thing
-			// detour has (routes).
-			b = append(b, '-')
+		case envoyfmt.OpUpstreamLocalAddress:
+			b = appendAddr(b, v.upstreamLocal)
+		case envoyfmt.OpRouteName:
+			b = append(b, '-') // not a thing detour has
 		}
 	}
 	return b

@@ -239,9 +239,19 @@ func (h *host) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{TCPConn: conn, h: h, wake: make(chan struct{}, 1)}
+	c := &upConn{TCPConn: conn, h: h, local: localAddr(conn), wake: make(chan struct{}, 1)}
 	c.idle.timeout = h.c.p.o.StreamIdleTimeout
 	return c, nil
+}
+
+// localAddr is c's local address, the one its socket had when net made
+// it (a getsockname per connection, none per request); zero when unknown.
+func localAddr(c *net.TCPConn) netip.AddrPort {
+	a, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	return unmap(a.AddrPort())
 }
 
 // connect returns a pre-dialed connection if one is waiting, else a new
@@ -364,9 +374,10 @@ func (h *host) expireLinksLocked(cutoff time.Time) []*upLink {
 // still splice.
 type upConn struct {
 	*net.TCPConn
-	h    *host
-	idle idleDeadline // the write deadline (Write); nothing else sets one
-	once sync.Once
+	h     *host
+	local netip.AddrPort // the connection's local address, for request records
+	idle  idleDeadline   // the write deadline (Write); nothing else sets one
+	once  sync.Once
 	// The check of each response head (Read): armed when a request goes
 	// out (expectHead), then run by the Transport's read loop, the
 	// connection's only reader.

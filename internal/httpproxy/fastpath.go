@@ -148,9 +148,10 @@ type upLink struct {
 	h      *host
 	lim    limitedReader
 	reused bool
-	since  time.Time // idle since
-	await  awaiter   // sendAwait's state
-	raw    rawReader // reads response heads and bodies read through br
+	since  time.Time      // idle since
+	await  awaiter        // sendAwait's state
+	raw    rawReader      // reads response heads and bodies read through br
+	local  netip.AddrPort // conn's local address, for the records of the requests it carries
 }
 
 // limitedReader fails reads past n bytes: it bounds a response head. It
@@ -635,7 +636,7 @@ func (fc *fastConn) sendOn(x *request, up *upLink) {
 	x.hst.inUse.Add(1)
 	fc.cur.Store(up)
 	x.sent = time.Now()
-	x.info.Reused = up.reused
+	x.info.Reused, x.info.UpstreamLocal = up.reused, up.local
 }
 
 // sendOff notes that x no longer occupies its upstream connection: the
@@ -965,7 +966,7 @@ func (l *upLink) alive() bool {
 func newUpLink(conn *net.TCPConn, h *host) *upLink {
 	rc, _ := conn.SyscallConn() // never fails for a *net.TCPConn
 	fd, _ := tcpproxy.ConnFD(conn)
-	l := &upLink{conn: conn, rc: rc, h: h, fd: fd}
+	l := &upLink{conn: conn, rc: rc, h: h, fd: fd, local: localAddr(conn)}
 	l.raw.init(rc)
 	return l
 }

@@ -82,6 +82,10 @@ type RequestInfo struct {
 	// RequestBytes are the request body bytes read from the client, a
 	// chunked body's decoded (as Envoy's %BYTES_RECEIVED% counts them).
 	RequestBytes int64
+	// UpstreamLocal is the local address of the upstream connection the
+	// request went out on (the client's with source spoofing); zero when
+	// it got none.
+	UpstreamLocal netip.AddrPort
 	// Details says why detour answered itself or ended the request
 	// ("connection refused", "upstream request timeout", "invalid host
 	// field", as Envoy's %RESPONSE_CODE_DETAILS%); empty for a response
@@ -152,6 +156,7 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if uc, ok := ci.Conn.(*upConn); ok {
+		x.info.UpstreamLocal = uc.local
 		if ci.Reused {
 			uc.awaitReader()
 		}

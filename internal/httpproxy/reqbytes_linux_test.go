@@ -19,13 +19,16 @@ var (
 )
 
 // TestRecordRequestBytes checks what a request's record says of its
-// request body: RequestBytes, the body bytes read from the client (a
-// chunked body's decoded ones, as Envoy counts them); on the fast path's goroutine (a body that came with its head,
+// request body and its upstream connection: RequestBytes, the body bytes
+// read from the client (a chunked body's decoded ones, as Envoy counts
+// them), and UpstreamLocal, the address the upstream saw the request
+// come from; on the fast path's goroutine (a body that came with its head,
 // and one a pump copied), on a loop, on the net/http path after a
 // hand-over and with the fast path off.
 func TestRecordRequestBytes(t *testing.T) {
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Remote", r.RemoteAddr)
 		w.Write([]byte("ok"))
 	}))
 	type step struct {
@@ -80,10 +83,32 @@ func TestRecordRequestBytes(t *testing.T) {
 				if i.RequestBytes != s.want {
 					t.Errorf("%s: RequestBytes = %d, want %d", s.name, i.RequestBytes, s.want)
 				}
+				if got, want := i.UpstreamLocal.String(), res.Header.Get("X-Remote"); got != want {
+					t.Errorf("%s: UpstreamLocal = %s, the upstream saw %s", s.name, got, want)
+				}
 				if n+1 == tc.checkAt {
 					checkServedOnLoop(t, f.p, tc.onLoop)
 				}
 			}
 		})
+	}
+}
+
+// TestRecordNoUpstreamLocal checks that a request that got no upstream
+// connection records no upstream local address.
+func TestRecordNoUpstreamLocal(t *testing.T) {
+	dst := closedPort(t)
+	for _, noFast := range []bool{false, true} {
+		f := newFront(t, Options{DisableFastPath: noFast}, dst)
+		c, br := f.raw(t)
+		if _, err := io.WriteString(c, withoutBody); err != nil {
+			t.Fatal(err)
+		}
+		if res, _ := readResponse(t, br, "GET"); res.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("DisableFastPath %v: status %d, want 503", noFast, res.StatusCode)
+		}
+		if i := f.info(t); i.UpstreamLocal.IsValid() {
+			t.Errorf("DisableFastPath %v: UpstreamLocal = %s for a refused connect, want none", noFast, i.UpstreamLocal)
+		}
 	}
 }
