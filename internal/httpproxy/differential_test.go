@@ -325,7 +325,6 @@ func diffCases() []diffCase {
 		{name: "obs-fold in the response", req: get, resp: "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "bare LF response", req: get, resp: "HTTP/1.1 200 OK\nX-A: a\nContent-Length: 2\n\nok"},
 		{name: "head over 4 KiB", req: get, resp: "HTTP/1.1 200 OK\r\nX-Big: " + long[:5000] + "\r\nContent-Length: 2\r\n\r\nok"},
-		{name: "status 600", req: get, resp: "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "no reason phrase", req: get, resp: "HTTP/1.1 418\r\nContent-Length: 2\r\n\r\nok"},
 		{name: "101 without an upgrade request", req: get, resp: "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", closeAfter: true, want: upe},
 		{name: "ten 1xx", req: get, resp: strings.Repeat("HTTP/1.1 103 Early Hints\r\n\r\n", 10) + diffOK},
@@ -367,6 +366,9 @@ func diffCases() []diffCase {
 		{name: "chunk without its CRLF", req: get, resp: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok0\r\n\r\n", want: upeBody},
 		{name: "status 099", req: get, resp: "HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", want: upe},
 		{name: "status 000", req: get, resp: "HTTP/1.1 000 Odd\r\n\r\n", want: upe},
+		{name: "status 600", req: get, resp: "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok", want: upe},
+		{name: "status 999", req: get, resp: "HTTP/1.1 999 X\r\nContent-Length: 2\r\n\r\nok", want: upe},
+		{name: "status 600 without a length", req: get, resp: "HTTP/1.1 600 X\r\n\r\nuntil close", closeAfter: true, want: upe},
 		{name: "upstream closes after its answer", req: get, resp: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", closeAfter: true},
 	}
 }

@@ -784,10 +784,10 @@ func (fc *fastConn) exchange(up *upLink, x *request, sent bool) (br *bufio.Reade
 			}
 			return nil, nil, fc.bodyFailed(x, err)
 		}
-		if res.StatusCode < 100 {
+		if !validStatus(res.StatusCode) {
 			fc.p.pools.readers.Put(br)
 			fc.endBody()
-			return nil, nil, errStatusBelow100
+			return nil, nil, errStatusOutOfRange
 		}
 		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			up.lim.n = 1<<63 - 1 // as above

@@ -154,7 +154,8 @@ func respLine(b []byte) (line, rest []byte, v respVerdict) {
 
 // statusLine parses "HTTP/1.x NNN reason" (the reason may be empty, with or
 // without its space) with NNN in 200..599: informational responses and 101
-// stay with http.ReadResponse, which relays or refuses them.
+// stay with http.ReadResponse, which relays or refuses them, and so do
+// codes outside 100..599, which its caller refuses (validStatus).
 func (rh *respHead) statusLine(line []byte, st *respState) bool {
 	if len(line) < len("HTTP/1.1 200") || string(line[:7]) != "HTTP/1." || line[8] != ' ' {
 		return false

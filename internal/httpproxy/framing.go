@@ -14,12 +14,18 @@ import "errors"
 // would be reused.
 var errFramingConflict = errors.New("upstream response has both Content-Length and Transfer-Encoding")
 
-// errStatusBelow100 refuses a response whose status is under 100 ("HTTP/1.1
-// 099"), which http.ReadResponse takes: RFC 9110, 15 makes 100–599 the
-// valid range. Taken for a 1xx, the fast path relayed it as a status line
-// of two digits no client reads; the net/http server panics on it. Both
-// paths refuse it as a protocol error (502 UPE) and close the connection.
-var errStatusBelow100 = errors.New("upstream response status is below 100")
+// errStatusOutOfRange refuses a response whose status is under 100
+// ("HTTP/1.1 099") or over 599 ("HTTP/1.1 600"), which http.ReadResponse
+// takes (any three digits): RFC 9110, 15 makes 100–599 the valid range,
+// and Envoy's codec refuses the others. Taken for a 1xx, a status under
+// 100 went out as a status line of two digits no client reads, and the
+// net/http server panics on it; one over 599 was relayed as it came, a
+// class no client knows how to handle. Both paths refuse either as a
+// protocol error (502 UPE) and close the connection.
+var errStatusOutOfRange = errors.New("upstream response status is outside 100-599")
+
+// validStatus reports whether code is in RFC 9110's range, 100–599.
+func validStatus(code int) bool { return code >= 100 && code <= 599 }
 
 // headScan follows the response heads an upstream sends for one request
 // (1xx ones, then the final one), a byte at a time and across reads, to

@@ -405,9 +405,9 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		// that closes the connection: it will not take the rest.
 		res.Header["Connection"] = []string{"close"}
 	}
-	if res.StatusCode < 100 {
+	if !validStatus(res.StatusCode) {
 		x.status = 0
-		return errStatusBelow100 // the error closes the response's connection
+		return errStatusOutOfRange // the error closes the response's connection
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// ReverseProxy refuses a switch to another protocol than the one

@@ -748,3 +748,52 @@ func TestLoopRelaysHeadOfTricklingBody(t *testing.T) {
 		}
 	})
 }
+
+// TestLoopRefusesStatusOutOfRange: a response status outside 100–599
+// that comes to a request a loop sent is refused as on the goroutine:
+// 502, flag UPE, the upstream connection closed, the client's kept.
+func TestLoopRefusesStatusOutOfRange(t *testing.T) {
+	for _, status := range []string{"600", "999", "099"} {
+		t.Run(status, func(t *testing.T) {
+			withAndWithoutLoops(t, func(t *testing.T, disable bool) {
+				var conns atomic.Int32
+				dst := rawUpstream(t, func(c net.Conn) {
+					conns.Add(1)
+					br := bufio.NewReader(c)
+					for i := 0; ; i++ {
+						req, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						if req.URL.Path == "/odd" {
+							io.WriteString(c, "HTTP/1.1 "+status+" X\r\nContent-Length: 2\r\n\r\nok")
+							continue
+						}
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					}
+				})
+				f := newFront(t, Options{DisableLoops: disable}, dst)
+				c, br := f.raw(t)
+				toLoop(t, c, br)
+				for range loopAfter {
+					f.info(t)
+				}
+				if !disable {
+					waitOnLoop(t, f.p)
+				}
+				io.WriteString(c, "GET /odd HTTP/1.1\r\nHost: a\r\n\r\n")
+				res, body := readResponse(t, br, "GET")
+				if res.StatusCode != http.StatusBadGateway || !strings.Contains(body, "protocol error") {
+					t.Fatalf("status %d, body %q; want 502 protocol error", res.StatusCode, body)
+				}
+				if i := f.info(t); i.Flags != UpstreamProtocolError {
+					t.Errorf("flags %v, want UPE", i.Flags)
+				}
+				roundTrips(t, c, br, getSmall, "GET", 1)
+				if n := conns.Load(); n != 2 {
+					t.Errorf("upstream connections = %d, want 2 (the refused response's closed)", n)
+				}
+			})
+		})
+	}
+}
