@@ -42,6 +42,7 @@ type configFlags struct {
 	connectTimeout, idleTimeout, drain   time.Duration
 	cleanupInterval, routeTimeout        time.Duration
 	headerTimeout, streamIdleTimeout     time.Duration
+	httpIdleTimeout                      time.Duration
 	useOrigDstHeader                     bool
 	maxConns, loops, nice                int
 	sniffTimeout                         time.Duration
@@ -77,6 +78,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.cleanupInterval, "cleanup-interval", 0, "remove original-destination hosts unused this long (default 5s)")
 		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
 		fs.DurationVar(&f.headerTimeout, "header-timeout", 0, "HTTP: close a client whose request headers take longer than this (slowloris; flag HT) (default 10s)")
+		fs.DurationVar(&f.httpIdleTimeout, "http-idle-timeout", 0, "HTTP: close a client's keep-alive connection idle this long between requests (at least 10ms) (default 5m)")
 		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a client whose response write stays blocked this long: it stopped reading (flag SI) (default 5m)")
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "at this many open connections, stop accepting: new clients wait in the listen backlog (default 0: no limit)")
@@ -200,6 +202,8 @@ func (f *configFlags) apply(cfg *config.Config, name string) error {
 		cfg.HTTP.RouteTimeout = config.Duration(f.routeTimeout)
 	case "header-timeout":
 		cfg.HTTP.HeaderTimeout = config.Duration(f.headerTimeout)
+	case "http-idle-timeout":
+		cfg.HTTP.IdleTimeout = config.Duration(f.httpIdleTimeout)
 	case "stream-idle-timeout":
 		cfg.HTTP.StreamIdleTimeout = config.Duration(f.streamIdleTimeout)
 	case "sniff-timeout":
@@ -352,6 +356,7 @@ var otherNames = map[string]string{
 	"port": "intercept-port", "dport": "intercept-port", "ports": "intercept-port",
 	"on-port": "listen", "tproxy-port": "listen", "bind": "listen",
 	"uid-owner": "exclude-uid", "exclude-uids": "exclude-uid",
+	"keepalive-timeout": "http-idle-timeout", "http-keep-alive": "http-idle-timeout",
 	"concurrency": "tcp-loops", "nbthread": "tcp-loops", "maxconn": "max-connections",
 	"v": "log-level", "verbose": "log-level", "debug": "log-level", "l": "log-level",
 }

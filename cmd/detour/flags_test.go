@@ -73,6 +73,8 @@ func TestBadFlagMessages(t *testing.T) {
 		{[]string{"run", "--mod", "tproxy"}, "detour run: --mod is not a flag; did you mean --mode? (detour run --help lists the flags)\n"},
 		{[]string{"run", "--config", "detour.yaml"}, "detour run: --config is not a flag; did you mean -c? (detour run --help lists the flags)\n"},
 		{[]string{"run", "--intercept", "80"}, "detour run: --intercept is not a flag; did you mean --intercept-dst, --intercept-iface or --intercept-port? (detour run --help lists the flags)\n"},
+		{[]string{"run", "--keepalive-timeout", "1m"}, "detour run: --keepalive-timeout is not a flag; did you mean --http-idle-timeout? (detour run --help lists the flags)\n"},
+		{[]string{"run", "--http-idle-timeout", "5"}, "detour run: --http-idle-timeout: \"5\" is not a duration (like 5s, 100ms, 1m30s) (detour run --help lists the flags)\n"},
 		{[]string{"run", "--xyzzy"}, "detour run: --xyzzy is not a flag (detour run --help lists the flags)\n"},
 		{[]string{"run", "--connect-timeout", "5"}, "detour run: --connect-timeout: \"5\" is not a duration (like 5s, 100ms, 1m30s) (detour run --help lists the flags)\n"},
 		{[]string{"run", "--max-connections", "lots"}, "detour run: --max-connections: \"lots\" is not a whole number (detour run --help lists the flags)\n"},

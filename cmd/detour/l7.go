@@ -31,6 +31,7 @@ func newL7(cfg *config.Config, d *upstream.Dialer, log *slog.Logger, isSelf func
 		MaxRequestHeaders:     h.MaxRequestHeaders,
 		AllowLoopback:         h.AllowLoopback,
 		HeaderTimeout:         time.Duration(h.HeaderTimeout),
+		IdleTimeout:           time.Duration(h.IdleTimeout),
 		StreamIdleTimeout:     time.Duration(h.StreamIdleTimeout),
 		DisableFastPath:       h.DisableFastPath,
 		DisableLoops:          h.DisableLoops,

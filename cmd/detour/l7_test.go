@@ -8,6 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,6 +67,15 @@ func TestHTTPTimeoutFlags(t *testing.T) {
 	}
 	if _, err := f.load(); err == nil {
 		t.Error("negative --header-timeout accepted")
+	}
+	for _, v := range []string{"-1s", "5ms"} {
+		f = newConfigFlags("run", io.Discard, true)
+		if err := f.fs.Parse([]string{"--http-idle-timeout", v}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.load(); err == nil || !strings.Contains(err.Error(), "http.idle_timeout: "+v) {
+			t.Errorf("--http-idle-timeout %s: %v, want an error naming http.idle_timeout", v, err)
+		}
 	}
 }
 
@@ -150,6 +162,76 @@ func TestL7SideAfterShutdown(t *testing.T) {
 				if _, err := pre.Write([]byte("x")); err == nil {
 					t.Error("the connect made for the connection is still open")
 				}
+			}
+		})
+	}
+}
+
+// TestHTTPIdleTimeoutReachesL7: --http-idle-timeout and http.idle_timeout
+// reach the HTTP side, on each way it serves a keep-alive connection
+// between requests (its goroutine, an L4 loop from the third request,
+// net/http), and /config shows the value in force. A client that idles
+// past it finds the connection closed; before, the option could not be
+// set and a client idled 5 minutes.
+func TestHTTPIdleTimeoutReachesL7(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	dst := netip.MustParseAddrPort(up.Listener.Addr().String())
+	file := filepath.Join(t.TempDir(), "detour.yaml")
+	if err := os.WriteFile(file, []byte("admin: off\nhttp: {idle_timeout: 400ms, disable_fast_path: true}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		requests int
+		shown    string
+	}{
+		{"flag, goroutine", []string{"--admin", "off", "--http-idle-timeout", "300ms"}, 1, "idle_timeout: 300ms"},
+		{"flag, loop", []string{"--admin", "off", "--http-idle-timeout", "300ms"}, 3, "idle_timeout: 300ms"},
+		{"file, net/http", []string{"-c", file}, 3, "idle_timeout: 400ms"},
+		{"flag over file, net/http", []string{"-c", file, "--http-idle-timeout", "300ms"}, 3, "idle_timeout: 300ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newConfigFlags("run", io.Discard, true)
+			if err := f.fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := f.load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, o, log := quietObservability(t, cfg)
+			o.setConfig(cfg) // what /config renders, with the admin endpoint on
+			if shown := string(o.config()); !strings.Contains(shown, tc.shown) {
+				t.Errorf("/config does not say %q:\n%s", tc.shown, shown)
+			}
+			p, err := newL7(cfg, newDialer(cfg), log, func(netip.AddrPort) bool { return false }, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			c, err := net.Dial("tcp", serveOne(t, p, dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			for range tc.requests {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+				res, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ok" {
+					t.Fatalf("response %q, %v", b, err)
+				}
+			}
+			start := time.Now()
+			c.SetReadDeadline(start.Add(10 * time.Second))
+			if b, err := br.ReadByte(); err != io.EOF || time.Since(start) > 5*time.Second {
+				t.Fatalf("read %q, %v after %v idle; want EOF within a few seconds", b, err, time.Since(start))
 			}
 		})
 	}

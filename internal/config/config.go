@@ -217,6 +217,10 @@ type HTTP struct {
 	AllowLoopback bool `yaml:"allow_loopback"`
 	// HeaderTimeout bounds reading a request's head (slowloris).
 	HeaderTimeout Duration `yaml:"header_timeout"`
+	// IdleTimeout closes a client's keep-alive connection idle this long
+	// between requests (Envoy's common_http_protocol_options.idle_timeout,
+	// HAProxy's timeout http-keep-alive), however it is served.
+	IdleTimeout Duration `yaml:"idle_timeout"`
 	// StreamIdleTimeout: a client whose response write stays blocked this
 	// long (it stopped reading) is closed; so is a request or response
 	// body with no byte from its sender for this long (see
@@ -241,6 +245,13 @@ const (
 	DefaultHTTPMaxIdleConnsPerHost = 1024
 	DefaultHTTPHeaderTimeout       = 10 * time.Second
 	DefaultHTTPStreamIdleTimeout   = 5 * time.Minute
+	DefaultHTTPIdleTimeout         = 5 * time.Minute
+	// MinHTTPIdleTimeout bounds http.idle_timeout from below: a client
+	// cannot send its next request sooner than that reliably, so a shorter
+	// one would close nearly every keep-alive connection as its response
+	// ends, under a client about to reuse it (most likely a unit mistyped,
+	// 5ms for 5m).
+	MinHTTPIdleTimeout = 10 * time.Millisecond
 )
 
 // Mark is a firewall mark. YAML takes it as the flags do, in decimal or
@@ -819,6 +830,12 @@ func (h *HTTP) finish() error {
 	}
 	if err := positive("http.header_timeout", &h.HeaderTimeout, DefaultHTTPHeaderTimeout); err != nil {
 		return err
+	}
+	if err := positive("http.idle_timeout", &h.IdleTimeout, DefaultHTTPIdleTimeout); err != nil {
+		return err
+	}
+	if time.Duration(h.IdleTimeout) < MinHTTPIdleTimeout {
+		return fmt.Errorf("http.idle_timeout: %v is too short; give at least %v (default %v)", time.Duration(h.IdleTimeout), MinHTTPIdleTimeout, DefaultHTTPIdleTimeout)
 	}
 	return positive("http.stream_idle_timeout", &h.StreamIdleTimeout, DefaultHTTPStreamIdleTimeout)
 }

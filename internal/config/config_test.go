@@ -146,7 +146,7 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "http defaults", yaml: "", check: func(t *testing.T, c *Config) {
 			h := c.HTTP
 			if h.MaxRequestHeaders != 100 || h.AllowLoopback || h.HeaderTimeout.String() != "10s" || h.StreamIdleTimeout.String() != "5m0s" ||
-				h.MaxIdleConnsPerHost != 1024 || h.DisableLoops {
+				h.MaxIdleConnsPerHost != 1024 || h.DisableLoops || h.IdleTimeout.String() != "5m0s" {
 				t.Fatalf("http defaults: %+v", h)
 			}
 		}},
@@ -162,6 +162,15 @@ http: {cleanup_interval: 1s, server_header_mode: pass_through}
 		{name: "negative header timeout", yaml: "http: {header_timeout: -1s}", wantErr: "http.header_timeout"},
 		{name: "negative idle connections per host", yaml: "http: {max_idle_conns_per_host: -1}", wantErr: "http.max_idle_conns_per_host"},
 		{name: "negative stream idle timeout", yaml: "http: {stream_idle_timeout: -5m}", wantErr: "http.stream_idle_timeout"},
+		{name: "http idle timeout", yaml: "http: {idle_timeout: 75s}", check: func(t *testing.T, c *Config) {
+			if c.HTTP.IdleTimeout.String() != "1m15s" || c.TCP.IdleTimeout.String() != "1h0m0s" {
+				t.Fatalf("http.idle_timeout %v, tcp.idle_timeout %v", c.HTTP.IdleTimeout, c.TCP.IdleTimeout)
+			}
+		}},
+		{name: "http idle timeout at its minimum", yaml: "http: {idle_timeout: 10ms}"},
+		{name: "negative http idle timeout", yaml: "http: {idle_timeout: -1s}", wantErr: "http.idle_timeout: -1s is negative"},
+		{name: "http idle timeout too short", yaml: "http: {idle_timeout: 5ms}", wantErr: "http.idle_timeout: 5ms is too short; give at least 10ms"},
+		{name: "bad http idle timeout", yaml: "http: {idle_timeout: 5}", wantErr: "not a duration"},
 		{name: "bad header timeout", yaml: "http: {header_timeout: soon}", wantErr: "not a duration"},
 		{name: "bad allow loopback", yaml: "http: {allow_loopback: maybe}", wantErr: "`maybe` is not true or false"},
 		// Everything the packages below would reject is caught here, with
