@@ -221,7 +221,9 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 		return err
 	}
 	d.http = newL7Side(l7, d.hooks.loaded)
-	d.srv = proxy.New(proxy.Options{Listeners: lns, Observer: observer{d.obs}, Logger: log})
+	// The access log prints the L4 upstream connections' local addresses;
+	// without one they are not asked for (a getsockname each).
+	d.srv = proxy.New(proxy.Options{Listeners: lns, Observer: observer{d.obs}, UpstreamLocal: d.obs.alog != nil, Logger: log})
 	d.srv.Update(d.proxyOptions(cfg, dialer))
 	d.obs.serving(d.srv, d.http.current())
 	served := make(chan struct{})

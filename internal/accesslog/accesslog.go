@@ -15,7 +15,7 @@
 // Fields, in this order (text: key=value, values quoted when they need it;
 // "-" for an empty value):
 //
-//	tcp:  time kind=tcp id client original_dst protocol sni sent received duration_ms connect_ms end flags
+//	tcp:  time kind=tcp id client original_dst upstream_local protocol sni sent received duration_ms connect_ms end flags
 //	http: time kind=http id request_id client original_dst dst upstream_local protocol method authority path status flags sent received duration_ms upstream_ms reused details
 //
 // An Envoy format string (FormatEnvoy, or any Format with a %OPERATOR%) is
@@ -302,6 +302,7 @@ func (l *Logger) L4(r proxy.L4Record) {
 	e.str("id", r.ID)
 	e.addr("client", r.Client)
 	e.addr("original_dst", r.OrigDst)
+	e.addr("upstream_local", r.UpstreamLocal)
 	e.str("protocol", r.Protocol)
 	e.str("sni", r.SNI)
 	e.int("sent", r.Sent)

@@ -23,9 +23,10 @@ var (
 	start = time.Date(2026, 11, 22, 0, 51, 50, 123456789, time.UTC)
 	l4rec = proxy.L4Record{
 		ID: "C7", Start: start,
-		Client:   netip.MustParseAddrPort("198.18.1.2:40312"),
-		OrigDst:  netip.MustParseAddrPort("198.18.2.2:443"),
-		Protocol: "tls", SNI: "example.com", Sent: 517, Received: 4096,
+		Client:        netip.MustParseAddrPort("198.18.1.2:40312"),
+		OrigDst:       netip.MustParseAddrPort("198.18.2.2:443"),
+		UpstreamLocal: netip.MustParseAddrPort("198.18.2.1:51234"),
+		Protocol:      "tls", SNI: "example.com", Sent: 517, Received: 4096,
 		Duration: 1500 * time.Millisecond, ConnectDuration: 226184 * time.Nanosecond,
 		End: "upstream reset", Flags: "UC",
 	}
@@ -57,9 +58,9 @@ func TestText(t *testing.T) {
 	l.HTTP(&httpInfo)
 	l.L4(proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
 		Protocol: "tcp", End: "loop refused", Flags: "LR"})
-	want := `time=2026-11-22T00:51:50.123Z kind=tcp id=C7 client=198.18.1.2:40312 original_dst=198.18.2.2:443 protocol=tls sni=example.com sent=517 received=4096 duration_ms=1500 connect_ms=0.226 end="upstream reset" flags=UC
+	want := `time=2026-11-22T00:51:50.123Z kind=tcp id=C7 client=198.18.1.2:40312 original_dst=198.18.2.2:443 upstream_local=198.18.2.1:51234 protocol=tls sni=example.com sent=517 received=4096 duration_ms=1500 connect_ms=0.226 end="upstream reset" flags=UC
 time=2026-11-22T00:51:50.123Z kind=http id=C9 request_id=4f3c client=[2001:db8:1::2]:40000 original_dst=[2001:db8:2::2]:80 dst=[2001:db8:2::2]:80 upstream_local=[2001:db8:1::1]:51000 protocol=HTTP/1.1 method=GET authority=[2001:db8:2::2] path=/get status=200 flags=- sent=1234 received=312 duration_ms=2 upstream_ms=1.234 reused=true details=-
-time=2026-11-22T00:51:50.123Z kind=tcp id=C8 client=198.18.1.2:40312 original_dst=198.18.1.1:15001 protocol=tcp sni=- sent=0 received=0 duration_ms=0 connect_ms=0 end="loop refused" flags=LR
+time=2026-11-22T00:51:50.123Z kind=tcp id=C8 client=198.18.1.2:40312 original_dst=198.18.1.1:15001 upstream_local=- protocol=tcp sni=- sent=0 received=0 duration_ms=0 connect_ms=0 end="loop refused" flags=LR
 `
 	if got := out.String(); got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
@@ -75,13 +76,20 @@ func TestJSON(t *testing.T) {
 	i.Status = 503
 	i.Details = "connection refused"
 	l.HTTP(&i)
+	uf := l4rec
+	uf.UpstreamLocal, uf.Sent, uf.Received, uf.End, uf.Flags = netip.AddrPort{}, 0, 0, "connection refused", "UF"
+	l.L4(uf)
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-	if len(lines) != 2 {
+	if len(lines) != 3 {
 		t.Fatalf("%d lines:\n%s", len(lines), out.String())
 	}
-	wantL4 := `{"time":"2026-11-22T00:51:50.123Z","kind":"tcp","id":"C7","client":"198.18.1.2:40312","original_dst":"198.18.2.2:443","protocol":"tls","sni":"example.com","sent":517,"received":4096,"duration_ms":1500,"connect_ms":0.226,"end":"upstream reset","flags":"UC"}`
-	if lines[0] != wantL4 {
-		t.Errorf("got  %s\nwant %s", lines[0], wantL4)
+	for n, want := range map[int]string{
+		0: `{"time":"2026-11-22T00:51:50.123Z","kind":"tcp","id":"C7","client":"198.18.1.2:40312","original_dst":"198.18.2.2:443","upstream_local":"198.18.2.1:51234","protocol":"tls","sni":"example.com","sent":517,"received":4096,"duration_ms":1500,"connect_ms":0.226,"end":"upstream reset","flags":"UC"}`,
+		2: `{"time":"2026-11-22T00:51:50.123Z","kind":"tcp","id":"C7","client":"198.18.1.2:40312","original_dst":"198.18.2.2:443","upstream_local":"","protocol":"tls","sni":"example.com","sent":0,"received":0,"duration_ms":1500,"connect_ms":0.226,"end":"connection refused","flags":"UF"}`,
+	} {
+		if lines[n] != want {
+			t.Errorf("got  %s\nwant %s", lines[n], want)
+		}
 	}
 	var rec map[string]any
 	if err := json.Unmarshal([]byte(lines[1]), &rec); err != nil {
@@ -288,6 +296,22 @@ func FuzzJSONString(f *testing.F) {
 			t.Fatalf("%q -> %s -> %q", s, b, got)
 		}
 	})
+}
+
+func BenchmarkL4Record(b *testing.B) {
+	for _, f := range []Format{FormatText, FormatJSON, FormatEnvoy} {
+		b.Run(string(f), func(b *testing.B) {
+			l, err := Open(Options{Path: PathStdout, Format: f, Stdout: discard{}, FlushInterval: time.Hour})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			b.ReportAllocs()
+			for b.Loop() {
+				l.L4(l4rec)
+			}
+		})
+	}
 }
 
 func BenchmarkHTTPRecord(b *testing.B) {

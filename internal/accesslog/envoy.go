@@ -80,7 +80,7 @@ type view struct {
 	upstreamTime   time.Duration
 	hasUpstream    bool // HTTP: the response came from the upstream
 	upstream       netip.AddrPort
-	upstreamLocal  netip.AddrPort // HTTP: the upstream connection's local address
+	upstreamLocal  netip.AddrPort // the upstream connection's local address
 	client, local  netip.AddrPort
 	sni, connID    string // L4
 	connN          uint64 // HTTP: the connection's number, 0 for none
@@ -97,7 +97,7 @@ func l4View(r *proxy.L4Record) view {
 	v := view{
 		start: r.Start, duration: r.Duration, l4Flags: r.Flags, end: r.End,
 		received: r.Sent, sent: r.Received,
-		client: r.Client, local: r.OrigDst, sni: r.SNI,
+		client: r.Client, local: r.OrigDst, sni: r.SNI, upstreamLocal: r.UpstreamLocal,
 		connID: strings.TrimPrefix(r.ID, "C"),
 	}
 	if !hasFlag(r.Flags, "LR") && !hasFlag(r.Flags, "NR") { // else no upstream was chosen

@@ -44,7 +44,7 @@ func TestEnvoyFormat(t *testing.T) {
 		{"%REQUESTED_SERVER_NAME% %CONNECTION_ID%", "example.com 7", "- 9", "- 9", "- 8"},
 		{"100%% %DURATION%\\n", "100% 1500", "100% 2", "", ""},
 		{"%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", "original_dst original_dst", "original_dst original_dst", "original_dst original_dst", "- -"},
-		{"%UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_LOCAL_ADDRESS% %ROUTE_NAME%", "- - -", "- [2001:db8:1::1]:51000 -", "connection refused - -", "- - -"},
+		{"%UPSTREAM_TRANSPORT_FAILURE_REASON% %UPSTREAM_LOCAL_ADDRESS% %ROUTE_NAME%", "- 198.18.2.1:51234 -", "- [2001:db8:1::1]:51000 -", "connection refused - -", "- - -"},
 	} {
 		l, out := open(t, Format(c.format))
 		for _, rec := range []struct {
@@ -95,6 +95,7 @@ func TestIstioDefault(t *testing.T) {
 	refused.UpstreamTime, refused.BodyBytes, refused.RequestBytes, refused.UpstreamLocal = 0, 91, 0, netip.AddrPort{}
 	l4uf := l4rec
 	l4uf.Protocol, l4uf.SNI, l4uf.Sent, l4uf.Received, l4uf.End, l4uf.Flags = "tcp", "", 0, 0, "connect timeout", "UF"
+	l4uf.UpstreamLocal = netip.AddrPort{}
 	loop := proxy.L4Record{ID: "C8", Start: start, Client: l4rec.Client, OrigDst: netip.MustParseAddrPort("198.18.1.1:15001"),
 		Protocol: "tcp", End: "loop refused", Flags: "LR"}
 	older := Format(strings.Replace(string(envoyfmt.Istio), "%UPSTREAM_CLUSTER_RAW%", "%UPSTREAM_CLUSTER%", 1))
@@ -108,7 +109,7 @@ func TestIstioDefault(t *testing.T) {
 		{"http UF", func(l *Logger) { l.HTTP(&refused) },
 			`[2026-11-22T00:51:50.123Z] "GET /get HTTP/1.1" 503 UF connection refused - "connection refused" 0 91 2 - "-" "-" "4f3c" "[2001:db8:2::2]" "[2001:db8:2::2]:80" original_dst - [2001:db8:2::2]:80 [2001:db8:1::2]:40000 - -`},
 		{"l4", func(l *Logger) { l.L4(l4rec) },
-			`[2026-11-22T00:51:50.123Z] "- - -" - UC - upstream reset "-" 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst - 198.18.2.2:443 198.18.1.2:40312 example.com -`},
+			`[2026-11-22T00:51:50.123Z] "- - -" - UC - upstream reset "-" 517 4096 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst 198.18.2.1:51234 198.18.2.2:443 198.18.1.2:40312 example.com -`},
 		{"l4 UF", func(l *Logger) { l.L4(l4uf) },
 			`[2026-11-22T00:51:50.123Z] "- - -" - UF - connect timeout "connect timeout" 0 0 1500 - "-" "-" "-" "-" "198.18.2.2:443" original_dst - 198.18.2.2:443 198.18.1.2:40312 - -`},
 		{"l4 LR", func(l *Logger) { l.L4(loop) },

@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/lab"
 )
@@ -61,5 +66,90 @@ func TestAccessLogEnvoyFormat(t *testing.T) {
 		if !re.MatchString(lines[i]) {
 			t.Errorf("line %d:\n%s\ndoes not match\n%s", i+1, lines[i], re)
 		}
+	}
+}
+
+// portPeerAddr is TestAccessLogL4UpstreamLocal's server: it writes the
+// address and port it sees the connection come from, then closes.
+const portPeerAddr = 7043
+
+// TestAccessLogL4UpstreamLocal: an L4 connection's record has the local
+// address of detour's upstream connection, which is the address the
+// server saw it come from: with protocol tcp (the loop's raw connect) and
+// auto (the connect made while sniffing; the server speaks first), with
+// and without spoof_source, in the JSON and an Envoy format.
+func TestAccessLogL4UpstreamLocal(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name, protocol string
+		spoof          bool
+		format         string
+	}{
+		{"tcp", "tcp", false, "json"},
+		{"tcp-spoof", "tcp", true, "%UPSTREAM_LOCAL_ADDRESS%"},
+		{"auto", "auto", false, "%UPSTREAM_LOCAL_ADDRESS%"},
+		{"auto-spoof", "auto", true, "json"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			n := tproxyNet(t, "ulo")
+			stop, err := lab.ServeTCP(n.Server, portPeerAddr, func(conn *net.TCPConn) {
+				conn.Write([]byte(conn.RemoteAddr().(*net.TCPAddr).AddrPort().String()))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(stop)
+			logPath := filepath.Join(t.TempDir(), "access.log")
+			args := []string{"--mode", "tproxy", "--listen", "0.0.0.0:15001", "--listen", "[::]:15001",
+				"--intercept-port", strconv.Itoa(portPeerAddr), "--protocol", c.protocol, "--admin", "off",
+				"--access-log", logPath, "--access-log-format", c.format}
+			wantIP := n.RouterIP4
+			if c.spoof {
+				args, wantIP = append(args, "--spoof-source"), n.ClientIP4
+			}
+			d := startDetour(t, n.Router, args...)
+
+			conn := dial(t, n.Client, n.ServerIP4, portPeerAddr)
+			conn.SetDeadline(time.Now().Add(20 * time.Second))
+			b, err := io.ReadAll(conn)
+			if err != nil {
+				t.Fatalf("reading the address the server saw: %v", err)
+			}
+			seen, err := netip.ParseAddrPort(string(b))
+			if err != nil {
+				t.Fatalf("the server wrote %q: %v", b, err)
+			}
+			if seen.Addr().Unmap() != wantIP {
+				t.Fatalf("the server saw %s, want an address of %s", seen, wantIP)
+			}
+			conn.Close()
+			if err := d.Stop(); err != nil { // flushes the log
+				t.Fatal(err)
+			}
+
+			log, err := os.ReadFile(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line := strings.TrimSuffix(string(log), "\n")
+			if strings.Contains(line, "\n") {
+				t.Fatalf("access log has more than one line:\n%s", log)
+			}
+			got := line
+			if c.format == "json" {
+				var rec struct {
+					Kind          string `json:"kind"`
+					UpstreamLocal string `json:"upstream_local"`
+				}
+				if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Kind != "tcp" {
+					t.Fatalf("record %s: kind %q, %v; want an L4 record", line, rec.Kind, err)
+				}
+				got = rec.UpstreamLocal
+			}
+			if got != seen.String() {
+				t.Errorf("recorded upstream local address %q, want %s, the address the server saw\nrecord: %s", got, seen, line)
+			}
+		})
 	}
 }

@@ -244,8 +244,11 @@ func (s *Server) forwardSniffed(o *Options, log *connLog, c *listen.Conn, rec L4
 		return routed{}
 	}
 	rec.ConnectDuration = d.pre.Took
+	if s.upLocal || log.debug {
+		rec.UpstreamLocal = fileLocalAddr(d.up)
+	}
 	if log.debug {
-		log.connected(c.OrigDst, d.up, d.pre.Took)
+		log.connected(c.OrigDst, rec.UpstreamLocal, d.pre.Took)
 	}
 	return s.forwardL4(o, log, c, d, rec)
 }
@@ -260,6 +263,9 @@ func (s *Server) closeUnused(rec *L4Record, d *dialed) {
 		return
 	}
 	if fd, err := tcpproxy.ConnFD(d.up); err == nil {
+		if s.upLocal {
+			rec.UpstreamLocal, _ = listen.LocalAddr(fd)
+		}
 		rawsys.SetLinger0(fd)
 	}
 	d.up.Close()
@@ -268,12 +274,18 @@ func (s *Server) closeUnused(rec *L4Record, d *dialed) {
 }
 
 // connected logs an upstream connect made while sniffing.
-func (l *connLog) connected(dst netip.AddrPort, up *os.File, took time.Duration) {
+func (l *connLog) connected(dst, local netip.AddrPort, took time.Duration) {
+	l.get().Debug("upstream connected", "dst", dst, "local", local, "connect_time", took)
+}
+
+// fileLocalAddr is the local address of up, a connected socket; zero if
+// getsockname failed.
+func fileLocalAddr(up *os.File) netip.AddrPort {
 	var local netip.AddrPort
 	if fd, err := tcpproxy.ConnFD(up); err == nil {
 		local, _ = listen.LocalAddr(fd)
 	}
-	l.get().Debug("upstream connected", "dst", dst, "local", local, "connect_time", took)
+	return local
 }
 
 func l4ProtocolName(p sniff.Protocol) string {

@@ -573,3 +573,61 @@ func acceptWriteReset(lfd int, msg string) error {
 	}
 	return rawsys.SetLinger0(fd)
 }
+
+// TestL4UpstreamLocal: with Options.UpstreamLocal, an L4 connection's
+// record has its upstream connection's local address, the one the server
+// saw it come from, whether the loop connected it (protocol tcp) or the
+// sniff's connect did (auto, a server that speaks first); without it the
+// record has none, since nobody asked for it (no getsockname).
+func TestL4UpstreamLocal(t *testing.T) {
+	for _, tc := range []struct {
+		protocol Protocol
+		on       bool
+	}{
+		{ProtocolTCP, true},
+		{ProtocolTCP, false},
+		{ProtocolAuto, true},
+		{ProtocolAuto, false},
+	} {
+		t.Run(fmt.Sprintf("%s/%v", tc.protocol, tc.on), func(t *testing.T) {
+			front, up := listenLoopback(t), listenLoopback(t)
+			seen := make(chan netip.AddrPort, 1)
+			go func() {
+				c, err := up.AcceptTCP()
+				if err != nil {
+					return
+				}
+				seen <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				c.Write([]byte{'!'})
+				c.Close()
+			}()
+			obs := &doneObserver{done: make(chan L4Record, 1)}
+			s := New(Options{Dialer: upstream.New(upstream.Options{ConnectTimeout: 2 * time.Second}), Protocol: tc.protocol,
+				HTTP: &recordingL7{got: make(chan servedConn, 1)}, SniffTimeout: 10 * time.Second, Observer: obs, UpstreamLocal: tc.on})
+			cli, srv := connect(t, front)
+			c := accepted(cli, srv, up.Addr().(*net.TCPAddr).AddrPort())
+			if tc.protocol == ProtocolTCP { // a bare descriptor, as AcceptRaw's
+				fd, err := bareFD(srv)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.TCPConn, c.FD = nil, fd
+			}
+			go handleAccepted(s, c)
+			cli.SetDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(cli); string(b) != "!" || err != nil {
+				t.Fatalf("client read %q, %v; want the server's byte", b, err)
+			}
+			cli.Close() // the copy ends: L4Done
+			rec := obs.next(t, 5*time.Second)
+			var want netip.AddrPort
+			if tc.on {
+				want = <-seen
+			}
+			if rec.UpstreamLocal != want {
+				t.Errorf("recorded upstream local address %v, want %v", rec.UpstreamLocal, want)
+			}
+			waitReleased(t, s)
+		})
+	}
+}

@@ -69,7 +69,12 @@ type Options struct {
 	MaxConns int
 	// Observer receives connection events for metrics and access logs.
 	Observer Observer
-	Logger   *slog.Logger
+	// UpstreamLocal fills L4Record.UpstreamLocal, at one getsockname per
+	// L4 connection: set it when an access log prints it, so that L4's
+	// system calls per connection stay as they were without one. Like
+	// Observer, it is fixed by New.
+	UpstreamLocal bool
+	Logger        *slog.Logger
 }
 
 // DefaultSniffTimeout is Envoy's default listener filter timeout.
@@ -105,6 +110,10 @@ type L4Record struct {
 	ID              string
 	Start           time.Time
 	Client, OrigDst netip.AddrPort
+	// UpstreamLocal is the upstream connection's local address (with
+	// spoof_source, the client's IP), when Options.UpstreamLocal asks for
+	// it; zero when no connection was made.
+	UpstreamLocal   netip.AddrPort
 	Protocol        string // detected: tcp, tls, ...
 	SNI             string
 	Sent, Received  int64
@@ -121,10 +130,11 @@ type L4Record struct {
 
 // Server runs the accept loops and the per-connection path.
 type Server struct {
-	cur  atomic.Pointer[Options] // settings for new connections (Update swaps them)
-	obs  Observer
-	log  *slog.Logger
-	self atomic.Pointer[selfAddrs]
+	cur     atomic.Pointer[Options] // settings for new connections (Update swaps them)
+	obs     Observer
+	log     *slog.Logger
+	upLocal bool // Options.UpstreamLocal
+	self    atomic.Pointer[selfAddrs]
 
 	mu      sync.Mutex
 	lns     map[netip.AddrPort]*listen.Listener
@@ -164,7 +174,7 @@ func New(o Options) *Server {
 		o.Observer = nopObserver{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{obs: o.Observer, log: o.Logger, connCtx: ctx, cancelCtx: cancel, pipes: tcpproxy.NewPipes(),
+	s := &Server{obs: o.Observer, log: o.Logger, upLocal: o.UpstreamLocal, connCtx: ctx, cancelCtx: cancel, pipes: tcpproxy.NewPipes(),
 		lns: map[netip.AddrPort]*listen.Listener{}, stopped: make(chan struct{}), freed: make(chan struct{}, 1)}
 	for _, l := range o.Listeners {
 		s.lns[l.Addr()] = l
@@ -176,8 +186,8 @@ func New(o Options) *Server {
 
 // Update replaces the forwarding settings (Dialer, Protocol, TCP, HTTP,
 // SniffTimeout, MaxConns) for connections accepted from now on; open
-// connections keep the settings they started with. Listeners, Observer
-// and Logger are not changed here (see SetListeners).
+// connections keep the settings they started with. Listeners, Observer,
+// UpstreamLocal and Logger are not changed here (see SetListeners).
 func (s *Server) Update(o Options) {
 	if o.Protocol == "" {
 		o.Protocol = ProtocolAuto
@@ -185,7 +195,7 @@ func (s *Server) Update(o Options) {
 	if o.SniffTimeout <= 0 {
 		o.SniffTimeout = DefaultSniffTimeout
 	}
-	o.Listeners, o.Observer, o.Logger = nil, s.obs, s.log
+	o.Listeners, o.Observer, o.UpstreamLocal, o.Logger = nil, s.obs, s.upLocal, s.log
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cur.Store(&o)
@@ -609,9 +619,11 @@ func (s *Server) forwardL4(o *Options, log *connLog, c *listen.Conn, d *dialed, 
 		to.ConnectTimeout = o.Dialer.Options().ConnectTimeout
 		to.OnConnected = func(fd int, d time.Duration) { // on the loop
 			rec.ConnectDuration = d
+			if s.upLocal || log.debug {
+				rec.UpstreamLocal, _ = listen.LocalAddr(fd)
+			}
 			if log.debug {
-				local, _ := listen.LocalAddr(fd)
-				log.get().Debug("upstream connected", "dst", c.OrigDst, "local", local, "connect_time", d)
+				log.get().Debug("upstream connected", "dst", c.OrigDst, "local", rec.UpstreamLocal, "connect_time", d)
 			}
 			s.obs.L4Started(rec)
 			started = true
