@@ -238,11 +238,14 @@ func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
 		w.Header().Set("Content-Length", fmt.Sprint(size))
 		io.Copy(w, io.LimitReader(zeros{}, size))
 	}))
-	// A second: far from the reader's pauses (25 ms), so that a loaded
-	// machine that delays the reader does not look like a stalled one,
-	// and a third of the reading's whole time (128 pauses), so that a
-	// deadline set once and not renewed would cut it.
-	f := newFront(t, Options{StreamIdleTimeout: time.Second}, up.addrPort())
+	// Three seconds: far from the reader's pauses (75 ms), so that a
+	// loaded machine that delays the reader does not look like a stalled
+	// one (at a load of 15 on two CPUs, a 50 ms sleep was seen to take
+	// 490 ms, and a one-second timeout cut this reader now and then), and
+	// a third of the reading's whole time (128 pauses), so that a deadline
+	// set once and not renewed would cut it.
+	const pause = 75 * time.Millisecond
+	f := newFront(t, Options{StreamIdleTimeout: 3 * time.Second}, up.addrPort())
 	c, br := f.raw(t)
 	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	res, err := http.ReadResponse(br, nil)
@@ -258,7 +261,7 @@ func TestStreamIdleTimeoutSparesSlowReader(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d bytes: %v", n, err)
 		}
-		time.Sleep(25 * time.Millisecond) // the proxy's writes block meanwhile
+		time.Sleep(pause) // the proxy's writes block meanwhile
 	}
 	t.Logf("read %d bytes in %v", n, time.Since(start).Round(time.Millisecond))
 	if n != size {
