@@ -443,6 +443,7 @@ func TestUnsolicitedBytesNotReadAsResponse(t *testing.T) {
 		{"body past Content-Length", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			forgedSent := make(chan struct{}, 1)
 			up := rawUpstream(t, func(c net.Conn) {
 				br := bufio.NewReader(c)
 				for {
@@ -454,6 +455,7 @@ func TestUnsolicitedBytesNotReadAsResponse(t *testing.T) {
 						io.WriteString(c, tt.resp)
 						time.Sleep(20 * time.Millisecond) // after the proxy has relayed the response
 						io.WriteString(c, forged)
+						forgedSent <- struct{}{}
 						continue
 					}
 					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
@@ -463,7 +465,12 @@ func TestUnsolicitedBytesNotReadAsResponse(t *testing.T) {
 			c, br := f.raw(t)
 			fmt.Fprintf(c, "%s /first HTTP/1.1\r\nHost: a\r\n\r\n", tt.method)
 			readResponse(t, br, tt.method)
-			time.Sleep(100 * time.Millisecond) // the forged bytes are in the pooled connection
+			// The forged bytes are in the pooled connection before the next
+			// request goes out on it (bytes that came after it would be its
+			// response, for any proxy); a loaded machine can delay the
+			// upstream's write well past a fixed sleep.
+			<-forgedSent
+			time.Sleep(50 * time.Millisecond)
 			c2, br2 := f.raw(t)                // another client
 			io.WriteString(c2, "GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
 			if res, body := readResponse(t, br2, "GET"); res.StatusCode != 200 || body != "good" {
