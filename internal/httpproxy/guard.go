@@ -140,6 +140,14 @@ type guard struct {
 		http10               bool
 	}
 
+	// laterHead, if set, is called by read before it waits for the rest
+	// of a head that is not the connection's first, once every request
+	// before it was answered: then, as on the fast path, HeaderTimeout
+	// bounds the head from here (downConn.laterHead). Once per head;
+	// timed is heads when it was last called.
+	laterHead func()
+	timed     int
+
 	synth string // placeholder still to hand on
 	err   error  // returned once buf[r:rel] and synth are handed on
 
@@ -351,6 +359,10 @@ func (g *guard) read(src io.Reader, p []byte) (int, error) {
 			// buffer limit. Refuse rather than grow.
 			g.refuse(http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
 			continue
+		}
+		if g.laterHead != nil && g.st == gHead && g.heads > g.timed && g.w > g.elem && g.inflight.Load() == 0 {
+			g.timed = g.heads
+			g.laterHead()
 		}
 		n, err := src.Read(g.buf[g.w:])
 		g.w += n

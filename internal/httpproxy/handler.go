@@ -610,10 +610,11 @@ func (p *Proxy) preDialFailed(x *exchange) {
 // not arrive within HeaderTimeout (net/http closes it without a response).
 func (p *Proxy) headerTimeout(dc *downConn, held int) {
 	// The deadline that expired: HeaderTimeout from the start of the
-	// connection's first head; on a keep-alive connection, net/http's
-	// IdleTimeout (it sees nothing of a head until the guard hands it on).
+	// connection's first head, or from a later head's first byte (headBy);
+	// else, on a keep-alive connection, net/http's IdleTimeout (it sees
+	// nothing of a head until the guard hands it on).
 	timeout := p.o.HeaderTimeout
-	if dc.g.heads > 0 {
+	if dc.g.heads > 0 && dc.headBy.Load() == 0 {
 		timeout = p.o.IdleTimeout
 	}
 	start := dc.start

@@ -114,9 +114,11 @@ type Options struct {
 	AllowLoopback bool
 	// IdleTimeout closes downstream keep-alive connections idle this long.
 	IdleTimeout time.Duration
-	// HeaderTimeout bounds reading a request's headers (slowloris). A
-	// connection it closes is logged and reported to OnRequest with flag
-	// HT (status 0: nothing is sent).
+	// HeaderTimeout bounds reading a request's headers (slowloris): the
+	// first from the connection's start, a later one from its first byte
+	// (IdleTimeout bounds the wait for that byte). A connection it closes
+	// is logged and reported to OnRequest with flag HT (status 0: nothing
+	// is sent).
 	HeaderTimeout time.Duration
 	// StreamIdleTimeout bounds how long a write to the client may block (a
 	// client that stopped reading): the connection is closed, the
@@ -365,6 +367,7 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.Ad
 		first:    first,
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
+	dc.g.laterHead = dc.laterHead
 	_, replay := c.(*replayConn)
 	dc.begun.Store(replay || midStream)
 	dc.g.midStream = midStream

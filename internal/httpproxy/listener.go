@@ -46,8 +46,9 @@ type downConn struct {
 	// net/http would only after 5 s.
 	begun atomic.Bool
 
-	// headBy (Unix ns; 0: none) is when the head the fast path handed over
-	// unfinished must be complete; cleared once the guard has it.
+	// headBy (Unix ns; 0: none) is when the head being read must be
+	// complete: one the fast path handed over unfinished, or a later head
+	// begun on this path (laterHead); cleared once the guard has it.
 	headBy atomic.Int64
 
 	once sync.Once
@@ -68,8 +69,8 @@ func (c *downConn) Read(p []byte) (int, error) {
 	if n > 0 && !c.begun.Load() {
 		c.begun.Store(true)
 	}
-	if c.headBy.Load() != 0 && (c.g.heads > 0 || c.g.st == gDone || c.g.st == gPass) {
-		c.headBy.Store(0) // the head handed over is complete (or refused)
+	if c.headBy.Load() != 0 && (c.g.heads > c.g.timed || c.g.st == gDone || c.g.st == gPass) {
+		c.headBy.Store(0) // the head is complete (or refused)
 	}
 	if err != nil && !c.headTimedOut && c.p != nil {
 		if held, ok := c.g.headTimeout(err); ok {
@@ -78,6 +79,26 @@ func (c *downConn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// laterHead starts HeaderTimeout for a head after the connection's first,
+// from its first byte (or, pipelined, from the end of the request before
+// it), as the fast path does. net/http's own header timeout would start
+// only once it sees the head's first byte, which the guard holds until
+// the head is complete: until then net/http waits for the next request
+// under IdleTimeout, which a slowloris client would get instead. The
+// deadline replaces net/http's idle one, and clampHead keeps any it sets
+// later from reaching past it; a deadline in the past (net/http aborting
+// a read) stays. Called by the guard on the reading goroutine.
+func (c *downConn) laterHead() {
+	by := time.Now().Add(c.p.o.HeaderTimeout)
+	c.headBy.Store(by.UnixNano())
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	if d := c.g.deadline.Load(); d == 0 || d > time.Now().UnixNano() {
+		c.Conn.SetReadDeadline(by)
+		c.g.setDeadline(by)
+	}
 }
 
 // readBody reads while the guard is inside the body of the request being
@@ -158,9 +179,9 @@ func (c *downConn) SetDeadline(t time.Time) error {
 }
 
 // clampHead brings a read deadline net/http sets forward to headBy while
-// the head the fast path handed over unfinished is still being read: its
-// HeaderTimeout ran from its first byte, on the fast path, and does not
-// start anew.
+// the head it bounds is still being read: its HeaderTimeout ran from its
+// first byte (on the fast path, for a head handed over unfinished) and
+// does not start anew.
 func (c *downConn) clampHead(t time.Time) time.Time {
 	if by := c.headBy.Load(); by != 0 && (t.IsZero() || t.UnixNano() > by) {
 		return time.Unix(0, by)

@@ -550,3 +550,139 @@ func TestFirstRequestStartsWhenSniffed(t *testing.T) {
 		})
 	}
 }
+
+// TestLaterHeadTimeoutNetHTTP: on a keep-alive connection served by
+// net/http (after a chunked request, which the fast path hands over, or
+// with the fast path off), a later request head is bounded by
+// HeaderTimeout from its first byte, as the first is: a slowloris client
+// sending one byte every 200 ms after a good request is closed without a
+// response and reported HT, not kept until IdleTimeout (before the fix: a
+// minute). A pipelined partial head is timed from the end of the response
+// before it, not from its arrival; the idle wait before a head's first
+// byte stays IdleTimeout's.
+func TestLaterHeadTimeoutNetHTTP(t *testing.T) {
+	const ht = time.Second
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(2 * ht)
+		}
+		io.WriteString(w, "ok")
+	}))
+	const (
+		chunked = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+		get     = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+	)
+	for _, tc := range []struct {
+		name  string
+		o     Options
+		first string // the connection's first request; net/http serves it
+	}{
+		{name: "after a chunked request", first: chunked},
+		{name: "fast path off", o: Options{DisableFastPath: true}, first: get},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var logs logbuf.Buffer
+			tc.o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			tc.o.HeaderTimeout, tc.o.IdleTimeout = ht, time.Minute
+			f := newFront(t, tc.o, up.addrPort())
+			first := func(t *testing.T, c net.Conn, br *bufio.Reader, extra string) {
+				t.Helper()
+				io.WriteString(c, tc.first+extra)
+				if res, body := readResponse(t, br, "POST"); res.StatusCode != 200 || body != "ok" {
+					t.Fatalf("first request: %d %q", res.StatusCode, body)
+				}
+				if i := f.info(t); i.Flags != 0 {
+					t.Fatalf("first request: flags %v", i.Flags)
+				}
+			}
+			logged := 0 // request header timeouts logged
+			// slowloris sends the rest of a head a byte every 200 ms
+			// and wants the connection closed at about HeaderTimeout.
+			slowloris := func(t *testing.T, c net.Conn, br *bufio.Reader) {
+				t.Helper()
+				start := time.Now()
+				closed := make(chan error, 1)
+				go func() {
+					_, err := br.ReadByte()
+					closed <- err
+				}()
+				var err error
+			send:
+				for {
+					select {
+					case err = <-closed:
+						break send
+					case <-time.After(200 * time.Millisecond):
+						c.Write([]byte{'x'})
+					}
+				}
+				d := time.Since(start)
+				if err == nil {
+					t.Fatal("a response to the slow head")
+				}
+				// Generous bounds: well under IdleTimeout.
+				if d < ht/2 || d > 15*time.Second {
+					t.Errorf("closed after %v; want about %v", d, ht)
+				}
+				i := f.info(t)
+				if i.Flags != RequestHeaderTimeout || i.Status != 0 || i.Duration < ht/2 || i.Duration > 15*time.Second {
+					t.Errorf("info %+v", i)
+				}
+				var hts []string
+				for _, l := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(l, `msg="request header timeout`) {
+						hts = append(hts, l)
+					}
+				}
+				if len(hts) != logged+1 || !strings.Contains(hts[logged], " timeout="+ht.String()) {
+					t.Errorf("log:\n%s", logs.String())
+				}
+				logged = len(hts)
+			}
+
+			t.Run("slowloris", func(t *testing.T) {
+				c, br := f.raw(t)
+				first(t, c, br, "")
+				io.WriteString(c, "GET /b HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+				slowloris(t, c, br)
+			})
+			t.Run("pipelined slowloris", func(t *testing.T) {
+				c, br := f.raw(t)
+				first(t, c, br, "GET /b HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+				slowloris(t, c, br)
+			})
+			t.Run("pipelined behind a slow response", func(t *testing.T) {
+				c, br := f.raw(t)
+				first(t, c, br, "")
+				// The next head arrives while /slow takes 2 × HeaderTimeout.
+				io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n")
+				if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+					t.Fatalf("slow request: %d %q", res.StatusCode, body)
+				}
+				io.WriteString(c, "Host: a\r\n\r\n")
+				if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+					t.Fatalf("pipelined request: %d %q", res.StatusCode, body)
+				}
+				for range 2 {
+					if i := f.info(t); i.Flags != 0 {
+						t.Errorf("flags %v", i.Flags)
+					}
+				}
+			})
+			t.Run("idle, then a request", func(t *testing.T) {
+				c, br := f.raw(t)
+				first(t, c, br, "")
+				time.Sleep(2 * ht)
+				io.WriteString(c, get)
+				if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+					t.Fatalf("after idling: %d %q", res.StatusCode, body)
+				}
+				if i := f.info(t); i.Flags != 0 {
+					t.Errorf("flags %v", i.Flags)
+				}
+			})
+		})
+	}
+}
