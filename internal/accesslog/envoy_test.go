@@ -1,11 +1,14 @@
 package accesslog
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/detour-proxy/detour/internal/accesslog/envoyfmt"
 	"github.com/detour-proxy/detour/internal/httpproxy"
@@ -192,4 +195,52 @@ func TestEnvoyNoAllocationsPerRecord(t *testing.T) {
 	if n := testing.AllocsPerRun(200, func() { l.HTTP(&httpInfo); l.L4(l4rec) }); n != 0 {
 		t.Errorf("%v allocations per record pair, want 0", n)
 	}
+}
+
+// FuzzEnvoyFormat: any string either is refused with an error or compiles,
+// the same way each time, into a format that renders an L4, an HTTP and a
+// refused record without panicking, the same way each time, and as valid
+// UTF-8 when the string and the records' values are (a :N cut never
+// splits a character). The records' values hold multi-byte characters
+// so that the cuts meet them.
+func FuzzEnvoyFormat(f *testing.F) {
+	for _, s := range []string{
+		string(FormatEnvoy), string(FormatIstio), envoyfmt.Default, envoyfmt.Istio,
+		// README, "Access log and response flags".
+		`[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %UPSTREAM_HOST%\n`,
+		"%START_TIME(%s.%3f)%", "%START_TIME(%Y %y %m %d %e %j %H %I %M %S %p %a %A %b %B %z %Z %T %F %D %R)%",
+		"%START_TIME(%f %9f %E3S %E*S %n%t%%)%", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(:PATH):5% %REQ(:AUTHORITY):2%",
+		"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% %REQ(X-REQUEST-ID):1%", "100%% %DURATION%\\t\\n",
+		"%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW% %CONNECTION_ID% %REQUESTED_SERVER_NAME%",
+		// Errors.
+		"text", "json", "", "%", "%NOPE%", "%REQ%", "%REQ(:PATH", "%REQ(:PATH):0%", "%DURATION:3%", "%START_TIME(%Q)%",
+	} {
+		f.Add(s)
+	}
+	l4 := l4rec
+	l4.SNI = "b\u00fccher.example"
+	h := httpInfo
+	h.Path, h.Host, h.RequestID = "/h\u00e9llo/\u65e5\u672c\U0001F600?q=\u00e9", "b\u00fccher.example", "\u2713\u2713"
+	refused := h
+	refused.Status, refused.Flags, refused.Details = 503, httpproxy.UpstreamConnectFailure, "connection refused"
+	views := []view{l4View(&l4), httpView(&h), httpView(&refused)}
+	f.Fuzz(func(t *testing.T, s string) {
+		ef, err := compileFormat(Format(s))
+		ef2, err2 := compileFormat(Format(s))
+		if (err == nil) != (err2 == nil) || !reflect.DeepEqual(ef, ef2) {
+			t.Fatalf("%q compiles two ways: %v, %v", s, err, err2)
+		}
+		if err != nil || ef == nil {
+			return // refused, or text or json
+		}
+		for i := range views {
+			b := ef.append(nil, &views[i])
+			if again := ef.append(nil, &views[i]); !bytes.Equal(b, again) {
+				t.Fatalf("%q renders record %d two ways: %q, %q", s, i, b, again)
+			}
+			if utf8.ValidString(s) && !utf8.Valid(b) {
+				t.Fatalf("%q renders record %d as invalid UTF-8: %q", s, i, b)
+			}
+		}
+	})
 }
