@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -262,13 +263,36 @@ func TestMarshalRoundTrip(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("mode: tproxy\nintercept: {ports: [80]}"))
 	f.Add([]byte("listen: ['[::]:1']\nupstream: {mark: 3}"))
+	f.Add([]byte("mode: redirect\nintercept: {ports: [80, 8000-8100, '443'], exclude_destinations: [10.0.0.0/8, '::1/128'], exclude_uids: [0]}"))
+	f.Add([]byte("intercept:\n  ports: [80, \"9000-9001\"]\n  destinations: [198.18.0.0/15]\n  tproxy_mark: \"0x10\"\n  route_table: 100\nupstream: {mark: '0x2', connect_timeout: 1s}"))
+	f.Add([]byte("intercept: {ports: [65535-1, 0, 70000, 1-65535], tproxy_mark: 0xffffffff}\nupstream: {mark: 0b11}"))
+	f.Add([]byte("access_log_format: '%DURATION%'\ndrain_timeout: 1m30s\ntcp: {idle_timeout: 90s}\nhttp: {max_request_header_kib: 64}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {
 			return
 		}
-		if c.Finish() == nil && len(c.ListenAddrs) == 0 {
+		if c.Finish() != nil {
+			return
+		}
+		if len(c.ListenAddrs) == 0 {
 			t.Fatalf("valid config without listeners: %q", b)
+		}
+		// What Marshal writes (detour status, the admin endpoint's
+		// config) is a config that means the same.
+		m, err := c.Marshal()
+		if err != nil {
+			t.Fatalf("%q: marshal: %v", b, err)
+		}
+		c2, err := Parse(m)
+		if err == nil {
+			err = c2.Finish()
+		}
+		if err != nil {
+			t.Fatalf("%q marshals as a config that fails: %v\n%s", b, err, m)
+		}
+		if m2, _ := c2.Marshal(); !bytes.Equal(m, m2) {
+			t.Fatalf("%q: marshal, parse, marshal changes it:\n%s\n%s", b, m, m2)
 		}
 	})
 }
