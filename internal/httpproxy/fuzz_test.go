@@ -26,8 +26,25 @@ import (
 // proxy to a loopback upstream, then half-closes. The proxy must not panic
 // and must answer with zero or more well-formed, complete HTTP/1.1
 // responses and close the connection.
+//
+// The input's parts between "\x00\x00" are sent one at a time, each once
+// the proxy has answered the one before (or closed, or 50ms passed), so
+// that a keep-alive connection's third request and those after it are
+// read by an L4 loop (onloop_linux.go): bytes sent at once are read whole
+// by the connection's goroutine, which then never hands it to a loop.
 func FuzzServeConn(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	get := "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+	for _, parts := range [][]string{
+		{get, get, get, get},
+		{get, get, "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello", get},
+		{get, get, "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe", "llo" + get},
+		{get, get, "PUT /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", get},
+		{get, get, get + get, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"},
+		{get, get, "GET / HTTP/1.1\r\nHost: a\r\n", "\r\n", "GET /x HTTP/1.0\r\n\r\n"},
+	} {
+		f.Add([]byte(strings.Join(parts, "\x00\x00")))
+	}
 	up := newUpstream(f, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		if r.Method == "HEAD" {
@@ -50,13 +67,44 @@ func FuzzServeConn(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		got := make(chan struct{}, 1) // the proxy sent something
+		done := make(chan struct{})   // or closed
 		go func() {
-			c.Write(data)
-			c.(*net.TCPConn).CloseWrite()
+			defer c.(*net.TCPConn).CloseWrite()
+			for i, part := range bytes.Split(data, []byte("\x00\x00")) {
+				if i > 0 {
+					select {
+					case <-got:
+					case <-done:
+						return
+					case <-time.After(50 * time.Millisecond): // a request not yet whole
+					}
+				}
+				select {
+				case <-got:
+				default:
+				}
+				if _, err := c.Write(part); err != nil {
+					return
+				}
+			}
 		}()
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		out, err := io.ReadAll(c)
-		if err != nil {
+		var out []byte
+		for buf := make([]byte, 4096); ; {
+			var n int
+			n, err = c.Read(buf)
+			out = append(out, buf[:n]...)
+			if err != nil {
+				break
+			}
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		}
+		close(done)
+		if err != io.EOF {
 			t.Fatalf("not closed within 10s: %v; got %q", err, out)
 		}
 		if msg := panics.msg.Load(); msg != nil {
