@@ -390,6 +390,46 @@ func TestRefusedBodyLingers(t *testing.T) {
 	})
 }
 
+// TestRefusedHeadLingers: a connection closed after a refused head (the
+// rest of it, or the next request, still to come) ends with a FIN after
+// the 400 and what the client sends next is drained, even when none of it
+// had arrived when detour closed: a plain close answers it with a reset,
+// which can destroy the 400 before the client reads it. FuzzServeConn
+// found it, sending a head in two parts. The fast path holds a head until
+// its end, so the first two reach it only as the guard's.
+func TestRefusedHeadLingers(t *testing.T) {
+	for _, tt := range []struct {
+		head    string
+		onlyNet bool
+	}{
+		{"GET / HT@P/1.1\r\nX-A: b\r\n", true},            // a bad request line
+		{"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n", true}, // a bad field line
+		{"GET / HT@P/1.1\r\nX-A: b\n-A-\n\n", false},      // ended by bare LFs
+	} {
+		onBothPaths(t, func(t *testing.T, fast bool) {
+			if fast && tt.onlyNet {
+				return
+			}
+			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+			c, br := f.raw(t)
+			io.WriteString(c, tt.head)
+			res, _ := readResponse(t, br, "GET")
+			if res.StatusCode != 400 || !res.Close {
+				t.Fatalf("%q: %d close=%v, want 400 close=true", tt.head, res.StatusCode, res.Close)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("%q: after the answer: %v, want EOF", tt.head, err)
+			}
+			rest := "X-B: " + strings.Repeat("b", 16<<10) + "\r\n"
+			for range 4 { // more of the head, after detour closed
+				if _, err := io.WriteString(c, rest); err != nil {
+					t.Fatalf("%q: write after the answer: %v (want the proxy to drain)", tt.head, err)
+				}
+			}
+		})
+	}
+}
+
 // TestRequestStrings checks the request record's strings: the parts they
 // were cut from, the client's id kept only when sane, and one allocation
 // for the three.

@@ -165,6 +165,9 @@ type guard struct {
 	mu       sync.Mutex
 	verdicts []verdict
 	bodyErr  string // framing error in a body net/http was reading
+	// cut: reading stopped at a refused request or a bad body, where the
+	// client may still be sending.
+	cut bool
 }
 
 func newGuard(pool *sync.Pool, maxHead, maxFields int, steering string) *guard {
@@ -854,9 +857,19 @@ func (g *guard) refuse(status int, msg string) {
 	}
 	g.mu.Lock()
 	g.verdicts = append(g.verdicts, v)
+	g.cut = true
 	g.mu.Unlock()
 	g.inflight.Add(1)
 	g.stop()
+}
+
+// stoppedShort reports whether the guard stopped reading at a refused
+// request or a bad body: the rest of what the client sends will not be
+// read, though it may not have arrived yet.
+func (g *guard) stoppedShort() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cut
 }
 
 // describe fills in a refused request's proto, method and target from its
@@ -890,13 +903,14 @@ func (g *guard) bodyError(msg string) {
 		v := &g.verdicts[len(g.verdicts)-1] // the request's own: net/http has not seen its head
 		*v = verdict{line: placeholderLine, status: http.StatusBadRequest, msg: msg}
 		g.describe(v, g.headStart, g.cur.methodLen, g.cur.targetLen, true, g.cur.http10)
+		g.cut = true
 		g.mu.Unlock()
 		g.elem = g.headStart
 		g.stop()
 		return
 	}
 	g.mu.Lock()
-	g.bodyErr = msg
+	g.bodyErr, g.cut = msg, true
 	g.mu.Unlock()
 	g.st = gFailed
 	g.rel = g.elem

@@ -201,12 +201,16 @@ func (c *downConn) SetWriteDeadline(t time.Time) error {
 // sending), a plain close would answer them with a reset that can destroy
 // our final response in the client's receive queue before it is read.
 // Close then lingers instead (RFC 9112 9.6): FIN, drain the input for a
-// while, and close in the background.
+// while, and close in the background. It does so too after the guard
+// refused a request or cut a body, even with nothing unread yet: the rest
+// of a head or body sent in several segments may arrive just after the
+// queue was found empty, and be answered with that reset.
 func (c *downConn) Close() error {
 	var err error
+	cut := c.g.stoppedShort()
 	c.g.close()
 	c.once.Do(func() {
-		if sc, ok := c.Conn.(syscall.Conn); ok && unreadInput(sc) {
+		if sc, ok := c.Conn.(syscall.Conn); ok && (cut || unreadInput(sc)) {
 			c.CloseWrite()
 			go func() {
 				drain(c.Conn)
