@@ -448,9 +448,6 @@ func mapSlice(s []string, f func(string) string) []string {
 	return out
 }
 
-// Marshal renders the effective configuration, for the admin endpoint.
-func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
-
 // Finish fills defaults and validates. Errors name the key and the fix.
 func (c *Config) Finish() error {
 	if c.Mode == "" {

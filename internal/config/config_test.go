@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestParseAndFinish(t *testing.T) {
@@ -257,6 +260,33 @@ func TestMarshalRoundTrip(t *testing.T) {
 	// Marks in hex, as nft and ip rule print them.
 	if !strings.Contains(string(b), "tproxy_mark: 0x10\n") || !strings.Contains(string(b), "mark: 0x2\n") {
 		t.Errorf("marks marshal as\n%s", b)
+	}
+}
+
+// TestMarshalControls: strings with control characters marshal as YAML
+// that parses back to the same strings (FuzzParse found a tab and CRs in
+// access_log written as a block scalar that did not parse).
+func TestMarshalControls(t *testing.T) {
+	for _, s := range []string{"\tr,x\r\r", "a\nb", "a\rb", "\x7f", "tab\tin", "\t%DURATION%\n", "plain", "off", "[::]:1"} {
+		c := &Config{AccessLog: s, AccessLogFormat: s + "%DURATION%"}
+		if err := c.Finish(); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		b, err := c.Marshal()
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		c2, err := Parse(b)
+		if err != nil {
+			t.Fatalf("%q: marshalled as YAML that does not parse: %v\n%s", s, err, b)
+		}
+		if c2.AccessLog != s || c2.AccessLogFormat != s+"%DURATION%" {
+			t.Errorf("%q: back as %q, %q", s, c2.AccessLog, c2.AccessLogFormat)
+		}
+		// Otherwise the text is yaml.Marshal's.
+		if want, _ := yaml.Marshal(c); !strings.ContainsFunc(s, unicode.IsControl) && !bytes.Equal(b, want) {
+			t.Errorf("%q: marshalled as\n%s\nwant\n%s", s, b, want)
+		}
 	}
 }
 
