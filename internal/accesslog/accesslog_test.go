@@ -299,22 +299,15 @@ func FuzzJSONString(f *testing.F) {
 }
 
 func BenchmarkL4Record(b *testing.B) {
-	for _, f := range []Format{FormatText, FormatJSON, FormatEnvoy} {
-		b.Run(string(f), func(b *testing.B) {
-			l, err := Open(Options{Path: PathStdout, Format: f, Stdout: discard{}, FlushInterval: time.Hour})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			b.ReportAllocs()
-			for b.Loop() {
-				l.L4(l4rec)
-			}
-		})
-	}
+	benchmarkRecord(b, func(l *Logger) { l.L4(l4rec) })
 }
 
 func BenchmarkHTTPRecord(b *testing.B) {
+	benchmarkRecord(b, func(l *Logger) { l.HTTP(&httpInfo) })
+}
+
+// benchmarkRecord measures write, one record, in each format.
+func benchmarkRecord(b *testing.B, write func(*Logger)) {
 	for _, f := range []Format{FormatText, FormatJSON, FormatEnvoy} {
 		b.Run(string(f), func(b *testing.B) {
 			l, err := Open(Options{Path: PathStdout, Format: f, Stdout: discard{}, FlushInterval: time.Hour})
@@ -324,7 +317,7 @@ func BenchmarkHTTPRecord(b *testing.B) {
 			defer l.Close()
 			b.ReportAllocs()
 			for b.Loop() {
-				l.HTTP(&httpInfo)
+				write(l)
 			}
 		})
 	}
