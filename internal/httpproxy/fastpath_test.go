@@ -511,7 +511,7 @@ func TestUnsolicitedBytesNotReadAsResponse(t *testing.T) {
 			// upstream's write well past a fixed sleep.
 			<-forgedSent
 			time.Sleep(50 * time.Millisecond)
-			c2, br2 := f.raw(t)                // another client
+			c2, br2 := f.raw(t) // another client
 			io.WriteString(c2, "GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
 			if res, body := readResponse(t, br2, "GET"); res.StatusCode != 200 || body != "good" {
 				t.Fatalf("second client got %d %q, want 200 \"good\"", res.StatusCode, body)
