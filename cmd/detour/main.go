@@ -31,6 +31,7 @@ func commands() []command {
 		{"lab", "rebuild the tutorials' networks in namespaces and show detour at work", cmdLab},
 		{"origdst", "print each redirected connection's original destination", cmdOrigDst},
 		{"status", "show a running detour's listeners, rules and live hosts (from its admin endpoint)", cmdStatus},
+		{"reload", "have a running detour reload its configuration file, and say whether it was applied", cmdReload},
 		{"version", "print the version", cmdVersion},
 	}
 }

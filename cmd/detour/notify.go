@@ -13,7 +13,7 @@ import (
 
 // The service manager's view of run (systemd's Type=notify-reload, see
 // "Running as a service" in the README): READY=1 when /ready turns 200,
-// RELOADING=1 and READY=1 around each SIGHUP, STOPPING=1 when the drain
+// RELOADING=1 and READY=1 around each reload, STOPPING=1 when the drain
 // begins, and a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET
 // all of it does nothing.
 
@@ -45,9 +45,9 @@ func (d *daemon) notifyReady() {
 // reloadNotified is d.reload told to the service manager: RELOADING=1
 // with the monotonic time Type=notify-reload matches its SIGHUP with. The
 // READY=1 that ends it follows the rules check (notifyReady).
-func (d *daemon) reloadNotified(stopping context.Context, reread func() (*config.Config, error)) error {
+func (d *daemon) reloadNotified(stopping context.Context, reread func() (*config.Config, error), by string) error {
 	d.notify(sdnotify.Reloading, sdnotify.MonotonicNow(), sdnotify.Status("reloading the configuration"))
-	err := d.reload(stopping, reread)
+	err := d.reload(stopping, reread, by)
 	if !errors.Is(err, errStopping) {
 		d.reloadErr = err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -61,8 +62,8 @@ type oldL7 struct {
 
 // startObservability opens the access log and starts the admin endpoint,
 // which answers /ready with 503 until ready is called, and calls quit on
-// POST /quitquitquit (nil: no such endpoint).
-func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logger, quit func()) (_ *observability, err error) {
+// POST /quitquitquit and reload on POST /reload (nil: no such endpoint).
+func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logger, quit func(), reload func(context.Context) error) (_ *observability, err error) {
 	o := &observability{log: log, state: admin.NewState(), level: level, carried: map[string]httpproxy.HostInfo{},
 		expire: expireAfter(cfg)}
 	reg := metrics.NewRegistry()
@@ -95,7 +96,7 @@ func startObservability(cfg *config.Config, level *slog.LevelVar, log *slog.Logg
 		o.setConfig(cfg)
 		o.admin, err = admin.New(admin.Options{
 			Addr: cfg.AdminAddr, AllowRemote: cfg.AdminAllowRemote, State: o.state, Gatherer: reg,
-			Metrics: o.metrics, Hosts: o.hosts, Config: o.config, CommandLine: o.commandLine, Level: level, Logger: log, Quit: quit,
+			Metrics: o.metrics, Hosts: o.hosts, Config: o.config, CommandLine: o.commandLine, Level: level, Logger: log, Quit: quit, Reload: reload,
 			Info: admin.Info{Version: buildVersion(), Mode: cfg.Mode, Protocol: cfg.Protocol},
 		})
 		if err == nil {

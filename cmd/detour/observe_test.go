@@ -35,7 +35,7 @@ func observed(t *testing.T, cfg *config.Config, level *slog.LevelVar) *observabi
 		level = new(slog.LevelVar)
 		level.UnmarshalText([]byte(cfg.LogLevel))
 	}
-	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil)
+	o, err := startObservability(cfg, level, slog.New(slog.DiscardHandler), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func quietObservability(t *testing.T, cfg *config.Config) (*config.Config, *obse
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	o, err := startObservability(cfg, new(slog.LevelVar), log, nil)
+	o, err := startObservability(cfg, new(slog.LevelVar), log, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestReloadFollowsCleanupInterval(t *testing.T) {
 	} {
 		if c.cleanup != time.Duration(d.cfg.HTTP.CleanupInterval) {
 			next := conf(c.cleanup)
-			if err := d.reload(context.Background(), func() (*config.Config, error) { return next, next.Finish() }); err != nil {
+			if err := d.reload(context.Background(), func() (*config.Config, error) { return next, next.Finish() }, "test"); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 	"strings"
 
+	"github.com/detour-proxy/detour/internal/admin"
 	"github.com/detour-proxy/detour/internal/config"
 	"github.com/detour-proxy/detour/internal/httpproxy"
 	"github.com/detour-proxy/detour/internal/listen"
@@ -43,16 +43,18 @@ func restartOnly(cur, next *config.Config) []string {
 // always has a socket; the rules are replaced in one atomic batch; new
 // connections get the new settings while open ones continue untouched. On
 // any error nothing changes, and nothing does once stopping is done.
-func (d *daemon) reload(stopping context.Context, reread func() (*config.Config, error)) error {
+// by names what asked for it in the log (SIGHUP, POST /reload). The file's
+// errors are configErrors: `detour reload` tells them apart.
+func (d *daemon) reload(stopping context.Context, reread func() (*config.Config, error), by string) error {
 	next, err := reread()
 	if err != nil {
-		return err
+		return configError{err}
 	}
 	if stopping.Err() != nil {
 		return errStopping
 	}
 	if keys := restartOnly(d.cfg, next); len(keys) > 0 {
-		return fmt.Errorf("%s cannot change without a restart", strings.Join(keys, ", "))
+		return configError{fmt.Errorf("%s cannot change without a restart", strings.Join(keys, ", "))}
 	}
 	cur := d.srv.Listeners()
 	lns, err := openListeners(next, cur, d.log)
@@ -109,7 +111,7 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 	d.obs.setExpire(next)
 	d.level.UnmarshalText([]byte(next.LogLevel))
 	d.cfg = next
-	d.log.Info("SIGHUP: configuration reloaded", "listeners", len(lns), "rules_changed", rulesChanged,
+	d.log.Info(by+": configuration reloaded", "listeners", len(lns), "rules_changed", rulesChanged,
 		"ports", next.Intercept.Ports, "protocol", next.Protocol)
 	return nil
 }
@@ -117,7 +119,7 @@ func (d *daemon) reload(stopping context.Context, reread func() (*config.Config,
 // errStopping is a reload's answer when the stop (SIGINT, SIGTERM) began
 // before it changed anything: the drain must not wait for it, nor find
 // rules it installed after the stop.
-var errStopping = errors.New("detour is stopping")
+var errStopping = admin.ErrStopping
 
 // replaceL7 makes l7 the HTTP side new connections go to and returns the
 // old one, which goes on serving until retireL7. A connection that loaded

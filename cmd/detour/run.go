@@ -34,7 +34,8 @@ SIGINT/SIGTERM (or POST /quitquitquit on the admin endpoint) drains
 connections and removes the rules. Rules left by a
 run that was killed are removed at the next start. SIGHUP re-reads the
 config file (flags still override it) and applies it without dropping
-connections; SIGUSR1 reopens the access log. Under systemd (NOTIFY_SOCKET
+connections; ` + "`detour reload`" + ` does the same and reports whether the file was
+rejected. SIGUSR1 reopens the access log. Under systemd (NOTIFY_SOCKET
 set) it reports READY=1, RELOADING=1 and STOPPING=1: see
 contrib/systemd/detour.service.
 
@@ -109,6 +110,10 @@ type configError struct{ error }
 
 func (e configError) Unwrap() error { return e.error }
 
+// Is makes a configError admin.ErrConfig: POST /reload answers it 409,
+// and `detour reload` exits 2, as for an error in the file at start.
+func (e configError) Is(target error) bool { return target == admin.ErrConfig }
+
 // daemon is one run's moving parts; reload swaps some of them.
 type daemon struct {
 	cfg    *config.Config
@@ -131,6 +136,12 @@ type daemon struct {
 	// when it was last logged: once a minute, not at every check.
 	rulesErr   string
 	rulesErrAt time.Time
+
+	// reloads carries POST /reload's requests to the loop that serves
+	// SIGHUP, which answers each on its channel; reloadsEnd is closed
+	// when the stop ends that loop.
+	reloads    chan chan error
+	reloadsEnd <-chan struct{}
 
 	sd        *sdnotify.Notifier // systemd's notify socket (notify.go)
 	sdFailed  bool               // a notification failed and was logged
@@ -182,7 +193,8 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	}
 
 	// Metrics, access log and the admin endpoint (503 on /ready until ready).
-	d.obs, err = startObservability(cfg, d.level, log, quit)
+	d.reloads, d.reloadsEnd = make(chan chan error), ctx.Done()
+	d.obs, err = startObservability(cfg, d.level, log, quit, d.requestReload)
 	if err != nil {
 		return err
 	}
@@ -247,18 +259,17 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
+			if ctx.Err() == nil {
+				d.serveReload(ctx, reread, "SIGHUP")
+				check.Reset(time.Duration(d.cfg.Intercept.CheckInterval))
+			}
+		case done := <-d.reloads:
 			if ctx.Err() != nil {
+				done <- errStopping
 				break
 			}
-			if err := d.reloadNotified(ctx, reread); errors.Is(err, errStopping) {
-				log.Info("SIGHUP: reload abandoned: detour is stopping")
-				break
-			} else if err != nil {
-				log.Error("SIGHUP: reload rejected; still running the previous configuration", "err", err)
-			}
+			done <- d.serveReload(ctx, reread, "POST /reload")
 			check.Reset(time.Duration(d.cfg.Intercept.CheckInterval))
-			d.ensureRules(ctx, "SIGHUP")
-			d.notifyReady()
 		case <-check.C:
 			d.ensureRules(ctx, "periodic check")
 		case <-watchdog:
@@ -399,6 +410,43 @@ func (d *daemon) applyRules(cfg *config.Config) error {
 	}
 	d.obs.rules(cfg, admin.Rules{Installed: true})
 	return nil
+}
+
+// serveReload is one reload, asked for by a SIGHUP or POST /reload, told
+// to the service manager and logged; the rules check and READY=1 follow
+// it, whatever its outcome, unless the stop overtook it.
+func (d *daemon) serveReload(stopping context.Context, reread func() (*config.Config, error), by string) error {
+	err := d.reloadNotified(stopping, reread, by)
+	if errors.Is(err, errStopping) {
+		d.log.Info(by + ": reload abandoned: detour is stopping")
+		return err
+	}
+	if err != nil {
+		d.log.Error(by+": reload rejected; still running the previous configuration", "err", err)
+	}
+	d.ensureRules(stopping, by)
+	d.notifyReady()
+	return err
+}
+
+// requestReload is POST /reload: it has the loop that serves SIGHUP
+// reload, so that the two never overlap, and waits for the outcome, which
+// a signal cannot return to its sender.
+func (d *daemon) requestReload(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case d.reloads <- done:
+	case <-d.reloadsEnd:
+		return errStopping
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // ensureRules puts back the rules when part of them vanished under the run

@@ -40,7 +40,10 @@ func unitFile(t *testing.T) map[string][]string {
 	return set
 }
 
-// TestUnitFile: the unit agrees with what detour does. A config error
+// TestUnitFile: the unit agrees with what detour does. `systemctl
+// reload` runs `detour reload`, which exits with the reload's outcome;
+// with Type=notify-reload and no ExecReload= systemd sent SIGHUP, and a
+// rejected file reloaded "successfully". A config error
 // (exit 2) is not restarted: the file will not mend itself, and
 // Restart=on-failure would retry it every RestartSec= until systemd's
 // start limit, burying the one line that says what is wrong. The stop
@@ -53,7 +56,10 @@ func TestUnitFile(t *testing.T) {
 		t.Errorf("RestartPreventExitStatus=%s: want it to list %d, the exit code of a config error", prevent, exitUsage)
 	}
 	for _, tc := range []struct{ key, want string }{
-		{"Type", "notify-reload"},
+		{"Type", "notify"},
+		// A rejected reload must fail `systemctl reload`: only a command
+		// that waits for the outcome can tell systemd (TestDetourReload).
+		{"ExecReload", "/usr/local/bin/detour reload"},
 		{"Restart", "on-failure"},
 		{"KillSignal", "SIGTERM"},
 	} {

@@ -21,6 +21,7 @@
 //	GET  /logging          the log level; POST /logging?level=debug changes it
 //	GET  /debug/pprof/     Go profiles
 //	POST /quitquitquit     Envoy's: stop as on SIGTERM (drain, remove the rules, exit 0)
+//	POST /reload           reload as on SIGHUP, and answer once it is applied or rejected
 //
 // The endpoint reveals traffic and changes the log level, so it listens on
 // loopback unless Options.AllowRemote says otherwise, and refuses what a
@@ -92,6 +93,11 @@ type Options struct {
 	// Quit stops detour as SIGTERM does, on POST /quitquitquit; nil makes
 	// that 404.
 	Quit func()
+	// Reload reloads the configuration as SIGHUP does, on POST /reload,
+	// and returns once it is applied (nil) or rejected; nil makes that
+	// 404. An error that is ErrConfig (the file is at fault) is answered
+	// 409, ErrStopping 503, any other 500.
+	Reload func(context.Context) error
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -154,6 +160,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Quit != nil {
 		m.HandleFunc("POST /quitquitquit", takes(s.quit)) // Envoy's
+	}
+	if o.Reload != nil {
+		m.HandleFunc("POST /reload", takes(s.reload))
 	}
 	// Go's handlers take any method; only GET reads a profile (and POST
 	// /debug/pprof/symbol, which `go tool pprof` sends addresses with).
@@ -436,6 +445,34 @@ func (s *Server) quit(w http.ResponseWriter, r *http.Request) {
 	s.o.Quit()
 }
 
+// The errors Options.Reload answers with when the reload did not happen.
+var (
+	// ErrConfig: the configuration file is at fault (an error in it, or a
+	// change to a setting only a restart applies).
+	ErrConfig = errors.New("configuration rejected")
+	// ErrStopping: detour is stopping and reloads no more.
+	ErrStopping = errors.New("detour is stopping")
+)
+
+// reload is POST /reload, with which `detour reload` (the unit's
+// ExecReload=) learns the outcome of the reload it asked for: a signal
+// cannot tell its sender whether the file was rejected.
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	s.o.Logger.Info("POST /reload: reloading the configuration, as on SIGHUP", "remote", r.RemoteAddr)
+	err := s.o.Reload(r.Context())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch {
+	case err == nil:
+		io.WriteString(w, "configuration reloaded\n")
+	case errors.Is(err, ErrStopping):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	case errors.Is(err, ErrConfig):
+		http.Error(w, err.Error(), http.StatusConflict)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
 // levels are the levels POST /logging sets: log_level's. slog would
 // also take offsets (warn-2 is info+2), which /config would then show as
 // a log_level no configuration file accepts.
@@ -553,6 +590,7 @@ var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
 <li><a href="config">/config</a>: the effective configuration (YAML)</li>
 <li><a href="logging">/logging</a>: the log level; <code>curl -X POST '{{.Base}}/logging?level=debug'</code> changes it</li>
 <li><a href="debug/pprof/">/debug/pprof/</a>: Go profiles</li>
+{{if .Reload}}<li>/reload: <code>curl -X POST {{.Base}}/reload</code> reloads the configuration file as SIGHUP does, and answers 200 once it is applied, 409 (with the error) when it is rejected; <code>detour reload</code> does this</li>{{end}}
 {{if .Quit}}<li>/quitquitquit: <code>curl -X POST {{.Base}}/quitquitquit</code> stops detour as SIGTERM does: drain, remove the rules, exit</li>{{end}}
 </ul>
 <h2>Original-destination cluster: {{len .Hosts}} hosts</h2>
@@ -574,10 +612,11 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	}
 	data := struct {
 		Status
-		Base  string
-		Hosts []hostRow
-		Quit  bool
-	}{Status: st, Base: "http://" + r.Host, Quit: s.o.Quit != nil}
+		Base   string
+		Hosts  []hostRow
+		Quit   bool
+		Reload bool
+	}{Status: st, Base: "http://" + r.Host, Quit: s.o.Quit != nil, Reload: s.o.Reload != nil}
 	for _, h := range st.Hosts {
 		data.Hosts = append(data.Hosts, hostRow{h, h.Host, Age(st.Now, h.LastUsed) + " ago"})
 	}

@@ -2,7 +2,9 @@ package admin
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -989,5 +991,53 @@ func TestQuitQuitQuit(t *testing.T) {
 	g.ServeHTTP(w, r)
 	if w.Code != 404 {
 		t.Errorf("POST /quitquitquit without Options.Quit: %d, want 404", w.Code)
+	}
+}
+
+// TestReload: POST /reload answers once Options.Reload returns, with a
+// status that tells `detour reload` (systemd's ExecReload=) what became
+// of the reload: 200 applied, 409 the file rejected, 503 stopping, 500
+// applying failed; the error is the body. Without Reload it is 404, and
+// a web page's POST does not reach it.
+func TestReload(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		err  error
+		code int
+		body string
+	}{
+		{"applied", nil, 200, "configuration reloaded\n"},
+		{"file rejected", fmt.Errorf("%w: line 2: intercept.portz is not a key", ErrConfig), 409, "configuration rejected: line 2: intercept.portz is not a key\n"},
+		{"stopping", ErrStopping, 503, "detour is stopping\n"},
+		{"apply failed", errors.New("listen 127.0.0.1:80: bind: permission denied"), 500, "listen 127.0.0.1:80: bind: permission denied\n"},
+	} {
+		calls := 0
+		srv, err := New(Options{Addr: netip.MustParseAddrPort("127.0.0.1:0"), State: NewState(),
+			Reload: func(context.Context) error { calls++; return c.err }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &fixture{srv: srv}
+		if code, body, _ := f.do(t, "POST", "/reload"); code != c.code || body != c.body || calls != 1 {
+			t.Errorf("%s: POST /reload: %d %q after %d calls; want %d %q after 1", c.name, code, body, calls, c.code, c.body)
+		}
+		if code, _, h := f.do(t, "GET", "/reload"); code != 405 || h.Get("Allow") != "POST" || calls != 1 {
+			t.Errorf("%s: GET /reload: %d, Allow %q, %d calls; want 405, Allow POST, no call", c.name, code, h.Get("Allow"), calls)
+		}
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", "/reload", nil)
+		r.Host = "127.0.0.1:9901"
+		r.Header.Set("Sec-Fetch-Site", "cross-site")
+		srv.ServeHTTP(w, r)
+		if w.Code != 403 || calls != 1 {
+			t.Errorf("%s: cross-site POST /reload: %d, %d calls; want 403 and no call", c.name, w.Code, calls)
+		}
+		if _, body, _ := f.do(t, "GET", "/"); !strings.Contains(body, "/reload") {
+			t.Errorf("%s: the index does not list /reload", c.name)
+		}
+	}
+	f := newFixture(t)
+	if code, _, _ := f.do(t, "POST", "/reload"); code != 404 {
+		t.Errorf("POST /reload without Options.Reload: %d, want 404", code)
 	}
 }

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -236,4 +238,116 @@ func monotonicUsec() uint64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Sec)*1e6 + uint64(ts.Nsec)/1e3
+}
+
+// TestDetourReload: `detour reload`, the unit's ExecReload=, reloads the
+// running detour and exits with the outcome, so that `systemctl reload`
+// fails on a rejected file; a SIGHUP alone cannot tell systemd that. A
+// good edit applies (exit 0); a syntax error, a bad value and a change to
+// a restart-only key exit 2 naming the problem, and the previous
+// configuration serves on. RELOADING=1 and READY=1 are sent before the
+// command exits, so that systemd 259 and later, which runs ExecReload=
+// before its own reload signal, sees the reload done and sends none. The
+// command runs as the unit runs it: not root, with only CAP_NET_ADMIN.
+func TestDetourReload(t *testing.T) {
+	needRoot(t)
+	asUnit := unitWrapper(t)
+	n := tproxyNet(t, "drl")
+	startServers(t, n.Server)
+	sock := filepath.Join(t.TempDir(), "notify")
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	file, write := configFile(t)
+	good := "mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 7004]}\n"
+	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]}\n")
+	d := startDetour(t, n.Router, "-c", file)
+	queued(t, srv) // READY=1 at start
+	whoami := func() string {
+		c := dial(t, n.Client, n.ServerIP4, portWhoAmI)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	reload := func() (string, string, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := n.Router.Command(ctx, asUnit, "reload")
+		var out, errw strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errw
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("detour reload: %v", err)
+		}
+		return out.String(), errw.String(), cmd.ProcessState.ExitCode()
+	}
+
+	write(good)
+	if out, errw, code := reload(); code != 0 || out != "configuration reloaded\n" || errw != "" {
+		t.Fatalf("reload of a good edit: exit %d, stdout %q, stderr %q; want 0 and \"configuration reloaded\"\n%s", code, out, errw, d.Output())
+	}
+	if got := queued(t, srv); len(got) != 2 || got[0]["RELOADING"] != "1" || got[1]["READY"] != "1" ||
+		got[1]["STATUS"] != "serving: tproxy, 2 listeners, rules installed (ports 7002,7004)" {
+		t.Errorf("notifications queued when detour reload exited: %v; want RELOADING=1, then READY=1 with the new ports", got)
+	}
+	if got := whoami(); got != n.RouterIP4.String() {
+		t.Fatalf("port %d after the reload: the server saw %q, want the router %s (intercepted)", portWhoAmI, got, n.RouterIP4)
+	}
+
+	for _, c := range []struct{ name, file, says string }{
+		{"syntax error", "mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]\n", "config: line 2: did not find expected ',' or '}'"},
+		{"invalid value", "mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 70000]}\n", `intercept.ports: "70000" is not a port`},
+		{"restart-only key", good + "tcp: {loops: 3}\n", "tcp.loops cannot change without a restart"},
+	} {
+		write(c.file)
+		out, errw, code := reload()
+		if code != 2 || out != "" || !strings.HasPrefix(errw, "detour reload: configuration rejected, the previous one serves on: ") || !strings.Contains(errw, c.says) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2 and stderr saying %q", c.name, code, out, errw, c.says)
+		}
+		if got := queued(t, srv); len(got) != 2 || got[0]["RELOADING"] != "1" || got[1]["READY"] != "1" ||
+			!strings.Contains(got[1]["STATUS"], "last reload rejected, previous configuration kept: ") {
+			t.Errorf("%s: notifications %v; want RELOADING=1, then READY=1 saying the reload was rejected", c.name, got)
+		}
+		if got := whoami(); got != n.RouterIP4.String() {
+			t.Errorf("%s: port %d after the rejected reload: the server saw %q, want the router (the previous configuration)", c.name, portWhoAmI, got)
+		}
+	}
+
+	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]}\n")
+	if out, errw, code := reload(); code != 0 {
+		t.Fatalf("reload after the rejected ones: exit %d, stdout %q, stderr %q; want 0", code, out, errw)
+	}
+	if got := whoami(); got != n.ClientIP4.String() {
+		t.Errorf("port %d after a reload that dropped it: the server saw %q, want the client (not intercepted)", portWhoAmI, got)
+	}
+}
+
+// queued returns the notifications waiting on c, without waiting for more.
+func queued(t *testing.T, c *net.UnixConn) []map[string]string {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]string
+	buf := make([]byte, 4096)
+	for {
+		var k int
+		var rerr error
+		if err := raw.Control(func(fd uintptr) { k, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT) }); err != nil {
+			t.Fatal(err)
+		}
+		if errors.Is(rerr, unix.EAGAIN) {
+			return got
+		}
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		got = append(got, notificationFields(buf[:k]))
+	}
 }

@@ -33,39 +33,7 @@ const unitCaps = "net_admin"
 // makes stands for systemd's, so the host's /run/detour is not touched.
 func TestRunsUnprivileged(t *testing.T) {
 	needRoot(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("skipping: needs setpriv (util-linux) to run detour as another user with capabilities")
-	}
-	// What nobody may read and run: the binary and a wrapper that sets
-	// up /run and drops the privileges, as systemd does for the unit.
-	dir, err := os.MkdirTemp("", "detour-sdu-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "detour")
-	b, err := os.ReadFile(detourBin)
-	if err == nil {
-		err = os.WriteFile(bin, b, 0o755)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	wrapper := filepath.Join(dir, "as-unit")
-	script := fmt.Sprintf(`#!/bin/sh
-set -e
-mount -t tmpfs -o mode=0755 detour-test-run /run
-mkdir -m 0755 /run/detour
-chown 65534:65534 /run/detour
-exec setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs \
-	--inh-caps=-all,+%[1]s --ambient-caps=-all,+%[1]s --bounding-set=-all,+%[1]s %[2]s "$@"
-`, unitCaps, bin)
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := unitWrapper(t)
 
 	for _, spoof := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tproxy spoof=%v", spoof), func(t *testing.T) {
@@ -135,4 +103,46 @@ func stopUnprivileged(t *testing.T, d *lab.Detour, n *ns.NS, before string) {
 	if after := snapshot(t, n); after != before {
 		t.Fatalf("rules left after exit:\n%s", after)
 	}
+}
+
+// unitWrapper returns a program that runs detour as the unit does: as
+// nobody, with only the unit's capabilities and no_new_privs, with a
+// fresh /run holding a /run/detour of its own. It skips the test without
+// setpriv (util-linux; `apt-get install util-linux` on Debian).
+func unitWrapper(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("skipping: needs setpriv (util-linux) to run detour as another user with capabilities")
+	}
+	// What nobody may read and run: the binary and a wrapper that sets
+	// up /run and drops the privileges, as systemd does for the unit.
+	dir, err := os.MkdirTemp("", "detour-sdu-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "detour")
+	b, err := os.ReadFile(detourBin)
+	if err == nil {
+		err = os.WriteFile(bin, b, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "as-unit")
+	script := fmt.Sprintf(`#!/bin/sh
+set -e
+mount -t tmpfs -o mode=0755 detour-test-run /run
+mkdir -m 0755 /run/detour
+chown 65534:65534 /run/detour
+exec setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs \
+	--inh-caps=-all,+%[1]s --ambient-caps=-all,+%[1]s --bounding-set=-all,+%[1]s %[2]s "$@"
+`, unitCaps, bin)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return wrapper
 }

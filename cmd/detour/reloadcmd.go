@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/detour-proxy/detour/internal/config"
+)
+
+const reloadHelp = `Usage: detour reload [--admin ADDR]
+
+Has a running detour re-read its configuration file and apply it, as SIGHUP
+does, and waits for the outcome, which a signal cannot report: exit 0 once
+the new configuration serves; exit 2 when the file is rejected (an error
+in it, or a change to a setting only a restart applies: mode, admin,
+tcp.loops, ...), with the reason; exit 1 when applying it failed (a
+listener, the rules) or detour cannot be reached. A rejected reload changes
+nothing: the previous configuration serves on. It asks detour's admin
+endpoint (POST /reload), so it needs one (not admin: off). systemd's unit
+runs it as ExecReload=, so that ` + "`systemctl reload detour`" + ` fails on a
+rejected file.
+
+Examples:
+  detour reload
+  ip netns exec dt-1234-rtr detour reload      # the lab's detour
+  detour reload --admin '[::1]:9901'
+
+Flags:
+`
+
+func cmdReload(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("admin", config.DefaultAdmin, "the admin endpoint of the detour to reload (its run --admin)")
+	setUsage(fs, reloadHelp)
+	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	ap, err := netip.ParseAddrPort(*addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "detour reload: --admin %q is not ip:port (like %s)\n", *addr, config.DefaultAdmin)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	code, msg := postReload(ctx, "http://"+ap.String())
+	if code == exitOK {
+		fmt.Fprintln(stdout, msg)
+	} else {
+		fmt.Fprintf(stderr, "detour reload: %s\n", msg)
+	}
+	return code
+}
+
+// postReload asks base for a reload and returns the exit code and what
+// to print. It sets no deadline: a reload takes what opening listeners
+// and installing rules take, and systemd bounds ExecReload= by its own
+// TimeoutStartSec= (Ctrl-C, at a terminal).
+func postReload(ctx context.Context, base string) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/reload", nil)
+	if err != nil {
+		return exitFailure, err.Error()
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitFailure, "interrupted; the reload may still complete (`detour status`, the log)"
+		}
+		return exitFailure, fmt.Sprintf("cannot reach the admin endpoint at %s (%v); is `detour run` running in this network namespace, with --admin %s (not admin: off)?",
+			base, errors.Unwrap(err), strings.TrimPrefix(base, "http://"))
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body := strings.TrimSpace(string(b))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return exitOK, body
+	case http.StatusConflict:
+		return exitUsage, "configuration rejected, the previous one serves on: " + body
+	case http.StatusInternalServerError:
+		return exitFailure, "reload failed, the previous configuration serves on: " + body
+	case http.StatusServiceUnavailable:
+		return exitFailure, "not reloaded: " + body
+	}
+	return exitFailure, fmt.Sprintf("%s/reload answered %s (%s); is that detour's admin endpoint, of a detour that has `detour reload`?", base, resp.Status, body)
+}
