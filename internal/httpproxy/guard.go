@@ -127,7 +127,11 @@ type guard struct {
 	clen                     int64
 	reqLine                  uint64
 	methodLen, targetLen     int
-	heads                    int // heads accepted on this connection
+	// rl follows an incomplete request line (partialRequestLine): how
+	// far it was checked and where its spaces are, from its start (0:
+	// not seen yet).
+	rl    struct{ seen, sp1, sp2 int }
+	heads int // heads accepted on this connection
 	// midStream: the connection carried requests before the guard saw it
 	// (the fast path's), so its next bytes cannot be the h2c preface.
 	midStream bool
@@ -574,8 +578,10 @@ func (g *guard) headLine() bool {
 		return false
 	}
 	switch {
-	case !ok && g.first && !g.methodPrefixOK():
-		g.refuse(http.StatusBadRequest, "invalid request line")
+	case !ok && g.first:
+		if msg := g.partialRequestLine(); msg != "" {
+			g.refuse(http.StatusBadRequest, msg)
+		}
 		return false
 	case !ok:
 		return false
@@ -594,21 +600,57 @@ func (g *guard) headLine() bool {
 	return true
 }
 
-// methodPrefixOK reports whether the start of an incomplete request line
-// can still be a method token and its SP, so that bytes that can't be
-// HTTP (TLS, binary) are refused at once rather than held until a LF or
-// the size limit. Only the first maxEarly bytes are looked at.
-func (g *guard) methodPrefixOK() bool {
-	const maxEarly = 32
-	for i, c := range g.buf[g.line:min(g.w, g.line+maxEarly)] {
-		if c == ' ' {
-			return i > 0
-		}
-		if !tchar[c] {
-			return false
+// partialRequestLine checks the bytes of an incomplete request line that
+// came since it last looked, so that a line no later byte can make valid
+// (TLS or binary bytes, a control byte in the target, a bad version) is
+// refused at once, as Envoy and nginx do, rather than held until its LF,
+// the size limit or HeaderTimeout. Each byte is looked at once. The
+// reason is the one requestLine gives the complete line (a line that
+// would lack its second space, which can't be known yet, is said to
+// have a bad target rather than to be invalid). A CR is left for the next
+// byte to decide: CRLF ends the line.
+func (g *guard) partialRequestLine() (msg string) {
+	line := g.buf[g.line:g.w]
+	for i := g.rl.seen; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\r' && i+1 == len(line):
+			g.rl.seen = i
+			return ""
+		case g.rl.sp1 == 0: // the method
+			if c == ' ' && i > 0 {
+				g.rl.sp1 = i
+			} else if !tchar[c] {
+				return "invalid request line"
+			}
+		case g.rl.sp2 == 0: // the target
+			switch {
+			case c == ' ' && i == g.rl.sp1+1:
+				return "invalid request line" // no target
+			case c == ' ':
+				g.rl.sp2 = i
+			case c < ' ' || c >= 0x7f || c == '#':
+				return "invalid request target"
+			}
+		default: // the version: HTTP/d.d
+			if j := i - g.rl.sp2 - 1; j >= len("HTTP/1.1") || !versionByte(j, c) {
+				return "invalid request line"
+			}
 		}
 	}
-	return true
+	g.rl.seen = len(line)
+	return ""
+}
+
+// versionByte reports whether c may be byte j of "HTTP/" DIGIT "." DIGIT.
+func versionByte(j int, c byte) bool {
+	switch j {
+	case 5, 7:
+		return isDigit(c)
+	case 6:
+		return c == '.'
+	}
+	return c == "HTTP/"[j]
 }
 
 // requestLine checks "method SP request-target SP HTTP/1.x".
@@ -774,6 +816,7 @@ func (g *guard) resetHead() {
 	g.fields, g.nCL, g.nTE, g.nHost = 0, 0, 0, 0
 	g.first, g.http10, g.chunked, g.connect, g.clen = true, false, false, false, 0
 	g.methodLen, g.targetLen, g.reqLine = 0, 0, 0
+	g.rl.seen, g.rl.sp1, g.rl.sp2 = 0, 0, 0
 }
 
 // chunkLine checks "1*HEXDIG [ ; chunk-ext ] CRLF".

@@ -362,6 +362,84 @@ func TestGuardSplitAnywhere(t *testing.T) {
 	}
 }
 
+// guardVerdict feeds in to a new guard step bytes per read, up to the
+// end of in, and returns the first verdict's status and reason ("0" when
+// it gave none).
+func guardVerdict(in string, step int) string {
+	g := newGuard(nil, DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, "X-Detour-Original-Dst-Host")
+	src := &trickle{data: []byte(in), step: step}
+	buf := make([]byte, 7)
+	for {
+		if _, err := g.read(src, buf); err != nil {
+			break
+		}
+	}
+	if len(g.verdicts) == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d %s", g.verdicts[0].status, g.verdicts[0].msg)
+}
+
+// TestGuardRefusesUnfinishedRequestLine: a request line whose end has not
+// arrived is refused as soon as a byte shows it can't become valid, with
+// the reason the complete line would get; one that may still become valid
+// is held.
+func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"GE\x01T / HT", "400 invalid request line"},
+		{"\x16\x03\x01\x02\x00", "400 invalid request line"},
+		{" GET", "400 invalid request line"},
+		{"GET  /", "400 invalid request line"},
+		{"GET /a\x01", "400 invalid request target"},
+		{"GET /a\tb", "400 invalid request target"},
+		{"GET /a#b", "400 invalid request target"},
+		{"GET /caf\xc3\xa9", "400 invalid request target"},
+		{"GET /a\rb", "400 invalid request target"},
+		{"GET / http", "400 invalid request line"},
+		{"GET / HTTP/x", "400 invalid request line"},
+		{"GET / HTTP/1.10", "400 invalid request line"},
+		{"GET / HTTP/1.1 ", "400 invalid request line"},
+		{"GET / HTTP/1.1\rx", "400 invalid request line"},
+		// May still become valid (or 505): held.
+		{"GET", "0"},
+		{"PROPFIND /a?b=%zz", "0"},
+		{"GET http://a/x HTTP/1.", "0"},
+		{"CONNECT a:1 HTTP/1.1", "0"},
+		{"GET / HTTP/2.0", "0"},
+		{"GET / HTTP/1.1\r", "0"},
+		{"GET /a\r", "0"}, // CRLF: a line without a version, refused then
+		{"PRI * HTTP/2.0\r\n\r\nS", "0"},
+	} {
+		for _, step := range []int{1, 3, len(tt.in)} {
+			if got := guardVerdict(tt.in, step); got != tt.want {
+				t.Errorf("%q, %d bytes a read: %s, want %s", tt.in, step, got, tt.want)
+			}
+		}
+	}
+}
+
+// TestGuardVerdictSameInAnySplit: the head of every hostile and
+// well-formed request gets the same verdict, and reason, whether its bytes
+// come at once or one at a time (the unfinished request line's checks agree with the
+// complete line's).
+func TestGuardVerdictSameInAnySplit(t *testing.T) {
+	for _, tt := range append(hostileCases(), func() (c []hostileCase) {
+		for _, w := range wellFormedCases() {
+			c = append(c, hostileCase{name: w.name, req: w.req})
+		}
+		return c
+	}()...) {
+		head := tt.req // a bad body is no head's verdict: cut once the head was handed on
+		if i := strings.Index(head, "\r\n\r\n"); i >= 0 {
+			head = head[:i+4]
+		}
+		whole := guardVerdict(head, len(head))
+		if got := guardVerdict(head, 1); got != whole {
+			t.Errorf("%s: one byte a read: %s; at once: %s", tt.name, got, whole)
+		}
+	}
+}
+
 type splitReader struct{ parts []string }
 
 func (r *splitReader) Read(p []byte) (int, error) {
