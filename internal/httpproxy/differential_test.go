@@ -296,6 +296,14 @@ func diffCases() []diffCase {
 		{name: "Expect with an empty body", req: "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n", resp: diffOK},
 		{name: "unknown Expect", req: "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nExpect: x\r\n\r\n", resp: diffOK},
 		{name: "HTTP/1.0 with a chunked body", req: "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", resp: diffOK},
+		// Unfinished heads, already invalid: the client sends no more
+		// and waits for the answer (HeaderTimeout is 10 s, as the
+		// client's deadline: a path that waits for the head's end fails).
+		{name: "unfinished head with a line without a colon", req: "GET / HTTP/1.1\r\nHost: a\r\nBad Line Without Colon\r\n", resp: diffOK,
+			want: []string{"400 DPE invalid header field name"}},
+		{name: "unfinished request line with a control byte", req: "GET /a\x01", resp: diffOK, want: []string{"400 DPE invalid request target"}},
+		{name: "a request, then an unfinished head with a second Host", req: get + "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n", n: 2, resp: diffOK, handOver: true,
+			want: []string{"200 -", "400 DPE multiple host fields"}},
 
 		// The upstream's side; the client sends a GET.
 		{name: "1xx before the final status", req: get, resp: "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + diffOK},

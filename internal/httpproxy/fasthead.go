@@ -1,6 +1,9 @@
 package httpproxy
 
-import "bytes"
+import (
+	"bytes"
+	"strings"
+)
 
 // fastHead is a request head the fast path (fastpath.go) forwards itself.
 // The slices point into the connection's read buffer.
@@ -122,6 +125,123 @@ func parseFastHead(h *fastHead, b []byte, end, maxHead, maxFields int, steering 
 	return hosts == 1 && clens <= 1
 }
 
+// partialHead follows a request head whose end has not arrived, so that
+// the fast path hands it to net/http as soon as the bytes read so far show
+// that parseFastHead will decline it — then net/http's guard refuses an
+// invalid head at once, with the same 400 and record as on its own path —
+// rather than when the head ends or HeaderTimeout passes. Each byte is
+// looked at once; offsets count from the head's start, where compact
+// moves it.
+type partialHead struct {
+	seen     int // bytes checked
+	line     int // where the line being received starts
+	sp1, sp2 int // the request line's spaces (0: not seen yet)
+	// Of the complete field lines: as parseFastHead counts them.
+	fields, hosts, clens, drops int
+}
+
+// plausible reports whether b, the start of a head without its end, may
+// still become a head parseFastHead takes: only printable ASCII, tabs and
+// CRLF line ends, a request line that may still become one requestLine
+// takes, each complete line one parseFastHead takes, and at most maxHead
+// bytes.
+func (ph *partialHead) plausible(b []byte, maxHead, maxFields int, steering string, useSteering bool) bool {
+	if len(b) > maxHead {
+		return false
+	}
+	for i := ph.seen; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '\n':
+			if i == 0 || b[i-1] != '\r' || !ph.takes(b[ph.line:i-1], maxFields, steering, useSteering) {
+				return false
+			}
+			ph.line = i + 1
+		case c == '\r':
+			if i+1 == len(b) {
+				ph.seen = i // the next byte decides
+				return true
+			}
+			if b[i+1] != '\n' {
+				return false
+			}
+		case c < 0x20 && c != '\t', c > 0x7e:
+			return false
+		case ph.line == 0 && !ph.requestByte(b, i):
+			return false
+		}
+	}
+	ph.seen = len(b)
+	return true
+}
+
+// requestByte reports whether b[i], a byte of a request line whose end
+// has not arrived, may be where it is in "METHOD SP origin-form SP
+// HTTP/1.1" with one of fastMethods.
+func (ph *partialHead) requestByte(b []byte, i int) bool {
+	c := b[i]
+	switch {
+	case ph.sp1 == 0:
+		if c == ' ' {
+			ph.sp1 = i
+		}
+		for _, m := range fastMethods {
+			if c == ' ' && string(b[:i]) == m || c != ' ' && i < len(m) && string(b[:i+1]) == m[:i+1] {
+				return true
+			}
+		}
+		return false
+	case ph.sp2 == 0 && c == ' ':
+		ph.sp2 = i
+		return i > ph.sp1+1
+	case ph.sp2 == 0:
+		return (i > ph.sp1+1 || c == '/') && (isAlnum(c) || c == '%' || strings.IndexByte(originChars, c) >= 0)
+	}
+	j := i - ph.sp2 - 1
+	return j < len("HTTP/1.1") && c == "HTTP/1.1"[j]
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// takes reports whether parseFastHead would take line (without its CRLF),
+// the next complete line of a head, as far as the lines so far tell: the
+// same checks, keeping counts instead of the values.
+func (ph *partialHead) takes(line []byte, maxFields int, steering string, useSteering bool) bool {
+	if ph.line == 0 {
+		var h fastHead
+		return h.requestLine(line)
+	}
+	ph.fields++
+	name, value, ok := splitField(line)
+	if !ok || ph.fields > maxFields {
+		return false
+	}
+	switch fastFieldAction(name, steering, useSteering) {
+	case fieldFallback:
+		return false
+	case fieldCopy:
+		return true
+	case fieldDrop:
+		if ph.drops++; ph.drops > maxDrops {
+			return false
+		}
+	}
+	switch {
+	case equalFold(name, "host"):
+		ph.hosts++
+		return ph.hosts == 1 && validFastHost(value)
+	case equalFold(name, "content-length"):
+		ph.clens++
+		_, ok := parseContentLength(value)
+		return ph.clens == 1 && ok
+	case equalFold(name, "connection"):
+		var h fastHead
+		return h.connectionOptions(value)
+	}
+	return true
+}
+
 // fastFieldAction classifies a field name. Connection, X-Request-Id and
 // X-Forwarded-For are parsed and written anew (X-Forwarded-For is copied
 // instead when the proxy leaves it); Idempotency-Key and
@@ -216,6 +336,10 @@ func (h *fastHead) requestLine(line []byte) bool {
 	return validOriginForm(h.target)
 }
 
+// originChars are the bytes of an origin-form target besides letters,
+// digits and percent escapes.
+const originChars = "-._~!$&'()*+,;=:@/?"
+
 // validOriginForm accepts "/" followed by RFC 3986 path and query
 // characters, with well-formed percent escapes.
 func validOriginForm(t []byte) bool {
@@ -231,7 +355,7 @@ func validOriginForm(t []byte) bool {
 				return false
 			}
 			i += 2
-		case bytes.IndexByte([]byte("-._~!$&'()*+,;=:@/?"), c) >= 0:
+		case bytes.IndexByte([]byte(originChars), c) >= 0:
 		default:
 			return false
 		}

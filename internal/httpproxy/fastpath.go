@@ -262,12 +262,18 @@ func (fc *fastConn) readHead() (int, error) {
 	if fc.heads == 0 {
 		headStart = fc.start
 	}
+	// Of a head not complete in the bytes read so far: where the search
+	// for its end goes on, and what was checked of it.
+	from := 0
+	var part partialHead
 	for {
 		if fc.in != nil {
-			if i := bytes.Index(fc.in[fc.r:fc.w], []byte("\r\n\r\n")); i >= 0 {
-				return i + 4, nil
+			b := fc.in[fc.r:fc.w]
+			if i := bytes.Index(b[from:], []byte("\r\n\r\n")); i >= 0 {
+				return from + i + 4, nil
 			}
-			if fc.w-fc.r == fastBufSize || !plausibleHead(fc.in[fc.r:fc.w]) {
+			from = max(len(b)-3, 0)
+			if len(b) == fastBufSize || !part.plausible(b, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, p.o.UseOriginalDstHeader) {
 				if !headStart.IsZero() {
 					fc.headBy = headStart.Add(p.o.HeaderTimeout) // net/http's wait ends there too
 				}
@@ -309,42 +315,6 @@ func (fc *fastConn) readHead() (int, error) {
 			return 0, err
 		}
 	}
-}
-
-// plausibleHead reports whether b may be the start of a head the fast
-// path takes: a known method, then only printable ASCII, tabs and CRLF
-// line ends. Anything else is handed over at once, not after the header
-// timeout.
-func plausibleHead(b []byte) bool {
-	sp := bytes.IndexByte(b, ' ')
-	if sp < 0 {
-		sp = len(b)
-	}
-	known := false
-	for _, m := range fastMethods {
-		if sp <= len(m) && string(b[:sp]) == m[:sp] {
-			known = true
-			break
-		}
-	}
-	if !known {
-		return false
-	}
-	for i, c := range b {
-		switch {
-		case c == '\n':
-			if i == 0 || b[i-1] != '\r' {
-				return false
-			}
-		case c == '\r':
-			if i+1 < len(b) && b[i+1] != '\n' {
-				return false
-			}
-		case c < 0x20 && c != '\t', c > 0x7e:
-			return false
-		}
-	}
-	return true
 }
 
 // fill reads what the socket holds into in[w:], taking a buffer from the

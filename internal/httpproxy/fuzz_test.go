@@ -231,8 +231,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // FuzzFastHead checks that the fast path only takes heads both other
-// parsers accept as the same request: whatever parseFastHead accepts, the
-// framing guard accepts too, net/http's ReadRequest reads with the same
+// parsers accept as the same request, and waits for every part of one:
+// whatever parseFastHead accepts, no prefix of it is declined as
+// implausible (partialHead), the framing guard accepts it too, net/http's ReadRequest reads with the same
 // method, target, Host and Content-Length, and the head built for the
 // upstream is a valid request carrying the forwarding fields and no
 // hop-by-hop ones.
@@ -263,6 +264,20 @@ func FuzzFastHead(f *testing.F) {
 			return
 		}
 		head := data[:end]
+		// The fast path waits for the rest of every prefix of a head it
+		// takes (readHead), whether the prefix came a byte at a time or
+		// at once.
+		var part partialHead
+		for k := 1; k < end; k++ {
+			if !part.plausible(head[:k], p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false) {
+				t.Fatalf("prefix of %d bytes, a byte a read, declined: %q", k, head)
+			}
+		}
+		for _, k := range []int{end / 2, end - 1} {
+			if !(&partialHead{}).plausible(head[:k], p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr, false) {
+				t.Fatalf("prefix of %d bytes, at once, declined: %q", k, head)
+			}
+		}
 		g := newGuard(pool, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr)
 		buf := make([]byte, 4096)
 		for range 64 {
