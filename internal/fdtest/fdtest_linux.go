@@ -2,7 +2,8 @@
 // the process out of descriptors, as a proxy under a connection flood is,
 // so that tests can check what accept, pipe and epoll do then and after,
 // it tells when a socket has been reset, and it makes a listener whose
-// accept queue is full, so that a connect to it stays under way.
+// accept queue is full, so that a connect to it stays under way. A test
+// that fills the descriptor table runs alone in a copy of the test binary.
 package fdtest
 
 import (
@@ -14,8 +15,9 @@ import (
 
 // Exhaust lowers the process's descriptor limit to 64 above the ones in
 // use and fills those; release (idempotent, also run at the test's end)
-// gives them back and restores the limit. Tests that call it must not run
-// in parallel with others of their package.
+// gives them back and restores the limit. Tests that call it run in a
+// process of their own (InOwnProcess): a descriptor another test's
+// leftovers close after the fill would let the call meant to fail succeed.
 func Exhaust(t testing.TB) (release func()) {
 	t.Helper()
 	var lim syscall.Rlimit

@@ -11,12 +11,15 @@ import (
 	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
-// TestBulkWithoutPipesStillCopies (not parallel: it lowers the process's
-// descriptor limit for a moment): when no pipe can be made for a bulk
+// TestBulkWithoutPipesStillCopies (in a process of its own: it fills the
+// descriptor table for a moment): when no pipe can be made for a bulk
 // burst (the process is out of descriptors, as near its limit under load),
 // the burst is copied through the buffer instead; before, the pair was
 // reset after its first 16 KiB.
 func TestBulkWithoutPipesStillCopies(t *testing.T) {
+	if !fdtest.InOwnProcess(t) {
+		return
+	}
 	client, server, done := harness(t, Options{}) // nil Pipes: every burst makes a pipe
 	// A byte through the pair first: harness returns before its goroutine
 	// has started the pair, and the pair's loop may still have to be
@@ -50,10 +53,14 @@ func TestBulkWithoutPipesStillCopies(t *testing.T) {
 	}
 }
 
-// TestLoopStartRetried (not parallel: it fills the descriptor table):
+// TestLoopStartRetried (in a process of its own: it fills the
+// descriptor table):
 // loops that cannot be made for want of descriptors are tried again by
 // the next pair, not given up on for the life of the process.
 func TestLoopStartRetried(t *testing.T) {
+	if !fdtest.InOwnProcess(t) {
+		return
+	}
 	s := loopSet{want: 1}
 	release := fdtest.Exhaust(t)
 	if _, err := s.pick(); err == nil {
