@@ -224,7 +224,9 @@ func TestConnectingPairHoldsClientBytes(t *testing.T) {
 
 // TestConnectingPairFailures: a connect that is refused, times out, or is
 // overtaken by the client's reset or a Cancel ends the pair with the
-// right End and error, and the client sees a reset, promptly.
+// right End and error, and the client sees a reset, promptly. An idle
+// timeout shorter than the connect timeout does not cut the connect: it
+// counts from the connect's completion (it ended such connects as idle).
 func TestConnectingPairFailures(t *testing.T) {
 	closedPort := func(t *testing.T) netip.AddrPort {
 		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -240,18 +242,20 @@ func TestConnectingPairFailures(t *testing.T) {
 		name    string
 		dst     func(*testing.T) netip.AddrPort
 		timeout time.Duration
+		idle    time.Duration
 		act     func(client *net.TCPConn, p *Pair)
 		end     End
 		err     error // what Result.Err wraps; nil: not checked
 		reset   bool  // the client reads a reset
 	}{
-		{"refused", closedPort, 5 * time.Second, nil, EndConnectFailed, syscall.ECONNREFUSED, true},
-		{"timeout", hanging, 300 * time.Millisecond, nil, EndConnectFailed, os.ErrDeadlineExceeded, true},
-		{"client reset", hanging, 20 * time.Second, func(c *net.TCPConn, _ *Pair) { c.SetLinger(0); c.Close() }, EndDownstreamErr, nil, false},
-		{"cancel", hanging, 20 * time.Second, func(_ *net.TCPConn, p *Pair) { p.Cancel() }, EndCanceled, nil, true},
+		{"refused", closedPort, 5 * time.Second, 0, nil, EndConnectFailed, syscall.ECONNREFUSED, true},
+		{"timeout", hanging, 300 * time.Millisecond, 0, nil, EndConnectFailed, os.ErrDeadlineExceeded, true},
+		{"timeout beyond the idle timeout", hanging, 1500 * time.Millisecond, 200 * time.Millisecond, nil, EndConnectFailed, os.ErrDeadlineExceeded, true},
+		{"client reset", hanging, 20 * time.Second, 0, func(c *net.TCPConn, _ *Pair) { c.SetLinger(0); c.Close() }, EndDownstreamErr, nil, false},
+		{"cancel", hanging, 20 * time.Second, 0, func(_ *net.TCPConn, p *Pair) { p.Cancel() }, EndCanceled, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, p, done := connecting(t, tc.dst(t), Options{ConnectTimeout: tc.timeout}, nil)
+			client, p, done := connecting(t, tc.dst(t), Options{ConnectTimeout: tc.timeout, IdleTimeout: tc.idle}, nil)
 			start := time.Now()
 			if tc.act != nil {
 				time.Sleep(100 * time.Millisecond) // the connect is under way

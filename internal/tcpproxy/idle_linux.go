@@ -93,7 +93,13 @@ func (w *idleWatch) check() End {
 			w.p.longLived(w.p.u.fd)
 		}
 	}
-	if w.tick > 0 {
+	switch {
+	case w.tick > 0 && w.p.connecting:
+		// The idle timeout counts from the connect's completion: a connect
+		// under way is bounded by the connect timeout alone, even when the
+		// idle timeout is the shorter (it ended such connects as idle).
+		w.quiet, w.sampled = 0, now
+	case w.tick > 0:
 		cur := [2]progress{counters(w.p.c.fd), counters(w.p.u.fd)}
 		if cur == w.last {
 			w.quiet += now.Sub(w.sampled)

@@ -53,8 +53,9 @@ const (
 // Options configures Proxy.
 type Options struct {
 	// IdleTimeout closes the pair after this long with no byte received or
-	// acknowledged on either socket; zero means DefaultIdleTimeout, negative
-	// disables it.
+	// acknowledged on either socket, counted from NewConnecting's connect's
+	// completion (ConnectTimeout alone bounds the connect); zero means
+	// DefaultIdleTimeout, negative disables it.
 	IdleTimeout time.Duration
 	// Logger receives debug events (half-closes); nil discards them.
 	Logger *slog.Logger
