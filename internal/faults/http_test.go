@@ -18,8 +18,9 @@ import (
 )
 
 // startHTTPLab is the TPROXY lab with go-httpbin on port 80 next to the
-// fault servers, and detour sniffing (--protocol auto) with a 1s connect
-// timeout, a 2s route timeout and a 1s cleanup interval.
+// fault servers, and detour sniffing (--protocol auto) with a 3s connect
+// timeout (as startL4Lab's: a normal connect whose first SYN is lost takes
+// 1s), a 2s route timeout and a 1s cleanup interval.
 func startHTTPLab(t *testing.T) *faultLab {
 	t.Helper()
 	n := newLab(t)
@@ -33,7 +34,7 @@ func startHTTPLab(t *testing.T) *faultLab {
 	obsArgs, obs := observeArgs(t, n.Router)
 	d := startDetour(t, n.Router, runOpts{}, append([]string{"--mode", "tproxy", "--listen", "0.0.0.0:15001", "--listen", "[::]:15001",
 		"--intercept-port", interceptPorts, "--protocol", "auto", "--log-level", "debug",
-		"--connect-timeout", "1s", "--route-timeout", "2s", "--cleanup-interval", "1s",
+		"--connect-timeout", "3s", "--route-timeout", "2s", "--cleanup-interval", "1s",
 		"--header-timeout", "10s", "--stream-idle-timeout", "2s"}, obsArgs...)...)
 	return &faultLab{net: n, srv: srv, d: d, obs: obs}
 }
@@ -164,7 +165,7 @@ func TestHTTPFaults(t *testing.T) {
 		if code != 503 || !strings.Contains(body, "connect timeout") {
 			t.Errorf("got %d %q, want 503 naming connect timeout", code, body)
 		}
-		t.Logf("503 %q after %v (--connect-timeout 1s)", body, el.Round(time.Millisecond))
+		t.Logf("503 %q after %v (--connect-timeout 3s)", body, el.Round(time.Millisecond))
 		// auto mode dials while it sniffs; when that connect fails, L7
 		// answers with its error instead of dialing again: one connect,
 		// counted where the server drops it. (Telling one timeout from
@@ -173,8 +174,8 @@ func TestHTTPFaults(t *testing.T) {
 		if n := synAttempts(t, l.net.Server) - attempts; n != 1 {
 			t.Errorf("detour connected %d times to the SYN-dropping upstream, want once (not a second connect from L7)", n)
 		}
-		if el < 900*time.Millisecond || el > 5*time.Second {
-			t.Errorf("503 after %v, want about the 1s connect timeout", el.Round(time.Millisecond))
+		if el < 2900*time.Millisecond || el > 8*time.Second {
+			t.Errorf("503 after %v, want about the 3s connect timeout", el.Round(time.Millisecond))
 		}
 		l.d.log.waitLog(t, mark, 5*time.Second, `msg="upstream error"`, "flags=UF", "connect timeout")
 		l.obs.wantCount(t, flags, "kind=http", "original_dst="+hostPort(v4, portDropSYN), "status=503", "flags=UF")
