@@ -133,9 +133,10 @@ func parseFastHead(h *fastHead, b []byte, end, maxHead, maxFields int, steering 
 // looked at once; offsets count from the head's start, where compact
 // moves it.
 type partialHead struct {
-	seen     int // bytes checked
-	line     int // where the line being received starts
-	sp1, sp2 int // the request line's spaces (0: not seen yet)
+	seen     int  // bytes checked
+	line     int  // where the line being received starts
+	sp1, sp2 int  // the request line's spaces (0: not seen yet)
+	colon    bool // the field line being received has its colon
 	// Of the complete field lines: as parseFastHead counts them.
 	fields, hosts, clens, drops int
 }
@@ -143,8 +144,8 @@ type partialHead struct {
 // plausible reports whether b, the start of a head without its end, may
 // still become a head parseFastHead takes: only printable ASCII, tabs and
 // CRLF line ends, a request line that may still become one requestLine
-// takes, each complete line one parseFastHead takes, and at most maxHead
-// bytes.
+// takes, a field line that may still become one splitField takes, each
+// complete line one parseFastHead takes, and at most maxHead bytes.
 func (ph *partialHead) plausible(b []byte, maxHead, maxFields int, steering string, useSteering bool) bool {
 	if len(b) > maxHead {
 		return false
@@ -155,7 +156,7 @@ func (ph *partialHead) plausible(b []byte, maxHead, maxFields int, steering stri
 			if i == 0 || b[i-1] != '\r' || !ph.takes(b[ph.line:i-1], maxFields, steering, useSteering) {
 				return false
 			}
-			ph.line = i + 1
+			ph.line, ph.colon = i+1, false
 		case c == '\r':
 			if i+1 == len(b) {
 				ph.seen = i // the next byte decides
@@ -167,6 +168,8 @@ func (ph *partialHead) plausible(b []byte, maxHead, maxFields int, steering stri
 		case c < 0x20 && c != '\t', c > 0x7e:
 			return false
 		case ph.line == 0 && !ph.requestByte(b, i):
+			return false
+		case ph.line > 0 && !ph.fieldByte(c, i-ph.line, maxFields):
 			return false
 		}
 	}
@@ -198,6 +201,22 @@ func (ph *partialHead) requestByte(b []byte, i int) bool {
 	}
 	j := i - ph.sp2 - 1
 	return j < len("HTTP/1.1") && c == "HTTP/1.1"[j]
+}
+
+// fieldByte reports whether c, byte j of a field line whose end has not
+// arrived, may be where it is in a line takes accepts: not a fold, a
+// token name, a colon after it; the value's bytes are plausible's.
+func (ph *partialHead) fieldByte(c byte, j, maxFields int) bool {
+	switch {
+	case ph.colon:
+		return true
+	case c == ':':
+		ph.colon = true
+		return j > 0
+	case j == 0 && ph.fields >= maxFields:
+		return false
+	}
+	return tchar[c]
 }
 
 func isAlnum(c byte) bool {

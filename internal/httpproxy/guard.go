@@ -130,7 +130,15 @@ type guard struct {
 	// rl follows an incomplete request line (partialRequestLine): how
 	// far it was checked and where its spaces are, from its start (0:
 	// not seen yet).
-	rl    struct{ seen, sp1, sp2 int }
+	rl struct{ seen, sp1, sp2 int }
+	// fl follows an incomplete field line (partialFieldLine): its stream
+	// offset (the line it describes; a complete line costs nothing), how
+	// far it was checked and where its first colon is, from its start (0:
+	// not seen yet).
+	fl struct {
+		at          int64
+		seen, colon int
+	}
 	heads int // heads accepted on this connection
 	// midStream: the connection carried requests before the guard saw it
 	// (the fast path's), so its next bytes cannot be the h2c preface.
@@ -584,6 +592,9 @@ func (g *guard) headLine() bool {
 		}
 		return false
 	case !ok:
+		if status, msg := g.partialFieldLine(); status != 0 {
+			g.refuse(status, msg)
+		}
 		return false
 	case bad:
 		g.refuse(http.StatusBadRequest, "line not terminated by CRLF")
@@ -640,6 +651,44 @@ func (g *guard) partialRequestLine() (msg string) {
 	}
 	g.rl.seen = len(line)
 	return ""
+}
+
+// partialFieldLine checks the bytes of an incomplete line after the
+// request line that came since it last looked, so that a field line no
+// later byte can make valid (obs-fold, a byte not allowed in a field name,
+// a control byte in the value, a CR not followed by LF) is refused at
+// once, as Envoy and nginx do, rather than held until its LF, the size
+// limit or HeaderTimeout. Each byte is looked at once, in the order field
+// checks the complete line, whose status and reason it gives. A CR is
+// left for the next byte to decide: CRLF ends the line (or, first, the
+// head); no LF has come, so a CR with a byte after it is a bare CR.
+func (g *guard) partialFieldLine() (status int, msg string) {
+	if at := g.base + int64(g.line); g.fl.at != at {
+		g.fl.at, g.fl.seen, g.fl.colon = at, 0, 0 // a new line
+	}
+	line := g.buf[g.line:g.w]
+	for i := g.fl.seen; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\r' && i+1 == len(line):
+			g.fl.seen = i
+			return 0, ""
+		case i == 0 && (c == ' ' || c == '\t'):
+			return http.StatusBadRequest, "obsolete line folding"
+		case i == 0 && g.fields >= g.maxFields:
+			return http.StatusRequestHeaderFieldsTooLarge, "too many header fields"
+		case g.fl.colon == 0: // the name
+			if c == ':' && i > 0 {
+				g.fl.colon = i
+			} else if !tchar[c] {
+				return http.StatusBadRequest, "invalid header field name"
+			}
+		case c < ' ' && c != '\t' || c == 0x7f:
+			return http.StatusBadRequest, "invalid header field value"
+		}
+	}
+	g.fl.seen = len(line)
+	return 0, ""
 }
 
 // versionByte reports whether c may be byte j of "HTTP/" DIGIT "." DIGIT.

@@ -380,11 +380,12 @@ func guardVerdict(in string, step int) string {
 	return fmt.Sprintf("%d %s", g.verdicts[0].status, g.verdicts[0].msg)
 }
 
-// TestGuardRefusesUnfinishedRequestLine: a request line whose end has not
-// arrived is refused as soon as a byte shows it can't become valid, with
-// the reason the complete line would get; one that may still become valid
-// is held.
+// TestGuardRefusesUnfinishedRequestLine: a request line or field line
+// whose end has not arrived is refused as soon as a byte shows it can't
+// become valid, with the reason the complete line would get; one that may
+// still become valid is held.
 func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
+	const h = "GET / HTTP/1.1\r\nHost: a\r\n"
 	for _, tt := range []struct{ in, want string }{
 		{"GE\x01T / HT", "400 invalid request line"},
 		{"\x16\x03\x01\x02\x00", "400 invalid request line"},
@@ -409,6 +410,29 @@ func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
 		{"GET / HTTP/1.1\r", "0"},
 		{"GET /a\r", "0"}, // CRLF: a line without a version, refused then
 		{"PRI * HTTP/2.0\r\n\r\nS", "0"},
+		// Field lines.
+		{h + "X-A: a\x01", "400 invalid header field value"},
+		{h + "X-A: a\x7f", "400 invalid header field value"},
+		{h + "X-A:\x00", "400 invalid header field value"},
+		{h + "X-A: a\rb", "400 invalid header field value"},
+		{h + " b", "400 obsolete line folding"},
+		{h + "\tb", "400 obsolete line folding"},
+		{"GET / HTTP/1.1\r\n Host: a", "400 obsolete line folding"},
+		{h + "X A", "400 invalid header field name"},
+		{h + "X(A): b", "400 invalid header field name"},
+		{h + ": b", "400 invalid header field name"},
+		{h + "X-A\rb", "400 invalid header field name"},
+		{h + "\rX", "400 invalid header field name"},
+		{h + "X-A \x01", "400 invalid header field name"},
+		{h + strings.Repeat("X-A: b\r\n", 99) + "X", "431 too many header fields"},
+		// May still become valid: held.
+		{h + "X-A", "0"},
+		{h + "X-A:", "0"},
+		{h + "X-A: a\tb\x80\xff ", "0"},
+		{h + "X-A: a\r", "0"},
+		{h + "X-A\r", "0"}, // CRLF: a line without a colon, refused then
+		{h + "\r", "0"},    // CRLF: the head's end
+		{h + strings.Repeat("X-A: b\r\n", 99) + "\r", "0"},
 	} {
 		for _, step := range []int{1, 3, len(tt.in)} {
 			if got := guardVerdict(tt.in, step); got != tt.want {
@@ -420,10 +444,26 @@ func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
 
 // TestGuardVerdictSameInAnySplit: the head of every hostile and
 // well-formed request gets the same verdict, and reason, whether its bytes
-// come at once or one at a time (the unfinished request line's checks agree with the
-// complete line's).
+// come at once or one at a time (the unfinished request line's and field
+// line's checks agree with the complete line's).
 func TestGuardVerdictSameInAnySplit(t *testing.T) {
-	for _, tt := range append(hostileCases(), func() (c []hostileCase) {
+	const h = "GET / HTTP/1.1\r\nHost: a\r\n"
+	many := strings.Repeat("X-A: b\r\n", 99)
+	// Field lines whose first bad byte comes before their end, besides
+	// the hostile table's.
+	odd := []hostileCase{
+		{name: "DEL in value", req: h + "X-A: a\x7fb\r\n\r\n"},
+		{name: "CR CR LF", req: h + "X-A: a\r\r\n\r\n"},
+		{name: "CR first", req: h + "\rX-A: b\r\n\r\n"},
+		{name: "CR in name", req: h + "X-A\rb: c\r\n\r\n"},
+		{name: "CR ends a name", req: h + "X-A\r\n\r\n"},
+		{name: "CTL in name", req: h + "X-A\x01: b\r\n\r\n"},
+		{name: "non-ASCII in name", req: h + "X-\xc3\xa9: b\r\n\r\n"},
+		{name: "obs-fold as the 101st field", req: h + many + " X: b\r\n\r\n"},
+		{name: "bad name as the 101st field", req: h + many + "X A: b\r\n\r\n"},
+		{name: "CR CR ends the head", req: h + "\r\r\n"},
+	}
+	for _, tt := range append(append(hostileCases(), odd...), func() (c []hostileCase) {
 		for _, w := range wellFormedCases() {
 			c = append(c, hostileCase{name: w.name, req: w.req})
 		}

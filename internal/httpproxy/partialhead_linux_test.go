@@ -12,7 +12,7 @@ import (
 
 // TestPartialInvalidHeadRefusedAtOnce: a client that sends a head already
 // invalid — a complete line that is, or an invalid byte in the request
-// line — and then waits, never sending the head's end, gets 400 (with the
+// line or a field line — and then waits, never sending the head's end, gets 400 (with the
 // guard's record, flag DPE) at once on every way a connection is served,
 // as Envoy's and nginx's parsers answer, not a close without a response
 // after HeaderTimeout (flag HT), which the fast path and the loops gave
@@ -65,9 +65,16 @@ func TestPartialInvalidHeadRefusedAtOnce(t *testing.T) {
 		{"bad protocol", "GET / HTTP/x", "invalid request line"},
 		{"protocol too long", "GET / HTTP/1.10", "invalid request line"},
 		{"empty target", "GET  /", "invalid request line"},
+		{"control byte in an unfinished field value", h + "X-A: a\x01", "invalid header field value"},
+		{"bare CR in an unfinished field value", h + "X-A: a\rb", "invalid header field value"},
+		{"obs-fold, unfinished", h + "X-A: a\r\n b", "obsolete line folding"},
+		{"space in an unfinished field name", h + "X A: b", "invalid header field name"},
+		{"bare CR in an unfinished field name", h + "X-A\rb", "invalid header field name"},
 		// Heads that may still become valid are held: closed without a
 		// response after HeaderTimeout (set to 1 s for these).
 		{"fast head so far", h + "X-A: b", ""},
+		{"field name so far", h + "X-A", ""},
+		{"field value with obs-text so far", h + "X-A: caf\xc3\xa9", ""},
 		{"a head the fast path declines, so far", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n", ""},
 		{"absolute-form target so far", "GET http://a/x HTTP/1.", ""},
 		{"HTTP/2.0 so far", "GET / HTTP/2.0", ""},
