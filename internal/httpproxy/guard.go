@@ -159,6 +159,12 @@ type guard struct {
 	// timed is heads when it was last called.
 	laterHead func()
 	timed     int
+	// onHead, if set, is called by read before it waits for the rest of a
+	// head it holds part of, every request before it answered: net/http,
+	// which sees nothing of the head yet, takes the connection for idle.
+	// holding: it was called and read has not returned since.
+	onHead  func()
+	holding bool
 
 	synth string // placeholder still to hand on
 	err   error  // returned once buf[r:rel] and synth are handed on
@@ -375,9 +381,15 @@ func (g *guard) read(src io.Reader, p []byte) (int, error) {
 			g.refuse(http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
 			continue
 		}
-		if g.laterHead != nil && g.st == gHead && g.heads > g.timed && g.w > g.elem && g.inflight.Load() == 0 {
-			g.timed = g.heads
-			g.laterHead()
+		if g.st == gHead && g.w > g.elem && g.inflight.Load() == 0 {
+			if g.laterHead != nil && g.heads > g.timed {
+				g.timed = g.heads
+				g.laterHead()
+			}
+			if g.onHead != nil && !g.holding {
+				g.holding = true
+				g.onHead()
+			}
 		}
 		n, err := src.Read(g.buf[g.w:])
 		g.w += n

@@ -173,6 +173,9 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dc := r.Context().Value(connKey{}).(*downConn)
 	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w, http10: !r.ProtoAtLeast(1, 1)}}
+	if r.ProtoMajor == 1 {
+		x.rec.draining = &p.draining
+	}
 	x.rw = &x.rec
 	x.info = RequestInfo{
 		ConnID: dc.id, Start: dc.first.take(), Client: dc.client, OrigDst: dc.origDst, Dst: dc.origDst,
@@ -787,7 +790,8 @@ func headerSize(r *http.Request) (n, fields int) {
 // lets http.ResponseController reach Flush and Hijack underneath.
 type recorder struct {
 	http.ResponseWriter
-	http10   bool // the client spoke HTTP/1.0, which takes no 1xx
+	http10   bool         // the client spoke HTTP/1.0, which takes no 1xx
+	draining *atomic.Bool // HTTP/1: set, a final response says Connection: close
 	status   int
 	bytes    int64
 	writeErr error
@@ -825,6 +829,11 @@ func (r *recorder) WriteHeader(code int) {
 	}
 	if code >= 200 {
 		r.noSniff()
+		if r.draining != nil && r.draining.Load() {
+			// net/http's Shutdown, which would say so, begins only once
+			// no head is being received (Proxy.Shutdown).
+			r.Header().Set("Connection", "close")
+		}
 	}
 	if code == http.StatusNotModified {
 		keepNotModifiedFields(r.Header())

@@ -186,6 +186,13 @@ type Proxy struct {
 	// the records of the requests it cut say DT, not what the cut looked
 	// like from inside (DC, UC).
 	cut atomic.Bool
+	// draining: Shutdown began. receiving counts the net/http path's
+	// connections whose guard waits for the rest of a head (a request in
+	// flight, as on the fast path): net/http's own Shutdown, which would
+	// close them as idle and drop any request read after it began, waits
+	// until there are none.
+	draining  atomic.Bool
+	receiving atomic.Int32
 
 	hooks testHooks
 }
@@ -270,6 +277,7 @@ func New(o Options) (*Proxy, error) {
 		MaxHeaderBytes: o.MaxRequestHeaderBytes,
 		Protocols:      &protos,
 		ErrorLog:       errLog,
+		ConnState:      p.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c.(*downConn))
 		},
@@ -368,6 +376,7 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.Ad
 		dialErr:  dialErr}
 	dc.g.holdEOF = true
 	dc.g.laterHead = dc.laterHead
+	dc.g.onHead = dc.receiving
 	_, replay := c.(*replayConn)
 	dc.begun.Store(replay || midStream)
 	dc.g.midStream = midStream
@@ -450,9 +459,40 @@ func (p *Proxy) closeIdle() {
 	// net/http closes a connection that has not sent its first request
 	// only once it is 5 s old; the fast path closes one at once.
 	for dc := range p.live {
-		if !dc.begun.Load() {
+		if (!dc.begun.Load() || dc.idle.Load()) && !dc.isReceiving() {
 			dc.Close()
 		}
+	}
+}
+
+// awaitHeads waits until no net/http-path connection is receiving a head
+// (they complete, or fail at HeaderTimeout) or ctx ends. Meanwhile the
+// answers say Connection: close (recorder) and a connection that turns
+// idle is closed (connState).
+func (p *Proxy) awaitHeads(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for p.receiving.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// connState notes which net/http-path connections wait for a request,
+// for closeIdle, and closes one that turns idle during the drain before
+// net/http's Shutdown began (it would close it then). Idle, it is called
+// on the connection's reading goroutine.
+func (p *Proxy) connState(c net.Conn, st http.ConnState) {
+	dc, ok := c.(*downConn)
+	if !ok {
+		return
+	}
+	dc.idle.Store(st == http.StateIdle)
+	if st == http.StateIdle && p.draining.Load() && dc.g.w == dc.g.r {
+		dc.Close()
 	}
 }
 
@@ -501,11 +541,13 @@ func (p *Proxy) closeLive() {
 // and the janitor stops.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.hosts.retiring()
+	p.draining.Store(true)
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
 	p.hosts.drain()
 	p.closeIdle()
+	p.awaitHeads(ctx)
 	err := p.srv.Shutdown(ctx)
 	<-p.served
 	// Shutdown does not wait for hijacked (upgraded) connections.

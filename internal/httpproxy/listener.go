@@ -51,6 +51,13 @@ type downConn struct {
 	// begun on this path (laterHead); cleared once the guard has it.
 	headBy atomic.Int64
 
+	// idle: net/http waits for the next request (StateIdle). heading: the
+	// guard waits for the rest of a head (receiving); hmu orders it
+	// against closeIdle.
+	idle    atomic.Bool
+	hmu     sync.Mutex
+	heading bool
+
 	once sync.Once
 	done chan struct{} // closed on the first Close
 }
@@ -66,6 +73,13 @@ func (c *downConn) Read(p []byte) (int, error) {
 		}
 		n, err = c.g.read(c.Conn, p)
 	}
+	if c.g.holding {
+		c.g.holding = false
+		c.hmu.Lock()
+		c.heading = false
+		c.hmu.Unlock()
+		c.p.receiving.Add(-1)
+	}
 	if n > 0 && !c.begun.Load() {
 		c.begun.Store(true)
 	}
@@ -79,6 +93,26 @@ func (c *downConn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// receiving notes that the guard waits for the rest of a head it holds
+// part of, with every request before it answered: to net/http the
+// connection is idle (or, the first head, not begun), but the drain
+// counts the request in flight, as the fast path does (Proxy.Shutdown).
+// Called by the guard on the reading goroutine; Read clears it when the
+// guard's read returns.
+func (c *downConn) receiving() {
+	c.p.receiving.Add(1)
+	c.hmu.Lock()
+	c.heading = true
+	c.hmu.Unlock()
+}
+
+// isReceiving reports whether the guard waits for the rest of a head.
+func (c *downConn) isReceiving() bool {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	return c.heading
 }
 
 // laterHead starts HeaderTimeout for a head after the connection's first,
