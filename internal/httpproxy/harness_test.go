@@ -204,17 +204,6 @@ func onBothPaths(t *testing.T, f func(t *testing.T, fast bool)) {
 	}
 }
 
-// closedPort returns a loopback address nobody listens on.
-func closedPort(t testing.TB) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
-	return ap
-}
-
 func get(t testing.TB, c *http.Client, url string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest("GET", url, nil)
