@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/detour-proxy/detour/internal/admin"
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/metrics"
 )
 
@@ -52,7 +53,7 @@ func TestStatusCommand(t *testing.T) {
 	// closed, a port held without listening: the port of a listener
 	// closed here was given to the server below about once in 1,500
 	// runs, and "nothing listening" met its 404.
-	closed := refusedAddr(t)
+	closed := fdtest.RefusedAddr(t).String()
 	notDetour := httptest.NewServer(http.NotFoundHandler())
 	defer notDetour.Close()
 	for _, c := range []struct {

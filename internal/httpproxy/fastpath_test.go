@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
 // seen is one exchange as the upstream and the client saw it.
@@ -296,7 +298,7 @@ func TestHandOverMidConnection(t *testing.T) {
 // Connection: close and the connection closes, so the rest of the body is
 // never read as a request. With the whole body read, it stays open.
 func TestFailedExchangeWithUnreadBodyCloses(t *testing.T) {
-	f := newFront(t, Options{}, closedPort(t))
+	f := newFront(t, Options{}, fdtest.RefusedAddr(t))
 	for _, tt := range []struct {
 		name       string
 		send       string
@@ -339,7 +341,7 @@ func TestLocalReplyToHead(t *testing.T) {
 		dst    netip.AddrPort
 		status int
 	}{
-		{"connect refused", closedPort(t), 503},
+		{"connect refused", fdtest.RefusedAddr(t), 503},
 		{"route timeout", silent, 504},
 		{"reset before headers", reset, 503},
 	} {
@@ -371,7 +373,7 @@ func TestLocalReplyToHead(t *testing.T) {
 // (RFC 9112 9.6), on both paths.
 func TestRefusedBodyLingers(t *testing.T) {
 	onBothPaths(t, func(t *testing.T, fast bool) {
-		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		f := newFront(t, Options{DisableFastPath: !fast}, fdtest.RefusedAddr(t))
 		c, br := f.raw(t)
 		chunk := strings.Repeat("b", 64<<10)
 		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s", 1<<20, chunk)
@@ -410,7 +412,7 @@ func TestRefusedHeadLingers(t *testing.T) {
 			if fast && tt.onlyNet {
 				return
 			}
-			f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+			f := newFront(t, Options{DisableFastPath: !fast}, fdtest.RefusedAddr(t))
 			c, br := f.raw(t)
 			io.WriteString(c, tt.head)
 			res, _ := readResponse(t, br, "GET")
@@ -840,7 +842,7 @@ func TestBodyLeftAfterAnswer(t *testing.T) {
 // reads and drops up to 256 KiB of a body after the handler).
 func TestErrorKeepsSmallBody(t *testing.T) {
 	onBothPaths(t, func(t *testing.T, fast bool) {
-		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		f := newFront(t, Options{DisableFastPath: !fast}, fdtest.RefusedAddr(t))
 		c, br := f.raw(t)
 		for i := range 2 {
 			io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")

@@ -23,6 +23,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/upstream"
 )
 
@@ -187,7 +188,7 @@ func TestStaleHostRemovedWithItsConnections(t *testing.T) {
 // 503, flag UF, and the fields of a local reply (Server, Date).
 func TestConnectRefused(t *testing.T) {
 	onBothPaths(t, func(t *testing.T, fast bool) {
-		f := newFront(t, Options{DisableFastPath: !fast}, closedPort(t))
+		f := newFront(t, Options{DisableFastPath: !fast}, fdtest.RefusedAddr(t))
 		res, body := get(t, f.client(), "http://a/")
 		if res.StatusCode != 503 || body != "upstream connect error or disconnect/reset before headers. reset reason: connection refused" {
 			t.Errorf("%d %q", res.StatusCode, body)
@@ -254,7 +255,7 @@ func TestHeaderTooLarge(t *testing.T) {
 }
 
 func TestGarbageGets400(t *testing.T) {
-	f := newFront(t, Options{}, closedPort(t))
+	f := newFront(t, Options{}, fdtest.RefusedAddr(t))
 	c, br := f.raw(t)
 	c.Write([]byte("\x01\x02 not http\r\n\r\n"))
 	if res, _ := readResponse(t, br, "GET"); res.StatusCode != 400 {
@@ -488,7 +489,7 @@ func TestServerHeaderModes(t *testing.T) {
 			w.Header().Set("Server", s)
 		}
 	}))
-	dead := closedPort(t)
+	dead := fdtest.RefusedAddr(t)
 	tests := []struct {
 		mode            string
 		upstream        string // Server sent by upstream
@@ -720,7 +721,7 @@ func TestOnConnect(t *testing.T) {
 	}{
 		{"dialed, fast path", true, ok.addrPort(), 0, 1},
 		{"dialed, net/http", false, ok.addrPort(), 0, 1},
-		{"refused", true, closedPort(t), 0, 0},
+		{"refused", true, fdtest.RefusedAddr(t), 0, 0},
 		{"pre-dialed", true, ok.addrPort(), 7 * time.Millisecond, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/detour-proxy/detour/internal/fdtest"
 )
 
 // Requests for TestRecordRequestBytes: a 1234-byte body with
@@ -97,7 +99,7 @@ func TestRecordRequestBytes(t *testing.T) {
 // TestRecordNoUpstreamLocal checks that a request that got no upstream
 // connection records no upstream local address.
 func TestRecordNoUpstreamLocal(t *testing.T) {
-	dst := closedPort(t)
+	dst := fdtest.RefusedAddr(t)
 	for _, noFast := range []bool{false, true} {
 		f := newFront(t, Options{DisableFastPath: noFast}, dst)
 		c, br := f.raw(t)

@@ -228,15 +228,6 @@ func TestConnectingPairHoldsClientBytes(t *testing.T) {
 // timeout shorter than the connect timeout does not cut the connect: it
 // counts from the connect's completion (it ended such connects as idle).
 func TestConnectingPairFailures(t *testing.T) {
-	closedPort := func(t *testing.T) netip.AddrPort {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := netip.MustParseAddrPort(ln.Addr().String())
-		ln.Close()
-		return dst
-	}
 	hanging := func(t *testing.T) netip.AddrPort { dst, _ := fullListener(t); return dst }
 	for _, tc := range []struct {
 		name    string
@@ -248,7 +239,7 @@ func TestConnectingPairFailures(t *testing.T) {
 		err     error // what Result.Err wraps; nil: not checked
 		reset   bool  // the client reads a reset
 	}{
-		{"refused", closedPort, 5 * time.Second, 0, nil, EndConnectFailed, syscall.ECONNREFUSED, true},
+		{"refused", func(t *testing.T) netip.AddrPort { return fdtest.RefusedAddr(t) }, 5 * time.Second, 0, nil, EndConnectFailed, syscall.ECONNREFUSED, true},
 		{"timeout", hanging, 300 * time.Millisecond, 0, nil, EndConnectFailed, os.ErrDeadlineExceeded, true},
 		{"timeout beyond the idle timeout", hanging, 1500 * time.Millisecond, 200 * time.Millisecond, nil, EndConnectFailed, os.ErrDeadlineExceeded, true},
 		{"client reset", hanging, 20 * time.Second, 0, func(c *net.TCPConn, _ *Pair) { c.SetLinger(0); c.Close() }, EndDownstreamErr, nil, false},
