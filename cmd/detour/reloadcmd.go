@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -44,14 +43,13 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	ap, err := netip.ParseAddrPort(*addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "detour reload: --admin %q is not ip:port (like %s)\n", *addr, config.DefaultAdmin)
+	base, ok := adminBase("reload", *addr, stderr)
+	if !ok {
 		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	code, msg := postReload(ctx, "http://"+ap.String())
+	code, msg := postReload(ctx, base)
 	if code == exitOK {
 		fmt.Fprintln(stdout, msg)
 	} else {

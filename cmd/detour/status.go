@@ -47,9 +47,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	ap, err := netip.ParseAddrPort(*addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "detour status: --admin %q is not ip:port (like %s)\n", *addr, config.DefaultAdmin)
+	base, ok := adminBase("status", *addr, stderr)
+	if !ok {
 		return exitUsage
 	}
 	if *interval <= 0 {
@@ -58,7 +57,6 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	base := "http://" + ap.String()
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 
 	show := func() error {
@@ -137,4 +135,16 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// adminBase is the URL of the admin endpoint at addr, the --admin of a
+// command (cmd) that asks a running detour; false, said on stderr, when
+// addr is not ip:port.
+func adminBase(cmd, addr string, stderr io.Writer) (string, bool) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "detour %s: --admin %q is not ip:port (like %s)\n", cmd, addr, config.DefaultAdmin)
+		return "", false
+	}
+	return "http://" + ap.String(), true
 }
