@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,11 +176,13 @@ func TestReloadTakesLateConnections(t *testing.T) {
 	inOwnNetns(t, "hupwin", func(t *testing.T) {
 		retired := make(chan struct{})
 		var once, retire sync.Once
-		var l *reloadLab
-		l = startReloadLab(t, hooks{
+		// The hook runs on a connection's goroutine: the request's path
+		// through the kernel orders nothing for the race detector.
+		var shared atomic.Pointer[reloadLab]
+		l := startReloadLab(t, hooks{
 			loaded: func() {
 				once.Do(func() {
-					l.reloaded(t, 1)
+					shared.Load().reloaded(t, 1)
 					select {
 					case <-retired:
 					case <-time.After(30 * time.Second):
@@ -189,6 +192,7 @@ func TestReloadTakesLateConnections(t *testing.T) {
 			},
 			retired: func() { retire.Do(func() { close(retired) }) },
 		})
+		shared.Store(l)
 		server, err := l.get()
 		switch {
 		case err != nil:
