@@ -43,19 +43,13 @@ func TestSystemdNotify(t *testing.T) {
 	startServers(t, n.Server)
 	before := snapshot(t, n.Router)
 
-	sock := filepath.Join(t.TempDir(), "notify")
-	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := notifySocket(t)
 	msgs := make(chan notification, 64)
 	go receiveNotifications(srv, n.Router, msgs)
 
 	// The child inherits the environment (this test is not parallel, so
 	// no other test's detour sees it); the watchdog asks for a ping every
 	// 200ms.
-	t.Setenv("NOTIFY_SOCKET", sock)
 	t.Setenv("WATCHDOG_USEC", "400000")
 	file, write := configFile(t)
 	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]}\n")
@@ -176,13 +170,7 @@ func TestSystemdNotifyFailedStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	sock := filepath.Join(t.TempDir(), "notify")
-	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
+	srv := notifySocket(t)
 
 	out, code := detourExit(t, n.Router, "run", "--protocol", "tcp", "--intercept-port", "7002")
 	if code == 0 {
@@ -254,13 +242,7 @@ func TestDetourReload(t *testing.T) {
 	asUnit := unitWrapper(t)
 	n := tproxyNet(t, "drl")
 	startServers(t, n.Server)
-	sock := filepath.Join(t.TempDir(), "notify")
-	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
+	srv := notifySocket(t)
 	file, write := configFile(t)
 	good := "mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002, 7004]}\n"
 	write("mode: tproxy\nprotocol: tcp\nintercept: {ports: [7002]}\n")
@@ -350,4 +332,18 @@ func queued(t *testing.T, c *net.UnixConn) []map[string]string {
 		}
 		got = append(got, notificationFields(buf[:k]))
 	}
+}
+
+// notifySocket stands in for systemd's notify socket: NOTIFY_SOCKET names
+// it for every detour the test starts (the environment is the process's:
+// such tests are not parallel), and it closes once they have stopped.
+func notifySocket(t *testing.T) *net.UnixConn {
+	sock := filepath.Join(t.TempDir(), "notify")
+	srv, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	t.Setenv("NOTIFY_SOCKET", sock)
+	return srv
 }
