@@ -159,12 +159,10 @@ type guard struct {
 	// timed is heads when it was last called.
 	laterHead func()
 	timed     int
-	// onHead, if set, is called by read before it waits for the rest of a
-	// head it holds part of, every request before it answered: net/http,
+	// onHead, if set, is called by read before each wait for the rest of
+	// a head it holds part of, every request before it answered: net/http,
 	// which sees nothing of the head yet, takes the connection for idle.
-	// holding: it was called and read has not returned since.
-	onHead  func()
-	holding bool
+	onHead func()
 
 	synth string // placeholder still to hand on
 	err   error  // returned once buf[r:rel] and synth are handed on
@@ -386,8 +384,7 @@ func (g *guard) read(src io.Reader, p []byte) (int, error) {
 				g.timed = g.heads
 				g.laterHead()
 			}
-			if g.onHead != nil && !g.holding {
-				g.holding = true
+			if g.onHead != nil {
 				g.onHead()
 			}
 		}

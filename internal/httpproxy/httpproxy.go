@@ -459,7 +459,7 @@ func (p *Proxy) closeIdle() {
 	// net/http closes a connection that has not sent its first request
 	// only once it is 5 s old; the fast path closes one at once.
 	for dc := range p.live {
-		if (!dc.begun.Load() || dc.idle.Load()) && !dc.isReceiving() {
+		if (!dc.begun.Load() || dc.idle.Load()) && !dc.heading.Load() {
 			dc.Close()
 		}
 	}

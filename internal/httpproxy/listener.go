@@ -52,11 +52,10 @@ type downConn struct {
 	headBy atomic.Int64
 
 	// idle: net/http waits for the next request (StateIdle). heading: the
-	// guard waits for the rest of a head (receiving); hmu orders it
-	// against closeIdle.
+	// guard waits for the rest of a head (receiving), until its read
+	// returns; closeIdle reads it from the drain's goroutine.
 	idle    atomic.Bool
-	hmu     sync.Mutex
-	heading bool
+	heading atomic.Bool
 
 	once sync.Once
 	done chan struct{} // closed on the first Close
@@ -73,11 +72,7 @@ func (c *downConn) Read(p []byte) (int, error) {
 		}
 		n, err = c.g.read(c.Conn, p)
 	}
-	if c.g.holding {
-		c.g.holding = false
-		c.hmu.Lock()
-		c.heading = false
-		c.hmu.Unlock()
+	if c.heading.Load() && c.heading.CompareAndSwap(true, false) {
 		c.p.receiving.Add(-1)
 	}
 	if n > 0 && !c.begun.Load() {
@@ -102,17 +97,9 @@ func (c *downConn) Read(p []byte) (int, error) {
 // Called by the guard on the reading goroutine; Read clears it when the
 // guard's read returns.
 func (c *downConn) receiving() {
-	c.p.receiving.Add(1)
-	c.hmu.Lock()
-	c.heading = true
-	c.hmu.Unlock()
-}
-
-// isReceiving reports whether the guard waits for the rest of a head.
-func (c *downConn) isReceiving() bool {
-	c.hmu.Lock()
-	defer c.hmu.Unlock()
-	return c.heading
+	if c.heading.CompareAndSwap(false, true) {
+		c.p.receiving.Add(1)
+	}
 }
 
 // laterHead starts HeaderTimeout for a head after the connection's first,
