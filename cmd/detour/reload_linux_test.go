@@ -8,13 +8,13 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/logbuf"
 	"github.com/detour-proxy/detour/internal/ns"
 )
@@ -28,7 +28,7 @@ const inNetnsEnv = "DETOUR_TEST_IN_NETNS"
 // there (`ip netns exec`), since a Go process cannot move all of its
 // threads into one.
 func inOwnNetns(t *testing.T, tag string, body func(t *testing.T)) {
-	if os.Getenv(inNetnsEnv) != "" {
+	if os.Getenv(inNetnsEnv) == t.Name() {
 		body(t)
 		return
 	}
@@ -40,19 +40,7 @@ func inOwnNetns(t *testing.T, tag string, body func(t *testing.T)) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	cmd := n.Command(ctx, self, "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), inNetnsEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("inside namespace %s:\n%s", n.Name, out)
-	if err != nil || !strings.Contains(string(out), "--- PASS") {
-		t.Fatalf("inside namespace %s: %v\n%s", n.Name, err, out)
-	}
+	fdtest.Rerun(t, inNetnsEnv, "ip", "netns", "exec", n.Name)
 }
 
 // reloadLab is a detour run in-process (redirect mode, protocol http) in

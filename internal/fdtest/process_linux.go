@@ -26,18 +26,29 @@ func InOwnProcess(t *testing.T) bool {
 	if os.Getenv(ownProcessEnv) == t.Name() {
 		return true
 	}
+	Rerun(t, ownProcessEnv)
+	return false
+}
+
+// Rerun runs the calling top-level test alone in a fresh copy of the test
+// binary, with env set to the test's name so that the copy knows it is
+// one, started through prefix when given (`ip netns exec NAME`: in a
+// namespace), and fails t unless the copy passed. What the copy printed
+// goes to t's log.
+func Rerun(t *testing.T, env string, prefix ...string) {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, self, "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), ownProcessEnv+"="+t.Name())
+	args := append(append([]string{}, prefix...), self, "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.count=1", "-test.v")
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env+"="+t.Name())
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
-		t.Fatalf("%s in its own process: %v\n%s", t.Name(), err, out)
+		t.Fatalf("%s in a copy of the test binary (%s): %v\n%s", t.Name(), strings.Join(prefix, " "), err, out)
 	}
-	t.Logf("in its own process:\n%s", out)
-	return false
+	t.Logf("in a copy of the test binary (%s):\n%s", strings.Join(prefix, " "), out)
 }
