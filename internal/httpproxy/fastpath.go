@@ -516,6 +516,9 @@ func (fc *fastConn) send(x *request, sentOn *upLink) bool {
 		if attempt == 0 && sentOn != nil {
 			up = sentOn // in cur since the loop sent x (or taken by abort)
 		} else {
+			if attempt > 0 {
+				x.forgetAttempt()
+			}
 			up, err = fc.link(hst, attempt > 0)
 			if err != nil {
 				info.Flags |= UpstreamConnectFailure
@@ -607,6 +610,14 @@ func (fc *fastConn) sendOn(x *request, up *upLink) {
 	fc.cur.Store(up)
 	x.sent = time.Now()
 	x.info.Reused, x.info.UpstreamLocal = up.reused, up.local
+}
+
+// forgetAttempt clears what x's record says of a failed attempt's
+// upstream connection before the next: the record describes the last
+// attempt, as Envoy's %UPSTREAM_LOCAL_ADDRESS% does, even one whose
+// connect failed (TestRetryRefusedRecordsLastAttempt).
+func (x *request) forgetAttempt() {
+	x.info.Reused, x.info.UpstreamLocal = false, netip.AddrPort{}
 }
 
 // sendOff notes that x no longer occupies its upstream connection: the

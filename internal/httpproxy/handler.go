@@ -127,6 +127,7 @@ type exchange struct {
 	wrote   atomic.Bool
 	gotConn bool
 	conns   int         // GotConn calls: 2 once the Transport replayed the request
+	gets    int         // GetConn calls: one per attempt, the replays' too
 	gotByte atomic.Bool // a response byte came (traced only for replayAfterSent's requests)
 	upc     net.Conn    // the upstream connection (GotConn)
 	body    idleBody    // the response body, read under StreamIdleTimeout
@@ -144,6 +145,20 @@ func (x *exchange) wroteRequest(i httptrace.WroteRequestInfo) {
 	}
 }
 
+// getConnection is the client trace's GetConn: an attempt begins. One
+// after the first is a replay (the Transport's or roundTrip's): the
+// record's upstream fields are the last attempt's, as Envoy's
+// %UPSTREAM_LOCAL_ADDRESS% says which connection served (or last tried)
+// the request, so the failed attempt's go, even when the replay gets no
+// connection (refused: TestRetryRefusedRecordsLastAttempt).
+func (x *exchange) getConnection(string) {
+	x.gets++
+	if x.gets > 1 {
+		x.host.retries.Add(1)
+		x.info.Reused, x.info.UpstreamLocal = false, netip.AddrPort{}
+	}
+}
+
 // gotConnection is the client trace's GotConn: the request has an upstream
 // connection and goes out now. The Transport calls it again when it retries
 // on another connection; the request still holds one.
@@ -151,8 +166,6 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 	x.conns++
 	if !x.gotConn {
 		x.host.inUse.Add(1)
-	} else {
-		x.host.retries.Add(1) // the Transport replays the request
 	}
 	x.sent, x.gotConn, x.info.Reused, x.upc = time.Now(), true, ci.Reused, ci.Conn
 	if uc, ok := ci.Conn.(*upConn); ok {
@@ -293,7 +306,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		p.hosts.release(x.host)
 	}()
-	x.trace.GotConn = x.gotConnection
+	x.trace.GetConn, x.trace.GotConn = x.getConnection, x.gotConnection
 	if r.ProtoMajor == 1 && r.ContentLength != 0 {
 		// The upstream may answer while the body still comes (an echo, a
 		// 413): the Transport sends the body as the response is relayed,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,10 +33,14 @@ type closingUpstream struct {
 	conns   atomic.Int32
 	mu      sync.Mutex
 	seen    []string
+	peers   []netip.AddrPort // the proxy's end of each connection, in order
 }
 
 func (u *closingUpstream) serve(c net.Conn) {
+	u.mu.Lock()
 	n := u.conns.Add(1)
+	u.peers = append(u.peers, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	u.mu.Unlock()
 	br := bufio.NewReader(c)
 	for i := 0; ; i++ {
 		req, err := http.ReadRequest(br)
@@ -62,6 +67,17 @@ func (u *closingUpstream) serve(c net.Conn) {
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	}
+}
+
+// peer is the proxy's address on connection n (from 1), or the zero
+// address when there was none.
+func (u *closingUpstream) peer(n int) netip.AddrPort {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if n < 1 || n > len(u.peers) {
+		return netip.AddrPort{}
+	}
+	return u.peers[n-1]
 }
 
 func (u *closingUpstream) log() string {
@@ -294,12 +310,29 @@ func checkRetryOf(t *testing.T, f *front, u *closingUpstream, tc retryCase, at i
 	if got := u.log(); got != strings.Join(want, ", ") {
 		t.Errorf("upstream saw %s, want %s", got, strings.Join(want, ", "))
 	}
+	checkLastAttempt(t, i, u, tc.retried)
 	wantRetries := uint64(0)
 	if tc.retried {
 		wantRetries = 1
 	}
 	if h := f.p.Hosts(); len(h) != 1 || h[0].Retries != wantRetries {
 		t.Errorf("hosts %+v; want %d retries", h, wantRetries)
+	}
+}
+
+// checkLastAttempt: the record's upstream fields are the last attempt's,
+// as Envoy's %UPSTREAM_LOCAL_ADDRESS% and the reuse flag describe the
+// connection that served (or last tried) the request: the second
+// connection, new, when the request was replayed; else the first, pooled.
+func checkLastAttempt(t *testing.T, i RequestInfo, u *closingUpstream, retried bool) {
+	t.Helper()
+	conn := 1
+	if retried {
+		conn = 2
+	}
+	if want := u.peer(conn); !want.IsValid() || i.UpstreamLocal != want || i.Reused == retried {
+		t.Errorf("record's upstream %v (reused %v); want connection %d's %v (reused %v)",
+			i.UpstreamLocal, i.Reused, conn, want, !retried)
 	}
 }
 
@@ -443,4 +476,84 @@ func TestRetryOnNewConnection(t *testing.T) {
 	if h := f.p.Hosts(); len(h) != 1 || h[0].Connects != 3 || h[0].Retries != 1 {
 		t.Errorf("hosts %+v; want 3 connects, 1 retry", h)
 	}
+}
+
+// TestRetryRefusedRecordsLastAttempt: a GET replayed after its pooled
+// connection closed unanswered, whose new connection is then refused
+// (the upstream went down), is answered 503 UF; its record describes that
+// last attempt, as Envoy's %UPSTREAM_LOCAL_ADDRESS% does: no upstream
+// connection (no local address), none reused, no upstream time — not
+// the first attempt's pooled connection. On the fast path (on the
+// goroutine and on a loop) and on the net/http path.
+func TestRetryRefusedRecordsLastAttempt(t *testing.T) {
+	cases := []struct {
+		name string
+		o    Options
+		at   int // GETs before the replayed one
+	}{
+		{"fast path", Options{}, 1},
+		{"loop", Options{}, loopAfter + 2},
+		{"net/http", Options{DisableFastPath: true}, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go serveThenGo(ln, tc.at)
+			f := newFront(t, tc.o, ln.Addr().(*net.TCPAddr).AddrPort())
+			c, br := f.raw(t)
+			for i := range tc.at {
+				fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: a\r\n\r\n", i)
+				if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "ok" {
+					t.Fatalf("GET /%d: %d %q", i, res.StatusCode, body)
+				}
+				if i := f.info(t); !i.UpstreamLocal.IsValid() {
+					t.Fatalf("record of a served GET without an upstream address: %+v", i)
+				}
+			}
+			if tc.at > loopAfter {
+				eventually(t, "a loop serving the connection", func() bool { return f.p.Hosts()[0].OnLoop > 0 })
+			}
+			io.WriteString(c, "GET /r HTTP/1.1\r\nHost: a\r\n\r\n")
+			if res, _ := readResponse(t, br, "GET"); res.StatusCode != 503 {
+				t.Errorf("status %d; want 503", res.StatusCode)
+			}
+			i := f.info(t)
+			if i.Flags != UpstreamConnectFailure || i.Status != 503 {
+				t.Errorf("flags %v, status %d; want UF 503", i.Flags, i.Status)
+			}
+			if i.UpstreamLocal.IsValid() || i.Reused || i.UpstreamTime != 0 {
+				t.Errorf("record's upstream %v, reused %v, upstream time %v; want the refused attempt's: none",
+					i.UpstreamLocal, i.Reused, i.UpstreamTime)
+			}
+			if h := f.p.Hosts(); len(h) != 1 || h[0].Retries != 1 {
+				t.Errorf("hosts %+v; want 1 retry", h)
+			}
+		})
+	}
+}
+
+// serveThenGo accepts one connection on ln, answers its first n requests
+// "ok", reads the next, then closes ln and the connection without an
+// answer: the upstream went down as the proxy reused its connection, and
+// refuses the replay's connect.
+func serveThenGo(ln net.Listener, n int) {
+	c, err := ln.Accept()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	for range n {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+	http.ReadRequest(br)
+	ln.Close()
 }
