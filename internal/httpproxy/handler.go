@@ -224,21 +224,22 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				x.rw.flushCut()
 			}
 		}
-		p.finish(x)
-		if v != nil {
-			panic(v) // net/http aborts the connection: the client sees a truncated response
-		}
-		if duplex != nil && x.status != http.StatusSwitchingProtocols {
+		answered := time.Now()
+		if v == nil && duplex != nil && x.status != http.StatusSwitchingProtocols {
 			// In full duplex, net/http's server reads and drops a body's
 			// unread rest (up to 256 KiB) only after the handler, and
 			// when that reaches the body's end it starts the background
 			// read it runs while a handler works: the next request's read
 			// then panics and the connection is cut
 			// (golang.org/issue/68560). Drop it here, as the server would,
-			// after the answer went out: a client may wait for it before
-			// sending the rest.
+			// after the answer went out (a client may wait for it before
+			// sending the rest), and before the record, which counts it.
 			duplex.Flush()
-			r.Body.Close()
+			x.dropBodyRest(r)
+		}
+		p.finish(x, answered)
+		if v != nil {
+			panic(v) // net/http aborts the connection: the client sees a truncated response
 		}
 	}()
 
@@ -490,6 +491,22 @@ func (b *countedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// dropBodyRest reads and drops the unread rest of r's body as net/http's
+// server does when it closes it after the handler — at most
+// postHandlerDiscard bytes; a Content-Length rest longer than that is not
+// read, and the connection closes — but through x.reqBody, so that the
+// record counts those bytes: they were received from the client for this
+// request (Envoy's %BYTES_RECEIVED%; TestRecordCountsDroppedBody). A body
+// the Transport read whole leaves nothing to read. (A chunked rest longer
+// than postHandlerDiscard: the server's close then reads up to as much
+// again, uncounted, before it closes the connection.)
+func (x *exchange) dropBodyRest(r *http.Request) {
+	if x.reqBody.ReadCloser != nil && (r.ContentLength < 0 || r.ContentLength-x.reqBody.n.Load() <= postHandlerDiscard) {
+		io.CopyN(io.Discard, &x.reqBody, postHandlerDiscard)
+	}
+	r.Body.Close()
+}
+
 // idleBody is an upstream response body whose every read waits at most
 // the stream idle timeout (idle) for the upstream: one that stops sending
 // in the middle of a body is cut, as a client that stops reading is
@@ -730,9 +747,10 @@ func replyDetails(msg string) string {
 	return strings.TrimPrefix(msg, "invalid request: ")
 }
 
-func (p *Proxy) finish(x *exchange) {
+// finish records x, whose response (or tunnel) was done at end.
+func (p *Proxy) finish(x *exchange, end time.Time) {
 	i := &x.info
-	i.Duration = time.Since(i.Start)
+	i.Duration = end.Sub(i.Start)
 	i.Status, i.BodyBytes = x.rw.status, x.rw.bytes
 	i.RequestBytes = x.reqBody.n.Load()
 	if i.Status == 0 && x.status == http.StatusSwitchingProtocols {
