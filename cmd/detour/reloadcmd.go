@@ -10,11 +10,12 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/config"
 )
 
-const reloadHelp = `Usage: detour reload [--admin ADDR]
+const reloadHelp = `Usage: detour reload [--admin ADDR] [--timeout D]
 
 Has a running detour re-read its configuration file and apply it, as SIGHUP
 does, and waits for the outcome, which a signal cannot report: exit 0 once
@@ -25,12 +26,16 @@ listener, the rules) or detour cannot be reached. A rejected reload changes
 nothing: the previous configuration serves on. It asks detour's admin
 endpoint (POST /reload), so it needs one (not admin: off). systemd's unit
 runs it as ExecReload=, so that ` + "`systemctl reload detour`" + ` fails on a
-rejected file.
+rejected file. It waits --timeout for the outcome (default 90s, systemd's
+default TimeoutStartSec=; 0 waits without a limit), then exits 1: a
+detour that does not answer does not hold the command until systemd's
+own timeout.
 
 Examples:
   detour reload
   ip netns exec dt-1234-rtr detour reload      # the lab's detour
   detour reload --admin '[::1]:9901'
+  detour reload --timeout 5m                   # rules that take long to install
 
 Flags:
 `
@@ -39,6 +44,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", config.DefaultAdmin, "the admin endpoint of the detour to reload (its run --admin)")
+	timeout := fs.Duration("timeout", defaultReloadTimeout, "give up (exit 1) when detour has not answered after this long; 0 waits without a limit")
 	setUsage(fs, reloadHelp)
 	if code, ok := parseFlagsOnly(fs, args, stdout, stderr); !ok {
 		return code
@@ -47,9 +53,13 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitUsage
 	}
+	if *timeout < 0 {
+		fmt.Fprintln(stderr, "detour reload: --timeout must not be negative (0 waits without a limit)")
+		return exitUsage
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	code, msg := postReload(ctx, base)
+	code, msg := postReload(ctx, base, *timeout)
 	if code == exitOK {
 		fmt.Fprintln(stdout, msg)
 	} else {
@@ -58,17 +68,33 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// postReload asks base for a reload and returns the exit code and what
-// to print. It sets no deadline: a reload takes what opening listeners
-// and installing rules take, and systemd bounds ExecReload= by its own
-// TimeoutStartSec= (Ctrl-C, at a terminal).
-func postReload(ctx context.Context, base string) (int, string) {
+// defaultReloadTimeout is systemd's default TimeoutStartSec=, which
+// bounds ExecReload=: a reload takes what opening listeners and
+// installing rules take, far less.
+const defaultReloadTimeout = 90 * time.Second
+
+// errReloadTimeout ends a reload whose answer did not come in time.
+var errReloadTimeout = errors.New("reload timeout")
+
+// postReload asks base for a reload, waiting at most timeout (0: no
+// limit; Ctrl-C at a terminal) for the answer, and returns the exit code
+// and what to print.
+func postReload(ctx context.Context, base string, timeout time.Duration) (int, string) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout, errReloadTimeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/reload", nil)
 	if err != nil {
 		return exitFailure, err.Error()
 	}
 	resp, err := (&http.Client{Transport: &http.Transport{Proxy: nil}}).Do(req)
 	if err != nil {
+		if context.Cause(ctx) == errReloadTimeout {
+			return exitFailure, fmt.Sprintf("no answer from the admin endpoint at %s within %v (--timeout); the reload may still complete (`detour status`, the log)",
+				base, timeout)
+		}
 		if ctx.Err() != nil {
 			return exitFailure, "interrupted; the reload may still complete (`detour status`, the log)"
 		}

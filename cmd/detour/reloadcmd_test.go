@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/detour-proxy/detour/internal/admin"
 )
@@ -80,5 +82,59 @@ func TestRequestReloadWhenStopping(t *testing.T) {
 	d := &daemon{reloads: make(chan chan error), reloadsEnd: end}
 	if err := d.requestReload(context.Background()); !errors.Is(err, admin.ErrStopping) {
 		t.Errorf("requestReload after the stop: %v, want %v", err, admin.ErrStopping)
+	}
+}
+
+// TestReloadTimeout: `detour reload` gives up on a detour that does not
+// answer after --timeout (exit 1, saying so) instead of waiting for
+// systemd's own timeout; --timeout 0 waits without a limit; a bad value
+// is a usage error (exit 2). The stand-in admin endpoint never answers
+// (until the test ends), or answers after a pause.
+func TestReloadTimeout(t *testing.T) {
+	release := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer silent.Close()
+	defer close(release) // before Close, which waits for the handlers
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(w, "configuration reloaded\n")
+	}))
+	defer slow.Close()
+	silentAddr, slowAddr := strings.TrimPrefix(silent.URL, "http://"), strings.TrimPrefix(slow.URL, "http://")
+
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		say  string // stderr holds it
+	}{
+		{"silent detour", []string{"--admin", silentAddr, "--timeout", "200ms"}, exitFailure,
+			"detour reload: no answer from the admin endpoint at " + silent.URL + " within 200ms (--timeout); the reload may still complete"},
+		{"no limit", []string{"--admin", slowAddr, "--timeout", "0"}, exitOK, ""},
+		{"within the limit", []string{"--admin", slowAddr, "--timeout", "30s"}, exitOK, ""},
+		{"negative", []string{"--admin", silentAddr, "--timeout", "-1s"}, exitUsage,
+			"detour reload: --timeout must not be negative (0 waits without a limit)"},
+		{"not a duration", []string{"--admin", silentAddr, "--timeout", "5"}, exitUsage,
+			`detour reload: --timeout: "5" is not a duration`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errw strings.Builder
+			done := make(chan int, 1)
+			go func() { done <- dispatch(append([]string{"reload"}, c.args...), &out, &errw) }()
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(60 * time.Second): // far beyond the 200ms asked for
+				t.Fatal("detour reload still waits after 60s")
+			}
+			if code != c.code || !strings.Contains(errw.String(), c.say) || (c.say == "") != (errw.Len() == 0) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d, stderr with %q", code, out.String(), errw.String(), c.code, c.say)
+			}
+		})
 	}
 }
