@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -199,12 +201,13 @@ type linkSpec struct{ a, b endSpec }
 type endSpec struct {
 	host     int            // index into topology.hosts
 	iface    string         // interface name inside that namespace
-	addrs    []netip.Prefix // added with NODAD, usable at once
+	addrs    []netip.Prefix // added with NODAD; build waits for IPv6's routes (awaitIPv6)
 	gateways []netip.Addr   // default routes (one per family) via this interface
 }
 
 // build makes the namespaces and wires them. The steps run in order
-// "namespaces", "sysctls", "links", "addresses", "up", "routes"; fail, when
+// "namespaces", "sysctls", "links", "addresses", "up" (its IPv6 routes in
+// place: awaitIPv6), "routes"; fail, when
 // not nil, is asked after each one and its error aborts the build, so
 // tests can check the cleanup of a half-built network.
 func (t topology) build(id string, fail func(step string) error) ([]*ns.NS, func() error, error) {
@@ -320,6 +323,11 @@ func (t topology) wire(id string, made *[]*ns.NS, fail func(step string) error) 
 			return fmt.Errorf("lab %s/%s: set up: %w", nss[e.host].Name, e.iface, err)
 		}
 	}
+	for _, e := range ends {
+		if err := awaitIPv6(nss[e.host], e, ipv6Timeout); err != nil {
+			return fmt.Errorf("lab %s/%s: %w", nss[e.host].Name, e.iface, err)
+		}
+	}
 	if err := check("up"); err != nil {
 		return err
 	}
@@ -343,6 +351,92 @@ func (t topology) wire(id string, made *[]*ns.NS, fail func(step string) error) 
 		}
 	}
 	return check("routes")
+}
+
+// ipv6Timeout bounds the wait for the kernel's IPv6 routes of a link just
+// set up: milliseconds, even on a loaded machine.
+const ipv6Timeout = 10 * time.Second
+
+// awaitIPv6 waits until the kernel has finished bringing up e's IPv6
+// addresses. Even without DAD it does so from a work queue after the
+// link is up: each address's local route and, on a forwarding link, its
+// subnet's anycast route then appear in table local, and until they do
+// the address receives nothing. Under load that came after a lab was
+// returned: a test's snapshot of the routes taken at once then missed
+// routes that a later one had (TestRulesCleanFindsCustomPolicy failed
+// so), and a connection to the address could be refused.
+func awaitIPv6(n *ns.NS, e endSpec, timeout time.Duration) error {
+	want := ipv6Routes(n, e)
+	if len(want) == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		missing, err := missingRoutes(n, e.iface, want)
+		if err != nil || len(missing) == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("IPv6 routes %v not in table local after %v", missing, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// localRoute is a route the kernel adds to table local for an address.
+type localRoute struct {
+	typ int // unix.RTN_LOCAL or unix.RTN_ANYCAST
+	dst netip.Addr
+}
+
+func (r localRoute) String() string {
+	if r.typ == unix.RTN_ANYCAST {
+		return "anycast " + r.dst.String()
+	}
+	return "local " + r.dst.String()
+}
+
+// ipv6Routes lists the routes the kernel adds for e's IPv6 addresses: a
+// local one each and, when the link forwards, the anycast one of each
+// subnet (RFC 4291, 2.6.1; none for /127 and /128).
+func ipv6Routes(n *ns.NS, e endSpec) []localRoute {
+	fwd, _ := n.ReadSysctl("net.ipv6.conf." + e.iface + ".forwarding")
+	var want []localRoute
+	for _, p := range e.addrs {
+		if !p.Addr().Is6() {
+			continue
+		}
+		want = append(want, localRoute{unix.RTN_LOCAL, p.Addr()})
+		if fwd == "1" && p.Bits() < 127 {
+			want = append(want, localRoute{unix.RTN_ANYCAST, p.Masked().Addr()})
+		}
+	}
+	return want
+}
+
+// missingRoutes returns those of want that table local lacks on iface.
+func missingRoutes(n *ns.NS, iface string, want []localRoute) ([]localRoute, error) {
+	var missing []localRoute
+	err := withLink(n, iface, func(h *netlink.Handle, l netlink.Link) error {
+		have, err := h.RouteListFiltered(netlink.FAMILY_V6,
+			&netlink.Route{Table: unix.RT_TABLE_LOCAL, LinkIndex: l.Attrs().Index}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+		if err != nil {
+			return fmt.Errorf("list table local: %w", err)
+		}
+		for _, w := range want {
+			if !slices.ContainsFunc(have, func(r netlink.Route) bool {
+				if r.Dst == nil {
+					return false
+				}
+				a, ok := netip.AddrFromSlice(r.Dst.IP)
+				return ok && r.Type == w.typ && a == w.dst
+			}) {
+				missing = append(missing, w)
+			}
+		}
+		return nil
+	})
+	return missing, err
 }
 
 // ends lists both ends of every link, in link order.
