@@ -26,10 +26,10 @@ listener, the rules) or detour cannot be reached. A rejected reload changes
 nothing: the previous configuration serves on. It asks detour's admin
 endpoint (POST /reload), so it needs one (not admin: off). systemd's unit
 runs it as ExecReload=, so that ` + "`systemctl reload detour`" + ` fails on a
-rejected file. It waits --timeout for the outcome (default 90s, systemd's
-default TimeoutStartSec=; 0 waits without a limit), then exits 1: a
-detour that does not answer does not hold the command until systemd's
-own timeout.
+rejected file. It waits --timeout for the outcome (default 60s, under systemd's
+default TimeoutStartSec= of 90s; 0 waits without a limit), then exits 1:
+a detour that does not answer does not hold the command until systemd
+kills it, and the reason reaches the journal.
 
 Examples:
   detour reload
@@ -68,10 +68,11 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// defaultReloadTimeout is systemd's default TimeoutStartSec=, which
-// bounds ExecReload=: a reload takes what opening listeners and
-// installing rules take, far less.
-const defaultReloadTimeout = 90 * time.Second
+// defaultReloadTimeout is under systemd's default TimeoutStartSec= (90s),
+// which bounds ExecReload=, so the command says why before systemd kills
+// it; a reload takes what opening listeners and installing rules take,
+// far less.
+const defaultReloadTimeout = 60 * time.Second
 
 // errReloadTimeout ends a reload whose answer did not come in time.
 var errReloadTimeout = errors.New("reload timeout")
