@@ -625,10 +625,9 @@ func (g *guard) headLine() bool {
 // (TLS or binary bytes, a control byte in the target, a bad version) is
 // refused at once, as Envoy and nginx do, rather than held until its LF,
 // the size limit or HeaderTimeout. Each byte is looked at once. The
-// reason is the one requestLine gives the complete line (a line that
-// would lack its second space, which can't be known yet, is said to
-// have a bad target rather than to be invalid). A CR is left for the next
-// byte to decide: CRLF ends the line.
+// reason is the one requestLine gives the complete line: the first bad
+// byte decides. A CR is left for the next byte to decide: CRLF ends the
+// line.
 func (g *guard) partialRequestLine() (msg string) {
 	line := g.buf[g.line:g.w]
 	for i := g.rl.seen; i < len(line); i++ {
@@ -721,23 +720,16 @@ func (g *guard) requestLine(line []byte) bool {
 	}
 	g.methodLen = sp1
 	rest := line[sp1+1:]
-	sp2 := bytes.IndexByte(rest, ' ')
-	if sp2 <= 0 {
+	sp2, targetOK := targetEnd(rest)
+	switch {
+	case !targetOK:
+		g.refuse(http.StatusBadRequest, "invalid request target")
+		return false
+	case sp2 <= 0:
 		g.refuse(http.StatusBadRequest, "invalid request line")
 		return false
 	}
 	g.targetLen = sp2
-	for _, c := range rest[:sp2] {
-		// Visible ASCII only (RFC 9112 and RFC 3986: other octets are
-		// percent-encoded): an upstream may parse raw 8-bit bytes
-		// differently, or refuse them after the request was forwarded.
-		// No fragment either (RFC 9112, 3.2): net/http would forward
-		// "/a#b" as "/a%23b", another resource.
-		if c <= ' ' || c >= 0x7f || c == '#' {
-			g.refuse(http.StatusBadRequest, "invalid request target")
-			return false
-		}
-	}
 	v := rest[sp2+1:]
 	if len(v) != len("HTTP/1.1") || string(v[:5]) != "HTTP/" || !isDigit(v[5]) || v[6] != '.' || !isDigit(v[7]) {
 		g.refuse(http.StatusBadRequest, "invalid request line")
@@ -755,6 +747,27 @@ func (g *guard) requestLine(line []byte) bool {
 	}
 	g.reqLine = fingerprintBytes(line)
 	return true
+}
+
+// targetEnd finds the space that ends the request target at the start of
+// rest (-1: none). ok is false if a byte before it is not allowed in a
+// target: the first bad byte decides, as partialRequestLine decides before
+// the line's end is known, so a line without a second space gets the same
+// reason whether it comes whole or in pieces. Visible ASCII only (RFC 9112
+// and RFC 3986: other octets are percent-encoded): an upstream may parse
+// raw 8-bit bytes differently, or refuse them after the request was
+// forwarded. No fragment either (RFC 9112, 3.2): net/http would forward
+// "/a#b" as "/a%23b", another resource.
+func targetEnd(rest []byte) (sp int, ok bool) {
+	for i, c := range rest {
+		switch {
+		case c == ' ':
+			return i, true
+		case c < ' ' || c >= 0x7f || c == '#':
+			return -1, false
+		}
+	}
+	return -1, true
 }
 
 // validTargetForm accepts RFC 9112's origin-form ("/path"), absolute-form
