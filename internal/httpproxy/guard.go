@@ -580,7 +580,9 @@ func (g *guard) headLine() bool {
 		n := min(g.w-g.elem, len(h2Preface))
 		if string(g.buf[g.elem:g.elem+n]) == h2Preface[:n] {
 			if n < len(h2Preface) {
-				g.scan = g.w
+				// Nothing is scanned: a head that turns out not to
+				// be the preface is parsed from its start, its
+				// first line ending at its first LF.
 				return false
 			}
 			g.h2c.Store(true)

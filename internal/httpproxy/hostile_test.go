@@ -518,7 +518,9 @@ func splits(in string, rng *rand.Rand) iter.Seq2[string, []string] {
 // are split across reads: the first byte that no later byte can make
 // valid decides, as the unfinished request line's and field line's checks
 // decide. (A request line without its second space had its bad target
-// said to be an invalid request line when it came whole.)
+// said to be an invalid request line when it came whole; a head that
+// began as the h2c preface was parsed, once it left it, from past the
+// line ends it had: its request line was taken to run on.)
 func TestGuardVerdictSameInAnySplit(t *testing.T) {
 	const h = "GET / HTTP/1.1\r\nHost: a\r\n"
 	many := strings.Repeat("X-A: b\r\n", 99)
@@ -541,6 +543,10 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 		{name: "fragment, no version", req: "GET /a#b\r\nHost: a\r\n\r\n"},
 		{name: "non-ASCII target, no version", req: "GET /caf\xc3\xa9\r\nHost: a\r\n\r\n"},
 		{name: "no version", req: "GET /abc\r\nHost: a\r\n\r\n"},
+		// Heads that begin like the h2c preface.
+		{name: "h2c preface, then HTTP/1", req: "PRI * HTTP/2.0\r\n\r\nSX\r\n\r\n"},
+		{name: "h2c preface's first line", req: "PRI * HTTP/2.0\r\nHost: a\r\n\r\n"},
+		{name: "h2c preface's first line, HTTP/1.1", req: "PRI * HTTP/1.1\r\nHost: a\r\n\r\n"},
 	}
 	cases = append(cases, hostileCases()...)
 	for _, w := range wellFormedCases() {
