@@ -591,24 +591,19 @@ func (g *guard) headLine() bool {
 			return false
 		}
 	}
+	start := g.line
 	line, ok, bad := g.nextLine()
-	if (ok && g.line-g.elem > g.maxHead) || (!ok && g.w-g.elem > g.maxHead) {
-		g.refuse(http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
-		return false
-	}
 	switch {
-	case !ok && g.first:
-		if msg := g.partialRequestLine(); msg != "" {
-			g.refuse(http.StatusBadRequest, msg)
-		}
+	case (ok && g.line-g.elem > g.maxHead) || (!ok && g.w-g.elem > g.maxHead):
+		g.refuseLine(start, g.elem+g.maxHead, http.StatusRequestHeaderFieldsTooLarge, "request header fields too large")
 		return false
 	case !ok:
-		if status, msg := g.partialFieldLine(); status != 0 {
+		if status, msg := g.partialLine(start, g.w); status != 0 {
 			g.refuse(status, msg)
 		}
 		return false
 	case bad:
-		g.refuse(http.StatusBadRequest, "line not terminated by CRLF")
+		g.refuseLine(start, g.line-1, http.StatusBadRequest, "line not terminated by CRLF")
 		return false
 	case g.first:
 		return g.requestLine(line)
@@ -622,16 +617,44 @@ func (g *guard) headLine() bool {
 	return true
 }
 
-// partialRequestLine checks the bytes of an incomplete request line that
-// came since it last looked, so that a line no later byte can make valid
-// (TLS or binary bytes, a control byte in the target, a bad version) is
-// refused at once, as Envoy and nginx do, rather than held until its LF,
-// the size limit or HeaderTimeout. Each byte is looked at once. The
-// reason is the one requestLine gives the complete line: the first bad
-// byte decides. A CR is left for the next byte to decide: CRLF ends the
-// line.
-func (g *guard) partialRequestLine() (msg string) {
-	line := g.buf[g.line:g.w]
+// partialLine checks the bytes of the unfinished head line at
+// buf[start:end] that it has not looked at yet: the request line's or a
+// field line's. It returns a refusal status and reason, or 0.
+func (g *guard) partialLine(start, end int) (int, string) {
+	if !g.first {
+		return g.partialFieldLine(start, end)
+	}
+	if msg := g.partialRequestLine(start, end); msg != "" {
+		return http.StatusBadRequest, msg
+	}
+	return 0, ""
+}
+
+// refuseLine refuses the head at the line at start, which gets status and
+// msg as a whole (it runs past the head limit, or a bare LF ends it) —
+// unless one of its bytes before end (the limit, or the LF) already made
+// it invalid: then that byte decides, as it does when the line comes in
+// pieces (the first bad byte is refused as it comes; no byte past the
+// limit is looked at). So the verdict does not depend on how the client's
+// bytes were split across reads, and a head gets 431 only if all it sent
+// within the limit could still have been valid.
+func (g *guard) refuseLine(start, end, status int, msg string) {
+	if s, m := g.partialLine(start, end); s != 0 {
+		status, msg = s, m
+	}
+	g.refuse(status, msg)
+}
+
+// partialRequestLine checks the bytes of an incomplete request line at
+// buf[start:end] that came since it last looked, so that a line no later
+// byte can make valid (TLS or binary bytes, a control byte in the target,
+// a bad version) is refused at once, as Envoy and nginx do, rather than
+// held until its LF, the size limit or HeaderTimeout. Each byte is looked
+// at once. The reason is the one requestLine gives the complete line: the
+// first bad byte decides. A CR is left for the next byte to decide: CRLF
+// ends the line.
+func (g *guard) partialRequestLine(start, end int) (msg string) {
+	line := g.buf[start:end]
 	for i := g.rl.seen; i < len(line); i++ {
 		c := line[i]
 		switch {
@@ -664,7 +687,7 @@ func (g *guard) partialRequestLine() (msg string) {
 }
 
 // partialFieldLine checks the bytes of an incomplete line after the
-// request line that came since it last looked, so that a field line no
+// request line at buf[start:end] that came since it last looked, so that a field line no
 // later byte can make valid (obs-fold, a byte not allowed in a field name,
 // a control byte in the value, a CR not followed by LF) is refused at
 // once, as Envoy and nginx do, rather than held until its LF, the size
@@ -672,11 +695,11 @@ func (g *guard) partialRequestLine() (msg string) {
 // checks the complete line, whose status and reason it gives. A CR is
 // left for the next byte to decide: CRLF ends the line (or, first, the
 // head); no LF has come, so a CR with a byte after it is a bare CR.
-func (g *guard) partialFieldLine() (status int, msg string) {
-	if at := g.base + int64(g.line); g.fl.at != at {
+func (g *guard) partialFieldLine(start, end int) (status int, msg string) {
+	if at := g.base + int64(start); g.fl.at != at {
 		g.fl.at, g.fl.seen, g.fl.colon = at, 0, 0 // a new line
 	}
-	line := g.buf[g.line:g.w]
+	line := g.buf[start:end]
 	for i := g.fl.seen; i < len(line); i++ {
 		c := line[i]
 		switch {

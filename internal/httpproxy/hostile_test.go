@@ -517,13 +517,25 @@ func splits(in string, rng *rand.Rand) iter.Seq2[string, []string] {
 // gets the same status and reason (the access log's) however its bytes
 // are split across reads: the first byte that no later byte can make
 // valid decides, as the unfinished request line's and field line's checks
-// decide. (A request line without its second space had its bad target
-// said to be an invalid request line when it came whole; a head that
-// began as the h2c preface was parsed, once it left it, from past the
-// line ends it had: its request line was taken to run on.)
+// decide, and a head gets 431 only if the bytes it sent within the limit
+// could all still have been valid. (A request line without its second
+// space had its bad target said to be an invalid request line when it
+// came whole; a head that began as the h2c preface was parsed, once it
+// left it, from past the line ends it had: its request line was taken to
+// run on; a line refused as a whole, too long or ended by a bare LF,
+// was refused so even when an earlier byte of it was bad, a byte the
+// line's check in pieces refused as it came.)
 func TestGuardVerdictSameInAnySplit(t *testing.T) {
-	const h = "GET / HTTP/1.1\r\nHost: a\r\n"
+	const (
+		h     = "GET / HTTP/1.1\r\nHost: a\r\n"
+		limit = DefaultMaxRequestHeaderBytes
+	)
 	many := strings.Repeat("X-A: b\r\n", 99)
+	// fill pads prefix with filler bytes so that what follows starts at
+	// offset at.
+	fill := func(prefix string, at int, filler byte) string {
+		return prefix + strings.Repeat(string(filler), at-len(prefix))
+	}
 	cases := []hostileCase{
 		// Field lines whose first bad byte comes before their end,
 		// besides the hostile table's.
@@ -537,6 +549,12 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 		{name: "obs-fold as the 101st field", req: h + many + " X: b\r\n\r\n"},
 		{name: "bad name as the 101st field", req: h + many + "X A: b\r\n\r\n"},
 		{name: "CR CR ends the head", req: h + "\r\r\n"},
+		// A bad byte before a bare LF.
+		{name: "CTL in value, bare LF", req: h + "X-A: a\x01b\n\r\n"},
+		{name: "bare CR in value, bare LF", req: h + "X-A: a\rb\n\r\n"},
+		{name: "space in name, bare LF", req: h + "X A: b\n\r\n"},
+		{name: "CTL in target, bare LF", req: "GET /a\x01 HTTP/1.1\n" + "Host: a\r\n\r\n"},
+		{name: "bad version, bare LF", req: "GET / HTTP/x\nHost: a\r\n\r\n"},
 		// A request line without a second space.
 		{name: "CTL in target, no version", req: "GET /a\x01b\r\nHost: a\r\n\r\n"},
 		{name: "CR in target, no version", req: "GET /a\rb\r\nHost: a\r\n\r\n"},
@@ -547,6 +565,21 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 		{name: "h2c preface, then HTTP/1", req: "PRI * HTTP/2.0\r\n\r\nSX\r\n\r\n"},
 		{name: "h2c preface's first line", req: "PRI * HTTP/2.0\r\nHost: a\r\n\r\n"},
 		{name: "h2c preface's first line, HTTP/1.1", req: "PRI * HTTP/1.1\r\nHost: a\r\n\r\n"},
+	}
+	// Over-long lines: a bad byte within the head limit decides; one
+	// past it is never looked at (431), nor is a line end.
+	for _, at := range []int{limit - 2, limit - 1, limit, limit + 1} {
+		for _, tail := range []string{"\r\n\r\n", strings.Repeat("c", 100) + "\r\n\r\n", "\r\n"} {
+			for _, bad := range []string{"\x01", "\r", "\x7f", "\n", "\r\n"} {
+				name := fmt.Sprintf(" %q at %d, then %d bytes", bad, at, len(tail))
+				cases = append(cases,
+					hostileCase{name: "method" + name, req: fill("", at, 'G') + bad + " / HTTP/1.1" + tail},
+					hostileCase{name: "target" + name, req: fill("GET /", at, 'a') + bad + " HTTP/1.1" + tail},
+					hostileCase{name: "field name" + name, req: fill(h+"X-", at, 'a') + bad + ": b" + tail},
+					hostileCase{name: "field value" + name, req: fill(h+"X-A: ", at, 'b') + bad + tail},
+				)
+			}
+		}
 	}
 	cases = append(cases, hostileCases()...)
 	for _, w := range wellFormedCases() {
