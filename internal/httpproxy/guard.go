@@ -687,14 +687,15 @@ func (g *guard) partialRequestLine(start, end int) (msg string) {
 }
 
 // partialFieldLine checks the bytes of an incomplete line after the
-// request line at buf[start:end] that came since it last looked, so that a field line no
-// later byte can make valid (obs-fold, a byte not allowed in a field name,
-// a control byte in the value, a CR not followed by LF) is refused at
-// once, as Envoy and nginx do, rather than held until its LF, the size
-// limit or HeaderTimeout. Each byte is looked at once, in the order field
-// checks the complete line, whose status and reason it gives. A CR is
-// left for the next byte to decide: CRLF ends the line (or, first, the
-// head); no LF has come, so a CR with a byte after it is a bare CR.
+// request line (or of the trailer section) at buf[start:end] that came
+// since it last looked, so that a field line no later byte can make valid
+// (obs-fold, a byte not allowed in a field name, a control byte in the
+// value, a CR not followed by LF) is refused at once, as Envoy and nginx
+// do, rather than held until its LF, the size limit or HeaderTimeout.
+// Each byte is looked at once, in the order field checks the complete
+// line, whose status and reason it gives. A CR is left for the next byte
+// to decide: CRLF ends the line (or, first, the head); no LF has come, so
+// a CR with a byte after it is a bare CR.
 func (g *guard) partialFieldLine(start, end int) (status int, msg string) {
 	if at := g.base + int64(start); g.fl.at != at {
 		g.fl.at, g.fl.seen, g.fl.colon = at, 0, 0 // a new line
@@ -960,17 +961,24 @@ func (g *guard) chunkLine() bool {
 }
 
 // trailerLine handles a line of the trailer section after the last chunk.
+// An unfinished one is checked as a head's field line is, each byte once,
+// and refused at the first byte no later byte can make valid: the request
+// is answered at once, not when the client's body stalls for
+// StreamIdleTimeout.
 func (g *guard) trailerLine() bool {
+	start := g.line
 	line, ok, bad := g.nextLine()
-	if (ok && g.line-g.elem > g.maxHead) || (!ok && g.w-g.elem > g.maxHead) {
-		g.bodyError("trailer section too large")
-		return false
-	}
 	switch {
+	case (ok && g.line-g.elem > g.maxHead) || (!ok && g.w-g.elem > g.maxHead):
+		g.bodyError(g.firstBadTrailerByte(start, g.elem+g.maxHead, "trailer section too large"))
+		return false
 	case !ok:
+		if _, msg := g.partialFieldLine(start, g.w); msg != "" {
+			g.bodyError(msg)
+		}
 		return false
 	case bad:
-		g.bodyError("trailer line not terminated by CRLF")
+		g.bodyError(g.firstBadTrailerByte(start, g.line-1, "trailer line not terminated by CRLF"))
 		return false
 	case len(line) == 0:
 		g.st = gHead
@@ -985,6 +993,16 @@ func (g *guard) trailerLine() bool {
 	// Trailer lines are held together until the section ends, so a bad
 	// one can still refuse a request whose head is held too.
 	return true
+}
+
+// firstBadTrailerByte is msg, why the trailer line at start is refused as
+// a whole, unless a byte of it before end was already bad: then, as for a
+// head's line (refuseLine), that byte's reason.
+func (g *guard) firstBadTrailerByte(start, end int, msg string) string {
+	if _, m := g.partialFieldLine(start, end); m != "" {
+		return m
+	}
+	return msg
 }
 
 // refuse replaces the head being parsed (from elem) with the placeholder

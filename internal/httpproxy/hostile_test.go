@@ -524,11 +524,12 @@ func splits(in string, rng *rand.Rand) iter.Seq2[string, []string] {
 // left it, from past the line ends it had: its request line was taken to
 // run on; a line refused as a whole, too long or ended by a bare LF,
 // was refused so even when an earlier byte of it was bad, a byte the
-// line's check in pieces refused as it came.)
+// line's check in pieces refused as it came.) Trailer lines likewise.
 func TestGuardVerdictSameInAnySplit(t *testing.T) {
 	const (
 		h     = "GET / HTTP/1.1\r\nHost: a\r\n"
 		limit = DefaultMaxRequestHeaderBytes
+		post  = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
 	)
 	many := strings.Repeat("X-A: b\r\n", 99)
 	// fill pads prefix with filler bytes so that what follows starts at
@@ -577,9 +578,20 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 					hostileCase{name: "target" + name, req: fill("GET /", at, 'a') + bad + " HTTP/1.1" + tail},
 					hostileCase{name: "field name" + name, req: fill(h+"X-", at, 'a') + bad + ": b" + tail},
 					hostileCase{name: "field value" + name, req: fill(h+"X-A: ", at, 'b') + bad + tail},
+					hostileCase{name: "trailer name" + name, req: post + fill("X-", at, 'a') + bad + ": b" + tail},
+					hostileCase{name: "trailer value" + name, req: post + fill("X-T: ", at, 'b') + bad + tail},
 				)
 			}
 		}
+	}
+	// Trailers: each bad byte the unfinished field line check knows.
+	for _, tr := range []string{
+		"X-T: a\x01b\r\n\r\n", "X-T: a\x7f\r\n\r\n", "X-T: a\rb\r\n\r\n", "X T: b\r\n\r\n", ": b\r\n\r\n",
+		"X-T\rb: c\r\n\r\n", "\rX-T: b\r\n\r\n", " X-T: b\r\n\r\n", "X-T: a\x01b\n\r\n", "X-T: a\n\r\n",
+		"X-T: b\r\n" + many + "X T: b\r\n\r\n", "X-T: b\r\n" + many + " X: b\r\n\r\n", "X-T: b\r\n\r\n",
+		"X-T: b\r\nHost: c\r\n\r\n",
+	} {
+		cases = append(cases, hostileCase{name: fmt.Sprintf("trailer %q", tr), req: post + tr})
 	}
 	cases = append(cases, hostileCases()...)
 	for _, w := range wellFormedCases() {
@@ -594,6 +606,91 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 				break
 			}
 		}
+	}
+}
+
+// TestGuardRefusesUnfinishedTrailerLine: a trailer line whose end has not
+// arrived is refused (the request's body cut, or the request refused
+// whole if its head is still held) as soon as a byte shows it can't
+// become valid, with the reason the complete line would get, as a head's
+// field line is: a client that sends one and waits gets its 400 at once.
+// One that may still become valid is held.
+func TestGuardRefusesUnfinishedTrailerLine(t *testing.T) {
+	const post = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+	many := strings.Repeat("X-A: b\r\n", 100)
+	for _, tt := range []struct{ trailer, want string }{
+		{"X-T: a\x01", "400 invalid header field value"},
+		{"X-T: a\x7f", "400 invalid header field value"},
+		{"X-T: a\rb", "400 invalid header field value"},
+		{"X T", "400 invalid header field name"},
+		{": b", "400 invalid header field name"},
+		{"X-T\rb", "400 invalid header field name"},
+		{"\rX", "400 invalid header field name"},
+		{" X-T: b", "400 obsolete line folding"},
+		{"X-T: a\r\n\tb", "400 obsolete line folding"},
+		{many + "X", "400 too many header fields"},
+		// May still become valid: held.
+		{"X-T", "0"},
+		{"X-T: caf\xc3\xa9", "0"},
+		{"X-T: a\r", "0"},
+		{"X-T\r", "0"}, // CRLF: a line without a colon, refused then
+		{"\r", "0"},    // CRLF: the section's end
+		{"Content-Length: 5", "0"},
+	} {
+		in := post + tt.trailer
+		for _, parts := range [][]string{{in}, {post, tt.trailer}, {in[:len(in)-1], in[len(in)-1:]}} {
+			if got := guardOutcome(parts); got != tt.want {
+				t.Errorf("%.40q in %d reads: %s, want %s", tt.trailer, len(parts), got, tt.want)
+			}
+		}
+	}
+}
+
+// TestUnfinishedBadTrailerRefusedAtOnce: a client that sends a trailer
+// line already invalid and then waits, never ending it, gets 400 (flag
+// DPE, the line's reason) at once, as for a head's field line, not a
+// timeout after HeaderTimeout or StreamIdleTimeout — whether the
+// request's head was still held with it (nothing goes upstream) or had
+// gone upstream (its body is cut, never complete).
+func TestUnfinishedBadTrailerRefusedAtOnce(t *testing.T) {
+	const (
+		timeout = 10 * time.Second
+		bound   = 3 * time.Second // far from timeout
+		head    = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+		bad     = "0\r\nX-T: a\x01"
+	)
+	for _, forwarded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("head forwarded first: %v", forwarded), func(t *testing.T) {
+			up := newRecordingUpstream(t)
+			f := newFront(t, Options{HeaderTimeout: timeout, StreamIdleTimeout: timeout}, up.addrPort())
+			c, br := f.raw(t)
+			c.SetDeadline(time.Now().Add(timeout + 5*time.Second))
+			req := head + bad
+			if forwarded {
+				io.WriteString(c, head+"3\r\nabc\r\n")
+				eventually(t, "upstream request", func() bool { return up.requests.Load() == 1 })
+				req = bad
+			}
+			start := time.Now()
+			io.WriteString(c, req)
+			got, err := io.ReadAll(br)
+			d := time.Since(start)
+			if line, _, _ := strings.Cut(string(got), "\r\n"); line != s400 || err != nil {
+				t.Fatalf("after %v: read %q, %v; want a 400 and the close", d.Round(time.Millisecond), got, err)
+			}
+			if d > bound {
+				t.Errorf("400 after %v, want it within %v (timeouts %v)", d.Round(time.Millisecond), bound, timeout)
+			}
+			i := f.info(t)
+			if rec := fmt.Sprintf("%d %v %s", i.Status, i.Flags, i.Details); rec != "400 DPE invalid header field value" {
+				t.Errorf("record %q", rec)
+			}
+			if forwarded {
+				eventually(t, "upstream body failure", func() bool { return up.badBodies.Load() == 1 })
+			} else if up.accepted.Load() != 0 {
+				t.Errorf("upstream accepted %d connections", up.accepted.Load())
+			}
+		})
 	}
 }
 
