@@ -624,10 +624,17 @@ func (g *guard) partialLine(start, end int) (int, string) {
 	if !g.first {
 		return g.partialFieldLine(start, end)
 	}
-	if msg := g.partialRequestLine(start, end); msg != "" {
-		return http.StatusBadRequest, msg
+	msg := g.partialRequestLine(start, end)
+	if msg == "" {
+		return 0, ""
 	}
-	return 0, ""
+	// The method and target as far as they were whole and valid, for
+	// the access log: what requestLine notes of the complete line.
+	g.methodLen = g.rl.sp1
+	if g.rl.sp2 > 0 {
+		g.targetLen = g.rl.sp2 - g.rl.sp1 - 1
+	}
+	return http.StatusBadRequest, msg
 }
 
 // refuseLine refuses the head at the line at start, which gets status and
@@ -1009,7 +1016,7 @@ func (g *guard) firstBadTrailerByte(start, end int, msg string) string {
 // and queues the refusal; nothing after it is read.
 func (g *guard) refuse(status int, msg string) {
 	v := verdict{line: placeholderLine, status: status, msg: msg}
-	if !g.first {
+	if !g.first || g.methodLen > 0 {
 		g.describe(&v, g.elem, g.methodLen, g.targetLen, g.reqLine != 0, g.http10)
 	}
 	g.mu.Lock()

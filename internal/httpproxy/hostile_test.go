@@ -449,8 +449,10 @@ func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
 // buffer that holds all of them, as a socket read that returns what came
 // in one segment), and returns the refusal the client gets: the first
 // refused verdict's status and reason, or the framing error that cut a
-// body net/http was reading ("0" when neither).
-func guardOutcome(parts []string) string {
+// body net/http was reading ("0" when neither). record is what the access
+// log says of a refused verdict's request: its method, target and
+// protocol (empty for a cut body, whose record net/http's request gives).
+func guardOutcome(parts []string) (refusal, record string) {
 	g := newGuard(nil, DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, "X-Detour-Original-Dst-Host")
 	src := &splitReader{parts: slices.Clone(parts)}
 	p := make([]byte, len(strings.Join(parts, ""))+1)
@@ -461,13 +463,13 @@ func guardOutcome(parts []string) string {
 	}
 	for _, v := range g.verdicts {
 		if v.status != 0 {
-			return fmt.Sprintf("%d %s", v.status, v.msg)
+			return fmt.Sprintf("%d %s", v.status, v.msg), fmt.Sprintf("%q %q %q", v.method, v.target, v.proto)
 		}
 	}
 	if msg := g.bodyFailure(); msg != "" {
-		return "400 " + msg
+		return "400 " + msg, ""
 	}
-	return "0"
+	return "0", ""
 }
 
 // splits returns ways to cut in into reads: at once, a byte at a time, a
@@ -514,7 +516,8 @@ func splits(in string, rng *rand.Rand) iter.Seq2[string, []string] {
 }
 
 // TestGuardVerdictSameInAnySplit: every hostile and well-formed request
-// gets the same status and reason (the access log's) however its bytes
+// gets the same status and reason (the access log's), and a refused head
+// the same method, target and protocol in its record, however its bytes
 // are split across reads: the first byte that no later byte can make
 // valid decides, as the unfinished request line's and field line's checks
 // decide, and a head gets 431 only if the bytes it sent within the limit
@@ -599,10 +602,11 @@ func TestGuardVerdictSameInAnySplit(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, tt := range cases {
-		whole := guardOutcome([]string{tt.req})
+		whole, wholeRecord := guardOutcome([]string{tt.req})
 		for how, parts := range splits(tt.req, rng) {
-			if got := guardOutcome(parts); got != whole {
-				t.Errorf("%s: %s: %s; at once: %s", tt.name, how, got, whole)
+			got, record := guardOutcome(parts)
+			if got != whole || record != "" && wholeRecord != "" && record != wholeRecord {
+				t.Errorf("%s: %s: %s (%s); at once: %s (%s)", tt.name, how, got, record, whole, wholeRecord)
 				break
 			}
 		}
@@ -639,7 +643,7 @@ func TestGuardRefusesUnfinishedTrailerLine(t *testing.T) {
 	} {
 		in := post + tt.trailer
 		for _, parts := range [][]string{{in}, {post, tt.trailer}, {in[:len(in)-1], in[len(in)-1:]}} {
-			if got := guardOutcome(parts); got != tt.want {
+			if got, _ := guardOutcome(parts); got != tt.want {
 				t.Errorf("%.40q in %d reads: %s, want %s", tt.trailer, len(parts), got, tt.want)
 			}
 		}
