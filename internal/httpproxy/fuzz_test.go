@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"math"
 	"net"
@@ -222,6 +223,62 @@ func (r *trickle) Read(p []byte) (int, error) {
 type countingReader struct {
 	r io.Reader
 	n int64
+}
+
+// FuzzGuardVerdictSameInAnySplit checks that the guard's verdict on any
+// input does not depend on how it is split across reads: the refusal
+// (status and reason) and, for a refused head, its record are the same as
+// when it all comes at once (TestGuardVerdictSameInAnySplit's property).
+// Small limits exercise the 431 paths and the first bad byte before them.
+func FuzzGuardVerdictSameInAnySplit(f *testing.F) {
+	for _, c := range hostileCases() {
+		if len(c.req) < 4096 {
+			f.Add([]byte(c.req), uint64(0x0102030405060708))
+		}
+	}
+	// A bad byte just within the limit of 256 bytes, the line's end past it.
+	f.Add([]byte("GET /"+strings.Repeat("a", 245)+"\x01 HTTP/1.1\r\n\r\n"), uint64(250))
+	f.Fuzz(func(t *testing.T, data []byte, cuts uint64) {
+		const maxHead, maxFields = 256, 8
+		in := string(data)
+		// Each byte of cuts, from the lowest, is the length of the next
+		// read (0: the rest); at most eight cuts.
+		var parts []string
+		for s := in; s != ""; cuts >>= 8 {
+			n := int(cuts & 0xff)
+			if n == 0 || n > len(s) {
+				n = len(s)
+			}
+			parts, s = append(parts, s[:n]), s[n:]
+		}
+		whole, wholeRecord := limitedGuardOutcome(maxHead, maxFields, []string{in})
+		got, record := limitedGuardOutcome(maxHead, maxFields, parts)
+		if got != whole || record != "" && wholeRecord != "" && record != wholeRecord {
+			t.Fatalf("in reads of %d: %s (%s); at once: %s (%s); input %q", lens(parts), got, record, whole, wholeRecord, in)
+		}
+		step, stepRecord := limitedGuardOutcome(maxHead, maxFields, slices.Collect(chunks(in, 1)))
+		if step != whole || stepRecord != "" && wholeRecord != "" && stepRecord != wholeRecord {
+			t.Fatalf("a byte a read: %s (%s); at once: %s (%s); input %q", step, stepRecord, whole, wholeRecord, in)
+		}
+	})
+}
+
+func lens(parts []string) (n []int) {
+	for _, p := range parts {
+		n = append(n, len(p))
+	}
+	return n
+}
+
+// chunks yields s in pieces of n bytes (the last may be shorter).
+func chunks(s string, n int) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for ; s != ""; s = s[min(n, len(s)):] {
+			if !yield(s[:min(n, len(s))]) {
+				return
+			}
+		}
+	}
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {

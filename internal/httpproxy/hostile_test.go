@@ -453,7 +453,12 @@ func TestGuardRefusesUnfinishedRequestLine(t *testing.T) {
 // log says of a refused verdict's request: its method, target and
 // protocol (empty for a cut body, whose record net/http's request gives).
 func guardOutcome(parts []string) (refusal, record string) {
-	g := newGuard(nil, DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, "X-Detour-Original-Dst-Host")
+	return limitedGuardOutcome(DefaultMaxRequestHeaderBytes, DefaultMaxRequestHeaders, parts)
+}
+
+// limitedGuardOutcome is guardOutcome with a guard of the limits given.
+func limitedGuardOutcome(maxHead, maxFields int, parts []string) (refusal, record string) {
+	g := newGuard(nil, maxHead, maxFields, "X-Detour-Original-Dst-Host")
 	src := &splitReader{parts: slices.Clone(parts)}
 	p := make([]byte, len(strings.Join(parts, ""))+1)
 	for {
