@@ -306,89 +306,132 @@ func TestDrainBusyClient(t *testing.T) {
 // Its connection stays open; completed, the request is answered with
 // Connection: close and the connection closes after it, the drain ending
 // without waiting for its period; never completed, the connection is cut
-// at HeaderTimeout or at the drain's end, whichever comes first. On the
-// net/http path the guard holds the head back, so net/http took the
-// connection for idle: its Shutdown closed it, and would drop any
-// request read after it began.
+// at HeaderTimeout (recorded with flag HT) or at the drain's end,
+// whichever comes first. On the net/http path the guard holds the head
+// back, so net/http took the connection for idle: its Shutdown closed it,
+// and would drop any request read after it began. The fast path recorded
+// no HT when it cut a head at HeaderTimeout during the drain.
 func TestDrainPartialHead(t *testing.T) {
 	const part = "GET /small HTTP/1.1\r\nHost: a\r\n"
 	for _, way := range servingWays {
 		for _, later := range []bool{false, true} {
-			for _, end := range []string{"completed", "header timeout", "drain end"} {
-				req := "first request"
-				if later {
-					req = "later request"
+			for _, declined := range []bool{false} {
+				if declined && way.o.DisableFastPath {
+					continue // nothing to hand over
 				}
-				t.Run(way.name+"/"+req+"/"+end, func(t *testing.T) {
-					t.Parallel()
-					up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-					o := way.o
-					o.HeaderTimeout = 10 * time.Second
-					if end == "header timeout" {
-						o.HeaderTimeout = 2 * time.Second
-					}
-					f := newFront(t, o, up.addrPort())
-					c, br := f.raw(t)
+				for _, end := range []string{"completed", "header timeout", "drain end"} {
+					name := way.name + "/first request"
 					if later {
-						if way.loop {
-							toLoop(t, c, br)
-							onLoops(t, f.p, 1)
-						} else {
-							roundTrips(t, c, br, getSmall, "GET", 1)
-						}
+						name = way.name + "/later request"
 					}
-					if _, err := io.WriteString(c, part); err != nil {
-						t.Fatal(err)
+					if declined {
+						name += "/declined"
 					}
-					// Let the proxy read it: net/http's guard says so; the
-					// fast path is given the time.
-					if way.o.DisableFastPath {
-						eventually(t, "the guard holding the head", func() bool { return f.p.receiving.Load() == 1 })
-					} else {
-						time.Sleep(300 * time.Millisecond)
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-					defer cancel()
-					shut := make(chan error, 1)
-					go func() { shut <- f.p.Shutdown(ctx) }()
-					stillOpen(t, "the connection receiving a head", c, br)
-					switch end {
-					case "completed":
-						if _, err := io.WriteString(c, "\r\n"); err != nil {
-							t.Fatal(err)
-						}
-						res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-						if err != nil {
-							t.Fatalf("no response: %v", err)
-						}
-						b, err := io.ReadAll(res.Body)
-						if res.StatusCode != http.StatusOK || string(b) != "ok" || err != nil || !res.Close {
-							t.Errorf("response %d %q %v, close %v; want 200 \"ok\" saying Connection: close", res.StatusCode, b, err, res.Close)
-						}
-						expectEOF(t, br)
-					case "header timeout":
-						if b, err := io.ReadAll(br); len(b) > 0 || err != nil {
-							t.Errorf("read %q %v; want the close without a response", b, err)
-						}
-					case "drain end":
-						stillOpen(t, "the connection receiving a head", c, br)
-						cancel()
-						closedSoon(t, "the connection at the drain's end", c, br)
-						if err := <-shut; err == nil {
-							t.Error("Shutdown returned nil; want the drain's end")
-						}
-						return
-					}
-					select {
-					case err := <-shut:
-						if err != nil {
-							t.Errorf("Shutdown: %v; want the drain done before its period", err)
-						}
-					case <-time.After(30 * time.Second):
-						t.Fatal("Shutdown still waits after the connection closed")
-					}
-				})
+					t.Run(name+"/"+end, func(t *testing.T) {
+						t.Parallel()
+						drainPartialHead(t, way.o, way.loop, later, declined, end, part)
+					})
+				}
 			}
+		}
+	}
+}
+
+// drainPartialHead is one case of TestDrainPartialHead.
+func drainPartialHead(t *testing.T, o Options, loop, later, declined bool, end, part string) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	o.HeaderTimeout = 10 * time.Second
+	if end == "header timeout" {
+		o.HeaderTimeout = 2 * time.Second
+	}
+	f := newFront(t, o, up.addrPort())
+	c, br := f.raw(t)
+	if later {
+		if loop {
+			toLoop(t, c, br)
+			onLoops(t, f.p, 1)
+		} else {
+			roundTrips(t, c, br, getSmall, "GET", 1)
+		}
+	}
+	if _, err := io.WriteString(c, part); err != nil {
+		t.Fatal(err)
+	}
+	// Let the proxy read it: net/http's guard says so; the fast path is
+	// given the time.
+	if o.DisableFastPath {
+		eventually(t, "the guard holding the head", func() bool { return f.p.receiving.Load() == 1 })
+	} else {
+		time.Sleep(300 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.p.Shutdown(ctx) }()
+	stillOpen(t, "the connection receiving a head", c, br)
+	rest := "\r\n"
+	if declined {
+		if _, err := io.WriteString(c, "X-O: caf\xe9"); err != nil {
+			t.Fatal(err)
+		}
+		stillOpen(t, "the connection whose head went to net/http", c, br)
+		rest = "\r\n\r\n"
+	}
+	switch end {
+	case "completed":
+		if _, err := io.WriteString(c, rest); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("no response: %v", err)
+		}
+		b, err := io.ReadAll(res.Body)
+		if res.StatusCode != http.StatusOK || string(b) != "ok" || err != nil || !res.Close {
+			t.Errorf("response %d %q %v, close %v; want 200 \"ok\" saying Connection: close", res.StatusCode, b, err, res.Close)
+		}
+		expectEOF(t, br)
+	case "header timeout":
+		if b, err := io.ReadAll(br); len(b) > 0 || err != nil {
+			t.Errorf("read %q %v; want the close without a response", b, err)
+		}
+		recordedHT(t, f)
+	case "drain end":
+		stillOpen(t, "the connection receiving a head", c, br)
+		cancel()
+		closedSoon(t, "the connection at the drain's end", c, br)
+		if err := <-shut; err == nil {
+			t.Error("Shutdown returned nil; want the drain's end")
+		}
+		return
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("Shutdown: %v; want the drain done before its period", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown still waits after the connection closed")
+	}
+}
+
+// recordedHT asserts that a request was recorded with flag HT and status
+// 0, past the records of the requests served before it.
+func recordedHT(t *testing.T, f *front) {
+	t.Helper()
+	for {
+		select {
+		case i := <-f.infos:
+			if i.Flags&RequestHeaderTimeout == 0 {
+				continue
+			}
+			if i.Flags != RequestHeaderTimeout || i.Status != 0 {
+				t.Errorf("record %+v; want flag HT alone, status 0", i)
+			}
+			return
+		case <-time.After(10 * time.Second):
+			t.Error("no record with flag HT")
+			return
 		}
 	}
 }

@@ -304,7 +304,7 @@ func (fc *fastConn) readHead() (int, error) {
 		err := fc.fill()
 		fc.idle.Store(false)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && (buffered || fc.heads == 0) && !fc.closing.Load() {
+			if errors.Is(err, os.ErrDeadlineExceeded) && (buffered || fc.heads == 0) && fc.headExpired(headStart) {
 				held := 0
 				if fc.in != nil {
 					held = fc.w - fc.r
@@ -315,6 +315,13 @@ func (fc *fastConn) readHead() (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// headExpired tells a head cut at HeaderTimeout from Shutdown's deadline
+// for a connection it found idle: the drain does not cut a head being
+// received, which is recorded HT on every path when its deadline comes.
+func (fc *fastConn) headExpired(headStart time.Time) bool {
+	return !fc.closing.Load() || !time.Now().Before(headStart.Add(fc.p.o.HeaderTimeout))
 }
 
 // fill reads what the socket holds into in[w:], taking a buffer from the
