@@ -105,7 +105,13 @@ type fastConn struct {
 	// response. cur is the upstream connection of the request in flight.
 	idle, closing atomic.Bool
 	cur           atomic.Pointer[upLink]
-	gone          atomic.Bool // watchClient saw the client reset
+	// heading: a head spans reads (headReceiving), and the drain counts
+	// it in flight (headCounted, in p.receiving) until the fast path takes
+	// it or hands it to net/http, which waits for it. partial: heading was
+	// set (goroutine only), so that a head read whole touches no atomic.
+	heading atomic.Int32
+	partial bool
+	gone    atomic.Bool // watchClient saw the client reset
 
 	x      *request  // the request in flight, from fastPools.requests
 	idleAt time.Time // when a loop gave the connection back idle: the start of its idle timeout
@@ -137,6 +143,39 @@ func (fc *fastConn) abort() {
 	fc.c.Close()
 	if l := fc.cur.Swap(nil); l != nil {
 		l.conn.Close()
+	}
+}
+
+// fastConn.heading's states.
+const (
+	headNone int32 = iota
+	headReceiving
+	headCounted
+)
+
+// receivingHead notes a head whose end has not arrived, before the wait
+// for more of it.
+func (fc *fastConn) receivingHead() {
+	if !fc.partial {
+		fc.partial = true
+		fc.heading.Store(headReceiving)
+	}
+}
+
+// passHeading ends heading as the head is handed over, and reports whether
+// the drain counted it: the count goes to net/http's connection.
+func (fc *fastConn) passHeading() (counted bool) {
+	if !fc.partial {
+		return false
+	}
+	fc.partial = false
+	return fc.heading.Swap(headNone) == headCounted
+}
+
+// endHeading ends heading once the head is taken or the connection ends.
+func (fc *fastConn) endHeading() {
+	if fc.passHeading() {
+		fc.p.receiving.Add(-1)
 	}
 }
 
@@ -207,6 +246,7 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 	for {
 		end, err := fc.readHead()
 		if err != nil {
+			fc.endHeading()
 			fc.readFailed(err)
 			return nil, false
 		}
@@ -219,6 +259,7 @@ func (p *Proxy) serveFast(fc *fastConn) (rest []byte, handOver bool) {
 			fc.dropRequest()
 			return fc.handOver(), true
 		}
+		fc.endHeading()
 		fc.heads++
 		if fc.ol.skip > 0 {
 			fc.ol.skip--
@@ -300,6 +341,8 @@ func (fc *fastConn) readHead() (int, error) {
 			if fc.closing.Load() {
 				return 0, net.ErrClosed
 			}
+		} else {
+			fc.receivingHead()
 		}
 		err := fc.fill()
 		fc.idle.Store(false)

@@ -185,6 +185,7 @@ func (x *exchange) gotConnection(ci httptrace.GotConnInfo) {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dc := r.Context().Value(connKey{}).(*downConn)
+	dc.headTaken()
 	x := &exchange{dc: dc, p: p, rec: recorder{ResponseWriter: w, http10: !r.ProtoAtLeast(1, 1)}}
 	if r.ProtoMajor == 1 {
 		x.rec.draining = &p.draining

@@ -187,12 +187,17 @@ type Proxy struct {
 	// like from inside (DC, UC).
 	cut atomic.Bool
 	// draining: Shutdown began. receiving counts the net/http path's
-	// connections whose guard waits for the rest of a head (a request in
-	// flight, as on the fast path): net/http's own Shutdown, which would
+	// connections whose guard waits for the rest of a head, or that
+	// net/http has not read yet (a request in flight, as on the fast
+	// path), and, once the drain began, the fast path's receiving a head
+	// (which they may hand over): net/http's own Shutdown, which would
 	// close them as idle and drop any request read after it began, waits
 	// until there are none.
 	draining  atomic.Bool
 	receiving atomic.Int32
+	// httpShut (p.mu): awaitHeads is done; net/http's Shutdown may have
+	// begun, and takes no connection the fast path would hand over.
+	httpShut bool
 
 	hooks testHooks
 }
@@ -338,18 +343,28 @@ func (p *Proxy) ServeConn(c net.Conn, client, origDst netip.AddrPort, pre upstre
 		}
 	}
 	if tc, ok := c.(*net.TCPConn); ok && dialErr == nil && !p.o.DisableFastPath {
-		rest, handOver, served, headBy := p.serveConnFast(tc, pre.ConnID, client, origDst, first)
+		h, handOver := p.serveConnFast(tc, pre.ConnID, client, origDst, first)
 		if !handOver {
 			return true
 		}
-		if len(rest) > 0 {
-			c = &replayConn{TCPConn: tc, pending: rest}
+		if len(h.rest) > 0 {
+			c = &replayConn{TCPConn: tc, pending: h.rest}
 		}
-		p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, served, headBy)
+		p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, &h)
 		return true
 	}
-	p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, false, time.Time{})
+	p.serveConnNetHTTP(c, pre.ConnID, client, origDst, first, dialErr, nil)
 	return true
+}
+
+// handedOver is what the fast path hands to net/http with a connection.
+type handedOver struct {
+	rest   []byte    // the client bytes it read: the start of the next request
+	served bool      // it served requests before: the next bytes are not the connection's first
+	headBy time.Time // when the head it began to read must be complete (zero: none)
+	// counted: the drain counts the head being received in p.receiving;
+	// the count goes to the net/http connection.
+	counted bool
 }
 
 // isClosed reports whether Shutdown or Close began.
@@ -362,11 +377,11 @@ func (p *Proxy) isClosed() bool {
 // serveConnNetHTTP serves c on the net/http path until it is done. A
 // function of its own so that ServeConn's frame, beneath every fast-path
 // request of the connection, stays small. client and origDst are unmapped.
-// midStream says that the fast path served requests on c before: its next
-// bytes are not the connection's first, which alone may be the h2c preface.
-// headBy, when set, is when the head the fast path began to read must be
-// complete: net/http's header timeout would start anew.
-func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.AddrPort, first *firstStart, dialErr error, midStream bool, headBy time.Time) {
+// h, when the fast path handed c over, says whether it served requests on
+// c before (its next bytes are not the connection's first, which alone
+// may be the h2c preface) and when the head it began to read must be
+// complete (net/http's header timeout would start anew).
+func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.AddrPort, first *firstStart, dialErr error, h *handedOver) {
 	dc := &downConn{Conn: c, id: id, client: client, origDst: origDst, done: make(chan struct{}),
 		clientIP: client.Addr().String(),
 		g:        newGuard(&p.guardBufs, p.o.MaxRequestHeaderBytes, p.o.MaxRequestHeaders, p.hdr),
@@ -378,33 +393,66 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.Ad
 	dc.g.laterHead = dc.laterHead
 	dc.g.onHead = dc.receiving
 	_, replay := c.(*replayConn)
+	midStream := h != nil && h.served
 	dc.begun.Store(replay || midStream)
 	dc.g.midStream = midStream
-	if !headBy.IsZero() {
-		dc.headBy.Store(headBy.UnixNano())
+	if h != nil && !h.headBy.IsZero() {
+		dc.headBy.Store(h.headBy.UnixNano())
 	}
 	dc.sw.conn, dc.sw.idle.timeout = c, p.o.StreamIdleTimeout
 	dc.bodyIdle.timeout = p.o.StreamIdleTimeout
-	if !p.track(dc) {
+	tracked := false
+	if h != nil {
+		tracked = p.adopt(dc, h.counted)
+	} else {
+		tracked = p.track(dc)
+	}
+	if !tracked {
 		c.Close()
 		return
 	}
 	defer p.untrack(dc)
 	if !p.ln.hand(dc) {
+		dc.headTaken()
 		dc.Close()
 		return
 	}
 	<-dc.done
+	dc.headTaken() // in case net/http never told
+}
+
+// adopt tracks dc, a connection the fast path hands over, as track does;
+// during the drain too, as long as net/http's Shutdown has not begun
+// (p.httpShut): its request began before, and the drain counts it in
+// receiving (the fast path's count goes with it, or one is taken now)
+// until net/http has read its head, which it would drop once its
+// Shutdown began.
+func (p *Proxy) adopt(dc *downConn, counted bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed && (p.cut.Load() || p.httpShut) {
+		if counted {
+			p.receiving.Add(-1)
+		}
+		return false
+	}
+	p.live[dc] = struct{}{}
+	p.wg.Add(1)
+	if p.closed && !counted {
+		p.receiving.Add(1)
+		counted = true
+	}
+	dc.heading.Store(counted)
+	return true
 }
 
 // serveConnFast serves c on the fast path until it closes (then it closes
 // c) or hands it over to net/http with the bytes it read of the next
-// request; served says whether it served a request before, headBy when
-// the head it hands over unfinished must be complete (zero: none).
-func (p *Proxy) serveConnFast(c *net.TCPConn, id uint64, client, origDst netip.AddrPort, first *firstStart) (rest []byte, handOver, served bool, headBy time.Time) {
+// request (h).
+func (p *Proxy) serveConnFast(c *net.TCPConn, id uint64, client, origDst netip.AddrPort, first *firstStart) (h handedOver, handOver bool) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return nil, true, false, time.Time{}
+		return h, true
 	}
 	fc := &fastConn{p: p, c: c, rc: rc, id: id, client: client, origDst: origDst, clientIP: client.Addr().String(),
 		key: p.hostKey(client, origDst), start: time.Now(), first: first}
@@ -414,14 +462,16 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, id uint64, client, origDst netip.A
 	fc.readFn = fc.readSome
 	if !p.trackFast(fc) {
 		c.Close()
-		return nil, false, false, time.Time{}
+		return h, false
 	}
 	defer p.untrackFast(fc)
-	rest, handOver = p.serveFast(fc)
+	h.rest, handOver = p.serveFast(fc)
 	if !handOver {
 		fc.closeLingering()
+		return h, false
 	}
-	return rest, handOver, fc.heads > 0, fc.headBy
+	h.served, h.headBy, h.counted = fc.heads > 0, fc.headBy, fc.passHeading()
+	return h, true
 }
 
 // replayConn reads pending before the connection: the bytes of a request
@@ -454,6 +504,9 @@ func (p *Proxy) closeIdle() {
 		if fc.idle.Load() {
 			fc.c.SetReadDeadline(time.Unix(1, 0))
 		}
+		if fc.heading.CompareAndSwap(headReceiving, headCounted) {
+			p.receiving.Add(1) // a request in flight, which it may hand to net/http
+		}
 		fc.ol.wake() // a loop serving it hands it back when idle
 	}
 	// net/http closes a connection that has not sent its first request
@@ -465,20 +518,30 @@ func (p *Proxy) closeIdle() {
 	}
 }
 
-// awaitHeads waits until no net/http-path connection is receiving a head
-// (they complete, or fail at HeaderTimeout) or ctx ends. Meanwhile the
-// answers say Connection: close (recorder) and a connection that turns
-// idle is closed (connState).
+// awaitHeads waits until no connection is receiving a head that
+// net/http is to read (on its path, or one the fast path may hand over:
+// they complete, or fail at HeaderTimeout) or ctx ends; then it sets
+// httpShut, after which the fast path hands no connection over. Meanwhile
+// the answers say Connection: close (recorder) and a connection that
+// turns idle is closed (connState).
 func (p *Proxy) awaitHeads(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for p.receiving.Load() > 0 {
+	for !p.noHeads(ctx) {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return
 		}
 	}
+}
+
+// noHeads reports, and notes in httpShut, that no head is being received
+// or that ctx ended.
+func (p *Proxy) noHeads(ctx context.Context) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.httpShut = p.receiving.Load() == 0 || ctx.Err() != nil
+	return p.httpShut
 }
 
 // connState notes which net/http-path connections wait for a request,
@@ -491,8 +554,11 @@ func (p *Proxy) connState(c net.Conn, st http.ConnState) {
 		return
 	}
 	dc.idle.Store(st == http.StateIdle)
-	if st == http.StateIdle && p.draining.Load() && dc.g.w == dc.g.r {
+	switch {
+	case st == http.StateIdle && p.draining.Load() && dc.g.w == dc.g.r:
 		dc.Close()
+	case st == http.StateClosed || st == http.StateHijacked:
+		dc.headTaken()
 	}
 }
 

@@ -52,8 +52,9 @@ type downConn struct {
 	headBy atomic.Int64
 
 	// idle: net/http waits for the next request (StateIdle). heading: the
-	// guard waits for the rest of a head (receiving), until its read
-	// returns; closeIdle reads it from the drain's goroutine.
+	// guard waits for the rest of a head (receiving), or the fast path
+	// handed one over during the drain, until net/http has read it
+	// (headTaken); closeIdle reads it from the drain's goroutine.
 	idle    atomic.Bool
 	heading atomic.Bool
 
@@ -71,9 +72,6 @@ func (c *downConn) Read(p []byte) (int, error) {
 			c.endBodyIdle()
 		}
 		n, err = c.g.read(c.Conn, p)
-	}
-	if c.heading.Load() && c.heading.CompareAndSwap(true, false) {
-		c.p.receiving.Add(-1)
 	}
 	if n > 0 && !c.begun.Load() {
 		c.begun.Store(true)
@@ -94,11 +92,20 @@ func (c *downConn) Read(p []byte) (int, error) {
 // part of, with every request before it answered: to net/http the
 // connection is idle (or, the first head, not begun), but the drain
 // counts the request in flight, as the fast path does (Proxy.Shutdown).
-// Called by the guard on the reading goroutine; Read clears it when the
-// guard's read returns.
+// Called by the guard on the reading goroutine.
 func (c *downConn) receiving() {
 	if c.heading.CompareAndSwap(false, true) {
 		c.p.receiving.Add(1)
+	}
+}
+
+// headTaken ends the count receiving began: the request reached the
+// handler (net/http's Shutdown, were it to begin now, no longer drops it)
+// or the connection closed. Not when the guard's read returns: net/http,
+// still parsing the head, would drop it if its Shutdown began then.
+func (c *downConn) headTaken() {
+	if c.heading.Load() && c.heading.CompareAndSwap(true, false) {
+		c.p.receiving.Add(-1)
 	}
 }
 
