@@ -438,3 +438,73 @@ func recordedHT(t *testing.T, f *front) {
 		}
 	}
 }
+
+// TestDrainH2CGoAway checks that an h2c (prior-knowledge HTTP/2)
+// connection gets its GOAWAY when the drain begins, as net/http's
+// Shutdown sends it, while another connection still receives an HTTP/1
+// head (net/http's Shutdown waits for it), and that its stream in flight
+// finishes. The GOAWAY came only once no head was being received: at
+// HeaderTimeout, here two minutes.
+func TestDrainH2CGoAway(t *testing.T) {
+	for _, way := range []struct {
+		name string
+		o    Options
+	}{{"fast path first", Options{}}, {"net/http", Options{DisableFastPath: true}}} {
+		t.Run(way.name, func(t *testing.T) {
+			t.Parallel()
+			got, release := make(chan struct{}, 1), make(chan struct{})
+			var releaseOnce sync.Once
+			free := func() { releaseOnce.Do(func() { close(release) }) }
+			up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got <- struct{}{}
+				<-release
+				io.WriteString(w, "done")
+			}))
+			t.Cleanup(free) // before the upstream's Close, which waits for the handler
+			o := way.o
+			o.HeaderTimeout, o.RouteTimeout = 2*time.Minute, 5*time.Minute
+			f := newFront(t, o, up.addrPort())
+			h1, h1r := f.raw(t)
+			if _, err := io.WriteString(h1, "GET /small HTTP/1.1\r\nHost: a\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			h2 := newH2CClient(t, f)
+			h2.get(t, 1, "/slow")
+			select {
+			case <-got:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the h2c request did not reach the upstream")
+			}
+			if o.DisableFastPath {
+				eventually(t, "the guard holding the head", func() bool { return f.p.receiving.Load() == 1 })
+			} else {
+				time.Sleep(300 * time.Millisecond) // the fast path reads the head
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			shut := make(chan error, 1)
+			go func() { shut <- f.p.Shutdown(ctx) }()
+			if last, ok := h2.awaitGoAway(t); !ok || last < 1 {
+				cancel() // the drain's end, for the cleanup
+				t.Fatalf("GOAWAY %v, last stream %d; want one at once, the stream in flight below its last", ok, last)
+			}
+			stillOpen(t, "the connection receiving an HTTP/1 head", h1, h1r)
+			free()
+			if status, body := h2.response(t, 1); status != "200" || body != "done" {
+				t.Errorf("h2c response %s %q; want 200 \"done\"", status, body)
+			}
+			io.WriteString(h1, "\r\n")
+			if res, body := readResponse(t, h1r, "GET"); res.StatusCode != http.StatusOK || !res.Close {
+				t.Errorf("HTTP/1 response %d %q close %v; want 200 with Connection: close", res.StatusCode, body, res.Close)
+			}
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Errorf("Shutdown: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("Shutdown still waits")
+			}
+		})
+	}
+}

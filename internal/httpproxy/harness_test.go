@@ -59,7 +59,7 @@ func newHookedFront(t testing.TB, o Options, dst netip.AddrPort, hooks testHooks
 		// enables (debug logging stays off, as in production). Set
 		// before any connection is served.
 		el := slog.NewLogLogger(h, slog.LevelInfo)
-		p.srv.ErrorLog, p.rp.ErrorLog = el, el
+		p.srv.ErrorLog, p.h2c.ErrorLog, p.rp.ErrorLog = el, el, el
 	}
 	p.hooks = hooks
 	f.p = p

@@ -29,6 +29,7 @@ package httpproxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -164,14 +165,20 @@ type Options struct {
 
 // Proxy is an L7 forwarder. It is safe for concurrent use.
 type Proxy struct {
-	o      Options
-	log    *slog.Logger
-	hdr    string // canonical OriginalDstHeader
-	srv    *http.Server
-	ln     *chanListener
-	rp     *httputil.ReverseProxy
-	hosts  *cluster
-	served chan struct{} // closed when srv.Serve returns
+	o   Options
+	log *slog.Logger
+	hdr string // canonical OriginalDstHeader
+	srv *http.Server
+	ln  *chanListener
+	// h2c serves the h2c connections srv recognises (serveH2C), so that
+	// the drain sends their GOAWAY at once, while srv's Shutdown waits
+	// for HTTP/1 heads (awaitHeads).
+	h2c       *http.Server
+	h2ln      *chanListener
+	h2cServed chan struct{} // closed when h2c.Serve returns
+	rp        *httputil.ReverseProxy
+	hosts     *cluster
+	served    chan struct{} // closed when srv.Serve returns
 
 	guardBufs sync.Pool // *[guardReadSize]byte: guards' buffers for heads split across reads
 	pools     fastPools
@@ -247,13 +254,15 @@ func New(o Options) (*Proxy, error) {
 	}
 
 	p := &Proxy{
-		o:      o,
-		log:    o.Logger,
-		hdr:    http.CanonicalHeaderKey(o.OriginalDstHeader),
-		ln:     newChanListener(),
-		served: make(chan struct{}),
-		live:   make(map[*downConn]struct{}),
-		fast:   make(map[*fastConn]struct{}),
+		o:         o,
+		log:       o.Logger,
+		hdr:       http.CanonicalHeaderKey(o.OriginalDstHeader),
+		ln:        newChanListener(),
+		served:    make(chan struct{}),
+		h2ln:      newChanListener(),
+		h2cServed: make(chan struct{}),
+		live:      make(map[*downConn]struct{}),
+		fast:      make(map[*fastConn]struct{}),
 	}
 	p.hosts = newCluster(p)
 	p.pools.init()
@@ -286,12 +295,73 @@ func New(o Options) (*Proxy, error) {
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c.(*downConn))
 		},
+		// An "h2" entry keeps net/http from configuring its HTTP/2
+		// server on srv, which would replace serveH2C; srv takes no TLS.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){
+			"h2":                p.serveH2C,
+			"unencrypted_http2": p.serveH2C,
+		},
+	}
+	var h2cOnly http.Protocols
+	h2cOnly.SetUnencryptedHTTP2(true)
+	p.h2c = &http.Server{
+		Handler:                      p,
+		DisableGeneralOptionsHandler: true, // as srv's
+		ReadHeaderTimeout:            o.HeaderTimeout,
+		IdleTimeout:                  o.IdleTimeout,
+		MaxHeaderBytes:               o.MaxRequestHeaderBytes,
+		Protocols:                    &h2cOnly,
+		ErrorLog:                     errLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*h2cConn).downConn)
+		},
 	}
 	go func() {
 		defer close(p.served)
 		p.srv.Serve(p.ln)
 	}()
+	go func() {
+		defer close(p.h2cServed)
+		p.h2c.Serve(p.h2ln)
+	}()
 	return p, nil
+}
+
+// h2cPreface is what a prior-knowledge HTTP/2 client sends first (RFC
+// 9113, 3.4); net/http's HTTP/1 server reads it to tell h2c.
+const h2cPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// serveH2C takes an h2c connection from srv, which read its preface, to
+// p.h2c, and returns (srv then closes it) when it is done. p.h2c is a
+// server of its own so that the drain can send the GOAWAY of every h2c
+// connection when it begins, as net/http's Shutdown would, while srv's
+// Shutdown waits for the HTTP/1 heads being received.
+func (p *Proxy) serveH2C(_ *http.Server, tc *tls.Conn, _ http.Handler) {
+	nc, ok := tc.NetConn().(interface{ UnencryptedNetConn() net.Conn })
+	if !ok {
+		return // TLS: none comes here
+	}
+	dc, ok := nc.UnencryptedNetConn().(*downConn)
+	if !ok || !p.h2ln.hand(&h2cConn{downConn: dc, preface: h2cPreface}) {
+		return // the drain began: GOAWAYs were sent; this one is closed
+	}
+	<-dc.done
+}
+
+// h2cConn is an h2c connection for p.h2c, which reads the preface srv
+// read again.
+type h2cConn struct {
+	*downConn
+	preface string
+}
+
+func (c *h2cConn) Read(b []byte) (int, error) {
+	if len(c.preface) > 0 {
+		n := copy(b, c.preface)
+		c.preface = c.preface[n:]
+		return n, nil
+	}
+	return c.downConn.Read(b)
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -613,9 +683,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 	p.hosts.drain()
 	p.closeIdle()
+	h2cDone := make(chan error, 1)
+	go func() { h2cDone <- p.h2c.Shutdown(ctx) }() // GOAWAY now
 	p.awaitHeads(ctx)
 	err := p.srv.Shutdown(ctx)
 	<-p.served
+	if h2cErr := <-h2cDone; err == nil {
+		err = h2cErr
+	}
+	<-p.h2cServed
 	// Shutdown does not wait for hijacked (upgraded) connections.
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -638,6 +714,10 @@ func (p *Proxy) Close() error {
 	p.closeLive()
 	err := p.srv.Close()
 	<-p.served
+	if h2cErr := p.h2c.Close(); err == nil {
+		err = h2cErr
+	}
+	<-p.h2cServed
 	p.closeLive()
 	p.wg.Wait()
 	p.hosts.close()
