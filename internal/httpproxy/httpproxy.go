@@ -342,7 +342,7 @@ func (p *Proxy) serveH2C(_ *http.Server, tc *tls.Conn, _ http.Handler) {
 		return // TLS: none comes here
 	}
 	dc, ok := nc.UnencryptedNetConn().(*downConn)
-	if !ok || !p.h2ln.hand(&h2cConn{downConn: dc, preface: h2cPreface}) {
+	if !ok || !p.h2ln.hand(&h2cConn{downConn: dc, preface: replayed(h2cPreface)}) {
 		return // the drain began: GOAWAYs were sent; this one is closed
 	}
 	<-dc.done
@@ -352,16 +352,28 @@ func (p *Proxy) serveH2C(_ *http.Server, tc *tls.Conn, _ http.Handler) {
 // read again.
 type h2cConn struct {
 	*downConn
-	preface string
+	preface replayed
 }
 
 func (c *h2cConn) Read(b []byte) (int, error) {
-	if len(c.preface) > 0 {
-		n := copy(b, c.preface)
-		c.preface = c.preface[n:]
+	if n, ok := c.preface.read(b); ok {
 		return n, nil
 	}
 	return c.downConn.Read(b)
+}
+
+// replayed is bytes already read from a connection that its next reader
+// gets first.
+type replayed []byte
+
+// read copies the next of them into b; false once none is left.
+func (r *replayed) read(b []byte) (int, bool) {
+	if len(*r) == 0 {
+		return 0, false
+	}
+	n := copy(b, *r)
+	*r = (*r)[n:]
+	return n, true
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -548,13 +560,11 @@ func (p *Proxy) serveConnFast(c *net.TCPConn, id uint64, client, origDst netip.A
 // the fast path read and handed over.
 type replayConn struct {
 	*net.TCPConn
-	pending []byte
+	pending replayed
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(b, c.pending)
-		c.pending = c.pending[n:]
+	if n, ok := c.pending.read(b); ok {
 		return n, nil
 	}
 	return c.TCPConn.Read(b)
