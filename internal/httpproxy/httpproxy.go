@@ -500,7 +500,7 @@ func (p *Proxy) serveConnNetHTTP(c net.Conn, id uint64, client, origDst netip.Ad
 		return
 	}
 	<-dc.done
-	dc.headTaken() // in case net/http never told
+	dc.headTaken() // closed before a request reached the handler
 }
 
 // adopt tracks dc, a connection the fast path hands over, as track does;
@@ -634,11 +634,8 @@ func (p *Proxy) connState(c net.Conn, st http.ConnState) {
 		return
 	}
 	dc.idle.Store(st == http.StateIdle)
-	switch {
-	case st == http.StateIdle && p.draining.Load() && dc.g.w == dc.g.r:
+	if st == http.StateIdle && p.draining.Load() && dc.g.w == dc.g.r {
 		dc.Close()
-	case st == http.StateClosed || st == http.StateHijacked:
-		dc.headTaken()
 	}
 }
 
