@@ -409,8 +409,10 @@ func readProc(pid int) procStat {
 // included). On a machine the load generator, the proxy and the server
 // share, a proxy that costs the same per request but leaves the CPUs idle
 // more often (its wake-ups come late) serves fewer requests: the two
-// figures tell those apart.
-type machineCPU struct{ busy, idle int64 }
+// figures tell those apart. steal (part of busy) is the time the
+// hypervisor ran something else while the VM wanted its CPUs: a round
+// with much of it measured the neighbours as well as the proxy.
+type machineCPU struct{ busy, idle, steal int64 }
 
 func readMachineCPU() (machineCPU, error) {
 	b, err := os.ReadFile("/proc/stat")
@@ -438,12 +440,12 @@ func parseMachineCPU(b []byte) (machineCPU, error) {
 		v[i] = n
 	}
 	idle := v[3] + v[4]
-	return machineCPU{busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], idle: idle}, nil
+	return machineCPU{busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], idle: idle, steal: v[7]}, nil
 }
 
 // since is the time spent between start and m.
 func (m machineCPU) since(start machineCPU) machineCPU {
-	return machineCPU{busy: m.busy - start.busy, idle: m.idle - start.idle}
+	return machineCPU{busy: m.busy - start.busy, idle: m.idle - start.idle, steal: m.steal - start.steal}
 }
 
 // readRSS returns VmRSS from /proc/PID/status in bytes (0 if unknown).

@@ -53,6 +53,8 @@ type options struct {
 	fromJSON     string
 	quietWait    time.Duration
 	quietMax     float64
+	maxSteal     float64
+	stealRetries int
 }
 
 func main() {
@@ -97,6 +99,8 @@ func benchMain(args []string) int {
 	fs.BoolVar(&o.syscalls, "syscalls", false, "count the proxy's system calls (and those that returned EAGAIN) per request with perf during keepalive and close; slows every config a little")
 	fs.DurationVar(&o.quietWait, "quiet-wait", 30*time.Second, "before each workload, wait up to this long for processes outside the lab to use less than -quiet-cpu (0: don't wait)")
 	fs.Float64Var(&o.quietMax, "quiet-cpu", 0.25, "CPU (in CPUs) that processes outside the lab may use for a workload to start without waiting")
+	fs.Float64Var(&o.maxSteal, "max-steal", 5, "measure a workload again (fresh lab, fresh proxy) when the hypervisor took more than this percentage of the CPUs' time during it (steal in /proc/stat); 0: never")
+	fs.IntVar(&o.stealRetries, "steal-retries", 2, "how many times one measurement is taken again for -max-steal; the last one is kept whatever its steal")
 	fs.StringVar(&o.fromJSON, "from-json", "", "measure nothing: print the report (and -markdown) of a run saved with -json")
 	fs.StringVar(&o.id, "id", "", "lab id: namespaces are dt-ID-cli/rtr/srv (default bench<pid>)")
 	if err := fs.Parse(args); err != nil {

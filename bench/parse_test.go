@@ -80,7 +80,7 @@ func TestParseMachineCPU(t *testing.T) {
 		want     machineCPU
 		wantErr  bool
 	}{
-		{"kernel 6 line", "cpu  100 2 30 400 5 6 7 8 9 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n", machineCPU{busy: 100 + 2 + 30 + 6 + 7 + 8, idle: 405}, false},
+		{"kernel 6 line", "cpu  100 2 30 400 5 6 7 8 9 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n", machineCPU{busy: 100 + 2 + 30 + 6 + 7 + 8, idle: 405, steal: 8}, false},
 		{"no guest fields", "cpu 1 0 1 10 0 0 0 0\n", machineCPU{busy: 2, idle: 10}, false},
 		{"per-CPU line first", "cpu0 1 2 3 4 5 6 7 8\n", machineCPU{}, true},
 		{"too short", "cpu 1 2 3\n", machineCPU{}, true},
@@ -97,7 +97,7 @@ func TestParseMachineCPU(t *testing.T) {
 			}
 		})
 	}
-	if d := (machineCPU{busy: 50, idle: 70}).since(machineCPU{busy: 20, idle: 60}); d != (machineCPU{busy: 30, idle: 10}) {
+	if d := (machineCPU{busy: 50, idle: 70, steal: 9}).since(machineCPU{busy: 20, idle: 60, steal: 4}); d != (machineCPU{busy: 30, idle: 10, steal: 5}) {
 		t.Errorf("since: got %+v", d)
 	}
 	if m, err := readMachineCPU(); err != nil || m.busy+m.idle <= 0 {
@@ -484,5 +484,53 @@ func TestAcceptedBetween(t *testing.T) {
 	}
 	if got := acceptedBetween(acc0, acc1); got != made {
 		t.Errorf("acceptedBetween(%d, %d) = %d, want the %d connections made in between", acc0, acc1, got, made)
+	}
+}
+
+func TestTooMuchSteal(t *testing.T) {
+	sample := func(workload string, steal float64, failed string) Sample {
+		return Sample{Workload: workload, Error: failed, Metrics: map[string]float64{mStealCPU: steal}}
+	}
+	tests := []struct {
+		name string
+		s    Sample
+		max  float64
+		want bool
+	}{
+		{"over the limit", sample("keepalive", 12, ""), 5, true},
+		{"at the limit", sample("keepalive", 5, ""), 5, false},
+		{"under it", sample("iperf1", 1, ""), 5, false},
+		{"turned off", sample("close", 40, ""), 0, false},
+		{"a memory figure", sample("idle", 40, ""), 5, false},
+		{"a failed sample", sample("keepalive", 40, "wrk: exit 1"), 5, false},
+		{"no steal figure", Sample{Workload: "keepalive", Metrics: map[string]float64{}}, 5, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tooMuchSteal(tt.s, tt.max); got != tt.want {
+				t.Errorf("tooMuchSteal = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDisturbanceReportsSteal(t *testing.T) {
+	r := &Results{
+		Samples: []Sample{
+			{Metrics: map[string]float64{mForeign: 1, mStealCPU: 0}},
+			{Metrics: map[string]float64{mForeign: 3, mStealCPU: 2}},
+			{Metrics: map[string]float64{mForeign: 2, mStealCPU: 4}},
+		},
+		Remeasured: []Sample{{Metrics: map[string]float64{mStealCPU: 33}}},
+	}
+	d := r.disturbance()
+	for _, want := range []string{"median 2% of one CPU", "(max 3%)", "a median 2% of the CPUs' time", "max 4%", "1 measurement(s)"} {
+		if !strings.Contains(d, want) {
+			t.Errorf("disturbance() = %q, want it to contain %q", d, want)
+		}
+	}
+	r.Remeasured = nil
+	if d := r.disturbance(); strings.Contains(d, "taken again") {
+		t.Errorf("nothing remeasured, but disturbance() = %q", d)
 	}
 }

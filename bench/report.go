@@ -51,6 +51,7 @@ func rowSpecs(idle int) []rowSpec {
 		{"keepalive", mCPUPerReq, "same, proxy CPU per request (µs)", true},
 		{"keepalive", mBusyPerReq, "same, whole machine's CPU per request (µs)", true},
 		{"keepalive", mIdleCPU, "same, machine idle (% of both CPUs)", true},
+		{"keepalive", mStealCPU, "same, CPU time the hypervisor took (% of both CPUs)", true},
 		{"keepalive", mClientSegs, "same, TCP segments the client received per request", true},
 		{"keepalive", mServerSegs, "same, TCP segments the server received per request", true},
 		{"keepalive", mLoadSleeps, "same, wrk's sleeps per request", true},
@@ -64,14 +65,17 @@ func rowSpecs(idle int) []rowSpec {
 		{"close", mCPUPerReq, "same, proxy CPU per connection (µs)", true},
 		{"close", mBusyPerReq, "same, whole machine's CPU per connection (µs)", true},
 		{"close", mIdleCPU, "same, machine idle (% of both CPUs)", true},
+		{"close", mStealCPU, "same, CPU time the hypervisor took (% of both CPUs)", true},
 		{"close", mSyscalls, "same, proxy system calls per connection (-syscalls)", true},
 		{"close", mEagain, "same, of which returned EAGAIN", true},
 		{"iperf1", mGbps, "iperf3, 1 stream: Gbit/s", false},
 		{"iperf1", mBusyPerGB, "same, whole machine's CPU per GB moved (ms)", true},
 		{"iperf1", mIdleCPU, "same, machine idle (% of both CPUs)", true},
+		{"iperf1", mStealCPU, "same, CPU time the hypervisor took (% of both CPUs)", true},
 		{"iperf4", mGbps, "iperf3, 4 streams: Gbit/s", false},
 		{"iperf4", mBusyPerGB, "same, whole machine's CPU per GB moved (ms)", true},
 		{"iperf4", mIdleCPU, "same, machine idle (% of both CPUs)", true},
+		{"iperf4", mStealCPU, "same, CPU time the hypervisor took (% of both CPUs)", true},
 		{"iperf1", mRSSGrowth, "proxy RSS growth during iperf3 1 stream (MiB)", true},
 		{"idle", mIdleRSS, fmt.Sprintf("proxy RSS with %s idle client connections (MiB)", thousands(float64(idle))), true},
 		{"idle", mIdlePer, "same, per idle connection (KiB)", true},
@@ -343,7 +347,7 @@ func fmtMetric(metric string, v float64) string {
 	case mGbps:
 		return fmt.Sprintf("%.2f", v)
 	case mIdleRSS, mRSSGrowth, mRSSPeak, mRSSStart, mIdlePer, mIdle10k,
-		mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU, mBusyPerGB:
+		mCPUPerReq, mSyscalls, mEagain, mBusyPerReq, mIdleCPU, mStealCPU, mBusyPerGB:
 		return fmt.Sprintf("%.1f", v)
 	case mClientSegs, mServerSegs, mLoadSleeps, mSrvSleeps, mPrxSleeps:
 		return fmt.Sprintf("%.2f", v)
@@ -528,8 +532,23 @@ func (r *Results) disturbance() string {
 		return ""
 	}
 	sort.Float64s(v)
-	return fmt.Sprintf("Processes outside the lab used a median %.0f%% of one CPU during the samples (max %.0f%%); samples above 10%% carry a note in the JSON.",
+	d := fmt.Sprintf("Processes outside the lab used a median %.0f%% of one CPU during the samples (max %.0f%%); samples above 10%% carry a note in the JSON.",
 		median(v), v[len(v)-1])
+	var steal []float64
+	for _, s := range r.Samples {
+		if x, ok := s.Metrics[mStealCPU]; ok {
+			steal = append(steal, x)
+		}
+	}
+	if len(steal) > 0 {
+		sort.Float64s(steal)
+		d += fmt.Sprintf(" The hypervisor took a median %.0f%% of the CPUs' time during the samples (steal; max %.0f%%)", median(steal), steal[len(steal)-1])
+		if n := len(r.Remeasured); n > 0 {
+			d += fmt.Sprintf("; %d measurement(s) during which it took more were taken again (\"remeasured\" in the JSON)", n)
+		}
+		d += "."
+	}
+	return d
 }
 
 // report prints the tables, targets and failures to the terminal.

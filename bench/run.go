@@ -66,6 +66,9 @@ type Results struct {
 	Setup       Setup    `json:"setup"`
 	Probes      []Probe  `json:"probes"`
 	Samples     []Sample `json:"samples"`
+	// Remeasured are samples taken again because the hypervisor took more
+	// than -max-steal of the CPUs' time during them; not in the medians.
+	Remeasured []Sample `json:"remeasured,omitempty"`
 	// Medians[config][workload][metric] over the rounds' valid samples.
 	Medians  map[string]map[string]map[string]float64 `json:"medians"`
 	Rows     []Row                                    `json:"rows"`
@@ -199,16 +202,25 @@ func (b *bench) runConfig(ctx context.Context, res *Results, round int, spec con
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := b.runOne(ctx, res, round, spec, w); err != nil {
-			return err
+		for attempt := 0; ; attempt++ {
+			again, err := b.runOne(ctx, res, round, spec, w, attempt < b.o.stealRetries)
+			if err != nil {
+				return err
+			}
+			if !again {
+				break
+			}
 		}
 	}
 	return nil
 }
 
 // runOne builds the lab, starts the config, probes it, measures one
-// workload and tears everything down.
-func (b *bench) runOne(ctx context.Context, res *Results, round int, spec configSpec, w workloadSpec) (err error) {
+// workload and tears everything down. With mayRetry, a sample during which
+// the hypervisor took more than -max-steal of the CPUs' time goes to
+// res.Remeasured instead, and again says to measure it once more: on a
+// shared VM such a round measures the neighbours, not the proxy.
+func (b *bench) runOne(ctx context.Context, res *Results, round int, spec configSpec, w workloadSpec, mayRetry bool) (again bool, err error) {
 	fail := func(msg string) {
 		msg = fmt.Sprintf("round %d %s %s: %s", round, spec.Name, w.Name, msg)
 		res.Failures = append(res.Failures, msg)
@@ -216,15 +228,15 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 	}
 	down, err := b.labUp(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer func() { err = errors.Join(err, down()) }()
 	if err := b.checkNoRules(ctx); err != nil {
-		return fmt.Errorf("before %s: %w", spec.Name, err)
+		return false, fmt.Errorf("before %s: %w", spec.Name, err)
 	}
 	p, err := b.startConfig(ctx, spec, round)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", spec.Name, err)
+		return false, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	stopped := false
 	stop := func() error {
@@ -259,7 +271,7 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 	res.Probes = append(res.Probes, pr)
 	if pr.Error != "" {
 		fail("probe: " + pr.Error)
-		return nil
+		return false, nil
 	}
 	if spec.Protocol == "http" && !pr.L7 && !b.warnedL4 {
 		b.warnedL4 = true
@@ -268,25 +280,41 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 
 	s := b.measure(ctx, round, spec, w, p, want)
 	s.Checks = append([]string{"probe seen from " + seen.Peer.String()}, s.Checks...)
-	res.Samples = append(res.Samples, s)
-	if s.Error != "" {
+	if mayRetry && tooMuchSteal(s, b.o.maxSteal) {
+		again = true
+		s.Notes = append(s.Notes, fmt.Sprintf("measured again: the hypervisor took %.0f%% of the CPUs' time (-max-steal %g)", s.Metrics[mStealCPU], b.o.maxSteal))
+		res.Remeasured = append(res.Remeasured, s)
+		logf("  %-12s %-9s %s", spec.Name, w.Name, s.summary())
+	} else {
+		res.Samples = append(res.Samples, s)
+	}
+	switch {
+	case again:
+	case s.Error != "":
 		msg := s.Error
 		if len(s.Notes) > 0 {
 			msg += " (" + strings.Join(s.Notes, "; ") + ")"
 		}
 		fail(msg)
-	} else {
+	default:
 		logf("  %-12s %-9s %s", spec.Name, w.Name, s.summary())
 	}
 	if p != nil {
 		if st := readProc(p.Pid()); !st.Alive {
-			return fmt.Errorf("%s died during %s", spec.Name, w.Name)
+			return false, fmt.Errorf("%s died during %s", spec.Name, w.Name)
 		}
 	}
 	if err := stop(); err != nil {
 		fail("stop: " + err.Error())
 	}
-	return nil
+	return again, nil
+}
+
+// tooMuchSteal says whether the hypervisor took more than max percent of
+// the CPUs' time during s, a valid sample of a workload whose figure is a
+// rate (a resident size does not depend on it). max 0 turns it off.
+func tooMuchSteal(s Sample, max float64) bool {
+	return max > 0 && s.Error == "" && s.Workload != "idle" && s.Metrics[mStealCPU] > max
 }
 
 // waitQuiet waits, up to -quiet-wait, until processes outside the lab use
@@ -429,6 +457,7 @@ func (b *bench) measure(ctx context.Context, round int, spec configSpec, w workl
 		d := mc1.since(mc0)
 		if total := d.busy + d.idle; total > 0 {
 			s.Metrics[mIdleCPU] = 100 * float64(d.idle) / float64(total)
+			s.Metrics[mStealCPU] = 100 * float64(d.steal) / float64(total)
 		}
 		if served > 0 {
 			s.Metrics[mBusyPerReq] = float64(d.busy) / clkTck * 1e6 / served
@@ -501,6 +530,9 @@ func (s Sample) summary() string {
 	}
 	if v, ok := m[mCPU]; ok {
 		out += fmt.Sprintf("  [proxy cpu %.2fs, rss %.1f→%.1f MiB]", v, m[mRSSStart], m[mRSSPeak])
+	}
+	if v := m[mStealCPU]; v >= 1 {
+		out += fmt.Sprintf("  [steal %.0f%%]", v)
 	}
 	if len(s.Notes) > 0 {
 		out += "  (" + strings.Join(s.Notes, "; ") + ")"

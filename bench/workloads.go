@@ -69,6 +69,7 @@ const (
 	mServerConn = "server_conns"           // connections nginx accepted during the run
 	mForeign    = "other_cpu_pct"          // CPU of processes outside the lab, % of one CPU
 	mIdleCPU    = "machine_idle_pct"       // the machine's idle time, % of all its CPUs' time
+	mStealCPU   = "machine_steal_pct"      // time the hypervisor took from the VM's CPUs, % of all their time
 	mBusyPerReq = "machine_cpu_us_per_req" // the machine's busy CPU time (load, proxy, server, kernel) per request
 	mBusyPerGB  = "machine_cpu_ms_per_gb"  // iperf3: the machine's busy CPU time per GB moved
 	mClientSegs = "client_segs_per_req"    // TCP segments the client's namespace received per request
