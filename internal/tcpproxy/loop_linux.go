@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -50,6 +52,11 @@ type loop struct {
 	buf     [copyBufSize]byte // every read of a small burst lands here
 	serveFn func(uintptr) bool
 	yield   func() // rawsys.Yield; a test counts the calls
+	// linger is how long the loop, woken with events, then waits in the
+	// kernel for more before it parks (lingerWait; 0: never, as on a
+	// kernel without epoll_pwait2).
+	linger  time.Duration
+	lingers atomic.Uint64 // waits that epoll_pwait2 took; tests read it
 
 	parks atomic.Uint64 // times serve returned to Go's netpoller; tests read it
 
@@ -206,7 +213,7 @@ func (s *loopSet) start() error {
 		return nil
 	}
 	for range loopCount(s.want) {
-		l, err := newLoop(rawsys.Yield)
+		l, err := newLoop(rawsys.Yield, lingerWait)
 		if err != nil {
 			if len(s.loops) == 0 {
 				return err
@@ -219,8 +226,9 @@ func (s *loopSet) start() error {
 	return nil
 }
 
-// newLoop starts a loop whose thread calls yield before it parks.
-func newLoop(yield func()) (*loop, error) {
+// newLoop starts a loop whose thread lingers for more events once per
+// wake-up, and calls yield before it parks.
+func newLoop(yield func(), linger time.Duration) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -241,7 +249,7 @@ func newLoop(yield func()) (*loop, error) {
 		unix.Close(wakefd)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	l := &loop{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll"), yield: yield}
+	l := &loop{epfd: epfd, wakefd: wakefd, file: os.NewFile(uintptr(epfd), "epoll"), yield: yield, linger: linger}
 	l.rc, err = l.file.SyscallConn()
 	if err != nil {
 		l.file.Close()
@@ -271,20 +279,29 @@ func (l *loop) run() {
 // when the instance's ready list is empty: every later event then makes
 // epfd readable again, which Go's netpoller reports.
 //
-// After handling events, the loop's thread yields its CPU. The bytes it
-// just wrote woke their readers (the load generator, the server, another
-// proxy), and the kernel tends to queue a task that a socket write wakes
-// on the writer's CPU; the thread would otherwise keep that CPU while Go's
-// scheduler looks for other work, and the woken tasks wait behind it
-// while the other CPU idles (bench/RESULTS.md, 2026-12-05: machine idle
-// time 0.1–0.4 × with the yield, L4 keep-alive and new connections
-// 1.09–1.11 ×). The tasks that ran meanwhile often answered already, so
-// the loop polls once more before it parks: their events are handled at
-// once instead of after a round through Go's netpoller (keep-alive
-// 1.01–1.05 × in three A/B runs; at most one extra empty poll per wake-up
-// when nothing came).
+// Once per wake-up, after the first events, the loop lingers: it waits in
+// the kernel up to lingerWait for more. The bytes it just wrote woke
+// their readers (the load generator, the server), whose answers often
+// come within microseconds; taken in the same wake-up, they are handled
+// in batches, and the loop's own writes reach those readers in batches
+// too, so they sleep and wake less often (bench/RESULTS.md, session 24:
+// wrk's sleeps per request 0.48–0.71 ×, keep-alive 1.04–1.05 ×). The
+// wait is a Go system call, so the loop's processor is handed to other
+// goroutines if it lasts: made raw, it kept the processor, and goroutines
+// queued on it stalled for up to the 10 ms preemption (p99 12–66 ×).
+//
+// After that, the loop's thread yields its CPU before it parks. The
+// kernel tends to queue a task that a socket write wakes on the writer's
+// CPU; the thread would otherwise keep that CPU while Go's scheduler looks
+// for other work, and the woken tasks wait behind it while the other CPU
+// idles (bench/RESULTS.md, 2026-12-05: machine idle time 0.1–0.4 × with
+// the yield, L4 keep-alive and new connections 1.09–1.11 ×). The tasks
+// that ran meanwhile often answered already, so the loop polls once more
+// before it parks: their events are handled at once instead of after a
+// round through Go's netpoller (keep-alive 1.01–1.05 × in three A/B runs;
+// at most one extra empty poll per wake-up when nothing came).
 func (l *loop) serve(uintptr) bool {
-	repolled := false
+	repolled, lingered := false, false
 	for {
 		n, err := rawsys.EpollPoll(l.epfd, l.events[:])
 		if err == unix.EINTR {
@@ -298,6 +315,22 @@ func (l *loop) serve(uintptr) bool {
 		if n == len(l.events) || len(l.again) > 0 {
 			continue // more is pending
 		}
+		if n > 0 && !lingered && l.linger > 0 {
+			lingered = true
+			m, err := l.lingerForEvents()
+			switch {
+			case err == nil && m == 0:
+				l.parks.Add(1)
+				return false // the wait was the yield: nothing came
+			case err == nil:
+				l.dispatch(l.events[:m])
+				l.turn()
+				continue
+			case err == unix.ENOSYS: // Linux before 5.11
+				l.linger = 0
+			}
+			// EINTR (Go's preemption signal): on as without the wait.
+		}
 		if n > 0 {
 			l.yield()
 		}
@@ -307,6 +340,24 @@ func (l *loop) serve(uintptr) bool {
 		}
 		repolled = true
 	}
+}
+
+// lingerWait is how long a loop lingers for more events: about one
+// request's round trip through the server or client on the lab's
+// machine, well under the 10 ms of a scheduler tick.
+const lingerWait = 30 * time.Microsecond
+
+// lingerForEvents waits up to l.linger for events (epoll_pwait2, whose
+// timeout, unlike epoll_wait's, is finer than a millisecond). It is a Go
+// system call, not a rawsys one: it blocks.
+func (l *loop) lingerForEvents() (int, error) {
+	ts := unix.NsecToTimespec(l.linger.Nanoseconds())
+	n, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	l.lingers.Add(1)
+	return int(n), nil
 }
 
 // dispatch hands each event to its pair. Slots are resolved under mu in

@@ -61,7 +61,9 @@ func (p *pumpCounter) runTask(*loop, taskKind) {}
 func (p *pumpCounter) gone() bool              { return false }
 
 // yieldLoop is a test-made loop whose yields are counted (and may run a
-// hook), serving a pumpCounter on two socket pairs.
+// hook), serving a pumpCounter on two socket pairs. It does not linger,
+// as on a kernel without epoll_pwait2: the yield is then what it does
+// before it parks.
 type yieldLoop struct {
 	l       *loop
 	peers   [2]int // the test's ends of the loop's sockets
@@ -81,7 +83,7 @@ func newYieldLoop(t *testing.T) *yieldLoop {
 		if f := y.onYield.Swap(nil); f != nil {
 			(*f)()
 		}
-	})
+	}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +131,9 @@ func TestLoopYieldsBeforeParking(t *testing.T) {
 	if got := y.settle(t); got != before+1 {
 		t.Fatalf("%d yields after one more event, want %d", got, before+1)
 	}
+	if n := y.l.lingers.Load(); n != 0 {
+		t.Fatalf("a loop made not to linger lingered %d times", n)
+	}
 }
 
 // TestLoopPollsAgainAfterYield checks that events which arrive while the
@@ -146,6 +151,103 @@ func TestLoopPollsAgainAfterYield(t *testing.T) {
 	// the answer's edge too and wake the loop once more for nothing.
 	if second != first {
 		t.Fatalf("the loop parked %d times between a byte and the answer written during its yield, want 0", second-first)
+	}
+}
+
+// TestLoopLingersForAnswer checks that a loop woken with events waits in
+// the kernel for more before it parks, once per wake-up, and that the wait
+// takes the place of the yield: a byte that arrives meanwhile (as the
+// server's answer to what the loop just wrote would) is handled in the
+// same wake-up, and the loop then parks without yielding.
+func TestLoopLingersForAnswer(t *testing.T) {
+	m := &pumpCounter{pumps: make(chan uint64, 64)}
+	var yields atomic.Int32
+	// Far longer than the test takes to answer an event, far shorter than
+	// its deadlines.
+	const linger = time.Second
+	l, err := newLoop(func() { yields.Add(1) }, linger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, peers := socketPairs(t)
+	if err := l.register(&endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}); err != nil {
+		t.Fatal(err)
+	}
+	// The first events (both sockets writable), their linger, a park.
+	receive(t, m.pumps, "first events")
+	waitParks(t, l, 1)
+	time.Sleep(50 * time.Millisecond)
+	for len(m.pumps) > 0 {
+		<-m.pumps
+	}
+	lingers, yielded := l.lingers.Load(), yields.Load()
+
+	if _, err := unix.Write(peers[1], []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	// Counted at the events: Go's netpoller may wake the loop once more
+	// for an edge it already handled, a park with no events.
+	parks := receive(t, m.pumps, "event for the first byte")
+	if _, err := unix.Write(peers[0], []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, m.pumps, "event for the answer"); got != parks {
+		t.Fatalf("the loop parked %d times between a byte and its answer, want 0: it did not linger", got-parks)
+	}
+	waitParks(t, l, parks+1)
+	if n := l.lingers.Load() - lingers; n != 1 {
+		t.Errorf("the loop lingered %d times in one wake-up, want 1", n)
+	}
+	if n := yields.Load() - yielded; n != 0 {
+		t.Errorf("the loop yielded %d times after lingering, want 0", n)
+	}
+}
+
+// waitParks waits until l has parked at least n times.
+func waitParks(t *testing.T, l *loop, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for l.parks.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the loop parked %d times, want %d", l.parks.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestLoopsLinger checks that the process's loops linger on this kernel:
+// epoll_pwait2 exists and takes their timeout.
+func TestLoopsLinger(t *testing.T) {
+	client, server, done := harness(t, Options{})
+	go func() { // echo until EOF, then pass the half-close back
+		io.Copy(server, server)
+		server.CloseWrite()
+	}()
+	msg, reply := []byte("ping"), make([]byte, 4)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	roundTrips := func(n int) {
+		for range n {
+			if _, err := client.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(client, reply); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	roundTrips(1) // the loops have started
+	lingers := func() (n uint64) {
+		for _, l := range pairLoops.loops {
+			n += l.lingers.Load()
+		}
+		return n
+	}
+	before := lingers()
+	roundTrips(20)
+	client.Close()
+	waitResult(t, done)
+	if lingers() == before {
+		t.Error("no loop lingered for events during 20 round trips: epoll_pwait2 failed")
 	}
 }
 
