@@ -53,10 +53,11 @@ type loop struct {
 	serveFn func(uintptr) bool
 	yield   func() // rawsys.Yield; a test counts the calls
 	// linger is how long the loop, woken with events, then waits in the
-	// kernel for more before it parks (lingerWait; 0: never, as on a
-	// kernel without epoll_pwait2).
+	// kernel for more before it parks (lingerWait; 0: never, as after the
+	// kernel refused epoll_pwait2).
 	linger  time.Duration
 	lingers atomic.Uint64 // waits that epoll_pwait2 took; tests read it
+	refused atomic.Bool   // the kernel refused epoll_pwait2; tests read it
 
 	parks atomic.Uint64 // times serve returned to Go's netpoller; tests read it
 
@@ -285,10 +286,12 @@ func (l *loop) run() {
 // come within microseconds; taken in the same wake-up, they are handled
 // in batches, and the loop's own writes reach those readers in batches
 // too, so they sleep and wake less often (bench/RESULTS.md, session 24:
-// wrk's sleeps per request 0.48–0.71 ×, keep-alive 1.04–1.05 ×). The
-// wait is a Go system call, so the loop's processor is handed to other
-// goroutines if it lasts: made raw, it kept the processor, and goroutines
-// queued on it stalled for up to the 10 ms preemption (p99 12–66 ×).
+// wrk's sleeps per request 0.48–0.91 ×, keep-alive 1.02–1.09 × in three
+// A/B runs). The wait is a Go system call, so the loop's processor is
+// handed to other goroutines if it lasts: made raw, it kept the
+// processor, and goroutines queued on it stalled for up to the 10 ms
+// preemption (session 23: p99 12–66 ×). A kernel that refuses the call
+// leaves the loop to the yield alone.
 //
 // After that, the loop's thread yields its CPU before it parks. The
 // kernel tends to queue a task that a socket write wakes on the writer's
@@ -326,10 +329,13 @@ func (l *loop) serve(uintptr) bool {
 				l.dispatch(l.events[:m])
 				l.turn()
 				continue
-			case err == unix.ENOSYS: // Linux before 5.11
+			case err != unix.EINTR:
+				// ENOSYS before Linux 5.11, EPERM under a seccomp
+				// filter that does not know the call: never again.
 				l.linger = 0
+				l.refused.Store(true)
 			}
-			// EINTR (Go's preemption signal): on as without the wait.
+			// On as without the wait (after EINTR, this once).
 		}
 		if n > 0 {
 			l.yield()

@@ -16,9 +16,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/rawsys"
 )
 
@@ -200,6 +202,67 @@ func TestLoopLingersForAnswer(t *testing.T) {
 	}
 	if n := yields.Load() - yielded; n != 0 {
 		t.Errorf("the loop yielded %d times after lingering, want 0", n)
+	}
+}
+
+// TestLoopLingerRefused (in a process of its own: it installs a seccomp
+// filter) checks that loops whose epoll_pwait2 is refused, as a
+// container's seccomp profile that predates the call refuses it (EPERM;
+// ENOSYS on a kernel before 5.11), stop trying and serve on.
+func TestLoopLingerRefused(t *testing.T) {
+	if !fdtest.InOwnProcess(t) {
+		return
+	}
+	refuseSyscall(t, unix.SYS_EPOLL_PWAIT2, unix.EPERM)
+	client, server, done := harness(t, Options{})
+	go func() { // echo until EOF, then pass the half-close back
+		io.Copy(server, server)
+		server.CloseWrite()
+	}()
+	msg, reply := []byte("ping"), make([]byte, 4)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := range 20 {
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, reply); err != nil {
+			t.Fatalf("round trip %d: %v", i, err)
+		}
+	}
+	client.Close()
+	if r := waitResult(t, done); r.End != EndClosed {
+		t.Fatalf("end = %s, want closed", r.End)
+	}
+	refused := 0
+	for _, l := range pairLoops.loops {
+		if l.lingers.Load() != 0 {
+			t.Error("a wait succeeded under the filter")
+		}
+		if l.refused.Load() {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Error("no loop noted the refusal: they try on every wake-up")
+	}
+}
+
+// refuseSyscall makes every thread of the process fail system call nr
+// with errno, by a seccomp filter that stays for the life of the process.
+func refuseSyscall(t *testing.T, nr int, errno unix.Errno) {
+	t.Helper()
+	filter := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: uint32(nr), Jt: 0, Jf: 1},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(errno)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		t.Fatalf("PR_SET_NO_NEW_PRIVS: %v", err)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); e != 0 {
+		t.Fatalf("seccomp: %v", e)
 	}
 }
 
