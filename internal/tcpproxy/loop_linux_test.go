@@ -234,7 +234,7 @@ func TestLoopLingerRefused(t *testing.T) {
 		t.Fatalf("end = %s, want closed", r.End)
 	}
 	refused := 0
-	for _, l := range pairLoops.loops {
+	for _, l := range startedLoops() {
 		if l.lingers.Load() != 0 {
 			t.Error("a wait succeeded under the filter")
 		}
@@ -264,6 +264,15 @@ func refuseSyscall(t *testing.T, nr int, errno unix.Errno) {
 	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); e != 0 {
 		t.Fatalf("seccomp: %v", e)
 	}
+}
+
+// startedLoops returns the process's loops; reading started first orders
+// the read after start's writes.
+func startedLoops() []*loop {
+	if !pairLoops.started.Load() {
+		return nil
+	}
+	return pairLoops.loops
 }
 
 // waitParks waits until l has parked at least n times.
@@ -300,7 +309,7 @@ func TestLoopsLinger(t *testing.T) {
 	}
 	roundTrips(1) // the loops have started
 	lingers := func() (n uint64) {
-		for _, l := range pairLoops.loops {
+		for _, l := range startedLoops() {
 			n += l.lingers.Load()
 		}
 		return n
