@@ -171,13 +171,19 @@ func TestLoopLingersForAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The loop's first call finds nothing and parks. Awaited before the
+	// sockets come, that park cannot pass for the one after the first
+	// events' linger: when the loop goroutine ran first, the test went on
+	// while that linger still ran, and the byte written below ended it,
+	// in a wake-up that had already lingered, instead of waking the loop.
+	waitParks(t, l, 1)
 	fds, peers := socketPairs(t)
 	if err := l.register(&endpoint{fd: fds[0], m: m}, &endpoint{fd: fds[1], m: m}); err != nil {
 		t.Fatal(err)
 	}
 	// The first events (both sockets writable), their linger, a park.
 	receive(t, m.pumps, "first events")
-	waitParks(t, l, 1)
+	waitParks(t, l, 2)
 	time.Sleep(50 * time.Millisecond)
 	for len(m.pumps) > 0 {
 		<-m.pumps
