@@ -220,25 +220,9 @@ func TestLoopLingerRefused(t *testing.T) {
 		return
 	}
 	refuseSyscall(t, unix.SYS_EPOLL_PWAIT2, unix.EPERM)
-	client, server, done := harness(t, Options{})
-	go func() { // echo until EOF, then pass the half-close back
-		io.Copy(server, server)
-		server.CloseWrite()
-	}()
-	msg, reply := []byte("ping"), make([]byte, 4)
-	client.SetDeadline(time.Now().Add(10 * time.Second))
-	for i := range 20 {
-		if _, err := client.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(client, reply); err != nil {
-			t.Fatalf("round trip %d: %v", i, err)
-		}
-	}
-	client.Close()
-	if r := waitResult(t, done); r.End != EndClosed {
-		t.Fatalf("end = %s, want closed", r.End)
-	}
+	roundTrips, end := echoThroughLoops(t)
+	roundTrips(20)
+	end()
 	refused := 0
 	for _, l := range startedLoops() {
 		if l.lingers.Load() != 0 {
@@ -296,23 +280,7 @@ func waitParks(t *testing.T, l *loop, n uint64) {
 // TestLoopsLinger checks that the process's loops linger on this kernel:
 // epoll_pwait2 exists and takes their timeout.
 func TestLoopsLinger(t *testing.T) {
-	client, server, done := harness(t, Options{})
-	go func() { // echo until EOF, then pass the half-close back
-		io.Copy(server, server)
-		server.CloseWrite()
-	}()
-	msg, reply := []byte("ping"), make([]byte, 4)
-	client.SetDeadline(time.Now().Add(10 * time.Second))
-	roundTrips := func(n int) {
-		for range n {
-			if _, err := client.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(client, reply); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	roundTrips, end := echoThroughLoops(t)
 	roundTrips(1) // the loops have started
 	lingers := func() (n uint64) {
 		for _, l := range startedLoops() {
@@ -322,11 +290,43 @@ func TestLoopsLinger(t *testing.T) {
 	}
 	before := lingers()
 	roundTrips(20)
-	client.Close()
-	waitResult(t, done)
+	end()
 	if lingers() == before {
 		t.Error("no loop lingered for events during 20 round trips: epoll_pwait2 failed")
 	}
+}
+
+// echoThroughLoops proxies a connection through the process's loops to
+// an echo server. roundTrips sends n pings and reads each back; end
+// closes the client and checks that the pair ended cleanly.
+func echoThroughLoops(t *testing.T) (roundTrips func(n int), end func()) {
+	t.Helper()
+	client, server, done := harness(t, Options{})
+	go func() { // echo until EOF, then pass the half-close back
+		io.Copy(server, server)
+		server.CloseWrite()
+	}()
+	msg, reply := []byte("ping"), make([]byte, 4)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	roundTrips = func(n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := client.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(client, reply); err != nil {
+				t.Fatalf("round trip %d: %v", i, err)
+			}
+		}
+	}
+	end = func() {
+		t.Helper()
+		client.Close()
+		if r := waitResult(t, done); r.End != EndClosed {
+			t.Fatalf("end = %s, want closed", r.End)
+		}
+	}
+	return roundTrips, end
 }
 
 // TestLoopParksInNetpoller guards that an idle loop parks: once the proxied
