@@ -520,28 +520,16 @@ func (r *Results) verification(w io.Writer) {
 	}
 }
 
-// disturbance describes the CPU other processes used during the samples.
+// disturbance describes the CPU other processes and the hypervisor took
+// during the samples.
 func (r *Results) disturbance() string {
-	var v []float64
-	for _, s := range r.Samples {
-		if x, ok := s.Metrics[mForeign]; ok {
-			v = append(v, x)
-		}
-	}
+	v := r.sortedValues(mForeign)
 	if len(v) == 0 {
 		return ""
 	}
-	sort.Float64s(v)
 	d := fmt.Sprintf("Processes outside the lab used a median %.0f%% of one CPU during the samples (max %.0f%%); samples above 10%% carry a note in the JSON.",
 		median(v), v[len(v)-1])
-	var steal []float64
-	for _, s := range r.Samples {
-		if x, ok := s.Metrics[mStealCPU]; ok {
-			steal = append(steal, x)
-		}
-	}
-	if len(steal) > 0 {
-		sort.Float64s(steal)
+	if steal := r.sortedValues(mStealCPU); len(steal) > 0 {
 		d += fmt.Sprintf(" The hypervisor took a median %.0f%% of the CPUs' time during the samples (steal; max %.0f%%)", median(steal), steal[len(steal)-1])
 		if n := len(r.Remeasured); n > 0 {
 			d += fmt.Sprintf("; %d measurement(s) during which it took more were taken again (\"remeasured\" in the JSON)", n)
@@ -549,6 +537,19 @@ func (r *Results) disturbance() string {
 		d += "."
 	}
 	return d
+}
+
+// sortedValues returns metric's values over the kept samples that have it,
+// in ascending order.
+func (r *Results) sortedValues(metric string) []float64 {
+	var v []float64
+	for _, s := range r.Samples {
+		if x, ok := s.Metrics[metric]; ok {
+			v = append(v, x)
+		}
+	}
+	sort.Float64s(v)
+	return v
 }
 
 // report prints the tables, targets and failures to the terminal.
