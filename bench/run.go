@@ -280,23 +280,20 @@ func (b *bench) runOne(ctx context.Context, res *Results, round int, spec config
 
 	s := b.measure(ctx, round, spec, w, p, want)
 	s.Checks = append([]string{"probe seen from " + seen.Peer.String()}, s.Checks...)
-	if mayRetry && tooMuchSteal(s, b.o.maxSteal) {
-		again = true
+	again = mayRetry && tooMuchSteal(s, b.o.maxSteal) // only a valid sample
+	if again {
 		s.Notes = append(s.Notes, fmt.Sprintf("measured again: the hypervisor took %.0f%% of the CPUs' time (-max-steal %g)", s.Metrics[mStealCPU], b.o.maxSteal))
 		res.Remeasured = append(res.Remeasured, s)
-		logf("  %-12s %-9s %s", spec.Name, w.Name, s.summary())
 	} else {
 		res.Samples = append(res.Samples, s)
 	}
-	switch {
-	case again:
-	case s.Error != "":
+	if s.Error != "" {
 		msg := s.Error
 		if len(s.Notes) > 0 {
 			msg += " (" + strings.Join(s.Notes, "; ") + ")"
 		}
 		fail(msg)
-	default:
+	} else {
 		logf("  %-12s %-9s %s", spec.Name, w.Name, s.summary())
 	}
 	if p != nil {
