@@ -191,6 +191,7 @@ func run(ctx, hard context.Context, cfg *config.Config, reread func() (*config.C
 	if err := tcpproxy.SetLoops(cfg.TCP.Loops); err != nil {
 		return err
 	}
+	warnNoLinger(log)
 
 	// Metrics, access log and the admin endpoint (503 on /ready until ready).
 	d.reloads, d.reloadsEnd = make(chan chan error), ctx.Done()
@@ -516,5 +517,14 @@ func (d *daemon) proxyOptions(cfg *config.Config, dialer *upstream.Dialer) proxy
 		SniffTimeout: time.Duration(cfg.SniffTimeout),
 		TCP:          tcpproxy.Options{IdleTimeout: time.Duration(cfg.TCP.IdleTimeout)},
 		HTTP:         d.obs.metrics.L7(d.http),
+	}
+}
+
+// warnNoLinger says when the L4 loops cannot wait for answers in the
+// kernel: they serve on without it, more slowly, and say nothing
+// themselves.
+func warnNoLinger(log *slog.Logger) {
+	if err := tcpproxy.LingerSupport(); err != nil {
+		log.Warn("the L4 loops cannot wait for answers in the kernel; they serve without it, more slowly", "err", err, "fix", tcpproxy.LingerFix)
 	}
 }

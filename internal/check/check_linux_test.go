@@ -15,8 +15,31 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-proxy/detour/internal/fdtest"
 	"github.com/detour-proxy/detour/internal/intercept"
 )
+
+// TestLingerCheckRefused (in a process of its own: it installs a seccomp
+// filter) checks that a refused epoll_pwait2, as under a container's
+// seccomp profile that predates it, is a warning with its fix, not a
+// failure, and that the check passes where the call works.
+func TestLingerCheckRefused(t *testing.T) {
+	if r := lingerCheck(); !r.OK {
+		t.Fatalf("lingerCheck() = %+v on a kernel with epoll_pwait2", r)
+	}
+	if !fdtest.InOwnProcess(t) {
+		return
+	}
+	fdtest.RefuseSyscall(t, unix.SYS_EPOLL_PWAIT2, unix.EPERM)
+	r := lingerCheck()
+	if r.OK || !r.Warn || !strings.Contains(r.Detail, "operation not permitted") || !strings.Contains(r.Fix, "seccomp") {
+		t.Errorf("lingerCheck() = %+v under the filter, want a warning naming EPERM and the seccomp fix", r)
+	}
+	var b bytes.Buffer
+	if !Print(&b, []Result{r}) || !strings.HasPrefix(b.String(), "warn  epoll_pwait2") {
+		t.Errorf("printed %q: want a warning that does not fail the check", b.String())
+	}
+}
 
 func TestRunAsRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -46,7 +69,7 @@ func TestRunAsRoot(t *testing.T) {
 					}
 				}
 			}
-			for _, n := range []string{"privileges (root or CAP_NET_ADMIN)", "lock directory " + intercept.OwnerDir + " (writable)", "nftables", "nftables meta mark", "nftables interval sets", "SO_MARK socket option"} {
+			for _, n := range []string{"privileges (root or CAP_NET_ADMIN)", "lock directory " + intercept.OwnerDir + " (writable)", "nftables", "nftables meta mark", "nftables interval sets", "SO_MARK socket option", "epoll_pwait2 (the L4 loops' wait for answers)"} {
 				if !names[n] {
 					t.Errorf("mode %q: check %q missing", mode, n)
 				}

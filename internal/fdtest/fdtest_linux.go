@@ -2,8 +2,10 @@
 // the process out of descriptors, as a proxy under a connection flood is,
 // so that tests can check what accept, pipe and epoll do then and after,
 // it tells when a socket has been reset, and it makes a listener whose
-// accept queue is full, so that a connect to it stays under way. A test
-// that fills the descriptor table runs alone in a copy of the test binary.
+// accept queue is full, so that a connect to it stays under way; it also
+// refuses a system call as a container's seccomp profile does. A test
+// that fills the descriptor table or refuses a call runs alone in a copy
+// of the test binary.
 package fdtest
 
 import (

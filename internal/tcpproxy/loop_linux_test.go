@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -219,7 +218,10 @@ func TestLoopLingerRefused(t *testing.T) {
 	if !fdtest.InOwnProcess(t) {
 		return
 	}
-	refuseSyscall(t, unix.SYS_EPOLL_PWAIT2, unix.EPERM)
+	fdtest.RefuseSyscall(t, unix.SYS_EPOLL_PWAIT2, unix.EPERM)
+	if err := LingerSupport(); !errors.Is(err, unix.EPERM) {
+		t.Errorf("LingerSupport() = %v under the filter, want EPERM", err)
+	}
 	roundTrips, end := echoThroughLoops(t)
 	roundTrips(20)
 	end()
@@ -234,25 +236,6 @@ func TestLoopLingerRefused(t *testing.T) {
 	}
 	if refused == 0 {
 		t.Error("no loop noted the refusal: they try on every wake-up")
-	}
-}
-
-// refuseSyscall makes every thread of the process fail system call nr
-// with errno, by a seccomp filter that stays for the life of the process.
-func refuseSyscall(t *testing.T, nr int, errno unix.Errno) {
-	t.Helper()
-	filter := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: uint32(nr), Jt: 0, Jf: 1},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(errno)},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-	}
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		t.Fatalf("PR_SET_NO_NEW_PRIVS: %v", err)
-	}
-	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); e != 0 {
-		t.Fatalf("seccomp: %v", e)
 	}
 }
 
@@ -280,6 +263,9 @@ func waitParks(t *testing.T, l *loop, n uint64) {
 // TestLoopsLinger checks that the process's loops linger on this kernel:
 // epoll_pwait2 exists and takes their timeout.
 func TestLoopsLinger(t *testing.T) {
+	if err := LingerSupport(); err != nil {
+		t.Errorf("LingerSupport() = %v on a kernel with epoll_pwait2", err)
+	}
 	roundTrips, end := echoThroughLoops(t)
 	roundTrips(1) // the loops have started
 	lingers := func() (n uint64) {
