@@ -1,4 +1,5 @@
-# bench: the benchmark harness (bench/README.md); needs root.
+# bench: the benchmark harness (bench/README.md); needs root; installs the
+#   tools it lacks (nginx, haproxy, iperf3, wrk, ...) from Debian.
 #   make bench                                  3 rounds x 10 s, every config and workload
 #   make bench BENCHFLAGS=-quick                smoke run
 #   make bench BENCHFLAGS="-json out.json -markdown out.md"
@@ -6,7 +7,7 @@
 .PHONY: bench lab
 
 bench:
-	go run ./bench $(BENCHFLAGS)
+	go run ./bench -install $(BENCHFLAGS)
 
 lab:
 	go run ./cmd/detour lab $(LABFLAGS)
