@@ -257,6 +257,10 @@ func effectiveCaps() (uint64, error) {
 
 // ownerDirCheck: run takes a lock per table in intercept.OwnerDir (root's
 // /run/detour), which CAP_NET_ADMIN alone does not let it write.
+func ownerDirCheck() Result {
+	return result("lock directory "+intercept.OwnerDir+" (writable)", intercept.CheckOwnerDir(), intercept.OwnerDirFix())
+}
+
 // lingerCheck says whether the L4 loops can wait for answers in the
 // kernel (tcpproxy.LingerSupport). They serve without it, more slowly,
 // and say nothing themselves: a warning.
@@ -265,10 +269,6 @@ func lingerCheck() Result {
 		tcpproxy.LingerFix+" (detour runs without it, at about 0.93 × the keep-alive rate)")
 	r.Warn = !r.OK
 	return r
-}
-
-func ownerDirCheck() Result {
-	return result("lock directory "+intercept.OwnerDir+" (writable)", intercept.CheckOwnerDir(), intercept.OwnerDirFix())
 }
 
 // accessLogCheck says whether run could open the access log file at path
