@@ -376,16 +376,29 @@ func (o observer) L4Done(r proxy.L4Record) {
 
 // buildVersion is the module version and VCS revision, as `detour version`.
 func buildVersion() string {
+	bi, _ := debug.ReadBuildInfo()
+	return versionOf(bi)
+}
+
+// versionOf is bi's module version, "devel" when none was stamped (go
+// run, -buildvcs=false), followed by the VCS revision unless the version
+// already names it: since Go 1.24 a go build from a git clone stamps a
+// pseudo-version, v0.0.0-DATE-REVISION, that ends in the revision.
+func versionOf(bi *debug.BuildInfo) string {
 	v, rev := "devel", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = " " + s.Value[:12]
-			}
+	if bi == nil {
+		return v
+	}
+	if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			rev = s.Value[:12]
 		}
 	}
-	return v + rev
+	if rev == "" || strings.Contains(v, rev) {
+		return v
+	}
+	return v + " " + rev
 }

@@ -9,8 +9,10 @@ import (
 
 const versionHelp = `Usage: detour version
 
-Prints detour's version (the module's, or "devel" for a build from a
-working tree) and the Go version that built it.
+Prints detour's version and the Go version that built it. The version is
+the module's: a release's tag; for a go build from a git clone, the
+pseudo-version Go stamps, v0.0.0-DATE-COMMIT (+dirty with local
+changes); "devel" when none was stamped (go run, -buildvcs=false).
 
 Example:
   detour version
