@@ -54,7 +54,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.file, "c", "", "YAML config file (flags override its keys)")
 	fs.StringVar(&f.mode, "mode", "", "interception mode: tproxy (router/gateway) or redirect (same host) (default tproxy)")
-	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999; IPv4 only where the namespace has no IPv6)")
+	fs.Var(&f.listen, "listen", "listener ip:port, repeatable (default tproxy 0.0.0.0:15001 and [::]:15001; redirect 127.0.0.1:4999 and [::1]:4999, with --intercept-iface 0.0.0.0:4999 and [::]:4999; IPv4 only where the namespace has no IPv6)")
 	fs.Var(&f.ports, "intercept-port", "destination TCP ports and ranges to intercept, comma-separated, like 80,8000-8100 (no ports: no rules)")
 	fs.Var(&f.dsts, "intercept-dst", "only intercept these destination CIDRs, comma-separated (default any)")
 	fs.Var(&f.excludeDsts, "exclude-dst", "never intercept these destination CIDRs, comma-separated, even inside --intercept-dst")
