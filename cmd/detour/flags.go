@@ -403,3 +403,11 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// flagGiven reports whether the flag name was given on the command line,
+// even at its default value.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == name })
+	return given
+}

@@ -55,6 +55,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "detour status: --interval must be positive")
 		return exitUsage
 	}
+	if !*watch && flagGiven(fs, "interval") {
+		// Ignoring it would print once and let the user think it refreshes.
+		fmt.Fprintln(stderr, "detour status: --interval needs --watch (detour status --watch --interval D)")
+		return exitUsage
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}

@@ -64,6 +64,7 @@ func TestStatusCommand(t *testing.T) {
 		{[]string{"--admin", "localhost"}, exitUsage, "not ip:port"},
 		{[]string{"--admin", addr, "extra"}, exitUsage, "unexpected argument"},
 		{[]string{"--admin", addr, "--watch", "--interval", "0s"}, exitUsage, "--interval"},
+		{[]string{"--admin", addr, "--interval", "1s"}, exitUsage, "--interval needs --watch"},
 		{[]string{"--admin", closed}, exitFailure, "cannot reach the admin endpoint"},
 		{[]string{"--admin", strings.TrimPrefix(notDetour.URL, "http://")}, exitFailure, "404 Not Found"},
 	} {
