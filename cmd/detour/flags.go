@@ -79,7 +79,7 @@ func newConfigFlags(name string, stderr io.Writer, withRun bool) *configFlags {
 		fs.DurationVar(&f.routeTimeout, "route-timeout", 0, "HTTP request timeout, answered with 504 (default 15s)")
 		fs.DurationVar(&f.headerTimeout, "header-timeout", 0, "HTTP: close a client whose request headers take longer than this (slowloris; flag HT) (default 10s)")
 		fs.DurationVar(&f.httpIdleTimeout, "http-idle-timeout", 0, "HTTP: close a client's keep-alive connection idle this long between requests (at least 10ms) (default 5m)")
-		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a client whose response write stays blocked this long: it stopped reading (flag SI) (default 5m)")
+		fs.DurationVar(&f.streamIdleTimeout, "stream-idle-timeout", 0, "HTTP: close a connection whose response write stays blocked this long (the client stopped reading), or whose client or upstream sends no byte of a body this long (408 for a request body) (flag SI) (default 5m)")
 		fs.DurationVar(&f.sniffTimeout, "sniff-timeout", 0, "auto protocol: wait this long for a silent client's first bytes, then forward at L4 (default 15s)")
 		fs.IntVar(&f.maxConns, "max-connections", 0, "at this many open connections, stop accepting: new clients wait in the listen backlog (default 0: no limit)")
 		fs.IntVar(&f.loops, "tcp-loops", 0, "epoll loops carrying L4 connections (default 0: one per CPU); a restart changes it")
