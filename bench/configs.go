@@ -92,6 +92,12 @@ const (
 	splicePort  = 15003
 )
 
+// haproxyMaxPipes bounds the pipes HAProxy splices through with
+// -haproxy-splice: two descriptors each, within the 100 that maxconn
+// leaves of the open-file limit; iperf4 needs 8 (4 streams, both ways),
+// and HAProxy copies through its buffers when none is free.
+const haproxyMaxPipes = 32
+
 // interceptedPorts are the destination ports the rules divert: nginx and iperf3.
 const interceptedPorts = "80,5201"
 
@@ -241,6 +247,13 @@ func (p *detourProc) Stop() error {
 // GOMAXPROCS does. http mode keeps client and server connections alive
 // (HAProxy's defaults: http-keep-alive, http-reuse safe) and adds
 // X-Forwarded-For, as detour's L7 does.
+//
+// HAProxy sizes its descriptor needs as 2 × maxconn + 2 × maxpipes plus a
+// few of its own (18 here), and refuses to start if the open-file limit is
+// lower. maxconn takes all but 100 of the limit, and maxpipes defaults to
+// maxconn / 4, so with splice (-haproxy-splice) maxpipes is set to
+// haproxyMaxPipes, which fits in those 100: without it HAProxy failed to
+// start at a 20,000 limit ("Cannot raise FD limit to 24892").
 func haproxyConfig(mode string, port int, splice bool, nofile int) string {
 	maxconn := min(100000, (nofile-100)/2) // two descriptors per connection
 	var b strings.Builder
@@ -248,14 +261,18 @@ func haproxyConfig(mode string, port int, splice bool, nofile int) string {
 global
     maxconn %d
     nbthread %d
-
+`, maxconn, runtime.NumCPU())
+	if splice {
+		fmt.Fprintf(&b, "    maxpipes %d\n", haproxyMaxPipes)
+	}
+	fmt.Fprintf(&b, `
 defaults
     mode %s
     maxconn %d
     timeout connect 5s
     timeout client 300s
     timeout server 300s
-`, maxconn, runtime.NumCPU(), mode, maxconn)
+`, mode, maxconn)
 	if mode == "http" {
 		b.WriteString("    timeout http-request 300s\n    timeout http-keep-alive 300s\n    option forwardfor\n")
 	}

@@ -207,6 +207,32 @@ func TestHAProxyConfigForwardsToOriginalDestination(t *testing.T) {
 	}
 }
 
+// HAProxy refuses to start when 2 × maxconn + 2 × maxpipes (maxconn / 4
+// unless set) plus its own 18 descriptors exceed the open-file limit:
+// -haproxy-splice once made it exit at startup at a 20,000 limit.
+func TestHAProxySpliceFitsTheOpenFileLimit(t *testing.T) {
+	for _, nofile := range []int{1024, 20000, 200000, 400000} {
+		for _, mode := range []string{"tcp", "http"} {
+			c := haproxyConfig(mode, 15002, true, nofile)
+			if !strings.Contains(c, "option splice-auto") {
+				t.Errorf("%s config with splice lacks option splice-auto:\n%s", mode, c)
+			}
+			global, _, _ := strings.Cut(c, "defaults")
+			var maxconn, maxpipes int
+			for _, l := range strings.Split(global, "\n") {
+				fmt.Sscanf(strings.TrimSpace(l), "maxconn %d", &maxconn)
+				fmt.Sscanf(strings.TrimSpace(l), "maxpipes %d", &maxpipes)
+			}
+			if maxpipes == 0 {
+				maxpipes = maxconn / 4 // HAProxy's default
+			}
+			if need := 2*maxconn + 2*maxpipes + 18; maxconn == 0 || need > nofile {
+				t.Errorf("nofile %d, %s: maxconn %d and maxpipes %d need %d descriptors:\n%s", nofile, mode, maxconn, maxpipes, need, c)
+			}
+		}
+	}
+}
+
 func TestSummarizeRatiosAndTargets(t *testing.T) {
 	r := &Results{Configs: []string{"direct", "detour-l4", "haproxy-tcp"}, IdleConns: 10000, DurationSec: 10}
 	add := func(c, w string, m map[string]float64) {
