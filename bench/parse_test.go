@@ -233,6 +233,38 @@ func TestHAProxySpliceFitsTheOpenFileLimit(t *testing.T) {
 	}
 }
 
+// -h names each flag with its value's type, or nothing for a switch: the
+// flag package takes a `quoted` word of the usage as the value's name, so
+// -haproxy-splice once read as if it took "option splice-auto", and
+// -detour-args and -baseline-args as if they took "detour run".
+func TestHelpNamesNoValueForSwitches(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := os.Stderr
+	os.Stderr = w
+	code := benchMain([]string{"-h"})
+	os.Stderr = stderr
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if code != 0 {
+		t.Fatalf("-h: exit status %d, want 0", code)
+	}
+	types := map[string]bool{"string": true, "int": true, "float": true, "duration": true}
+	for _, line := range strings.Split(string(out), "\n") {
+		head, _, _ := strings.Cut(line, "\t") // a one-letter flag's usage follows a tab
+		f := strings.Fields(head)
+		if !strings.HasPrefix(line, "  -") || len(f) == 0 {
+			continue
+		}
+		name, value := f[0], strings.Join(f[1:], " ")
+		if value != "" && !types[value] {
+			t.Errorf("-h shows %s as taking %q", name, value)
+		}
+	}
+}
+
 func TestSummarizeRatiosAndTargets(t *testing.T) {
 	r := &Results{Configs: []string{"direct", "detour-l4", "haproxy-tcp"}, IdleConns: 10000, DurationSec: 10}
 	add := func(c, w string, m map[string]float64) {
