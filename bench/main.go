@@ -155,6 +155,12 @@ func benchMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "bench: -rounds and -idle-conns must be ≥ 1 and -duration ≥ 1s")
 		return 2
 	}
+	if o.duration%time.Second != 0 {
+		// wrk and iperf3 take whole seconds, and the rates are multiplied
+		// by -duration to count what the CPU figures are divided by.
+		fmt.Fprintf(os.Stderr, "bench: -duration %s: give whole seconds (wrk and iperf3 run for whole seconds)\n", o.duration)
+		return 2
+	}
 	if o.duration > 120*time.Second {
 		fmt.Fprintln(os.Stderr, "bench: -duration is capped at 120s: load generators are bounded in time")
 		return 2

@@ -265,6 +265,25 @@ func TestHelpNamesNoValueForSwitches(t *testing.T) {
 	}
 }
 
+// wrk and iperf3 run for whole seconds, while the CPU per request and
+// per GB divide by -duration's worth of the measured rate: a -duration of
+// 2.5s ran them for 2 s and understated those figures by a fifth. Such a
+// -duration is refused (-from-json of a missing file keeps the test from
+// measuring anything if it is not).
+func TestDurationMustBeWholeSeconds(t *testing.T) {
+	stderr := os.Stderr
+	os.Stderr, _ = os.Open(os.DevNull)
+	defer func() { os.Stderr = stderr }()
+	for _, d := range []string{"2500ms", "1.5s"} {
+		if code := benchMain([]string{"-duration", d, "-from-json", "/nonexistent/run.json"}); code != 2 {
+			t.Errorf("-duration %s: exit status %d, want 2 (a usage error)", d, code)
+		}
+	}
+	if code := benchMain([]string{"-duration", "2s", "-from-json", "/nonexistent/run.json"}); code != 1 {
+		t.Errorf("-duration 2s: exit status %d, want 1 (the missing file)", code)
+	}
+}
+
 func TestSummarizeRatiosAndTargets(t *testing.T) {
 	r := &Results{Configs: []string{"direct", "detour-l4", "haproxy-tcp"}, IdleConns: 10000, DurationSec: 10}
 	add := func(c, w string, m map[string]float64) {
