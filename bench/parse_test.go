@@ -238,21 +238,12 @@ func TestHAProxySpliceFitsTheOpenFileLimit(t *testing.T) {
 // -haproxy-splice once read as if it took "option splice-auto", and
 // -detour-args and -baseline-args as if they took "detour run".
 func TestHelpNamesNoValueForSwitches(t *testing.T) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr := os.Stderr
-	os.Stderr = w
-	code := benchMain([]string{"-h"})
-	os.Stderr = stderr
-	w.Close()
-	out, _ := io.ReadAll(r)
+	code, out := runBenchMain(t, "-h")
 	if code != 0 {
 		t.Fatalf("-h: exit status %d, want 0", code)
 	}
 	types := map[string]bool{"string": true, "int": true, "float": true, "duration": true}
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		head, _, _ := strings.Cut(line, "\t") // a one-letter flag's usage follows a tab
 		f := strings.Fields(head)
 		if !strings.HasPrefix(line, "  -") || len(f) == 0 {
@@ -271,17 +262,35 @@ func TestHelpNamesNoValueForSwitches(t *testing.T) {
 // -duration is refused (-from-json of a missing file keeps the test from
 // measuring anything if it is not).
 func TestDurationMustBeWholeSeconds(t *testing.T) {
-	stderr := os.Stderr
-	os.Stderr, _ = os.Open(os.DevNull)
-	defer func() { os.Stderr = stderr }()
 	for _, d := range []string{"2500ms", "1.5s"} {
-		if code := benchMain([]string{"-duration", d, "-from-json", "/nonexistent/run.json"}); code != 2 {
-			t.Errorf("-duration %s: exit status %d, want 2 (a usage error)", d, code)
+		if code, out := runBenchMain(t, "-duration", d, "-from-json", "/nonexistent/run.json"); code != 2 {
+			t.Errorf("-duration %s: exit status %d, want 2 (a usage error): %s", d, code, out)
 		}
 	}
-	if code := benchMain([]string{"-duration", "2s", "-from-json", "/nonexistent/run.json"}); code != 1 {
-		t.Errorf("-duration 2s: exit status %d, want 1 (the missing file)", code)
+	if code, out := runBenchMain(t, "-duration", "2s", "-from-json", "/nonexistent/run.json"); code != 1 {
+		t.Errorf("-duration 2s: exit status %d, want 1 (the missing file): %s", code, out)
 	}
+}
+
+// runBenchMain runs the harness's main with args and returns its exit
+// status and what it wrote to stderr (kept in a file, which, unlike a
+// pipe, no amount of output can fill).
+func runBenchMain(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stderr := os.Stderr
+	os.Stderr = f
+	code := benchMain(args)
+	os.Stderr = stderr
+	out, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, string(out)
 }
 
 func TestSummarizeRatiosAndTargets(t *testing.T) {
